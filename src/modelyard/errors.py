@@ -1,0 +1,76 @@
+"""One exception root for the whole project.
+
+Every failure a user can cause or meet carries an HTTP status, so the CLI, the pipeline and the
+model server report it the same way: a client's mistake is a 4xx naming the problem, never a 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class ModelyardError(Exception):
+    """Root of every error modelyard raises on purpose."""
+
+    status_code: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ModelyardError):
+    """A request or argument is malformed."""
+
+    status_code = 400
+
+
+class SpecError(ModelyardError):
+    """The model spec (YAML) does not validate; the message names each bad field."""
+
+    status_code = 422
+
+
+class DataValidationError(ModelyardError):
+    """The data does not fit the spec. Carries every problem found, not just the first."""
+
+    status_code = 422
+
+    def __init__(self, problems: Sequence[str], *, source: str = "data") -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"{source} failed validation with {len(self.problems)} problem(s):\n{lines}")
+
+
+class NotFound(ModelyardError):
+    """A model, version, dataset or object does not exist."""
+
+    status_code = 404
+
+
+class Conflict(ModelyardError):
+    """The request contradicts the current state (e.g. promoting an archived version twice)."""
+
+    status_code = 409
+
+
+class BundleIntegrityError(ModelyardError):
+    """A bundle file is missing, or its sha256 does not match metadata.json."""
+
+    status_code = 500
+
+    def __init__(self, message: str, *, file: str | None = None) -> None:
+        super().__init__(message)
+        self.file = file
+
+
+class StorageError(ModelyardError):
+    """The object store failed or refused an operation."""
+
+    status_code = 502
+
+
+class NotReady(ModelyardError):
+    """The model is not loaded (yet), or failed to load."""
+
+    status_code = 503

