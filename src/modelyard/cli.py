@@ -1,0 +1,266 @@
+"""The `modelyard` command line: data, train, models, db.
+
+The CLI only picks files and overrides; everything else comes from Settings (MODELYARD_* variables).
+Results go to stdout (tables, or JSON with --json); progress and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from modelyard import __version__
+from modelyard.errors import ModelyardError
+from modelyard.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="modelyard",
+    help="Classification models from a declared spec to a served, monitored endpoint.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Datasets in the registry database.", no_args_is_help=True)
+models_app = typer.Typer(help="Model versions in the registry.", no_args_is_help=True)
+db_app = typer.Typer(help="The registry database schema.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+app.add_typer(db_app, name="db")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn a ModelyardError into one red line on stderr and exit code 1, instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except ModelyardError as exc:
+            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+            raise typer.Exit(1) from exc
+
+    return wrapper
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _registry(settings: Settings) -> Any:
+    from modelyard.registry import Registry
+
+    return Registry(settings.database_url)
+
+
+def _print_json(payload: Any) -> None:
+    out.print_json(json.dumps(payload, default=str))
+
+
+def _parse_model_ref(ref: str) -> tuple[str, int | None, str | None]:
+    """NAME, NAME@3, NAME@production -> (name, version, stage)."""
+    name, _, selector = ref.partition("@")
+    if not selector:
+        return name, None, None
+    if selector.isdigit():
+        return name, int(selector), None
+    if selector in ("production", "staging", "archived", "none"):
+        return name, None, selector
+    raise typer.BadParameter(f"{ref!r}: expected NAME, NAME@VERSION or NAME@STAGE (production, staging, ...)")
+
+
+@contextmanager
+def _byte_progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(__version__)
+        raise typer.Exit(0)
+
+
+# ---------------------------------------------------------------- db
+
+
+@db_app.command("upgrade")
+@reports_errors
+def db_upgrade() -> None:
+    """Apply the registry's migrations (also done automatically on start)."""
+    from modelyard.registry.db import upgrade
+
+    settings = _settings()
+    revision = upgrade(settings.database_url)
+    err.print(f"registry schema at revision [bold]{revision}[/] ({_redact(settings.database_url)})")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# ---------------------------------------------------------------- data
+
+
+@data_app.command("load")
+@reports_errors
+def data_load(
+    file: Annotated[Path, typer.Argument(help="CSV file to copy into the registry database.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Dataset name.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Copy a CSV into the registry database as a versioned dataset (same content, same version)."""
+    from modelyard.data.ingest import load_csv_dataset
+
+    registry = _registry(_settings())
+    with _byte_progress(f"loading {file.name}") as progress:
+        record, created = load_csv_dataset(registry, file, name, progress=progress)
+    if as_json:
+        _print_json({**record.to_dict(), "created": created})
+        return
+    verb = "loaded" if created else "unchanged, reusing"
+    err.print(
+        f"{verb} dataset [bold]{record.name}@{record.version}[/]: {record.row_count:,} rows, "
+        f"fingerprint {record.fingerprint[:12]}"
+    )
+
+
+@data_app.command("list")
+@reports_errors
+def data_list(
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Only this dataset.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List dataset versions."""
+    records = _registry(_settings()).list_datasets(name)
+    if as_json:
+        _print_json([record.to_dict() for record in records])
+        return
+    table = Table("name", "version", "rows", "columns", "fingerprint", "created", "source")
+    for r in records:
+        table.add_row(
+            r.name,
+            str(r.version),
+            f"{r.row_count:,}",
+            str(len(r.columns)),
+            r.fingerprint[:12],
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+            r.source or "",
+        )
+    out.print(table)
+
+
+# ---------------------------------------------------------------- models
+
+
+def _metrics_cell(metrics: dict[str, float], keys: tuple[str, ...] = ("f1_macro", "accuracy", "roc_auc")) -> str:
+    return "  ".join(f"{key}={metrics[key]:.3f}" for key in keys if key in metrics)
+
+
+@models_app.command("list")
+@reports_errors
+def models_list(
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Only this model.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List model versions, newest first."""
+    records = _registry(_settings()).list_versions(name)
+    if as_json:
+        _print_json([record.to_dict() for record in records])
+        return
+    table = Table("name", "version", "stage", "algorithm", "metrics", "created", "storage_uri")
+    for r in records:
+        stage = f"[bold green]{r.stage}[/]" if r.stage == "production" else r.stage
+        table.add_row(
+            r.name,
+            str(r.version),
+            stage,
+            r.algorithm,
+            _metrics_cell(r.metrics),
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+            r.storage_uri,
+        )
+    out.print(table)
+
+
+@models_app.command("show")
+@reports_errors
+def models_show(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@production.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one model version (the latest unless a version or stage is given)."""
+    name, version, stage = _parse_model_ref(ref)
+    record = _registry(_settings()).get_version(name, version, stage=stage)
+    payload = record.to_dict()
+    if as_json:
+        _print_json(payload)
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in payload.items():
+        if isinstance(value, dict):
+            value = "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items())
+        table.add_row(f"[bold]{key}[/]", str(value))
+    out.print(table)
+
+
+@models_app.command("promote")
+@reports_errors
+def models_promote(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version to put in production.")],
+) -> None:
+    """Put a version in production; the current production version is archived."""
+    record = _registry(_settings()).promote(name, version)
+    err.print(f"[bold]{record.name}@{record.version}[/] is now in production")
+
+
+@models_app.command("rollback")
+@reports_errors
+def models_rollback(name: Annotated[str, typer.Argument(help="Model name.")]) -> None:
+    """Archive the production version and restore the one that was in production before it."""
+    record = _registry(_settings()).rollback(name)
+    err.print(f"rolled back: [bold]{record.name}@{record.version}[/] is in production again")
