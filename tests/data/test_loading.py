@@ -11,9 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from modelyard.data.loading import MISSING_TOKENS, load_frame, parse_dataset_ref, read_file
+from modelyard.data.validation import infer_features
 from modelyard.errors import InvalidInput, NotFound, StorageError
 from modelyard.settings import Settings, load_settings
-from modelyard.spec import DataSource
+from modelyard.spec import DataSource, FeatureSpec, FeatureType
 
 
 @pytest.fixture
@@ -248,6 +249,28 @@ def test_postgres_table_and_query(postgres_url: str, frame: pd.DataFrame) -> Non
     assert picked.to_dict("list") == {"species": ["versicolor", "virginica"], "petal_length": [4.7, 6.0]}
 
 
+def test_postgres_column_types_become_pandas_types(postgres_url: str) -> None:
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("CREATE TABLE t (price numeric(6,2), ok boolean, name text, seen timestamptz)")
+        )
+        rows = "(1.50, true, 'a', now()), (NULL, NULL, NULL, NULL), (2.25, false, 'b', now())"
+        connection.execute(sa.text(f"INSERT INTO t VALUES {rows}"))
+    engine.dispose()
+
+    loaded = load(load_settings(database_url=postgres_url), table="t")
+
+    assert loaded["price"].tolist()[::2] == [1.5, 2.25]  # NUMERIC arrives as float, not Decimal
+    assert loaded["ok"].tolist() == [True, None, False]
+    assert loaded["name"].isna().tolist() == [False, True, False]
+    assert str(loaded["seen"].dtype).startswith("datetime64")
+    assert infer_features(loaded, "name") == [
+        FeatureSpec(name="price", type=FeatureType.NUMERIC),
+        FeatureSpec(name="ok", type=FeatureType.CATEGORICAL),
+    ]
+
+
 def test_postgres_schema_table_with_a_name_that_needs_quoting(
     postgres_url: str, frame: pd.DataFrame, local_settings: Settings
 ) -> None:
@@ -322,6 +345,23 @@ def test_database_url_without_driver_or_shape_is_invalid(local_settings: Setting
 
 
 # ---------------------------------------------------------------- registry data sets
+
+
+def test_dataset_from_the_registry_matches_the_file(
+    settings: Settings, tmp_path: Path, frame: pd.DataFrame
+) -> None:
+    from modelyard.data.ingest import load_csv_dataset
+
+    first, second = tmp_path / "v1.csv", tmp_path / "v2.csv"
+    frame.to_csv(first, index=False)
+    frame.iloc[:2].to_csv(second, index=False)
+    load_csv_dataset(settings.database_url, first, "flowers")
+    load_csv_dataset(settings.database_url, second, "flowers")
+
+    pd.testing.assert_frame_equal(load(settings, dataset="flowers@1"), read_file(first))
+    pd.testing.assert_frame_equal(load(settings, dataset="flowers"), read_file(second))
+    with pytest.raises(NotFound, match=r"dataset flowers@3 not found"):
+        load(settings, dataset="flowers@3")
 
 
 @pytest.mark.parametrize(

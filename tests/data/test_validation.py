@@ -51,7 +51,7 @@ def problems_of(df: pd.DataFrame, spec: ModelSpec, features: list[FeatureSpec] =
     with pytest.raises(DataValidationError) as caught:
         validate_frame(df, spec, features)
     assert str(caught.value).startswith(
-        f"data for model 'demo' failed validation with {len(caught.value.problems)}"
+        f"data 'demo.csv' for model 'demo' failed validation with {len(caught.value.problems)}"
     )
     return caught.value.problems
 
@@ -231,7 +231,7 @@ def test_every_problem_is_reported_in_one_error() -> None:
         validate_frame(df, make_spec(), features)
 
     message = str(caught.value)
-    assert message.startswith("data for model 'demo' failed validation with 5 problem(s):\n")
+    assert message.startswith("data 'demo.csv' for model 'demo' failed validation with 5 problem(s):\n")
     for expected in [
         "  - target column 'label' has 1 null value(s) (row 1)",
         "  - class 'bird' of target 'label' has 1 row(s)",

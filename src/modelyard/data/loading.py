@@ -24,12 +24,11 @@ malformed, ``StorageError`` when S3 or the database cannot be reached.
 
 from __future__ import annotations
 
-import importlib
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 from urllib.parse import unquote, urlparse
 
 import pandas as pd
@@ -164,7 +163,9 @@ def _numeric_where_tokens_mean_missing(frame: pd.DataFrame) -> pd.DataFrame:
         if not (pd.api.types.is_string_dtype(values.dtype) or values.dtype == object):
             continue
         present = values.dropna()
-        if present.empty or not all(isinstance(v, str) for v in present):
+        if present.empty:
+            continue
+        if values.dtype == object and not all(isinstance(v, str) for v in present):
             continue
         is_token = present.isin(MISSING_TOKENS)
         if is_token.all() or not is_token.any():
@@ -307,12 +308,11 @@ def parse_dataset_ref(ref: str) -> tuple[str, int | None]:
 def _load_dataset(ref: str, settings: Settings) -> pd.DataFrame:
     name, version = parse_dataset_ref(ref)
     # Imported here: the registry (its tables, its migrations) is only needed for this kind of source.
+    from modelyard.data.ingest import read_dataset
     from modelyard.registry import Registry
 
-    ingest: Any = importlib.import_module("modelyard.data.ingest")  # written alongside; typed once it lands
     with Registry(settings.database_url) as registry:
-        frame: pd.DataFrame = ingest.read_dataset(registry, name, version)
-    return frame
+        return read_dataset(registry, name, version)
 
 
 # ---------------------------------------------------------------- helpers

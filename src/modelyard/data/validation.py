@@ -204,7 +204,7 @@ def validate_frame(df: pd.DataFrame, spec: ModelSpec, features: Sequence[Feature
             problems.extend(_check_numeric(feature.name, values))
 
     if problems:
-        raise DataValidationError(problems, source=f"data for model {spec.name!r}")
+        raise DataValidationError(problems, source=f"data {spec.data.describe()!r} for model {spec.name!r}")
     return ValidationSummary(rows=rows, target=target, features=list(features), class_counts=class_counts)
 
 
