@@ -73,11 +73,11 @@ def read_file(path: str | Path, file_format: str | None = None) -> pd.DataFrame:
     ``file_format`` is ``"csv"`` or ``"parquet"``; by default it comes from the suffix.
     """
     file_path = Path(path)
-    fmt = file_format or _format_from_name(str(file_path))
     if not file_path.exists():
         raise NotFound(f"data file not found: {file_path}")
     if file_path.is_dir():
         raise InvalidInput(f"data path is a directory, not a file: {file_path}")
+    fmt = file_format or _format_from_name(str(file_path))
     try:
         size = file_path.stat().st_size
         with file_path.open("rb") as stream:
