@@ -81,7 +81,7 @@ def test_spec_must_be_a_mapping(tmp_path: Path) -> None:
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="spec file not found: .*nope.yaml"):
+    with pytest.raises(SpecError, match=r"spec file not found: .*nope\.yaml"):
         load_spec(tmp_path / "nope.yaml")
     with pytest.raises(SpecError, match="is not valid YAML"):
         load_spec(write(tmp_path, "name: [unclosed\n"))

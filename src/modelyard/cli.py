@@ -196,7 +196,10 @@ def data_list(
 # ---------------------------------------------------------------- models
 
 
-def _metrics_cell(metrics: dict[str, float], keys: tuple[str, ...] = ("f1_macro", "accuracy", "roc_auc")) -> str:
+SUMMARY_METRICS = ("f1_macro", "accuracy", "roc_auc")
+
+
+def _metrics_cell(metrics: dict[str, float], keys: tuple[str, ...] = SUMMARY_METRICS) -> str:
     return "  ".join(f"{key}={metrics[key]:.3f}" for key in keys if key in metrics)
 
 
@@ -226,6 +229,12 @@ def models_list(
     out.print(table)
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, dict):
+        return "\n".join(f"{k}: {_cell(v)}" for k, v in value.items())
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 @models_app.command("show")
 @reports_errors
 def models_show(
@@ -241,9 +250,7 @@ def models_show(
         return
     table = Table(show_header=False, box=None)
     for key, value in payload.items():
-        if isinstance(value, dict):
-            value = "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items())
-        table.add_row(f"[bold]{key}[/]", str(value))
+        table.add_row(f"[bold]{key}[/]", _cell(value))
     out.print(table)
 
 

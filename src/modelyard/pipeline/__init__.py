@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines v2 components and pipelines: thin wrappers over the training core."""

@@ -1,0 +1,1 @@
+"""The model server: a KServe predictor for modelyard bundles. It reads bundles, never training code."""
