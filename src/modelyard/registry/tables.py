@@ -1,0 +1,166 @@
+"""The registry's tables, as SQLAlchemy 2 typed ORM classes.
+
+Types are portable: JSON is JSONB on Postgres, constraints carry explicit names (so migrations can refer
+to them), and stages are checked strings rather than a native enum (which would need its own migrations).
+The migrations under ``migrations/versions`` create exactly this schema; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Dataset and model names follow spec.NAME_PATTERN: a DNS label, at most 63 characters.
+NAME_LENGTH = 63
+SHA256_HEX_LENGTH = 64
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Stage(StrEnum):
+    """Where a model version stands. At most one version per name is in production."""
+
+    NONE = "none"
+    STAGING = "staging"
+    PRODUCTION = "production"
+    ARCHIVED = "archived"
+
+
+class CounterKind(StrEnum):
+    MODEL = "model"
+    DATASET = "dataset"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class VersionCounter(Base):
+    """The last version handed out per (kind, name).
+
+    Allocating a version updates this row inside the publishing transaction, so the row lock (Postgres) or
+    the write lock (SQLite) serialises publishers of one name, and a rolled-back publish gives its number
+    back: versions have no gaps and no duplicates.
+    """
+
+    __tablename__ = "version_counters"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    last_version: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('model', 'dataset')", name="kind"),
+        CheckConstraint("last_version >= 0", name="last_version_not_negative"),
+    )
+
+
+class Dataset(Base):
+    """A CSV copied into the database by `modelyard data load`: one row per distinct content."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    fingerprint: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), nullable=False)
+    row_count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # [{"name": ..., "dtype": ...}] in the file's column order.
+    columns: Mapped[list[dict[str, str]]] = mapped_column(JsonType, nullable=False)
+    table_name: Mapped[str] = mapped_column(String(NAME_LENGTH), nullable=False)
+    source: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utc_now)
+
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        UniqueConstraint("name", "fingerprint"),
+        CheckConstraint("version >= 1", name="version_positive"),
+        CheckConstraint("row_count >= 0", name="row_count_not_negative"),
+    )
+
+
+class ModelVersion(Base):
+    """A published model bundle: where it is, what it scored, which data it learned from, its stage."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    storage_uri: Mapped[str] = mapped_column(Text, nullable=False)
+    # sha256 of the bundle's metadata.json, which itself lists the sha256 of every other file.
+    sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH), nullable=False)
+    metrics: Mapped[dict[str, float | None]] = mapped_column(JsonType, nullable=False)
+    params: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False)
+    algorithm: Mapped[str] = mapped_column(String(64), nullable=False)
+    # Null when the training data came from a file or query rather than `modelyard data load`.
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"), nullable=True, index=True)
+    dataset_fingerprint: Mapped[str | None] = mapped_column(String(SHA256_HEX_LENGTH), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utc_now)
+    stage: Mapped[str] = mapped_column(String(16), nullable=False, default=Stage.NONE.value)
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    # Loaded with the version in the same query: records show the dataset as name@version.
+    dataset: Mapped[Dataset | None] = relationship(lazy="joined")
+
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        CheckConstraint("version >= 1", name="version_positive"),
+        CheckConstraint(
+            "stage IN ('none', 'staging', 'production', 'archived')",
+            name="stage",
+        ),
+        # The database itself guarantees one production version per name, whatever the code does.
+        Index(
+            "uq_model_versions_one_production",
+            "name",
+            unique=True,
+            sqlite_where=text("stage = 'production'"),
+            postgresql_where=text("stage = 'production'"),
+        ),
+    )
+
+
+class Promotion(Base):
+    """Each time a version became production. Rollback walks this history backwards.
+
+    A row whose ``reverted_at`` is set was undone (rolled back, or its version demoted by hand) and no
+    longer counts; the remaining rows of a name, newest last, are the chain `rollback` walks.
+    """
+
+    __tablename__ = "promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), nullable=False, index=True)
+    promoted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utc_now)
+    reverted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
