@@ -193,6 +193,89 @@ def data_list(
     out.print(table)
 
 
+# ---------------------------------------------------------------- train
+
+
+@app.command("train")
+@reports_errors
+def train_command(
+    spec_file: Annotated[Path, typer.Option("--spec", "-s", help="ModelSpec YAML file.")],
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a spec field: KEY=VALUE (dotted keys).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Validate the data, tune every algorithm, evaluate the best, gate it, and publish it."""
+    from modelyard.spec import load_spec
+    from modelyard.workflow import run_training
+
+    spec = load_spec(spec_file, overrides or [])
+    settings = _settings()
+    with _step_progress() as progress:
+        outcome = run_training(settings, spec, progress=progress)
+    result, verdict, published = outcome.result, outcome.verdict, outcome.published
+    if as_json:
+        _print_json(
+            {
+                "candidates": [c.to_dict() for c in result.candidates],
+                "winner": result.winner.algorithm.value,
+                "holdout": result.evaluation.metrics,
+                "gate": {"passed": verdict.passed, "reason": verdict.reason},
+                "published": published.to_dict() if published else None,
+            }
+        )
+    else:
+        _print_training_summary(outcome)
+    if not verdict.passed:
+        err.print(f"[bold red]gate rejected:[/] {verdict.reason}; nothing was published", highlight=False)
+        raise typer.Exit(1)
+
+
+@contextmanager
+def _step_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """One progress bar per training step (tune <algorithm>, evaluate, report)."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description:<32}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+    ) as progress:
+        tasks: dict[str, Any] = {}
+
+        def update(step: str, done: int, total: int) -> None:
+            if step not in tasks:
+                tasks[step] = progress.add_task(step, total=total)
+            progress.update(tasks[step], completed=done, total=total)
+
+        yield update
+
+
+def _print_training_summary(outcome: Any) -> None:
+    result, verdict, published = outcome.result, outcome.verdict, outcome.published
+    metric = result.metric.value
+    table = Table("algorithm", f"CV {metric}", "± std", "trials", "best params", title="candidates")
+    for c in sorted(result.candidates, key=lambda c: -c.cv_score):
+        winner = c.algorithm == result.winner.algorithm
+        name = f"[bold green]{c.algorithm.value} ★[/]" if winner else c.algorithm.value
+        params = ", ".join(f"{k}={_cell(v)}" for k, v in c.best_params.items())
+        table.add_row(name, f"{c.cv_score:.4f}", f"{c.cv_std:.4f}", str(c.n_trials), params)
+    out.print(table)
+    holdout = Table("metric", "holdout", title=f"holdout ({result.holdout_rows} rows)")
+    for key, value in result.evaluation.metrics.items():
+        holdout.add_row(key, f"{value:.4f}")
+    out.print(holdout)
+    verdict_text = "[bold green]passed[/]" if verdict.passed else "[bold red]rejected[/]"
+    out.print(f"gate: {verdict_text}: {verdict.reason}", highlight=False)
+    if published is not None:
+        out.print(
+            f"published [bold]{published.name}@{published.version}[/] ({published.stage.value}) "
+            f"at {published.storage_uri}",
+            highlight=False,
+        )
+
+
 # ---------------------------------------------------------------- models
 
 
