@@ -14,6 +14,7 @@ import pandas as pd
 from modelyard.bundle import fetch_bundle, load_bundle
 from modelyard.data import fingerprint_frame, load_frame, resolve_features, validate_frame
 from modelyard.data.loading import parse_dataset_ref
+from modelyard.errors import DataValidationError, ModelyardError
 from modelyard.publishing import publish_version, write_training_bundle
 from modelyard.registry import DatasetRecord, ModelVersionRecord, Registry, Stage
 from modelyard.settings import Settings
@@ -46,6 +47,11 @@ def score_on_holdout(
         local = fetch_bundle(model_uri, Path(scratch) / "bundle", s3=settings.s3)
         bundle = load_bundle(local)
         names = bundle.metadata.feature_names
+        missing = [name for name in names if name not in holdout.columns]
+        if missing:
+            raise DataValidationError(
+                [f"column(s) the model needs are not in the data: {', '.join(missing)}"], source=model_uri
+            )
         return evaluate(bundle.model, holdout[names], holdout[target]).score(metric)
 
 
@@ -98,11 +104,19 @@ def run_training(
     result = train(spec, frame, features, progress=progress, dataset_fingerprint=fingerprint_frame(frame))
     with Registry(settings.database_url) as registry:
         production = _production_or_none(registry, spec.name)
-        production_score = (
-            score_on_holdout(production.storage_uri, result.holdout, spec.target, spec.metric, settings)
-            if production is not None and spec.gate.compare_to_production
-            else None
-        )
+        if production is not None and spec.gate.compare_to_production:
+            # The same holdout rows, with every column: production may use features this run does not.
+            holdout_rows = frame.loc[result.holdout.index]
+            try:
+                production_score = score_on_holdout(
+                    production.storage_uri, holdout_rows, spec.target, spec.metric, settings
+                )
+            except ModelyardError as exc:
+                reason = f"cannot score production {production.ref} on this holdout: {exc.message}"
+                verdict = GateVerdict(False, reason, result.holdout_score, None, production.version)
+                return RunOutcome(result, verdict, None)
+        else:
+            production_score = None
         verdict = judge(spec, result.holdout_score, production, production_score)
         if not verdict.passed:
             return RunOutcome(result, verdict, None)
