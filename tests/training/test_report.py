@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 
 import numpy as np
@@ -108,9 +109,7 @@ def test_report_without_roc_curves_still_renders() -> None:
     flat = evaluate_predictions(
         ["cat", "cat"], ["cat", "dog"], np.array([[0.9, 0.1], [0.4, 0.6]]), ["cat", "dog"]
     )
-    page = render_report_html(
-        ReportContext(**{**context.__dict__, "evaluation": flat, "holdout_rows": 2})  # type: ignore[arg-type]
-    )
+    page = render_report_html(dataclasses.replace(context, evaluation=flat, holdout_rows=2))
     assert len(_pngs(page)) == 1
     assert "<td>roc_auc</td>" not in page
 
@@ -169,3 +168,21 @@ def test_library_versions_name_the_stack() -> None:
 @pytest.mark.parametrize("classes", [["no", "yes"], [str(d) for d in range(10)]])
 def test_plots_scale_with_the_number_of_classes(classes: list[str]) -> None:
     assert len(_pngs(render_report_html(_context(classes)))) == 2
+
+
+def test_report_rounds_parameters_and_card_keeps_them_exact() -> None:
+    context = _context(["cat", "dog"])
+    winner = CandidateSummary(
+        Algorithm.SVM,
+        SearchStrategy.RANDOM,
+        Metric.F1_MACRO,
+        0.9,
+        0.0,
+        3,
+        {"C": 0.98467388736, "kernel": "rbf"},
+        1.0,
+    )
+    context = dataclasses.replace(context, winner=winner, candidates=[winner])
+
+    assert "<code>C=0.9847, kernel=&quot;rbf&quot;</code>" in render_report_html(context)
+    assert "| C | `0.98467388736` |" in render_model_card(context)

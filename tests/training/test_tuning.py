@@ -253,3 +253,11 @@ def test_select_best_refuses_mixed_metrics_and_empty_input() -> None:
         select_best([], "f1_macro")
     with pytest.raises(ModelyardError, match="no candidate has a finite f1_macro score"):
         select_best([_summary(Algorithm.KNN, float("nan"), 0.0)], "f1_macro")
+
+
+def test_arrays_instead_of_frames_are_refused(
+    mixed_frame: pd.DataFrame, mixed_features: list[FeatureSpec]
+) -> None:
+    x, y = _xy(mixed_frame)
+    with pytest.raises(InvalidInput, match=r"as a pandas DataFrame .* got ndarray and Series"):
+        tune(Algorithm.KNN, x.to_numpy(), y, mixed_features, SearchSpec(), "accuracy", cv_folds=3, seed=0)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from modelyard.spec import FeatureSpec, Metric
@@ -80,17 +81,24 @@ def _fmt(value: float) -> str:
 
 
 def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{name}={json.dumps(value)}" for name, value in sorted(params.items())) or "defaults"
+    """``C=0.9847, kernel="rbf"``: floats to 4 significant digits (exact values are in the model card)."""
+
+    def shown(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else json.dumps(value)
+
+    return ", ".join(f"{name}={shown(value)}" for name, value in sorted(params.items())) or "defaults"
 
 
 def _png(figure: Figure) -> str:
+    # Agg renders without a display; a Figure made without pyplot keeps no global state (thread-safe)
+    FigureCanvasAgg(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def confusion_matrix_png(evaluation: Evaluation) -> str:
-    """The confusion matrix as a data: URI. Figure() without pyplot: no global state, thread-safe, Agg."""
+    """The confusion matrix as a data: URI."""
     labels = [str(label) for label in evaluation.classes]
     size = max(3.5, 0.55 * len(labels) + 2.0)
     figure = Figure(figsize=(size, size))
@@ -122,7 +130,7 @@ def roc_png(evaluation: Evaluation) -> str | None:
     for curve in evaluation.roc_curves:
         axes.plot(curve.fpr, curve.tpr, label=f"{curve.positive_class} (AUC {curve.auc:.3f})")
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
-    axes.set_xlim(0, 1)
+    axes.set_xlim(-0.02, 1)  # a curve along the axis stays visible
     axes.set_ylim(0, 1.02)
     axes.set_xlabel("false positive rate")
     axes.set_ylabel("true positive rate")
@@ -211,7 +219,7 @@ Dataset fingerprint: <code>{_e(context.dataset_fingerprint or "not recorded")}</
 <th>seconds</th><th>best parameters</th></tr>
 {"".join(rows)}
 </table>
-<h2>Winner on the holdout: {_e(context.winner.algorithm.value)}</h2>
+<h2>Holdout evaluation of the winner, {_e(context.winner.algorithm.value)}</h2>
 {gate}
 <table><tr><th>metric</th><th>holdout</th></tr>{metric_rows}</table>
 <div class="plots">{"".join(plots)}</div>

@@ -128,6 +128,11 @@ def check_training_data(
     cv_folds: int,
 ) -> dict[Any, int]:
     """Fail clearly on data that cannot be cross-validated; returns the row count per class."""
+    if not isinstance(X, pd.DataFrame) or not isinstance(y, pd.Series):
+        raise InvalidInput(
+            "tune() takes the features as a pandas DataFrame (columns by name) and the target as a Series, "
+            f"got {type(X).__name__} and {type(y).__name__}"
+        )
     problems: list[str] = []
     missing = [f.name for f in features if f.name not in X.columns]
     if missing:
