@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.svm import LinearSVC
 
 from modelyard.errors import DataValidationError, InvalidInput
-from modelyard.training.evaluation import evaluate, evaluate_predictions, split_holdout
+from modelyard.training.evaluation import Evaluation, evaluate, evaluate_predictions, split_holdout
 
 
 def _binary() -> tuple[list[str], list[str], np.ndarray]:
@@ -107,6 +107,7 @@ def test_to_dict_is_json_even_with_numpy_integer_labels() -> None:
     evaluation = evaluate(model, x, y)
 
     restored = json.loads(json.dumps(evaluation.to_dict(), allow_nan=False))
+    assert Evaluation.from_dict(restored) == evaluation
     assert restored["classes"] == [0, 1, 2]
     assert restored["rows"] == 6
     assert set(restored["metrics"]) >= {"accuracy", "f1_macro", "roc_auc", "neg_log_loss", "log_loss"}

@@ -148,7 +148,8 @@ class FitShape:
 
     @classmethod
     def of_cross_validation(cls, rows: int, smallest_class_rows: int, cv_folds: int) -> FitShape:
-        # a k-fold training fold holds about (k-1)/k of the rows; floor keeps the bound conservative
+        # a k-fold training fold holds about (k-1)/k of the rows; rounding the held-out share up keeps
+        # the bound conservative
         def keep(n: int) -> int:
             return n - math.ceil(n / cv_folds)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,26 +48,16 @@ class RocCurve:
     tpr: list[float]
     auc: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"positive_class": self.positive_class, "fpr": self.fpr, "tpr": self.tpr, "auc": self.auc}
-
 
 @dataclass(frozen=True)
 class ClassReport:
+    """Precision, recall, F1 and support (rows in the holdout) of one class."""
+
     label: Label
     precision: float
     recall: float
     f1: float
     support: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "precision": self.precision,
-            "recall": self.recall,
-            "f1": self.f1,
-            "support": self.support,
-        }
 
 
 @dataclass(frozen=True)
@@ -100,14 +90,20 @@ class Evaluation:
         return self.metrics[name]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "classes": list(self.classes),
-            "rows": self.rows,
-            "metrics": dict(self.metrics),
-            "confusion_matrix": [list(row) for row in self.confusion_matrix],
-            "roc_curves": [curve.to_dict() for curve in self.roc_curves],
-            "per_class": [report.to_dict() for report in self.per_class],
-        }
+        """Plain JSON: for bundle metadata and KFP artifacts."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Evaluation:
+        """The inverse of :meth:`to_dict` (a pipeline step reads back what another wrote)."""
+        return cls(
+            classes=list(data["classes"]),
+            rows=int(data["rows"]),
+            metrics={name: float(value) for name, value in data["metrics"].items()},
+            confusion_matrix=[[int(v) for v in row] for row in data["confusion_matrix"]],
+            roc_curves=[RocCurve(**curve) for curve in data["roc_curves"]],
+            per_class=[ClassReport(**report) for report in data["per_class"]],
+        )
 
 
 def split_holdout(

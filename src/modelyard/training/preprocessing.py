@@ -2,7 +2,9 @@
 
 - numeric: median imputation, then standard scaling (or min-max scaling into [0, 1] for estimators that
   need non-negative input, see ``nonnegative``);
-- categorical: most-frequent imputation, then one-hot encoding that ignores categories unseen in training;
+- categorical: values compared as strings (1 and "1" are one category; a column mixing numbers and
+  strings, or holding booleans, encodes; but 1.0 is "1.0"), most-frequent imputation, then one-hot
+  encoding that ignores categories unseen in training;
 - text: one TF-IDF vectoriser per column, a missing text being the empty string.
 
 Every step is a scikit-learn estimator or a numpy/pandas function, never a class or function of
