@@ -46,7 +46,10 @@ def test_environment_switches_to_postgres_and_s3(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     ("uri", "message"),
     [
-        ("ftp://host/models", "MODELYARD_STORE_URI: .*must start with file:// or s3://, got 'ftp://host/models'"),
+        (
+            "ftp://host/models",
+            "MODELYARD_STORE_URI: .*must start with file:// or s3://, got 'ftp://host/models'",
+        ),
         ("s3:///models", "MODELYARD_STORE_URI: .*an s3:// URI needs a bucket"),
     ],
 )
