@@ -30,7 +30,7 @@ def test_environment_switches_to_postgres_and_s3(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("MODELYARD_STORE_URI", "s3://models/prod/")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
     settings = load_settings()
     assert settings.home == tmp_path
@@ -38,9 +38,9 @@ def test_environment_switches_to_postgres_and_s3(monkeypatch: pytest.MonkeyPatch
     assert settings.store_uri == "s3://models/prod"
     assert settings.s3.endpoint_url == "http://minio:9000"
     assert settings.s3.access_key_id == "key"
-    assert settings.s3.secret_access_key == "secret"
+    assert settings.s3.secret_access_key == "s3cr3t-value"
     assert settings.s3.region == "eu-west-1"
-    assert "secret" not in repr(settings)
+    assert "s3cr3t-value" not in repr(settings)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelyard.errors import ModelyardError
@@ -28,6 +28,41 @@ class S3Settings(BaseSettings):
     region: str | None = Field(default=None, description="AWS_REGION")
 
 
+class ServingSettings(BaseModel):
+    """The model server (MODELYARD_SERVING__<NAME>); defaults follow KServe's ServingRuntime contract."""
+
+    model_dir: Path = Field(default=Path("/mnt/models"), description="bundle folder (KServe mounts it here)")
+    model_name: str = Field(
+        default="", description="name served under /v2/models/NAME; default: the bundle's"
+    )
+    http_port: int = Field(default=8080, ge=1, le=65535, description="REST port (V1 and V2)")
+    grpc_port: int = Field(default=8081, ge=0, le=65535, description="V2 gRPC port; 0 turns gRPC off")
+    max_batch_size: int = Field(default=64, ge=1, description="rows coalesced into one model call")
+    max_batch_wait_ms: float = Field(default=2.0, ge=0, description="longest a request waits for a batch")
+    max_request_rows: int = Field(default=10_000, ge=1, description="rows one request may carry")
+    prefer_onnx: bool = Field(default=True, description="use model.onnx when the bundle verified it")
+    prediction_log: bool = Field(default=True, description="write every prediction to the registry DB")
+    log_queue_size: int = Field(default=100_000, ge=1, description="records held in memory before spooling")
+    log_batch_size: int = Field(default=500, ge=1, description="records written per database round trip")
+    log_flush_interval_s: float = Field(default=1.0, gt=0, description="longest a record waits to be written")
+    spool_dir: Path | None = Field(default=None, description="spool while the DB is down; default HOME/spool")
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="bound of the spool file")
+
+
+class PipelineSettings(BaseModel):
+    """Kubeflow Pipelines (MODELYARD_PIPELINE__<NAME>)."""
+
+    image: str = Field(
+        default="ghcr.io/modelyard/modelyard:0.1.0", description="base image of every pipeline component"
+    )
+    host: str = Field(default="", description="KFP API endpoint, e.g. http://localhost:8888")
+    namespace: str = Field(default="kubeflow", description="namespace of runs and InferenceServices")
+    s3_secret: str = Field(default="modelyard-s3", description="Secret with AWS_* keys, injected as env")
+    database_secret: str = Field(
+        default="modelyard-database", description="Secret with MODELYARD_DATABASE_URL, injected as env"
+    )
+
+
 class Settings(BaseSettings):
     """Runtime configuration. Defaults give the embedded setup: SQLite and a folder under HOME."""
 
@@ -39,6 +74,8 @@ class Settings(BaseSettings):
     )
     store_uri: str = Field(default="", description="Object store root: file:///path or s3://bucket/prefix")
     s3: S3Settings = Field(default_factory=S3Settings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
 
     @field_validator("store_uri")
     @classmethod
@@ -60,6 +97,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{home / 'modelyard.db'}"
         if not self.store_uri:
             self.store_uri = f"file://{home / 'store'}"
+        if self.serving.spool_dir is None:
+            self.serving.spool_dir = home / "spool"
         return self
 
 
@@ -69,7 +108,7 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"MODELYARD_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+            f"MODELYARD_{'__'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
         )
         raise ModelyardError(f"invalid configuration: {problems}") from exc
 
