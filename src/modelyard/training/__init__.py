@@ -7,7 +7,7 @@ from modelyard.training.candidates import Candidate, SearchSpace, candidate_for
 from modelyard.training.evaluation import Evaluation, evaluate, evaluate_predictions, split_holdout
 from modelyard.training.preprocessing import build_preprocessor
 from modelyard.training.report import ReportContext, library_versions, render_model_card, render_report_html
-from modelyard.training.train import TrainingResult, train
+from modelyard.training.train import TrainingResult, assemble_result, train
 from modelyard.training.tuning import (
     CandidateSummary,
     TuningResult,
@@ -25,6 +25,7 @@ __all__ = [
     "SearchSpace",
     "TrainingResult",
     "TuningResult",
+    "assemble_result",
     "build_preprocessor",
     "candidate_for",
     "evaluate",

@@ -118,41 +118,68 @@ def train(
     if progress:
         progress("evaluate", 1, 1)
         progress("report", 0, 1)
-    classes = list(evaluation.classes)
-    counts = frame[spec.target].value_counts()
+    result = assemble_result(
+        spec,
+        features,
+        [r.summary() for r in results],
+        winner,
+        evaluation,
+        train_rows=len(train_part),
+        holdout=holdout_part,
+        class_counts=frame[spec.target].value_counts(),
+        dataset_fingerprint=dataset_fingerprint,
+    )
+    if progress:
+        progress("report", 1, 1)
+    return result
+
+
+def assemble_result(
+    spec: ModelSpec,
+    features: list[FeatureSpec],
+    candidates: list[CandidateSummary],
+    winner: TuningResult,
+    evaluation: Evaluation,
+    *,
+    train_rows: int,
+    holdout: pd.DataFrame,
+    class_counts: pd.Series,
+    dataset_fingerprint: str | None,
+) -> TrainingResult:
+    """Write the report and model card of a finished run and gather everything into a TrainingResult.
+
+    ``train`` calls it in one process; the KFP pipeline calls it in its publish step, from the outputs of
+    the tune, select and evaluate tasks.
+    """
     context = ReportContext(
         name=spec.name,
         description=spec.description,
         target=spec.target,
         metric=spec.metric,
         features=features,
-        classes=classes,
-        candidates=[result.summary() for result in results],
+        classes=list(evaluation.classes),
+        candidates=candidates,
         winner=winner.summary(),
         evaluation=evaluation,
-        train_rows=len(train_part),
-        holdout_rows=len(holdout_part),
-        class_counts={str(label): int(counts[label]) for label in winner.model.classes_},
+        train_rows=train_rows,
+        holdout_rows=len(holdout),
+        class_counts={str(label): int(class_counts[label]) for label in winner.model.classes_},
         dataset_fingerprint=dataset_fingerprint,
         gate_min_score=spec.gate.min_score,
     )
-    report_html = render_report_html(context)
-    model_card_md = render_model_card(context)
-    if progress:
-        progress("report", 1, 1)
     return TrainingResult(
         spec_name=spec.name,
         target=spec.target,
         metric=spec.metric,
         features=list(features),
-        classes=classes,
-        candidates=list(context.candidates),
+        classes=list(evaluation.classes),
+        candidates=list(candidates),
         winner=winner,
         evaluation=evaluation,
-        report_html=report_html,
-        model_card_md=model_card_md,
-        train_rows=len(train_part),
-        holdout_rows=len(holdout_part),
-        holdout=holdout_part,
+        report_html=render_report_html(context),
+        model_card_md=render_model_card(context),
+        train_rows=train_rows,
+        holdout_rows=len(holdout),
+        holdout=holdout,
         dataset_fingerprint=dataset_fingerprint,
     )
