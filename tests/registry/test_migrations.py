@@ -17,18 +17,27 @@ from modelyard.registry.db import current_revision, head_revision, normalize_url
 from modelyard.registry.tables import Base
 from modelyard.settings import Settings
 
-TABLES = {"alembic_version", "datasets", "model_versions", "promotions", "version_counters"}
+TABLES = {
+    "alembic_version",
+    "datasets",
+    "feedback",
+    "model_versions",
+    "predictions",
+    "promotions",
+    "version_counters",
+}
+HEAD = "0002"
 
 
 def test_upgrade_creates_the_schema_on_an_empty_database_and_is_idempotent(settings: Settings) -> None:
     engine = create_engine_for(settings.database_url)
     try:
         assert current_revision(engine) is None
-        assert upgrade(settings.database_url) == head_revision() == "0001"
+        assert upgrade(settings.database_url) == head_revision() == HEAD
         assert set(inspect(engine).get_table_names()) == TABLES
-        assert upgrade(settings.database_url) == "0001"
+        assert upgrade(settings.database_url) == HEAD
         with engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [("0001",)]
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [(HEAD,)]
     finally:
         engine.dispose()
 
@@ -70,9 +79,9 @@ def test_the_database_itself_allows_one_production_version_per_name(settings: Se
 def test_concurrent_upgrades_of_an_empty_database_apply_the_migrations_once(settings: Settings) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         revisions = list(pool.map(lambda _: upgrade(settings.database_url), range(4)))
-    assert revisions == ["0001"] * 4
+    assert revisions == [HEAD] * 4
     with Registry(settings.database_url) as registry:
-        assert registry.schema_revision == "0001"
+        assert registry.schema_revision == HEAD
 
 
 def test_registry_migrates_on_start_unless_told_not_to(settings: Settings) -> None:
@@ -80,7 +89,7 @@ def test_registry_migrates_on_start_unless_told_not_to(settings: Settings) -> No
         assert registry.schema_revision is None
         assert current_revision(registry.engine) is None
     with Registry(settings.database_url) as registry:
-        assert current_revision(registry.engine) == "0001"
+        assert current_revision(registry.engine) == HEAD
 
 
 def test_a_database_from_a_newer_modelyard_is_refused(settings: Settings) -> None:
@@ -97,7 +106,7 @@ def test_a_database_from_a_newer_modelyard_is_refused(settings: Settings) -> Non
 
 def test_sqlite_creates_the_folder_and_uses_wal(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'a' / 'b' / 'registry.db'}"
-    assert upgrade(url) == "0001"
+    assert upgrade(url) == HEAD
     engine = create_engine_for(url)
     try:
         with engine.connect() as connection:

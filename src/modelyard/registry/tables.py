@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -164,3 +165,67 @@ class Promotion(Base):
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), nullable=False, index=True)
     promoted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utc_now)
     reverted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+# Long enough for a UUID, a W3C trace id or a client's own id; the prediction log refuses longer ones.
+REQUEST_ID_LENGTH = 256
+MODEL_VERSION_LENGTH = 64
+
+# A surrogate key that is 64-bit on Postgres (the log grows without bound) and SQLite's rowid there.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Prediction(Base):
+    """One row answered by the model server (a request of N rows gives N rows here).
+
+    Written asynchronously and in batches by ``modelyard.serving.prediction_log``. The unique key
+    (request_id, row, model) makes writes idempotent: a batch whose commit outcome was unknown (the
+    connection dropped) is spooled and replayed, and the replay's duplicates are ignored.
+    """
+
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(REQUEST_ID_LENGTH), nullable=False)
+    row: Mapped[int] = mapped_column(Integer, nullable=False)
+    model: Mapped[str] = mapped_column(String(NAME_LENGTH), nullable=False)
+    version: Mapped[str] = mapped_column(String(MODEL_VERSION_LENGTH), nullable=False)
+    # {feature name: value} as the request sent it (null where a value was missing).
+    features: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False)
+    # The predicted class, as text whatever the class type (digits' 3 is "3").
+    label: Mapped[str] = mapped_column(Text, nullable=False)
+    # {class: probability}; empty when the model gave labels only.
+    probabilities: Mapped[dict[str, float]] = mapped_column(JsonType, nullable=False)
+    latency_ms: Mapped[float] = mapped_column(Float, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    __table_args__ = (
+        UniqueConstraint("request_id", "row", "model"),
+        # Drift and live-accuracy queries read one model's recent window.
+        Index("ix_predictions_model_created_at", "model", "created_at"),
+        CheckConstraint('"row" >= 0', name="row_not_negative"),
+    )
+
+
+class Feedback(Base):
+    """The true label of one logged prediction, given later by a client (POST .../feedback).
+
+    Linked to its prediction by (request_id, row, model). ``record_feedback`` checks that the
+    prediction is logged; there is no foreign key, so the prediction log can be pruned by age
+    (retention) without touching ground truth. At most one label per prediction: a newer label
+    replaces the older one (upsert), and ``created_at`` is when the current label was given.
+    """
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(REQUEST_ID_LENGTH), nullable=False)
+    row: Mapped[int] = mapped_column(Integer, nullable=False)
+    model: Mapped[str] = mapped_column(String(NAME_LENGTH), nullable=False)
+    label: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utc_now)
+
+    __table_args__ = (
+        UniqueConstraint("request_id", "row", "model"),
+        CheckConstraint('"row" >= 0', name="row_not_negative"),
+    )
