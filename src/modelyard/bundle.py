@@ -33,7 +33,7 @@ from datetime import UTC, date, datetime
 from enum import Enum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -99,6 +99,86 @@ def _plain_params(value: Any) -> Any:
         return repr(value)
 
 
+class OnnxInput(BaseModel):
+    """One input of model.onnx: which feature columns feed it, and as what tensor type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="the ONNX graph's input name")
+    columns: list[str] = Field(min_length=1, description="feature columns, in order, as [N, len(columns)]")
+    type: Literal["double", "string"] = Field(description="double for numeric, string for categorical")
+
+
+class OnnxInfo(BaseModel):
+    """How publishing fared exporting the model to ONNX: verified (``file`` set) or ``skipped`` (why).
+
+    A verified export's probabilities matched scikit-learn's within ``tolerance`` on every one of
+    ``rows_checked`` holdout rows; only then may a server run it instead of the pickled model.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: str | None = Field(default=None, description="the ONNX file in the bundle, when verified")
+    skipped: str | None = Field(default=None, description="why there is no ONNX model")
+    max_abs_diff: float | None = Field(default=None, ge=0, description="largest |onnx - sklearn| seen")
+    rows_checked: int | None = Field(default=None, ge=0, description="holdout rows compared")
+    tolerance: float | None = Field(default=None, gt=0, description="the largest difference allowed")
+    opset: dict[str, int] = Field(default_factory=dict, description="opset version by domain")
+    inputs: list[OnnxInput] = Field(default_factory=list, description="the graph's inputs, in order")
+    probabilities: str | None = Field(default=None, description="name of the [N, n_classes] output")
+    classes: list[str | int] = Field(default_factory=list, description="column order of that output")
+    missing_category: str | None = Field(
+        default=None, description="the string that stands for a missing categorical value"
+    )
+    converter_versions: dict[str, str] = Field(default_factory=dict, description="skl2onnx, onnx, ...")
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _plain_classes(cls, value: Any) -> Any:
+        return _plain(value, "onnx.classes")
+
+    @model_validator(mode="after")
+    def _verified_or_skipped(self) -> OnnxInfo:
+        if (self.file is None) == (self.skipped is None):
+            raise ValueError("exactly one of file (a verified export) or skipped (the reason) must be set")
+        if self.file is not None:
+            try:
+                check_key(self.file, what="onnx file name")
+            except InvalidInput as exc:
+                raise ValueError(exc.message) from None
+            needed = {
+                "max_abs_diff": self.max_abs_diff,
+                "rows_checked": self.rows_checked,
+                "tolerance": self.tolerance,
+                "probabilities": self.probabilities,
+            }
+            missing = [name for name, value in needed.items() if value is None]
+            if not self.inputs:
+                missing.append("inputs")
+            if not self.classes:
+                missing.append("classes")
+            if missing:
+                raise ValueError(f"a verified export needs {', '.join(missing)}")
+            if self.rows_checked == 0:
+                raise ValueError("a verified export must have checked at least one holdout row")
+            if any(i.type == "string" for i in self.inputs) and self.missing_category is None:
+                raise ValueError("a verified export with string inputs needs missing_category")
+            if (
+                self.max_abs_diff is not None
+                and self.tolerance is not None
+                and self.max_abs_diff > self.tolerance
+            ):
+                raise ValueError(
+                    f"max_abs_diff {self.max_abs_diff} exceeds the tolerance {self.tolerance}: "
+                    "such an export must be skipped, not kept"
+                )
+        return self
+
+    @property
+    def verified(self) -> bool:
+        return self.file is not None
+
+
 class BundleMetadata(BaseModel):
     """metadata.json. Fields serving relies on (name, target, features, classes) are required and typed."""
 
@@ -126,6 +206,9 @@ class BundleMetadata(BaseModel):
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC), description="UTC, ISO 8601")
     files: dict[str, str] = Field(
         default_factory=dict, description="sha256 (hex) of every file but metadata.json"
+    )
+    onnx: OnnxInfo | None = Field(
+        default=None, description="the ONNX export: verified against sklearn, or why it was skipped"
     )
 
     @field_validator("format_version")
@@ -192,6 +275,14 @@ class BundleMetadata(BaseModel):
             raise ValueError(f"features: declared more than once: {', '.join(repeated)}")
         if self.target in names:
             raise ValueError(f"features: the target {self.target!r} cannot also be a feature")
+        if self.onnx is not None and self.onnx.file is not None:
+            if self.files and self.onnx.file not in self.files:
+                raise ValueError(f"onnx: {self.onnx.file} is not among the bundle's files")
+            unknown = sorted({c for i in self.onnx.inputs for c in i.columns} - set(names))
+            if unknown:
+                raise ValueError(f"onnx: inputs read columns that are not features: {', '.join(unknown)}")
+            if set(self.onnx.classes) != set(self.classes) or len(self.onnx.classes) != len(self.classes):
+                raise ValueError(f"onnx: classes {self.onnx.classes} differ from the bundle's {self.classes}")
         return self
 
     @property
@@ -504,6 +595,8 @@ __all__ = [
     "REQUIRED_FILES",
     "BundleMetadata",
     "LoadedBundle",
+    "OnnxInfo",
+    "OnnxInput",
     "current_library_versions",
     "fetch_bundle",
     "load_bundle",

@@ -27,6 +27,7 @@ from modelyard.bundle import (
 from modelyard.data.fingerprint import fingerprint_frame
 from modelyard.data.profile import reference_statistics
 from modelyard.errors import BundleIntegrityError
+from modelyard.onnx_export import export_onnx
 from modelyard.registry import ModelVersionRecord, Registry, Stage
 from modelyard.settings import Settings
 from modelyard.storage import open_store
@@ -45,8 +46,10 @@ def write_training_bundle(
     """Write the bundle of a training run: the winning model, its metadata, model card and report.
 
     ``reference_frame`` (the training rows) is profiled into the drift reference the server compares
-    live traffic against.
+    live traffic against. The model is also exported to ONNX and kept as ``model.onnx`` only if its
+    probabilities match scikit-learn's on every holdout row; ``metadata.onnx`` records the outcome.
     """
+    onnx = export_onnx(result.model, result.features, result.classes, result.holdout)
     metadata = BundleMetadata(
         name=result.spec_name,
         algorithm=result.winner.algorithm.value,
@@ -61,6 +64,7 @@ def write_training_bundle(
         reference_stats=reference_statistics(reference_frame, result.features, target=result.target),
         created_at=datetime.now(UTC),
         files={},
+        onnx=onnx.info,
     )
     return write_bundle(
         dest_dir,
@@ -68,6 +72,7 @@ def write_training_bundle(
         metadata=metadata,
         model_card=result.model_card_md,
         report_html=result.report_html,
+        extra_files=onnx.extra_files,
     )
 
 

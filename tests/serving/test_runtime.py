@@ -12,9 +12,10 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.pipeline import Pipeline
 
-from modelyard.bundle import BundleMetadata, LoadedBundle, load_bundle, write_bundle
+from modelyard.bundle import BundleMetadata, LoadedBundle, OnnxInfo, load_bundle, write_bundle
 from modelyard.errors import BundleIntegrityError, InvalidInput
-from modelyard.serving.runtime import ModelRuntime, SklearnRuntime, load_runtime
+from modelyard.onnx_export import export_onnx
+from modelyard.serving.runtime import ModelRuntime, OnnxRuntime, SklearnRuntime, load_runtime, served_frame
 from modelyard.spec import FeatureSpec, FeatureType
 from modelyard.training.preprocessing import build_preprocessor
 
@@ -159,3 +160,172 @@ def test_serving_predicts_on_the_calling_thread(frame: pd.DataFrame) -> None:
 def test_prefer_onnx_falls_back_to_sklearn_for_a_bundle_without_onnx(tmp_path: Path, model: Pipeline) -> None:
     bundle = write_and_load(tmp_path, model, metadata_for(list(model.classes_)))
     assert load_runtime(bundle, prefer_onnx=True).kind == "sklearn"
+
+
+# ------------------------------------------------------------------ ONNX Runtime
+
+
+def write_with_onnx(
+    tmp_path: Path, model: Pipeline, frame: pd.DataFrame, classes: list[Any] | None = None
+) -> Path:
+    export = export_onnx(model, FEATURES, list(model.classes_), frame)
+    assert export.info.file == "model.onnx", export.info.skipped
+    metadata = metadata_for(classes or list(model.classes_), onnx=export.info)
+    dest = tmp_path / "bundle"
+    write_bundle(
+        dest,
+        model=model,
+        metadata=metadata,
+        model_card="#\n",
+        report_html="<p/>",
+        extra_files=export.extra_files,
+    )
+    return dest
+
+
+@pytest.fixture(scope="module")
+def forest(frame: pd.DataFrame) -> Pipeline:
+    return fit(RandomForestClassifier(n_estimators=20, random_state=0), frame, make_labels(frame))
+
+
+def with_missing_values(frame: pd.DataFrame) -> pd.DataFrame:
+    served = served_frame(frame, FEATURES)
+    served.loc[served.index % 4 == 1, "width"] = np.nan
+    served.loc[served.index % 5 == 2, "colour"] = None
+    served.loc[served.index % 6 == 3, "colour"] = "purple"  # a category training never saw
+    return served
+
+
+@pytest.mark.parametrize("estimator", ["model", "forest"])
+def test_the_onnx_runtime_matches_sklearn_within_the_tolerance(
+    tmp_path: Path, frame: pd.DataFrame, estimator: str, request: pytest.FixtureRequest
+) -> None:
+    model: Pipeline = request.getfixturevalue(estimator)
+    bundle = load_bundle(write_with_onnx(tmp_path, model, frame))
+
+    runtime = load_runtime(bundle, prefer_onnx=True)
+
+    assert isinstance(runtime, OnnxRuntime)
+    assert runtime.kind == "onnx"
+    assert runtime.classes == list(model.classes_)
+    rows = with_missing_values(make_frame(64, seed=1))
+    proba = runtime.predict_proba(rows)
+    assert proba.dtype == np.float64 and proba.shape == (64, 3)
+    np.testing.assert_allclose(proba, model.predict_proba(rows), atol=1e-5, rtol=0)
+    single = runtime.predict_proba(rows.iloc[[5]])
+    np.testing.assert_allclose(single, proba[[5]], atol=1e-12, rtol=0)
+
+
+def test_the_onnx_runtime_reorders_columns_into_the_metadata_class_order(
+    tmp_path: Path, model: Pipeline, frame: pd.DataFrame
+) -> None:
+    dest = write_with_onnx(tmp_path, model, frame, classes=["small", "large", "medium"])
+    runtime = load_runtime(load_bundle(dest), prefer_onnx=True)
+    assert runtime.kind == "onnx"
+    assert runtime.classes == ["small", "large", "medium"]
+    rows = served_frame(frame.head(6), FEATURES)
+    expected = model.predict_proba(rows)[:, [2, 0, 1]]
+    np.testing.assert_allclose(runtime.predict_proba(rows), expected, atol=1e-5, rtol=0)
+
+
+def test_prefer_onnx_false_forces_sklearn(tmp_path: Path, model: Pipeline, frame: pd.DataFrame) -> None:
+    bundle = load_bundle(write_with_onnx(tmp_path, model, frame))
+    runtime = load_runtime(bundle, prefer_onnx=False)
+    assert isinstance(runtime, SklearnRuntime)
+    assert runtime.kind == "sklearn"
+    assert runtime.onnx_unused == "prefer_onnx is off"
+
+
+def test_a_bundle_whose_export_was_skipped_is_served_by_sklearn_saying_why(
+    tmp_path: Path, model: Pipeline
+) -> None:
+    metadata = metadata_for(list(model.classes_), onnx=OnnxInfo(skipped="text feature(s) note: ..."))
+    runtime = load_runtime(write_and_load(tmp_path, model, metadata), prefer_onnx=True)
+    assert isinstance(runtime, SklearnRuntime)
+    assert runtime.onnx_unused == "publishing skipped the ONNX export: text feature(s) note: ..."
+
+
+def test_an_old_bundle_without_an_onnx_record_is_served_by_sklearn(tmp_path: Path, model: Pipeline) -> None:
+    runtime = load_runtime(
+        write_and_load(tmp_path, model, metadata_for(list(model.classes_))), prefer_onnx=True
+    )
+    assert isinstance(runtime, SklearnRuntime)
+    assert runtime.onnx_unused is not None and runtime.onnx_unused.startswith(
+        "the bundle records no ONNX export"
+    )
+
+
+def test_a_tampered_onnx_model_is_caught_by_bundle_verification(
+    tmp_path: Path, model: Pipeline, frame: pd.DataFrame
+) -> None:
+    dest = write_with_onnx(tmp_path, model, frame)
+    bundle = load_bundle(dest)  # verified before the file changes under it
+    original = (dest / "model.onnx").read_bytes()
+    (dest / "model.onnx").write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+
+    with pytest.raises(BundleIntegrityError, match=r"model.onnx was altered: expected sha256") as caught:
+        load_bundle(dest)
+    assert caught.value.file == "model.onnx"
+    # a file swapped after verification is caught too: the runtime hashes the bytes it loads
+    with pytest.raises(BundleIntegrityError, match=r"model.onnx was altered: expected sha256"):
+        load_runtime(bundle, prefer_onnx=True)
+
+
+def test_an_onnx_model_onnxruntime_cannot_load_falls_back_to_sklearn(
+    tmp_path: Path, model: Pipeline, frame: pd.DataFrame, caplog: pytest.LogCaptureFixture
+) -> None:
+    export = export_onnx(model, FEATURES, list(model.classes_), frame)
+    metadata = metadata_for(list(model.classes_), onnx=export.info)
+    dest = tmp_path / "bundle"
+    # listed and checksummed, so it verifies, but it is not an ONNX graph
+    write_bundle(
+        dest,
+        model=model,
+        metadata=metadata,
+        model_card="#\n",
+        report_html="<p/>",
+        extra_files={"model.onnx": b"not a protobuf"},
+    )
+    runtime = load_runtime(load_bundle(dest), prefer_onnx=True)
+    assert isinstance(runtime, SklearnRuntime)
+    assert runtime.onnx_unused is not None
+    assert runtime.onnx_unused.startswith("onnxruntime could not load the bundle's ONNX model: ")
+    assert "serving with scikit-learn" in caplog.text
+
+
+def test_an_onnx_model_whose_inputs_disagree_with_the_metadata_is_refused(
+    tmp_path: Path, model: Pipeline, frame: pd.DataFrame
+) -> None:
+    export = export_onnx(model, FEATURES, list(model.classes_), frame)
+    renamed = [i.model_copy(update={"name": f"in_{i.name}"}) for i in export.info.inputs]
+    info = export.info.model_copy(update={"inputs": renamed})
+    dest = tmp_path / "bundle"
+    write_bundle(
+        dest,
+        model=model,
+        metadata=metadata_for(list(model.classes_), onnx=info),
+        model_card="#\n",
+        report_html="<p/>",
+        extra_files=export.extra_files,
+    )
+    with pytest.raises(BundleIntegrityError, match=r"model.onnx takes \[\('length', 'tensor\(double\)'\)"):
+        load_runtime(load_bundle(dest), prefer_onnx=True)
+
+
+def test_the_onnx_runtime_refuses_frames_with_wrong_columns(
+    tmp_path: Path, model: Pipeline, frame: pd.DataFrame
+) -> None:
+    runtime = load_runtime(load_bundle(write_with_onnx(tmp_path, model, frame)), prefer_onnx=True)
+    with pytest.raises(InvalidInput, match=r"missing feature\(s\): colour"):
+        runtime.predict_proba(frame[["length", "width"]])
+
+
+def test_served_frame_builds_what_the_codec_sends() -> None:
+    raw = pd.DataFrame(
+        {"length": [1, None], "width": ["2.5", 3], "colour": pd.Series([7, None], dtype=object)}
+    )
+    served = served_frame(raw, FEATURES)
+    assert list(served.columns) == ["length", "width", "colour"]
+    assert served["length"].dtype == np.float64 and np.isnan(served["length"].iloc[1])
+    assert served["width"].tolist() == [2.5, 3.0]
+    assert served["colour"].dtype == object and served["colour"].tolist() == ["7", None]

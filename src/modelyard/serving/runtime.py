@@ -19,14 +19,17 @@ event loop.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
-from modelyard.bundle import BundleMetadata, LoadedBundle
+from modelyard.bundle import BundleMetadata, LoadedBundle, OnnxInfo
 from modelyard.errors import BundleIntegrityError, InvalidInput
+from modelyard.spec import FeatureSpec, FeatureType
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +58,14 @@ def _plain_label(label: Any) -> Any:
     return label.item() if hasattr(label, "item") else label
 
 
-def class_order(model_classes: Any, metadata: BundleMetadata, *, label: str) -> np.ndarray | None:
-    """Column indices that reorder the model's predict_proba into ``metadata.classes`` order.
+def class_order(model_classes: Any, expected: Sequence[ClassLabel], *, label: str) -> np.ndarray | None:
+    """Column indices that reorder the model's predict_proba columns into the ``expected`` class order.
 
     None when the orders already agree (the usual case: training records ``model.classes_``).
     BundleIntegrityError when the model knows other classes than the metadata lists.
     """
     found = [_plain_label(c) for c in np.asarray(model_classes).tolist()]
-    expected = list(metadata.classes)
+    expected = list(expected)
     if found == expected:
         return None
     if len(found) != len(expected) or set(found) != set(expected):
@@ -76,7 +79,11 @@ def class_order(model_classes: Any, metadata: BundleMetadata, *, label: str) -> 
 
 def check_columns(frame: pd.DataFrame, metadata: BundleMetadata) -> None:
     """InvalidInput naming missing, unknown or misordered columns; the codec should never send those."""
-    expected = metadata.feature_names
+    check_columns_named(frame, metadata.feature_names)
+
+
+def check_columns_named(frame: pd.DataFrame, expected: Sequence[str]) -> None:
+    expected = list(expected)
     columns = [str(column) for column in frame.columns]
     if columns == expected:
         return
@@ -129,11 +136,13 @@ class SklearnRuntime:
                 f"bundle {label}: the {type(model).__name__} has no classes_: is it fitted?",
                 file="model.joblib",
             )
-        self._order = class_order(model_classes, metadata, label=label)
+        self._order = class_order(model_classes, metadata.classes, label=label)
         _single_threaded(model)
         self._model = model
         self._metadata = metadata
         self.classes: list[ClassLabel] = list(metadata.classes)
+        self.onnx_unused: str | None = None
+        """Why ONNX Runtime is not answering instead (set by :func:`load_runtime`), for model metadata."""
 
     @property
     def model(self) -> Any:
@@ -156,24 +165,172 @@ def load_runtime(bundle: LoadedBundle, *, prefer_onnx: bool) -> ModelRuntime:
     load it, scikit-learn. ``runtime.kind`` tells which one answered.
     """
     label = str(bundle.path)
+    reason = "prefer_onnx is off"
     if prefer_onnx:
-        onnx_runtime = _try_onnx(bundle, label)
+        onnx_runtime, reason_or_none = _try_onnx(bundle, label)
         if onnx_runtime is not None:
             return onnx_runtime
-    return SklearnRuntime(bundle.model, bundle.metadata, label=label)
+        reason = reason_or_none or reason
+    runtime = SklearnRuntime(bundle.model, bundle.metadata, label=label)
+    runtime.onnx_unused = reason
+    return runtime
 
 
-def _try_onnx(bundle: LoadedBundle, label: str) -> ModelRuntime | None:
-    # The ONNX path arrives with modelyard.onnx_export; until then every bundle is served by sklearn.
+def onnx_unavailable_reason(metadata: BundleMetadata) -> str | None:
+    """Why this bundle cannot be served by ONNX Runtime, or None when it can."""
+    info = metadata.onnx
+    if info is None:
+        return "the bundle records no ONNX export (published before ONNX support, or without it)"
+    if info.file is None:
+        return f"publishing skipped the ONNX export: {info.skipped}"
+    if info.file not in metadata.files:
+        return f"{info.file} is not listed in the bundle's manifest"
     return None
+
+
+def _try_onnx(bundle: LoadedBundle, label: str) -> tuple[ModelRuntime | None, str | None]:
+    reason = onnx_unavailable_reason(bundle.metadata)
+    if reason is not None:
+        return None, reason
+    try:
+        runtime = OnnxRuntime.from_bundle(bundle)
+    except BundleIntegrityError:
+        raise  # a tampered model.onnx is a bad bundle, not a reason to quietly use the other model
+    except Exception as exc:  # onnxruntime missing, or too old for the opset: serve with sklearn
+        reason = f"onnxruntime could not load the bundle's ONNX model: {type(exc).__name__}: {exc}"
+        log.warning("bundle %s: %s; serving with scikit-learn", label, reason)
+        return None, reason
+    return runtime, None
+
+
+def served_frame(frame: pd.DataFrame, features: Sequence[FeatureSpec]) -> pd.DataFrame:
+    """``frame``'s feature columns as the protocol codec builds them: numeric float64 with NaN for
+    missing, categorical and text as object columns of ``str`` with None for missing.
+
+    Used to compare runtimes on exactly the inputs a server would give them.
+    """
+    columns: dict[str, Any] = {}
+    for feature in features:
+        column = frame[feature.name]
+        if feature.type is FeatureType.NUMERIC:
+            columns[feature.name] = pd.to_numeric(column, errors="raise").astype(np.float64)
+        else:
+            values = column.astype(object)
+            columns[feature.name] = values.where(values.isna(), values.map(str)).where(values.notna(), None)
+    return pd.DataFrame(columns, index=frame.index)
+
+
+class OnnxRuntime:
+    """A ``model.onnx`` whose probabilities publishing verified against scikit-learn, run by ONNX Runtime.
+
+    One intra-op and one inter-op thread, sequential execution: the server calls it from one executor
+    thread with micro-batches, and on a shared node more threads only contend.
+    """
+
+    kind = ONNX
+
+    def __init__(
+        self,
+        model: bytes,
+        info: OnnxInfo,
+        classes: Sequence[ClassLabel],
+        *,
+        feature_names: Sequence[str],
+        label: str = "model",
+    ) -> None:
+        import onnxruntime
+
+        if info.file is None or info.probabilities is None:
+            raise BundleIntegrityError(
+                f"bundle {label}: the ONNX export was not verified ({info.skipped})", file="metadata.json"
+            )
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: the graph's unused label output is not a warning
+        self._session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self._check_signature(info, label)
+        self._inputs = [(i.name, list(i.columns), i.type) for i in info.inputs]
+        self._all_columns = list(feature_names)
+        self._output = [info.probabilities]
+        self._missing = info.missing_category
+        self._feature_names = list(feature_names)
+        self._order = class_order(info.classes, classes, label=label)
+        self.classes: list[ClassLabel] = list(classes)
+
+    @classmethod
+    def from_bundle(cls, bundle: LoadedBundle) -> OnnxRuntime:
+        """Read model.onnx once, check it against the manifest's sha256, and load it from those bytes."""
+        metadata = bundle.metadata
+        info = metadata.onnx
+        label = str(bundle.path)
+        if info is None or info.file is None:
+            raise BundleIntegrityError(f"bundle {label} has no verified ONNX model", file="metadata.json")
+        expected = metadata.files.get(info.file)
+        path = bundle.path.joinpath(*info.file.split("/"))
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            raise BundleIntegrityError(
+                f"bundle {label}: cannot read {info.file}: {exc}", file=info.file
+            ) from None
+        actual = hashlib.sha256(content).hexdigest()
+        if actual != expected:
+            raise BundleIntegrityError(
+                f"bundle {label}: {info.file} was altered: expected sha256 {expected}, found {actual}",
+                file=info.file,
+            )
+        return cls(content, info, metadata.classes, feature_names=metadata.feature_names, label=label)
+
+    def _check_signature(self, info: OnnxInfo, label: str) -> None:
+        tensor_types = {"double": "tensor(double)", "string": "tensor(string)"}
+        found = [(i.name, i.type) for i in self._session.get_inputs()]
+        expected = [(i.name, tensor_types[i.type]) for i in info.inputs]
+        outputs = [o.name for o in self._session.get_outputs()]
+        if found != expected or info.probabilities not in outputs:
+            raise BundleIntegrityError(
+                f"bundle {label}: model.onnx takes {found} and gives {outputs}, but metadata.json "
+                f"describes inputs {expected} and output {info.probabilities!r}",
+                file=info.file,
+            )
+
+    def _feeds(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        feeds: dict[str, np.ndarray] = {}
+        for name, columns, kind in self._inputs:
+            if kind == "double":
+                if columns == self._all_columns:
+                    feeds[name] = frame.to_numpy(dtype=np.float64)
+                else:
+                    feeds[name] = frame[columns].to_numpy(dtype=np.float64)
+            else:
+                values = frame[columns].to_numpy(dtype=object)
+                missing = pd.isna(values)
+                if missing.any():
+                    values = values.copy()
+                    values[missing] = self._missing
+                feeds[name] = values
+        return feeds
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        check_columns_named(frame, self._feature_names)
+        (proba,) = self._session.run(self._output, self._feeds(frame))
+        proba = np.asarray(proba, dtype=np.float64)
+        if self._order is not None:
+            proba = proba[:, self._order]
+        return proba
 
 
 __all__ = [
     "ONNX",
     "SKLEARN",
     "ModelRuntime",
+    "OnnxRuntime",
     "SklearnRuntime",
     "check_columns",
     "class_order",
     "load_runtime",
+    "onnx_unavailable_reason",
+    "served_frame",
 ]
