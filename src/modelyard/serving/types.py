@@ -1,0 +1,159 @@
+"""Protocol types of the model server, free of any transport (REST, gRPC) and of kserve.
+
+The REST and gRPC adapters turn bytes into these, the data plane works on them, and the codec converts
+between them and the model's features. Tensors hold numpy arrays from the start: nothing is turned into
+Python lists on the way in, and only JSON encoding turns them into text on the way out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+
+class Datatype(StrEnum):
+    """Tensor datatypes of the Open Inference Protocol (V2)."""
+
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    UINT16 = "UINT16"
+    UINT32 = "UINT32"
+    UINT64 = "UINT64"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BYTES = "BYTES"
+
+    @property
+    def numpy_dtype(self) -> np.dtype[Any]:
+        """The little-endian numpy dtype of a fixed-size datatype; object for BYTES."""
+        return _NUMPY_DTYPES[self]
+
+    @property
+    def is_numeric(self) -> bool:
+        """Integers and floats (not BOOL, not BYTES): what a numeric feature accepts."""
+        return self not in (Datatype.BOOL, Datatype.BYTES)
+
+    @property
+    def is_integer(self) -> bool:
+        return self.value.startswith(("INT", "UINT"))
+
+
+_NUMPY_DTYPES: dict[Datatype, np.dtype[Any]] = {
+    Datatype.BOOL: np.dtype("?"),
+    Datatype.UINT8: np.dtype("<u1"),
+    Datatype.UINT16: np.dtype("<u2"),
+    Datatype.UINT32: np.dtype("<u4"),
+    Datatype.UINT64: np.dtype("<u8"),
+    Datatype.INT8: np.dtype("<i1"),
+    Datatype.INT16: np.dtype("<i2"),
+    Datatype.INT32: np.dtype("<i4"),
+    Datatype.INT64: np.dtype("<i8"),
+    Datatype.FP16: np.dtype("<f2"),
+    Datatype.FP32: np.dtype("<f4"),
+    Datatype.FP64: np.dtype("<f8"),
+    Datatype.BYTES: np.dtype(object),
+}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One named input or output tensor. BYTES data is an object array of ``bytes`` (or ``str``)."""
+
+    name: str
+    datatype: Datatype
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """An output the client asked for; ``binary`` None means "use the request's default"."""
+
+    name: str
+    binary: bool | None = None
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """A V2 inference request after transport decoding (REST JSON, REST binary, or gRPC)."""
+
+    inputs: list[Tensor]
+    id: str | None = None
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def labels_only(self) -> bool:
+        """``"parameters": {"labels_only": true}`` asks for the ``label`` output alone."""
+        return self.parameters.get("labels_only") is True
+
+    @property
+    def binary_data_output(self) -> bool:
+        """The binary tensor extension's request-level default for outputs (REST only)."""
+        return self.parameters.get("binary_data_output") is True
+
+
+@dataclass(frozen=True)
+class InferenceResponse:
+    """A V2 inference response: tensors in the order they are to be sent."""
+
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[Tensor]
+    binary: list[bool]
+    """Per output: send it as raw bytes after the JSON header (REST binary extension)."""
+
+
+@dataclass(frozen=True)
+class TensorMetadata:
+    """An input or output in model metadata; -1 marks a variable dimension."""
+
+    name: str
+    datatype: Datatype
+    shape: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype.value, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model answers for a batch of rows: one label and one probability row per input row."""
+
+    labels: list[str | int]
+    probabilities: np.ndarray
+    """[rows, classes] float64, columns in the bundle's ``classes`` order."""
+
+
+LABEL_OUTPUT = "label"
+PROBABILITIES_OUTPUT = "probabilities"
+OUTPUT_NAMES = (LABEL_OUTPUT, PROBABILITIES_OUTPUT)
+
+SERVER_NAME = "modelyard"
+BINARY_TENSOR_EXTENSION = "binary_tensor_data"
+SERVER_EXTENSIONS = (BINARY_TENSOR_EXTENSION,)
+
+__all__ = [
+    "BINARY_TENSOR_EXTENSION",
+    "LABEL_OUTPUT",
+    "OUTPUT_NAMES",
+    "PROBABILITIES_OUTPUT",
+    "SERVER_EXTENSIONS",
+    "SERVER_NAME",
+    "Datatype",
+    "InferenceRequest",
+    "InferenceResponse",
+    "Prediction",
+    "RequestedOutput",
+    "Tensor",
+    "TensorMetadata",
+]
