@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -203,31 +204,46 @@ def train_command(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a spec field: KEY=VALUE (dotted keys).")
     ] = None,
+    auto_deploy: Annotated[
+        bool, typer.Option("--auto-deploy", help="Put the published version in production.")
+    ] = False,
+    in_process: Annotated[
+        bool,
+        typer.Option("--in-process", help="Run the same steps in this process, without KFP (no cache)."),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Validate the data, tune every algorithm, evaluate the best, gate it, and publish it."""
+    """Run the training pipeline locally (kfp.local): validate, tune, evaluate, gate, publish."""
     from modelyard.spec import load_spec
-    from modelyard.workflow import run_training
 
     spec = load_spec(spec_file, overrides or [])
     settings = _settings()
-    with _step_progress() as progress:
-        outcome = run_training(settings, spec, progress=progress)
-    result, verdict, published = outcome.result, outcome.verdict, outcome.published
-    if as_json:
-        _print_json(
-            {
-                "candidates": [c.to_dict() for c in result.candidates],
-                "winner": result.winner.algorithm.value,
-                "holdout": result.evaluation.metrics,
-                "gate": {"passed": verdict.passed, "reason": verdict.reason},
-                "published": published.to_dict() if published else None,
-            }
-        )
+    if in_process:
+        from modelyard.registry import Stage
+        from modelyard.workflow import outcome_summary, run_training
+
+        stage = Stage.PRODUCTION if auto_deploy else Stage.STAGING
+        with _step_progress() as progress:
+            summary = outcome_summary(run_training(settings, spec, progress=progress, stage=stage))
     else:
-        _print_training_summary(outcome)
-    if not verdict.passed:
-        err.print(f"[bold red]gate rejected:[/] {verdict.reason}; nothing was published", highlight=False)
+        from modelyard.pipeline.local import run_training_locally
+
+        with _task_progress() as on_event:
+            run = run_training_locally(settings, spec, auto_deploy=auto_deploy, on_event=on_event)
+        summary = run.summary
+        if run.cached_tasks:
+            reused = Counter(run.cached_tasks)
+            listed = ", ".join(f"{task} x{n}" if n > 1 else task for task, n in reused.items())
+            err.print(f"reused cached results of: {listed}", highlight=False)
+        err.print(f"pipeline log: {run.log_file}", highlight=False)
+    if as_json:
+        _print_json(summary)
+    else:
+        _print_training_summary(summary, spec.metric.value)
+    if not summary["gate"]["passed"]:
+        err.print(
+            f"[bold red]gate rejected:[/] {summary['gate']['reason']}; nothing was published", highlight=False
+        )
         raise typer.Exit(1)
 
 
@@ -252,26 +268,48 @@ def _step_progress() -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
-def _print_training_summary(outcome: Any) -> None:
-    result, verdict, published = outcome.result, outcome.verdict, outcome.published
-    metric = result.metric.value
+@contextmanager
+def _task_progress() -> Iterator[Callable[[Any], None]]:
+    """One line per pipeline task: a spinner while it runs, then its status and time."""
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err
+    ) as bars:
+        running: dict[str, list[Any]] = {}  # a loop runs several tasks of one name
+        marks = {"SUCCESS": "[green]done[/]", "FAILURE": "[red]failed[/]", "cached": "[cyan]cached[/]"}
+
+        def on_event(event: Any) -> None:
+            if event.status == "running":
+                running.setdefault(event.task, []).append(bars.add_task(f"{event.task:<20} running", total=1))
+                return
+            queue = running.get(event.task)
+            task_id = queue.pop(0) if queue else bars.add_task("", total=1)
+            mark = marks.get(event.status, event.status)
+            bars.update(task_id, description=f"{event.task:<20} {mark}", completed=1)
+            bars.stop_task(task_id)
+
+        yield on_event
+
+
+def _print_training_summary(summary: dict[str, Any], metric: str) -> None:
+    winner = summary["winner"]["algorithm"]
     table = Table("algorithm", f"CV {metric}", "± std", "trials", "best params", title="candidates")
-    for c in sorted(result.candidates, key=lambda c: -c.cv_score):
-        winner = c.algorithm == result.winner.algorithm
-        name = f"[bold green]{c.algorithm.value} ★[/]" if winner else c.algorithm.value
-        params = ", ".join(f"{k}={_cell(v)}" for k, v in c.best_params.items())
-        table.add_row(name, f"{c.cv_score:.4f}", f"{c.cv_std:.4f}", str(c.n_trials), params)
+    for c in sorted(summary["candidates"], key=lambda c: -c["cv_score"]):
+        name = f"[bold green]{c['algorithm']} ★[/]" if c["algorithm"] == winner else c["algorithm"]
+        params = ", ".join(f"{k}={_cell(v)}" for k, v in c["best_params"].items())
+        table.add_row(name, f"{c['cv_score']:.4f}", f"{c['cv_std']:.4f}", str(c["n_trials"]), params)
     out.print(table)
-    holdout = Table("metric", "holdout", title=f"holdout ({result.holdout_rows} rows)")
-    for key, value in result.evaluation.metrics.items():
+    holdout = Table("metric", "holdout", title="holdout")
+    for key, value in summary["holdout"].items():
         holdout.add_row(key, f"{value:.4f}")
     out.print(holdout)
-    verdict_text = "[bold green]passed[/]" if verdict.passed else "[bold red]rejected[/]"
-    out.print(f"gate: {verdict_text}: {verdict.reason}", highlight=False)
+    gate = summary["gate"]
+    verdict_text = "[bold green]passed[/]" if gate["passed"] else "[bold red]rejected[/]"
+    out.print(f"gate: {verdict_text}: {gate['reason']}", highlight=False)
+    published = summary["published"]
     if published is not None:
         out.print(
-            f"published [bold]{published.name}@{published.version}[/] ({published.stage.value}) "
-            f"at {published.storage_uri}",
+            f"published [bold]{published['name']}@{published['version']}[/] ({published['stage']}) "
+            f"at {published['storage_uri']}",
             highlight=False,
         )
 

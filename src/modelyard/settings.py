@@ -61,6 +61,10 @@ class PipelineSettings(BaseModel):
     database_secret: str = Field(
         default="modelyard-database", description="Secret with MODELYARD_DATABASE_URL, injected as env"
     )
+    config_map: str = Field(
+        default="modelyard-config",
+        description="ConfigMap with MODELYARD_STORE_URI, AWS_ENDPOINT_URL, AWS_REGION, injected as env",
+    )
 
 
 class Settings(BaseSettings):

@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -134,6 +135,18 @@ def run_training(
                 registry=registry,
             )
     return RunOutcome(result, verdict, record)
+
+
+def outcome_summary(outcome: RunOutcome) -> dict[str, Any]:
+    """The same summary the pipeline returns: candidates, winner, holdout metrics, gate, published."""
+    result = outcome.result
+    return {
+        "candidates": [candidate.to_dict() for candidate in result.candidates],
+        "winner": result.winner.summary().to_dict(),
+        "holdout": dict(result.evaluation.metrics),
+        "gate": asdict(outcome.verdict),
+        "published": None if outcome.published is None else outcome.published.to_dict(),
+    }
 
 
 def _production_or_none(registry: Registry, name: str) -> ModelVersionRecord | None:

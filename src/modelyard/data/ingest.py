@@ -112,6 +112,54 @@ def load_csv_dataset(
     return record, True
 
 
+def register_frame(
+    registry_or_url: Registry | str, frame: pd.DataFrame, name: str, *, fingerprint: str, source: str
+) -> tuple[DatasetRecord, bool]:
+    """Snapshot a loaded frame as dataset ``name``, keyed by its content ``fingerprint``.
+
+    The training pipeline's ingest step uses it for every kind of source (file, S3, table, query), so each
+    run's data is a dataset version that `read_dataset` returns as it was. The same content reuses its
+    version; the table and the row commit together or not at all.
+    """
+    check_name(name, kind="dataset")
+    columns = [DatasetColumn(name=str(column), dtype=_frame_dtype(frame[column])) for column in frame.columns]
+    with (
+        _open_registry(registry_or_url) as registry,
+        registry.reserve_dataset_version(name, fingerprint) as reservation,
+    ):
+        if reservation.existing is not None:
+            return reservation.existing, False
+        connection = reservation.connection
+        table = dataset_table(dataset_table_name(name, reservation.version), columns, connection)
+        if sa_inspect(connection).has_table(table.name):
+            raise Conflict(f"cannot snapshot {source}: table {table.name} already exists")
+        table.create(connection)
+        plain = frame.astype(object).where(frame.notna(), None)
+        for column in columns:
+            if column.dtype == STRING:
+                plain[column.name] = plain[column.name].map(lambda v: v if v is None else str(v))
+        names = [column.name for column in columns]
+        for start in range(0, len(plain), INSERT_BATCH_ROWS):
+            batch = plain.iloc[start : start + INSERT_BATCH_ROWS]
+            connection.execute(
+                table.insert(), [dict(zip(names, row, strict=True)) for row in batch.itertuples(False)]
+            )
+        record = reservation.record(
+            row_count=len(frame), columns=columns, table_name=table.name, source=source
+        )
+    return record, True
+
+
+def _frame_dtype(values: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(values):
+        return BOOL
+    if pd.api.types.is_integer_dtype(values):
+        return INT64
+    if pd.api.types.is_float_dtype(values):
+        return FLOAT64
+    return STRING
+
+
 def read_dataset(registry_or_url: Registry | str, name: str, version: int | None = None) -> pd.DataFrame:
     """The rows of dataset ``name`` (latest version unless given), in file order, columns as in the file.
 

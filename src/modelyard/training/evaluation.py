@@ -47,6 +47,8 @@ class RocCurve:
     fpr: list[float]
     tpr: list[float]
     auc: float
+    # The score at which each point starts; the first is +inf in scikit-learn, kept finite for JSON.
+    thresholds: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -151,13 +153,14 @@ def _ovr_curves(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence
         is_positive = y_true == classes[column]
         if is_positive.all() or not is_positive.any():
             continue  # a curve needs both kinds of rows
-        fpr, tpr, _ = roc_curve(is_positive, probabilities[:, column])
+        fpr, tpr, thresholds = roc_curve(is_positive, probabilities[:, column])
         curves.append(
             RocCurve(
                 positive_class=_plain(classes[column]),
                 fpr=[float(v) for v in fpr],
                 tpr=[float(v) for v in tpr],
                 auc=float(auc(fpr, tpr)),
+                thresholds=[min(float(v), 1.0) for v in thresholds],
             )
         )
     return curves
