@@ -1,0 +1,155 @@
+"""One served model: a verified bundle, its runtime, its schema and its micro-batcher.
+
+Loading verifies every file of the bundle against its sha256 before anything is unpickled
+(``modelyard.bundle.load_bundle``). A bundle that fails verification or loading leaves the model
+registered but not ready, with the reason kept in ``load_error``: the server stays live, readiness says
+503, and the model metadata shows why.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from modelyard.bundle import BundleMetadata, load_bundle
+from modelyard.errors import ModelyardError, NotReady
+from modelyard.serving.batching import AdaptiveBatcher, BatchObserver, BatchOutcome
+from modelyard.serving.codec import FeatureBatch, FeatureSchema
+from modelyard.serving.runtime import ModelRuntime, load_runtime
+from modelyard.serving.types import Prediction, TensorMetadata
+
+log = logging.getLogger(__name__)
+
+PLATFORMS = {"sklearn": "sklearn", "onnx": "onnxruntime_onnx"}
+
+
+class ServedModel:
+    """A bundle served under ``name``. Call :meth:`load` once; it never raises."""
+
+    def __init__(
+        self,
+        name: str,
+        model_dir: Path,
+        *,
+        version: str = "",
+        prefer_onnx: bool = True,
+        max_batch_size: int = 64,
+        max_batch_wait_s: float = 0.002,
+        batch_observer: BatchObserver | None = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.model_dir = model_dir
+        self.prefer_onnx = prefer_onnx
+        self.max_batch_size = max_batch_size
+        self.max_batch_wait_s = max_batch_wait_s
+        self._batch_observer = batch_observer
+        self.ready = False
+        self.load_error: str | None = None
+        self.metadata: BundleMetadata | None = None
+        self._schema: FeatureSchema | None = None
+        self._runtime: ModelRuntime | None = None
+        self._batcher: AdaptiveBatcher | None = None
+        self._class_array: np.ndarray = np.empty(0, dtype=object)
+
+    # ------------------------------------------------------------ loading
+
+    def load(self) -> bool:
+        """Verify and load the bundle. On failure keep the reason, log it, and stay not ready.
+
+        Idempotent and cheap after a failure: kserve's gRPC path may call it on every request.
+        """
+        if self.ready or self.load_error is not None:
+            return self.ready
+        try:
+            bundle = load_bundle(self.model_dir)
+            runtime = load_runtime(bundle, prefer_onnx=self.prefer_onnx)
+        except ModelyardError as exc:
+            self._fail(exc.message)
+            return False
+        except Exception as exc:  # a bundle is untrusted input: any failure means "not ready", not a crash
+            self._fail(f"{type(exc).__name__}: {exc}")
+            return False
+        self.metadata = bundle.metadata
+        self._schema = FeatureSchema(bundle.metadata)
+        self._runtime = runtime
+        self._class_array = np.array(list(bundle.metadata.classes), dtype=object)
+        self._batcher = AdaptiveBatcher(
+            self._predict_rows,
+            max_batch_size=self.max_batch_size,
+            max_wait_s=self.max_batch_wait_s,
+            observer=self._batch_observer,
+            name=self.name,
+        )
+        self.ready = True
+        log.info(
+            "model %s%s loaded from %s: %s, %d feature(s), classes %s, runtime %s",
+            self.name,
+            f"@{self.version}" if self.version else "",
+            self.model_dir,
+            bundle.metadata.algorithm,
+            len(bundle.metadata.features),
+            bundle.metadata.classes,
+            runtime.kind,
+        )
+        return True
+
+    def _fail(self, reason: str) -> None:
+        self.load_error = reason
+        self.ready = False
+        log.error("model %s is NOT READY: %s", self.name, reason)
+
+    def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+        self.ready = False
+
+    # ------------------------------------------------------------ what the data plane uses
+
+    @property
+    def schema(self) -> FeatureSchema:
+        if self._schema is None:
+            raise self.not_ready()
+        return self._schema
+
+    @property
+    def runtime_kind(self) -> str:
+        return self._runtime.kind if self._runtime is not None else ""
+
+    @property
+    def platform(self) -> str:
+        return PLATFORMS.get(self.runtime_kind, self.runtime_kind)
+
+    @property
+    def batcher(self) -> AdaptiveBatcher:
+        if self._batcher is None:
+            raise self.not_ready()
+        return self._batcher
+
+    def not_ready(self) -> NotReady:
+        reason = self.load_error or "it is still loading"
+        return NotReady(f"model {self.name!r} is not ready: {reason}")
+
+    async def predict(self, batch: FeatureBatch) -> BatchOutcome:
+        """Predict through the micro-batcher (coalesced with concurrent requests, off the event loop)."""
+        if not self.ready:
+            raise self.not_ready()
+        return await self.batcher.submit(batch)
+
+    def _predict_rows(self, batch: FeatureBatch) -> Prediction:
+        """Runs in the prediction thread, once per micro-batch."""
+        assert self._runtime is not None and self._schema is not None
+        probabilities = self._runtime.predict_proba(batch.to_frame(self._schema))
+        labels = self._class_array[np.argmax(probabilities, axis=1)].tolist()
+        return Prediction(labels, probabilities)
+
+    def input_metadata(self) -> list[TensorMetadata]:
+        return self._schema.input_metadata() if self._schema is not None else []
+
+    def output_metadata(self) -> list[TensorMetadata]:
+        return self._schema.output_metadata() if self._schema is not None else []
+
+
+__all__ = ["PLATFORMS", "ServedModel"]

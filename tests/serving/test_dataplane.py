@@ -1,0 +1,236 @@
+"""The transport-free data plane on real bundles: metadata, inference, readiness, errors, log, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sqlalchemy import create_engine, select
+
+from modelyard.bundle import BundleMetadata, write_bundle
+from modelyard.errors import InvalidInput, NotFound, NotReady
+from modelyard.registry.tables import Prediction as PredictionRow
+from modelyard.serving.dataplane import DataPlane, parse_feedback
+from modelyard.serving.metrics import ServingMetrics
+from modelyard.serving.model import ServedModel
+from modelyard.serving.prediction_log import PredictionLog
+from modelyard.serving.types import Datatype, InferenceRequest, RequestedOutput, Tensor
+from modelyard.spec import FeatureSpec, FeatureType
+
+from .conftest import NUMERIC_CLASSES, mixed_frame, numeric_frame
+
+
+def served(bundle: Path, name: str, **options: Any) -> ServedModel:
+    model = ServedModel(name, bundle, version=options.pop("version", "7"), **options)
+    model.load()
+    return model
+
+
+def plane(*models: ServedModel, **options: Any) -> DataPlane:
+    dataplane = DataPlane(max_request_rows=options.pop("max_request_rows", 100), **options)
+    for model in models:
+        dataplane.add_model(model)
+    return dataplane
+
+
+def matrix_request(values: np.ndarray, **fields: Any) -> InferenceRequest:
+    return InferenceRequest(
+        inputs=[Tensor("input-0", Datatype.FP64, values.shape, values.reshape(-1))], **fields
+    )
+
+
+def test_metadata_lists_inputs_and_outputs_from_the_bundle_schema(bundles: dict[str, Path]) -> None:
+    dataplane = plane(served(bundles["numeric"], "iris"), served(bundles["mixed"], "churn", version=""))
+    iris = dataplane.model_metadata("iris")
+    assert iris["name"] == "iris" and iris["versions"] == ["7"] and iris["platform"] == "sklearn"
+    assert iris["inputs"][0] == {"name": "sepal_length", "datatype": "FP64", "shape": [-1]}
+    assert iris["outputs"] == [
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP64", "shape": [-1, 3]},
+    ]
+    assert iris["parameters"]["classes"] == NUMERIC_CLASSES
+    assert iris["parameters"]["tensor_input"] == {"datatype": "FP64", "shape": [-1, 4]}
+    assert "error" not in iris
+    churn = dataplane.model_metadata("churn")
+    assert churn["versions"] == []
+    assert [(i["name"], i["datatype"]) for i in churn["inputs"]] == [
+        ("age", "FP64"),
+        ("plan", "BYTES"),
+        ("review", "BYTES"),
+    ]
+    assert "tensor_input" not in churn["parameters"]  # mixed features: one input per feature only
+    assert dataplane.server_metadata()["extensions"] == ["binary_tensor_data"]
+    assert dataplane.ready()
+
+
+def test_v2_and_v1_answers_match_the_model(bundles: dict[str, Path]) -> None:
+    model = served(bundles["numeric"], "iris")
+    dataplane = plane(model)
+    frame, _ = numeric_frame(rows=5, seed=3)
+    expected = model._runtime.predict_proba(frame)  # type: ignore[union-attr]
+
+    async def scenario() -> tuple[Any, Any]:
+        v2 = await dataplane.infer("iris", matrix_request(frame.to_numpy(), id="abc"), request_id="rid")
+        v1 = await dataplane.predict_v1("iris", frame.to_dict("records"), request_id="rid2")
+        return v2, v1
+
+    v2, v1 = asyncio.run(scenario())
+    model.close()
+    assert v2.id == "abc" and v2.model_version == "7"
+    labels, probabilities = v2.outputs
+    assert np.allclose(probabilities.data, expected)
+    assert labels.data.tolist() == [NUMERIC_CLASSES[i] for i in expected.argmax(axis=1)]
+    assert v1.labels == labels.data.tolist() and np.allclose(v1.probabilities, expected)
+
+
+def test_mixed_features_per_input_with_missing_values(bundles: dict[str, Path]) -> None:
+    model = served(bundles["mixed"], "churn")
+    dataplane = plane(model)
+    request = InferenceRequest(
+        inputs=[
+            Tensor("age", Datatype.FP64, (2,), np.array([30.0, math.nan])),
+            Tensor("plan", Datatype.BYTES, (2, 1), np.array(["pro", None], dtype=object)),
+            Tensor("review", Datatype.BYTES, (2,), np.array(["great lovely", None], dtype=object)),
+        ],
+        outputs=[RequestedOutput("label")],
+    )
+    response = asyncio.run(dataplane.infer("churn", request, request_id="r"))
+    model.close()
+    assert [t.name for t in response.outputs] == ["label"]
+    assert response.outputs[0].data.tolist()[0] == "1"  # integer classes are sent as their text
+    assert response.binary == [False]
+
+
+def test_unknown_models_and_versions_are_404(bundles: dict[str, Path]) -> None:
+    dataplane = plane(served(bundles["numeric"], "iris"))
+    with pytest.raises(NotFound, match=r"model 'nope' is not served here \(served: iris\)"):
+        dataplane.model_metadata("nope")
+    with pytest.raises(
+        NotFound, match="model 'iris' has no version '2' here: this server serves version '7'"
+    ):
+        dataplane.ready_model("iris", "2")
+
+
+def test_a_tampered_bundle_is_live_but_not_ready_and_says_why(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundles["numeric"], tampered)
+    (tampered / "model.joblib").write_bytes(b"not the pickle that was trained")
+    model = served(tampered, "iris")
+    dataplane = plane(model)
+    assert not model.ready and not dataplane.ready() and dataplane.live()
+    assert model.load_error is not None and "model.joblib was altered" in model.load_error
+    metadata = dataplane.model_metadata("iris")
+    assert metadata["parameters"]["ready"] is False and "model.joblib was altered" in metadata["error"]
+    assert metadata["inputs"] == [] and metadata["platform"] == ""
+    with pytest.raises(NotReady, match=r"model 'iris' is not ready: .*model\.joblib was altered") as caught:
+        asyncio.run(dataplane.infer("iris", matrix_request(np.ones((1, 4))), request_id="r"))
+    assert caught.value.status_code == 503
+    assert model.load() is False  # cheap and idempotent after a failure
+
+
+def test_a_value_the_model_refuses_is_a_400_naming_the_models_complaint(tmp_path: Path) -> None:
+    # A bare LogisticRegression (no imputer, unlike the training pipeline): NaN reaches it.
+    frame, labels = numeric_frame()
+    estimator = LogisticRegression(max_iter=300).fit(frame, labels)
+    metadata = BundleMetadata(
+        name="bare",
+        algorithm="logistic_regression",
+        target="species",
+        features=[FeatureSpec(name=c, type=FeatureType.NUMERIC) for c in frame.columns],
+        classes=NUMERIC_CLASSES,
+        dataset_fingerprint="sha256:t",
+    )
+    write_bundle(tmp_path / "bare", model=estimator, metadata=metadata, model_card="", report_html="")
+    model = served(tmp_path / "bare", "bare")
+    dataplane = plane(model)
+    with pytest.raises(InvalidInput, match=r"the model could not score this input: .*NaN"):
+        asyncio.run(dataplane.predict_v1("bare", [[1.0, None, 2.0, 3.0]], request_id="r"))
+    model.close()
+
+
+def test_predictions_reach_the_log_and_the_metrics(bundles: dict[str, Path], tmp_path: Path) -> None:
+    metrics = ServingMetrics()
+    database = f"sqlite:///{tmp_path / 'registry.db'}"
+    log = PredictionLog(
+        database,
+        spool_dir=tmp_path / "spool",
+        queue_size=1000,
+        batch_size=10,
+        flush_interval_s=0.05,
+        spool_max_bytes=1 << 20,
+        metrics=metrics,
+    )
+    model = served(bundles["mixed"], "churn", batch_observer=lambda n, _s: metrics.observe_batch(n))
+    dataplane = plane(model, metrics=metrics, prediction_log=log)
+    frame, _ = mixed_frame(rows=3, seed=1)
+
+    async def scenario() -> bool:
+        await log.start()
+        await dataplane.predict_v1("churn", frame.to_dict("records"), request_id="req-1")
+        await asyncio.sleep(0)  # the log is fed in a callback after the answer
+        written = await log.flush()
+        await log.stop()
+        return written
+
+    assert asyncio.run(scenario())
+    model.close()
+    engine = create_engine(database)
+    with engine.connect() as connection:
+        rows = connection.execute(select(PredictionRow).order_by(PredictionRow.row)).all()
+    engine.dispose()
+    assert [(r.request_id, r.row, r.model, r.version) for r in rows] == [
+        ("req-1", i, "churn", "7") for i in range(3)
+    ]
+    assert rows[0].features == frame.iloc[0].to_dict()
+    assert set(rows[0].probabilities) == {"0", "1"} and rows[0].label in ("0", "1")
+    exposition = metrics.render()[0].decode()
+    assert 'modelyard_request_stage_seconds_count{stage="predict"} 1.0' in exposition
+    assert "modelyard_batch_rows_count 1.0" in exposition
+    assert 'modelyard_model_info{algorithm="logistic_regression",model="churn"' in exposition
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ([], "feedback must be a JSON object"),
+        ({"label": "setosa"}, "feedback needs 'request_id'"),
+        ({"request_id": "r"}, "feedback needs 'label'"),
+        ({"request_id": "r", "label": "rose"}, "label 'rose' is not one of the model's classes: 'setosa'"),
+        ({"request_id": "r", "label": True}, "'label' must be a string or an integer"),
+        ({"request_id": "r", "label": "setosa", "row": -1}, "'row' must be a non-negative integer"),
+        ({"request_id": "r", "label": "setosa", "truth": 1}, r"unknown field\(s\) in the feedback: truth"),
+        ({"request_id": "x" * 200, "label": "setosa"}, "request_id must be 1 to 128 printable characters"),
+    ],
+)
+def test_bad_feedback_is_refused_naming_the_problem(document: Any, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        parse_feedback(document, NUMERIC_CLASSES)
+
+
+def test_feedback_labels_match_classes_by_value_or_text() -> None:
+    assert parse_feedback({"request_id": "r", "label": "1", "row": 2}, [0, 1]) == ("r", 1, 2)
+    assert parse_feedback({"request_id": "r", "label": "setosa"}, NUMERIC_CLASSES) == ("r", "setosa", 0)
+
+
+def test_a_pickle_that_cannot_predict_is_reported(tmp_path: Path) -> None:
+    # Verified checksums, but the pickle holds something that cannot predict: not ready, with the reason.
+    frame, _ = numeric_frame()
+    metadata = BundleMetadata(
+        name="odd",
+        algorithm="logistic_regression",
+        target="species",
+        features=[FeatureSpec(name=c, type=FeatureType.NUMERIC) for c in frame.columns],
+        classes=NUMERIC_CLASSES,
+        dataset_fingerprint="sha256:t",
+    )
+    write_bundle(tmp_path / "odd", model={"not": "a model"}, metadata=metadata, model_card="", report_html="")
+    model = served(tmp_path / "odd", "odd")
+    assert not model.ready and "has no predict()" in (model.load_error or "")
