@@ -205,7 +205,14 @@ def start_server(
 def numeric_server(
     bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    server = start_server(bundles["numeric"], tmp_path_factory.mktemp("numeric-home"), "--model-version", "3")
+    server = start_server(
+        bundles["numeric"],
+        tmp_path_factory.mktemp("numeric-home"),
+        "--model-version",
+        "3",
+        "--max-request-rows",
+        "50",
+    )
     yield server
     server.stop()
 
@@ -253,3 +260,24 @@ def send(
 
 def post_json(url: str, document: Any, headers: dict[str, str] | None = None) -> HttpAnswer:
     return send("POST", url, json.dumps(document).encode(), headers)
+
+
+def import_tritonclient_grpc() -> Any:
+    """tritonclient.grpc with its protobuf types in a private pool.
+
+    kserve's and tritonclient's generated modules both define ``inference.*`` messages; in one process
+    the second import fails with a duplicate symbol (kserve#3099). A private DescriptorPool lets the
+    tests import tritonclient.grpc whatever else the session imported.
+    """
+    if "tritonclient.grpc" in sys.modules:
+        return sys.modules["tritonclient.grpc"]
+    from google.protobuf import descriptor_pool
+
+    private = descriptor_pool.DescriptorPool()
+    default = descriptor_pool.Default
+    descriptor_pool.Default = lambda: private
+    try:
+        import tritonclient.grpc as grpcclient
+    finally:
+        descriptor_pool.Default = default
+    return grpcclient

@@ -13,6 +13,7 @@ not while the caller waits.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -268,8 +269,19 @@ class DataPlane:
         call = functools.partial(
             self._feedback_store, model=model.name, request_id=request_id, label=label, row=row
         )
-        await asyncio.get_running_loop().run_in_executor(None, call)
-        return {"model": model.name, "request_id": request_id, "row": row, "label": label}
+        loop = asyncio.get_running_loop()
+        try:
+            stored = await loop.run_in_executor(None, call)
+        except NotFound:
+            if self.prediction_log is None:
+                raise
+            # The prediction may still wait in the log's queue: write it, then ask once more.
+            await self.prediction_log.flush(timeout_s=5.0)
+            stored = await loop.run_in_executor(None, call)
+        answer: dict[str, Any] = {"model": model.name, "request_id": request_id, "row": row, "label": label}
+        if dataclasses.is_dataclass(stored) and not isinstance(stored, type):
+            answer.update(dataclasses.asdict(stored))
+        return answer
 
 
 def parse_feedback(document: Any, classes: Sequence[str | int]) -> tuple[str, str | int, int]:

@@ -1,0 +1,135 @@
+"""``python -m modelyard.serving``: the predictor's entry point (KServe's ServingRuntime contract).
+
+    python -m modelyard.serving --model-dir /mnt/models --model-name iris --http-port 8080 --grpc-port 8081
+
+Every flag can also be set through the environment: ``MODELYARD_SERVING__<FLAG>`` (``--max-batch-size``
+is ``MODELYARD_SERVING__MAX_BATCH_SIZE``), and flags override the environment. KServe's underscore
+spellings (``--model_dir``, ``--model_name``, ``--http_port``, ``--grpc_port``) are accepted too. The
+prediction log writes to ``MODELYARD_DATABASE_URL`` (default: SQLite under ``MODELYARD_HOME``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from modelyard.errors import ModelyardError
+from modelyard.settings import ServingSettings, load_settings
+
+# Flags that ServingSettings does not hold; their variables are read here.
+_EXTRA_VARIABLES = {
+    "model_version": "MODELYARD_SERVING__MODEL_VERSION",
+    "host": "MODELYARD_SERVING__HOST",
+    "access_log": "MODELYARD_SERVING__ACCESS_LOG",
+    "event_loop": "MODELYARD_SERVING__EVENT_LOOP",
+}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m modelyard.serving",
+        description="Serve a modelyard bundle over KServe V1 and V2 (REST and gRPC).",
+        epilog="Each flag can be set as MODELYARD_SERVING__<FLAG> (upper case, '-' as '_').",
+        allow_abbrev=False,
+    )
+    add = parser.add_argument
+    add("--model-dir", "--model_dir", type=Path, help="bundle folder (default /mnt/models)")
+    add("--model-name", "--model_name", help="name served under /v2/models/NAME (default: the bundle's)")
+    add("--model-version", help="version reported in metadata and metrics (e.g. the registry version)")
+    add("--host", help="address to listen on (default 0.0.0.0)")
+    add("--http-port", "--http_port", type=int, help="REST port, V1 and V2 (default 8080)")
+    add("--grpc-port", "--grpc_port", type=int, help="V2 gRPC port, 0 turns gRPC off (default 8081)")
+    add("--max-batch-size", type=int, help="rows coalesced into one model call (default 64)")
+    add("--max-batch-wait-ms", type=float, help="longest a request waits for batch-mates (default 2)")
+    add("--max-request-rows", type=int, help="rows one request may carry (default 10000)")
+    add(
+        "--prefer-onnx", action=argparse.BooleanOptionalAction, default=None, help="use a verified ONNX model"
+    )
+    add(
+        "--prediction-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write every prediction to the registry database",
+    )
+    add("--access-log", action=argparse.BooleanOptionalAction, default=None, help="log every request")
+    add(
+        "--event-loop",
+        choices=["auto", "asyncio", "uvloop"],
+        help="asyncio loop (default: uvloop if installed)",
+    )
+    return parser
+
+
+def _extra_from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, variable in _EXTRA_VARIABLES.items():
+        raw = environ.get(variable)
+        if raw is None:
+            continue
+        if key == "access_log":
+            lowered = raw.strip().lower()
+            if lowered not in _TRUE | _FALSE:
+                raise ModelyardError(
+                    f"invalid configuration: {variable}: expected true or false, got {raw!r}"
+                )
+            values[key] = lowered in _TRUE
+        elif key == "event_loop" and raw not in ("auto", "asyncio", "uvloop"):
+            raise ModelyardError(f"invalid configuration: {variable}: expected auto, asyncio or uvloop")
+        else:
+            values[key] = raw
+    return values
+
+
+def options_from(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Any:
+    """ServerOptions from the environment, overridden by ``argv``'s flags."""
+    from modelyard.serving.server import ServerOptions
+
+    environ = os.environ if environ is None else environ
+    arguments = vars(build_parser().parse_args(list(argv)))
+    settings = load_settings()
+    serving_fields = set(ServingSettings.model_fields)
+    flags = {key: value for key, value in arguments.items() if value is not None}
+    try:
+        serving = ServingSettings.model_validate(
+            {**settings.serving.model_dump(), **{k: v for k, v in flags.items() if k in serving_fields}}
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ModelyardError(f"invalid configuration: {problems}") from None
+    settings = settings.model_copy(update={"serving": serving})
+    extras = {
+        **_extra_from_environment(environ),
+        **{k: v for k, v in flags.items() if k not in serving_fields},
+    }
+    return ServerOptions.from_settings(settings, **extras)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        options = options_from(sys.argv[1:] if argv is None else argv)
+    except ModelyardError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    from modelyard.serving.server import serve
+
+    try:
+        serve(options)
+    except OSError as exc:  # a port in use, an address we cannot bind
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
