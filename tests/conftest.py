@@ -51,6 +51,19 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+# ---------------------------------------------------------------- the `cluster` marker
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cluster` need a real Kubernetes cluster (and KFP/KServe on it): opt in explicitly."""
+    if os.environ.get("MODELYARD_TEST_CLUSTER") == "1":
+        return
+    skip = pytest.mark.skip(reason="needs a real cluster: set MODELYARD_TEST_CLUSTER=1 with kubectl and KFP")
+    for item in items:
+        if "cluster" in item.keywords:
+            item.add_marker(skip)
+
+
 # ---------------------------------------------------------------- PostgreSQL
 
 

@@ -1,8 +1,8 @@
 """KFP v2 lightweight components: each is a thin wrapper over one function of `modelyard.pipeline.steps`.
 
 The bodies are shipped as source by KFP, so they import what they use. Every component runs in the
-project's own image (MODELYARD_PIPELINE__IMAGE), which has modelyard installed: nothing is pip-installed at
-run time.
+project's own image (MODELYARD_PIPELINE__IMAGE), which has modelyard and kfp installed: nothing is
+pip-installed at run time (install_kfp_package=False).
 """
 
 from typing import List, NamedTuple  # KFP reads typing.List in Input[List[Model]]
@@ -15,7 +15,7 @@ from modelyard.settings import load_settings
 IMAGE = load_settings().pipeline.image
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def fingerprint_source(spec_yaml: str) -> str:
     """Read the spec's data and return its content fingerprint (never cached)."""
     from modelyard.pipeline import steps
@@ -23,7 +23,7 @@ def fingerprint_source(spec_yaml: str) -> str:
     return steps.fingerprint_source(spec_yaml)
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def ingest(spec_yaml: str, fingerprint: str, dataset: Output[Dataset]) -> str:
     """Snapshot the source into a Dataset artifact and register the dataset version."""
     from modelyard.pipeline import steps
@@ -40,7 +40,7 @@ def ingest(spec_yaml: str, fingerprint: str, dataset: Output[Dataset]) -> str:
     return outcome.dataset
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def validate(spec_yaml: str, dataset: Input[Dataset]) -> NamedTuple(
     "ValidationOutputs", [("features_json", str), ("algorithms", list)]
 ):
@@ -56,7 +56,7 @@ def validate(spec_yaml: str, dataset: Input[Dataset]) -> NamedTuple(
     )
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def split(spec_yaml: str, dataset: Input[Dataset], train: Output[Dataset], holdout: Output[Dataset]) -> None:
     """Stratified train/holdout split."""
     from modelyard.pipeline import steps
@@ -64,7 +64,7 @@ def split(spec_yaml: str, dataset: Input[Dataset], train: Output[Dataset], holdo
     steps.split(spec_yaml, dataset.path, train.path, holdout.path)
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def tune(
     spec_yaml: str,
     features_json: str,
@@ -91,7 +91,7 @@ def tune(
     return summary
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def select(
     spec_yaml: str,
     summaries: list,
@@ -111,7 +111,7 @@ def select(
     return namedtuple("SelectOutputs", ["winner_json", "candidates_json"])(best, json.dumps(list(summaries)))
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate(
     spec_yaml: str,
     features_json: str,
@@ -138,7 +138,7 @@ def evaluate(
     return evaluation
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def gate(spec_yaml: str, evaluation_json: str, holdout: Input[Dataset]) -> NamedTuple(
     "GateOutputs", [("passed", bool), ("verdict_json", str)]
 ):
@@ -153,7 +153,7 @@ def gate(spec_yaml: str, evaluation_json: str, holdout: Input[Dataset]) -> Named
     )
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def publish(
     spec_yaml: str,
     features_json: str,
@@ -196,7 +196,7 @@ def publish(
     return namedtuple("PublishOutputs", ["name", "version", "summary"])(record.name, record.version, summary)
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def reject(candidates_json: str, winner_json: str, evaluation_json: str, verdict_json: str) -> str:
     """The gate said no: nothing is published; the summary says why."""
     import json
@@ -206,7 +206,7 @@ def reject(candidates_json: str, winner_json: str, evaluation_json: str, verdict
     return steps.run_summary(json.loads(candidates_json), winner_json, evaluation_json, verdict_json, None)
 
 
-@dsl.component(base_image=IMAGE)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def deploy(name: str, version: int, inference_service: str, namespace: str) -> str:
     """Promote to production; in a cluster, patch the InferenceService's storage URI."""
     from modelyard.pipeline import steps
