@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,14 @@ from sklearn.pipeline import Pipeline
 from modelyard.bundle import BundleMetadata, LoadedBundle, OnnxInfo, load_bundle, write_bundle
 from modelyard.errors import BundleIntegrityError, InvalidInput
 from modelyard.onnx_export import export_onnx
-from modelyard.serving.runtime import ModelRuntime, OnnxRuntime, SklearnRuntime, load_runtime, served_frame
+from modelyard.serving.runtime import (
+    ModelRuntime,
+    OnnxRuntime,
+    SklearnRuntime,
+    load_runtime,
+    open_runtime,
+    served_frame,
+)
 from modelyard.spec import FeatureSpec, FeatureType
 from modelyard.training.preprocessing import build_preprocessor
 
@@ -329,3 +338,41 @@ def test_served_frame_builds_what_the_codec_sends() -> None:
     assert served["length"].dtype == np.float64 and np.isnan(served["length"].iloc[1])
     assert served["width"].tolist() == [2.5, 3.0]
     assert served["colour"].dtype == object and served["colour"].tolist() == ["7", None]
+
+
+# ------------------------------------------------------------------ open_runtime: unpickle only if needed
+
+
+def test_open_runtime_serves_onnx_without_importing_sklearn(
+    tmp_path: Path, forest: Pipeline, frame: pd.DataFrame
+) -> None:
+    dest = write_with_onnx(tmp_path, forest, frame)
+    probe = (
+        "import sys; from modelyard.serving.runtime import open_runtime; "
+        f"runtime, metadata = open_runtime({str(dest)!r}, prefer_onnx=True); "
+        "print(runtime.kind, metadata.name, 'sklearn' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["onnx", "sizes", "False"]
+
+
+def test_open_runtime_unpickles_for_sklearn(tmp_path: Path, model: Pipeline, frame: pd.DataFrame) -> None:
+    dest = write_with_onnx(tmp_path, model, frame)
+    runtime, metadata = open_runtime(dest, prefer_onnx=False)
+    assert isinstance(runtime, SklearnRuntime)
+    assert runtime.onnx_unused == "prefer_onnx is off"
+    assert metadata == load_bundle(dest).metadata
+    rows = served_frame(frame.head(3), FEATURES)
+    np.testing.assert_allclose(runtime.predict_proba(rows), model.predict_proba(rows))
+
+
+def test_open_runtime_verifies_every_file_even_on_the_onnx_path(
+    tmp_path: Path, model: Pipeline, frame: pd.DataFrame
+) -> None:
+    dest = write_with_onnx(tmp_path, model, frame)
+    with (dest / "model.joblib").open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(BundleIntegrityError, match=r"model\.joblib was altered"):
+        open_runtime(dest, prefer_onnx=True)
