@@ -1,0 +1,184 @@
+"""Ground truth: the true label of a logged prediction, for live accuracy (POST /v1/models/NAME/feedback).
+
+Feedback names a prediction by (model, request_id, row) and is accepted only when that prediction is in
+the ``predictions`` table. The prediction log writes asynchronously, so a prediction made an instant
+ago may not be there yet (at most the server's ``log_flush_interval_s``, longer while the database is
+down and the log spools): the answer is then NotFound, which says so, and the server can
+``await prediction_log.flush()`` and try once more. This keeps the rule simple and honest: no ground
+truth without the prediction it grades.
+
+One label per prediction. Feedback again for the same prediction replaces the label (a correction is
+normal: labellers make mistakes), and the result reports the label it replaced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, func, inspect, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
+
+from modelyard.errors import InvalidInput, NotFound, NotReady
+from modelyard.registry.db import WRITE_OPTION, create_engine_for, redact
+from modelyard.registry.tables import NAME_LENGTH, REQUEST_ID_LENGTH, Feedback, Prediction, utc_now
+
+_KEY = ["request_id", "row", "model"]
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    """Stored ground truth, with the prediction it grades."""
+
+    model: str
+    version: str
+    request_id: str
+    row: int
+    label: str
+    predicted_label: str
+    correct: bool
+    # The label this feedback replaced, or None when it is the first for this prediction.
+    replaced: str | None
+    created_at: datetime
+
+
+def _check(
+    model: str, request_id: str, label: str | int, row: int, classes: Sequence[str | int] | None
+) -> str:
+    if not isinstance(model, str) or not model or len(model) > NAME_LENGTH:
+        raise InvalidInput(f"model must be a name of 1 to {NAME_LENGTH} characters, got {model!r}")
+    if not isinstance(request_id, str) or not request_id or len(request_id) > REQUEST_ID_LENGTH:
+        raise InvalidInput(
+            f"request_id must be a string of 1 to {REQUEST_ID_LENGTH} characters, got {request_id!r}"
+        )
+    if isinstance(row, bool) or not isinstance(row, int) or row < 0:
+        raise InvalidInput(f"row must be an integer >= 0 (the row within the request), got {row!r}")
+    if isinstance(label, bool) or not isinstance(label, str | int) or label == "":
+        raise InvalidInput(f"label must be a class name or number, got {label!r}")
+    text = str(label)
+    if classes is not None and text not in {str(known) for known in classes}:
+        listed = ", ".join(repr(known) for known in classes)
+        raise InvalidInput(f"label {label!r} is not one of the classes of model {model!r}: {listed}")
+    return text
+
+
+def record_feedback(
+    database_url_or_engine: str | Engine,
+    *,
+    model: str,
+    request_id: str,
+    label: str | int,
+    row: int = 0,
+    classes: Sequence[str | int] | None = None,
+) -> FeedbackRecord:
+    """Store the true ``label`` of row ``row`` of request ``request_id`` answered by ``model``.
+
+    InvalidInput names a bad argument (or a label outside ``classes``, when given); NotFound names the
+    request id when no such prediction is logged; NotReady when the database cannot be reached. Pass
+    the server's Engine: a URL makes (and disposes) an engine per call, which is fine for scripts.
+    """
+    text = _check(model, request_id, label, row, classes)
+    if isinstance(database_url_or_engine, Engine):
+        engine, owned = database_url_or_engine, False
+    else:
+        engine, owned = create_engine_for(database_url_or_engine), True
+    try:
+        with engine.connect() as connection:
+            connection.execution_options(**{WRITE_OPTION: True})
+            with connection.begin():
+                return _store(connection, model=model, request_id=request_id, row=row, label=text)
+    except DBAPIError as exc:
+        # Tell the caller's answers (503: try later; 404: nothing is logged here) from a bug (500).
+        if not _reachable(engine):
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+            raise NotReady(
+                f"cannot record feedback: the registry database {redact(engine.url)} is unavailable: {reason}"
+            ) from exc
+        if not _has_prediction_log(engine):
+            raise NotFound(
+                f"no predictions are logged in {redact(engine.url)}: it has no predictions table yet (a "
+                "model server with a prediction log creates it, and so does `modelyard db upgrade`)"
+            ) from exc
+        raise
+    finally:
+        if owned:
+            engine.dispose()
+
+
+def _table(orm_class: type[Prediction | Feedback]) -> Table:
+    table = orm_class.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+def _key(table: Table, model: str, request_id: str, row: int) -> ColumnElement[bool]:
+    return and_(table.c.request_id == request_id, table.c.row == row, table.c.model == model)
+
+
+def _store(connection: Connection, *, model: str, request_id: str, row: int, label: str) -> FeedbackRecord:
+    predictions, feedback = _table(Prediction), _table(Feedback)
+    predicted = connection.execute(
+        select(predictions.c.version, predictions.c.label).where(_key(predictions, model, request_id, row))
+    ).one_or_none()
+    if predicted is None:
+        raise NotFound(_not_found_message(connection, model=model, request_id=request_id, row=row))
+    replaced = connection.execute(
+        select(feedback.c.label).where(_key(feedback, model, request_id, row))
+    ).scalar_one_or_none()
+    created_at = utc_now()
+    insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    statement = insert(feedback).values(
+        request_id=request_id, row=row, model=model, label=label, created_at=created_at
+    )
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=_KEY, set_={"label": statement.excluded.label, "created_at": created_at}
+        )
+    )
+    return FeedbackRecord(
+        model=model,
+        version=predicted.version,
+        request_id=request_id,
+        row=row,
+        label=label,
+        predicted_label=predicted.label,
+        correct=predicted.label == label,
+        replaced=replaced,
+        created_at=created_at,
+    )
+
+
+def _not_found_message(connection: Connection, *, model: str, request_id: str, row: int) -> str:
+    predictions = _table(Prediction)
+    rows = connection.execute(
+        select(func.count()).where(predictions.c.request_id == request_id, predictions.c.model == model)
+    ).scalar_one()
+    if rows:
+        return (
+            f"request id {request_id!r} of model {model!r} has {rows} logged row(s) (0 to {rows - 1}), "
+            f"not row {row}"
+        )
+    return (
+        f"no logged prediction of model {model!r} has request id {request_id!r}; predictions are "
+        "written asynchronously, so a request answered a moment ago may not be logged yet: retry shortly"
+    )
+
+
+def _reachable(engine: Engine) -> bool:
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        return True
+    except DBAPIError:
+        return False
+
+
+def _has_prediction_log(engine: Engine) -> bool:
+    try:
+        inspector = inspect(engine)
+        return inspector.has_table("predictions") and inspector.has_table("feedback")
+    except DBAPIError:
+        return True  # unknown: let the original error speak
