@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -226,6 +227,20 @@ def mixed_server(
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def tampered_server(
+    bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A server whose bundle's model.joblib was altered after publishing: live, never ready."""
+    root = tmp_path_factory.mktemp("tampered")
+    shutil.copytree(bundles["numeric"], root / "bundle")
+    with (root / "bundle" / "model.joblib").open("ab") as handle:
+        handle.write(b"appended by an attacker")
+    server = start_server(root / "bundle", root / "home", "--model-name", "iris")
+    yield server
+    server.stop()
+
+
 # ---------------------------------------------------------------- raw HTTP
 
 
@@ -258,8 +273,10 @@ def send(
         connection.close()
 
 
-def post_json(url: str, document: Any, headers: dict[str, str] | None = None) -> HttpAnswer:
-    return send("POST", url, json.dumps(document).encode(), headers)
+def post_json(
+    url: str, document: Any, headers: dict[str, str] | None = None, timeout: float = 30
+) -> HttpAnswer:
+    return send("POST", url, json.dumps(document).encode(), headers, timeout)
 
 
 def import_tritonclient_grpc() -> Any:

@@ -4,10 +4,8 @@ the feedback route, metrics, and a tampered bundle that leaves the server live b
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +18,6 @@ from .conftest import (
     ServerProcess,
     post_json,
     send,
-    start_server,
 )
 
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -363,17 +360,6 @@ def test_metrics_count_requests_by_protocol_and_status(numeric_server: ServerPro
 
 
 # ---------------------------------------------------------------- a bad bundle
-
-
-@pytest.fixture(scope="module")
-def tampered_server(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("tampered")
-    shutil.copytree(bundles["numeric"], root / "bundle")
-    with (root / "bundle" / "model.joblib").open("ab") as handle:
-        handle.write(b"appended by an attacker")
-    server = start_server(root / "bundle", root / "home", "--model-name", "iris")
-    yield server
-    server.stop()
 
 
 def test_a_tampered_bundle_leaves_the_server_live_but_not_ready(tampered_server: ServerProcess) -> None:
