@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import statistics
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from sqlalchemy import event, select
 from modelyard.registry import create_engine_for
 from modelyard.registry.tables import Prediction
 from modelyard.serving.metrics import ServingMetrics
-from modelyard.serving.prediction_log import PredictionLog, PredictionRecord
+from modelyard.serving.prediction_log import PredictionLog, PredictionRecord, _Spool
 
 MOMENT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -62,6 +63,15 @@ def dropped_metric(metrics: ServingMetrics, reason: str) -> float:
             if sample.name.endswith("_log_dropped_total") and sample.labels == {"reason": reason}:
                 return sample.value
     raise AssertionError(f"no dropped sample for {reason}")
+
+
+def metric(metrics: ServingMetrics, sample_name: str) -> float:
+    body, _ = metrics.render()
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == sample_name:
+                return sample.value
+    raise AssertionError(f"no sample {sample_name}")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -480,3 +490,76 @@ def test_killing_postgres_under_load_loses_no_record_and_blocks_no_request(
     assert log.dropped == 0 and log.replayed == log.spooled
     assert statistics.median(durations) < 0.001
     assert max(durations) < 0.05, f"a submit took {max(durations) * 1000:.1f} ms"
+    # The metrics tell the same story.
+    assert metric(metrics, "modelyard_prediction_log_spooled_total") == log.spooled
+    assert metric(metrics, "modelyard_prediction_log_replayed_total") == log.replayed
+    assert metric(metrics, "modelyard_prediction_log_written_total") == log.written >= len(submitted)
+    assert metric(metrics, "modelyard_prediction_log_queue_depth") == 0
+    assert metric(metrics, "modelyard_prediction_log_spool_bytes") == 0
+
+
+def test_a_row_the_database_refuses_is_dropped_and_the_batch_still_lands(
+    database_url: str, tmp_path: Path
+) -> None:
+    metrics = ServingMetrics()
+    log = new_log(database_url, tmp_path / "spool", metrics=metrics)
+    # Postgres text cannot hold NUL: the database itself refuses this row (SQLite takes it).
+    records = [record("before"), record("nul", features={"comment": "a\x00b"}), record("after")]
+
+    async def main() -> None:
+        await log.start()
+        log.submit(records)
+        assert await log.flush()
+        await log.stop()
+
+    asyncio.run(main())
+    request_ids = [row.request_id for row in stored(database_url)]
+    if database_url.startswith("postgresql"):
+        assert request_ids == ["before", "after"]
+        assert log.dropped == 1 and dropped_metric(metrics, "rejected") == 1
+        assert log.database_available  # a refused row is no outage
+    else:
+        assert request_ids == ["before", "nul", "after"]
+
+
+def test_stopping_while_the_database_is_down_spools_what_is_queued(tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    log = new_log(unreachable_url(tmp_path), spool_dir, flush_interval_s=30.0)
+
+    async def main() -> None:
+        await log.start()
+        log.submit([record(f"req-{index}") for index in range(7)])
+        await log.stop()
+
+    asyncio.run(main())
+    lines = (spool_dir / "predictions.jsonl").read_bytes().splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == [f"req-{index}" for index in range(7)]
+    assert (log.spooled, log.dropped, log.queue_depth) == (7, 0, 0)
+
+
+def test_a_log_stopped_before_it_started_spools_its_queue(tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    log = new_log(f"sqlite:///{tmp_path / 'r.db'}", spool_dir)
+    log.submit([record("early")])
+    asyncio.run(log.stop())
+    assert b'"request_id":"early"' in (spool_dir / "predictions.jsonl").read_bytes()
+
+
+def test_the_spool_compacts_its_replayed_head_to_make_room(tmp_path: Path) -> None:
+    """The spool's own bookkeeping: bounded size, order kept, replayed lines reclaimed atomically."""
+    spool = _Spool(tmp_path, max_bytes=100)
+    line = b'{"n":0000}\n'  # 11 bytes
+    numbered = [line.replace(b"0000", f"{index:04d}".encode()) for index in range(12)]
+    assert spool.append(numbered[:12]) == 9  # 99 bytes fit, the rest does not
+    lines, offset = spool.read(4)
+    assert lines == [item.rstrip(b"\n") for item in numbered[:4]]
+    spool.advance(offset)
+    assert spool.pending == 55
+    # No room at the end: the replayed head is dropped (by an atomic rewrite) and the new lines fit.
+    assert spool.append(numbered[9:12]) == 3
+    assert (spool.offset, spool.size) == (0, 88)
+    assert spool.path.read_bytes() == b"".join(numbered[4:12])
+    lines, offset = spool.read(100)
+    spool.advance(offset)
+    assert len(lines) == 8 and spool.pending == 0 and spool.path.read_bytes() == b""
+    spool.close()
