@@ -502,3 +502,257 @@ def models_rollback(name: Annotated[str, typer.Argument(help="Model name.")]) ->
     """Archive the production version and restore the one that was in production before it."""
     record = _registry(_settings()).rollback(name)
     err.print(f"rolled back: [bold]{record.name}@{record.version}[/] is in production again")
+
+
+# ---------------------------------------------------------------- serve, up
+
+EXAMPLE_SPEC = Path(__file__).resolve().parents[2] / "examples" / "iris.yaml"
+LOCAL_HOST = "127.0.0.1"
+
+PortOption = Annotated[
+    int | None, typer.Option("--port", help="REST port (V1 and V2); default MODELYARD_SERVING__HTTP_PORT.")
+]
+GrpcPortOption = Annotated[
+    int | None,
+    typer.Option("--grpc-port", help="gRPC port, 0 for none; default MODELYARD_SERVING__GRPC_PORT."),
+]
+ListenOption = Annotated[
+    str, typer.Option("--host", help="Address to listen on (0.0.0.0 to accept other machines).")
+]
+
+
+def _cached_bundle(settings: Settings, record: Any) -> Path:
+    """The verified local copy of a version: HOME/cache/NAME/VERSION (a file:// bundle is used in place)."""
+    from modelyard.bundle import fetch_bundle
+
+    destination = settings.home / "cache" / record.name / str(record.version)
+    return fetch_bundle(record.storage_uri, destination, s3=settings.s3)
+
+
+def _server_options(
+    settings: Settings, record: Any, bundle: Path, port: int | None, grpc_port: int | None, host: str
+) -> Any:
+    from modelyard.serving.server import ServerOptions
+
+    return ServerOptions.from_settings(
+        settings,
+        model_dir=bundle,
+        model_name=record.name,
+        model_version=str(record.version),
+        http_port=port,
+        grpc_port=grpc_port,
+        host=host,
+    )
+
+
+def _example_instance(metadata: Any) -> list[Any]:
+    """One plausible row from the bundle's reference statistics: medians, most frequent values."""
+    profiles = metadata.reference_stats.get("features", {})
+    row: list[Any] = []
+    for feature in metadata.features:
+        profile = profiles.get(feature.name, {})
+        if feature.type.value == "numeric":
+            row.append(profile.get("quantiles", {}).get("0.5", 0.0))
+        elif feature.type.value == "categorical":
+            frequencies: dict[str, float] = profile.get("frequencies") or {"": 1.0}
+            row.append(max(frequencies, key=lambda value: frequencies[value]))
+        else:
+            row.append(" ".join(list(profile.get("top_words") or {})[:5]))
+    return row
+
+
+def _example_requests(metadata: Any, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A V1 and a V2 request body for ``name``, with one example row."""
+    row = _example_instance(metadata)
+    v1 = {"instances": [row]}
+    if all(feature.type.value == "numeric" for feature in metadata.features):
+        inputs = [{"name": "input-0", "datatype": "FP64", "shape": [1, len(row)], "data": [row]}]
+    else:
+        inputs = [
+            {
+                "name": feature.name,
+                "datatype": "FP64" if feature.type.value == "numeric" else "BYTES",
+                "shape": [1],
+                "data": [value],
+            }
+            for feature, value in zip(metadata.features, row, strict=True)
+        ]
+    return v1, {"inputs": inputs}
+
+
+def _curl_commands(base_url: str, name: str, v1: dict[str, Any], v2: dict[str, Any]) -> list[str]:
+    import shlex
+
+    return [
+        f"curl -s {base_url}/v2/health/ready",
+        f"curl -s {base_url}/v2/models/{name}",
+        f"curl -s -X POST {base_url}/v1/models/{name}:predict -d {shlex.quote(json.dumps(v1))}",
+        f"curl -s -X POST {base_url}/v2/models/{name}/infer -d {shlex.quote(json.dumps(v2))}",
+    ]
+
+
+@app.command("serve")
+@reports_errors
+def serve_command(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="NAME, NAME@VERSION or NAME@production (default: latest).")
+    ],
+    port: PortOption = None,
+    grpc_port: GrpcPortOption = None,
+    host: ListenOption = LOCAL_HOST,
+) -> None:
+    """Serve a registered model version over KServe V1/V2 (REST and gRPC) until interrupted."""
+    from modelyard.serving.server import serve
+
+    settings = _settings()
+    name, version, stage = _parse_model_ref(model)
+    with _registry(settings) as registry:
+        record = registry.get_version(name, version, stage=stage)
+    bundle = _cached_bundle(settings, record)
+    options = _server_options(settings, record, bundle, port, grpc_port, host)
+    err.print(
+        f"serving [bold]{record.name}@{record.version}[/] ({record.stage.value}) from {bundle} "
+        f"on http://{options.host}:{options.http_port}"
+        + (f" and grpc {options.host}:{options.grpc_port}" if options.grpc_port else ""),
+        highlight=False,
+    )
+    serve(options)
+
+
+def _production_version(settings: Settings, spec_file: Path, overrides: list[str]) -> Any:
+    """The production version of the spec's model: trained (in-process) if none exists, then promoted."""
+    from modelyard.spec import load_spec
+
+    spec = load_spec(spec_file, overrides)
+    with _registry(settings) as registry:
+        versions = registry.list_versions(spec.name)
+        if not versions:
+            from modelyard.workflow import run_training
+
+            err.print(f"no version of [bold]{spec.name}[/] yet: training {spec_file}", highlight=False)
+            with _step_progress() as progress:
+                outcome = run_training(settings, spec, progress=progress)
+            if outcome.published is None:
+                raise ModelyardError(f"the gate rejected the trained model: {outcome.verdict.reason}")
+            versions = [outcome.published]
+        production = registry.production(spec.name)
+        if production is None:
+            production = registry.promote(spec.name, versions[0].version)
+            err.print(f"promoted [bold]{production.ref}[/] to production", highlight=False)
+        return production
+
+
+def _wait_until_ready(url: str, process: Any, timeout_s: float) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ModelyardError(f"the server exited with status {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise ModelyardError(f"the server at {url} was not ready after {timeout_s:.0f} s")
+
+
+def _post(url: str, document: dict[str, Any]) -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(document).encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def _smoke_test(options: Any, name: str, v1: dict[str, Any], v2: dict[str, Any]) -> bool:
+    """Start the server in a subprocess, send one V1 and one V2 request, print the answers, stop it."""
+    import signal
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable, "-m", "modelyard.serving", "--model-dir", str(options.model_dir),
+        "--model-name", name, "--model-version", options.model_version, "--host", options.host,
+        "--http-port", str(options.http_port), "--grpc-port", str(options.grpc_port),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://{options.host}:{options.http_port}"
+    ok = True
+    try:
+        _wait_until_ready(url, process, timeout_s=120)
+        for protocol, path, document in (
+            ("V1", f"/v1/models/{name}:predict", v1),
+            ("V2", f"/v2/models/{name}/infer", v2),
+        ):
+            status, answer = _post(url + path, document)
+            ok = ok and status == 200
+            out.print(f"{protocol} {status}: {json.dumps(answer)}", highlight=False, soft_wrap=True)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, stderr = process.communicate()
+    if not ok:
+        err.print(stderr.decode(errors="replace")[-4000:], highlight=False, markup=False)
+    return ok
+
+
+@app.command("up")
+@reports_errors
+def up_command(
+    spec_file: Annotated[
+        Path, typer.Option("--spec", "-s", help="ModelSpec to train if needed.")
+    ] = EXAMPLE_SPEC,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a spec field: KEY=VALUE (dotted keys).")
+    ] = None,
+    port: PortOption = None,
+    grpc_port: GrpcPortOption = None,
+    host: ListenOption = LOCAL_HOST,
+    no_serve: Annotated[
+        bool, typer.Option("--no-serve", help="Train and promote if needed, print the commands, and stop.")
+    ] = False,
+    smoke: Annotated[
+        bool,
+        typer.Option("--smoke", help="Start the server, send one V1 and one V2 request, print them, stop."),
+    ] = False,
+) -> None:
+    """The demo (`make run`): train the iris example if no version exists, promote it, serve it."""
+    from modelyard.bundle import load_bundle
+
+    settings = _settings()
+    record = _production_version(settings, spec_file, overrides or [])
+    bundle = _cached_bundle(settings, record)
+    options = _server_options(settings, record, bundle, port, grpc_port, host)
+    metadata = load_bundle(bundle).metadata
+    v1, v2 = _example_requests(metadata, record.name)
+    base_url = (
+        f"http://{LOCAL_HOST if options.host in ('0.0.0.0', '::') else options.host}:{options.http_port}"
+    )
+    out.print(f"\n[bold]{record.ref}[/] ({record.stage.value}) is ready to serve. Try:\n", highlight=False)
+    for command in _curl_commands(base_url, record.name, v1, v2):
+        out.print(command, highlight=False, markup=False, soft_wrap=True)
+    if options.grpc_port:
+        out.print(f"\ngRPC (Open Inference Protocol) on {options.host}:{options.grpc_port}", highlight=False)
+    if no_serve:
+        return
+    if smoke:
+        if not _smoke_test(options, record.name, v1, v2):
+            raise ModelyardError("the smoke test failed: the server did not answer both requests with 200")
+        return
+    from modelyard.serving.server import serve
+
+    out.print("")
+    serve(options)
