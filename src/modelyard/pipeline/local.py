@@ -1,4 +1,4 @@
-"""Run the training pipeline on this machine with `kfp.local`, as `modelyard train` does.
+"""Run the pipelines on this machine with `kfp.local`, as `modelyard train` and `modelyard score` do.
 
 Every task runs as a subprocess of this Python (SubprocessRunner without a venv: modelyard is installed
 here), with task outputs under MODELYARD_HOME/pipelines and KFP's local cache enabled. KFP's own log is
@@ -12,12 +12,13 @@ import io
 import json
 import os
 import re
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from modelyard.errors import ModelyardError
 from modelyard.pipeline.steps import fail_reason, spec_to_yaml
@@ -26,8 +27,10 @@ from modelyard.spec import ModelSpec
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '?(?P<task>[\w.-]+)'?")
-_FINISHED = re.compile(r"Task '?(?P<task>[\w.-]+)'? finished with status (?P<status>[A-Z]+)")
-_CACHED = re.compile(r"Task '?(?P<task>[\w.-]+)'? cache hit")
+_FAILED = re.compile(r"Task '?(?P<task>[\w.-]+)'? finished with status (?P<status>FAILURE)")
+# The task's own process prints this when it succeeds. kfp.local's "finished" line is not reliable: loop
+# iterations run in threads that reset the root logger under each other, and some of those lines are lost.
+_SUCCEEDED = re.compile(r"Wrote executor output file to .*/(?P<task>[\w.-]+)/executor_output\.json")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class _LineTap(io.TextIOBase):
         self._log = log
         self._on_event = on_event
         self._pending = ""
+        self._lock = threading.Lock()  # kfp.local runs loop iterations in threads, all printing here
         self.lines: list[str] = []
         self.events: list[TaskEvent] = []
 
@@ -80,11 +84,12 @@ class _LineTap(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
-        self._log.write(text)
-        self._pending += text
-        *complete, self._pending = self._pending.split("\n")
-        for line in complete:
-            self._line(_ANSI.sub("", line))
+        with self._lock:
+            self._log.write(text)
+            self._pending += text
+            *complete, self._pending = self._pending.split("\n")
+            for line in complete:
+                self._line(_ANSI.sub("", line))
         return len(text)
 
     def flush(self) -> None:
@@ -92,10 +97,10 @@ class _LineTap(io.TextIOBase):
 
     def _line(self, line: str) -> None:
         self.lines.append(line)
-        for pattern, status in ((_CACHED, "cached"), (_FINISHED, None), (_STARTED, "running")):
+        for pattern, status in ((_FAILED, "FAILURE"), (_SUCCEEDED, "SUCCESS"), (_STARTED, "running")):
             match = pattern.search(line)
             if match:
-                event = TaskEvent(match["task"], status or match["status"])
+                event = TaskEvent(match["task"], status)
                 self.events.append(event)
                 self._on_event(event)
                 return
@@ -106,6 +111,15 @@ def export_settings(settings: Settings) -> None:
     os.environ["MODELYARD_HOME"] = str(settings.home)
     os.environ["MODELYARD_DATABASE_URL"] = settings.database_url
     os.environ["MODELYARD_STORE_URI"] = settings.store_uri
+    s3 = settings.s3
+    for name, value in (
+        ("AWS_ENDPOINT_URL", s3.endpoint_url),
+        ("AWS_ACCESS_KEY_ID", s3.access_key_id),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_access_key),
+        ("AWS_REGION", s3.region),
+    ):
+        if value is not None:
+            os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -114,23 +128,34 @@ def _captured_stdout(tap: _LineTap) -> Iterator[None]:
         yield
 
 
-def run_training_locally(
-    settings: Settings,
-    spec: ModelSpec,
-    *,
-    auto_deploy: bool = False,
-    on_event: Callable[[TaskEvent], None] | None = None,
-) -> LocalRun:
-    """Run the training pipeline with kfp.local; return the run's summary (the pipeline's output)."""
-    from kfp import local
+class PipelineRun(NamedTuple):
+    """A finished local run: the pipeline's output, KFP's log file, and the task events seen."""
 
-    from modelyard.pipeline.training import training_pipeline
+    output: Any
+    log_file: Path
+    events: list[TaskEvent]
+
+
+def run_pipeline_locally(
+    pipeline_func: Callable[..., Any],
+    arguments: dict[str, Any],
+    settings: Settings,
+    *,
+    run_name: str,
+    on_event: Callable[[TaskEvent], None] | None = None,
+) -> PipelineRun:
+    """Run a pipeline with kfp.local (subprocesses, cache on); PipelineFailed naming the failed step.
+
+    KFP's own output goes to ``MODELYARD_HOME/pipelines/logs/<run_name>-<time>.log``; ``on_event`` gets
+    one TaskEvent per task start, finish and cache hit.
+    """
+    from kfp import local
 
     export_settings(settings)
     root = settings.home / "pipelines"
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    log_file = logs / f"{spec.name}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}.log"
+    log_file = logs / f"{run_name}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}.log"
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(root),
@@ -145,10 +170,30 @@ def run_training_locally(
         tap = _LineTap(log, on_event or (lambda _event: None))
         try:
             with _captured_stdout(tap):
-                task = training_pipeline(spec_yaml=spec_to_yaml(spec), auto_deploy=auto_deploy)
+                task = pipeline_func(**arguments)
         except Exception as exc:  # kfp.local raises RuntimeError for a failed task
             raise _failure(exc, tap, log_file) from exc
-    return LocalRun(json.loads(task.output), log_file, tap.events, len(spec.algorithms))
+    return PipelineRun(task.output, log_file, tap.events)
+
+
+def run_training_locally(
+    settings: Settings,
+    spec: ModelSpec,
+    *,
+    auto_deploy: bool = False,
+    on_event: Callable[[TaskEvent], None] | None = None,
+) -> LocalRun:
+    """Run the training pipeline with kfp.local; return the run's summary (the pipeline's output)."""
+    from modelyard.pipeline.training import training_pipeline
+
+    run = run_pipeline_locally(
+        training_pipeline,
+        {"spec_yaml": spec_to_yaml(spec), "auto_deploy": auto_deploy},
+        settings,
+        run_name=spec.name,
+        on_event=on_event,
+    )
+    return LocalRun(json.loads(run.output), run.log_file, run.events, len(spec.algorithms))
 
 
 def _failure(exc: Exception, tap: _LineTap, log_file: Path) -> PipelineFailed:
