@@ -11,6 +11,7 @@ prediction log writes to ``MODELYARD_DATABASE_URL`` (default: SQLite under ``MOD
 from __future__ import annotations
 
 import argparse
+import importlib.abc
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,33 @@ from pydantic import ValidationError
 
 from modelyard.errors import ModelyardError
 from modelyard.settings import ServingSettings, load_settings
+
+
+class _SkipPyarrow(importlib.abc.MetaPathFinder):
+    """Refuse to import pyarrow in the server process.
+
+    pandas imports pyarrow whenever it is installed (35 MB resident), though the server never needs it:
+    its frames are built from numpy, and the predictor's budget is 250 MB. A refused import makes pandas
+    and scikit-learn behave as they do without pyarrow (a ``sys.modules["pyarrow"] = None`` would not:
+    scikit-learn looks for that key). ``MODELYARD_SERVING__ALLOW_PYARROW=1`` lifts it, for a bundle
+    whose pickle needs pyarrow.
+    """
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pyarrow" or name.startswith("pyarrow."):
+            raise ImportError(
+                "pyarrow is not loaded by the model server (MODELYARD_SERVING__ALLOW_PYARROW=1)"
+            )
+        return None
+
+
+def skip_pyarrow(environ: Mapping[str, str]) -> None:
+    """Install the finder, unless pandas has already been imported (then it is too late to matter)."""
+    if "pandas" in sys.modules or environ.get("MODELYARD_SERVING__ALLOW_PYARROW") == "1":
+        return
+    if not any(isinstance(finder, _SkipPyarrow) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _SkipPyarrow())
+
 
 # Flags that ServingSettings does not hold; their variables are read here.
 _EXTRA_VARIABLES = {
@@ -116,6 +144,7 @@ def options_from(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    skip_pyarrow(os.environ)
     try:
         options = options_from(sys.argv[1:] if argv is None else argv)
     except ModelyardError as exc:

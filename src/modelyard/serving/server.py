@@ -271,11 +271,18 @@ def build_server(assembly: Assembly) -> Any:
             log.info("gRPC listening on %s", address)
             await self._server.wait_for_termination()
 
+    class LeanRESTServer(RESTServer):  # type: ignore[misc]
+        """kserve's REST server without its TimingMiddleware: it only writes kserve.trace lines, which
+        are off, yet wraps every request (health probes included)."""
+
+        def _add_middlewares(self, app: Any) -> None:
+            pass
+
     class ModelyardServer(ModelServer):  # type: ignore[misc]
         """One worker: REST and gRPC on one loop; binds ``options.host``."""
 
         def start(self, models: list[Any]) -> None:
-            self._rest_server = RESTServer(
+            self._rest_server = LeanRESTServer(
                 FASTAPI_APP_IMPORT_STRING,
                 self.dataplane,
                 self.model_repository_extension,

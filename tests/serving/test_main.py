@@ -1,0 +1,83 @@
+"""`python -m modelyard.serving`: flags, MODELYARD_SERVING__* variables, and which one wins."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from modelyard.errors import ModelyardError
+from modelyard.serving.__main__ import main, options_from
+
+from .conftest import ServerProcess
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in list(os.environ):
+        if key.startswith("MODELYARD_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("MODELYARD_HOME", str(tmp_path / "home"))
+
+
+def test_defaults_follow_the_serving_runtime_contract(tmp_path: Path) -> None:
+    options = options_from([])
+    assert options.model_dir == Path("/mnt/models")
+    assert (options.host, options.http_port, options.grpc_port) == ("0.0.0.0", 8080, 8081)
+    assert options.max_batch_size == 64 and options.max_batch_wait_ms == 2.0
+    assert options.database_url == f"sqlite:///{tmp_path / 'home' / 'modelyard.db'}"
+
+
+def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELYARD_SERVING__MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("MODELYARD_SERVING__HTTP_PORT", "9000")
+    monkeypatch.setenv("MODELYARD_SERVING__MODEL_VERSION", "4")
+    monkeypatch.setenv("MODELYARD_SERVING__HOST", "10.0.0.1")
+    options = options_from(["--max-batch-size", "16", "--host", "127.0.0.1"])
+    assert options.max_batch_size == 16 and options.host == "127.0.0.1"
+    assert options.http_port == 9000 and options.model_version == "4"  # from the environment
+
+
+def test_kserve_spellings_are_accepted() -> None:
+    options = options_from(["--model_dir", "/models/iris", "--model_name", "iris", "--http_port", "8085"])
+    assert (
+        options.model_dir == Path("/models/iris")
+        and options.model_name == "iris"
+        and options.http_port == 8085
+    )
+    assert options_from(["--no-prediction-log", "--no-prefer-onnx"]).prediction_log is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "variables", "message"),
+    [
+        (["--http-port", "70000"], {}, "--http-port: Input should be less than or equal to 65535"),
+        (["--max-batch-size", "0"], {}, "--max-batch-size: Input should be greater than or equal to 1"),
+        ([], {"MODELYARD_SERVING__MAX_BATCH_WAIT_MS": "-1"}, "MODELYARD_SERVING__MAX_BATCH_WAIT_MS"),
+        (
+            [],
+            {"MODELYARD_SERVING__ACCESS_LOG": "maybe"},
+            "MODELYARD_SERVING__ACCESS_LOG: expected true or false",
+        ),
+        ([], {"MODELYARD_SERVING__EVENT_LOOP": "trio"}, "MODELYARD_SERVING__EVENT_LOOP: expected auto"),
+    ],
+)
+def test_bad_settings_are_named(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], variables: dict[str, str], message: str
+) -> None:
+    for key, value in variables.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ModelyardError, match=message):
+        options_from(argv)
+
+
+def test_main_reports_a_bad_flag_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--grpc-port", "-1"]) == 2
+    assert "error: invalid configuration: --grpc-port" in capsys.readouterr().err
+
+
+def test_the_server_process_does_not_load_pyarrow(numeric_server: ServerProcess) -> None:
+    # pandas would import it (35 MB) if it could; the server refuses the import to stay within budget.
+    maps = Path(f"/proc/{numeric_server.process.pid}/maps").read_text()
+    assert "pyarrow" not in maps and "sklearn" in maps
