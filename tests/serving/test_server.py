@@ -6,11 +6,16 @@ from __future__ import annotations
 import json
 import struct
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+from sqlalchemy import create_engine, select
+
+from modelyard.bundle import manifest_digest
+from modelyard.registry.tables import Prediction as PredictionRow
 
 from .conftest import (
     MIXED_CLASSES,
@@ -18,6 +23,8 @@ from .conftest import (
     ServerProcess,
     post_json,
     send,
+    server_env,
+    start_server,
 )
 
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -62,6 +69,13 @@ def test_model_metadata_comes_from_the_bundle_schema(numeric_server: ServerProce
     assert {i["datatype"] for i in metadata["inputs"]} == {"FP64"}
     assert metadata["outputs"][1] == {"name": "probabilities", "datatype": "FP64", "shape": [-1, 3]}
     assert send("GET", f"{numeric_server.url}/v2/models/numeric/versions/3").json() == metadata
+
+
+def test_a_bundle_served_without_a_version_is_versioned_by_its_manifest_digest(
+    mixed_server: ServerProcess, bundles: dict[str, Path]
+) -> None:
+    metadata = send("GET", f"{mixed_server.url}/v2/models/churn").json()
+    assert metadata["versions"] == [manifest_digest(bundles["mixed"])[:12]]
 
 
 @pytest.mark.parametrize(
@@ -380,3 +394,29 @@ def test_a_tampered_bundle_leaves_the_server_live_but_not_ready(tampered_server:
     while "NOT READY" not in tampered_server.log() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "model iris is NOT READY: bundle" in tampered_server.log()
+
+
+# ---------------------------------------------------------------- shutdown
+
+
+@pytest.mark.slow
+def test_sigterm_writes_every_logged_prediction_before_exiting(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    # A long flush interval: the records are still queued when the signal arrives.
+    env = server_env(home, MODELYARD_SERVING__LOG_FLUSH_INTERVAL_S="600")
+    server = start_server(bundles["numeric"], home, "--model-name", "iris", env=env)
+    try:
+        for i in range(3):
+            answer = post_json(
+                f"{server.url}/v1/models/iris:predict", {"instances": [ROW, ROW]}, {"x-request-id": f"q{i}"}
+            )
+            assert answer.status == 200
+    finally:
+        assert server.stop() == 0
+    engine = create_engine(f"sqlite:///{home / 'modelyard.db'}")
+    with engine.connect() as connection:
+        logged = connection.execute(select(PredictionRow.request_id, PredictionRow.row)).all()
+    engine.dispose()
+    assert sorted(logged) == [(f"q{i}", row) for i in range(3) for row in (0, 1)]

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelyard.bundle import METADATA_FILE
+from modelyard.bundle import METADATA_FILE, manifest_digest
+from modelyard.errors import ModelyardError
 from modelyard.settings import Settings
 
 log = logging.getLogger("modelyard.serving")
@@ -80,6 +81,21 @@ class ServerOptions:
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
+
+
+def bundle_version(model_dir: Path) -> str:
+    """A version for a bundle served without ``--model-version``.
+
+    The folder's name when it is a number (``.../iris/3``, as the store and the CLI cache lay bundles
+    out); otherwise the first 12 hex digits of metadata.json's sha256, which pins every file of the
+    bundle; "unknown" when even that cannot be read (the bundle will not be ready anyway).
+    """
+    if model_dir.name.isdigit():
+        return model_dir.name
+    try:
+        return manifest_digest(model_dir)[:12]
+    except (ModelyardError, OSError):
+        return "unknown"
 
 
 def bundle_name(model_dir: Path) -> str:
@@ -145,7 +161,7 @@ def assemble(options: ServerOptions) -> Assembly:
     model = ServedModel(
         name,
         options.model_dir,
-        version=options.model_version,
+        version=options.model_version or bundle_version(options.model_dir),
         prefer_onnx=options.prefer_onnx,
         max_batch_size=options.max_batch_size,
         max_batch_wait_s=options.max_batch_wait_ms / 1000.0,
