@@ -413,3 +413,11 @@ def test_publish_bundle_verifies_first(settings: Settings, bundle_dir: Path) -> 
     with pytest.raises(BundleIntegrityError, match=re.escape("model.joblib was altered")):
         publish_bundle(bundle_dir, store, "sizes/1")
     assert store.list() == []
+
+
+def test_library_versions_name_the_stack_a_model_depends_on() -> None:
+    import sklearn
+
+    versions = current_library_versions()
+    assert set(versions) >= {"python", "modelyard", "scikit-learn", "numpy", "scipy", "pandas", "joblib"}
+    assert versions["scikit-learn"] == sklearn.__version__

@@ -55,7 +55,7 @@ REQUIRED_FILES = (MODEL_FILE, MODEL_CARD_FILE, REPORT_FILE)
 """Files every bundle has besides metadata.json."""
 
 _SHA256_HEX = frozenset("0123456789abcdef")
-_LIBRARIES = ("scikit-learn", "numpy", "pandas", "joblib", "modelyard")
+_LIBRARIES = ("modelyard", "scikit-learn", "numpy", "scipy", "pandas", "joblib", "optuna")
 
 
 def current_library_versions() -> dict[str, str]:

@@ -6,7 +6,7 @@ Pure functions over DataFrames: no pipeline, database or object store here (impo
 from modelyard.training.candidates import Candidate, SearchSpace, candidate_for
 from modelyard.training.evaluation import Evaluation, evaluate, evaluate_predictions, split_holdout
 from modelyard.training.preprocessing import build_preprocessor
-from modelyard.training.report import ReportContext, library_versions, render_model_card, render_report_html
+from modelyard.training.report import ReportContext, render_model_card, render_report_html
 from modelyard.training.train import TrainingResult, assemble_result, train
 from modelyard.training.tuning import (
     CandidateSummary,
@@ -30,7 +30,6 @@ __all__ = [
     "candidate_for",
     "evaluate",
     "evaluate_predictions",
-    "library_versions",
     "parse_metric",
     "render_model_card",
     "render_report_html",

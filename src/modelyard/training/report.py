@@ -11,20 +11,17 @@ import base64
 import html
 import io
 import json
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from modelyard.bundle import current_library_versions
 from modelyard.spec import FeatureSpec, Metric
 from modelyard.training.evaluation import Evaluation
 from modelyard.training.tuning import CandidateSummary
-
-_REPORTED_LIBRARIES = ("modelyard", "scikit-learn", "numpy", "scipy", "pandas", "optuna", "joblib")
 
 # Metrics shown in the holdout tables, in this order.
 _HOLDOUT_METRICS = (
@@ -39,17 +36,6 @@ _HOLDOUT_METRICS = (
     "roc_auc",
     "log_loss",
 )
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python and of the libraries a trained model depends on."""
-    versions = {"python": platform.python_version()}
-    for name in _REPORTED_LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 @dataclass(frozen=True)
@@ -197,7 +183,7 @@ def render_report_html(context: ReportContext) -> str:
             f"<p>Quality gate: holdout {_e(metric)} {_fmt(holdout_score)} {verdict} "
             f"min_score {context.gate_min_score}.</p>"
         )
-    versions = ", ".join(f"{_e(name)} {_e(version)}" for name, version in library_versions().items())
+    versions = ", ".join(f"{_e(name)} {_e(version)}" for name, version in current_library_versions().items())
     title = _e(f"{context.name}: training report")
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -306,7 +292,7 @@ def render_model_card(context: ReportContext) -> str:
         "",
         "## Library versions",
         "",
-        *(f"- {name}: {_e(version)}" for name, version in library_versions().items()),
+        *(f"- {name}: {_e(version)}" for name, version in current_library_versions().items()),
         "",
     ]
     return "\n".join(lines)
