@@ -420,3 +420,25 @@ def test_sigterm_writes_every_logged_prediction_before_exiting(
         logged = connection.execute(select(PredictionRow.request_id, PredictionRow.row)).all()
     engine.dispose()
     assert sorted(logged) == [(f"q{i}", row) for i in range(3) for row in (0, 1)]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "message"),
+    [
+        ("GET", "/v2/models/numeric/infer", 405, "Method Not Allowed: GET /v2/models/numeric/infer"),
+        ("GET", "/v3/anything", 404, "Not Found: GET /v3/anything"),
+        ("POST", "/v1/models/numeric:explain", 501, "explanations are not supported"),
+        (
+            "POST",
+            "/v2/repository/models/numeric/unload",
+            501,
+            "the model repository extension is not supported",
+        ),
+    ],
+)
+def test_other_routes_answer_with_an_error_body(
+    numeric_server: ServerProcess, method: str, path: str, status: int, message: str
+) -> None:
+    answer = send(method, numeric_server.url + path, b"{}" if method == "POST" else None)
+    assert answer.status == status and message in answer.json()["error"]
+    assert send("GET", f"{numeric_server.url}/v2/models/numeric/ready").status == 200  # still served

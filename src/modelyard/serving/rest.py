@@ -182,6 +182,15 @@ class RestRoutes:
         except Exception as exc:
             return _error(exc)
 
+    async def not_supported(self, request: Request) -> Response:
+        """Routes kserve would otherwise answer with a model this server does not manage that way."""
+        path = request.url.path
+        if path.endswith(":explain"):
+            message = "explanations are not supported by this server"
+        else:
+            message = "the model repository extension is not supported: this server serves one bundle"
+        return Response(error_body(message), status_code=501, media_type=JSON)
+
     # ------------------------------------------------------------ wiring
 
     def routes(self) -> list[tuple[str, Endpoint, list[str]]]:
@@ -203,14 +212,31 @@ class RestRoutes:
             ("/v1/models/{name}/feedback", self.v1_feedback, ["POST"]),
             ("/v1/models/{name}", self.model_ready, ["GET"]),
             ("/metrics", self.metrics, ["GET"]),
+            ("/v1/models/{name}:explain", self.not_supported, ["POST"]),
+            ("/v2/repository/models/{name}/load", self.not_supported, ["POST"]),
+            ("/v2/repository/models/{name}/unload", self.not_supported, ["POST"]),
+            ("/v2/repository/index", self.not_supported, ["POST"]),
         ]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and wrong methods answer ``{"error": ...}`` too, like every other error here."""
+    status = getattr(exc, "status_code", 500)
+    detail = getattr(exc, "detail", None) or "error"
+    message = f"{detail}: {request.method} {request.url.path}"
+    return Response(
+        error_body(message), status_code=status, media_type=JSON, headers=getattr(exc, "headers", None)
+    )
 
 
 def install_routes(app: Any, dataplane: DataPlane) -> RestRoutes:
     """Add the routes to a Starlette/FastAPI ``app``, ahead of any route added later (kserve's)."""
+    from starlette.exceptions import HTTPException
+
     routes = RestRoutes(dataplane)
     for path, endpoint, methods in routes.routes():
         app.add_route(path, endpoint, methods=methods, include_in_schema=False)
+    app.add_exception_handler(HTTPException, _http_error)
     return routes
 
 
