@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from .conftest import (
     MIXED_CLASSES,
     NUMERIC_CLASSES,
     ServerProcess,
+    free_port,
     post_json,
     send,
     server_env,
@@ -442,3 +445,15 @@ def test_other_routes_answer_with_an_error_body(
     answer = send(method, numeric_server.url + path, b"{}" if method == "POST" else None)
     assert answer.status == status and message in answer.json()["error"]
     assert send("GET", f"{numeric_server.url}/v2/models/numeric/ready").status == 200  # still served
+
+
+def test_a_port_in_use_stops_the_server_with_a_clear_error(
+    numeric_server: ServerProcess, bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    command = [
+        sys.executable, "-m", "modelyard.serving", "--model-dir", str(bundles["numeric"]),
+        "--host", "127.0.0.1", "--http-port", str(free_port()), "--grpc-port", str(numeric_server.grpc_port), "--no-prediction-log",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, env=server_env(tmp_path), timeout=120, check=False)
+    assert result.returncode == 1
+    assert f"error: cannot listen for gRPC on 127.0.0.1:{numeric_server.grpc_port}" in result.stderr.decode()

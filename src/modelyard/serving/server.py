@@ -266,6 +266,8 @@ def build_server(assembly: Assembly) -> Any:
     grpc_options = [
         ("grpc.max_send_message_length", kserve.model_server.args.grpc_max_send_message_length),
         ("grpc.max_receive_message_length", kserve.model_server.args.grpc_max_receive_message_length),
+        # grpc sets SO_REUSEPORT by default: a second server would silently share a port in use
+        ("grpc.so_reuseport", 0),
     ]
 
     class ModelyardGRPCServer(GRPCServer):  # type: ignore[misc]
@@ -280,9 +282,13 @@ def build_server(assembly: Assembly) -> Any:
             )
             address = f"{_grpc_host(options.host)}:{options.grpc_port}"
             try:
-                self._server.add_insecure_port(address)
+                bound = self._server.add_insecure_port(address)
             except RuntimeError as exc:
-                raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
+                bound, reason = 0, f": {exc}"
+            else:
+                reason = ""
+            if not bound:
+                raise OSError(f"cannot listen for gRPC on {address} (in use?){reason}")
             await self._server.start()
             log.info("gRPC listening on %s", address)
             await self._server.wait_for_termination()
