@@ -452,7 +452,8 @@ def test_a_port_in_use_stops_the_server_with_a_clear_error(
 ) -> None:
     command = [
         sys.executable, "-m", "modelyard.serving", "--model-dir", str(bundles["numeric"]),
-        "--host", "127.0.0.1", "--http-port", str(free_port()), "--grpc-port", str(numeric_server.grpc_port), "--no-prediction-log",
+        "--host", "127.0.0.1", "--http-port", str(free_port()),
+        "--grpc-port", str(numeric_server.grpc_port), "--no-prediction-log",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, env=server_env(tmp_path), timeout=120, check=False)
     assert result.returncode == 1
