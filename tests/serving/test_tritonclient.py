@@ -201,3 +201,14 @@ def test_grpc_not_ready_is_unavailable_with_the_reason(tampered_server: ServerPr
     client.close()
     assert caught.value.status() == "StatusCode.UNAVAILABLE"
     assert "model.joblib was altered" in caught.value.message()
+
+
+def test_request_ids_from_headers_are_honoured(http_client: Any, grpc_client: Any) -> None:
+    http_tensor = httpclient.InferInput("input-0", list(ROWS.shape), "FP64")
+    http_tensor.set_data_from_numpy(ROWS)
+    result = http_client.infer("numeric", [http_tensor], headers={"x-request-id": "from-http-header"})
+    assert result.get_response()["id"] == "from-http-header"
+    grpc_tensor = grpcclient.InferInput("input-0", list(ROWS.shape), "FP64")
+    grpc_tensor.set_data_from_numpy(ROWS)
+    reply = grpc_client.infer("numeric", [grpc_tensor], headers={"x-request-id": "from-grpc-metadata"})
+    assert reply.get_response().id == "from-grpc-metadata"
