@@ -23,11 +23,17 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelyard.bundle import METADATA_FILE, manifest_digest
 from modelyard.errors import ModelyardError
 from modelyard.settings import Settings
+
+if TYPE_CHECKING:  # imported when assembling, after the cheap checks of the entry point
+    from modelyard.serving.dataplane import DataPlane
+    from modelyard.serving.metrics import ServingMetrics
+    from modelyard.serving.model import ServedModel
+    from modelyard.serving.prediction_log import PredictionLog
 
 log = logging.getLogger("modelyard.serving")
 
@@ -144,10 +150,10 @@ class Assembly:
     """The parts of one server, before it runs."""
 
     options: ServerOptions
-    dataplane: Any
-    model: Any
-    metrics: Any
-    prediction_log: Any
+    dataplane: DataPlane
+    model: ServedModel
+    metrics: ServingMetrics
+    prediction_log: PredictionLog | None
 
 
 def assemble(options: ServerOptions) -> Assembly:
@@ -199,7 +205,7 @@ def assemble(options: ServerOptions) -> Assembly:
     return Assembly(options, dataplane, model, metrics, prediction_log)
 
 
-def _kserve_model(kserve: Any, model: Any) -> Any:
+def _kserve_model(kserve: Any, model: ServedModel) -> Any:
     """Register our model in kserve's repository too, so kserve's remaining routes agree with ours."""
 
     class BundleModel(kserve.Model):  # type: ignore[misc]
@@ -343,7 +349,7 @@ def build_server(assembly: Assembly) -> Any:
         enable_latency_logging=False,
         grace_period=options.grace_period_s,
     )
-    _configure_logging(options.access_log)
+    _configure_logging(options.access_log)  # again: kserve's ModelServer() reconfigures logging
     server.register_model(_kserve_model(kserve, assembly.model))
     return server
 
