@@ -77,7 +77,7 @@ def training_pipeline(
     # Never cached: the fingerprint of the data as it is now is what keys every cached step below, so a
     # file changed in place is read again while an unchanged one reuses the earlier run's work.
     fingerprint = _with_credentials(c.fingerprint_source(spec_yaml=spec_yaml))
-    fingerprint.set_caching_options(False).set_display_name("fingerprint")
+    fingerprint.set_caching_options(False)
     ingest = _with_credentials(c.ingest(spec_yaml=spec_yaml, fingerprint=fingerprint.output))
     validate = c.validate(spec_yaml=spec_yaml, dataset=ingest.outputs["dataset"])
     split = c.split(spec_yaml=spec_yaml, dataset=ingest.outputs["dataset"]).after(validate)
