@@ -1,10 +1,10 @@
 """One served model: a verified bundle, its runtime, its schema and its micro-batcher.
 
 Loading verifies every file of the bundle against its sha256 before anything is unpickled
-(``modelyard.bundle.load_bundle``). A bundle that fails verification or loading leaves the model
-registered but not ready, with the reason kept in ``load_error``: the server stays live, readiness says
-503, and the model metadata shows why.
-"""
+(``modelyard.serving.runtime.open_runtime``, which unpickles model.joblib only when ONNX Runtime cannot
+answer). A bundle that fails verification or loading leaves the model registered but not ready, with
+the reason kept in ``load_error``: the server stays live, readiness says 503, and the model metadata
+shows why."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from modelyard.bundle import BundleMetadata, load_bundle
+from modelyard.bundle import BundleMetadata
 from modelyard.errors import ModelyardError, NotReady
 from modelyard.serving.batching import AdaptiveBatcher, BatchObserver, BatchOutcome
 from modelyard.serving.codec import FeatureBatch, FeatureSchema
-from modelyard.serving.runtime import ModelRuntime, load_runtime
+from modelyard.serving.runtime import ModelRuntime, open_runtime
 from modelyard.serving.types import Prediction, TensorMetadata
 
 log = logging.getLogger(__name__)
@@ -64,18 +64,18 @@ class ServedModel:
         if self.ready or self.load_error is not None:
             return self.ready
         try:
-            bundle = load_bundle(self.model_dir)
-            runtime = load_runtime(bundle, prefer_onnx=self.prefer_onnx)
+            # verifies every file first; unpickles model.joblib only when scikit-learn must answer
+            runtime, metadata = open_runtime(self.model_dir, prefer_onnx=self.prefer_onnx)
         except ModelyardError as exc:
             self._fail(exc.message)
             return False
         except Exception as exc:  # a bundle is untrusted input: any failure means "not ready", not a crash
             self._fail(f"{type(exc).__name__}: {exc}")
             return False
-        self.metadata = bundle.metadata
-        self._schema = FeatureSchema(bundle.metadata)
+        self.metadata = metadata
+        self._schema = FeatureSchema(metadata)
         self._runtime = runtime
-        self._class_array = np.array(list(bundle.metadata.classes), dtype=object)
+        self._class_array = np.array(list(metadata.classes), dtype=object)
         self._batcher = AdaptiveBatcher(
             self._predict_rows,
             max_batch_size=self.max_batch_size,
@@ -84,15 +84,17 @@ class ServedModel:
             name=self.name,
         )
         self.ready = True
+        onnx_unused = getattr(runtime, "onnx_unused", None)
         log.info(
-            "model %s%s loaded from %s: %s, %d feature(s), classes %s, runtime %s",
+            "model %s%s loaded from %s: %s, %d feature(s), classes %s, runtime %s%s",
             self.name,
             f"@{self.version}" if self.version else "",
             self.model_dir,
-            bundle.metadata.algorithm,
-            len(bundle.metadata.features),
-            bundle.metadata.classes,
+            metadata.algorithm,
+            len(metadata.features),
+            metadata.classes,
             runtime.kind,
+            f" (not ONNX: {onnx_unused})" if onnx_unused and self.prefer_onnx else "",
         )
         return True
 
