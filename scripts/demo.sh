@@ -13,13 +13,13 @@ step "load the iris data into the registry as a versioned dataset"
 modelyard data load examples/data/iris.csv --name iris
 modelyard data list --name iris
 
-step "train examples/iris.yaml: six algorithms, tuned with stratified CV, gated, published"
-modelyard train --spec examples/iris.yaml --set data="{dataset: iris}"
-
-step "promote the new version to production"
-version=$(modelyard models list --name iris --json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)[0]["version"])')
-modelyard models promote iris "$version"
+step "the training pipeline on kfp.local: six algorithms tuned with stratified CV, gated, published"
+if ! modelyard train --spec examples/iris.yaml --set data="{dataset: iris}" --auto-deploy; then
+  echo "the gate kept the current production version"
+fi
 
 step "the registry"
 modelyard models list --name iris
-modelyard models show iris@production
+
+step "serve iris@production over KServe V1 and V2 (REST :8080, gRPC :8081); Ctrl-C stops it"
+exec .venv/bin/modelyard up
