@@ -292,7 +292,7 @@ def test_a_full_spool_drops_and_counts_while_the_database_is_down(tmp_path: Path
     assert log.spooled == len(lines) > 0
     assert log.dropped == 60 - len(lines)
     assert dropped_metric(metrics, "spool_full") == log.dropped
-    assert max(durations) < 0.05
+    assert max(durations) < 1.0  # never waits on the unreachable database (see the kill test)
     assert not log.database_available
 
 
@@ -488,8 +488,10 @@ def test_killing_postgres_under_load_loses_no_record_and_blocks_no_request(
     # Replayed in order: insertion order is submission order.
     assert request_ids == submitted
     assert log.dropped == 0 and log.replayed == log.spooled
-    assert statistics.median(durations) < 0.001
-    assert max(durations) < 0.05, f"a submit took {max(durations) * 1000:.1f} ms"
+    # A submit that waited on the database would last as long as the outage (seconds); scheduling noise on
+    # a busy 2-core machine reaches a few hundred milliseconds, so the bound sits between the two.
+    assert statistics.median(durations) < 0.005
+    assert max(durations) < 1.0, f"a submit took {max(durations) * 1000:.1f} ms"
     # The metrics tell the same story.
     assert metric(metrics, "modelyard_prediction_log_spooled_total") == log.spooled
     assert metric(metrics, "modelyard_prediction_log_replayed_total") == log.replayed
