@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -35,6 +36,10 @@ class ServingSettings(BaseModel):
     model_name: str = Field(
         default="", description="name served under /v2/models/NAME; default: the bundle's"
     )
+    model_version: str = Field(
+        default="", description="version in metadata and metrics; default: the bundle's folder or digest"
+    )
+    host: str = Field(default="0.0.0.0", description="address to listen on (the pod's, per ServingRuntime)")
     http_port: int = Field(default=8080, ge=1, le=65535, description="REST port (V1 and V2)")
     grpc_port: int = Field(default=8081, ge=0, le=65535, description="V2 gRPC port; 0 turns gRPC off")
     max_batch_size: int = Field(default=64, ge=1, description="rows coalesced into one model call")
@@ -47,6 +52,10 @@ class ServingSettings(BaseModel):
     log_flush_interval_s: float = Field(default=1.0, gt=0, description="longest a record waits to be written")
     spool_dir: Path | None = Field(default=None, description="spool while the DB is down; default HOME/spool")
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="bound of the spool file")
+    access_log: bool = Field(default=False, description="log every request")
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        default="auto", description="asyncio event loop; auto takes uvloop when installed"
+    )
 
 
 class PipelineSettings(BaseModel):

@@ -58,9 +58,13 @@ def test_kserve_spellings_are_accepted() -> None:
         (
             [],
             {"MODELYARD_SERVING__ACCESS_LOG": "maybe"},
-            "MODELYARD_SERVING__ACCESS_LOG: expected true or false",
+            "MODELYARD_SERVING__ACCESS_LOG: Input should be a valid boolean",
         ),
-        ([], {"MODELYARD_SERVING__EVENT_LOOP": "trio"}, "MODELYARD_SERVING__EVENT_LOOP: expected auto"),
+        (
+            [],
+            {"MODELYARD_SERVING__EVENT_LOOP": "trio"},
+            "MODELYARD_SERVING__EVENT_LOOP: Input should be 'auto', 'asyncio' or 'uvloop'",
+        ),
     ],
 )
 def test_bad_settings_are_named(

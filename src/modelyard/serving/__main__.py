@@ -50,17 +50,6 @@ def skip_pyarrow(environ: Mapping[str, str]) -> None:
         sys.meta_path.insert(0, _SkipPyarrow())
 
 
-# Flags that ServingSettings does not hold; their variables are read here.
-_EXTRA_VARIABLES = {
-    "model_version": "MODELYARD_SERVING__MODEL_VERSION",
-    "host": "MODELYARD_SERVING__HOST",
-    "access_log": "MODELYARD_SERVING__ACCESS_LOG",
-    "event_loop": "MODELYARD_SERVING__EVENT_LOOP",
-}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m modelyard.serving",
@@ -96,39 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _extra_from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for key, variable in _EXTRA_VARIABLES.items():
-        raw = environ.get(variable)
-        if raw is None:
-            continue
-        if key == "access_log":
-            lowered = raw.strip().lower()
-            if lowered not in _TRUE | _FALSE:
-                raise ModelyardError(
-                    f"invalid configuration: {variable}: expected true or false, got {raw!r}"
-                )
-            values[key] = lowered in _TRUE
-        elif key == "event_loop" and raw not in ("auto", "asyncio", "uvloop"):
-            raise ModelyardError(f"invalid configuration: {variable}: expected auto, asyncio or uvloop")
-        else:
-            values[key] = raw
-    return values
-
-
-def options_from(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Any:
-    """ServerOptions from the environment, overridden by ``argv``'s flags."""
+def options_from(argv: Sequence[str]) -> Any:
+    """ServerOptions from the environment (MODELYARD_SERVING__*), overridden by ``argv``'s flags."""
     from modelyard.serving.server import ServerOptions
 
-    environ = os.environ if environ is None else environ
     arguments = vars(build_parser().parse_args(list(argv)))
     settings = load_settings()
-    serving_fields = set(ServingSettings.model_fields)
     flags = {key: value for key, value in arguments.items() if value is not None}
     try:
-        serving = ServingSettings.model_validate(
-            {**settings.serving.model_dump(), **{k: v for k, v in flags.items() if k in serving_fields}}
-        )
+        serving = ServingSettings.model_validate({**settings.serving.model_dump(), **flags})
     except ValidationError as exc:
         problems = "; ".join(
             f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}"
@@ -136,11 +101,7 @@ def options_from(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
         )
         raise ModelyardError(f"invalid configuration: {problems}") from None
     settings = settings.model_copy(update={"serving": serving})
-    extras = {
-        **_extra_from_environment(environ),
-        **{k: v for k, v in flags.items() if k not in serving_fields},
-    }
-    return ServerOptions.from_settings(settings, **extras)
+    return ServerOptions.from_settings(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -71,6 +71,8 @@ class ServerOptions:
         values: dict[str, Any] = {
             "model_dir": serving.model_dir,
             "model_name": serving.model_name,
+            "model_version": serving.model_version,
+            "host": serving.host,
             "http_port": serving.http_port,
             "grpc_port": serving.grpc_port,
             "max_batch_size": serving.max_batch_size,
@@ -84,6 +86,8 @@ class ServerOptions:
             "log_batch_size": serving.log_batch_size,
             "log_flush_interval_s": serving.log_flush_interval_s,
             "spool_max_bytes": serving.spool_max_bytes,
+            "access_log": serving.access_log,
+            "event_loop": serving.event_loop,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
