@@ -40,7 +40,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from modelyard.errors import BundleIntegrityError, Conflict, InvalidInput, NotFound
 from modelyard.settings import S3Settings
 from modelyard.spec import NAME_PATTERN, FeatureSpec
-from modelyard.storage import MANIFEST_NAME, FileStore, ObjectStore, check_key, open_store_from_uri
+from modelyard.storage import (
+    MANIFEST_NAME,
+    FileStore,
+    ObjectStore,
+    check_key,
+    fsync_dir,
+    open_store_from_uri,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -315,14 +322,6 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _is_nonempty(path: Path) -> bool:
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
@@ -385,12 +384,12 @@ def write_bundle(
         digests = {name: _sha256(partial.joinpath(*name.split("/"))) for name in names}
         final = BundleMetadata.model_validate({**metadata.model_dump(), "files": digests})
         _write_durably(partial / METADATA_FILE, final.to_json_bytes())
-        _fsync(partial)
+        fsync_dir(partial)
         try:
             partial.rename(dest)  # replaces an empty dest_dir; fails on a non-empty one
         except OSError as exc:
             raise Conflict(f"cannot write a bundle into {dest}: it exists and is not empty ({exc})") from None
-        _fsync(dest.parent)
+        fsync_dir(dest.parent)
     finally:
         if partial.exists():
             shutil.rmtree(partial, ignore_errors=True)

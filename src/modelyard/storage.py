@@ -299,7 +299,7 @@ class FileStore(ObjectStore):
                 final.parent.mkdir(parents=True, exist_ok=True)
                 for rel in files:
                     _copy_durably(source / rel, partial / rel)
-                _fsync_dir(partial)
+                fsync_dir(partial)
                 try:
                     partial.rename(final)
                 except OSError as exc:
@@ -309,7 +309,7 @@ class FileStore(ObjectStore):
                             f"{uri} already exists; a published version is never overwritten"
                         ) from None
                     raise
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
         finally:
             if partial.exists():
                 shutil.rmtree(partial, ignore_errors=True)
@@ -325,7 +325,8 @@ def _copy_durably(source: Path, target: Path) -> None:
         os.fsync(writer.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries, so a rename into it survives a crash."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)

@@ -41,7 +41,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.types import TypeEngine
 
 from modelyard.errors import Conflict, InvalidInput, NotFound
-from modelyard.registry import DatasetColumn, DatasetRecord, Registry
+from modelyard.registry import DatasetColumn, DatasetRecord, DatasetReservation, Registry
 from modelyard.registry.service import check_name
 
 ProgressCallback = Callable[[int, int], None]
@@ -91,17 +91,11 @@ def load_csv_dataset(
     total_bytes = _check_file(file)
     columns = _infer_columns(file, _read_header(file))
     fingerprint = file_sha256(file)
-    with (
-        _open_registry(registry_or_url) as registry,
-        registry.reserve_dataset_version(name, fingerprint) as reservation,
-    ):
-        if reservation.existing is not None:
+    with _new_dataset_table(registry_or_url, name, fingerprint, columns, str(file)) as (reservation, table):
+        if table is None:
+            assert reservation.existing is not None
             return reservation.existing, False
         connection = reservation.connection
-        table = dataset_table(dataset_table_name(name, reservation.version), columns, connection)
-        if sa_inspect(connection).has_table(table.name):
-            raise Conflict(f"cannot load {file}: table {table.name} already exists in the registry database")
-        table.create(connection)
         copy_rows = _copy_into_postgres if connection.dialect.name == "postgresql" else _insert_into_sqlite
         row_count, digest = copy_rows(connection, table, columns, file, total_bytes, progress)
         if digest != fingerprint:
@@ -123,17 +117,11 @@ def register_frame(
     """
     check_name(name, kind="dataset")
     columns = [DatasetColumn(name=str(column), dtype=_frame_dtype(frame[column])) for column in frame.columns]
-    with (
-        _open_registry(registry_or_url) as registry,
-        registry.reserve_dataset_version(name, fingerprint) as reservation,
-    ):
-        if reservation.existing is not None:
+    with _new_dataset_table(registry_or_url, name, fingerprint, columns, source) as (reservation, table):
+        if table is None:
+            assert reservation.existing is not None
             return reservation.existing, False
         connection = reservation.connection
-        table = dataset_table(dataset_table_name(name, reservation.version), columns, connection)
-        if sa_inspect(connection).has_table(table.name):
-            raise Conflict(f"cannot snapshot {source}: table {table.name} already exists")
-        table.create(connection)
         plain = frame.astype(object).where(frame.notna(), None)
         for column in columns:
             if column.dtype == STRING:
@@ -148,6 +136,31 @@ def register_frame(
             row_count=len(frame), columns=columns, table_name=table.name, source=source
         )
     return record, True
+
+
+@contextmanager
+def _new_dataset_table(
+    registry_or_url: Registry | str, name: str, fingerprint: str, columns: list[DatasetColumn], source: str
+) -> Iterator[tuple[DatasetReservation, Table | None]]:
+    """Reserve the dataset version for this content and create its empty table in the same transaction.
+
+    Yields no table when the content is already registered (``reservation.existing``).
+    """
+    with (
+        _open_registry(registry_or_url) as registry,
+        registry.reserve_dataset_version(name, fingerprint) as reservation,
+    ):
+        if reservation.existing is not None:
+            yield reservation, None
+            return
+        connection = reservation.connection
+        table = dataset_table(dataset_table_name(name, reservation.version), columns, connection)
+        if sa_inspect(connection).has_table(table.name):
+            raise Conflict(
+                f"cannot load {source}: table {table.name} already exists in the registry database"
+            )
+        table.create(connection)
+        yield reservation, table
 
 
 def _frame_dtype(values: pd.Series) -> str:
