@@ -410,8 +410,8 @@ def score_to_parquet(
                 writer.write_table(pa.Table.from_pandas(chunk, schema=schema, preserve_index=False))
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
                 raise InvalidInput(
-                    f"{source.describe()}: rows {start + 1} to {start + len(rows)} do not fit the column "
-                    f"types of the earlier rows: {_first_line(exc)}"
+                    f"{source.describe()}: rows {start + 1} to {start + len(rows)} cannot be written with "
+                    f"the column types the input has: {_first_line(exc)}"
                 ) from exc
     return ScoreOutcome(
         model, model_name, model_version, len(frame), dict(sorted(counts.items())), schema.names
