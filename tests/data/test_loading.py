@@ -247,6 +247,8 @@ def test_postgres_table_and_query(postgres_url: str, frame: pd.DataFrame) -> Non
         settings, query="SELECT species, petal_length FROM flowers WHERE petal_length > 2 ORDER BY 2"
     )
     assert picked.to_dict("list") == {"species": ["versicolor", "virginica"], "petal_length": [4.7, 6.0]}
+    # Plain str names: scikit-learn ignores str subclasses (SQLAlchemy's quoted_name) as feature names.
+    assert {type(column) for column in load(settings, table="flowers").columns} == {str}
 
 
 def test_postgres_column_types_become_pandas_types(postgres_url: str) -> None:

@@ -278,12 +278,16 @@ def _load_query(query: str, database_url: str) -> pd.DataFrame:
 
 def _read_sql(statement: sa.Executable, connection: sa.Connection) -> pd.DataFrame:
     try:
-        return pd.read_sql(statement, connection)
+        frame = pd.read_sql(statement, connection)
     except pd.errors.DatabaseError as exc:
         # pandas wraps the driver's error; unwrap it so callers can tell bad SQL from a lost server.
         if isinstance(exc.__cause__, sa.exc.SQLAlchemyError):
             raise exc.__cause__ from None
         raise
+    # Reflected names are SQLAlchemy's quoted_name, a str subclass scikit-learn does not take for a
+    # column name (it then fits without feature names and refuses named frames at predict time).
+    frame.columns = [str(column) for column in frame.columns]
+    return frame
 
 
 def _db_reason(exc: sa.exc.DBAPIError) -> str:

@@ -76,7 +76,8 @@ class _LineTap(io.TextIOBase):
         self._log = log
         self._on_event = on_event
         self._pending = ""
-        self._lock = threading.Lock()  # kfp.local runs loop iterations in threads, all printing here
+        # kfp.local runs loop iterations in threads, all printing here; reentrant for an on_event that prints
+        self._lock = threading.RLock()
         self.lines: list[str] = []
         self.events: list[TaskEvent] = []
 
