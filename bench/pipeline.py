@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -59,7 +60,8 @@ def _timed(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+        home = env.get("MODELYARD_HOME", "")
+        raise SystemExit(f"{' '.join(command)} failed (its home is kept: {home}):\n{done.stderr[-3000:]}")
     return wall, _children_cpu() - cpu_before, done.stdout
 
 
@@ -79,18 +81,19 @@ def main() -> None:
     ]
     runs: dict[str, list[tuple[float, float]]] = {"pipeline": [], "plain": []}
     for repeat in range(args.repeats):
-        with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as home:
-            env = {**os.environ, "MODELYARD_HOME": home}
-            env = {k: v for k, v in env.items() if k not in ("MODELYARD_DATABASE_URL", "MODELYARD_STORE_URI")}
-            sets = [arg for item in overrides for arg in ("--set", item)]
-            command = [str(VENV_BIN / "modelyard"), "train", "--spec", args.spec, *sets, "--json"]
-            wall, cpu, out = _timed(command, env)
-            summary = json.loads(out)
-            runs["pipeline"].append((wall, cpu))
-            print(f"[{repeat + 1}] pipeline: {wall:6.1f} s wall, {cpu:6.1f} s CPU, "
-                  f"winner {summary['winner']['algorithm']}", file=sys.stderr)  # fmt: skip
-            wall, cpu, out = _timed([sys.executable, "-c", PLAIN_SCRIPT, args.spec, *overrides], env)
-            runs["plain"].append((wall, cpu))
+        home = tempfile.mkdtemp(prefix="bench-pipeline-")  # kept when a run fails: its log is there
+        env = {**os.environ, "MODELYARD_HOME": home}
+        env = {k: v for k, v in env.items() if k not in ("MODELYARD_DATABASE_URL", "MODELYARD_STORE_URI")}
+        sets = [arg for item in overrides for arg in ("--set", item)]
+        command = [str(VENV_BIN / "modelyard"), "train", "--spec", args.spec, *sets, "--json"]
+        wall, cpu, out = _timed(command, env)
+        summary = json.loads(out)
+        runs["pipeline"].append((wall, cpu))
+        print(f"[{repeat + 1}] pipeline: {wall:6.1f} s wall, {cpu:6.1f} s CPU, "
+              f"winner {summary['winner']['algorithm']}", file=sys.stderr)  # fmt: skip
+        wall, cpu, out = _timed([sys.executable, "-c", PLAIN_SCRIPT, args.spec, *overrides], env)
+        runs["plain"].append((wall, cpu))
+        shutil.rmtree(home)
             print(
                 f"[{repeat + 1}] plain:    {wall:6.1f} s wall, {cpu:6.1f} s CPU, {out.strip()}",
                 file=sys.stderr,

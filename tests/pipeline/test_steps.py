@@ -121,3 +121,16 @@ def test_gate_rejects_a_model_worse_than_production(settings: Settings, tmp_path
     verdict = steps.gate(spec_yaml, json.dumps(weak), holdout)
     assert not verdict.passed
     assert "is worse than production iris@1" in verdict.reason
+
+
+def test_a_failure_without_a_step_message_shows_the_task_s_last_exception() -> None:
+    from modelyard.pipeline.local import _last_error
+
+    lines = [
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1',
+        "KeyError: 'petal_width'",
+        "INFO done",
+    ]
+    assert _last_error(lines) == "\nKeyError: 'petal_width'"
+    assert _last_error(["all fine"]) == ""

@@ -203,5 +203,14 @@ def _failure(exc: Exception, tap: _LineTap, log_file: Path) -> PipelineFailed:
     if reasons:
         message = "\n".join(f"{reason['step']}: {reason['message']}" for reason in reasons)
     else:
-        message = f"{_ANSI.sub('', str(exc))} (see {log_file})"
+        message = f"{_ANSI.sub('', str(exc))}{_last_error(tap.lines)}\n(full log: {log_file})"
     return PipelineFailed(message, failed_task=failed, log_file=log_file)
+
+
+def _last_error(lines: list[str]) -> str:
+    """The last exception line a task printed (its traceback's final line), when there is one."""
+    for line in reversed(lines):
+        text = line.strip()
+        if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*", text) and ":" in text:
+            return f"\n{text}"
+    return ""
