@@ -93,11 +93,10 @@ def main() -> None:
               f"winner {summary['winner']['algorithm']}", file=sys.stderr)  # fmt: skip
         wall, cpu, out = _timed([sys.executable, "-c", PLAIN_SCRIPT, args.spec, *overrides], env)
         runs["plain"].append((wall, cpu))
+        print(
+            f"[{repeat + 1}] plain:    {wall:6.1f} s wall, {cpu:6.1f} s CPU, {out.strip()}", file=sys.stderr
+        )
         shutil.rmtree(home)
-            print(
-                f"[{repeat + 1}] plain:    {wall:6.1f} s wall, {cpu:6.1f} s CPU, {out.strip()}",
-                file=sys.stderr,
-            )
     medians = {
         side: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
         for side, values in runs.items()
