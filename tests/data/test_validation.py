@@ -205,7 +205,15 @@ def test_dates_in_a_numeric_feature() -> None:
     df = good_frame()
     df["weight"] = pd.Timestamp("2024-01-01")
     assert problems_of(df, make_spec()) == [
-        "numeric feature 'weight' holds datetime64[us] values, not numbers; derive numbers from them first"
+        "numeric feature 'weight' holds dates, not numbers; derive numbers from them first"
+    ]
+
+
+def test_durations_in_a_numeric_feature() -> None:
+    df = good_frame()
+    df["weight"] = pd.Timedelta("3 days")
+    assert problems_of(df, make_spec()) == [
+        "numeric feature 'weight' holds durations, not numbers; derive numbers from them first"
     ]
 
 

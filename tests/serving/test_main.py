@@ -85,3 +85,27 @@ def test_the_server_process_does_not_load_pyarrow(numeric_server: ServerProcess)
     # pandas would import it (35 MB) if it could; the server refuses the import to stay within budget.
     maps = Path(f"/proc/{numeric_server.process.pid}/maps").read_text()
     assert "pyarrow" not in maps and "sklearn" in maps
+
+
+def test_server_logging_follows_stderr_when_a_caller_swaps_it(capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+    import logging
+    import sys
+
+    from modelyard.serving.server import _StderrHandler
+
+    logger = logging.getLogger("modelyard.test-stderr")
+    handler = _StderrHandler()
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        swapped, original = io.StringIO(), sys.stderr
+        sys.stderr = swapped
+        logger.warning("while swapped")
+        sys.stderr = original
+        swapped.close()  # as a CLI runner closes its captured stream
+        logger.warning("after the swap")
+    finally:
+        logger.removeHandler(handler)
+    captured = capsys.readouterr().err
+    assert "after the swap" in captured and "Logging error" not in captured

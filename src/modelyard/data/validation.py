@@ -267,7 +267,8 @@ def _check_target(values: pd.Series, spec: ModelSpec, problems: list[str]) -> di
 def _check_numeric(name: str, values: pd.Series) -> list[str]:
     dtype = values.dtype
     if pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype):
-        return [f"numeric feature {name!r} holds {dtype} values, not numbers; derive numbers from them first"]
+        kind = "dates" if pd.api.types.is_datetime64_any_dtype(dtype) else "durations"
+        return [f"numeric feature {name!r} holds {kind}, not numbers; derive numbers from them first"]
     if pd.api.types.is_bool_dtype(dtype):
         return []
     if pd.api.types.is_numeric_dtype(dtype):

@@ -232,11 +232,24 @@ def _kserve_model(kserve: Any, model: ServedModel) -> Any:
     return BundleModel()
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to sys.stderr as it is when a record is logged, not as it was when the server started:
+    `modelyard serve` may run inside a caller (a test runner, a notebook) that swaps and closes it."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def _configure_logging(access_log: bool) -> None:
     level = os.environ.get("MODELYARD_LOG_LEVEL", "INFO").upper()
     ours = logging.getLogger("modelyard")
     if not ours.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         ours.addHandler(handler)
         ours.propagate = False
