@@ -15,7 +15,15 @@ from modelyard.storage import open_store
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 IRIS_CSV = EXAMPLES / "data" / "iris.csv"
-FAST = ["--in-process", "--set", "search.trials=2", "--set", "cv_folds=3", "--set", "algorithms=[logistic_regression, knn]"]
+FAST = [
+    "--in-process",
+    "--set",
+    "search.trials=2",
+    "--set",
+    "cv_folds=3",
+    "--set",
+    "algorithms=[logistic_regression, knn]",
+]
 
 runner = CliRunner()
 
