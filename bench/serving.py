@@ -845,6 +845,7 @@ def render_report(
         f"sessions {loads['min']:.2f} to {loads['max']:.2f} (median {loads['median']:.2f}). wrk "
         f"{run_info['wrk']}, one thread, {run_info['duration']:g} s per run after a {run_info['warmup']:g} s "
         f"warm-up per request kind; {run_info['repeats']} sessions per server and model; medians.",
+        "",
         f"modelyard: {run_info['modelyard']}, prediction log off"
         + "".join(f", {item}" for item in run_info["modelyard_env"])
         + ".",
@@ -953,10 +954,14 @@ def modelyard_source(revision: str, workdir: Path) -> tuple[Path | None, str]:
             ["git", "-C", str(ROOT), *command], capture_output=True, text=True, check=True
         ).stdout.strip()
 
+    def last_serving_change(commit: str) -> str:
+        return git("log", "-1", "--format=%h %s", commit, "--", "src/modelyard/serving")[:90]
+
     if revision == "worktree":
         dirty = git("status", "--porcelain", "--", "src/modelyard")
         state = "with uncommitted changes" if dirty else "clean"
-        return None, f"working tree at {git('rev-parse', '--short', 'HEAD')} ({state})"
+        head = git("rev-parse", "--short=12", "HEAD")
+        return None, f"working tree at {head} ({state}; serving last changed in {last_serving_change(head)})"
     if "modelyard" in sys.modules:
         raise SystemExit("modelyard was imported before its revision was chosen")
     commit = git("rev-parse", "--verify", f"{revision}^{{commit}}")
@@ -967,7 +972,7 @@ def modelyard_source(revision: str, workdir: Path) -> tuple[Path | None, str]:
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     sys.path.insert(0, str(target / "src"))
-    return target / "src", f"commit {commit[:12]} ({git('log', '-1', '--format=%s', commit)[:80]})"
+    return target / "src", f"commit {commit[:12]} (serving last changed in {last_serving_change(commit)})"
 
 
 @contextlib.contextmanager
@@ -984,7 +989,8 @@ def working_folder(requested: Path | None) -> Iterator[Path]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    command = " ".join(["python", "bench/serving.py", *(sys.argv[1:] if argv is None else argv)])
+    python = os.path.relpath(sys.executable, ROOT) if VENV_PYTHON.is_relative_to(ROOT) else "python"
+    command = " ".join([python, "bench/serving.py", *(sys.argv[1:] if argv is None else argv)])
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install -y wrk)")
     if any(key.startswith("mlserver") for key in args.server_keys):
