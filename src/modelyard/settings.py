@@ -42,7 +42,7 @@ class ServingSettings(BaseModel):
     host: str = Field(default="0.0.0.0", description="address to listen on (the pod's, per ServingRuntime)")
     http_port: int = Field(default=8080, ge=1, le=65535, description="REST port (V1 and V2)")
     grpc_port: int = Field(default=8081, ge=0, le=65535, description="V2 gRPC port; 0 turns gRPC off")
-    max_batch_size: int = Field(default=64, ge=1, description="rows coalesced into one model call")
+    max_batch_size: int = Field(default=1024, ge=1, description="rows coalesced into one model call")
     max_batch_wait_ms: float = Field(default=2.0, ge=0, description="longest a request waits for a batch")
     max_request_rows: int = Field(default=10_000, ge=1, description="rows one request may carry")
     prefer_onnx: bool = Field(default=True, description="use model.onnx when the bundle verified it")

@@ -124,6 +124,22 @@ def test_under_sustained_load_the_worker_waits_for_batch_mates() -> None:
     assert model.batches == [3, 2]
 
 
+def test_the_wait_ends_once_the_previous_call_s_clients_are_all_back() -> None:
+    model = EchoModel()
+    batcher = AdaptiveBatcher(model, max_batch_size=64, max_wait_s=5.0)
+
+    async def scenario() -> float:
+        await asyncio.gather(*(batcher.submit(rows(i)) for i in range(2)))  # a call of 2 requests
+        began = time.perf_counter()
+        await asyncio.gather(*(batcher.submit(rows(i)) for i in range(2)))  # both clients are back
+        return time.perf_counter() - began
+
+    elapsed = run(scenario())
+    batcher.close()
+    assert model.batches == [2, 2]
+    assert elapsed < 2.5  # far below the 5 s wait: nobody else was coming
+
+
 def test_the_model_runs_off_the_event_loop() -> None:
     model = EchoModel(delay_s=0.3)
     batcher = AdaptiveBatcher(model, max_batch_size=64, max_wait_s=0.0, name="echo")

@@ -215,7 +215,13 @@ def test_bytes_elements_are_length_prefixed_and_must_be_utf8() -> None:
     with pytest.raises(InvalidInput, match="claims 9 byte"):
         decode_raw_tensor(Datatype.BYTES, (1,), struct.pack("<I", 9) + b"ab", "input 'w'")
     with pytest.raises(InvalidInput, match="ends before element 1 of 2"):
-        decode_raw_tensor(Datatype.BYTES, (2,), struct.pack("<I", 1) + b"a", "input 'w'")
+        decode_raw_tensor(Datatype.BYTES, (2,), struct.pack("<I", 1) + b"a" + b"xyz", "input 'w'")
+
+
+def test_a_huge_claimed_bytes_shape_is_refused_before_anything_is_allocated() -> None:
+    # 2**40 elements would take 8 TiB as an object array: the 4-byte minimum per element says no first.
+    with pytest.raises(InvalidInput, match=r"needs 1099511627776 BYTES element\(s\), at least"):
+        decode_raw_tensor(Datatype.BYTES, (2**20, 2**20), struct.pack("<I", 1) + b"a", "input 'w'")
 
 
 # ---------------------------------------------------------------- tensors -> features

@@ -25,7 +25,7 @@ def test_defaults_follow_the_serving_runtime_contract(tmp_path: Path) -> None:
     options = options_from([])
     assert options.model_dir == Path("/mnt/models")
     assert (options.host, options.http_port, options.grpc_port) == ("0.0.0.0", 8080, 8081)
-    assert options.max_batch_size == 64 and options.max_batch_wait_ms == 2.0
+    assert options.max_batch_size == 1024 and options.max_batch_wait_ms == 2.0
     assert options.database_url == f"sqlite:///{tmp_path / 'home' / 'modelyard.db'}"
 
 

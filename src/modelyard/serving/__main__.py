@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--host", help="address to listen on (default 0.0.0.0)")
     add("--http-port", "--http_port", type=int, help="REST port, V1 and V2 (default 8080)")
     add("--grpc-port", "--grpc_port", type=int, help="V2 gRPC port, 0 turns gRPC off (default 8081)")
-    add("--max-batch-size", type=int, help="rows coalesced into one model call (default 64)")
+    add("--max-batch-size", type=int, help="rows coalesced into one model call (default 1024)")
     add("--max-batch-wait-ms", type=float, help="longest a request waits for batch-mates (default 2)")
     add("--max-request-rows", type=int, help="rows one request may carry (default 10000)")
     add(

@@ -10,7 +10,9 @@ The batching adapts to load instead of always waiting:
 - idle: a lone request goes to the model at once, with no added latency;
 - busy: requests arriving while the model runs pile up and go together in the next call;
 - sustained concurrency (the previous call carried more than one request): the worker also waits, at
-  most ``max_wait_s`` after the oldest queued request arrived, for more rows before calling the model.
+  most ``max_wait_s`` after the oldest queued request arrived, for more rows before calling the model,
+  but only until the batch holds as many requests as the previous call did: with N clients in a closed
+  loop all N are then in, and waiting longer would only idle the model.
 
 A failing call is retried one request at a time, so one poisoned request fails alone and its batch-mates
 still get their answers. Requests are validated before they are queued: what reaches the model is
@@ -84,6 +86,7 @@ class AdaptiveBatcher:
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._under_load = False
+        self._previous_requests = 0
         self.calls = 0
         """Model calls made so far (retries of a failed batch included)."""
 
@@ -131,6 +134,7 @@ class AdaptiveBatcher:
                 if live:
                     await self._run(live, loop)
                     self._under_load = len(live) > 1
+                    self._previous_requests = len(live)
         except BaseException as exc:  # never leave a caller waiting forever
             for item in self._queue:
                 if not item.future.done():
@@ -141,7 +145,7 @@ class AdaptiveBatcher:
     async def _wait_for_more(self, items: list[_Pending], rows: int, loop: asyncio.AbstractEventLoop) -> int:
         assert self._arrived is not None
         deadline = items[0].enqueued + self.max_wait_s
-        while rows < self.max_batch_size and not self._queue:
+        while rows < self.max_batch_size and not self._queue and len(items) < self._previous_requests:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break

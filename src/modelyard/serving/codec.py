@@ -522,6 +522,13 @@ def decode_raw_tensor(
 def _decode_bytes_elements(raw: bytes | memoryview, expected: int, where: str) -> np.ndarray:
     """BYTES elements on the wire: each a 4-byte little-endian length, then that many bytes (UTF-8)."""
     buffer = bytes(raw)
+    # Every element takes at least its 4-byte length: check before allocating, or a claimed shape of
+    # billions of elements would allocate gigabytes for a request of a few bytes.
+    if expected * 4 > len(buffer):
+        raise InvalidInput(
+            f"{where}: shape needs {expected} BYTES element(s), at least {expected * 4} byte(s), "
+            f"but the tensor has {len(buffer)}"
+        )
     out = np.empty(expected, dtype=object)
     position = 0
     for i in range(expected):

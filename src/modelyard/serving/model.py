@@ -35,7 +35,7 @@ class ServedModel:
         *,
         version: str = "",
         prefer_onnx: bool = True,
-        max_batch_size: int = 64,
+        max_batch_size: int = 1024,
         max_batch_wait_s: float = 0.002,
         batch_observer: BatchObserver | None = None,
     ) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -50,7 +51,7 @@ class ServerOptions:
     host: str = DEFAULT_HOST
     http_port: int = 8080
     grpc_port: int = 8081
-    max_batch_size: int = 64
+    max_batch_size: int = 1024
     max_batch_wait_ms: float = 2.0
     max_request_rows: int = 10_000
     prefer_onnx: bool = True
@@ -383,6 +384,10 @@ def _install_lifespan(app: Any, assembly: Assembly) -> None:
     async def lifespan(application: Any) -> AsyncIterator[Any]:
         if assembly.prediction_log is not None:
             await assembly.prediction_log.start()
+        # What start-up made (modules, the model) lives as long as the process: out of the collector's
+        # sight, full collections under load stop rescanning ~170k objects (85 ms pauses of the loop).
+        gc.collect()
+        gc.freeze()
         options = assembly.options
         log.info(
             "serving %s on http://%s:%d%s (ready: %s)",
