@@ -43,7 +43,7 @@ train, holdout = split_holdout(frame[[*names, spec.target]], spec.target, spec.h
 results = [tune(a, train[names], train[spec.target], features, spec.search, spec.metric, spec.cv_folds,
                 spec.seed) for a in spec.algorithms]
 best = max(results, key=lambda r: r.cv_score)
-scorer = scorer_for(spec.metric, frame[spec.target].nunique())
+scorer = get_scorer(scorer_for(spec.metric, frame[spec.target].nunique()))
 print(json.dumps({"winner": best.algorithm.value,
                   "holdout": float(scorer(best.model, holdout[names], holdout[spec.target]))}))
 """
