@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from modelyard.cli import app
-from modelyard.pipeline.local import PipelineFailed, run_training_locally
+from modelyard.pipeline.local import PipelineFailed, _captured_stdout, _LineTap, run_training_locally
 from modelyard.registry import Registry
 from modelyard.settings import Settings
 from modelyard.spec import load_spec
@@ -115,3 +119,19 @@ def test_cli_train_runs_the_pipeline_and_auto_deploys(settings: Settings) -> Non
     with Registry(settings.database_url) as registry:
         production = registry.production("iris")
         assert production is not None and production.version == 1
+
+
+def test_root_logger_is_left_as_found_when_a_task_thread_leaks_its_handler(tmp_path: Path) -> None:
+    # kfp.local's per-task logger swap races across loop threads; one may leave a handler bound to the tap
+    root = logging.getLogger()
+    before, level = root.handlers[:], root.level
+    with (tmp_path / "run.log").open("w", encoding="utf-8") as log:
+        tap = _LineTap(log, lambda _event: None)
+        with _captured_stdout(tap):
+            root.addHandler(logging.StreamHandler(sys.stdout))
+            root.setLevel(logging.DEBUG)
+    assert root.handlers == before and root.level == level
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        logging.getLogger("modelyard.test").warning("after the run")
+    assert "Logging error" not in stderr.getvalue()

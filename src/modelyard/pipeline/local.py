@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import threading
@@ -125,8 +126,20 @@ def export_settings(settings: Settings) -> None:
 
 @contextlib.contextmanager
 def _captured_stdout(tap: _LineTap) -> Iterator[None]:
-    with contextlib.redirect_stdout(tap):
-        yield
+    """Redirect stdout to the tap, and leave the root logger as it was found.
+
+    kfp.local swaps the root logger's handlers per task and restores them afterwards; loop iterations
+    run in threads, so one thread can restore another's handler, which writes to the tap. Left in place,
+    it would write to a closed log file after the run.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with contextlib.redirect_stdout(tap):
+            yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 class PipelineRun(NamedTuple):
