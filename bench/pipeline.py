@@ -31,9 +31,12 @@ import json, sys, time
 import pandas as pd
 from sklearn.metrics import get_scorer
 from modelyard.spec import load_spec
-from modelyard.data import load_frame, resolve_features
+from modelyard.data.loading import load_frame
+from modelyard.data.validation import resolve_features
 from modelyard.settings import load_settings
-from modelyard.training import candidate_for, split_holdout, scorer_for, tune
+from modelyard.training.candidates import candidate_for
+from modelyard.training.evaluation import split_holdout
+from modelyard.training.tuning import scorer_for, tune
 
 spec = load_spec(sys.argv[1], sys.argv[2:])
 frame = load_frame(spec.data, load_settings())

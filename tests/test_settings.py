@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from modelyard.errors import ModelyardError
+from modelyard.pipeline.local import LOCAL_LOOP_PARALLELISM, export_settings
 from modelyard.settings import load_settings
 
 
@@ -57,3 +59,22 @@ def test_bad_store_uri_names_the_variable(monkeypatch: pytest.MonkeyPatch, uri: 
     monkeypatch.setenv("MODELYARD_STORE_URI", uri)
     with pytest.raises(ModelyardError, match=message):
         load_settings()
+
+
+def test_tune_jobs_below_minus_one_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELYARD_PIPELINE__TUNE_JOBS", "-2")
+    with pytest.raises(ModelyardError, match=r"MODELYARD_PIPELINE__TUNE_JOBS.*greater than or equal to -1"):
+        load_settings()
+
+
+@pytest.mark.parametrize(("configured", "exported"), [("0", None), ("3", "3"), ("-1", "-1")])
+def test_a_local_run_shares_the_cores_between_the_tune_tasks_kfp_local_runs_at_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, configured: str, exported: str | None
+) -> None:
+    monkeypatch.setenv("MODELYARD_HOME", str(tmp_path))
+    monkeypatch.setenv("MODELYARD_PIPELINE__TUNE_JOBS", configured)
+    export_settings(load_settings())
+    cores = len(os.sched_getaffinity(0))
+    expected = exported or str(max(1, cores // LOCAL_LOOP_PARALLELISM))
+    assert os.environ["MODELYARD_PIPELINE__TUNE_JOBS"] == expected
+    assert load_settings().pipeline.tune_jobs == int(expected)

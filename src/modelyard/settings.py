@@ -74,6 +74,12 @@ class PipelineSettings(BaseModel):
         default="modelyard-config",
         description="ConfigMap with MODELYARD_STORE_URI, AWS_ENDPOINT_URL, AWS_REGION, injected as env",
     )
+    tune_jobs: int = Field(
+        default=0,
+        ge=-1,
+        description="CV processes in each tune task; 0: every core of the task (locally: cores / 2, as "
+        "kfp.local runs two tune tasks at once); -1: every core",
+    )
 
 
 class Settings(BaseSettings):

@@ -10,27 +10,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from modelyard.bundle import fetch_bundle, load_bundle
-from modelyard.data import fingerprint_frame, load_frame, resolve_features, validate_frame
-from modelyard.data.loading import parse_dataset_ref
-from modelyard.errors import DataValidationError, ModelyardError
+from modelyard.data.fingerprint import fingerprint_frame
+from modelyard.data.loading import load_frame, parse_dataset_ref
+from modelyard.data.validation import resolve_features, validate_frame
+from modelyard.errors import ModelyardError
+from modelyard.gating import GateVerdict, judge, score_on_holdout
 from modelyard.publishing import publish_version, write_training_bundle
 from modelyard.registry import DatasetRecord, ModelVersionRecord, Registry, Stage
 from modelyard.settings import Settings
-from modelyard.spec import Metric, ModelSpec
-from modelyard.training.evaluation import evaluate
+from modelyard.spec import ModelSpec
 from modelyard.training.train import Progress, TrainingResult, train
-
-
-@dataclass(frozen=True)
-class GateVerdict:
-    passed: bool
-    reason: str
-    score: float
-    production_score: float | None = None
-    production_version: int | None = None
 
 
 @dataclass
@@ -38,57 +27,6 @@ class RunOutcome:
     result: TrainingResult
     verdict: GateVerdict
     published: ModelVersionRecord | None
-
-
-def score_on_holdout(
-    model_uri: str, holdout: pd.DataFrame, target: str, metric: Metric, settings: Settings
-) -> float:
-    """Score a published model on the given holdout rows with the given metric."""
-    with tempfile.TemporaryDirectory(prefix="modelyard-production-") as scratch:
-        local = fetch_bundle(model_uri, Path(scratch) / "bundle", s3=settings.s3)
-        bundle = load_bundle(local)
-        names = bundle.metadata.feature_names
-        missing = [name for name in names if name not in holdout.columns]
-        if missing:
-            raise DataValidationError(
-                [f"column(s) the model needs are not in the data: {', '.join(missing)}"], source=model_uri
-            )
-        return evaluate(bundle.model, holdout[names], holdout[target]).score(metric)
-
-
-def judge(
-    spec: ModelSpec,
-    score: float,
-    production: ModelVersionRecord | None,
-    production_score: float | None,
-) -> GateVerdict:
-    """Pass when the score reaches the spec's minimum and is no worse than production on the same rows."""
-    metric = spec.metric.value
-    if score < spec.gate.min_score:
-        return GateVerdict(
-            False, f"holdout {metric} {score:.4f} is below the minimum {spec.gate.min_score:.4f}", score
-        )
-    if production is not None and production_score is not None and spec.gate.compare_to_production:
-        if score < production_score:
-            return GateVerdict(
-                False,
-                f"holdout {metric} {score:.4f} is worse than production {production.ref} "
-                f"({production_score:.4f} on the same holdout)",
-                score,
-                production_score,
-                production.version,
-            )
-        return GateVerdict(
-            True,
-            f"holdout {metric} {score:.4f} reaches {spec.gate.min_score:.4f} and is no worse than "
-            f"production {production.ref} ({production_score:.4f})",
-            score,
-            production_score,
-            production.version,
-        )
-    return GateVerdict(
-        True, f"holdout {metric} {score:.4f} reaches the minimum {spec.gate.min_score:.4f}", score
-    )
 
 
 def run_training(

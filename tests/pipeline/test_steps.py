@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from modelyard.data import fingerprint_frame
+from modelyard.data.fingerprint import fingerprint_frame
 from modelyard.errors import DataValidationError, ModelyardError
 from modelyard.pipeline import steps
 from modelyard.registry import Registry, Stage

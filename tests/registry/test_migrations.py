@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from modelyard.errors import InvalidInput, ModelyardError
 from modelyard.registry import Registry, create_engine_for, upgrade
-from modelyard.registry.db import current_revision, head_revision, normalize_url
+from modelyard.registry.db import SCHEMA_HEAD, current_revision, head_revision, normalize_url
 from modelyard.registry.tables import Base
 from modelyard.settings import Settings
 
@@ -99,6 +99,22 @@ def test_a_database_from_a_newer_modelyard_is_refused(settings: Settings) -> Non
         with engine.begin() as connection:
             connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
         with pytest.raises(ModelyardError, match=r"schema revision '9999'.*does not know.*upgrade modelyard"):
+            Registry(settings.database_url)
+    finally:
+        engine.dispose()
+
+
+def test_the_head_known_without_alembic_is_alembics_head() -> None:
+    assert SCHEMA_HEAD == head_revision() == HEAD
+
+
+def test_a_version_table_holding_two_revisions_is_refused(settings: Settings) -> None:
+    upgrade(settings.database_url)
+    engine = create_engine_for(settings.database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO alembic_version (version_num) VALUES ('0001')"))
+        with pytest.raises(ModelyardError, match=r"several schema revisions at once \(0001, 0002\)"):
             Registry(settings.database_url)
     finally:
         engine.dispose()

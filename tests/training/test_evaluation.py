@@ -11,7 +11,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.svm import LinearSVC
 
 from modelyard.errors import DataValidationError, InvalidInput
-from modelyard.training.evaluation import Evaluation, evaluate, evaluate_predictions, split_holdout
+from modelyard.training.evaluation import evaluate, evaluate_predictions, split_holdout
+from modelyard.training.results import Evaluation
 
 
 def _binary() -> tuple[list[str], list[str], np.ndarray]:

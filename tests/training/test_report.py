@@ -11,7 +11,7 @@ import sklearn
 from modelyard.spec import Algorithm, FeatureSpec, Metric, SearchStrategy
 from modelyard.training.evaluation import evaluate_predictions
 from modelyard.training.report import ReportContext, render_model_card, render_report_html
-from modelyard.training.tuning import CandidateSummary
+from modelyard.training.results import CandidateSummary
 
 HOSTILE = "<script>alert(1)</script>"
 MATH = "$x^$ | 50%"  # a matplotlib mathtext trap and a Markdown table breaker

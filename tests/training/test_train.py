@@ -6,8 +6,8 @@ import pytest
 from modelyard.errors import DataValidationError
 from modelyard.spec import FeatureSpec, ModelSpec
 from modelyard.training.evaluation import evaluate
+from modelyard.training.results import select_best
 from modelyard.training.train import train
-from modelyard.training.tuning import select_best
 
 
 def _spec(**fields: object) -> ModelSpec:

@@ -8,7 +8,8 @@ import pytest
 
 from modelyard.errors import DataValidationError, InvalidInput, ModelyardError
 from modelyard.spec import Algorithm, FeatureSpec, Metric, SearchSpec, SearchStrategy
-from modelyard.training.tuning import CandidateSummary, scorer_for, select_best, tune
+from modelyard.training.results import CandidateSummary, select_best
+from modelyard.training.tuning import scorer_for, tune
 
 
 def _xy(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:

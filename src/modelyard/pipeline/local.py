@@ -51,6 +51,9 @@ class PipelineFailed(ModelyardError):
         self.log_file = log_file
 
 
+# kfp.local runs at most two iterations of a dsl.ParallelFor at once (its ParallelExecutor's cap).
+LOCAL_LOOP_PARALLELISM = 2
+
 # Tasks whose work KFP's cache can reuse; the others never cache (see training.py).
 CACHEABLE_TASKS = ("ingest", "validate", "split", "tune", "select", "evaluate")
 
@@ -122,6 +125,13 @@ def export_settings(settings: Settings) -> None:
     ):
         if value is not None:
             os.environ[name] = value
+    os.environ["MODELYARD_PIPELINE__TUNE_JOBS"] = str(settings.pipeline.tune_jobs or local_tune_jobs())
+
+
+def local_tune_jobs() -> int:
+    """CV processes per tune task on this machine: its cores shared by the loop iterations run at once."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // LOCAL_LOOP_PARALLELISM)
 
 
 @contextlib.contextmanager

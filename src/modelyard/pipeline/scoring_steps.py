@@ -61,7 +61,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from modelyard.bundle import BundleMetadata, fetch_bundle, load_bundle, manifest_digest, verify_bundle
-from modelyard.data import load_frame
+from modelyard.data.loading import load_frame
 from modelyard.errors import (
     BundleIntegrityError,
     Conflict,

@@ -13,31 +13,20 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import joblib
-import pandas as pd
 import yaml
 
-from modelyard.data import fingerprint_frame, load_frame, resolve_features, validate_frame
-from modelyard.data.ingest import register_frame
-from modelyard.data.loading import parse_dataset_ref
 from modelyard.errors import ModelyardError
-from modelyard.publishing import publish_version, write_training_bundle
-from modelyard.registry import ModelVersionRecord, Registry
 from modelyard.settings import Settings, load_settings
 from modelyard.spec import FeatureSpec, ModelSpec, parse_spec
-from modelyard.training import (
-    CandidateSummary,
-    Evaluation,
-    TuningResult,
-    assemble_result,
-    evaluate,
-    select_best,
-    split_holdout,
-    tune,
-)
-from modelyard.workflow import GateVerdict, judge, score_on_holdout
+
+if TYPE_CHECKING:
+    from modelyard.gating import GateVerdict
+    from modelyard.registry import ModelVersionRecord
+
+# Each step imports what it uses when it runs: every task is a fresh process, and importing scikit-learn,
+# matplotlib and the registry for a step that needs none of them was most of a light task's run time.
 
 # A line a failed step prints before it re-raises, so `modelyard train` can show the reason alone.
 ERROR_MARKER = "MODELYARD-STEP-ERROR "
@@ -91,6 +80,9 @@ def features_from_json(text: str) -> list[FeatureSpec]:
 @reporting_errors
 def fingerprint_source(spec_yaml: str) -> str:
     """The content fingerprint of the spec's data, read now: the cache key of everything downstream."""
+    from modelyard.data.fingerprint import fingerprint_frame
+    from modelyard.data.loading import load_frame
+
     spec = spec_from_yaml(spec_yaml)
     return fingerprint_frame(load_frame(spec.data, _settings()))
 
@@ -106,6 +98,11 @@ class IngestOutcome:
 @reporting_errors
 def ingest(spec_yaml: str, fingerprint: str, dataset_path: str) -> IngestOutcome:
     """Snapshot the source to ``dataset_path`` (Parquet) and register it as a dataset version."""
+    from modelyard.data.fingerprint import fingerprint_frame
+    from modelyard.data.ingest import register_frame
+    from modelyard.data.loading import load_frame, parse_dataset_ref
+    from modelyard.registry import Registry
+
     spec = spec_from_yaml(spec_yaml)
     settings = _settings()
     frame = load_frame(spec.data, settings)
@@ -138,6 +135,10 @@ class ValidationOutcome:
 @reporting_errors
 def validate(spec_yaml: str, dataset_path: str) -> ValidationOutcome:
     """Every problem with the data, in one error; else the resolved features and the algorithms to try."""
+    import pandas as pd
+
+    from modelyard.data.validation import resolve_features, validate_frame
+
     spec = spec_from_yaml(spec_yaml)
     frame = pd.read_parquet(dataset_path)
     features = resolve_features(spec, frame)
@@ -153,6 +154,10 @@ def validate(spec_yaml: str, dataset_path: str) -> ValidationOutcome:
 @reporting_errors
 def split(spec_yaml: str, dataset_path: str, train_path: str, holdout_path: str) -> None:
     """Stratified train/holdout split; the holdout keeps every column (production may need them)."""
+    import pandas as pd
+
+    from modelyard.training.evaluation import split_holdout
+
     spec = spec_from_yaml(spec_yaml)
     frame = pd.read_parquet(dataset_path)
     train_part, holdout_part = split_holdout(frame, spec.target, spec.holdout, spec.seed)
@@ -166,6 +171,11 @@ def split(spec_yaml: str, dataset_path: str, train_path: str, holdout_path: str)
 @reporting_errors
 def tune_one(spec_yaml: str, features_json: str, algorithm: str, train_path: str, model_path: str) -> str:
     """Tune one algorithm with CV within the spec's budget; save its refitted Pipeline to ``model_path``."""
+    import joblib
+    import pandas as pd
+
+    from modelyard.training.tuning import tune
+
     spec = spec_from_yaml(spec_yaml)
     features = features_from_json(features_json)
     train_part = pd.read_parquet(train_path)
@@ -179,6 +189,7 @@ def tune_one(spec_yaml: str, features_json: str, algorithm: str, train_path: str
         spec.metric,
         spec.cv_folds,
         spec.seed,
+        n_jobs=_settings().pipeline.tune_jobs or -1,
     )
     joblib.dump(result.model, model_path)
     return json.dumps(result.summary().to_dict())
@@ -187,6 +198,8 @@ def tune_one(spec_yaml: str, features_json: str, algorithm: str, train_path: str
 @reporting_errors
 def select(spec_yaml: str, summaries_json: list[str], model_paths: list[str], winner_path: str) -> str:
     """Keep the best candidate by the spec's metric (CV score); copy its model to ``winner_path``."""
+    from modelyard.training.results import CandidateSummary, select_best
+
     spec = spec_from_yaml(spec_yaml)
     summaries = [CandidateSummary.from_dict(json.loads(text)) for text in summaries_json]
     if len(summaries) != len(model_paths):
@@ -200,6 +213,11 @@ def select(spec_yaml: str, summaries_json: list[str], model_paths: list[str], wi
 @reporting_errors
 def evaluate_winner(spec_yaml: str, features_json: str, winner_path: str, holdout_path: str) -> str:
     """Holdout metrics, confusion matrix and ROC curves of the winner, as JSON."""
+    import joblib
+    import pandas as pd
+
+    from modelyard.training.evaluation import evaluate
+
     spec = spec_from_yaml(spec_yaml)
     names = [f.name for f in features_from_json(features_json)]
     holdout = pd.read_parquet(holdout_path)
@@ -213,6 +231,12 @@ def evaluate_winner(spec_yaml: str, features_json: str, winner_path: str, holdou
 @reporting_errors
 def gate(spec_yaml: str, evaluation_json: str, holdout_path: str) -> GateVerdict:
     """Pass when the holdout score reaches the minimum and is no worse than production on the same rows."""
+    import pandas as pd
+
+    from modelyard.gating import GateVerdict, judge, score_on_holdout
+    from modelyard.registry import Registry
+    from modelyard.training.results import Evaluation
+
     spec = spec_from_yaml(spec_yaml)
     score = Evaluation.from_dict(json.loads(evaluation_json)).score(spec.metric)
     settings = _settings()
@@ -251,6 +275,16 @@ def publish(
     card_path: str,
 ) -> ModelVersionRecord:
     """Write the bundle, publish it (files first, verified, registry row last) in stage staging."""
+    import joblib
+    import pandas as pd
+
+    from modelyard.data.loading import parse_dataset_ref
+    from modelyard.publishing import publish_version, write_training_bundle
+    from modelyard.registry import Registry
+    from modelyard.training.results import CandidateSummary, Evaluation
+    from modelyard.training.train import assemble_result
+    from modelyard.training.tuning import TuningResult
+
     spec = spec_from_yaml(spec_yaml)
     features = features_from_json(features_json)
     winner_summary = CandidateSummary.from_dict(json.loads(winner_json))
@@ -290,6 +324,8 @@ def deploy(name: str, version: int, inference_service: str, namespace: str) -> s
     Patching ``spec.predictor.model.storageUri`` makes KServe's controller roll out a new revision; the
     registry's production stage follows only once the patch is accepted.
     """
+    from modelyard.registry import Registry
+
     settings = _settings()
     with Registry(settings.database_url) as registry:
         record = registry.get_version(name, version)

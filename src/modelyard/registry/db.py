@@ -16,22 +16,24 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session
 
 from modelyard.errors import InvalidInput, ModelyardError
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# The newest migration in MIGRATIONS_DIR (a test checks it against Alembic's own reading). A database
+# already there is recognised without importing Alembic, which most commands and pipeline tasks never need.
+SCHEMA_HEAD = "0002"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 # Execution option marking a connection whose transaction will write (SQLite: BEGIN IMMEDIATE).
 WRITE_OPTION = "modelyard_write"
@@ -127,6 +129,8 @@ def read_session(engine: Engine) -> Iterator[Session]:
 
 
 def _alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
@@ -135,7 +139,9 @@ def _alembic_config(connection: Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
-    """The newest migration this version of modelyard ships."""
+    """The newest migration this version of modelyard ships, as Alembic reads it."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None, "the registry ships no migrations"
     return head
@@ -144,16 +150,27 @@ def head_revision() -> str:
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at (None for an empty database)."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        revisions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if len(revisions) > 1:
+        raise ModelyardError(
+            f"the registry database {redact(engine.url)} is at several schema revisions at once "
+            f"({', '.join(sorted(revisions))}): its alembic_version table was edited by hand"
+        )
+    return revisions[0] if revisions else None
 
 
 def ensure_schema(engine: Engine) -> str:
     """Apply any pending migrations to the engine's database; return the head revision."""
-    head = head_revision()
     try:
         current = current_revision(engine)
-        if current == head:
-            return head
+        if current == SCHEMA_HEAD:
+            return SCHEMA_HEAD
+        from alembic import command
+        from alembic.script import ScriptDirectory
+
+        head = head_revision()
         scripts = ScriptDirectory.from_config(_alembic_config())
         known = {script.revision for script in scripts.walk_revisions()}
         if current is not None and current not in known:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,81 +30,11 @@ from sklearn.model_selection import train_test_split
 
 from modelyard.errors import DataValidationError, InvalidInput
 from modelyard.spec import Metric
-
-Label = str | int | float | bool
+from modelyard.training.results import ClassReport, Evaluation, Label, RocCurve
 
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
-
-
-@dataclass(frozen=True)
-class RocCurve:
-    """One ROC curve: ``positive_class`` against the rest."""
-
-    positive_class: Label
-    fpr: list[float]
-    tpr: list[float]
-    auc: float
-    # The score at which each point starts; the first is +inf in scikit-learn, kept finite for JSON.
-    thresholds: list[float] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ClassReport:
-    """Precision, recall, F1 and support (rows in the holdout) of one class."""
-
-    label: Label
-    precision: float
-    recall: float
-    f1: float
-    support: int
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Holdout measurements of one model.
-
-    ``metrics`` is keyed by :class:`~modelyard.spec.Metric` names (``f1_macro``, ``roc_auc``,
-    ``neg_log_loss`` ...) plus ``log_loss``, ``precision_weighted`` and ``recall_weighted``. A metric
-    that cannot be computed on this holdout (roc_auc when the holdout holds one class) is absent.
-    ``confusion_matrix[i][j]`` counts rows of class ``classes[i]`` predicted as ``classes[j]``.
-    ``roc_curves``: binary: one curve, for ``classes[1]`` (scikit-learn's positive class); multiclass:
-    one per class, one-vs-rest.
-    """
-
-    classes: list[Label]
-    rows: int
-    metrics: dict[str, float]
-    confusion_matrix: list[list[int]]
-    roc_curves: list[RocCurve]
-    per_class: list[ClassReport] = field(default_factory=list)
-
-    def score(self, metric: Metric | str) -> float:
-        """The holdout value of a selection metric (higher is better)."""
-        try:
-            name = Metric(metric).value
-        except ValueError:
-            raise InvalidInput(f"unknown metric {metric!r}") from None
-        if name not in self.metrics:
-            raise InvalidInput(f"metric {name} could not be computed on this holdout of {self.rows} rows")
-        return self.metrics[name]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON: for bundle metadata and KFP artifacts."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Evaluation:
-        """The inverse of :meth:`to_dict` (a pipeline step reads back what another wrote)."""
-        return cls(
-            classes=list(data["classes"]),
-            rows=int(data["rows"]),
-            metrics={name: float(value) for name, value in data["metrics"].items()},
-            confusion_matrix=[[int(v) for v in row] for row in data["confusion_matrix"]],
-            roc_curves=[RocCurve(**curve) for curve in data["roc_curves"]],
-            per_class=[ClassReport(**report) for report in data["per_class"]],
-        )
 
 
 def split_holdout(

@@ -20,8 +20,7 @@ from matplotlib.figure import Figure
 
 from modelyard.bundle import current_library_versions
 from modelyard.spec import FeatureSpec, Metric
-from modelyard.training.evaluation import Evaluation
-from modelyard.training.tuning import CandidateSummary
+from modelyard.training.results import CandidateSummary, Evaluation
 
 # Metrics shown in the holdout tables, in this order.
 _HOLDOUT_METRICS = (

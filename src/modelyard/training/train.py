@@ -16,9 +16,10 @@ from sklearn.pipeline import Pipeline
 
 from modelyard.errors import DataValidationError
 from modelyard.spec import FeatureSpec, Metric, ModelSpec
-from modelyard.training.evaluation import Evaluation, evaluate, split_holdout
+from modelyard.training.evaluation import evaluate, split_holdout
 from modelyard.training.report import ReportContext, render_model_card, render_report_html
-from modelyard.training.tuning import CandidateSummary, TuningResult, select_best, tune
+from modelyard.training.results import CandidateSummary, Evaluation, select_best
+from modelyard.training.tuning import TuningResult, tune
 
 Progress = Callable[[str, int, int], None]
 """``progress(step, done, total)``: ``tune <algorithm>`` (trials), then ``evaluate`` and ``report``."""

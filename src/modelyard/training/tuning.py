@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import optuna
 import pandas as pd
 from sklearn.metrics import f1_score, make_scorer, precision_score, recall_score
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, StratifiedKFold, cross_val_score
@@ -24,6 +23,7 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 from modelyard.errors import DataValidationError, InvalidInput, ModelyardError
 from modelyard.spec import Algorithm, FeatureSpec, Metric, SearchSpec, SearchStrategy
 from modelyard.training.candidates import Candidate, FitShape, candidate_for
+from modelyard.training.results import CandidateSummary, parse_metric
 
 TrialCallback = Callable[[int, int], None]
 
@@ -37,15 +37,6 @@ _ZERO_DIVISION_SCORERS: dict[Metric, Any] = {
 }
 
 
-def parse_metric(metric: Metric | str) -> Metric:
-    """``metric`` as a Metric, or InvalidInput naming it and the known metrics."""
-    try:
-        return Metric(metric)
-    except ValueError:
-        names = ", ".join(m.value for m in Metric)
-        raise InvalidInput(f"unknown metric {metric!r}; expected one of: {names}") from None
-
-
 def scorer_for(metric: Metric | str, n_classes: int) -> Any:
     """The scikit-learn scorer for a selection metric (all of them: higher is better)."""
     known = parse_metric(metric)
@@ -55,38 +46,6 @@ def scorer_for(metric: Metric | str, n_classes: int) -> Any:
         # binary: AUC of the positive class; multiclass: one-vs-rest, macro-averaged
         return "roc_auc" if n_classes == 2 else "roc_auc_ovr"
     return known.value  # accuracy, balanced_accuracy, neg_log_loss are scikit-learn's own names
-
-
-@dataclass(frozen=True)
-class CandidateSummary:
-    """What a tuning run found, without the model: small and JSON-able (a KFP output, a report row)."""
-
-    algorithm: Algorithm
-    strategy: SearchStrategy
-    metric: Metric
-    cv_score: float
-    cv_std: float
-    n_trials: int
-    best_params: dict[str, Any]
-    elapsed_seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.update(algorithm=self.algorithm.value, strategy=self.strategy.value, metric=self.metric.value)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CandidateSummary:
-        return cls(
-            algorithm=Algorithm(data["algorithm"]),
-            strategy=SearchStrategy(data["strategy"]),
-            metric=Metric(data["metric"]),
-            cv_score=float(data["cv_score"]),
-            cv_std=float(data["cv_std"]),
-            n_trials=int(data["n_trials"]),
-            best_params=dict(data["best_params"]),
-            elapsed_seconds=float(data["elapsed_seconds"]),
-        )
 
 
 @dataclass
@@ -275,6 +234,8 @@ def _bayesian(
     n_jobs: int,
     on_trial: TrialCallback | None,
 ) -> _Found:
+    import optuna  # only the bayesian strategy needs it; a tune task of another strategy skips the import
+
     # TPE may propose a setting twice in a small discrete space: score each setting once
     scored: dict[tuple[tuple[str, Any], ...], tuple[float, float]] = {}
     space_size = candidate.space.size()
@@ -308,43 +269,3 @@ def _bayesian(
     score, std = scored[tuple(sorted(best_params.items()))]
     model = candidate.pipeline(features, seed).set_params(**best_params).fit(X, y)
     return best_params, score, std, len(scored), model
-
-
-class _Scored(Protocol):
-    @property
-    def algorithm(self) -> Algorithm: ...
-    @property
-    def metric(self) -> Metric: ...
-    @property
-    def cv_score(self) -> float: ...
-    @property
-    def cv_std(self) -> float: ...
-
-
-ScoredT = TypeVar("ScoredT", bound=_Scored)
-
-
-def select_best(results: Sequence[ScoredT], metric: Metric | str) -> ScoredT:
-    """The result with the highest mean CV score on ``metric``.
-
-    Ties (equal to 1e-12) go to the lower CV standard deviation, then to the algorithm listed first in
-    :class:`~modelyard.spec.Algorithm`, so the choice never depends on the order results arrive in.
-    Works on TuningResult and on CandidateSummary alike.
-    """
-    known = parse_metric(metric)
-    if not results:
-        raise InvalidInput("no tuning results to select from")
-    other = sorted({r.metric.value for r in results if r.metric is not known})
-    if other:
-        raise InvalidInput(
-            f"cannot select on {known.value}: results were scored on a different metric ({', '.join(other)})"
-        )
-    scored = [r for r in results if math.isfinite(r.cv_score)]
-    if not scored:
-        raise ModelyardError(f"no candidate has a finite {known.value} score to select on")
-    order = list(Algorithm)
-
-    def rank(result: ScoredT) -> tuple[float, float, int]:
-        return (-round(result.cv_score, 12), round(result.cv_std, 12), order.index(result.algorithm))
-
-    return min(scored, key=rank)
