@@ -7,9 +7,12 @@ only: the compiled pipeline injects them from Kubernetes Secrets.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,18 +38,58 @@ T = TypeVar("T")
 
 
 def reporting_errors(step: Callable[..., T]) -> Callable[..., T]:
-    """Print a failed step's ModelyardError on one marked line, then fail the task as usual."""
+    """Print a failed step's ModelyardError on one marked line, then fail the task as usual.
+
+    A step that succeeds inside a KFP task process also arranges for the process to skip the
+    interpreter's teardown once KFP's executor has written the task's outputs (see end_task_quickly).
+    """
 
     def run(*args: Any, **kwargs: Any) -> T:
         try:
-            return step(*args, **kwargs)
+            result = step(*args, **kwargs)
         except ModelyardError as exc:
             print(ERROR_MARKER + json.dumps({"step": step.__name__, "message": exc.message}), flush=True)
             raise
+        end_task_quickly()
+        return result
 
     run.__name__ = step.__name__
     run.__doc__ = step.__doc__
     return run
+
+
+def end_task_quickly() -> None:
+    """In a KFP task process (``_KFP_RUNTIME=true python -m kfp.dsl.executor_main``), exit with
+    ``os._exit(0)`` at interpreter exit, once the executor has written its output file.
+
+    Tearing down the modules of scikit-learn, SciPy and matplotlib takes 0.4-0.7 s of a task's run time
+    and does nothing a finished task needs: outputs are files the step has closed and the executor has
+    written. Exit is left to Python (and its exit code) when the process ends on an uncaught exception or
+    the output file was not written after this step finished. Elsewhere (tests, in-process runs) this
+    does nothing.
+    """
+    if os.environ.get("_KFP_RUNTIME") != "true" or "--executor_input" not in sys.argv:
+        return
+    try:
+        executor_input = json.loads(sys.argv[sys.argv.index("--executor_input") + 1])
+        output_file = Path(executor_input["outputs"]["outputFile"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return
+    step_finished = time.time()
+
+    def exit_now_if_outputs_written() -> None:
+        if getattr(sys, "last_value", None) is not None:  # an uncaught exception: keep its exit code
+            return
+        try:
+            written = output_file.stat().st_mtime >= step_finished - 1  # mtime granularity
+        except OSError:
+            return
+        if written:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+
+    atexit.register(exit_now_if_outputs_written)
 
 
 def spec_from_yaml(spec_yaml: str) -> ModelSpec:
