@@ -208,6 +208,28 @@ def test_a_record_is_written_within_the_flush_interval_without_a_flush(tmp_path:
     assert [row.request_id for row in stored(url)] == ["lonely"]
 
 
+def test_flush_writes_every_queued_batch_without_waiting_for_the_interval(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    log = new_log(url, tmp_path / "spool", batch_size=10, flush_interval_s=30.0)
+
+    async def main() -> tuple[bool, float]:
+        await log.start()
+        log.submit([record(f"req-{index}") for index in range(5)])
+        await asyncio.sleep(0.3)
+        unflushed = log.written  # below a batch, inside the interval: nothing is written yet
+        log.submit([record(f"req-{index}") for index in range(5, 35)])
+        started = time.monotonic()
+        flushed = await log.flush(timeout_s=10)
+        elapsed = time.monotonic() - started
+        await log.stop()
+        assert unflushed == 0
+        return flushed, elapsed
+
+    flushed, elapsed = asyncio.run(main())
+    assert flushed and elapsed < 5.0
+    assert len(stored(url)) == 35
+
+
 def test_single_row_submits_are_written_in_a_few_batched_round_trips(
     database_url: str, tmp_path: Path
 ) -> None:

@@ -479,6 +479,7 @@ class PredictionLog:
         while self._handled < target and time.monotonic() < deadline:
             if self._thread is None or not self._thread.is_alive():
                 return False
+            self._wakeup.set()  # again each time: more than one batch may be queued
             await asyncio.sleep(0.005)
         return self._handled >= target and self.spool_bytes == 0
 
@@ -505,6 +506,11 @@ class PredictionLog:
             except Exception as exc:
                 self._mark_down(exc)
             while True:
+                # Wait first: records submitted while connecting wait for a full batch, the flush
+                # interval, flush() or stop(), like any others.
+                if not self._should_continue_now():
+                    self._wakeup.wait(self._wait_time())
+                    self._wakeup.clear()
                 stopping = self._stopping.is_set()
                 try:
                     batch = self._take()
@@ -517,9 +523,6 @@ class PredictionLog:
                     self._stopping.wait(1.0)
                 if stopping and not self._queue:
                     break
-                if not self._should_continue_now():
-                    self._wakeup.wait(self._wait_time())
-                    self._wakeup.clear()
         finally:
             self._close_connection()
             if self._spool is not None:
