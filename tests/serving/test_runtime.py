@@ -225,6 +225,47 @@ def test_the_onnx_runtime_matches_sklearn_within_the_tolerance(
     np.testing.assert_allclose(single, proba[[5]], atol=1e-12, rtol=0)
 
 
+def test_an_all_numeric_onnx_model_takes_the_feature_matrix_as_is(
+    tmp_path: Path, frame: pd.DataFrame
+) -> None:
+    numeric_features = FEATURES[:2]
+    model = Pipeline(
+        [("preprocess", build_preprocessor(numeric_features)), ("model", LogisticRegression(max_iter=500))]
+    ).fit(frame[NUMERIC], make_labels(frame))
+    export = export_onnx(model, numeric_features, list(model.classes_), frame[NUMERIC])
+    dest = tmp_path / "bundle"
+    metadata = metadata_for(list(model.classes_), features=numeric_features, onnx=export.info)
+    write_bundle(
+        dest,
+        model=model,
+        metadata=metadata,
+        model_card="#",
+        report_html="<p/>",
+        extra_files=export.extra_files,
+    )
+    runtime = load_runtime(load_bundle(dest), prefer_onnx=True)
+    assert isinstance(runtime, OnnxRuntime) and runtime.takes_numeric_matrix
+
+    rows = make_frame(32, seed=2)[NUMERIC]
+    rows.loc[3, "width"] = np.nan
+    from_matrix = runtime.predict_proba_numeric(rows.to_numpy())
+    np.testing.assert_allclose(from_matrix, runtime.predict_proba(rows), atol=1e-12, rtol=0)
+    np.testing.assert_allclose(from_matrix, model.predict_proba(rows), atol=1e-5, rtol=0)
+    with pytest.raises(
+        InvalidInput, match=r"expected a matrix of 2 feature column\(s\), got shape \(32, 3\)"
+    ):
+        runtime.predict_proba_numeric(np.zeros((32, 3)))
+
+
+def test_an_onnx_model_with_categorical_inputs_does_not_take_a_numeric_matrix(
+    tmp_path: Path, model: Pipeline, frame: pd.DataFrame
+) -> None:
+    runtime = load_runtime(load_bundle(write_with_onnx(tmp_path, model, frame)), prefer_onnx=True)
+    assert isinstance(runtime, OnnxRuntime) and not runtime.takes_numeric_matrix
+    with pytest.raises(InvalidInput, match="does not take one numeric matrix of every feature"):
+        runtime.predict_proba_numeric(np.zeros((1, 3)))
+
+
 def test_the_onnx_runtime_reorders_columns_into_the_metadata_class_order(
     tmp_path: Path, model: Pipeline, frame: pd.DataFrame
 ) -> None:

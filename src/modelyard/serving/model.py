@@ -9,6 +9,7 @@ shows why."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from modelyard.bundle import BundleMetadata
 from modelyard.errors import ModelyardError, NotReady
 from modelyard.serving.batching import AdaptiveBatcher, BatchObserver, BatchOutcome
 from modelyard.serving.codec import FeatureBatch, FeatureSchema
-from modelyard.serving.runtime import ModelRuntime, open_runtime
+from modelyard.serving.runtime import ModelRuntime, OnnxRuntime, open_runtime
 from modelyard.serving.types import Prediction, TensorMetadata
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class ServedModel:
         self._runtime: ModelRuntime | None = None
         self._batcher: AdaptiveBatcher | None = None
         self._class_array: np.ndarray = np.empty(0, dtype=object)
+        self._predict_numeric: Callable[[np.ndarray], np.ndarray] | None = None
 
     # ------------------------------------------------------------ loading
 
@@ -75,6 +77,11 @@ class ServedModel:
         self.metadata = metadata
         self._schema = FeatureSchema(metadata)
         self._runtime = runtime
+        self._predict_numeric = (
+            runtime.predict_proba_numeric
+            if isinstance(runtime, OnnxRuntime) and runtime.takes_numeric_matrix and self._schema.all_numeric
+            else None
+        )
         self._class_array = np.array(list(metadata.classes), dtype=object)
         self._batcher = AdaptiveBatcher(
             self._predict_rows,
@@ -143,7 +150,10 @@ class ServedModel:
     def _predict_rows(self, batch: FeatureBatch) -> Prediction:
         """Runs in the prediction thread, once per micro-batch."""
         assert self._runtime is not None and self._schema is not None
-        probabilities = self._runtime.predict_proba(batch.to_frame(self._schema))
+        if self._predict_numeric is not None:
+            probabilities = self._predict_numeric(batch.numeric)
+        else:
+            probabilities = self._runtime.predict_proba(batch.to_frame(self._schema))
         labels = self._class_array[np.argmax(probabilities, axis=1)].tolist()
         return Prediction(labels, probabilities)
 
