@@ -272,10 +272,14 @@ class ServerKind:
     launch: Callable[[PreparedModel, Path, argparse.Namespace], Launch]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: all probes stay bound until each has its port, or the
+    kernel may hand the same one out twice (a server once got one port for both HTTP and gRPC)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
 
 
 def clean_environment() -> dict[str, str]:
@@ -287,7 +291,7 @@ def clean_environment() -> dict[str, str]:
 
 
 def launch_modelyard(model: PreparedModel, session_dir: Path, args: argparse.Namespace) -> Launch:
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = free_ports(2)
     env = clean_environment()
     if args.source_dir is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.source_dir), env.get("PYTHONPATH")]))
@@ -303,7 +307,7 @@ def launch_modelyard(model: PreparedModel, session_dir: Path, args: argparse.Nam
 
 
 def launch_kserve(model: PreparedModel, _: Path, __: argparse.Namespace) -> Launch:
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = free_ports(2)
     env = clean_environment()
     env["KSERVE_LOGLEVEL"] = "WARNING"
     argv = [
@@ -315,7 +319,7 @@ def launch_kserve(model: PreparedModel, _: Path, __: argparse.Namespace) -> Laun
 
 
 def _launch_mlserver(model: PreparedModel, session_dir: Path, batching: tuple[int, float] | None) -> Launch:
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    http_port, grpc_port, metrics_port = free_ports(3)
     folder = session_dir / "mlserver"
     folder.mkdir()
     shutil.copy(model.peer_dir / "model.joblib", folder / "model.joblib")
@@ -351,7 +355,7 @@ def launch_mlserver_batching(model: PreparedModel, session_dir: Path, args: argp
 
 
 def launch_fastapi(model: PreparedModel, _: Path, __: argparse.Namespace) -> Launch:
-    http_port = free_port()
+    (http_port,) = free_ports(1)
     argv = [
         str(VENV_PYTHON), str(HELPERS / "floor.py"),
         "--model-path", str(model.peer_dir / "model.joblib"), "--model-name", model.case.key,

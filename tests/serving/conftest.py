@@ -118,10 +118,13 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # ---------------------------------------------------------------- server processes
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (probes held together, so no port is handed out twice)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
 
 
 @dataclass
@@ -184,7 +187,7 @@ def start_server(
 ) -> ServerProcess:
     """``python -m modelyard.serving`` on free loopback ports; returns once ``wait_for`` answers."""
     home.mkdir(parents=True, exist_ok=True)
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = free_ports(2)
     log_path = home / f"server-{http_port}.log"
     environment = env if env is not None else server_env(home)
     command = [

@@ -15,7 +15,7 @@ from modelyard.settings import Settings
 from modelyard.spec import load_spec
 from modelyard.workflow import run_training
 
-from .conftest import ServerProcess, free_port, http_status, post_json, send
+from .conftest import ServerProcess, free_ports, http_status, post_json, send
 
 IRIS = Path(__file__).resolve().parents[2] / "examples" / "iris.yaml"
 FAST = ["search.trials=2", "cv_folds=3", "algorithms=[logistic_regression]", "gate.min_score=0.5"]
@@ -45,7 +45,7 @@ def test_serve_resolves_the_production_version_and_fetches_it(settings: Settings
     newer = run_training(settings, load_spec(IRIS, FAST)).published  # staging: must not be served
     assert production is not None and newer is not None and newer.version == production.version + 1
 
-    port = free_port()
+    (port,) = free_ports(1)
     args = modelyard("serve", "--model", "iris@production", "--port", str(port), "--grpc-port", "0")
     server = start_command(args, tmp_path / "serve.log", port)
     try:
@@ -84,9 +84,9 @@ def test_up_trains_promotes_and_answers_v1_and_v2(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELYARD_", "AWS_"))}
     env["MODELYARD_HOME"] = str(tmp_path / "home")
     overrides = [arg for override in FAST for arg in ("--set", override)]
-    port = str(free_port())
+    port, grpc_port = (str(free) for free in free_ports(2))
     first = subprocess.run(
-        modelyard("up", *overrides, "--port", port, "--grpc-port", str(free_port()), "--smoke"),
+        modelyard("up", *overrides, "--port", port, "--grpc-port", grpc_port, "--smoke"),
         capture_output=True,
         env=env,
         timeout=300,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -21,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from modelyard.serving.metrics import DROP_REASONS, STAGES, ServingMetrics
+
+from .conftest import free_ports
 
 
 def families(metrics: ServingMetrics) -> dict[str, list[Sample]]:
@@ -232,13 +233,6 @@ def test_observing_a_large_batch_is_cheap() -> None:
 # ---------------------------------------------------------------- a real Prometheus scrapes us
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def metrics_endpoint() -> Iterator[tuple[ServingMetrics, str]]:
     """ServingMetrics.render() behind a stdlib HTTP server on a free loopback port."""
@@ -300,7 +294,7 @@ def test_a_real_prometheus_scrapes_the_metrics(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         f"scrape_configs:\n  - job_name: modelyard\n    static_configs:\n      - targets: ['{target}']\n"
     )
-    port = _free_port()
+    (port,) = free_ports(1)
     base = f"http://127.0.0.1:{port}"
     log = (tmp_path / "prometheus.log").open("wb")
     process = subprocess.Popen(

@@ -23,7 +23,7 @@ from .conftest import (
     MIXED_CLASSES,
     NUMERIC_CLASSES,
     ServerProcess,
-    free_port,
+    free_ports,
     post_json,
     send,
     server_env,
@@ -452,7 +452,7 @@ def test_a_port_in_use_stops_the_server_with_a_clear_error(
 ) -> None:
     command = [
         sys.executable, "-m", "modelyard.serving", "--model-dir", str(bundles["numeric"]),
-        "--host", "127.0.0.1", "--http-port", str(free_port()),
+        "--host", "127.0.0.1", "--http-port", str(free_ports(1)[0]),
         "--grpc-port", str(numeric_server.grpc_port), "--no-prediction-log",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, env=server_env(tmp_path), timeout=120, check=False)
