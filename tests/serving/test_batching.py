@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from modelyard.serving.batching import AdaptiveBatcher
+from modelyard.serving.batching import INLINE_MAX_ROWS, AdaptiveBatcher
 from modelyard.serving.codec import FeatureBatch
 from modelyard.serving.types import Prediction
 
@@ -164,6 +164,45 @@ def test_the_model_runs_off_the_event_loop() -> None:
     assert model.threads == {"predict-echo_0"}
 
 
+def test_lone_small_requests_to_a_fast_model_are_predicted_on_the_loop() -> None:
+    model = EchoModel()
+    batcher = AdaptiveBatcher(model, max_batch_size=64, max_wait_s=0.002, name="echo")
+
+    async def scenario() -> tuple[list[list[str]], str]:
+        labels = [(await batcher.submit(rows(i))).prediction.labels for i in range(20)]
+        big = await batcher.submit(rows(*range(INLINE_MAX_ROWS + 1)))
+        assert len(big.prediction.labels) == INLINE_MAX_ROWS + 1
+        return labels, threading.current_thread().name
+
+    labels, loop_thread = run(scenario())
+    batcher.close()
+    assert labels == [[f"v{i}"] for i in range(20)]
+    assert batcher.calls == 21
+    assert batcher.inline_calls == 19  # the first call times the model in the thread; a large one goes there
+    assert model.threads == {loop_thread, "predict-echo_0"}
+
+
+def test_a_slow_model_and_concurrent_requests_stay_off_the_loop() -> None:
+    model = EchoModel(delay_s=0.002)  # 2 ms: ten times the default inline budget
+    batcher = AdaptiveBatcher(model, max_batch_size=64, max_wait_s=0.0, name="slow")
+    fast = EchoModel()
+    fast_batcher = AdaptiveBatcher(fast, max_batch_size=64, max_wait_s=0.0, name="fast")
+
+    async def scenario() -> None:
+        for i in range(10):
+            await batcher.submit(rows(i))
+        await fast_batcher.submit(rows(0))  # timed in the thread: the model is fast
+        for _ in range(5):
+            await asyncio.gather(*(fast_batcher.submit(rows(i)) for i in range(8)))
+
+    run(scenario())
+    batcher.close()
+    fast_batcher.close()
+    assert batcher.inline_calls == 0 and model.threads == {"predict-slow_0"}
+    # concurrent requests are batched in the thread; only a lone request after a lone call may go inline
+    assert fast_batcher.inline_calls <= 1
+
+
 def test_a_caller_that_goes_away_does_not_disturb_the_others() -> None:
     model = EchoModel(delay_s=0.05)
     batcher = AdaptiveBatcher(model, max_batch_size=64, max_wait_s=0.0)
@@ -188,3 +227,5 @@ def test_settings_are_checked() -> None:
         AdaptiveBatcher(EchoModel(), max_batch_size=0, max_wait_s=0)
     with pytest.raises(ValueError, match="max_wait_s must be >= 0"):
         AdaptiveBatcher(EchoModel(), max_batch_size=1, max_wait_s=-1)
+    with pytest.raises(ValueError, match=r"inline_budget_s must be >= 0 \(0: never on the loop\), got -1"):
+        AdaptiveBatcher(EchoModel(), max_batch_size=1, max_wait_s=0, inline_budget_s=-1)

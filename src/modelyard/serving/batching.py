@@ -14,6 +14,11 @@ The batching adapts to load instead of always waiting:
   but only until the batch holds as many requests as the previous call did: with N clients in a closed
   loop all N are then in, and waiting longer would only idle the model.
 
+A lone request on an idle server whose model answers small calls in microseconds (ONNX on a few rows)
+is predicted on the event loop itself: handing it to the prediction thread and back would cost several
+times the prediction. The model's small calls are timed (the first one in the thread); while they take
+at most ``inline_budget_s`` on average, a lone one runs on the loop, else in the thread.
+
 A failing call is retried one request at a time, so one poisoned request fails alone and its batch-mates
 still get their answers. Requests are validated before they are queued: what reaches the model is
 well-formed.
@@ -35,6 +40,8 @@ from modelyard.serving.types import Prediction
 log = logging.getLogger(__name__)
 
 PredictFn = Callable[[FeatureBatch], Prediction]
+INLINE_MAX_ROWS = 8
+"""The most rows a call predicted on the event loop may carry."""
 BatchObserver = Callable[[int, float], None]
 """Called on the event loop after every model call with (rows, seconds)."""
 
@@ -72,11 +79,14 @@ class AdaptiveBatcher:
         max_wait_s: float,
         observer: BatchObserver | None = None,
         name: str = "model",
+        inline_budget_s: float = 200e-6,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
+        if inline_budget_s < 0:
+            raise ValueError(f"inline_budget_s must be >= 0 (0: never on the loop), got {inline_budget_s}")
         self._predict = predict
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -87,6 +97,11 @@ class AdaptiveBatcher:
         self._worker: asyncio.Task[None] | None = None
         self._under_load = False
         self._previous_requests = 0
+        self.inline_budget_s = inline_budget_s
+        # Average seconds of a small call (None: none timed yet, so the first goes to the thread).
+        self._small_call_s: float | None = None
+        self.inline_calls = 0
+        """Model calls made on the event loop (a lone small request on an idle server, fast model)."""
         self.calls = 0
         """Model calls made so far (retries of a failed batch included)."""
 
@@ -185,9 +200,26 @@ class AdaptiveBatcher:
 
     async def _call(self, batch: FeatureBatch, loop: asyncio.AbstractEventLoop) -> tuple[Prediction, float]:
         self.calls += 1
+        small = batch.n_rows <= INLINE_MAX_ROWS
+        inline = (
+            small
+            and not self._under_load
+            and not self._queue
+            and self._small_call_s is not None
+            and self._small_call_s <= self.inline_budget_s
+        )
         began = time.perf_counter()
-        prediction = await loop.run_in_executor(self._executor, self._predict, batch)
+        if inline:
+            self.inline_calls += 1
+            prediction, model_seconds = self._timed_predict(batch)
+        else:
+            prediction, model_seconds = await loop.run_in_executor(self._executor, self._timed_predict, batch)
         seconds = time.perf_counter() - began
+        if small:
+            previous = self._small_call_s
+            self._small_call_s = (
+                model_seconds if previous is None else previous + 0.2 * (model_seconds - previous)
+            )
         if self._observer is not None:
             self._observer(batch.n_rows, seconds)
         if len(prediction.labels) != batch.n_rows or len(prediction.probabilities) != batch.n_rows:
@@ -195,6 +227,12 @@ class AdaptiveBatcher:
                 f"the model answered {len(prediction.labels)} label(s) for {batch.n_rows} row(s)"
             )
         return prediction, seconds
+
+    def _timed_predict(self, batch: FeatureBatch) -> tuple[Prediction, float]:
+        """The model's own time, without the hand-off to the thread: what deciding to inline needs."""
+        began = time.perf_counter()
+        prediction = self._predict(batch)
+        return prediction, time.perf_counter() - began
 
     @staticmethod
     def _fail(item: _Pending, exc: Exception) -> None:
