@@ -46,6 +46,11 @@ class ServingSettings(BaseModel):
     max_batch_wait_ms: float = Field(default=2.0, ge=0, description="longest a request waits for a batch")
     max_request_rows: int = Field(default=10_000, ge=1, description="rows one request may carry")
     prefer_onnx: bool = Field(default=True, description="use model.onnx when the bundle verified it")
+    onnx_threads: int = Field(
+        default=0,
+        ge=0,
+        description="ONNX Runtime threads per model call; 0: the CPUs the server may run on, at most 4",
+    )
     prediction_log: bool = Field(default=True, description="write every prediction to the registry DB")
     log_queue_size: int = Field(default=100_000, ge=1, description="records held in memory before spooling")
     log_batch_size: int = Field(default=500, ge=1, description="records written per database round trip")

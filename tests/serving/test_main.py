@@ -9,6 +9,7 @@ import pytest
 
 from modelyard.errors import ModelyardError
 from modelyard.serving.__main__ import main, options_from
+from modelyard.serving.server import available_cpus
 
 from .conftest import ServerProcess
 
@@ -26,6 +27,7 @@ def test_defaults_follow_the_serving_runtime_contract(tmp_path: Path) -> None:
     assert options.model_dir == Path("/mnt/models")
     assert (options.host, options.http_port, options.grpc_port) == ("0.0.0.0", 8080, 8081)
     assert options.max_batch_size == 1024 and options.max_batch_wait_ms == 2.0
+    assert options.onnx_threads == 0  # the CPUs the server may run on, at most 4
     assert options.database_url == f"sqlite:///{tmp_path / 'home' / 'modelyard.db'}"
 
 
@@ -54,6 +56,7 @@ def test_kserve_spellings_are_accepted() -> None:
     [
         (["--http-port", "70000"], {}, "--http-port: Input should be less than or equal to 65535"),
         (["--max-batch-size", "0"], {}, "--max-batch-size: Input should be greater than or equal to 1"),
+        (["--onnx-threads", "-1"], {}, "--onnx-threads: Input should be greater than or equal to 0"),
         ([], {"MODELYARD_SERVING__MAX_BATCH_WAIT_MS": "-1"}, "MODELYARD_SERVING__MAX_BATCH_WAIT_MS"),
         (
             [],
@@ -109,3 +112,23 @@ def test_server_logging_follows_stderr_when_a_caller_swaps_it(capsys: pytest.Cap
         logger.removeHandler(handler)
     captured = capsys.readouterr().err
     assert "after the swap" in captured and "Logging error" not in captured
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [
+        ("max 100000\n", "affinity"),
+        ("150000 100000\n", 2),  # a pod limit of 1.5 CPUs: two threads
+        ("50000 100000\n", 1),
+        ("not a quota\n", "affinity"),
+        (None, "affinity"),  # no cgroup v2 CPU controller
+    ],
+)
+def test_available_cpus_follow_the_affinity_and_a_cgroup_cpu_limit(
+    tmp_path: Path, cpu_max: str | None, expected: int | str
+) -> None:
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cpus(path) == (affinity if expected == "affinity" else min(affinity, int(expected)))

@@ -266,6 +266,20 @@ def test_an_onnx_model_with_categorical_inputs_does_not_take_a_numeric_matrix(
         runtime.predict_proba_numeric(np.zeros((1, 3)))
 
 
+def test_more_onnx_threads_give_the_same_probabilities_to_rounding(
+    tmp_path: Path, forest: Pipeline, frame: pd.DataFrame
+) -> None:
+    bundle = load_bundle(write_with_onnx(tmp_path, forest, frame))
+    rows = with_missing_values(make_frame(1024, seed=3))
+    one = OnnxRuntime.from_bundle(bundle).predict_proba(rows)
+    two = OnnxRuntime.from_bundle(bundle, threads=2).predict_proba(rows)
+    # float32 sums over the trees in another order: equal to rounding, and within publishing's 1e-5
+    np.testing.assert_allclose(two, one, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(two, forest.predict_proba(rows), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
+        OnnxRuntime.from_bundle(bundle, threads=0)
+
+
 def test_the_onnx_runtime_reorders_columns_into_the_metadata_class_order(
     tmp_path: Path, model: Pipeline, frame: pd.DataFrame
 ) -> None:

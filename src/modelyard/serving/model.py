@@ -36,6 +36,7 @@ class ServedModel:
         *,
         version: str = "",
         prefer_onnx: bool = True,
+        onnx_threads: int = 1,
         max_batch_size: int = 1024,
         max_batch_wait_s: float = 0.002,
         batch_observer: BatchObserver | None = None,
@@ -44,6 +45,7 @@ class ServedModel:
         self.version = version
         self.model_dir = model_dir
         self.prefer_onnx = prefer_onnx
+        self.onnx_threads = onnx_threads
         self.max_batch_size = max_batch_size
         self.max_batch_wait_s = max_batch_wait_s
         self._batch_observer = batch_observer
@@ -67,7 +69,9 @@ class ServedModel:
             return self.ready
         try:
             # verifies every file first; unpickles model.joblib only when scikit-learn must answer
-            runtime, metadata = open_runtime(self.model_dir, prefer_onnx=self.prefer_onnx)
+            runtime, metadata = open_runtime(
+                self.model_dir, prefer_onnx=self.prefer_onnx, onnx_threads=self.onnx_threads
+            )
         except ModelyardError as exc:
             self._fail(exc.message)
             return False

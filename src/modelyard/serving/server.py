@@ -17,6 +17,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import sys
 import types
@@ -55,6 +56,7 @@ class ServerOptions:
     max_batch_wait_ms: float = 2.0
     max_request_rows: int = 10_000
     prefer_onnx: bool = True
+    onnx_threads: int = 0
     prediction_log: bool = True
     database_url: str = ""
     spool_dir: Path | None = None
@@ -80,6 +82,7 @@ class ServerOptions:
             "max_batch_wait_ms": serving.max_batch_wait_ms,
             "max_request_rows": serving.max_request_rows,
             "prefer_onnx": serving.prefer_onnx,
+            "onnx_threads": serving.onnx_threads,
             "prediction_log": serving.prediction_log,
             "database_url": settings.database_url,
             "spool_dir": serving.spool_dir or settings.home / "spool",
@@ -92,6 +95,26 @@ class ServerOptions:
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
+
+
+MAX_DEFAULT_ONNX_THREADS = 4
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPUs this process may use: its affinity, lowered by a cgroup v2 CPU quota (a pod's CPU limit)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 CPU controller here: the affinity is the limit
+    return cpus
+
+
+def default_onnx_threads() -> int:
+    return min(MAX_DEFAULT_ONNX_THREADS, available_cpus())
 
 
 def bundle_version(model_dir: Path) -> str:
@@ -174,6 +197,7 @@ def assemble(options: ServerOptions) -> Assembly:
         options.model_dir,
         version=options.model_version or bundle_version(options.model_dir),
         prefer_onnx=options.prefer_onnx,
+        onnx_threads=options.onnx_threads or default_onnx_threads(),
         max_batch_size=options.max_batch_size,
         max_batch_wait_s=options.max_batch_wait_ms / 1000.0,
         batch_observer=lambda rows, _seconds: metrics.observe_batch(rows),
