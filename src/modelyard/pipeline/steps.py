@@ -274,8 +274,6 @@ def evaluate_winner(spec_yaml: str, features_json: str, winner_path: str, holdou
 @reporting_errors
 def gate(spec_yaml: str, evaluation_json: str, holdout_path: str) -> GateVerdict:
     """Pass when the holdout score reaches the minimum and is no worse than production on the same rows."""
-    import pandas as pd
-
     from modelyard.gating import GateVerdict, judge, score_on_holdout
     from modelyard.registry import Registry
     from modelyard.training.results import Evaluation
@@ -287,6 +285,8 @@ def gate(spec_yaml: str, evaluation_json: str, holdout_path: str) -> GateVerdict
         production = registry.production(spec.name) if registry.list_versions(spec.name) else None
     if production is None or not spec.gate.compare_to_production:
         return judge(spec, score, None, None)
+    import pandas as pd  # only to score production: a first version's gate never reads the holdout
+
     holdout = pd.read_parquet(holdout_path)
     try:
         production_score = score_on_holdout(
