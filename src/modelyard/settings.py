@@ -49,7 +49,8 @@ class ServingSettings(BaseModel):
     onnx_threads: int = Field(
         default=0,
         ge=0,
-        description="ONNX Runtime threads per model call; 0: the CPUs the server may run on, at most 4",
+        description="ONNX Runtime threads per model call; 0: for a tree ensemble the CPUs the server may "
+        "use (at most 4), else 1",
     )
     prediction_log: bool = Field(default=True, description="write every prediction to the registry DB")
     log_queue_size: int = Field(default=100_000, ge=1, description="records held in memory before spooling")

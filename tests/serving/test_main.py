@@ -9,7 +9,7 @@ import pytest
 
 from modelyard.errors import ModelyardError
 from modelyard.serving.__main__ import main, options_from
-from modelyard.serving.server import available_cpus
+from modelyard.serving.runtime import available_cpus
 
 from .conftest import ServerProcess
 
@@ -27,7 +27,7 @@ def test_defaults_follow_the_serving_runtime_contract(tmp_path: Path) -> None:
     assert options.model_dir == Path("/mnt/models")
     assert (options.host, options.http_port, options.grpc_port) == ("0.0.0.0", 8080, 8081)
     assert options.max_batch_size == 1024 and options.max_batch_wait_ms == 2.0
-    assert options.onnx_threads == 0  # the CPUs the server may run on, at most 4
+    assert options.onnx_threads == 0  # automatic: see onnx_threads_for
     assert options.database_url == f"sqlite:///{tmp_path / 'home' / 'modelyard.db'}"
 
 

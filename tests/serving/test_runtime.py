@@ -21,7 +21,9 @@ from modelyard.serving.runtime import (
     ModelRuntime,
     OnnxRuntime,
     SklearnRuntime,
+    available_cpus,
     load_runtime,
+    onnx_threads_for,
     open_runtime,
     served_frame,
 )
@@ -278,6 +280,16 @@ def test_more_onnx_threads_give_the_same_probabilities_to_rounding(
     np.testing.assert_allclose(two, forest.predict_proba(rows), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
         OnnxRuntime.from_bundle(bundle, threads=0)
+
+
+def test_automatic_onnx_threads_go_to_tree_ensembles_only() -> None:
+    cpus = min(4, available_cpus())
+    assert onnx_threads_for(metadata_for(["a", "b"], algorithm="random_forest"), 0) == cpus
+    assert onnx_threads_for(metadata_for(["a", "b"], algorithm="hist_gradient_boosting"), 0) == cpus
+    assert onnx_threads_for(metadata_for(["a", "b"], algorithm="logistic_regression"), 0) == 1
+    assert onnx_threads_for(metadata_for(["a", "b"], algorithm="logistic_regression"), 3) == 3
+    with pytest.raises(ValueError, match=r"onnx_threads must be >= 0 \(0: automatic\), got -1"):
+        onnx_threads_for(metadata_for(["a", "b"]), -1)
 
 
 def test_the_onnx_runtime_reorders_columns_into_the_metadata_class_order(

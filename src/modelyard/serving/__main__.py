@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--prefer-onnx", action=argparse.BooleanOptionalAction, default=None, help="use a verified ONNX model"
     )
-    add("--onnx-threads", type=int, help="ONNX Runtime threads per call (default 0: the CPUs, at most 4)")
+    add("--onnx-threads", type=int, help="ONNX Runtime threads per call (default 0: automatic)")
     add(
         "--prediction-log",
         action=argparse.BooleanOptionalAction,

@@ -97,7 +97,7 @@ class ServedModel:
         self.ready = True
         onnx_unused = getattr(runtime, "onnx_unused", None)
         log.info(
-            "model %s%s loaded from %s: %s, %d feature(s), classes %s, runtime %s%s",
+            "model %s%s loaded from %s: %s, %d feature(s), classes %s, runtime %s%s%s",
             self.name,
             f"@{self.version}" if self.version else "",
             self.model_dir,
@@ -105,6 +105,7 @@ class ServedModel:
             len(metadata.features),
             metadata.classes,
             runtime.kind,
+            f" ({runtime.threads} thread(s))" if isinstance(runtime, OnnxRuntime) else "",
             f" (not ONNX: {onnx_unused})" if onnx_unused and self.prefer_onnx else "",
         )
         return True

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -161,6 +163,38 @@ class SklearnRuntime:
         return proba
 
 
+# Estimator families whose ONNX graph is a tree ensemble: ONNX Runtime splits a large batch of one over
+# threads (a RandomForest(100) on merged 256-row requests served 40-90% more rows), while more threads
+# only slow a small graph such as a linear model's (about 10% fewer single-row requests).
+TREE_ENSEMBLES = frozenset({"random_forest", "hist_gradient_boosting"})
+MAX_AUTO_ONNX_THREADS = 4
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPUs this process may use: its affinity, lowered by a cgroup v2 CPU quota (a pod's CPU limit)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 CPU controller here: the affinity is the limit
+    return cpus
+
+
+def onnx_threads_for(metadata: BundleMetadata, requested: int) -> int:
+    """``requested`` ONNX Runtime threads, or for 0 (automatic): the CPUs this process may use (at most
+    4) for a tree ensemble, one thread for any other model."""
+    if requested < 0:
+        raise ValueError(f"onnx_threads must be >= 0 (0: automatic), got {requested}")
+    if requested:
+        return requested
+    if metadata.algorithm in TREE_ENSEMBLES:
+        return min(MAX_AUTO_ONNX_THREADS, available_cpus())
+    return 1
+
+
 def load_runtime(bundle: LoadedBundle, *, prefer_onnx: bool, onnx_threads: int = 1) -> ModelRuntime:
     """The runtime for a loaded (already verified) bundle.
 
@@ -221,7 +255,7 @@ def _try_onnx(
     if reason is not None:
         return None, reason
     try:
-        runtime = OnnxRuntime.from_dir(root, metadata, threads=threads)
+        runtime = OnnxRuntime.from_dir(root, metadata, threads=onnx_threads_for(metadata, threads))
     except BundleIntegrityError:
         raise  # a tampered model.onnx is a bad bundle, not a reason to quietly use the other model
     except Exception as exc:  # onnxruntime missing, or too old for the opset: serve with sklearn
@@ -280,6 +314,7 @@ class OnnxRuntime:
             )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
+        self.threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL

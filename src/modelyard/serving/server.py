@@ -17,7 +17,6 @@ import contextlib
 import gc
 import json
 import logging
-import math
 import os
 import sys
 import types
@@ -95,26 +94,6 @@ class ServerOptions:
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
-
-
-MAX_DEFAULT_ONNX_THREADS = 4
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-
-
-def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
-    """CPUs this process may use: its affinity, lowered by a cgroup v2 CPU quota (a pod's CPU limit)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 CPU controller here: the affinity is the limit
-    return cpus
-
-
-def default_onnx_threads() -> int:
-    return min(MAX_DEFAULT_ONNX_THREADS, available_cpus())
 
 
 def bundle_version(model_dir: Path) -> str:
@@ -197,7 +176,7 @@ def assemble(options: ServerOptions) -> Assembly:
         options.model_dir,
         version=options.model_version or bundle_version(options.model_dir),
         prefer_onnx=options.prefer_onnx,
-        onnx_threads=options.onnx_threads or default_onnx_threads(),
+        onnx_threads=options.onnx_threads,
         max_batch_size=options.max_batch_size,
         max_batch_wait_s=options.max_batch_wait_ms / 1000.0,
         batch_observer=lambda rows, _seconds: metrics.observe_batch(rows),
