@@ -92,13 +92,29 @@ def test_registry_migrates_on_start_unless_told_not_to(settings: Settings) -> No
         assert current_revision(registry.engine) == HEAD
 
 
-def test_a_database_from_a_newer_modelyard_is_refused(settings: Settings) -> None:
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            "UPDATE alembic_version SET version_num = '9999'",
+            r"schema revision '9999'.*does not know.*upgrade modelyard",
+        ),
+        (
+            "INSERT INTO alembic_version (version_num) VALUES ('0001')",
+            r"several schema revisions at once \(0001, 0002\)",
+        ),
+    ],
+    ids=["from-a-newer-modelyard", "two-revisions-at-once"],
+)
+def test_a_database_at_a_revision_this_modelyard_cannot_use_is_refused(
+    settings: Settings, edit: str, message: str
+) -> None:
     upgrade(settings.database_url)
     engine = create_engine_for(settings.database_url)
     try:
         with engine.begin() as connection:
-            connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
-        with pytest.raises(ModelyardError, match=r"schema revision '9999'.*does not know.*upgrade modelyard"):
+            connection.execute(text(edit))
+        with pytest.raises(ModelyardError, match=message):
             Registry(settings.database_url)
     finally:
         engine.dispose()
@@ -106,18 +122,6 @@ def test_a_database_from_a_newer_modelyard_is_refused(settings: Settings) -> Non
 
 def test_the_head_known_without_alembic_is_alembics_head() -> None:
     assert SCHEMA_HEAD == head_revision() == HEAD
-
-
-def test_a_version_table_holding_two_revisions_is_refused(settings: Settings) -> None:
-    upgrade(settings.database_url)
-    engine = create_engine_for(settings.database_url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(text("INSERT INTO alembic_version (version_num) VALUES ('0001')"))
-        with pytest.raises(ModelyardError, match=r"several schema revisions at once \(0001, 0002\)"):
-            Registry(settings.database_url)
-    finally:
-        engine.dispose()
 
 
 def test_sqlite_creates_the_folder_and_uses_wal(tmp_path: Path) -> None:

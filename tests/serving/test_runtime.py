@@ -177,11 +177,15 @@ def test_prefer_onnx_falls_back_to_sklearn_for_a_bundle_without_onnx(tmp_path: P
 
 
 def write_with_onnx(
-    tmp_path: Path, model: Pipeline, frame: pd.DataFrame, classes: list[Any] | None = None
+    tmp_path: Path,
+    model: Pipeline,
+    frame: pd.DataFrame,
+    classes: list[Any] | None = None,
+    features: list[FeatureSpec] = FEATURES,
 ) -> Path:
-    export = export_onnx(model, FEATURES, list(model.classes_), frame)
+    export = export_onnx(model, features, list(model.classes_), frame)
     assert export.info.file == "model.onnx", export.info.skipped
-    metadata = metadata_for(classes or list(model.classes_), onnx=export.info)
+    metadata = metadata_for(classes or list(model.classes_), onnx=export.info, features=features)
     dest = tmp_path / "bundle"
     write_bundle(
         dest,
@@ -234,17 +238,7 @@ def test_an_all_numeric_onnx_model_takes_the_feature_matrix_as_is(
     model = Pipeline(
         [("preprocess", build_preprocessor(numeric_features)), ("model", LogisticRegression(max_iter=500))]
     ).fit(frame[NUMERIC], make_labels(frame))
-    export = export_onnx(model, numeric_features, list(model.classes_), frame[NUMERIC])
-    dest = tmp_path / "bundle"
-    metadata = metadata_for(list(model.classes_), features=numeric_features, onnx=export.info)
-    write_bundle(
-        dest,
-        model=model,
-        metadata=metadata,
-        model_card="#",
-        report_html="<p/>",
-        extra_files=export.extra_files,
-    )
+    dest = write_with_onnx(tmp_path, model, frame[NUMERIC], features=numeric_features)
     runtime = load_runtime(load_bundle(dest), prefer_onnx=True)
     assert isinstance(runtime, OnnxRuntime) and runtime.takes_numeric_matrix
 
