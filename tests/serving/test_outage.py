@@ -14,7 +14,8 @@ from sqlalchemy.exc import OperationalError
 
 from modelyard.registry.tables import Prediction as PredictionRow
 
-from .conftest import KillablePostgres, server_env, start_server
+from ..conftest import PostgresService
+from .conftest import server_env, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ def logged_count(url: str) -> int:
 
 
 def test_killing_postgres_under_load_fails_no_request_and_loses_no_record(
-    bundles: dict[str, Path], killable_postgres: KillablePostgres, tmp_path: Path
+    bundles: dict[str, Path], killable_postgres: PostgresService, tmp_path: Path
 ) -> None:
     killable_postgres.server.psql("CREATE DATABASE outage;")
     url = killable_postgres.url("outage")

@@ -24,7 +24,7 @@ from modelyard.registry.tables import Prediction
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.prediction_log import PredictionLog, PredictionRecord, _Spool
 
-from .conftest import KillablePostgres
+from ..conftest import PostgresService
 
 MOMENT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -413,7 +413,7 @@ def test_servers_sharing_a_spool_folder_use_separate_files(tmp_path: Path) -> No
 
 
 def test_killing_postgres_under_load_loses_no_record_and_blocks_no_request(
-    killable_postgres: KillablePostgres, tmp_path: Path
+    killable_postgres: PostgresService, tmp_path: Path
 ) -> None:
     killable_postgres.server.psql("CREATE DATABASE under_load;")
     url = killable_postgres.url("under_load")
