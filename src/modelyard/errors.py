@@ -74,3 +74,15 @@ class NotReady(ModelyardError):
     """The model is not loaded (yet), or failed to load."""
 
     status_code = 503
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def database_reason(error: BaseException) -> str:
+    """Why a database call failed, in one line: the driver's own message when SQLAlchemy wrapped one."""
+    cause = getattr(error, "orig", None)
+    return first_line(cause if cause is not None else error)

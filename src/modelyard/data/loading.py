@@ -34,7 +34,7 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 import sqlalchemy as sa
 
-from modelyard.errors import InvalidInput, NotFound, StorageError
+from modelyard.errors import InvalidInput, NotFound, StorageError, database_reason, first_line
 from modelyard.settings import Settings
 from modelyard.spec import DataSource
 
@@ -131,7 +131,7 @@ def _parse_parquet(stream: IO[bytes], where: str) -> pd.DataFrame:
     try:
         return pd.read_parquet(stream)
     except Exception as exc:  # pyarrow raises several unrelated types for a corrupt file
-        raise InvalidInput(f"could not read {where} as Parquet: {_first_line(exc)}") from exc
+        raise InvalidInput(f"could not read {where} as Parquet: {first_line(exc)}") from exc
 
 
 def _parse_csv(stream: IO[bytes], where: str, compression: str | None, separator: str) -> pd.DataFrame:
@@ -152,7 +152,7 @@ def _parse_csv(stream: IO[bytes], where: str, compression: str | None, separator
             "is it a binary file, or does it need data.format: parquet?"
         ) from None
     except (pd.errors.ParserError, ValueError, OSError, EOFError) as exc:
-        raise InvalidInput(f"could not read {where} as CSV: {_first_line(exc)}") from exc
+        raise InvalidInput(f"could not read {where} as CSV: {first_line(exc)}") from exc
     return _numeric_where_tokens_mean_missing(frame)
 
 
@@ -207,10 +207,10 @@ def _load_s3(uri: str, file_format: str | None, settings: Settings) -> pd.DataFr
                 raise NotFound(f"S3 object not found: {uri}") from None
             if code == "NoSuchBucket":
                 raise NotFound(f"S3 bucket not found: s3://{bucket} (reading {uri})") from None
-            raise StorageError(f"S3 refused to read {uri}: {code or 'error'}: {_first_line(exc)}") from exc
+            raise StorageError(f"S3 refused to read {uri}: {code or 'error'}: {first_line(exc)}") from exc
         except BotoCoreError as exc:
             endpoint = settings.s3.endpoint_url or "the default AWS endpoint"
-            raise StorageError(f"could not read {uri} from {endpoint}: {_first_line(exc)}") from exc
+            raise StorageError(f"could not read {uri} from {endpoint}: {first_line(exc)}") from exc
         if buffer.tell() == 0:
             raise InvalidInput(f"data file is empty (0 bytes): {uri}")
         buffer.seek(0)
@@ -244,9 +244,9 @@ def _load_table(table: str, database_url: str) -> pd.DataFrame:
             reflected = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=connection)
             return _read_sql(sa.select(reflected), connection)
     except sa.exc.OperationalError as exc:
-        raise StorageError(f"could not read table {table!r} from {where}: {_db_reason(exc)}") from exc
+        raise StorageError(f"could not read table {table!r} from {where}: {database_reason(exc)}") from exc
     except sa.exc.DBAPIError as exc:
-        raise InvalidInput(f"could not read table {table!r} from {where}: {_db_reason(exc)}") from exc
+        raise InvalidInput(f"could not read table {table!r} from {where}: {database_reason(exc)}") from exc
     finally:
         engine.dispose()
 
@@ -265,13 +265,13 @@ def _load_query(query: str, database_url: str) -> pd.DataFrame:
     except sa.exc.ResourceClosedError:
         raise InvalidInput(f"data.query returned no rows to read (is it a SELECT?): {query!r}") from None
     except sa.exc.OperationalError as exc:
-        reason = _db_reason(exc)
+        reason = database_reason(exc)
         # SQLite reports bad SQL as OperationalError too; only connection trouble is the server's fault.
         if engine.dialect.name == "sqlite" and "unable to open" not in reason:
             raise InvalidInput(f"data.query failed: {reason} (query: {query!r})") from exc
         raise StorageError(f"could not run data.query against {where}: {reason}") from exc
     except sa.exc.DBAPIError as exc:
-        raise InvalidInput(f"data.query failed: {_db_reason(exc)} (query: {query!r})") from exc
+        raise InvalidInput(f"data.query failed: {database_reason(exc)} (query: {query!r})") from exc
     finally:
         engine.dispose()
 
@@ -288,10 +288,6 @@ def _read_sql(statement: sa.Executable, connection: sa.Connection) -> pd.DataFra
     # column name (it then fits without feature names and refuses named frames at predict time).
     frame.columns = [str(column) for column in frame.columns]
     return frame
-
-
-def _db_reason(exc: sa.exc.DBAPIError) -> str:
-    return _first_line(exc.orig) if exc.orig is not None else _first_line(exc)
 
 
 # ---------------------------------------------------------------- registry data sets
@@ -320,11 +316,6 @@ def _load_dataset(ref: str, settings: Settings) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _redact(database_url: str) -> str:

@@ -68,6 +68,8 @@ from modelyard.errors import (
     DataValidationError,
     InvalidInput,
     StorageError,
+    database_reason,
+    first_line,
 )
 from modelyard.pipeline.steps import reporting_errors
 from modelyard.registry import ModelVersionRecord, Registry, Stage
@@ -391,7 +393,7 @@ def score_to_parquet(
             except (ValueError, TypeError) as exc:
                 raise InvalidInput(
                     f"{source.describe()}: rows {start + 1} to {start + len(rows)} could not be scored by "
-                    f"{model}: {_first_line(exc)}"
+                    f"{model}: {first_line(exc)}"
                 ) from exc
             labels = class_array[np.argmax(proba, axis=1)]
             if class_array.dtype == object:
@@ -411,7 +413,7 @@ def score_to_parquet(
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
                 raise InvalidInput(
                     f"{source.describe()}: rows {start + 1} to {start + len(rows)} cannot be written with "
-                    f"the column types the input has: {_first_line(exc)}"
+                    f"the column types the input has: {first_line(exc)}"
                 ) from exc
     return ScoreOutcome(
         model, model_name, model_version, len(frame), dict(sorted(counts.items())), schema.names
@@ -537,21 +539,12 @@ def _write_table(
                     f"ALTER TABLE {quote.format_table(staging)} RENAME TO {quote.quote(target.location)}"
                 )
     except sa.exc.OperationalError as exc:
-        raise StorageError(f"cannot write {where}: {_db_reason(exc)}") from exc
+        raise StorageError(f"cannot write {where}: {database_reason(exc)}") from exc
     except sa.exc.DBAPIError as exc:
-        raise InvalidInput(f"cannot write {where}: {_db_reason(exc)}") from exc
+        raise InvalidInput(f"cannot write {where}: {database_reason(exc)}") from exc
     finally:
         engine.dispose()
     return target.describe()
-
-
-def _db_reason(exc: sa.exc.DBAPIError) -> str:
-    return _first_line(exc.orig if exc.orig is not None else exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------- the whole run, in this process

@@ -25,7 +25,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session
 
-from modelyard.errors import InvalidInput, ModelyardError
+from modelyard.errors import InvalidInput, ModelyardError, database_reason
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -208,8 +208,9 @@ def ensure_schema(engine: Engine) -> str:
                 # got there first leaves nothing to do.
                 command.upgrade(_alembic_config(connection), "head")
     except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
-        raise ModelyardError(f"cannot migrate the registry database {redact(engine.url)}: {reason}") from exc
+        raise ModelyardError(
+            f"cannot migrate the registry database {redact(engine.url)}: {database_reason(exc)}"
+        ) from exc
     logger.info("registry schema of %s upgraded from %s to %s", redact(engine.url), current, head)
     return head
 

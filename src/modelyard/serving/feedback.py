@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
-from modelyard.errors import InvalidInput, NotFound, NotReady
+from modelyard.errors import InvalidInput, NotFound, NotReady, database_reason
 from modelyard.registry.db import WRITE_OPTION, create_engine_for, redact
 from modelyard.registry.tables import NAME_LENGTH, REQUEST_ID_LENGTH, Feedback, Prediction, utc_now
 
@@ -93,9 +93,9 @@ def record_feedback(
     except DBAPIError as exc:
         # Tell the caller's answers (503: try later; 404: nothing is logged here) from a bug (500).
         if not _reachable(engine):
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
             raise NotReady(
-                f"cannot record feedback: the registry database {redact(engine.url)} is unavailable: {reason}"
+                f"cannot record feedback: the registry database {redact(engine.url)} is unavailable: "
+                f"{database_reason(exc)}"
             ) from exc
         if not _has_prediction_log(engine):
             raise NotFound(

@@ -45,7 +45,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
-from modelyard.errors import ModelyardError
+from modelyard.errors import ModelyardError, database_reason
 from modelyard.registry.db import WRITE_OPTION, create_engine_for, ensure_schema, normalize_url, redact
 from modelyard.registry.tables import MODEL_VERSION_LENGTH, NAME_LENGTH, REQUEST_ID_LENGTH, Prediction
 from modelyard.serving.metrics import ServingMetrics
@@ -185,12 +185,6 @@ def _is_rejection(exc: BaseException) -> bool:
         return True
     # A StatementError that is no DBAPI error failed while binding parameters (e.g. serialising).
     return isinstance(exc, StatementError) and not hasattr(exc, "connection_invalidated")
-
-
-def _reason(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _Spool:
@@ -621,7 +615,8 @@ class PredictionLog:
             except Exception as exc:
                 if not _is_rejection(exc):
                     raise
-                self._give_up(1, "rejected", f"the database refused {row['request_id']!r}: {_reason(exc)}")
+                reason = database_reason(exc)
+                self._give_up(1, "rejected", f"the database refused {row['request_id']!r}: {reason}")
         return inserted
 
     def _connect(self) -> Connection:
@@ -652,12 +647,12 @@ class PredictionLog:
             logger.warning(
                 "prediction log: the database %s is unreachable (%s); spooling to %s",
                 self._where,
-                _reason(exc),
+                database_reason(exc),
                 self._spool.path if self._spool is not None else "nowhere (no spool)",
             )
             self._retry_delay_s = self._retry_initial_s
         else:
-            logger.debug("prediction log: the database is still unreachable: %s", _reason(exc))
+            logger.debug("prediction log: the database is still unreachable: %s", database_reason(exc))
             self._retry_delay_s = min(self._retry_delay_s * 2, self._retry_max_s)
         self._database_up = False
         self._next_retry = time.monotonic() + self._retry_delay_s
