@@ -139,10 +139,15 @@ def test_table_in_and_out_read_back_with_sql(
         score(settings, "iris", "query:SELECT * FROM flowers WHERE flower_id < 1010", "table:scores")
         with engine.connect() as connection:
             assert connection.execute(sa.text("SELECT count(*) FROM scores")).scalar_one() == 10
-            tables = sa.inspect(connection).get_table_names()
-        assert not [name for name in tables if name.startswith("_modelyard_scoring_")]
+            assert not staging_tables(connection)
     finally:
         engine.dispose()
+
+
+def staging_tables(connection: sa.Connection) -> list[str]:
+    """Tables a table write stages its rows in before it swaps them in: none may be left behind."""
+    tables = sa.inspect(connection).get_table_names()
+    return [name for name in tables if name.startswith("_modelyard_scoring_")]
 
 
 @POSTGRES_S3_ONLY  # Postgres refuses to drop a table a view depends on; SQLite does not check
@@ -160,8 +165,7 @@ def test_a_failed_table_write_leaves_the_old_table(
             score(settings, "iris", str(fewer), "table:scores")
         with engine.connect() as connection:
             assert connection.execute(sa.text("SELECT count(*) FROM setosa_scores")).scalar_one() == 150
-            tables = sa.inspect(connection).get_table_names()
-        assert not [name for name in tables if name.startswith("_modelyard_scoring_")]
+            assert not staging_tables(connection)
     finally:
         engine.dispose()
 
