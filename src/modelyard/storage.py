@@ -220,16 +220,8 @@ class FileStore(ObjectStore):
         target = self._path(key)
         with self._os_errors(key, "write"):
             target.parent.mkdir(parents=True, exist_ok=True)
-            # Write a hidden temp file and rename it over the target: readers see old or new, never half.
-            partial = target.with_name(f"{_PARTIAL_PREFIX}{uuid.uuid4().hex}-{target.name}")
-            try:
-                with partial.open("wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                partial.replace(target)
-            finally:
-                partial.unlink(missing_ok=True)
+            with replacing(target) as partial:
+                partial.write_bytes(data)
         return self.uri_for(key)
 
     def get_bytes(self, key: str) -> bytes:
@@ -323,6 +315,20 @@ def _copy_durably(source: Path, target: Path) -> None:
         shutil.copyfileobj(reader, writer, length=1024 * 1024)
         writer.flush()
         os.fsync(writer.fileno())
+
+
+@contextmanager
+def replacing(target: Path) -> Iterator[Path]:
+    """A hidden sibling of ``target`` to write; flushed to disk and renamed over ``target`` when the
+    block ends well, removed otherwise: readers see the old file or the new one, never half of one."""
+    partial = target.with_name(f"{_PARTIAL_PREFIX}{uuid.uuid4().hex}-{target.name}")
+    try:
+        yield partial
+        with partial.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def fsync_dir(path: Path) -> None:

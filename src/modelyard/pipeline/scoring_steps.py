@@ -41,7 +41,6 @@ Row *i* of the output is row *i* of the input. An input already holding one of t
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -78,7 +77,7 @@ from modelyard.registry.tables import Base
 from modelyard.serving.runtime import SklearnRuntime
 from modelyard.settings import Settings, load_settings
 from modelyard.spec import NAME_PATTERN, DataSource, FeatureType
-from modelyard.storage import open_store_from_uri
+from modelyard.storage import open_store_from_uri, replacing
 
 DEFAULT_CHUNK_ROWS = 10_000
 LABEL_COLUMN = "label"
@@ -451,16 +450,11 @@ def _replacing(path: Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"cannot create the folder of {path}: {exc.strerror or exc}") from exc
-    partial = path.with_name(f".partial-{uuid.uuid4().hex}-{path.name}")
     try:
-        yield partial
-        with partial.open("rb+") as handle:
-            os.fsync(handle.fileno())
-        partial.replace(path)
+        with replacing(path) as partial:
+            yield partial
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _write_file(predictions_path: Path, path: Path, file_format: str, chunk_rows: int) -> None:
