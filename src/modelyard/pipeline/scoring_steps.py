@@ -374,10 +374,7 @@ def score_to_parquet(
     model = f"{model_name}@{model_version}"
     runtime = SklearnRuntime(bundle.model, bundle.metadata, label=model)
     classes = list(bundle.metadata.classes)
-    frame = load_frame(source, settings)
-    # Plain str names: a database source names its columns with SQLAlchemy's str subclass, and
-    # scikit-learn ignores names that are not exactly str (it would then not find the features).
-    frame.columns = pd.Index([str(column) for column in frame.columns], dtype=object)
+    frame = load_frame(source, settings)  # column names plain str, database sources included
     check_input(frame, bundle.metadata, model, source.describe())
     schema = _output_schema(frame, classes)
     names = bundle.metadata.feature_names
