@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from modelyard.cpus import available_cpus
 from modelyard.errors import ModelyardError
 from modelyard.pipeline.local import LOCAL_LOOP_PARALLELISM, export_settings
 from modelyard.settings import load_settings
@@ -74,7 +75,6 @@ def test_a_local_run_shares_the_cores_between_the_tune_tasks_kfp_local_runs_at_o
     monkeypatch.setenv("MODELYARD_HOME", str(tmp_path))
     monkeypatch.setenv("MODELYARD_PIPELINE__TUNE_JOBS", configured)
     export_settings(load_settings())
-    cores = len(os.sched_getaffinity(0))
-    expected = exported or str(max(1, cores // LOCAL_LOOP_PARALLELISM))
+    expected = exported or str(max(1, available_cpus() // LOCAL_LOOP_PARALLELISM))
     assert os.environ["MODELYARD_PIPELINE__TUNE_JOBS"] == expected
     assert load_settings().pipeline.tune_jobs == int(expected)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from modelyard.cpus import available_cpus
 from modelyard.errors import ModelyardError
 from modelyard.serving.__main__ import main, options_from
-from modelyard.serving.runtime import available_cpus
 
 from .conftest import ServerProcess
 

@@ -15,13 +15,13 @@ from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.pipeline import Pipeline
 
 from modelyard.bundle import BundleMetadata, LoadedBundle, OnnxInfo, load_bundle, write_bundle
+from modelyard.cpus import available_cpus
 from modelyard.errors import BundleIntegrityError, InvalidInput
 from modelyard.onnx_export import export_onnx
 from modelyard.serving.runtime import (
     ModelRuntime,
     OnnxRuntime,
     SklearnRuntime,
-    available_cpus,
     load_runtime,
     onnx_threads_for,
     open_runtime,

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from modelyard.cpus import available_cpus
 from modelyard.errors import ModelyardError
 from modelyard.pipeline.steps import fail_reason, spec_to_yaml
 from modelyard.settings import Settings
@@ -130,8 +131,7 @@ def export_settings(settings: Settings) -> None:
 
 def local_tune_jobs() -> int:
     """CV processes per tune task on this machine: its cores shared by the loop iterations run at once."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // LOCAL_LOOP_PARALLELISM)
+    return max(1, available_cpus() // LOCAL_LOOP_PARALLELISM)
 
 
 @contextlib.contextmanager

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -35,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from modelyard.bundle import BundleMetadata, LoadedBundle, OnnxInfo, load_bundle, verify_bundle
+from modelyard.cpus import available_cpus
 from modelyard.errors import BundleIntegrityError, InvalidInput
 from modelyard.spec import FeatureSpec, FeatureType
 
@@ -168,19 +167,6 @@ class SklearnRuntime:
 # only slow a small graph such as a linear model's (about 10% fewer single-row requests).
 TREE_ENSEMBLES = frozenset({"random_forest", "hist_gradient_boosting"})
 MAX_AUTO_ONNX_THREADS = 4
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-
-
-def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
-    """CPUs this process may use: its affinity, lowered by a cgroup v2 CPU quota (a pod's CPU limit)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 CPU controller here: the affinity is the limit
-    return cpus
 
 
 def onnx_threads_for(metadata: BundleMetadata, requested: int) -> int:
