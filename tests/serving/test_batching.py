@@ -37,7 +37,7 @@ class EchoModel:
         values = batch.numeric[:, 0]
         if (values == POISON).any():
             raise ValueError("the model cannot score -1")
-        return Prediction([f"v{v:g}" for v in values], np.stack([values, -values], axis=1))
+        return Prediction.of([f"v{v:g}" for v in values], np.stack([values, -values], axis=1))
 
 
 def run(coroutine):  # type: ignore[no-untyped-def]

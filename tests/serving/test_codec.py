@@ -10,9 +10,12 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from modelyard.bundle import BundleMetadata
 from modelyard.errors import InvalidInput
+from modelyard.serving import codec
 from modelyard.serving.codec import (
     FeatureBatch,
     FeatureSchema,
@@ -151,6 +154,108 @@ def test_malformed_json_is_refused_and_nan_literals_are_not_json() -> None:
         decode_v2_rest(b'{"inputs": [', None)
     with pytest.raises(InvalidInput, match="NaN and Infinity are not JSON"):
         decode_v2_rest(b'{"inputs": [{"name": "a", "datatype": "FP64", "shape": [1], "data": [NaN]}]}', None)
+
+
+def orjson_only(raw: bytes) -> InferenceRequest:
+    """The decode as it is without the simdjson fast path: the reference it must agree with."""
+    view = memoryview(raw)
+    return codec._request_from_json(codec._json_object(view, "request body"), view, len(raw))
+
+
+def outcome(decoder: Any, raw: bytes) -> Any:
+    try:
+        request = decoder(raw)
+    except InvalidInput as exc:
+        return ("refused", str(exc))
+    return (
+        "decoded",
+        request.id,
+        request.parameters,
+        request.outputs,
+        [(t.name, t.datatype, t.shape, t.data.dtype, t.data.tolist()) for t in request.inputs],
+    )
+
+
+def same_outcome(raw: bytes) -> None:
+    fast, reference = outcome(lambda raw: decode_v2_rest(raw, None), raw), outcome(orjson_only, raw)
+    # NaN != NaN in the lists: compare their reprs, which show nan alike
+    assert repr(fast) == repr(reference)
+
+
+def test_flat_float_data_is_read_straight_into_float64_and_anything_else_goes_through_orjson() -> None:
+    flat = codec._request_document(
+        memoryview(body({"inputs": [tensor("x", "FP32", [2, 2], [1, 2.5, 3, 4])]}))
+    )
+    assert isinstance(flat["inputs"][0]["data"], np.ndarray)
+    for document in (
+        {"inputs": [tensor("x", "FP32", [2, 2], [[1, 2.5], [3, 4]])]},  # nested
+        {"inputs": [tensor("x", "INT64", [2], [1, 2])]},  # integers keep their exact values
+        {"inputs": [tensor("x", "FP64", [2], [1, None])]},  # null is a missing value
+    ):
+        data = codec._request_document(memoryview(body(document)))["inputs"][0]["data"]
+        assert isinstance(data, list)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [2], "data": [1, 2], "data": [3, 4]}]}',
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}], "inputs": []}',
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [2], "data": [18446744073709551615, -1]}]}',
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1e400]}]}',
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [100000000000000000000000]}]}',
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}]} trailing',
+        b'{"inputs": [{"name": "\xff", "datatype": "FP64", "shape": [1], "data": [1]}]}',
+        b'{"inputs": [{"name": "\\ud800", "datatype": "FP64", "shape": [1], "data": [1]}]}',
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": null}]}',
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": 7}]}',
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [0], "data": []}]}',
+        b'{"inputs": [null, {"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}]}',
+        b'\xef\xbb\xbf{"inputs": []}',
+    ],
+)
+def test_the_fast_parse_agrees_with_orjson_on_edge_cases(raw: bytes) -> None:
+    same_outcome(raw)
+
+
+finite_floats = st.floats(allow_nan=False, allow_infinity=False)
+json_numbers = st.integers(min_value=-(2**70), max_value=2**70) | finite_floats
+json_leaves = st.none() | st.booleans() | json_numbers | st.text(max_size=4)
+tensor_data = (
+    st.lists(json_numbers, max_size=12)
+    | st.lists(st.lists(json_numbers, max_size=4), max_size=4)
+    | st.lists(json_leaves, max_size=6)
+    | json_leaves
+)
+
+
+FUZZED_DATATYPES = ["FP16", "FP32", "FP64", "INT32", "INT64", "UINT8", "BOOL", "BYTES"]
+
+
+@st.composite
+def v2_documents(draw: st.DrawFn) -> Any:
+    inputs = []
+    for index in range(draw(st.integers(min_value=1, max_value=3))):
+        item: dict[str, Any] = {
+            "name": draw(st.sampled_from(["x", f"in{index}"]) | json_leaves),
+            "datatype": draw(st.sampled_from(FUZZED_DATATYPES)),
+            "shape": draw(st.lists(st.integers(min_value=-1, max_value=12), max_size=3) | json_leaves),
+        }
+        if draw(st.integers(min_value=0, max_value=9)):
+            item["data"] = draw(tensor_data)
+        inputs.append(item)
+    document: dict[str, Any] = {"inputs": inputs}
+    if draw(st.booleans()):
+        document["id"] = draw(json_leaves)
+    if draw(st.booleans()):
+        document["parameters"] = draw(st.dictionaries(st.text(max_size=3), json_leaves, max_size=2))
+    return document
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(v2_documents())
+def test_the_fast_parse_agrees_with_orjson_on_random_requests(document: Any) -> None:
+    same_outcome(body(document))
 
 
 # ---------------------------------------------------------------- V2 binary extension
@@ -372,7 +477,7 @@ def test_v1_text_features_take_strings_only() -> None:
 # ---------------------------------------------------------------- outputs
 
 
-PREDICTION = Prediction(["x", "y"], np.array([[0.75, 0.25], [0.1, 0.9]]))
+PREDICTION = Prediction.of(["x", "y"], np.array([[0.75, 0.25], [0.1, 0.9]]))
 
 
 def test_outputs_default_to_label_and_probabilities_or_label_alone() -> None:
@@ -418,7 +523,7 @@ def test_json_and_binary_responses() -> None:
 
 
 def test_v1_answers_labels_and_probabilities() -> None:
-    document = orjson.loads(encode_v1(Prediction([0, 1], np.array([[0.6, 0.4], [0.2, 0.8]]))))
+    document = orjson.loads(encode_v1(Prediction.of([0, 1], np.array([[0.6, 0.4], [0.2, 0.8]]))))
     assert document == {"predictions": [0, 1], "probabilities": [[0.6, 0.4], [0.2, 0.8]]}
 
 

@@ -193,7 +193,11 @@ class AdaptiveBatcher:
         start = 0
         for item in items:
             stop = start + item.batch.n_rows
-            share = Prediction(prediction.labels[start:stop], prediction.probabilities[start:stop])
+            share = Prediction(
+                prediction.labels[start:stop],
+                prediction.probabilities[start:stop],
+                prediction.label_names[start:stop],
+            )
             if not item.future.done():
                 item.future.set_result(BatchOutcome(share, started - item.enqueued, seconds, merged.n_rows))
             start = stop

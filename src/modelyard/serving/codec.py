@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import simdjson
 
 from modelyard.bundle import BundleMetadata
 from modelyard.errors import InvalidInput
@@ -319,8 +320,80 @@ def decode_v2_rest(body: bytes, header_length: str | None) -> InferenceRequest:
                 f"the Inference-Header-Content-Length header is {json_length}, "
                 f"but the body has {len(body)} bytes"
             )
-    header = _json_object(view[:json_length], "request body")
+    header = _request_document(view[:json_length])
     return _request_from_json(header, view, json_length)
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+_FLOAT_DATATYPES = frozenset({Datatype.FP16.value, Datatype.FP32.value, Datatype.FP64.value})
+
+
+def _request_document(raw: memoryview) -> dict[str, Any]:
+    """The request's JSON, with each input's flat floating-point ``data`` already a float64 array.
+
+    A 256 x 20 FP64 body costs orjson about 100 µs, and making an array of its Python floats 60 µs more,
+    all on the event loop; simdjson parses it and fills the array in about 80 µs. Whatever the fast path
+    does not take (malformed JSON, nested or mixed ``data``, integer tensors, duplicate keys) goes through
+    orjson, which owns every error message.
+    """
+    document = None
+    if raw[:3] != _UTF8_BOM:  # simdjson skips a byte order mark; orjson, and so this server, refuses it
+        try:
+            document = _with_float_buffers(simdjson.Parser().parse(raw))
+        except (ValueError, TypeError, RuntimeError):  # simdjson's parse and type errors
+            document = None
+    return document if document is not None else _json_object(raw, "request body")
+
+
+def _with_float_buffers(parsed: Any) -> dict[str, Any] | None:
+    members = _members(parsed)
+    if members is None:
+        return None
+    document: dict[str, Any] = {}
+    for key, value in members.items():
+        if key == "inputs" and isinstance(value, simdjson.Array):
+            inputs = [_input_with_float_buffer(item) for item in value]
+            if any(item is None for item in inputs):
+                return None
+            document[key] = inputs
+        else:
+            document[key] = _unboxed(value)
+    return document
+
+
+def _input_with_float_buffer(parsed: Any) -> dict[str, Any] | None:
+    members = _members(parsed)
+    if members is None:
+        return None
+    tensor = {key: _unboxed(value) for key, value in members.items() if key != "data"}
+    data = members.get("data")
+    if tensor.get("datatype") in _FLOAT_DATATYPES and isinstance(data, simdjson.Array):
+        values = np.frombuffer(data.as_buffer(of_type="d"), dtype=np.float64)
+        if len(values) != len(data):  # nested: orjson's path checks it against the shape
+            return None
+        tensor["data"] = values
+    elif "data" in members:
+        tensor["data"] = _unboxed(data)
+    return tensor
+
+
+def _members(parsed: Any) -> dict[str, Any] | None:
+    """An object's members as simdjson values; None for a non-object or a repeated key (orjson's path
+    keeps the last, simdjson's lookup the first)."""
+    if not isinstance(parsed, simdjson.Object):
+        return None
+    keys = list(parsed.keys())
+    if len(set(keys)) != len(keys):
+        return None
+    return {key: parsed[key] for key in keys}
+
+
+def _unboxed(value: Any) -> Any:
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
 
 
 def _request_from_json(header: dict[str, Any], body: memoryview, offset: int) -> InferenceRequest:
@@ -426,13 +499,16 @@ def _element_count(shape: tuple[int, ...]) -> int:
 
 
 def _decode_json_data(data: Any, datatype: Datatype, shape: tuple[int, ...], where: str) -> np.ndarray:
-    if not isinstance(data, list):
-        data = [data]
-    try:
-        # BYTES as objects: numpy would otherwise turn a stray number into a string silently
-        array = np.asarray(data, dtype=object if datatype is Datatype.BYTES else None)
-    except ValueError:
-        raise InvalidInput(f"{where}: 'data' is a ragged nested array; it must match the shape") from None
+    if isinstance(data, np.ndarray):  # flat float64 values from the fast parse
+        array = data
+    else:
+        if not isinstance(data, list):
+            data = [data]
+        try:
+            # BYTES as objects: numpy would otherwise turn a stray number into a string silently
+            array = np.asarray(data, dtype=object if datatype is Datatype.BYTES else None)
+        except ValueError:
+            raise InvalidInput(f"{where}: 'data' is a ragged nested array; it must match the shape") from None
     expected = _element_count(shape)
     if array.size != expected:
         raise InvalidInput(
@@ -721,7 +797,7 @@ def output_tensors(
     tensors = []
     for output in outputs:
         if output.name == LABEL_OUTPUT:
-            labels = np.array([str(label) for label in prediction.labels], dtype=object)
+            labels = prediction.label_names
             tensors.append(Tensor(LABEL_OUTPUT, Datatype.BYTES, (len(labels),), labels))
         else:
             proba = prediction.probabilities

@@ -22,8 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
 from modelyard import __version__
 from modelyard.errors import InvalidInput, ModelyardError, NotFound, NotReady
 from modelyard.serving.batching import BatchOutcome
@@ -231,8 +229,8 @@ class DataPlane:
                 self.metrics.observe_predictions(
                     model.name,
                     model.version,
-                    [str(label) for label in prediction.labels],
-                    np.max(prediction.probabilities, axis=1),
+                    prediction.label_names,
+                    prediction.probabilities.max(axis=1),
                 )
             if self.prediction_log is not None:
                 self.prediction_log.submit(

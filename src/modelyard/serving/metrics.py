@@ -216,7 +216,7 @@ class ServingMetrics:
         self._batch_rows.observe(rows)
 
     def observe_predictions(
-        self, model: str, version: str, labels: Sequence[str], confidences: np.ndarray
+        self, model: str, version: str, labels: Sequence[str] | np.ndarray, confidences: np.ndarray
     ) -> None:
         """Count predicted classes and record each row's confidence.
 
@@ -231,8 +231,9 @@ class ServingMetrics:
                 f"confidences must have one value per label: {len(labels)} label(s), "
                 f"confidences of shape {list(np.shape(confidences))}"
             )
-        for label, count in Tally(str(label) for label in labels).items():
-            self._predictions.labels(model, version, label).inc(count)
+        tally = Tally(labels.tolist() if isinstance(labels, np.ndarray) else labels)
+        for label, count in tally.items():
+            self._predictions.labels(model, version, str(label)).inc(count)
         self._confidence.observe((model, version), values)
 
     # ------------------------------------------------------------ model

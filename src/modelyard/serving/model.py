@@ -56,6 +56,7 @@ class ServedModel:
         self._runtime: ModelRuntime | None = None
         self._batcher: AdaptiveBatcher | None = None
         self._class_array: np.ndarray = np.empty(0, dtype=object)
+        self._class_names: np.ndarray = np.empty(0, dtype=object)
         self._predict_numeric: Callable[[np.ndarray], np.ndarray] | None = None
 
     # ------------------------------------------------------------ loading
@@ -87,6 +88,7 @@ class ServedModel:
             else None
         )
         self._class_array = np.array(list(metadata.classes), dtype=object)
+        self._class_names = np.array([str(label) for label in metadata.classes], dtype=object)
         self._batcher = AdaptiveBatcher(
             self._predict_rows,
             max_batch_size=self.max_batch_size,
@@ -159,8 +161,8 @@ class ServedModel:
             probabilities = self._predict_numeric(batch.numeric)
         else:
             probabilities = self._runtime.predict_proba(batch.to_frame(self._schema))
-        labels = self._class_array[np.argmax(probabilities, axis=1)].tolist()
-        return Prediction(labels, probabilities)
+        predicted = np.argmax(probabilities, axis=1)
+        return Prediction(self._class_array[predicted].tolist(), probabilities, self._class_names[predicted])
 
     def input_metadata(self) -> list[TensorMetadata]:
         return self._schema.input_metadata() if self._schema is not None else []

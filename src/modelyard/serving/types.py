@@ -132,6 +132,14 @@ class Prediction:
     labels: list[str | int]
     probabilities: np.ndarray
     """[rows, classes] float64, columns in the bundle's ``classes`` order."""
+    label_names: np.ndarray
+    """The labels as strings (an object array), as V2 answers them and the metrics count them. The model
+    takes them from its class names, which costs far less than ``str()`` of each row on the event loop."""
+
+    @classmethod
+    def of(cls, labels: list[str | int], probabilities: np.ndarray) -> Prediction:
+        """A prediction whose label strings are made here, one ``str()`` a row."""
+        return cls(labels, probabilities, np.array([str(label) for label in labels], dtype=object))
 
 
 LABEL_OUTPUT = "label"
