@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 JSON = "application/json"
 REQUEST_ID_HEADER = "x-request-id"
+LIVE_PATH = "/v2/health/live"
+READY_PATH = "/v2/health/ready"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -68,6 +70,7 @@ class RestRoutes:
     async def server_metadata(self, request: Request) -> Response:
         return _json(self.dataplane.server_metadata())
 
+    # No await in these two: fastpath.py runs them to completion inside uvicorn's parser callback.
     async def server_live(self, request: Request) -> Response:
         return _json({"live": self.dataplane.live()})
 
@@ -193,14 +196,24 @@ class RestRoutes:
 
     # ------------------------------------------------------------ wiring
 
+    def probes(self) -> dict[str, Endpoint]:
+        """The server's health probes (GET) by path: fastpath.py answers them ahead of queued work."""
+        return {LIVE_PATH: self.server_live, READY_PATH: self.server_ready}
+
+    def inference_routes(self) -> list[tuple[str, Endpoint]]:
+        """(path, endpoint) of the POST routes that carry the load: fastpath.py calls them directly,
+        without FastAPI's middleware and router (each of these endpoints answers its own errors)."""
+        hot = (self.v2_infer, self.v1_predict)
+        return [(path, endpoint) for path, endpoint, methods in self.routes() if endpoint in hot]
+
     def routes(self) -> list[tuple[str, Endpoint, list[str]]]:
         """(path, endpoint, methods), in matching order."""
         v2_model = "/v2/models/{name}"
         v2_version = "/v2/models/{name}/versions/{version}"
         return [
             ("/v2", self.server_metadata, ["GET"]),
-            ("/v2/health/live", self.server_live, ["GET"]),
-            ("/v2/health/ready", self.server_ready, ["GET"]),
+            (LIVE_PATH, self.server_live, ["GET"]),
+            (READY_PATH, self.server_ready, ["GET"]),
             (v2_model, self.model_metadata, ["GET"]),
             (v2_version, self.model_metadata, ["GET"]),
             (f"{v2_model}/ready", self.model_ready, ["GET"]),

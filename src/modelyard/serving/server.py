@@ -284,11 +284,12 @@ def build_server(assembly: Assembly) -> Any:
     from kserve.protocol.grpc.server import GRPCServer
     from kserve.protocol.rest.server import RESTServer
 
+    from modelyard.serving.fastpath import fast_path_protocol
     from modelyard.serving.grpc import InferenceServicer
     from modelyard.serving.rest import install_routes
 
     options = assembly.options
-    install_routes(app, assembly.dataplane)
+    routes = install_routes(app, assembly.dataplane)
     _install_lifespan(app, assembly)
     grpc_options = [
         ("grpc.max_send_message_length", kserve.model_server.args.grpc_max_send_message_length),
@@ -341,6 +342,9 @@ def build_server(assembly: Assembly) -> Any:
                 timeout_keep_alive=self.timeout_keep_alive,
             )
             self._rest_server.config.host = options.host
+            protocol = fast_path_protocol(routes)
+            if protocol is not None:
+                self._rest_server.config.http = protocol
             self.servers.append(self._rest_server.start())
             if self.enable_grpc:
                 self._grpc_server = ModelyardGRPCServer(

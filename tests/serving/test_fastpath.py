@@ -1,0 +1,190 @@
+"""The uvicorn protocol that answers health probes in place and sends inference straight to its endpoint.
+
+A real uvicorn server runs the protocol on loopback in a thread, over a real data plane and bundle. Its
+FastAPI stand-in records every request that reaches it, so each test can tell which path a request took.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from modelyard.serving.dataplane import DataPlane
+from modelyard.serving.fastpath import fast_path_protocol
+from modelyard.serving.model import ServedModel
+from modelyard.serving.rest import RestRoutes
+
+from .conftest import free_ports
+
+ROW = [0.0, 0.0, 0.0, 0.0]  # the tiny model's setosa centre (conftest.numeric_frame)
+V2_BODY = json.dumps(
+    {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 4], "data": ROW}]}
+).encode()
+
+
+class RecordingApp:
+    """Stands in for FastAPI: answers 299 and notes the path, so a test sees what reached it."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.paths.append(scope["path"])
+        await send({"type": "http.response.start", "status": 299, "headers": [(b"content-length", b"3")]})
+        await send({"type": "http.response.body", "body": b"app"})
+
+
+def read_response(stream: Any) -> tuple[int, dict[str, str], bytes]:
+    status = int(stream.readline().split()[1])
+    headers: dict[str, str] = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, value = line.decode().split(":", 1)
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, stream.read(int(headers["content-length"]))
+
+
+def request(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(raw)
+        return read_response(connection.makefile("rb"))
+
+
+def get(path: str, extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode()
+
+
+def post(path: str, body: bytes) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+class Running:
+    def __init__(self, port: int, app: RecordingApp) -> None:
+        self.port, self.app = port, app
+
+
+@pytest.fixture
+def serve(bundles: dict[str, Path]) -> Iterator[Any]:
+    started: list[tuple[uvicorn.Server, threading.Thread, ServedModel | None]] = []
+
+    def start(*, with_model: bool = True) -> Running:
+        dataplane = DataPlane(max_request_rows=100)
+        model = None
+        if with_model:
+            model = ServedModel("iris", bundles["numeric"], version="7")
+            model.load()
+            dataplane.add_model(model)
+        protocol = fast_path_protocol(RestRoutes(dataplane))
+        assert protocol is not None, "the installed uvicorn should support the fast path"
+        app = RecordingApp()
+        (port,) = free_ports(1)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, http=protocol, lifespan="off", log_level="warning"
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        started.append((server, thread, model))
+        return Running(port, app)
+
+    yield start
+    for server, thread, model in started:
+        server.should_exit = True
+        thread.join(timeout=10)
+        if model is not None:
+            model.close()
+
+
+def test_health_probes_and_inference_never_reach_the_app_and_the_rest_does(serve: Any) -> None:
+    running = serve()
+    status, headers, body = request(running.port, get("/v2/health/live"))
+    assert (status, json.loads(body)) == (200, {"live": True})
+    assert headers["content-type"] == "application/json" and "date" in headers  # uvicorn's own headers
+    status, _, body = request(running.port, get("/v2/health/ready?verbose=1"))
+    assert (status, json.loads(body)) == (200, {"ready": True})
+
+    for path in ("/v2/models/iris/infer", "/v2/models/iris/versions/7/infer"):
+        status, headers, body = request(running.port, post(path, V2_BODY))
+        assert status == 200, body
+        outputs = {o["name"]: o["data"] for o in json.loads(body)["outputs"]}
+        assert outputs["label"] == ["setosa"] and len(outputs["probabilities"]) == 3
+        assert headers["x-request-id"]
+    status, _, body = request(
+        running.port, post("/v1/models/iris:predict", json.dumps({"instances": [ROW]}).encode())
+    )
+    assert status == 200 and json.loads(body)["predictions"] == ["setosa"]
+    status, _, body = request(running.port, post("/v2/models/nope/infer", V2_BODY))
+    assert status == 404 and "nope" in json.loads(body)["error"]  # the endpoint's own errors
+    assert running.app.paths == []
+
+    # everything else goes to the app: other paths, other methods on the same paths
+    for raw, path in [
+        (get("/v2"), "/v2"),
+        (get("/v2/models/iris/infer"), "/v2/models/iris/infer"),
+        (post("/v2/health/live", b""), "/v2/health/live"),
+        (post("/v2/models/iris/infer/extra", V2_BODY), "/v2/models/iris/infer/extra"),
+    ]:
+        status, _, body = request(running.port, raw)
+        assert (status, body) == (299, b"app")
+        assert running.app.paths[-1] == path
+
+
+def test_a_server_without_a_ready_model_answers_not_ready(serve: Any) -> None:
+    running = serve(with_model=False)
+    status, _, body = request(running.port, get("/v2/health/ready"))
+    assert (status, json.loads(body)) == (503, {"ready": False})
+    status, _, body = request(running.port, get("/v2/health/live"))
+    assert (status, json.loads(body)) == (200, {"live": True})
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(serve: Any) -> None:
+    running = serve()
+    raw = (
+        post("/v2/models/iris/infer", V2_BODY) + get("/v2/health/live") + get("/v2") + get("/v2/health/ready")
+    )
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as connection:
+        connection.sendall(raw)
+        stream = connection.makefile("rb")
+        answers = [read_response(stream) for _ in range(4)]
+    assert [status for status, _, _ in answers] == [200, 200, 299, 200]
+    assert "outputs" in json.loads(answers[0][2])
+    assert json.loads(answers[1][2]) == {"live": True}
+    assert answers[2][2] == b"app"
+    assert json.loads(answers[3][2]) == {"ready": True}
+
+
+def test_keep_alive_is_kept_and_connection_close_is_honoured(serve: Any) -> None:
+    running = serve()
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as connection:
+        stream = connection.makefile("rb")
+        for _ in range(3):  # one connection, several probes, as a kubelet with keep-alive would
+            connection.sendall(get("/v2/health/live"))
+            assert read_response(stream)[0] == 200
+        connection.sendall(post("/v2/models/iris/infer", V2_BODY))
+        assert read_response(stream)[0] == 200
+        connection.sendall(get("/v2/health/live", "Connection: close\r\n"))
+        status, headers, _ = read_response(stream)
+        assert status == 200 and headers["connection"] == "close"
+        assert stream.read() == b""  # the server closed the connection
+
+
+def test_an_uvicorn_without_the_hook_falls_back_to_the_stock_protocol(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delattr(HttpToolsProtocol, "_start_asgi_task")
+    with caplog.at_level(logging.WARNING, logger="modelyard.serving.fastpath"):
+        assert fast_path_protocol(RestRoutes(DataPlane(max_request_rows=10))) is None
+    assert "requests take FastAPI's path" in caplog.text
