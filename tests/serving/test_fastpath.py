@@ -6,6 +6,7 @@ FastAPI stand-in records every request that reaches it, so each test can tell wh
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -188,3 +189,24 @@ def test_an_uvicorn_without_the_hook_falls_back_to_the_stock_protocol(
     with caplog.at_level(logging.WARNING, logger="modelyard.serving.fastpath"):
         assert fast_path_protocol(RestRoutes(DataPlane(max_request_rows=10))) is None
     assert "requests take FastAPI's path" in caplog.text
+
+
+def test_a_probe_that_would_wait_is_never_left_half_answered(
+    serve: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def waiting_live(self: RestRoutes, request: Any) -> Any:
+        await asyncio.sleep(0)  # the fast path steps a probe once: this one would need a second step
+        raise AssertionError("never resumed")
+
+    monkeypatch.setattr(RestRoutes, "server_live", waiting_live)
+    running = serve()
+    with (
+        caplog.at_level(logging.ERROR, logger="modelyard.serving.fastpath"),
+        socket.create_connection(("127.0.0.1", running.port), timeout=10) as connection,
+    ):
+        connection.sendall(get("/v2/health/live"))
+        stream = connection.makefile("rb")
+        status, _, _ = read_response(stream)  # uvicorn's 500, from the coroutine being closed
+        assert status == 500 and stream.read() == b""  # and the connection closed after it
+    assert "did not complete at once" in caplog.text
+    assert request(running.port, get("/v2/health/ready"))[0] == 200  # the server carries on

@@ -90,7 +90,8 @@ def fast_path_protocol(routes: RestRoutes) -> type[Any] | None:
                 run.send(None)
             except StopIteration:
                 return
-            # Only reachable if an endpoint or send() awaited after all: never leave a response half-sent.
+            # Only reachable if an endpoint or send() awaited after all. Closing the coroutine makes
+            # uvicorn's cycle answer 500; the connection is closed so nothing half-done follows it.
             run.close()
             log.error("a health probe did not complete at once; closing its connection")
             self.transport.close()
