@@ -182,18 +182,37 @@ def same_outcome(raw: bytes) -> None:
     assert repr(fast) == repr(reference)
 
 
+@pytest.fixture
+def fast_parse_always(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simdjson path for every body, not only those of FAST_PARSE_MIN_BYTES or more."""
+    monkeypatch.setattr(codec, "FAST_PARSE_MIN_BYTES", 0)
+
+
+def data_of(document: Any) -> Any:
+    raw = body(document)
+    return codec._request_document(raw, len(raw))["inputs"][0]["data"]
+
+
+def test_only_bodies_past_the_break_even_take_the_fast_parse() -> None:
+    rows = 1 + codec.FAST_PARSE_MIN_BYTES // 40  # 4 floats of 13 bytes ("0.123456789, ") a row
+    small = {"inputs": [tensor("x", "FP64", [1, 4], [0.123456789] * 4)]}
+    big = {"inputs": [tensor("x", "FP64", [rows, 4], [0.123456789] * (rows * 4))]}
+    assert len(body(small)) < codec.FAST_PARSE_MIN_BYTES <= len(body(big))
+    assert isinstance(data_of(small), list)
+    assert isinstance(data_of(big), np.ndarray) and data_of(big).shape == (rows * 4,)
+
+
+@pytest.mark.usefixtures("fast_parse_always")
 def test_flat_float_data_is_read_straight_into_float64_and_anything_else_goes_through_orjson() -> None:
-    flat = codec._request_document(
-        memoryview(body({"inputs": [tensor("x", "FP32", [2, 2], [1, 2.5, 3, 4])]}))
-    )
-    assert isinstance(flat["inputs"][0]["data"], np.ndarray)
+    assert isinstance(data_of({"inputs": [tensor("x", "FP32", [2, 2], [1, 2.5, 3, 4])]}), np.ndarray)
     for document in (
         {"inputs": [tensor("x", "FP32", [2, 2], [[1, 2.5], [3, 4]])]},  # nested
+        {"inputs": [tensor("x", "FP64", [2], [[1.0, 2.0], []])]},  # ragged, as many leaves as rows
         {"inputs": [tensor("x", "INT64", [2], [1, 2])]},  # integers keep their exact values
         {"inputs": [tensor("x", "FP64", [2], [1, None])]},  # null is a missing value
+        {"inputs": [tensor("x[0]", "FP64", [2], [1, 2])]},  # a "[" in a string: the count is not exact
     ):
-        data = codec._request_document(memoryview(body(document)))["inputs"][0]["data"]
-        assert isinstance(data, list)
+        assert isinstance(data_of(document), list)
 
 
 @pytest.mark.parametrize(
@@ -212,8 +231,16 @@ def test_flat_float_data_is_read_straight_into_float64_and_anything_else_goes_th
         b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [0], "data": []}]}',
         b'{"inputs": [null, {"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}]}',
         b'\xef\xbb\xbf{"inputs": []}',
+        # ragged data that simdjson's buffer would flatten into the right number of values
+        b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [2], "data": [[1.0, 2.0], []]}]}',
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1.0, [2.0]]}]}',
+        b'{"inputs": [{"name": "x", "datatype": "FP16", "shape": [2], "data": [[[1.0, 2.0]], []]}]}',
+        # ... and with a "[" spelled as an escape in a string, which the bracket count must not trust
+        b'{"id":"\\u005b","inputs":[{"name":"x","datatype":"FP64","shape":[2],"data":[[1.0,2.0],[]]}]}',
+        b'{"inputs":[{"name":"x","datatype":"FP64","shape":[2],"data":[1,2],"parameters":{"[":1}}]}',
     ],
 )
+@pytest.mark.usefixtures("fast_parse_always")
 def test_the_fast_parse_agrees_with_orjson_on_edge_cases(raw: bytes) -> None:
     same_outcome(raw)
 
@@ -224,6 +251,7 @@ json_leaves = st.none() | st.booleans() | json_numbers | st.text(max_size=4)
 tensor_data = (
     st.lists(json_numbers, max_size=12)
     | st.lists(st.lists(json_numbers, max_size=4), max_size=4)
+    | st.lists(json_numbers | st.lists(json_numbers, max_size=2), max_size=6)  # ragged and mixed
     | st.lists(json_leaves, max_size=6)
     | json_leaves
 )
@@ -252,8 +280,13 @@ def v2_documents(draw: st.DrawFn) -> Any:
     return document
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(v2_documents())
+@pytest.mark.usefixtures("fast_parse_always")  # the same for every example: no state between them
 def test_the_fast_parse_agrees_with_orjson_on_random_requests(document: Any) -> None:
     same_outcome(body(document))
 
