@@ -27,6 +27,7 @@ from modelyard.serving.rest import RestRoutes
 
 from .conftest import free_ports
 
+SLOW_S = 0.3
 ROW = [0.0, 0.0, 0.0, 0.0]  # the tiny model's setosa centre (conftest.numeric_frame)
 V2_BODY = json.dumps(
     {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 4], "data": ROW}]}
@@ -34,13 +35,16 @@ V2_BODY = json.dumps(
 
 
 class RecordingApp:
-    """Stands in for FastAPI: answers 299 and notes the path, so a test sees what reached it."""
+    """Stands in for FastAPI: answers 299 and notes the path, so a test sees what reached it.
+    ``/slow`` answers after SLOW_S."""
 
     def __init__(self) -> None:
         self.paths: list[str] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.paths.append(scope["path"])
+        if scope["path"] == "/slow":
+            await asyncio.sleep(SLOW_S)
         await send({"type": "http.response.start", "status": 299, "headers": [(b"content-length", b"3")]})
         await send({"type": "http.response.body", "body": b"app"})
 
@@ -77,20 +81,21 @@ class Running:
 def serve(bundles: dict[str, Path]) -> Iterator[Any]:
     started: list[tuple[uvicorn.Server, threading.Thread, ServedModel | None]] = []
 
-    def start(*, with_model: bool = True) -> Running:
+    def start(*, with_model: bool = True, **options: Any) -> Running:
         dataplane = DataPlane(max_request_rows=100)
         model = None
         if with_model:
             model = ServedModel("iris", bundles["numeric"], version="7")
             model.load()
             dataplane.add_model(model)
-        protocol = fast_path_protocol(RestRoutes(dataplane))
-        assert protocol is not None, "the installed uvicorn should support the fast path"
         app = RecordingApp()
         (port,) = free_ports(1)
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, http=protocol, lifespan="off", log_level="warning"
+            app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", **options
         )
+        protocol = fast_path_protocol(RestRoutes(dataplane), config)
+        assert protocol is not None, "the installed uvicorn should support the fast path"
+        config.http = protocol
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -187,7 +192,7 @@ def test_an_uvicorn_without_the_hook_falls_back_to_the_stock_protocol(
 ) -> None:
     monkeypatch.delattr(HttpToolsProtocol, "_start_asgi_task")
     with caplog.at_level(logging.WARNING, logger="modelyard.serving.fastpath"):
-        assert fast_path_protocol(RestRoutes(DataPlane(max_request_rows=10))) is None
+        assert fast_path_protocol(RestRoutes(DataPlane(max_request_rows=10)), uvicorn.Config(None)) is None
     assert "requests take FastAPI's path" in caplog.text
 
 
@@ -210,3 +215,47 @@ def test_a_probe_that_would_wait_is_never_left_half_answered(
         assert status == 500 and stream.read() == b""  # and the connection closed after it
     assert "did not complete at once" in caplog.text
     assert request(running.port, get("/v2/health/ready"))[0] == 200  # the server carries on
+
+
+def test_many_probes_pipelined_behind_a_slow_request_are_all_answered_in_order(serve: Any) -> None:
+    running = serve()
+    probes = 300  # each used to start inside the previous one's response, one call deeper each time
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as connection:
+        connection.sendall(get("/slow") + get("/v2/health/live") * probes + get("/v2/health/ready"))
+        stream = connection.makefile("rb")
+        answers = [read_response(stream) for _ in range(probes + 2)]
+    assert answers[0][2] == b"app"
+    assert all(json.loads(body) == {"live": True} for _, _, body in answers[1:-1])
+    assert json.loads(answers[-1][2]) == {"ready": True}
+
+
+def test_a_request_in_the_same_read_as_a_probe_is_not_cut_by_the_keep_alive_timeout(serve: Any) -> None:
+    running = serve(timeout_keep_alive=0.1)  # shorter than the slow request behind the probe
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as connection:
+        connection.sendall(get("/v2/health/live") + get("/slow"))
+        stream = connection.makefile("rb")
+        assert read_response(stream)[0] == 200
+        assert read_response(stream)[2] == b"app"
+
+
+def test_forwarded_headers_apply_to_the_fast_paths_as_to_the_app(serve: Any) -> None:
+    running = serve(access_log=True)  # proxy headers are on by default, trusting 127.0.0.1
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    access = logging.getLogger("uvicorn.access")  # uvicorn's own handler; it does not propagate
+    access.addHandler(handler)
+    level = access.level
+    access.setLevel(logging.INFO)
+    forwarded = "X-Forwarded-For: 203.0.113.7\r\n"
+    try:
+        assert request(running.port, get("/v2/health/live", forwarded))[0] == 200
+        raw = post("/v2/models/iris/infer", V2_BODY).replace(b"\r\n\r\n", f"\r\n{forwarded}\r\n".encode(), 1)
+        assert request(running.port, raw)[0] == 200
+        deadline = time.monotonic() + 5
+        while len(lines) < 2 and time.monotonic() < deadline:  # the log line follows the response
+            time.sleep(0.01)
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+    assert len(lines) == 2 and all(line.startswith("203.0.113.7:") for line in lines), lines

@@ -9,19 +9,21 @@ concurrency 64, when a kubelet probe should not wait at all.
 So this protocol, a subclass of uvicorn's httptools protocol, changes where a request starts:
 
 - ``GET /v2/health/live`` and ``GET /v2/health/ready`` run to completion inside the parser callback.
-  Their endpoints never await, and the request cycle's ``send`` only awaits when the connection's writes
-  are paused, which is checked first;
+  Their endpoints never await, and the request cycle's ``send`` cannot need to wait for the client
+  while the connection's write buffer is empty, which is checked first. A probe pipelined behind a
+  request still in flight starts when that response ends, in a task, and calls its endpoint directly;
 - the inference routes (``RestRoutes.inference_routes``, matched with Starlette's own path patterns)
   call their endpoint directly, in a task as before;
-- everything else, a request pipelined behind one still in flight, and the concurrency limit's 503 go
-  to FastAPI unchanged.
+- everything else, and the concurrency limit's 503, go to FastAPI unchanged.
 
-Either way the response goes through uvicorn's request cycle, which writes the status line, the default
-headers, keep-alive and the access log as for any other request.
+The direct calls keep what uvicorn adds around the app: ``X-Forwarded-For``/``-Proto`` handling when
+``proxy_headers`` is on, the request cycle that writes the status line, the default headers, keep-alive
+and the access log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -56,9 +58,9 @@ def _route_matcher(routes: list[tuple[str, Endpoint]]) -> Callable[[str], Any]:
     return match
 
 
-def fast_path_protocol(routes: RestRoutes) -> type[Any] | None:
-    """The protocol class for uvicorn's ``Config.http``; None when this uvicorn lacks what it builds on
-    (httptools, or the hook that starts a request), and the stock protocol should be used."""
+def fast_path_protocol(routes: RestRoutes, config: Any) -> type[Any] | None:
+    """The protocol class for ``config.http`` (a ``uvicorn.Config``); None when this uvicorn lacks what
+    it builds on (httptools, or the hook that starts a request), and the stock protocol should be used."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # no httptools: uvicorn uses h11
@@ -66,22 +68,44 @@ def fast_path_protocol(routes: RestRoutes) -> type[Any] | None:
     if not callable(getattr(HttpToolsProtocol, "_start_asgi_task", None)):
         log.warning("uvicorn has no HttpToolsProtocol._start_asgi_task: requests take FastAPI's path")
         return None
-    probes = {path: functools.partial(_call_endpoint, endpoint) for path, endpoint in routes.probes().items()}
+
+    def app_for(endpoint: Endpoint) -> Any:
+        app: Any = functools.partial(_call_endpoint, endpoint)
+        if config.proxy_headers:  # as uvicorn wraps the app it loads: X-Forwarded-For/-Proto apply
+            from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+            app = ProxyHeadersMiddleware(app, trusted_hosts=config.forwarded_allow_ips)
+        return app
+
+    probes = {path: app_for(endpoint) for path, endpoint in routes.probes().items()}
+    inference = {endpoint: app_for(endpoint) for _, endpoint in routes.inference_routes()}
     match_inference = _route_matcher(routes.inference_routes())
 
     class FastPathProtocol(HttpToolsProtocol):
+        def on_message_begin(self) -> None:
+            # A probe answered inside data_received arms the keep-alive timer after data_received
+            # disarmed it; a request following it in the same read must disarm it again.
+            self._unset_keepalive_if_required()
+            super().on_message_begin()
+
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             if app is self.app:  # not the concurrency limit's 503
                 scope = cycle.scope
-                method = scope["method"]
-                if method == "GET" and scope["path"] in probes and not self.flow.write_paused:
-                    self._run_at_once(cycle, probes[scope["path"]])
-                    return
-                if method == "POST":
-                    found = match_inference(scope["path"])
+                method, path = scope["method"], scope["path"]
+                if method == "GET" and path in probes:
+                    # In place only from the parser callback: a pipelined probe started by the end of
+                    # the response before it (inside that request's task) would nest one call deeper
+                    # per probe. With nothing in the write buffer, the probe's few hundred bytes stay
+                    # under the high-water mark, so the cycle's send() does not wait to drain.
+                    if asyncio.current_task() is None and self.transport.get_write_buffer_size() == 0:
+                        self._run_at_once(cycle, probes[path])
+                        return
+                    app = probes[path]
+                elif method == "POST":
+                    found = match_inference(path)
                     if found is not None:
                         endpoint, scope["path_params"] = found
-                        app = functools.partial(_call_endpoint, endpoint)
+                        app = inference[endpoint]
             super()._start_asgi_task(cycle, app)
 
         def _run_at_once(self, cycle: Any, app: Any) -> None:
@@ -90,8 +114,8 @@ def fast_path_protocol(routes: RestRoutes) -> type[Any] | None:
                 run.send(None)
             except StopIteration:
                 return
-            # Only reachable if an endpoint or send() awaited after all. Closing the coroutine makes
-            # uvicorn's cycle answer 500; the connection is closed so nothing half-done follows it.
+            # Only reachable if an endpoint awaited after all. Closing the coroutine makes uvicorn's
+            # cycle answer 500 (or cut the connection if the response had started); close it either way.
             run.close()
             log.error("a health probe did not complete at once; closing its connection")
             self.transport.close()

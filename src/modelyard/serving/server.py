@@ -342,7 +342,7 @@ def build_server(assembly: Assembly) -> Any:
                 timeout_keep_alive=self.timeout_keep_alive,
             )
             self._rest_server.config.host = options.host
-            protocol = fast_path_protocol(routes)
+            protocol = fast_path_protocol(routes, self._rest_server.config)
             if protocol is not None:
                 self._rest_server.config.http = protocol
             self.servers.append(self._rest_server.start())
