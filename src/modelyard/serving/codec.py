@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -347,14 +347,17 @@ def _request_document(body: bytes, json_length: int) -> dict[str, Any]:
     # A byte order mark: simdjson skips it; orjson, and so this server, refuses it.
     if json_length >= FAST_PARSE_MIN_BYTES and not body.startswith(_UTF8_BOM):
         try:
-            found = _with_float_buffers(simdjson.Parser().parse(raw))
-        except (ValueError, TypeError, RuntimeError):  # simdjson's parse and type errors
-            found = None
-        if found is not None:
-            document, brackets = found
+            document, brackets = _walk_object(simdjson.Parser().parse(raw), _take_inputs)
+        except (ValueError, TypeError, RuntimeError, _NotFast):  # simdjson's errors, and ours
+            pass
+        else:
             if _count_brackets(body, json_length, at_most=brackets) == brackets:
                 return document
     return _json_object(raw, "request body")
+
+
+class _NotFast(Exception):
+    """The fast path cannot take this body exactly as orjson's path would: let orjson parse it."""
 
 
 def _count_brackets(body: bytes, end: int, at_most: int) -> int:
@@ -366,63 +369,50 @@ def _count_brackets(body: bytes, end: int, at_most: int) -> int:
     return count
 
 
-def _with_float_buffers(parsed: Any) -> tuple[dict[str, Any], int] | None:
-    """The document and the number of ``[`` its JSON text holds if every float buffer was flat."""
+Taken = tuple[Any, int]  # a converted value and the number of ``[`` in its JSON text
+
+
+def _walk_object(
+    parsed: Any, take: Callable[[str, Any, dict[str, Any]], Taken | None]
+) -> tuple[dict[str, Any], int]:
+    """A simdjson object as a dict, each member converted by ``take`` or, when it declines, unboxed."""
     members = _members(parsed)
-    if members is None:
-        return None
-    document: dict[str, Any] = {}
+    converted: dict[str, Any] = {}
     brackets = 0
     for key, value in members.items():
-        if key == "inputs" and isinstance(value, simdjson.Array):
-            inputs = []
-            for item in value:
-                taken = _input_with_float_buffer(item)
-                if taken is None:
-                    return None
-                inputs.append(taken[0])
-                brackets += taken[1]
-            document[key] = inputs
-            brackets += 1
-        else:
+        taken = take(key, value, members)
+        if taken is None:
             plain = _unboxed(value)
-            counted = _brackets_in(plain)
-            if counted is None:
-                return None
-            document[key] = plain
-            brackets += counted
-    return document, brackets
+            taken = plain, _brackets_in(plain)
+        converted[key] = taken[0]
+        brackets += taken[1]
+    return converted, brackets
 
 
-def _input_with_float_buffer(parsed: Any) -> tuple[dict[str, Any], int] | None:
-    members = _members(parsed)
-    if members is None:
+def _take_inputs(key: str, value: Any, members: dict[str, Any]) -> Taken | None:
+    if key != "inputs" or not isinstance(value, simdjson.Array):
         return None
-    float_data = members.get("datatype") in _FLOAT_DATATYPES
-    tensor: dict[str, Any] = {}
-    brackets = 0
-    for key, value in members.items():
-        if key == "data" and float_data and isinstance(value, simdjson.Array):
-            tensor[key] = np.frombuffer(value.as_buffer(of_type="d"), dtype=np.float64)
-            brackets += 1  # if flat, which the caller's count of the body checks
-        else:
-            plain = _unboxed(value)
-            counted = _brackets_in(plain)
-            if counted is None:
-                return None
-            tensor[key] = plain
-            brackets += counted
-    return tensor, brackets
+    inputs = [_walk_object(item, _take_float_data) for item in value]
+    return [tensor for tensor, _ in inputs], 1 + sum(brackets for _, brackets in inputs)
 
 
-def _members(parsed: Any) -> dict[str, Any] | None:
-    """An object's members as simdjson values; None for a non-object, a repeated key (orjson's path
-    keeps the last, simdjson's lookup the first) or a key holding ``[`` (see _brackets_in)."""
+def _take_float_data(key: str, value: Any, members: dict[str, Any]) -> Taken | None:
+    if key != "data" or not isinstance(value, simdjson.Array):
+        return None
+    if members.get("datatype") not in _FLOAT_DATATYPES:
+        return None
+    # one "[" if flat, which the count over the whole body checks
+    return np.frombuffer(value.as_buffer(of_type="d"), dtype=np.float64), 1
+
+
+def _members(parsed: Any) -> dict[str, Any]:
+    """An object's members as simdjson values. Not for a non-object, a repeated key (orjson's path keeps
+    the last, simdjson's lookup the first) or a key holding ``[`` (see _brackets_in)."""
     if not isinstance(parsed, simdjson.Object):
-        return None
+        raise _NotFast
     keys = list(parsed.keys())
     if len(set(keys)) != len(keys) or any("[" in key for key in keys):
-        return None
+        raise _NotFast
     return {key: parsed[key] for key in keys}
 
 
@@ -434,27 +424,17 @@ def _unboxed(value: Any) -> Any:
     return value
 
 
-def _brackets_in(value: Any) -> int | None:
-    """The ``[`` in the JSON text of a parsed value: one per array. None when a string holds one: the
-    text may spell it ``\\u005b``, so the count would not be exact."""
+def _brackets_in(value: Any) -> int:
+    """The ``[`` in the JSON text of a parsed value: one per array. Not when a string holds one: the text
+    may spell it ``\\u005b``, and the count would not be exact."""
     if isinstance(value, str):
-        return None if "[" in value else 0
+        if "[" in value:
+            raise _NotFast
+        return 0
     if isinstance(value, list):
-        total = 1
-        for item in value:
-            counted = _brackets_in(item)
-            if counted is None:
-                return None
-            total += counted
-        return total
+        return 1 + sum(_brackets_in(item) for item in value)
     if isinstance(value, dict):
-        total = 0
-        for key, item in value.items():
-            counted = _brackets_in(item)
-            if counted is None or "[" in key:
-                return None
-            total += counted
-        return total
+        return sum(_brackets_in(key) + _brackets_in(item) for key, item in value.items())
     return 0
 
 
