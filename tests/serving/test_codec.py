@@ -200,6 +200,10 @@ def test_only_bodies_past_the_break_even_take_the_fast_parse() -> None:
     assert len(body(small)) < codec.FAST_PARSE_MIN_BYTES <= len(body(big))
     assert isinstance(data_of(small), list)
     assert isinstance(data_of(big), np.ndarray) and data_of(big).shape == (rows * 4,)
+    # nested rows of the same size go to orjson before simdjson parses them
+    nested = {"inputs": [tensor("x", "FP64", [rows, 4], [[0.123456789] * 4] * rows)]}
+    assert len(body(nested)) >= codec.FAST_PARSE_MIN_BYTES
+    assert isinstance(data_of(nested), list)
 
 
 @pytest.mark.usefixtures("fast_parse_always")
@@ -238,6 +242,9 @@ def test_flat_float_data_is_read_straight_into_float64_and_anything_else_goes_th
         # ... and with a "[" spelled as an escape in a string, which the bracket count must not trust
         b'{"id":"\\u005b","inputs":[{"name":"x","datatype":"FP64","shape":[2],"data":[[1.0,2.0],[]]}]}',
         b'{"inputs":[{"name":"x","datatype":"FP64","shape":[2],"data":[1,2],"parameters":{"[":1}}]}',
+        # integers past 2**53 in a float32 tensor: rounded once to float32, not via float64 first
+        b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1152921573326323713]}]}',
+        b'{"inputs":[{"name":"x","datatype":"FP64","shape":[2],"data":[1152921573326323713, 0.5]}]}',
     ],
 )
 @pytest.mark.usefixtures("fast_parse_always")

@@ -326,6 +326,7 @@ def decode_v2_rest(body: bytes, header_length: str | None) -> InferenceRequest:
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 FAST_PARSE_MIN_BYTES = 4096  # the break-even against orjson: about 8 rows of 20 floats
+_MOST_BRACKETS = 64  # a flat request holds about two per input
 _FLOAT_DATATYPES = frozenset({Datatype.FP16.value, Datatype.FP32.value, Datatype.FP64.value})
 
 
@@ -343,16 +344,19 @@ def _request_document(body: bytes, json_length: int) -> dict[str, Any]:
     for, one per float buffer among them.
     """
     raw = memoryview(body)[:json_length]
-    # Small bodies: the fast path's fixed cost (about 10 µs) is more than orjson's whole parse.
-    # A byte order mark: simdjson skips it; orjson, and so this server, refuses it.
+    # Small bodies: the fast path's fixed cost (about 10 µs) is more than orjson's whole parse. A byte
+    # order mark: simdjson skips it; orjson, and so this server, refuses it. Many "[": nested rows most
+    # likely, which the fast path would parse only to hand them to orjson.
     if json_length >= FAST_PARSE_MIN_BYTES and not body.startswith(_UTF8_BOM):
-        try:
-            document, brackets = _walk_object(simdjson.Parser().parse(raw), _take_inputs)
-        except (ValueError, TypeError, RuntimeError, _NotFast):  # simdjson's errors, and ours
-            pass
-        else:
-            if _count_brackets(body, json_length, at_most=brackets) == brackets:
-                return document
+        in_body = _count_brackets(body, json_length, at_most=_MOST_BRACKETS)
+        if in_body <= _MOST_BRACKETS:
+            try:
+                document, brackets = _walk_object(simdjson.Parser().parse(raw), _take_inputs)
+            except (ValueError, TypeError, RuntimeError, _NotFast):  # simdjson's errors, and ours
+                pass
+            else:
+                if brackets == in_body:
+                    return document
     return _json_object(raw, "request body")
 
 
@@ -399,10 +403,16 @@ def _take_inputs(key: str, value: Any, members: dict[str, Any]) -> Taken | None:
 def _take_float_data(key: str, value: Any, members: dict[str, Any]) -> Taken | None:
     if key != "data" or not isinstance(value, simdjson.Array):
         return None
-    if members.get("datatype") not in _FLOAT_DATATYPES:
+    datatype = members.get("datatype")
+    if datatype not in _FLOAT_DATATYPES:
         return None
-    # one "[" if flat, which the count over the whole body checks
-    return np.frombuffer(value.as_buffer(of_type="d"), dtype=np.float64), 1
+    if len(value) and isinstance(value[0], simdjson.Array):
+        raise _NotFast  # nested rows: orjson's path checks them against the shape, sooner than a buffer
+    values = np.frombuffer(value.as_buffer(of_type="d"), dtype=np.float64)
+    if datatype != Datatype.FP64.value and values.size and np.abs(values).max() >= 2.0**53:
+        # an integer this large may not be a float64: orjson's path rounds it once, to the datatype
+        raise _NotFast
+    return values, 1  # one "[" if flat, which the count over the whole body checks
 
 
 def _members(parsed: Any) -> dict[str, Any]:

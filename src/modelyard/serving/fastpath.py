@@ -97,7 +97,11 @@ def fast_path_protocol(routes: RestRoutes, config: Any) -> type[Any] | None:
                     # the response before it (inside that request's task) would nest one call deeper
                     # per probe. With nothing in the write buffer, the probe's few hundred bytes stay
                     # under the high-water mark, so the cycle's send() does not wait to drain.
-                    if asyncio.current_task() is None and self.transport.get_write_buffer_size() == 0:
+                    if (
+                        asyncio.current_task() is None
+                        and self.transport.get_write_buffer_size() == 0
+                        and not self.flow.write_paused  # the same on plain TCP; both, for any transport
+                    ):
                         self._run_at_once(cycle, probes[path])
                         return
                     app = probes[path]
