@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -45,14 +44,15 @@ async def _call_endpoint(endpoint: Endpoint, scope: Scope, receive: Any, send: A
     await response(scope, receive, send)
 
 
-def _route_matcher(routes: list[tuple[str, Endpoint]]) -> Callable[[str], Any]:
-    compiled: list[tuple[re.Pattern[str], Endpoint]] = [(compile_path(path)[0], e) for path, e in routes]
+def _route_matcher(routes: list[tuple[str, Any]]) -> Callable[[str], tuple[Any, dict[str, str]] | None]:
+    """For (path template, app) pairs: a path's app and its path parameters, by Starlette's patterns."""
+    compiled = [(compile_path(path)[0], app) for path, app in routes]
 
-    def match(path: str) -> tuple[Endpoint, dict[str, str]] | None:
-        for pattern, endpoint in compiled:
+    def match(path: str) -> tuple[Any, dict[str, str]] | None:
+        for pattern, app in compiled:
             found = pattern.match(path)
             if found is not None:
-                return endpoint, found.groupdict()
+                return app, found.groupdict()
         return None
 
     return match
@@ -78,8 +78,7 @@ def fast_path_protocol(routes: RestRoutes, config: Any) -> type[Any] | None:
         return app
 
     probes = {path: app_for(endpoint) for path, endpoint in routes.probes().items()}
-    inference = {endpoint: app_for(endpoint) for _, endpoint in routes.inference_routes()}
-    match_inference = _route_matcher(routes.inference_routes())
+    match_inference = _route_matcher([(path, app_for(e)) for path, e in routes.inference_routes()])
 
     class FastPathProtocol(HttpToolsProtocol):
         def on_message_begin(self) -> None:
@@ -108,8 +107,7 @@ def fast_path_protocol(routes: RestRoutes, config: Any) -> type[Any] | None:
                 elif method == "POST":
                     found = match_inference(path)
                     if found is not None:
-                        endpoint, scope["path_params"] = found
-                        app = inference[endpoint]
+                        app, scope["path_params"] = found
             super()._start_asgi_task(cycle, app)
 
         def _run_at_once(self, cycle: Any, app: Any) -> None:
