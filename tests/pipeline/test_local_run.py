@@ -92,7 +92,11 @@ def test_rejected_gate_publishes_nothing_and_says_why(settings: Settings) -> Non
 
 
 @SQLITE_ONLY
-def test_invalid_data_fails_with_the_problem_list(settings: Settings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("warm_tasks", [True, False], ids=["warm-tasks", "a-process-per-task"])
+def test_invalid_data_fails_with_the_problem_list(
+    settings: Settings, tmp_path: Path, warm_tasks: bool
+) -> None:
+    settings.pipeline.warm_tasks = warm_tasks
     bad = tmp_path / "bad.csv"
     bad.write_text("sepal_length,sepal_width,petal_length,petal_width,species\n" + "1,x,1,1,setosa\n" * 12)
     spec = load_spec(EXAMPLES / "iris.yaml", [*TINY, f"data.path={bad}"])

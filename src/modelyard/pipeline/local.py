@@ -1,8 +1,10 @@
 """Run the pipelines on this machine with `kfp.local`, as `modelyard train` and `modelyard score` do.
 
 Every task runs as a subprocess of this Python (SubprocessRunner without a venv: modelyard is installed
-here), with task outputs under MODELYARD_HOME/pipelines and KFP's local cache enabled. KFP's own log is
-kept in a file; the caller gets one event per task start, finish and cache hit instead.
+here), forked from a warm process that has imported the tasks' libraries (`modelyard.pipeline.warm`;
+MODELYARD_PIPELINE__WARM_TASKS=false starts each the way kfp.local does), with task outputs under
+MODELYARD_HOME/pipelines and KFP's local cache enabled. KFP's own log is kept in a file; the caller
+gets one event per task start, finish and cache hit instead.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, NamedTuple
 from modelyard.cpus import available_cpus
 from modelyard.errors import ModelyardError
 from modelyard.pipeline.steps import fail_reason, spec_to_yaml
+from modelyard.pipeline.warm import warm_task_processes
 from modelyard.settings import Settings
 from modelyard.spec import ModelSpec
 
@@ -192,8 +195,9 @@ def run_pipeline_locally(
             "ignore", message="You may be attemping to run a task", category=RuntimeWarning
         )
         tap = _LineTap(log, on_event or (lambda _event: None))
+        warm = warm_task_processes(log) if settings.pipeline.warm_tasks else contextlib.nullcontext()
         try:
-            with _captured_stdout(tap):
+            with warm, _captured_stdout(tap):
                 task = pipeline_func(**arguments)
         except Exception as exc:  # kfp.local raises RuntimeError for a failed task
             raise _failure(exc, tap, log_file) from exc

@@ -1,0 +1,287 @@
+"""Warm task processes: kfp.local's tasks forked from a server that has imported their libraries.
+
+These run real tasks through kfp's executor_main, in real forks of a real server process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kfp.local import subprocess_task_handler
+
+from modelyard.pipeline import components
+from modelyard.pipeline.warm import (
+    WarmTaskServer,
+    launcher_script,
+    task_arguments,
+    warm_task_processes,
+)
+
+# A lightweight component's source, as kfp ships it. It reports what its process looks like.
+TASK_SOURCE = """
+import kfp
+from kfp import dsl
+from kfp.dsl import *
+from typing import *
+
+def report(mode: str) -> str:
+    import json, os, sys, time
+    preloaded = "pandas" in sys.modules  # before this task imports anything
+    import numpy
+    print("task says hello", flush=True)
+    if mode == "raise":
+        raise ValueError("the step failed on purpose")
+    if mode == "exit-3":
+        sys.exit(3)
+    if mode == "sleep":
+        open(os.environ["PID_FILE"], "w").write(str(os.getpid()))
+        time.sleep(120)
+    return json.dumps({
+        "pid": os.getpid(), "parent": os.getppid(), "cwd": os.getcwd(), "preloaded": preloaded,
+        "env": {key: os.environ.get(key) for key in ("TASK_VAR", "DROPPED_VAR", "_KFP_RUNTIME")},
+        "random": float(numpy.random.random()),
+    })
+"""
+
+
+def _command(tmp_path: Path, mode: str, name: str = "task") -> tuple[list[str], Path]:
+    output_file = tmp_path / name / "executor_output.json"
+    output_file.parent.mkdir(parents=True)
+    executor_input = {
+        "inputs": {"parameterValues": {"mode": mode}},
+        "outputs": {
+            "parameters": {"Output": {"outputFile": str(tmp_path / name / "Output")}},
+            "outputFile": str(output_file),
+        },
+    }
+    script = launcher_script().replace("python3", sys.executable)
+    arguments = ["--executor_input", json.dumps(executor_input), "--function_to_execute", "report"]
+    return ["sh", "-ec", script, TASK_SOURCE, *arguments], output_file
+
+
+def _returned(output_file: Path) -> dict[str, Any]:
+    output = json.loads(output_file.read_text())
+    return dict(json.loads(output["parameterValues"]["Output"]))
+
+
+@contextlib.contextmanager
+def _server(log: io.StringIO | None = None) -> Iterator[WarmTaskServer]:
+    with tempfile.TemporaryFile("w+") as log_file:
+        server = WarmTaskServer(log_file)
+        try:
+            yield server
+        finally:
+            server.close()
+            if log is not None:
+                log_file.seek(0)
+                log.write(log_file.read())
+
+
+def _run(server: WarmTaskServer, command: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = server.run(command, env)
+    assert code is not None, "the server did not take the task"
+    return code, printed.getvalue()
+
+
+def test_the_launcher_matches_the_pipelines_components() -> None:
+    container = components.tune.component_spec.implementation.container
+    assert container is not None
+    compiled = [*container.command, *container.args]
+    assert compiled[:3] == ["sh", "-ec", launcher_script()]
+    # as kfp.local runs it: python3 replaced by this interpreter
+    run_here = subprocess_task_handler.replace_python_executable(compiled, sys.executable)
+    source, arguments = task_arguments(run_here, sys.executable) or ("", [])
+    assert "def tune(" in source
+    assert arguments[0] == "--executor_input"
+    assert arguments[-2:] == ["--function_to_execute", "tune"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sh", "-c", "echo hello"],
+        ["sh", "-ec", "python3 -m kfp.dsl.executor_main", "source"],
+        ["python3", "-m", "kfp.dsl.executor_main", "--executor_input", "{}"],
+    ],
+    ids=["another-shell-command", "another-script", "no-shell"],
+)
+def test_commands_other_than_kfps_launcher_are_not_taken(command: list[str]) -> None:
+    assert task_arguments(command, sys.executable) is None
+
+
+def test_launcher_run_with_another_python_is_not_taken(tmp_path: Path) -> None:
+    command, _output = _command(tmp_path, "ok")
+    assert task_arguments(command, sys.executable) is not None
+    assert task_arguments(command, "/usr/bin/python3.9") is None
+
+
+def test_a_task_runs_in_a_fork_of_the_warm_server_with_its_own_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DROPPED_VAR", "seen by the server only")
+    with _server() as server:
+        assert server.ready()
+        monkeypatch.delenv("DROPPED_VAR")
+        monkeypatch.chdir(tmp_path)
+        command, output_file = _command(tmp_path, "ok")
+        code, printed = _run(server, command, {"TASK_VAR": "from kfp"})
+        server_pid = server._process.pid
+    assert code == 0, printed
+    assert "task says hello" in printed
+    returned = _returned(output_file)
+    assert returned["parent"] == server_pid  # forked by the server, not started by us
+    assert returned["preloaded"] is True
+    assert returned["cwd"] == str(tmp_path)
+    assert returned["env"] == {"TASK_VAR": "from kfp", "DROPPED_VAR": None, "_KFP_RUNTIME": "true"}
+
+
+@pytest.mark.parametrize(
+    ("mode", "code", "message"),
+    [("raise", 1, "ValueError: the step failed on purpose"), ("exit-3", 3, "task says hello")],
+)
+def test_a_failing_task_has_its_exit_code_and_traceback(
+    tmp_path: Path, mode: str, code: int, message: str
+) -> None:
+    with _server() as server:
+        command, output_file = _command(tmp_path, mode)
+        returned_code, printed = _run(server, command)
+    assert returned_code == code
+    assert message in printed
+    if mode == "raise":
+        assert "Traceback (most recent call last)" in printed
+    assert not output_file.exists()
+
+
+def test_concurrent_tasks_each_get_their_own_output_and_random_state(tmp_path: Path) -> None:
+    results: dict[str, int | None] = {}
+    with _server() as server:
+        commands = {name: _command(tmp_path, "ok", name) for name in ("first", "second")}
+
+        def run(name: str) -> None:
+            results[name] = server.run(commands[name][0], None)
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            threads = [threading.Thread(target=run, args=(name,)) for name in commands]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+    assert results == {"first": 0, "second": 0}
+    first, second = (_returned(output_file) for _command, output_file in commands.values())
+    assert first["pid"] != second["pid"]
+    assert first["random"] != second["random"]
+
+
+def test_a_client_that_hangs_up_gets_its_task_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    with _server() as server:
+        assert server.ready()
+        command, _output = _command(tmp_path, "sleep")
+        source, arguments = task_arguments(command, sys.executable) or ("", [])
+        module = tmp_path / "ephemeral_component.py"
+        module.write_text(source)
+        request = {
+            "argv": ["--component_module_path", str(module), *arguments],
+            "env": {**os.environ, "PID_FILE": str(pid_file)},
+            "cwd": str(tmp_path),
+        }
+        read_end, write_end = os.pipe()
+        with socket.socket(socket.AF_UNIX) as connection:
+            connection.connect(server.socket_path)
+            payload = json.dumps(request).encode()
+            socket.send_fds(connection, [len(payload).to_bytes(4, "big")], [write_end])
+            connection.sendall(payload)
+            os.close(write_end)
+            pid = int(_wait_for(pid_file).read_text())
+        # the connection is closed: the server kills the task
+        assert _gone_within(pid, 20)
+        os.close(read_end)
+
+
+def test_closing_the_server_terminates_the_tasks_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid_file = tmp_path / "pid"
+    monkeypatch.setenv("PID_FILE", str(pid_file))
+    results: list[tuple[int, str]] = []
+    with _server() as server:
+        command, _output = _command(tmp_path, "sleep")
+        thread = threading.Thread(target=lambda: results.append(_run(server, command)))
+        thread.start()
+        pid = int(_wait_for(pid_file).read_text())
+    thread.join(timeout=30)
+    assert _gone_within(pid, 20)
+    code, printed = results[0]
+    assert code == 1
+    assert "the warm task server exited while the task ran" in printed
+
+
+def test_a_server_that_cannot_start_leaves_tasks_to_new_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A socket path longer than AF_UNIX allows: the server fails before it is ready.
+    too_deep = tmp_path / ("d" * 120)
+    too_deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(too_deep))
+    log_file = tmp_path / "run.log"
+    command, output_file = _command(tmp_path, "ok")
+    printed = io.StringIO()
+    with log_file.open("w") as log, warm_task_processes(log) as server:
+        assert server is not None
+        assert not server.ready()
+        with contextlib.redirect_stdout(printed):
+            code = subprocess_task_handler.run_local_subprocess(command)
+    assert code == 0, printed.getvalue()
+    assert "task says hello" in printed.getvalue()
+    assert _returned(output_file)["preloaded"] is False  # a new interpreter ran it
+    log_text = log_file.read_text()
+    assert "AF_UNIX path too long" in log_text
+    assert "the warm task server exited (1) before it was ready; every task runs in a new process" in log_text
+
+
+def test_the_hook_is_in_place_only_inside_the_block(tmp_path: Path) -> None:
+    original = subprocess_task_handler.run_local_subprocess
+    printed = io.StringIO()
+    with (tmp_path / "run.log").open("w") as log, warm_task_processes(log):
+        assert subprocess_task_handler.run_local_subprocess is not original
+        with contextlib.redirect_stdout(printed):
+            code = subprocess_task_handler.run_local_subprocess(["sh", "-c", "echo plain; exit 4"])
+    assert subprocess_task_handler.run_local_subprocess is original
+    assert code == 4  # not a component launcher: kfp's own function ran it
+    assert "plain" in printed.getvalue()
+
+
+def _wait_for(path: Path, timeout: float = 60) -> Path:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text()):
+        assert time.monotonic() < deadline, f"{path} was not written"
+        time.sleep(0.05)
+    return path
+
+
+def _gone_within(pid: int, timeout: float) -> bool:
+    """Whether the process ended (a zombie nobody has reaped yet counts as ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
