@@ -10,6 +10,7 @@ import io
 import json
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -37,21 +38,39 @@ from kfp.dsl import *
 from typing import *
 
 def report(mode: str) -> str:
-    import json, os, sys, time
+    import json, os, signal, subprocess, sys, threading, time
     preloaded = "pandas" in sys.modules  # before this task imports anything
     import numpy
+    started = time.time()
     print("task says hello", flush=True)
     if mode == "raise":
         raise ValueError("the step failed on purpose")
     if mode == "exit-3":
         sys.exit(3)
-    if mode == "sleep":
-        open(os.environ["PID_FILE"], "w").write(str(os.getpid()))
-        time.sleep(120)
+    if mode == "exit-2**31":
+        sys.exit(2**31)  # exit() keeps the low byte: 0
+    if mode == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if mode in ("sleep", "helper"):
+        if mode == "helper":  # a helper left running, its output elsewhere; the task itself ends
+            helper = subprocess.Popen(["sleep", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            pid = helper.pid
+        else:
+            pid = os.getpid()
+        open(os.environ["PID_FILE"], "w").write(str(pid))
+        if mode == "sleep":
+            time.sleep(120)
+    if mode == "thread":  # a non-daemon thread: the interpreter waits for it before exiting
+        def late() -> None:
+            time.sleep(0.5)
+            open(os.environ["THREAD_FILE"], "w").write("finished")
+        threading.Thread(target=late).start()
+    if mode == "overlap":
+        time.sleep(1)
     return json.dumps({
         "pid": os.getpid(), "parent": os.getppid(), "cwd": os.getcwd(), "preloaded": preloaded,
-        "env": {key: os.environ.get(key) for key in ("TASK_VAR", "DROPPED_VAR", "_KFP_RUNTIME")},
-        "random": float(numpy.random.random()),
+        "env": {key: os.environ.get(key) for key in ("TASK_VAR", "DROPPED_VAR", "_KFP_RUNTIME", "PWD")},
+        "random": float(numpy.random.random()), "started": started, "ended": time.time(),
     })
 """
 
@@ -129,6 +148,14 @@ def test_launcher_run_with_another_python_is_not_taken(tmp_path: Path) -> None:
     assert task_arguments(command, "/usr/bin/python3.9") is None
 
 
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[WarmTaskServer]:
+    """One server for the tests that need nothing special of it: preloading takes seconds."""
+    with _server() as server:
+        assert server.ready()
+        yield server
+
+
 def test_a_task_runs_in_a_fork_of_the_warm_server_with_its_own_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -142,74 +169,167 @@ def test_a_task_runs_in_a_fork_of_the_warm_server_with_its_own_environment(
         server_pid = server._process.pid
     assert code == 0, printed
     assert "task says hello" in printed
+    assert "Warning" not in printed and "Traceback" not in printed
     returned = _returned(output_file)
     assert returned["parent"] == server_pid  # forked by the server, not started by us
     assert returned["preloaded"] is True
     assert returned["cwd"] == str(tmp_path)
-    assert returned["env"] == {"TASK_VAR": "from kfp", "DROPPED_VAR": None, "_KFP_RUNTIME": "true"}
+    assert returned["env"] == {
+        "TASK_VAR": "from kfp",
+        "DROPPED_VAR": None,
+        "_KFP_RUNTIME": "true",
+        "PWD": str(tmp_path),
+    }
 
 
 @pytest.mark.parametrize(
     ("mode", "code", "message"),
-    [("raise", 1, "ValueError: the step failed on purpose"), ("exit-3", 3, "task says hello")],
+    [
+        ("raise", 1, "ValueError: the step failed on purpose"),
+        ("exit-3", 3, "task says hello"),
+        ("exit-2**31", 0, "task says hello"),
+        ("killed", 128 + 9, "modelyard: the task's process was killed by signal 9 (SIGKILL)"),
+    ],
 )
-def test_a_failing_task_has_its_exit_code_and_traceback(
-    tmp_path: Path, mode: str, code: int, message: str
+def test_a_task_ends_with_the_exit_code_a_new_process_would_have(
+    shared_server: WarmTaskServer, tmp_path: Path, mode: str, code: int, message: str
 ) -> None:
-    with _server() as server:
-        command, output_file = _command(tmp_path, mode)
-        returned_code, printed = _run(server, command)
+    command, output_file = _command(tmp_path, mode)
+    returned_code, printed = _run(shared_server, command)
     assert returned_code == code
     assert message in printed
     if mode == "raise":
         assert "Traceback (most recent call last)" in printed
     assert not output_file.exists()
+    # and the server goes on serving
+    assert _run(shared_server, _command(tmp_path, "ok", "next")[0])[0] == 0
 
 
-def test_concurrent_tasks_each_get_their_own_output_and_random_state(tmp_path: Path) -> None:
+def test_concurrent_tasks_run_at_once_each_with_its_own_output_and_random_state(
+    shared_server: WarmTaskServer, tmp_path: Path
+) -> None:
     results: dict[str, int | None] = {}
-    with _server() as server:
-        commands = {name: _command(tmp_path, "ok", name) for name in ("first", "second")}
+    commands = {name: _command(tmp_path, "overlap", name) for name in ("first", "second")}
 
-        def run(name: str) -> None:
-            results[name] = server.run(commands[name][0], None)
+    def run(name: str) -> None:
+        results[name] = shared_server.run(commands[name][0], None)
 
-        with contextlib.redirect_stdout(io.StringIO()):
-            threads = [threading.Thread(target=run, args=(name,)) for name in commands]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=120)
+    with contextlib.redirect_stdout(io.StringIO()):
+        threads = [threading.Thread(target=run, args=(name,)) for name in commands]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
     assert results == {"first": 0, "second": 0}
     first, second = (_returned(output_file) for _command, output_file in commands.values())
     assert first["pid"] != second["pid"]
     assert first["random"] != second["random"]
+    assert max(first["started"], second["started"]) < min(first["ended"], second["ended"])
 
 
-def test_a_client_that_hangs_up_gets_its_task_killed(tmp_path: Path) -> None:
-    pid_file = tmp_path / "pid"
-    with _server() as server:
-        assert server.ready()
-        command, _output = _command(tmp_path, "sleep")
-        source, arguments = task_arguments(command, sys.executable) or ("", [])
-        module = tmp_path / "ephemeral_component.py"
-        module.write_text(source)
-        request = {
-            "argv": ["--component_module_path", str(module), *arguments],
-            "env": {**os.environ, "PID_FILE": str(pid_file)},
-            "cwd": str(tmp_path),
-        }
-        read_end, write_end = os.pipe()
-        with socket.socket(socket.AF_UNIX) as connection:
-            connection.connect(server.socket_path)
-            payload = json.dumps(request).encode()
-            socket.send_fds(connection, [len(payload).to_bytes(4, "big")], [write_end])
-            connection.sendall(payload)
-            os.close(write_end)
-            pid = int(_wait_for(pid_file).read_text())
-        # the connection is closed: the server kills the task
-        assert _gone_within(pid, 20)
+def test_a_task_exits_once_its_non_daemon_threads_have_finished(
+    shared_server: WarmTaskServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thread_file = tmp_path / "thread"
+    monkeypatch.setenv("THREAD_FILE", str(thread_file))
+    code, printed = _run(shared_server, _command(tmp_path, "thread")[0])
+    assert code == 0, printed
+    assert thread_file.read_text() == "finished"
+
+
+def test_a_task_is_done_when_its_process_ends_not_when_a_helper_it_left_does(
+    shared_server: WarmTaskServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid_file = tmp_path / "helper"
+    monkeypatch.setenv("PID_FILE", str(pid_file))
+    code, printed = _run(shared_server, _command(tmp_path, "helper")[0])
+    helper = int(pid_file.read_text())
+    try:
+        assert code == 0, printed
+        assert not _gone_within(helper, 0)  # still sleeping: the task's end was not waiting for it
+    finally:
+        os.kill(helper, 9)
+
+
+@contextlib.contextmanager
+def _raw_request(
+    server: WarmTaskServer, tmp_path: Path, mode: str, pid_file: Path
+) -> Iterator[socket.socket]:
+    """Start a task as the client does, but hand over the connection: the caller decides when to hang up
+    (the task's output pipe stays open for the block)."""
+    command, _output = _command(tmp_path, mode)
+    source, arguments = task_arguments(command, sys.executable) or ("", [])
+    module = tmp_path / "ephemeral_component.py"
+    module.write_text(source)
+    request = {
+        "argv": ["--component_module_path", str(module), *arguments],
+        "env": {**os.environ, "PID_FILE": str(pid_file)},
+        "cwd": str(tmp_path),
+    }
+    read_end, write_end = os.pipe()
+    connection = socket.socket(socket.AF_UNIX)
+    connection.connect(server.socket_path)
+    payload = json.dumps(request).encode()
+    socket.send_fds(connection, [len(payload).to_bytes(4, "big")], [write_end])
+    connection.sendall(payload)
+    os.close(write_end)
+    try:
+        yield connection
+    finally:
+        connection.close()
         os.close(read_end)
+
+
+def test_a_client_that_hangs_up_gets_its_task_killed(shared_server: WarmTaskServer, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    with _raw_request(shared_server, tmp_path, "sleep", pid_file) as connection:
+        pid = int(_wait_for(pid_file).read_text())
+        connection.close()
+    # the connection is closed: the server kills the task
+    assert _gone_within(pid, 20)
+    assert _run(shared_server, _command(tmp_path, "ok", "next")[0])[0] == 0
+
+
+STALE_HANG_UP = """
+import os, selectors, socket, subprocess, time
+from modelyard.pipeline import warm
+
+selector = selectors.DefaultSelector()
+client, connection = socket.socketpair()
+child = subprocess.Popen(["true"])
+while os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+    time.sleep(0.01)
+task = warm._Task(child.pid, connection)
+tasks = {child.pid: task}
+selector.register(connection, selectors.EVENT_READ, task)
+client.close()
+batch = selector.select(timeout=10)  # the hang-up, seen in the same batch as the task's end
+warm._report_ended(tasks, selector)  # reaps the task and closes its connection
+for key, _events in batch:
+    warm._client_hung_up(key.data, tasks, selector)
+print("serving on", len(batch), tasks)
+"""
+
+
+def test_a_task_ending_as_its_client_hangs_up_leaves_the_server_serving() -> None:
+    # in a process of its own: the server reaps any child of its process
+    done = subprocess.run(
+        [sys.executable, "-c", STALE_HANG_UP], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "serving on 1 {}"
+
+
+def test_output_printed_before_ready_goes_to_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("print('a sitecustomize that talks')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    log = io.StringIO()
+    with _server(log) as server:
+        assert server.ready()
+        assert _run(server, _command(tmp_path, "ok")[0])[0] == 0
+    assert "a sitecustomize that talks" in log.getvalue()
 
 
 def test_closing_the_server_terminates_the_tasks_it_runs(

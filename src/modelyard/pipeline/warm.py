@@ -13,8 +13,12 @@ kfp.local has no runner hook, so for the duration of a run ``warm_task_processes
 Commands other than kfp's launcher of a lightweight component, and every task when the server cannot
 start, go to kfp's own function.
 
-The server is ``python -m modelyard.pipeline.warm SOCKET``. It forks only from its single thread, and
-exits when its parent closes its stdin (or dies), terminating the tasks it still runs.
+The server is ``python -m modelyard.pipeline.warm SOCKET``. It forks only from its one Python thread,
+and exits when its parent closes its stdin (or dies), terminating the tasks it still runs. A task's
+process differs from a new interpreter's in what is settled before it starts: what Python reads from
+the environment at start-up (PYTHONHASHSEED, PYTHONWARNINGS, PYTHONPATH) and what the preloaded
+libraries read at import (OMP_NUM_THREADS, for one) come from the server's environment, which is the
+run's. Tasks whose container sets such variables should run with ``MODELYARD_PIPELINE__WARM_TASKS=false``.
 """
 
 from __future__ import annotations
@@ -116,10 +120,15 @@ class WarmTaskServer:
         with self._ready_lock:
             if self._ready is None:
                 assert self._process.stdout is not None
-                self._ready = self._process.stdout.readline().strip() == READY
-                if not self._ready:
+                for line in self._process.stdout:  # READY, after anything a preloaded module printed
+                    if line.strip() == READY:
+                        self._ready = True
+                        break
+                    self._log.write(line)
+                else:
+                    self._ready = False
                     self._log.write(
-                        f"modelyard: the warm task server exited ({self._process.wait()}) before it was "
+                        f"modelyard: the warm task server exited ({self._stop()}) before it was "
                         "ready; every task runs in a new process\n"
                     )
             return self._ready
@@ -135,10 +144,12 @@ class WarmTaskServer:
         try:
             module = program / "ephemeral_component.py"
             module.write_text(source, encoding="utf-8")
+            cwd = str(Path.cwd())
             request = {
                 "argv": ["--component_module_path", str(module), *executor_arguments],
-                "env": {**os.environ, **(env_vars or {}), **_RUNTIME_ENV},
-                "cwd": str(Path.cwd()),
+                # PWD: as the launcher's shell exports it
+                "env": {**os.environ, **(env_vars or {}), **_RUNTIME_ENV, "PWD": cwd},
+                "cwd": cwd,
             }
             return self._run(request)
         finally:
@@ -158,29 +169,42 @@ class WarmTaskServer:
                 return None
             finally:
                 os.close(task_output)
-            with open(output, encoding=None, errors="replace") as lines:  # noqa: PTH123 - a pipe, not a path
+            with open(output, errors="replace") as lines:  # noqa: PTH123 - a pipe, not a path
                 for line in lines:
                     print(line, end="")
             print("\n")  # as kfp.local does after a task's output
-            status = _receive_all(connection).decode().strip()
-        if not status.lstrip("-").isdigit():
-            print("modelyard: the warm task server exited while the task ran")
-            return 1
-        return int(status)
+            outcome = _receive_all(connection).decode().split()
+        match outcome:
+            case ["exit", code] if code.isdigit():
+                return int(code)
+            case ["signal", number] if number.isdigit():
+                # the launcher's shell would report 128 + N; say which, as the shell would print it
+                print(f"modelyard: the task's process was killed by {_signal_name(int(number))}")
+                return 128 + int(number)
+        print("modelyard: the warm task server exited while the task ran")
+        return 1
 
     def close(self) -> None:
-        """Stop the server (it terminates the tasks it still runs) and remove its socket."""
-        if self._process.stdin is not None:
-            with contextlib.suppress(OSError):
-                self._process.stdin.close()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        """Stop the server (it terminates the tasks it still runs) and remove its folder."""
+        self._stop()
         if self._process.stdout is not None:
             self._process.stdout.close()
         shutil.rmtree(self._folder, ignore_errors=True)
+
+    def _stop(self) -> int:
+        """End the server: its stdin closed, SIGTERM if it does not end, SIGKILL as a last resort."""
+        if self._process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+        try:  # still preloading (never ready), it reads its stdin only once it serves
+            return self._process.wait(timeout=10 if self._ready else 0.01)
+        except subprocess.TimeoutExpired:
+            self._process.terminate()
+        try:
+            return self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+        return self._process.wait()
 
 
 @contextlib.contextmanager
@@ -218,6 +242,13 @@ def _receive_all(connection: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return f"signal {number} ({signal.Signals(number).name})"
+    except ValueError:
+        return f"signal {number}"
+
+
 # The server side.
 
 
@@ -225,25 +256,50 @@ def _receive_all(connection: socket.socket) -> bytes:
 class _Task:
     pid: int
     connection: socket.socket
-    exited: int  # read end of a pipe only the child holds open: end of file when it exits
 
 
 def serve(socket_path: str) -> None:
-    """Preload, listen on ``socket_path``, print READY, and fork a child per task until stdin closes."""
+    """Listen on ``socket_path``, preload, print READY, and fork a child per task until stdin closes."""
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    # Ctrl-C reaches the tasks themselves (one process group); the server ends when its parent closes stdin
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    announce, sys.stdout = sys.stdout, sys.stderr  # what preloaded modules print goes to the run's log
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(socket_path)  # before preloading: a path this system refuses fails at once
+        listener.listen(64)
+        _preload()
+        _serve(listener, announce)
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            Path(socket_path).unlink()
+            Path(socket_path).parent.rmdir()  # the client's folder, if it died without removing it
+
+
+def _preload() -> None:
     for name in PRELOADED_MODULES:
         try:
             importlib.import_module(name)
         except Exception as error:  # a task that needs it gets the error itself, and its traceback
             print(f"modelyard: warm task server: cannot preload {name}: {error}", file=sys.stderr)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(socket_path)
-    listener.listen(64)
+    # Imported for what it imports; kept, runpy would warn that it runs a module already imported.
+    sys.modules.pop(EXECUTOR_MODULE, None)
+
+
+def _serve(listener: socket.socket, announce: IO[str]) -> None:
+    # SIGCHLD wakes the loop through this pipe; the handler itself has nothing to do
+    children_ended, wake = os.pipe()
+    os.set_blocking(children_ended, False)
+    os.set_blocking(wake, False)
+    signal.set_wakeup_fd(wake)
+    signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     selector.register(sys.stdin, selectors.EVENT_READ)
-    tasks: dict[int, _Task] = {}  # by the fd of its `exited` pipe
-    print(READY, flush=True)
+    selector.register(children_ended, selectors.EVENT_READ)
+    tasks: dict[int, _Task] = {}  # by pid
+    print(READY, file=announce, flush=True)
     try:
         while True:
             for key, _events in selector.select():
@@ -251,24 +307,26 @@ def serve(socket_path: str) -> None:
                     if not os.read(key.fd, 4096):
                         return
                 elif key.fileobj is listener:
-                    task = _start_task(listener, selector, tasks)
+                    task = _start_task(listener, selector, tasks, (children_ended, wake))
                     if task is not None:
-                        tasks[task.exited] = task
-                        selector.register(task.exited, selectors.EVENT_READ)
+                        tasks[task.pid] = task
                         selector.register(task.connection, selectors.EVENT_READ, task)
-                elif isinstance(key.data, _Task):  # the client hung up before its task ended
-                    selector.unregister(key.data.connection)
-                    _kill(key.data.pid)
-                else:
-                    task = tasks.pop(key.fd)
-                    _report_exit(task, selector)
+                elif key.fileobj == children_ended:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(children_ended, 4096)
+                    _report_ended(tasks, selector)
+                elif isinstance(key.data, _Task):
+                    _client_hung_up(key.data, tasks, selector)
     finally:
         for task in tasks.values():
             _kill(task.pid)
 
 
 def _start_task(
-    listener: socket.socket, selector: selectors.BaseSelector, tasks: Mapping[int, _Task]
+    listener: socket.socket,
+    selector: selectors.BaseSelector,
+    tasks: Mapping[int, _Task],
+    server_fds: tuple[int, int],
 ) -> _Task | None:
     connection, _address = listener.accept()
     try:
@@ -277,24 +335,31 @@ def _start_task(
         print(f"modelyard: warm task server: bad request: {error}", file=sys.stderr)
         connection.close()
         return None
-    exited, child_holds = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        listener.close()
-        selector.close()
-        for task in tasks.values():
-            task.connection.close()
-            os.close(task.exited)
-        connection.close()
-        os.close(exited)
-        _run_task(request, task_output)  # never returns
-    os.close(child_holds)
+    # No signal handler of the server's may run in the child before it has its own.
+    handled = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for fd in server_fds:
+                    os.close(fd)
+                listener.close()
+                selector.close()
+                for task in tasks.values():
+                    task.connection.close()
+                connection.close()
+                _run_task(request, task_output, handled)
+            finally:
+                os._exit(1)  # never back into the server's loop, whatever happened above
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
     os.close(task_output)
-    return _Task(pid, connection, exited)
+    return _Task(pid, connection)
 
 
 def _receive_request(connection: socket.socket) -> tuple[dict[str, Any], int]:
-    connection.settimeout(30)
+    connection.settimeout(5)  # the client sends it at once; the server waits for nothing else meanwhile
     header, fds, _flags, _address = socket.recv_fds(connection, _LENGTH.size, 1)
     if len(fds) != 1 or len(header) != _LENGTH.size:
         for fd in fds:
@@ -315,14 +380,34 @@ def _receive_request(connection: socket.socket) -> tuple[dict[str, Any], int]:
     return json.loads(payload), fds[0]
 
 
-def _report_exit(task: _Task, selector: selectors.BaseSelector) -> None:
-    selector.unregister(task.exited)
-    if task.connection.fileno() in selector.get_map():
+def _report_ended(tasks: dict[int, _Task], selector: selectors.BaseSelector) -> None:
+    """Reap every child that has ended, and tell its client how."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        task = tasks.pop(pid, None)
+        if task is None:
+            continue
+        if task.connection.fileno() in selector.get_map():
+            selector.unregister(task.connection)
+        if os.WIFSIGNALED(status):
+            outcome = f"signal {os.WTERMSIG(status)}"
+        else:
+            outcome = f"exit {os.waitstatus_to_exitcode(status)}"
+        with contextlib.suppress(OSError), task.connection:
+            task.connection.sendall(outcome.encode())
+
+
+def _client_hung_up(task: _Task, tasks: Mapping[int, _Task], selector: selectors.BaseSelector) -> None:
+    """End a task whose client hung up (a client sends nothing after its request). The event is stale
+    when the task ended, and was reported, earlier in the same batch of events."""
+    if task.pid in tasks:
         selector.unregister(task.connection)
-    os.close(task.exited)
-    _pid, status = os.waitpid(task.pid, 0)
-    with contextlib.suppress(OSError), task.connection:
-        task.connection.sendall(str(os.waitstatus_to_exitcode(status)).encode())
+        _kill(task.pid)
 
 
 def _kill(pid: int) -> None:
@@ -334,21 +419,25 @@ def _exit_on_signal(signum: int, _frame: object) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
-def _run_task(request: dict[str, Any], task_output: int) -> NoReturn:
+def _run_task(request: dict[str, Any], task_output: int, blocked: set[signal.Signals]) -> NoReturn:
     """In the forked child: become the task's process, run kfp's executor, and exit with its code."""
     code = 1
     try:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        for signum in blocked:
+            signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
         os.dup2(task_output, 1)
         os.dup2(task_output, 2)
         os.close(task_output)
-        sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own stdin, for its lifetime
-        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+        # the same encodings and error handlers as the server's, which Python chose for pipes as here
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own, for its lifetime
+        sys.stdout = _text_stream(1, sys.__stdout__)
+        sys.stderr = _text_stream(2, sys.__stderr__)
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
@@ -360,23 +449,34 @@ def _run_task(request: dict[str, Any], task_output: int) -> NoReturn:
     except BaseException:
         traceback.print_exc()
     finally:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(BaseException):
             sys.stdout.flush()
             sys.stderr.flush()
-        os._exit(code)
+        os._exit(code & 0xFF)  # what exit() keeps of it
+
+
+def _text_stream(fd: int, like: IO[str] | None) -> IO[str]:
+    encoding = getattr(like, "encoding", None)
+    errors = getattr(like, "errors", None)
+    return open(fd, "w", buffering=1, encoding=encoding, errors=errors, closefd=False)
 
 
 def _run_executor() -> int:
-    """Run kfp's executor as ``python -m`` would, atexit handlers included; its exit code."""
+    """Run kfp's executor as ``python -m`` would: non-daemon threads joined, then atexit handlers;
+    its exit code."""
     try:
         runpy.run_module(EXECUTOR_MODULE, run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exit_request:
         code = _exit_code(exit_request.code)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = 128 + signal.SIGINT
     except BaseException as error:
         sys.last_type, sys.last_value, sys.last_traceback = type(error), error, error.__traceback__
         sys.excepthook(type(error), error, error.__traceback__)
         code = 1
+    threading._shutdown()  # type: ignore[attr-defined]  # what the interpreter does before atexit
     atexit._run_exitfuncs()
     return code
 
