@@ -259,3 +259,61 @@ def test_forwarded_headers_apply_to_the_fast_paths_as_to_the_app(serve: Any) -> 
         access.removeHandler(handler)
         access.setLevel(level)
     assert len(lines) == 2 and all(line.startswith("203.0.113.7:") for line in lines), lines
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_request_waiting_when_the_connection_is_made_is_answered_then(
+    bundles: dict[str, Path], loop_kind: str
+) -> None:
+    # A kubelet's probe is usually in the socket when the loop accepts its connection: it is answered
+    # before connection_made returns, not an iteration later behind the other ready connections.
+    import uvloop
+    from uvicorn.server import ServerState
+
+    dataplane = DataPlane(max_request_rows=100)
+    model = ServedModel("iris", bundles["numeric"], version="7")
+    model.load()
+    dataplane.add_model(model)
+    config = uvicorn.Config(RecordingApp(), lifespan="off", log_level="warning")
+    protocol_class = fast_path_protocol(RestRoutes(dataplane), config)
+    assert protocol_class is not None
+    answered_on_connection: list[bytes] = []
+    client, accepted = socket.socketpair()
+
+    class Observed(protocol_class):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            try:
+                answered_on_connection.append(client.recv(65536, socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                answered_on_connection.append(b"")
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        client.sendall(get("/v2/health/live", "Connection: close\r\n"))
+        await loop.connect_accepted_socket(lambda: Observed(config, ServerState(), {}, loop), accepted)
+        client.setblocking(True)
+        client.settimeout(10)
+        rest = b""
+        while chunk := await loop.run_in_executor(None, client.recv, 65536):
+            rest += chunk
+        return rest
+
+    loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
+    try:
+        rest = loop.run_until_complete(main())
+    finally:
+        loop.close()
+        client.close()
+        model.close()
+    assert answered_on_connection[0].startswith(b"HTTP/1.1 200 OK")
+    assert b'{"live":true}' in answered_on_connection[0]
+    assert rest == b""  # and the connection was closed, as the probe asked
+
+
+def test_connections_that_close_without_a_word_leave_the_server_serving(serve: Any) -> None:
+    running = serve()
+    for _ in range(20):
+        socket.create_connection(("127.0.0.1", running.port), timeout=10).close()
+    assert request(running.port, get("/v2/health/ready"))[0] == 200
+    assert request(running.port, post("/v2/models/iris/infer", V2_BODY))[0] == 200

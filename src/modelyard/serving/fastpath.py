@@ -16,6 +16,11 @@ So this protocol, a subclass of uvicorn's httptools protocol, changes where a re
   call their endpoint directly, in a task as before;
 - everything else, and the concurrency limit's 503, go to FastAPI unchanged.
 
+A kubelet probes over a new connection each time, and on loopback or a pod network its request is
+usually in the socket by the time the loop accepts the connection. The transport would read it only in
+the loop's next iteration, after the callbacks of every other ready connection (up to the concurrency
+of the load); so a new plain-HTTP connection's waiting bytes are read when it is made.
+
 The direct calls keep what uvicorn adds around the app: ``X-Forwarded-For``/``-Proto`` handling when
 ``proxy_headers`` is on, the request cycle that writes the status line, the default headers, keep-alive
 and the access log.
@@ -26,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import socket
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -37,6 +44,21 @@ from modelyard.serving.rest import Endpoint, RestRoutes
 log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
+
+_FIRST_READ_BYTES = 65536
+
+
+def waiting_bytes(transport: asyncio.BaseTransport) -> bytes:
+    """What the client has already sent on a connection the transport has not read from yet (b"" for
+    nothing yet), read from a duplicate of its socket's descriptor."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return b""
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as duplicate:
+            return duplicate.recv(_FIRST_READ_BYTES, socket.MSG_DONTWAIT)
+    except OSError:  # nothing yet (BlockingIOError); any other error is the transport's to report
+        return b""
 
 
 async def _call_endpoint(endpoint: Endpoint, scope: Scope, receive: Any, send: Any) -> None:
@@ -81,6 +103,13 @@ def fast_path_protocol(routes: RestRoutes, config: Any) -> type[Any] | None:
     match_inference = _route_matcher([(path, app_for(e)) for path, e in routes.inference_routes()])
 
     class FastPathProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if self.scheme == "http":  # TLS bytes are the transport's to decrypt
+                early = waiting_bytes(transport)
+                if early:
+                    self.data_received(early)
+
         def on_message_begin(self) -> None:
             # A probe answered inside data_received arms the keep-alive timer after data_received
             # disarmed it; a request following it in the same read must disarm it again.
