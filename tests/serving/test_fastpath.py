@@ -317,3 +317,79 @@ def test_connections_that_close_without_a_word_leave_the_server_serving(serve: A
         socket.create_connection(("127.0.0.1", running.port), timeout=10).close()
     assert request(running.port, get("/v2/health/ready"))[0] == 200
     assert request(running.port, post("/v2/models/iris/infer", V2_BODY))[0] == 200
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_connections_waiting_on_the_listener_are_served_between_requests(
+    bundles: dict[str, Path], loop_kind: str
+) -> None:
+    # Nothing but the protocol accepts from this listener: what is served, it served when a request
+    # arrived on another connection. A probe is answered there; anything else is handed to the loop.
+    import uvloop
+    from uvicorn.server import ServerState
+
+    dataplane = DataPlane(max_request_rows=100)
+    model = ServedModel("iris", bundles["numeric"], version="7")
+    model.load()
+    dataplane.add_model(model)
+    config = uvicorn.Config(RecordingApp(), lifespan="off", log_level="warning")
+    listener = socket.create_server(("127.0.0.1", 0))
+    protocol_class = fast_path_protocol(RestRoutes(dataplane), config, listener)
+    assert protocol_class is not None
+    port = listener.getsockname()[1]
+    probe = socket.create_connection(("127.0.0.1", port), timeout=10)
+    probe.sendall(get("/v2/health/ready", "Connection: close\r\n"))
+    inference = socket.create_connection(("127.0.0.1", port), timeout=10)
+    inference.sendall(post("/v2/models/iris/infer", V2_BODY))
+    busy_client, busy = socket.socketpair()
+
+    async def main() -> tuple[bytes, tuple[int, dict[str, str], bytes]]:
+        loop = asyncio.get_running_loop()
+        state = ServerState()
+        await loop.connect_accepted_socket(lambda: protocol_class(config, state, {}, loop), busy)
+        busy_client.sendall(post("/v2/models/iris/infer", V2_BODY))  # a request: the listener is looked at
+        probe_answer = await loop.run_in_executor(None, _read_to_end, probe)
+        inferred = await loop.run_in_executor(None, read_response, inference.makefile("rb"))
+        return probe_answer, inferred
+
+    loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
+    try:
+        probe_answer, (status, _headers, body) = loop.run_until_complete(main())
+    finally:
+        loop.close()
+        for sock in (probe, inference, busy_client, listener):
+            sock.close()
+        model.close()
+    head, _, probe_body = probe_answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"connection: close" in head and b"content-type: application/json" in head
+    assert json.loads(probe_body) == {"ready": True}
+    assert status == 200 and json.loads(body)["outputs"][0]["data"] == ["setosa"]
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    ("head", "taken"),
+    [
+        (b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (b"GET /v2/health/ready HTTP/1.0\r\n\r\n", True),
+        (b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n", False),  # incomplete
+        (b"GET /v2/health/live HTTP/1.1\r\n\r\nGET /v2/health/live HTTP/1.1\r\n\r\n", False),  # pipelined
+        (b"GET /v2/health/live?x=1 HTTP/1.1\r\n\r\n", False),
+        (b"POST /v2/health/live HTTP/1.1\r\nContent-Length: 0\r\n\r\n", False),
+        (b"GET /v2/health/live HTTP/1.1\r\nContent-Length: 2\r\n\r\n", False),
+        (b"GET /v2/models/iris HTTP/1.1\r\n\r\n", False),
+        (b"GET /v2/health/live HTTP/2.0\r\n\r\n", False),
+        (b"", False),
+    ],
+)
+def test_only_a_complete_bodiless_probe_is_answered_off_the_listener(head: bytes, taken: bool) -> None:
+    from modelyard.serving.fastpath import _probe_path
+
+    assert (_probe_path(head, {"/v2/health/live", "/v2/health/ready"}) is not None) is taken

@@ -21,6 +21,11 @@ usually in the socket by the time the loop accepts the connection. The transport
 the loop's next iteration, after the callbacks of every other ready connection (up to the concurrency
 of the load); so a new plain-HTTP connection's waiting bytes are read when it is made.
 
+Under full load the loop gets to the listening socket itself only once per iteration, which runs the
+callbacks of every ready connection first. So, given the listening socket, the protocol also looks at it
+each time a request arrives: a waiting connection whose first bytes are a complete health probe is
+answered there and closed; any other is handed to the loop as the server would have accepted it.
+
 The direct calls keep what uvicorn adds around the app: ``X-Forwarded-For``/``-Proto`` handling when
 ``proxy_headers`` is on, the request cycle that writes the status line, the default headers, keep-alive
 and the access log.
@@ -34,6 +39,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, MutableMapping
+from http import HTTPStatus
 from typing import Any
 
 from starlette.requests import Request
@@ -80,9 +86,42 @@ def _route_matcher(routes: list[tuple[str, Any]]) -> Callable[[str], tuple[Any, 
     return match
 
 
-def fast_path_protocol(routes: RestRoutes, config: Any) -> type[Any] | None:
+def _probe_path(head: bytes, probe_paths: Any) -> str | None:
+    """The probe's path when ``head`` is exactly one complete bodiless ``GET`` of a probe, else None."""
+    end = head.find(b"\r\n\r\n")
+    if end < 0 or end + 4 != len(head):
+        return None
+    request_line, _, headers = head[:end].partition(b"\r\n")
+    parts = request_line.split(b" ")
+    if len(parts) != 3 or parts[0] != b"GET" or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
+        return None
+    lowered = headers.lower()
+    if b"content-length:" in lowered or b"transfer-encoding:" in lowered or b"upgrade:" in lowered:
+        return None
+    path = parts[1].decode("latin-1")
+    return path if path in probe_paths else None
+
+
+def _answered_at_once(endpoint: Endpoint, path: str) -> Any:
+    """The endpoint's response when it completes without awaiting (probes do), else None."""
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b""}
+    call = endpoint(Request(scope))
+    try:
+        call.send(None)  # type: ignore[attr-defined]
+    except StopIteration as done:
+        return done.value
+    call.close()  # type: ignore[attr-defined]
+    return None
+
+
+def fast_path_protocol(
+    routes: RestRoutes, config: Any, listener: socket.socket | None = None
+) -> type[Any] | None:
     """The protocol class for ``config.http`` (a ``uvicorn.Config``); None when this uvicorn lacks what
-    it builds on (httptools, or the hook that starts a request), and the stock protocol should be used."""
+    it builds on (httptools, or the hook that starts a request), and the stock protocol should be used.
+
+    ``listener``: the server's listening socket (plain HTTP), for probes waiting on it to be answered
+    between requests."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # no httptools: uvicorn uses h11
@@ -102,6 +141,11 @@ def fast_path_protocol(routes: RestRoutes, config: Any) -> type[Any] | None:
     probes = {path: app_for(endpoint) for path, endpoint in routes.probes().items()}
     match_inference = _route_matcher([(path, app_for(e)) for path, e in routes.inference_routes()])
 
+    probe_endpoints = routes.probes()
+    adopting: set[asyncio.Task[Any]] = set()
+    if listener is not None:
+        listener.setblocking(False)  # the loop sets it too; accept() here must never wait
+
     class FastPathProtocol(HttpToolsProtocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -109,6 +153,51 @@ def fast_path_protocol(routes: RestRoutes, config: Any) -> type[Any] | None:
                 early = waiting_bytes(transport)
                 if early:
                     self.data_received(early)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if listener is not None:
+                self._answer_waiting_probes(listener)
+
+        def _answer_waiting_probes(self, listening: socket.socket) -> None:
+            for _ in range(4):  # a few per request: probes are rare, the loop accepts the rest
+                try:
+                    connection, _address = listening.accept()
+                except OSError:  # nothing waiting (BlockingIOError), or out of descriptors: the loop's
+                    return
+                connection.setblocking(False)
+                try:
+                    head = connection.recv(_FIRST_READ_BYTES, socket.MSG_PEEK)
+                except OSError:
+                    head = b""
+                path = _probe_path(head, probe_endpoints)
+                response = _answered_at_once(probe_endpoints[path], path) if path else None
+                if response is None:
+                    self._adopt(connection)
+                    continue
+                with connection:
+                    try:
+                        connection.recv(len(head))
+                        connection.send(self._probe_answer(response))
+                    except OSError:
+                        pass
+
+        def _probe_answer(self, response: Any) -> bytes:
+            status = response.status_code
+            head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()]
+            for name, value in [*self.server_state.default_headers, *response.raw_headers]:
+                head.append(name + b": " + value + b"\r\n")
+            return b"".join([*head, b"connection: close\r\n\r\n", response.body])
+
+        def _adopt(self, connection: socket.socket) -> None:
+            """Serve a connection taken off the listening socket as the server would have."""
+
+            def protocol() -> FastPathProtocol:
+                return FastPathProtocol(self.config, self.server_state, self.app_state, self.loop)
+
+            task = self.loop.create_task(self.loop.connect_accepted_socket(protocol, connection))
+            adopting.add(task)
+            task.add_done_callback(adopting.discard)
 
         def on_message_begin(self) -> None:
             # A probe answered inside data_received arms the keep-alive timer after data_received

@@ -18,6 +18,7 @@ import gc
 import json
 import logging
 import os
+import socket
 import sys
 import types
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -325,8 +326,15 @@ def build_server(assembly: Assembly) -> Any:
         """kserve's REST server without its TimingMiddleware: it only writes kserve.trace lines, which
         are off, yet wraps every request (health probes included)."""
 
+        listener: socket.socket | None = None
+
         def _add_middlewares(self, app: Any) -> None:
             pass
+
+        async def start(self) -> None:
+            """As kserve's, on a socket bound here: the fast path also looks at it for waiting probes."""
+            self.create_application()
+            await self._server.serve(sockets=[self.listener] if self.listener is not None else None)
 
     class ModelyardServer(ModelServer):  # type: ignore[misc]
         """One worker: REST and gRPC on one loop; binds ``options.host``."""
@@ -341,8 +349,11 @@ def build_server(assembly: Assembly) -> Any:
                 grace_period=self.grace_period,
                 timeout_keep_alive=self.timeout_keep_alive,
             )
-            self._rest_server.config.host = options.host
-            protocol = fast_path_protocol(routes, self._rest_server.config)
+            config = self._rest_server.config
+            config.host = options.host
+            if not config.is_ssl:
+                self._rest_server.listener = config.bind_socket()
+            protocol = fast_path_protocol(routes, config, self._rest_server.listener)
             if protocol is not None:
                 self._rest_server.config.http = protocol
             self.servers.append(self._rest_server.start())
