@@ -319,12 +319,12 @@ def test_connections_that_close_without_a_word_leave_the_server_serving(serve: A
     assert request(running.port, post("/v2/models/iris/infer", V2_BODY))[0] == 200
 
 
-@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
-def test_connections_waiting_on_the_listener_are_served_between_requests(
-    bundles: dict[str, Path], loop_kind: str
-) -> None:
-    # Nothing but the protocol accepts from this listener: what is served, it served when a request
-    # arrived on another connection. A probe is answered there; anything else is handed to the loop.
+def _serve_from_listener(
+    bundles: dict[str, Path], loop_kind: str, *, ready_fails: bool = False
+) -> tuple[bytes, tuple[int, dict[str, str], bytes], tuple[int, dict[str, str], bytes], int]:
+    """Nothing but the protocol accepts from a listener here: what is served, it served when a request
+    arrived on another connection. Returns the probe's raw answer, the inference answer on a second
+    waiting connection, the answer to the request that triggered the look, and the requests counted."""
     import uvloop
     from uvicorn.server import ServerState
 
@@ -332,39 +332,73 @@ def test_connections_waiting_on_the_listener_are_served_between_requests(
     model = ServedModel("iris", bundles["numeric"], version="7")
     model.load()
     dataplane.add_model(model)
-    config = uvicorn.Config(RecordingApp(), lifespan="off", log_level="warning")
+    if ready_fails:
+
+        def broken() -> bool:
+            raise RuntimeError("readiness check broke")
+
+        dataplane.ready = broken  # type: ignore[method-assign]
+    # log_config=None: uvicorn leaves logging alone, so its access lines reach caplog
+    config = uvicorn.Config(RecordingApp(), lifespan="off", log_config=None)
     listener = socket.create_server(("127.0.0.1", 0))
     protocol_class = fast_path_protocol(RestRoutes(dataplane), config, listener)
     assert protocol_class is not None
     port = listener.getsockname()[1]
     probe = socket.create_connection(("127.0.0.1", port), timeout=10)
-    probe.sendall(get("/v2/health/ready", "Connection: close\r\n"))
+    probe.sendall(get("/v2/health/ready"))  # HTTP/1.1, keep-alive: only the direct answer closes it
     inference = socket.create_connection(("127.0.0.1", port), timeout=10)
     inference.sendall(post("/v2/models/iris/infer", V2_BODY))
     busy_client, busy = socket.socketpair()
+    state = ServerState()
 
-    async def main() -> tuple[bytes, tuple[int, dict[str, str], bytes]]:
+    async def main() -> Any:
         loop = asyncio.get_running_loop()
-        state = ServerState()
         await loop.connect_accepted_socket(lambda: protocol_class(config, state, {}, loop), busy)
         busy_client.sendall(post("/v2/models/iris/infer", V2_BODY))  # a request: the listener is looked at
-        probe_answer = await loop.run_in_executor(None, _read_to_end, probe)
+        if ready_fails:
+            probe_answer = await loop.run_in_executor(None, probe.recv, 65536)
+        else:
+            probe_answer = await loop.run_in_executor(None, _read_to_end, probe)
         inferred = await loop.run_in_executor(None, read_response, inference.makefile("rb"))
-        return probe_answer, inferred
+        triggering = await loop.run_in_executor(None, read_response, busy_client.makefile("rb"))
+        return probe_answer, inferred, triggering
 
     loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
     try:
-        probe_answer, (status, _headers, body) = loop.run_until_complete(main())
+        probe_answer, inferred, triggering = loop.run_until_complete(main())
     finally:
         loop.close()
         for sock in (probe, inference, busy_client, listener):
             sock.close()
         model.close()
+    return probe_answer, inferred, triggering, state.total_requests
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_connections_waiting_on_the_listener_are_served_between_requests(
+    bundles: dict[str, Path], loop_kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A probe is answered there and closed; anything else is handed to the loop.
+    caplog.set_level(logging.INFO, logger="uvicorn.access")
+    probe_answer, inferred, triggering, requests = _serve_from_listener(bundles, loop_kind)
     head, _, probe_body = probe_answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"connection: close" in head and b"content-type: application/json" in head
     assert json.loads(probe_body) == {"ready": True}
-    assert status == 200 and json.loads(body)["outputs"][0]["data"] == ["setosa"]
+    for status, _headers, body in (inferred, triggering):
+        assert status == 200 and json.loads(body)["outputs"][0]["data"] == ["setosa"]
+    assert requests == 3
+    assert any('"GET /v2/health/ready HTTP/1.1" 200' in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_probe_that_fails_off_the_listener_is_left_to_the_loop_and_the_looking_request_is_served(
+    bundles: dict[str, Path], loop_kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    probe_answer, inferred, triggering, _requests = _serve_from_listener(bundles, loop_kind, ready_fails=True)
+    assert probe_answer.startswith(b"HTTP/1.1 500 ")  # uvicorn's answer to an endpoint that raised
+    assert inferred[0] == 200 and triggering[0] == 200
+    assert "answering a health probe off the listening socket failed" in caplog.text
 
 
 def _read_to_end(sock: socket.socket) -> bytes:
@@ -393,3 +427,61 @@ def test_only_a_complete_bodiless_probe_is_answered_off_the_listener(head: bytes
     from modelyard.serving.fastpath import _probe_path
 
     assert (_probe_path(head, {"/v2/health/live", "/v2/health/ready"}) is not None) is taken
+
+
+@pytest.mark.parametrize(
+    ("options", "bound"),
+    [
+        ({"host": "127.0.0.1"}, True),
+        ({"host": "::1"}, False),
+        ({"host": "localhost"}, False),
+        ({"host": "127.0.0.1", "ssl_certfile": "cert.pem"}, False),
+    ],
+)
+def test_the_server_binds_its_own_listener_only_for_an_ipv4_address_without_tls(
+    options: dict[str, Any], bound: bool
+) -> None:
+    from modelyard.serving.server import _probe_listener
+
+    (port,) = free_ports(1)
+    listener = _probe_listener(uvicorn.Config(RecordingApp(), port=port, **options))
+    assert (listener is not None) is bound
+    if listener is not None:
+        listener.close()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_connections_accepted_from_the_servers_own_listener_have_tcp_nodelay(loop_kind: str) -> None:
+    # asyncio sets TCP_NODELAY only on sockets whose proto says TCP; without it each keep-alive
+    # request waits ~40 ms for the client's delayed ACK
+    import uvloop
+
+    from modelyard.serving.server import _probe_listener
+
+    (port,) = free_ports(1)
+    listener = _probe_listener(uvicorn.Config(RecordingApp(), host="127.0.0.1", port=port))
+    assert listener is not None
+    nodelay: list[int] = []
+
+    class Noting(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Noting, sock=listener)
+        client = await loop.run_in_executor(None, socket.create_connection, ("127.0.0.1", port))
+        for _ in range(100):
+            if nodelay:
+                break
+            await asyncio.sleep(0.01)
+        client.close()
+        server.close()
+
+    loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert nodelay == [1]

@@ -162,25 +162,50 @@ def fast_path_protocol(
         def _answer_waiting_probes(self, listening: socket.socket) -> None:
             for _ in range(4):  # a few per request: probes are rare, the loop accepts the rest
                 try:
-                    connection, _address = listening.accept()
+                    connection, address = listening.accept()
                 except OSError:  # nothing waiting (BlockingIOError), or out of descriptors: the loop's
                     return
-                connection.setblocking(False)
                 try:
-                    head = connection.recv(_FIRST_READ_BYTES, socket.MSG_PEEK)
-                except OSError:
-                    head = b""
-                path = _probe_path(head, probe_endpoints)
-                response = _answered_at_once(probe_endpoints[path], path) if path else None
-                if response is None:
+                    answered = self._answer_probe(connection, address)
+                except Exception:  # never into the data_received of the request that looked
+                    log.exception("answering a health probe off the listening socket failed")
+                    answered = False
+                if not answered:  # nothing consumed: the loop serves it, errors included
                     self._adopt(connection)
-                    continue
-                with connection:
-                    try:
-                        connection.recv(len(head))
-                        connection.send(self._probe_answer(response))
-                    except OSError:
-                        pass
+
+        def _answer_probe(self, connection: socket.socket, address: Any) -> bool:
+            """Answer and close the connection when it holds one complete probe; False otherwise."""
+            connection.setblocking(False)
+            try:
+                head = connection.recv(_FIRST_READ_BYTES, socket.MSG_PEEK)
+            except OSError:
+                return False
+            path = _probe_path(head, probe_endpoints)
+            response = _answered_at_once(probe_endpoints[path], path) if path else None
+            if response is None:
+                return False
+            answer = self._probe_answer(response)
+            with connection:
+                try:
+                    connection.recv(len(head))
+                    connection.send(answer)
+                    # A FIN, and anything sent meanwhile read, so that closing does not reset the answer
+                    connection.shutdown(socket.SHUT_WR)
+                    connection.recv(_FIRST_READ_BYTES)
+                except OSError:
+                    pass
+            self.server_state.total_requests += 1
+            if self.access_log:  # the line uvicorn's request cycle writes
+                client = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else ""
+                self.access_logger.info(
+                    '%s - "%s %s HTTP/%s" %d',
+                    client,
+                    "GET",
+                    path,
+                    head.split(b"\r\n", 1)[0][-3:].decode(),
+                    response.status_code,
+                )
+            return True
 
         def _probe_answer(self, response: Any) -> bytes:
             status = response.status_code

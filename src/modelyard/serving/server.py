@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -351,8 +352,7 @@ def build_server(assembly: Assembly) -> Any:
             )
             config = self._rest_server.config
             config.host = options.host
-            if not config.is_ssl:
-                self._rest_server.listener = config.bind_socket()
+            self._rest_server.listener = _probe_listener(config)
             protocol = fast_path_protocol(routes, config, self._rest_server.listener)
             if protocol is not None:
                 self._rest_server.config.http = protocol
@@ -424,6 +424,21 @@ def _install_lifespan(app: Any, assembly: Assembly) -> None:
             assembly.model.close()
 
     app.router.lifespan_context = lifespan
+
+
+def _probe_listener(config: Any) -> socket.socket | None:
+    """The REST listening socket, bound here so that the fast path can look at it between requests;
+    None (uvicorn binds its own) for TLS and for hosts other than an IPv4 address, whose binding
+    (both families for a name, IPv6-only for "::") only uvicorn's own path gets right."""
+    try:
+        literal_ipv4 = ipaddress.ip_address(config.host).version == 4
+    except ValueError:
+        literal_ipv4 = False
+    if config.is_ssl or not literal_ipv4:
+        return None
+    bound = config.bind_socket()
+    # bind_socket() leaves proto 0, and asyncio sets TCP_NODELAY only on sockets that say IPPROTO_TCP
+    return socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, fileno=bound.detach())
 
 
 def serve(options: ServerOptions) -> None:
