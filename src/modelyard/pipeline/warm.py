@@ -45,10 +45,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+EXECUTOR_MODULE = "kfp.dsl.executor_main"
 # What the tasks of the training and scoring pipelines import. The server imports them with the
 # environment the tasks get, so modules that read it at import see the same values.
 PRELOADED_MODULES = (
-    "kfp.dsl.executor_main",
+    EXECUTOR_MODULE,
     "pandas",
     "joblib",
     "modelyard.pipeline.steps",
@@ -65,7 +66,6 @@ PRELOADED_MODULES = (
     "modelyard.publishing",
 )
 
-EXECUTOR_MODULE = "kfp.dsl.executor_main"
 READY = "ready"
 # kfp's launcher runs the executor with this set; kfp reads it at import to skip what only compiling needs
 _RUNTIME_ENV = {"_KFP_RUNTIME": "true"}

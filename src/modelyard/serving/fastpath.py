@@ -138,10 +138,9 @@ def fast_path_protocol(
             app = ProxyHeadersMiddleware(app, trusted_hosts=config.forwarded_allow_ips)
         return app
 
-    probes = {path: app_for(endpoint) for path, endpoint in routes.probes().items()}
-    match_inference = _route_matcher([(path, app_for(e)) for path, e in routes.inference_routes()])
-
     probe_endpoints = routes.probes()
+    probes = {path: app_for(endpoint) for path, endpoint in probe_endpoints.items()}
+    match_inference = _route_matcher([(path, app_for(e)) for path, e in routes.inference_routes()])
     adopting: set[asyncio.Task[Any]] = set()
     if listener is not None:
         listener.setblocking(False)  # the loop sets it too; accept() here must never wait

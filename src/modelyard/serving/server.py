@@ -355,7 +355,7 @@ def build_server(assembly: Assembly) -> Any:
             self._rest_server.listener = _probe_listener(config)
             protocol = fast_path_protocol(routes, config, self._rest_server.listener)
             if protocol is not None:
-                self._rest_server.config.http = protocol
+                config.http = protocol
             self.servers.append(self._rest_server.start())
             if self.enable_grpc:
                 self._grpc_server = ModelyardGRPCServer(
