@@ -78,3 +78,33 @@ def test_a_local_run_shares_the_cores_between_the_tune_tasks_kfp_local_runs_at_o
     expected = exported or str(max(1, available_cpus() // LOCAL_LOOP_PARALLELISM))
     assert os.environ["MODELYARD_PIPELINE__TUNE_JOBS"] == expected
     assert load_settings().pipeline.tune_jobs == int(expected)
+
+
+def test_group_flags_follow_the_settings_fields() -> None:
+    import argparse
+
+    from modelyard.settings import ServingSettings, add_group_flags, parse_group_flags
+
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    add_group_flags(parser, ServingSettings)
+    help_text = parser.format_help()
+    for name, field in ServingSettings.model_fields.items():
+        assert "--" + name.replace("_", "-") in help_text
+        assert (field.description or "").split()[0] in help_text
+    settings = parse_group_flags(
+        load_settings(),
+        "serving",
+        ["--max-batch-size", "16", "--model_name", "iris", "--no-prediction-log", "--event-loop", "asyncio"],
+        prog="test",
+    )
+    assert settings.serving.max_batch_size == 16
+    assert settings.serving.model_name == "iris"
+    assert settings.serving.prediction_log is False
+    assert settings.serving.event_loop == "asyncio"
+
+
+def test_group_flags_name_a_bad_value() -> None:
+    from modelyard.settings import parse_group_flags
+
+    with pytest.raises(ModelyardError, match="--max-batch-size: Input should be greater than or equal to 1"):
+        parse_group_flags(load_settings(), "serving", ["--max-batch-size", "0"], prog="test")

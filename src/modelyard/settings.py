@@ -7,9 +7,12 @@ Secret serves the pipeline, the predictor and the storage initializer.
 
 from __future__ import annotations
 
+import argparse
+import types
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -147,3 +150,64 @@ def load_settings(**overrides: object) -> Settings:
 def get_settings() -> Settings:
     """Process-wide settings, read once. Tests and the CLI build their own with load_settings()."""
     return load_settings()
+
+
+def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
+    """The argparse ``type`` and extra keywords for a settings field's annotation."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):  # `X | None`: the flag takes an X
+        (inner,) = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return _flag_type(inner)
+    if origin is Literal:
+        return None, {"choices": [str(choice) for choice in get_args(annotation)]}
+    if annotation is bool:
+        return None, {"action": argparse.BooleanOptionalAction}
+    return annotation, {}
+
+
+def add_group_flags(parser: argparse.ArgumentParser, group: type[BaseModel]) -> None:
+    """One flag per field of a settings group, with the field's description as its help.
+
+    ``--max-batch-size`` sets the field ``max_batch_size``; the underscore spelling (``--max_batch_size``)
+    is accepted too, as KServe's ServingRuntime arguments use it (``--model_name``, ``--http_port``).
+    """
+    for name, field in group.model_fields.items():
+        flag_type, extra = _flag_type(field.annotation)
+        dashed = "--" + name.replace("_", "-")
+        spellings = [dashed] if "_" not in name else [dashed, f"--{name}"]
+        default = field.get_default(call_default_factory=False)
+        shown = "" if default is None or default == "" else f" (default: {default})"
+        parser.add_argument(
+            *spellings,
+            dest=name,
+            default=None,
+            help=f"{field.description or name}{shown}",
+            **({"type": flag_type} if flag_type is not None else {}),
+            **extra,
+        )
+
+
+def with_group_flags(settings: Settings, group: str, namespace: argparse.Namespace) -> Settings:
+    """``settings`` with the group's fields that were given as flags replaced, validated as a whole."""
+    current: BaseModel = getattr(settings, group)
+    given = {
+        name: value
+        for name, value in vars(namespace).items()
+        if name in type(current).model_fields and value is not None
+    }
+    try:
+        updated = type(current).model_validate({**current.model_dump(), **given})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'.'.join(str(part) for part in err['loc']).replace('_', '-')}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ModelyardError(f"invalid configuration: {problems}") from None
+    return settings.model_copy(update={group: updated})
+
+
+def parse_group_flags(settings: Settings, group: str, argv: Sequence[str], prog: str) -> Settings:
+    """Parse ``argv`` as the flags of one settings group (for instance ``serving``) over ``settings``."""
+    parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False)
+    add_group_flags(parser, type(getattr(settings, group)))
+    return with_group_flags(settings, group, parser.parse_args(list(argv)))
