@@ -45,6 +45,13 @@ class ServingSettings(BaseModel):
     host: str = Field(default="0.0.0.0", description="address to listen on (the pod's, per ServingRuntime)")
     http_port: int = Field(default=8080, ge=1, le=65535, description="REST port (V1 and V2)")
     grpc_port: int = Field(default=8081, ge=0, le=65535, description="V2 gRPC port; 0 turns gRPC off")
+    metrics_port: int = Field(
+        default=8082,
+        ge=0,
+        le=65535,
+        description="port of the probes (/v2/health/live, /v2/health/ready) and /metrics, answered in "
+        "threads of their own under any load; 0 turns it off",
+    )
     max_batch_size: int = Field(default=1024, ge=1, description="rows coalesced into one model call")
     max_batch_wait_ms: float = Field(default=2.0, ge=0, description="longest a request waits for a batch")
     max_request_rows: int = Field(default=10_000, ge=1, description="rows one request may carry")
@@ -64,6 +71,9 @@ class ServingSettings(BaseModel):
     access_log: bool = Field(default=False, description="log every request")
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         default="auto", description="asyncio event loop; auto takes uvloop when installed"
+    )
+    grace_period_s: float = Field(
+        default=5.0, ge=0, description="on SIGTERM, how long in-flight requests get to finish"
     )
 
 
@@ -102,6 +112,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELYARD_", extra="ignore", env_nested_delimiter="__")
 
     home: Path = Field(default=Path(".modelyard"), description="Working folder for the embedded setup")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="level of modelyard's own log lines"
+    )
     database_url: str = Field(
         default="", description="SQLAlchemy URL of the registry; default sqlite:///<HOME>/modelyard.db"
     )

@@ -5,9 +5,8 @@ Two bundles, both fitted in a temporary folder with the training pipeline's own 
 - ``numeric``: four numeric features (iris-like), three string classes;
 - ``mixed``: a numeric, a categorical and a text feature, two integer classes (0, 1).
 
-Servers run as subprocesses (``python -m modelyard.serving``), so the test process never imports kserve
-next to ``tritonclient.grpc`` (their protobuf descriptors clash, kserve#3099) and each server has its
-own module-global FastAPI app. Every server is stopped at the end of the session.
+Servers run as subprocesses (``python -m modelyard.serving``), as the image runs them: their signals,
+exit codes and logs are the real ones. Every server is stopped at the end of the session.
 """
 
 from __future__ import annotations
@@ -134,6 +133,7 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     http_port: int
     grpc_port: int
+    metrics_port: int
     log_path: Path
     home: Path
     env: dict[str, str] = field(default_factory=dict)
@@ -141,6 +141,11 @@ class ServerProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def probe_url(self) -> str:
+        """The probe and metrics port (``--metrics-port``)."""
+        return f"http://127.0.0.1:{self.metrics_port}"
 
     @property
     def http_address(self) -> str:
@@ -189,16 +194,17 @@ def start_server(
 ) -> ServerProcess:
     """``python -m modelyard.serving`` on free loopback ports; returns once ``wait_for`` answers."""
     home.mkdir(parents=True, exist_ok=True)
-    http_port, grpc_port = free_ports(2)
+    http_port, grpc_port, metrics_port = free_ports(3)
     log_path = home / f"server-{http_port}.log"
     environment = env if env is not None else server_env(home)
     command = [
         sys.executable, "-m", "modelyard.serving", "--model-dir", str(model_dir), "--host", "127.0.0.1",
-        "--http-port", str(http_port), "--grpc-port", str(grpc_port), *args,
+        "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
+        *args,
     ]  # fmt: skip
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=environment)
-    server = ServerProcess(process, http_port, grpc_port, log_path, home, environment)
+    server = ServerProcess(process, http_port, grpc_port, metrics_port, log_path, home, environment)
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while http_status(server.url + wait_for, timeout=1.0) is None:
         if process.poll() is not None or time.monotonic() > deadline:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from modelyard.serving.batching import INLINE_MAX_ROWS, AdaptiveBatcher
-from modelyard.serving.codec import FeatureBatch
+from modelyard.serving.features import FeatureBatch
 from modelyard.serving.types import Prediction
 
 POISON = -1.0

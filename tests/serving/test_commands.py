@@ -27,9 +27,11 @@ def modelyard(*args: str) -> list[str]:
 
 
 def start_command(args: list[str], log_path: Path, http_port: int) -> ServerProcess:
+    (metrics_port,) = free_ports(1)
+    env = {**os.environ, "MODELYARD_SERVING__METRICS_PORT": str(metrics_port)}
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ))
-    server = ServerProcess(process, http_port, 0, log_path, log_path.parent)
+        process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    server = ServerProcess(process, http_port, 0, metrics_port, log_path, log_path.parent)
     deadline = time.monotonic() + 90
     while http_status(f"{server.url}/v2/health/ready", timeout=1.0) != 200:
         if process.poll() is not None or time.monotonic() > deadline:
@@ -84,7 +86,8 @@ def test_up_trains_promotes_and_answers_v1_and_v2(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELYARD_", "AWS_"))}
     env["MODELYARD_HOME"] = str(tmp_path / "home")
     overrides = [arg for override in FAST for arg in ("--set", override)]
-    port, grpc_port = (str(free) for free in free_ports(2))
+    port, grpc_port, metrics_port = (str(free) for free in free_ports(3))
+    env["MODELYARD_SERVING__METRICS_PORT"] = metrics_port
     first = subprocess.run(
         modelyard("up", *overrides, "--port", port, "--grpc-port", grpc_port, "--smoke"),
         capture_output=True,

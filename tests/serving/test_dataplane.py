@@ -16,11 +16,11 @@ from sqlalchemy import create_engine, select
 from modelyard.bundle import BundleMetadata, write_bundle
 from modelyard.errors import InvalidInput, NotFound, NotReady
 from modelyard.registry.tables import Prediction as PredictionRow
-from modelyard.serving.dataplane import DataPlane, parse_feedback
+from modelyard.serving.dataplane import DataPlane, class_label
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.model import ServedModel
 from modelyard.serving.prediction_log import PredictionLog
-from modelyard.serving.types import Datatype, InferenceRequest, RequestedOutput, Tensor
+from modelyard.serving.types import Datatype, InferenceRequest, RequestedOutput, Tensor, TensorMetadata
 from modelyard.spec import FeatureSpec, FeatureType
 
 from .conftest import NUMERIC_CLASSES, mixed_frame, numeric_frame
@@ -48,24 +48,25 @@ def matrix_request(values: np.ndarray, **fields: Any) -> InferenceRequest:
 def test_metadata_lists_inputs_and_outputs_from_the_bundle_schema(bundles: dict[str, Path]) -> None:
     dataplane = plane(served(bundles["numeric"], "iris"), served(bundles["mixed"], "churn", version=""))
     iris = dataplane.model_metadata("iris")
-    assert iris["name"] == "iris" and iris["versions"] == ["7"] and iris["platform"] == "sklearn"
-    assert iris["inputs"][0] == {"name": "sepal_length", "datatype": "FP64", "shape": [-1]}
-    assert iris["outputs"] == [
-        {"name": "label", "datatype": "BYTES", "shape": [-1]},
-        {"name": "probabilities", "datatype": "FP64", "shape": [-1, 3]},
+    assert iris.name == "iris" and iris.versions == ["7"] and iris.platform == "sklearn"
+    assert iris.inputs[0] == TensorMetadata("sepal_length", Datatype.FP64, [-1])
+    assert iris.outputs == [
+        TensorMetadata("label", Datatype.BYTES, [-1]),
+        TensorMetadata("probabilities", Datatype.FP64, [-1, 3]),
     ]
-    assert iris["parameters"]["classes"] == NUMERIC_CLASSES
-    assert iris["parameters"]["tensor_input"] == {"datatype": "FP64", "shape": [-1, 4]}
-    assert "error" not in iris
+    assert iris.parameters is not None and iris.parameters.classes == NUMERIC_CLASSES
+    assert iris.parameters.tensor_input == TensorMetadata("input-0", Datatype.FP64, [-1, 4])
+    assert iris.error is None and iris.ready
     churn = dataplane.model_metadata("churn")
-    assert churn["versions"] == []
-    assert [(i["name"], i["datatype"]) for i in churn["inputs"]] == [
-        ("age", "FP64"),
-        ("plan", "BYTES"),
-        ("review", "BYTES"),
+    assert churn.versions == []
+    assert [(i.name, i.datatype) for i in churn.inputs] == [
+        ("age", Datatype.FP64),
+        ("plan", Datatype.BYTES),
+        ("review", Datatype.BYTES),
     ]
-    assert "tensor_input" not in churn["parameters"]  # mixed features: one input per feature only
-    assert dataplane.server_metadata()["extensions"] == ["binary_tensor_data"]
+    # mixed features: one input per feature only
+    assert churn.parameters is not None and churn.parameters.tensor_input is None
+    assert dataplane.server_metadata().extensions == ["binary_tensor_data"]
     assert dataplane.ready()
 
 
@@ -128,15 +129,18 @@ def test_a_tampered_bundle_is_live_but_not_ready_and_says_why(
     assert not model.ready and not dataplane.ready() and dataplane.live()
     assert model.load_error is not None and "model.joblib was altered" in model.load_error
     metadata = dataplane.model_metadata("iris")
-    assert metadata["parameters"]["ready"] is False and "model.joblib was altered" in metadata["error"]
-    assert metadata["inputs"] == [] and metadata["platform"] == ""
+    assert metadata.ready is False and metadata.parameters is None
+    assert metadata.error is not None and "model.joblib was altered" in metadata.error
+    assert metadata.inputs == [] and metadata.platform == ""
     with pytest.raises(NotReady, match=r"model 'iris' is not ready: .*model\.joblib was altered") as caught:
         asyncio.run(dataplane.infer("iris", matrix_request(np.ones((1, 4))), request_id="r"))
     assert caught.value.status_code == 503
     assert model.load() is False  # cheap and idempotent after a failure
 
 
-def test_a_value_the_model_refuses_is_a_400_naming_the_models_complaint(tmp_path: Path) -> None:
+def test_a_missing_value_the_model_cannot_impute_is_a_400_and_any_other_refusal_a_500(
+    tmp_path: Path,
+) -> None:
     # A bare LogisticRegression (no imputer, unlike the training pipeline): NaN reaches it.
     frame, labels = numeric_frame()
     estimator = LogisticRegression(max_iter=300).fit(frame, labels)
@@ -151,9 +155,34 @@ def test_a_value_the_model_refuses_is_a_400_naming_the_models_complaint(tmp_path
     write_bundle(tmp_path / "bare", model=estimator, metadata=metadata, model_card="", report_html="")
     model = served(tmp_path / "bare", "bare")
     dataplane = plane(model)
-    with pytest.raises(InvalidInput, match=r"the model could not score this input: .*NaN"):
+    message = "feature 'sepal_width' row 0 is missing, and this model cannot impute missing values"
+    with pytest.raises(InvalidInput, match=message):
         asyncio.run(dataplane.predict_v1("bare", [[1.0, None, 2.0, 3.0]], request_id="r"))
     model.close()
+
+
+class RefusingRuntime:
+    """A runtime that fails whatever it is given: a fault of the model, not of the request."""
+
+    kind = "sklearn"
+
+    def predict_proba(self, frame: Any) -> Any:
+        raise ValueError("internal detail the client must not see")
+
+
+def test_a_model_that_raises_on_complete_input_is_a_server_fault(bundles: dict[str, Path]) -> None:
+    from modelyard.serving.status import failure
+
+    model = served(bundles["numeric"], "iris")
+    model._runtime = RefusingRuntime()  # type: ignore[assignment]  # our own class, not a library's
+    model._predict_numeric = None
+    dataplane = plane(model)
+    with pytest.raises(ValueError, match="internal detail") as caught:
+        asyncio.run(dataplane.predict_v1("iris", [[1.0, 2.0, 3.0, 4.0]], request_id="r"))
+    model.close()
+    answer = failure(caught.value, "r")
+    assert answer.http_status == 500 and answer.grpc_code == "INTERNAL"
+    assert answer.response.error == "internal error" and answer.response.request_id == "r"
 
 
 def test_predictions_reach_the_log_and_the_metrics(bundles: dict[str, Path], tmp_path: Path) -> None:
@@ -197,27 +226,11 @@ def test_predictions_reach_the_log_and_the_metrics(bundles: dict[str, Path], tmp
     assert 'modelyard_model_info{algorithm="logistic_regression",model="churn"' in exposition
 
 
-@pytest.mark.parametrize(
-    ("document", "message"),
-    [
-        ([], "feedback must be a JSON object"),
-        ({"label": "setosa"}, "feedback needs 'request_id'"),
-        ({"request_id": "r"}, "feedback needs 'label'"),
-        ({"request_id": "r", "label": "rose"}, "label 'rose' is not one of the model's classes: 'setosa'"),
-        ({"request_id": "r", "label": True}, "'label' must be a string or an integer"),
-        ({"request_id": "r", "label": "setosa", "row": -1}, "'row' must be a non-negative integer"),
-        ({"request_id": "r", "label": "setosa", "truth": 1}, r"unknown field\(s\) in the feedback: truth"),
-        ({"request_id": "x" * 200, "label": "setosa"}, "request_id must be 1 to 128 printable characters"),
-    ],
-)
-def test_bad_feedback_is_refused_naming_the_problem(document: Any, message: str) -> None:
-    with pytest.raises(InvalidInput, match=message):
-        parse_feedback(document, NUMERIC_CLASSES)
-
-
 def test_feedback_labels_match_classes_by_value_or_text() -> None:
-    assert parse_feedback({"request_id": "r", "label": "1", "row": 2}, [0, 1]) == ("r", 1, 2)
-    assert parse_feedback({"request_id": "r", "label": "setosa"}, NUMERIC_CLASSES) == ("r", "setosa", 0)
+    assert class_label("1", [0, 1]) == 1
+    assert class_label("setosa", NUMERIC_CLASSES) == "setosa"
+    with pytest.raises(InvalidInput, match="label 'rose' is not one of the model's classes: 'setosa'"):
+        class_label("rose", NUMERIC_CLASSES)
 
 
 def test_a_pickle_that_cannot_predict_is_reported(tmp_path: Path) -> None:

@@ -144,6 +144,10 @@ def test_health_probes_answer_while_the_model_is_saturated(slow_server: ServerPr
             began = time.perf_counter()
             answer = send("GET", slow_server.url + path, timeout=10)
             probes.append((path, answer.status, time.perf_counter() - began))
+        for path in ["/v2/health/live", "/v2/health/ready", "/metrics"] * 4:  # the probe port
+            began = time.perf_counter()
+            answer = send("GET", slow_server.probe_url + path, timeout=10)
+            probes.append((f"probe port {path}", answer.status, time.perf_counter() - began))
     finally:
         stop.set()
         for client in clients:

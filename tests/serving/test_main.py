@@ -9,7 +9,7 @@ import pytest
 
 from modelyard.cpus import available_cpus
 from modelyard.errors import ModelyardError
-from modelyard.serving.__main__ import main, options_from
+from modelyard.serving.__main__ import build_parser, main, settings_from
 
 from .conftest import ServerProcess
 
@@ -23,12 +23,24 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_defaults_follow_the_serving_runtime_contract(tmp_path: Path) -> None:
-    options = options_from([])
+    settings = settings_from([])
+    options = settings.serving
     assert options.model_dir == Path("/mnt/models")
     assert (options.host, options.http_port, options.grpc_port) == ("0.0.0.0", 8080, 8081)
+    assert options.metrics_port == 8082
     assert options.max_batch_size == 1024 and options.max_batch_wait_ms == 2.0
     assert options.onnx_threads == 0  # automatic: see onnx_threads_for
-    assert options.database_url == f"sqlite:///{tmp_path / 'home' / 'modelyard.db'}"
+    assert settings.database_url == f"sqlite:///{tmp_path / 'home' / 'modelyard.db'}"
+    assert options.spool_dir == tmp_path / "home" / "spool"
+
+
+def test_every_serving_setting_is_a_flag_with_its_description_as_help() -> None:
+    from modelyard.settings import ServingSettings
+
+    help_text = " ".join(build_parser().format_help().split())
+    for name, field in ServingSettings.model_fields.items():
+        assert f"--{name.replace('_', '-')}" in help_text
+        assert " ".join((field.description or "").split())[:40] in help_text
 
 
 def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,19 +48,22 @@ def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("MODELYARD_SERVING__HTTP_PORT", "9000")
     monkeypatch.setenv("MODELYARD_SERVING__MODEL_VERSION", "4")
     monkeypatch.setenv("MODELYARD_SERVING__HOST", "10.0.0.1")
-    options = options_from(["--max-batch-size", "16", "--host", "127.0.0.1"])
+    options = settings_from(["--max-batch-size", "16", "--host", "127.0.0.1"]).serving
     assert options.max_batch_size == 16 and options.host == "127.0.0.1"
     assert options.http_port == 9000 and options.model_version == "4"  # from the environment
 
 
 def test_kserve_spellings_are_accepted() -> None:
-    options = options_from(["--model_dir", "/models/iris", "--model_name", "iris", "--http_port", "8085"])
+    options = settings_from(
+        ["--model_dir", "/models/iris", "--model_name", "iris", "--http_port", "8085", "--metrics_port", "0"]
+    ).serving
     assert (
         options.model_dir == Path("/models/iris")
         and options.model_name == "iris"
         and options.http_port == 8085
+        and options.metrics_port == 0
     )
-    assert options_from(["--no-prediction-log", "--no-prefer-onnx"]).prediction_log is False
+    assert settings_from(["--no-prediction-log", "--no-prefer-onnx"]).serving.prediction_log is False
 
 
 @pytest.mark.parametrize(
@@ -57,6 +72,7 @@ def test_kserve_spellings_are_accepted() -> None:
         (["--http-port", "70000"], {}, "--http-port: Input should be less than or equal to 65535"),
         (["--max-batch-size", "0"], {}, "--max-batch-size: Input should be greater than or equal to 1"),
         (["--onnx-threads", "-1"], {}, "--onnx-threads: Input should be greater than or equal to 0"),
+        (["--metrics-port", "65536"], {}, "--metrics-port: Input should be less than or equal to 65535"),
         ([], {"MODELYARD_SERVING__MAX_BATCH_WAIT_MS": "-1"}, "MODELYARD_SERVING__MAX_BATCH_WAIT_MS"),
         (
             [],
@@ -76,7 +92,7 @@ def test_bad_settings_are_named(
     for key, value in variables.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(ModelyardError, match=message):
-        options_from(argv)
+        settings_from(argv)
 
 
 def test_main_reports_a_bad_flag_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from modelyard.serving.codec import FeatureBatch
+from modelyard.serving.features import FeatureBatch
 from modelyard.serving.types import Prediction
 
 log = logging.getLogger(__name__)

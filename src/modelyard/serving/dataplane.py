@@ -1,31 +1,31 @@
 """The data plane: health, metadata, inference and feedback, independent of REST and gRPC.
 
-The transport adapters (``rest.py``, ``grpc.py``) decode bytes into the types of ``types.py``, call these
-methods, and encode what they return. Errors are ``modelyard.errors`` exceptions, each carrying its
-status: InvalidInput (400), NotFound (404), NotReady (503). A client's mistake is never a 500: input is
-checked before it is queued for the model, and a model that refuses a request's values (for instance a
-NaN the model cannot impute) answers that request with a 400 naming the model's complaint.
+The transport adapters (``rest/``, ``grpc/``) decode bytes into the types of ``types.py``, call these
+methods, and encode the typed answers they return. Errors are ``modelyard.errors`` exceptions, each
+carrying its status (``status.py`` maps them for both transports): InvalidInput (400), NotFound (404),
+NotReady (503). A client's mistake is never a 500: input is checked before it is queued for the model.
+A model that raises is a 500, with one exception where the input is at fault: a request holding a
+missing value (null, or NaN in a binary tensor) that the model cannot impute is a 400 naming the feature
+and row, since the client can fix it by sending the value.
 
-After a prediction the metrics and the prediction log are fed in a callback scheduled on the event loop,
+After a prediction the metrics and the prediction sink are fed in a callback scheduled on the event loop,
 not while the caller waits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from modelyard import __version__
 from modelyard.errors import InvalidInput, ModelyardError, NotFound, NotReady
 from modelyard.serving.batching import BatchOutcome
-from modelyard.serving.codec import (
+from modelyard.serving.features import (
     FeatureBatch,
     features_from_instances,
     features_from_tensors,
@@ -34,33 +34,36 @@ from modelyard.serving.codec import (
 )
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.model import ServedModel
-from modelyard.serving.prediction_log import PredictionLog, PredictionRecord
+from modelyard.serving.prediction_log import PredictionRecord
 from modelyard.serving.types import (
     SERVER_EXTENSIONS,
     SERVER_NAME,
+    Datatype,
+    FeedbackRequest,
+    FeedbackResult,
     InferenceRequest,
     InferenceResponse,
+    ModelMetadata,
+    ModelParameters,
+    ModelReadiness,
     Prediction,
+    ServerMetadata,
+    TensorMetadata,
 )
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_ID_LENGTH = 128
 
-FeedbackStore = Callable[..., Any]
-"""``record_feedback`` bound to the registry database: (model=, request_id=, label=, row=) -> Any."""
+class PredictionSink(Protocol):
+    """Where predictions go once answered (the prediction log). ``submit`` never blocks."""
+
+    def submit(self, records: Sequence[PredictionRecord]) -> Any: ...
+
+    async def flush(self, timeout_s: float = ...) -> bool: ...
 
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex
-
-
-def check_request_id(value: str, source: str) -> str:
-    if not value or len(value) > MAX_REQUEST_ID_LENGTH or not value.isprintable():
-        raise InvalidInput(
-            f"the {source} must be 1 to {MAX_REQUEST_ID_LENGTH} printable characters, got {value[:40]!r}"
-        )
-    return value
+FeedbackStore = Callable[..., FeedbackResult]
+"""``record_feedback`` bound to the registry database: (model=, request_id=, label=, row=) -> result."""
 
 
 class DataPlane:
@@ -71,7 +74,7 @@ class DataPlane:
         *,
         max_request_rows: int,
         metrics: ServingMetrics | None = None,
-        prediction_log: PredictionLog | None = None,
+        prediction_log: PredictionSink | None = None,
         feedback_store: FeedbackStore | None = None,
     ) -> None:
         self.max_request_rows = max_request_rows
@@ -120,39 +123,41 @@ class DataPlane:
     def ready(self) -> bool:
         return bool(self._models) and all(model.ready for model in self._models.values())
 
-    def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": __version__, "extensions": list(SERVER_EXTENSIONS)}
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(SERVER_NAME, __version__, list(SERVER_EXTENSIONS))
 
-    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
-        """Open Inference Protocol model metadata, plus ``parameters`` and, when not ready, ``error``."""
+    def model_readiness(self, name: str, version: str | None = None) -> ModelReadiness:
         model = self.model(name, version)
-        document: dict[str, Any] = {
-            "name": model.name,
-            "versions": [model.version] if model.version else [],
-            "platform": model.platform,
-            "inputs": [tensor.to_dict() for tensor in model.input_metadata()],
-            "outputs": [tensor.to_dict() for tensor in model.output_metadata()],
-        }
-        parameters: dict[str, Any] = {"ready": model.ready}
+        return ModelReadiness(model.name, model.ready, model.load_error)
+
+    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        """Open Inference Protocol model metadata, with our parameters and, when not ready, the error."""
+        model = self.model(name, version)
+        parameters = None
         if model.metadata is not None and model.ready:
             metadata = model.metadata
             schema = model.schema
-            parameters.update(
-                {
-                    "classes": list(metadata.classes),
-                    "features": [{"name": f.name, "type": f.type.value} for f in metadata.features],
-                    "algorithm": metadata.algorithm,
-                    "runtime": model.runtime_kind,
-                    "max_request_rows": self.max_request_rows,
-                }
-            )
-            if schema.all_numeric:
+            parameters = ModelParameters(
+                classes=list(metadata.classes),
+                features=[(f.name, f.type.value) for f in metadata.features],
+                algorithm=metadata.algorithm,
+                runtime=model.runtime_kind,
+                max_request_rows=self.max_request_rows,
                 # the other accepted input form: one [N, n_features] tensor, columns in feature order
-                parameters["tensor_input"] = {"datatype": "FP64", "shape": [-1, len(schema.names)]}
-        document["parameters"] = parameters
-        if model.load_error is not None:
-            document["error"] = model.load_error
-        return document
+                tensor_input=TensorMetadata("input-0", Datatype.FP64, [-1, len(schema.names)])
+                if schema.all_numeric
+                else None,
+            )
+        return ModelMetadata(
+            name=model.name,
+            versions=[model.version] if model.version else [],
+            platform=model.platform,
+            inputs=model.input_metadata(),
+            outputs=model.output_metadata(),
+            ready=model.ready,
+            parameters=parameters,
+            error=model.load_error,
+        )
 
     # ------------------------------------------------------------ inference
 
@@ -203,8 +208,16 @@ class DataPlane:
         except ModelyardError:
             raise
         except (ValueError, TypeError) as exc:
-            # The batcher retried this request alone: the model refused this request's own values.
-            raise InvalidInput(f"the model could not score this input: {exc}") from exc
+            # The batcher retried this request alone: the model refused this request's own values. Only a
+            # missing value is the client's to fix; any other refusal is the model's fault (a 500).
+            missing = batch.first_missing(model.schema)
+            if missing is None:
+                raise
+            feature, row = missing
+            raise InvalidInput(
+                f"feature {feature!r} row {row} is missing, and this model cannot impute missing values: "
+                "send a value"
+            ) from exc
         latency_ms = (time.perf_counter() - started) * 1000.0
         asyncio.get_running_loop().call_soon(
             self._after_prediction, model, batch, outcome, request_id, latency_ms, datetime.now(UTC)
@@ -258,51 +271,35 @@ class DataPlane:
 
     # ------------------------------------------------------------ feedback
 
-    async def feedback(self, name: str, document: Any) -> dict[str, Any]:
-        """Store the true label of a logged prediction: ``{"request_id", "label", "row": 0}``."""
+    async def feedback(self, name: str, feedback: FeedbackRequest) -> FeedbackResult:
+        """Store the true label of a logged prediction."""
         model = self.ready_model(name)
-        request_id, label, row = parse_feedback(document, model.schema.classes)
+        label = class_label(feedback.label, model.schema.classes)
         if self._feedback_store is None:
             raise NotReady("feedback is off: this server has no prediction log database")
         call = functools.partial(
-            self._feedback_store, model=model.name, request_id=request_id, label=label, row=row
+            self._feedback_store,
+            model=model.name,
+            request_id=feedback.request_id,
+            label=label,
+            row=feedback.row,
         )
         loop = asyncio.get_running_loop()
         try:
-            stored = await loop.run_in_executor(None, call)
+            return await loop.run_in_executor(None, call)
         except NotFound:
             if self.prediction_log is None:
                 raise
             # The prediction may still wait in the log's queue: write it, then ask once more.
             await self.prediction_log.flush(timeout_s=5.0)
-            stored = await loop.run_in_executor(None, call)
-        answer: dict[str, Any] = {"model": model.name, "request_id": request_id, "row": row, "label": label}
-        if dataclasses.is_dataclass(stored) and not isinstance(stored, type):
-            answer.update(dataclasses.asdict(stored))
-        return answer
+            return await loop.run_in_executor(None, call)
 
 
-def parse_feedback(document: Any, classes: Sequence[str | int]) -> tuple[str, str | int, int]:
-    if not isinstance(document, dict):
-        raise InvalidInput('feedback must be a JSON object: {"request_id": ..., "label": ..., "row": 0}')
-    unknown = sorted(set(document) - {"request_id", "label", "row"})
-    if unknown:
-        raise InvalidInput(f"unknown field(s) in the feedback: {', '.join(unknown)}")
-    request_id = document.get("request_id")
-    if not isinstance(request_id, str):
-        raise InvalidInput("feedback needs 'request_id': the id of the request that was predicted")
-    check_request_id(request_id, "request_id")
-    if "label" not in document:
-        raise InvalidInput("feedback needs 'label': the true class of the row")
-    label = document["label"]
-    if isinstance(label, bool) or not isinstance(label, str | int):
-        raise InvalidInput(f"'label' must be a string or an integer, got {label!r}")
-    row = document.get("row", 0)
-    if isinstance(row, bool) or not isinstance(row, int) or row < 0:
-        raise InvalidInput(f"'row' must be a non-negative integer (the row within the request), got {row!r}")
+def class_label(label: str | int, classes: Sequence[str | int]) -> str | int:
+    """The model's class that ``label`` names, by value or by text (``"1"`` names the class 1)."""
     for known in classes:
         if label == known or str(label) == str(known):
-            return request_id, known, row
+            return known
     listed = ", ".join(repr(c) for c in classes)
     raise InvalidInput(f"label {label!r} is not one of the model's classes: {listed}")
 
@@ -337,12 +334,4 @@ def prediction_records(
     return records
 
 
-__all__ = [
-    "MAX_REQUEST_ID_LENGTH",
-    "DataPlane",
-    "FeedbackStore",
-    "check_request_id",
-    "new_request_id",
-    "parse_feedback",
-    "prediction_records",
-]
+__all__ = ["DataPlane", "FeedbackStore", "PredictionSink", "class_label", "prediction_records"]

@@ -14,8 +14,6 @@ normal: labellers make mistakes), and the result reports the label it replaced.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, func, inspect, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -25,24 +23,13 @@ from sqlalchemy.exc import DBAPIError
 from modelyard.errors import InvalidInput, NotFound, NotReady, database_reason
 from modelyard.registry.db import WRITE_OPTION, create_engine_for, redact
 from modelyard.registry.tables import NAME_LENGTH, REQUEST_ID_LENGTH, Feedback, Prediction, utc_now
+from modelyard.serving.types import FeedbackResult
 
 _KEY = ["request_id", "row", "model"]
 
 
-@dataclass(frozen=True)
-class FeedbackRecord:
-    """Stored ground truth, with the prediction it grades."""
-
-    model: str
-    version: str
-    request_id: str
-    row: int
-    label: str
-    predicted_label: str
-    correct: bool
-    # The label this feedback replaced, or None when it is the first for this prediction.
-    replaced: str | None
-    created_at: datetime
+FeedbackRecord = FeedbackResult
+"""Stored ground truth, with the prediction it grades."""
 
 
 def _check(

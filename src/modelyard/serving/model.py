@@ -17,7 +17,7 @@ import numpy as np
 from modelyard.bundle import BundleMetadata
 from modelyard.errors import ModelyardError, NotReady
 from modelyard.serving.batching import AdaptiveBatcher, BatchObserver, BatchOutcome
-from modelyard.serving.codec import FeatureBatch, FeatureSchema
+from modelyard.serving.features import FeatureBatch, FeatureSchema
 from modelyard.serving.runtime import ModelRuntime, OnnxRuntime, open_runtime
 from modelyard.serving.types import Prediction, TensorMetadata
 

@@ -1,17 +1,23 @@
 """Protocol types of the model server, free of any transport (REST, gRPC) and of kserve.
 
-The REST and gRPC adapters turn bytes into these, the data plane works on them, and the codec converts
-between them and the model's features. Tensors hold numpy arrays from the start: nothing is turned into
-Python lists on the way in, and only JSON encoding turns them into text on the way out.
+The REST and gRPC codecs turn bytes into these, the data plane takes and returns them, and
+``features.py`` converts between them and the model's features. Tensors hold numpy arrays from the
+start: nothing is turned into Python lists on the way in, and only JSON encoding turns them into text on
+the way out. Metadata, feedback and errors are dataclasses too: each transport writes them in its own
+wire format, and none of them is a loose dict.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
+
+from modelyard.errors import InvalidInput
 
 
 class Datatype(StrEnum):
@@ -126,6 +132,86 @@ class TensorMetadata:
 
 
 @dataclass(frozen=True)
+class ServerMetadata:
+    """The Open Inference Protocol's server metadata."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+@dataclass(frozen=True)
+class ModelParameters:
+    """What a client needs beyond the protocol's metadata to build a request (only when ready)."""
+
+    classes: list[str | int]
+    features: list[tuple[str, str]]
+    """(name, type) in column order; type is numeric, categorical or text."""
+    algorithm: str
+    runtime: str
+    max_request_rows: int
+    tensor_input: TensorMetadata | None
+    """The other accepted input form of an all-numeric model: one [N, n_features] FP64 tensor."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """The Open Inference Protocol's model metadata, with our parameters and, when not ready, why."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    ready: bool
+    parameters: ModelParameters | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelReadiness:
+    """Whether one model answers inference, and why not when it does not."""
+
+    name: str
+    ready: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackRequest:
+    """The true label of one row of a logged prediction."""
+
+    request_id: str
+    label: str | int
+    row: int = 0
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """Stored ground truth, with the prediction it grades."""
+
+    model: str
+    version: str
+    request_id: str
+    row: int
+    label: str
+    predicted_label: str
+    correct: bool
+    replaced: str | None
+    """The label this feedback replaced, or None when it is the first for this prediction."""
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ErrorResponse:
+    """What a failed request answers: a message for the client, and the request id when one was given
+    or made (a 500 carries it so that the trace in the server's log can be found)."""
+
+    error: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Prediction:
     """What the model answers for a batch of rows: one label and one probability row per input row."""
 
@@ -142,6 +228,22 @@ class Prediction:
         return cls(labels, probabilities, np.array([str(label) for label in labels], dtype=object))
 
 
+MAX_REQUEST_ID_LENGTH = 128
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_request_id(value: str, source: str) -> str:
+    """A client's request id, refused (naming ``source``) unless it is 1 to 128 printable characters."""
+    if not value or len(value) > MAX_REQUEST_ID_LENGTH or not value.isprintable():
+        raise InvalidInput(
+            f"the {source} must be 1 to {MAX_REQUEST_ID_LENGTH} printable characters, got {value[:40]!r}"
+        )
+    return value
+
+
 LABEL_OUTPUT = "label"
 PROBABILITIES_OUTPUT = "probabilities"
 OUTPUT_NAMES = (LABEL_OUTPUT, PROBABILITIES_OUTPUT)
@@ -153,15 +255,25 @@ SERVER_EXTENSIONS = (BINARY_TENSOR_EXTENSION,)
 __all__ = [
     "BINARY_TENSOR_EXTENSION",
     "LABEL_OUTPUT",
+    "MAX_REQUEST_ID_LENGTH",
     "OUTPUT_NAMES",
     "PROBABILITIES_OUTPUT",
     "SERVER_EXTENSIONS",
     "SERVER_NAME",
     "Datatype",
+    "ErrorResponse",
+    "FeedbackRequest",
+    "FeedbackResult",
     "InferenceRequest",
     "InferenceResponse",
+    "ModelMetadata",
+    "ModelParameters",
+    "ModelReadiness",
     "Prediction",
     "RequestedOutput",
+    "ServerMetadata",
     "Tensor",
     "TensorMetadata",
+    "check_request_id",
+    "new_request_id",
 ]

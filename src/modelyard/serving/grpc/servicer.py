@@ -1,0 +1,116 @@
+"""The gRPC adapter: the Open Inference Protocol's GRPCInferenceService over the data plane.
+
+Each method decodes its message (``codec.py``), calls the data plane, and encodes the typed answer. A
+failure is answered through ``status.py``'s one map, as REST answers it: a client's mistake with its
+message and code (InvalidInput -> INVALID_ARGUMENT, NotFound -> NOT_FOUND, NotReady -> UNAVAILABLE), a
+server fault as INTERNAL "internal error" with the request id, the trace in the log.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NoReturn
+
+import grpc
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from modelyard.serving.dataplane import DataPlane
+from modelyard.serving.grpc.codec import (
+    decode_grpc_request,
+    encode_grpc_response,
+    encode_model_metadata,
+    encode_server_metadata,
+)
+from modelyard.serving.status import Failure, codes, failure
+from modelyard.serving.types import check_request_id, new_request_id
+
+REQUEST_ID_METADATA = "x-request-id"
+
+
+def status_code(answer: Failure) -> grpc.StatusCode:
+    return grpc.StatusCode[answer.grpc_code]
+
+
+def _details(answer: Failure) -> str:
+    response = answer.response
+    return response.error if response.request_id is None else f"{response.error} ({response.request_id})"
+
+
+def _metadata_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_METADATA:
+            return check_request_id(str(value), "x-request-id metadata")
+    return None
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """GRPCInferenceService over a modelyard DataPlane (the generated base class is the stub's API)."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+
+    async def _abort(self, context: Any, exc: BaseException, request_id: str | None = None) -> NoReturn:
+        answer = failure(exc, request_id)
+        if answer.response.request_id is not None:
+            await context.send_initial_metadata(((REQUEST_ID_METADATA, answer.response.request_id),))
+        await context.abort(status_code(answer), _details(answer))
+        raise AssertionError("context.abort() returned")  # it raises; this tells the type checker
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802 (proto names)
+        return pb.ServerLiveResponse(live=self._dataplane.live())
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802 (proto names)
+        return pb.ServerReadyResponse(ready=self._dataplane.ready())
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802 (proto names)
+        return encode_server_metadata(self._dataplane.server_metadata())
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802 (proto names)
+        try:
+            readiness = self._dataplane.model_readiness(request.name, request.version or None)
+        except Exception as exc:
+            await self._abort(context, exc)
+        return pb.ModelReadyResponse(ready=readiness.ready)
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802 (proto names)
+        try:
+            metadata = self._dataplane.model_metadata(request.name, request.version or None)
+        except Exception as exc:
+            await self._abort(context, exc)
+        return encode_model_metadata(metadata)
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802 (proto names)
+        started = time.perf_counter()
+        name = request.model_name
+        request_id: str | None = None
+        try:
+            self._dataplane.ready_model(name, request.model_version or None)
+            decoded = decode_grpc_request(request)
+            request_id = _metadata_request_id(context)
+            if request_id is None and decoded.id is not None:
+                request_id = check_request_id(decoded.id, "request id")
+            request_id = request_id or new_request_id()
+            response = await self._dataplane.infer(
+                name,
+                decoded,
+                request_id=request_id,
+                version=request.model_version or None,
+                decode_seconds=time.perf_counter() - started,
+            )
+            encoding = time.perf_counter()
+            reply = encode_grpc_response(response)
+            self._dataplane.observe_stage("encode", time.perf_counter() - encoding)
+        except Exception as exc:
+            self._dataplane.observe_request("v2-grpc", name, codes(exc)[1])
+            await self._abort(context, exc, request_id)
+        self._dataplane.observe_stage("total", time.perf_counter() - started)
+        self._dataplane.observe_request("v2-grpc", name, "OK")
+        return reply
+
+
+def add_servicer(server: grpc.aio.Server, dataplane: DataPlane) -> None:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+
+
+__all__ = ["REQUEST_ID_METADATA", "InferenceServicer", "add_servicer", "status_code"]

@@ -1,0 +1,390 @@
+"""The REST wire codec: V2 JSON, the binary tensor extension, and V1, to and from the types of
+``types.py``. orjson is the one JSON parser.
+
+A V2 body is JSON, or, with the ``Inference-Header-Content-Length`` header (the binary tensor extension),
+a JSON header followed by raw tensors. JSON has no NaN literal: a body holding ``NaN`` or ``Infinity`` is
+malformed JSON; a missing value is ``null``. With the binary tensor extension an output is sent as raw
+bytes after the JSON header when its ``parameters.binary_data`` is true, or else when the request's
+``parameters.binary_data_output`` is. A V1 answer is ``{"predictions": [label, ...], "probabilities":
+[[p, ...], ...]}``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import orjson
+
+from modelyard.errors import InvalidInput
+from modelyard.serving.features import shown, value_kind
+from modelyard.serving.types import (
+    Datatype,
+    ErrorResponse,
+    FeedbackRequest,
+    FeedbackResult,
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    ModelReadiness,
+    Prediction,
+    RequestedOutput,
+    ServerMetadata,
+    Tensor,
+    TensorMetadata,
+    check_request_id,
+)
+from modelyard.serving.wire import (
+    cast_numbers,
+    decode_raw_tensor,
+    element_count,
+    parse_datatype,
+    parse_shape,
+    raw_tensor_bytes,
+)
+
+INFERENCE_HEADER_CONTENT_LENGTH = "inference-header-content-length"
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+# ---------------------------------------------------------------- V2: bytes -> InferenceRequest
+
+
+def decode_v2_rest(body: bytes, header_length: str | None) -> InferenceRequest:
+    """Decode a V2 REST infer body: JSON, or a JSON header followed by binary tensors.
+
+    ``header_length`` is the ``Inference-Header-Content-Length`` header (the binary tensor extension);
+    without it the whole body is JSON. The Content-Type is deliberately not looked at: tritonclient
+    sends none.
+    """
+    view = memoryview(body)
+    if header_length is None:
+        json_length = len(body)
+    else:
+        try:
+            json_length = int(header_length)
+        except ValueError:
+            raise InvalidInput(
+                f"the Inference-Header-Content-Length header must be an integer, got {header_length!r}"
+            ) from None
+        if not 0 < json_length <= len(body):
+            raise InvalidInput(
+                f"the Inference-Header-Content-Length header is {json_length}, "
+                f"but the body has {len(body)} bytes"
+            )
+    header = _json_object(view[:json_length], "request body")
+    return _request_from_json(header, view, json_length)
+
+
+def _json_object(raw: bytes | memoryview, what: str) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"malformed JSON in the {what}: {exc} (a missing value is null; NaN and Infinity are not JSON)"
+        ) from None
+    if not isinstance(parsed, dict):
+        raise InvalidInput(f"the {what} must be a JSON object, got {value_kind(parsed)}")
+    return parsed
+
+
+def _request_from_json(header: dict[str, Any], body: memoryview, offset: int) -> InferenceRequest:
+    unknown_keys = sorted(set(header) - {"id", "inputs", "outputs", "parameters"})
+    if unknown_keys:
+        raise InvalidInput(
+            f"unknown field(s) in the request: {shown(unknown_keys)} "
+            "(expected id, inputs, outputs, parameters)"
+        )
+    request_id = header.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput(f"'id' must be a string, got {value_kind(request_id)}")
+    parameters = header.get("parameters")
+    if parameters is None:
+        parameters = {}
+    elif not isinstance(parameters, dict):
+        raise InvalidInput(f"'parameters' must be an object, got {value_kind(parameters)}")
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("'inputs' must be a non-empty array of tensors")
+    inputs = []
+    for index, raw in enumerate(raw_inputs):
+        tensor, offset = _tensor_from_json(raw, index, body, offset)
+        inputs.append(tensor)
+    if offset != len(body):
+        raise InvalidInput(
+            f"the body has {len(body) - offset} byte(s) after the last binary tensor; "
+            "check each input's parameters.binary_data_size"
+        )
+    outputs = _requested_outputs(header.get("outputs"))
+    return InferenceRequest(inputs=inputs, id=request_id, outputs=outputs, parameters=parameters)
+
+
+def _requested_outputs(raw: Any) -> list[RequestedOutput]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidInput(f"'outputs' must be an array, got {value_kind(raw)}")
+    outputs = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput(f"outputs[{index}] must be an object with a string 'name'")
+        parameters = item.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput(f"outputs[{index}].parameters must be an object")
+        binary = parameters.get("binary_data")
+        if binary is not None and not isinstance(binary, bool):
+            raise InvalidInput(f"outputs[{index}].parameters.binary_data must be true or false")
+        outputs.append(RequestedOutput(item["name"], binary))
+    return outputs
+
+
+def _tensor_from_json(raw: Any, index: int, body: memoryview, offset: int) -> tuple[Tensor, int]:
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"inputs[{index}] must be an object, got {value_kind(raw)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"inputs[{index}] needs a non-empty string 'name'")
+    where = f"input {name!r}"
+    datatype = parse_datatype(raw.get("datatype"), where)
+    shape = parse_shape(raw.get("shape"), where)
+    parameters = raw.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"{where}: 'parameters' must be an object")
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        if "data" in raw:
+            raise InvalidInput(f"{where} has both 'data' and parameters.binary_data_size; send one")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidInput(f"{where}: parameters.binary_data_size must be a non-negative integer")
+        if offset + size > len(body):
+            raise InvalidInput(
+                f"{where}: binary_data_size {size} goes past the end of the body "
+                f"({len(body) - offset} byte(s) left after the JSON header and earlier tensors)"
+            )
+        data = decode_raw_tensor(datatype, shape, body[offset : offset + size], where)
+        return Tensor(name, datatype, shape, data), offset + size
+    if "data" not in raw:
+        raise InvalidInput(f"{where} has no 'data' (nor parameters.binary_data_size)")
+    return Tensor(name, datatype, shape, _decode_json_data(raw["data"], datatype, shape, where)), offset
+
+
+def _decode_json_data(data: Any, datatype: Datatype, shape: tuple[int, ...], where: str) -> np.ndarray:
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        # BYTES as objects: numpy would otherwise turn a stray number into a string silently
+        array = np.asarray(data, dtype=object if datatype is Datatype.BYTES else None)
+    except ValueError:
+        raise InvalidInput(f"{where}: 'data' is a ragged nested array; it must match the shape") from None
+    expected = element_count(shape)
+    if array.size != expected:
+        raise InvalidInput(
+            f"{where}: shape {list(shape)} needs {expected} value(s), but 'data' holds {array.size}"
+        )
+    flat = array.reshape(-1)
+    if datatype is Datatype.BYTES:
+        return _bytes_from_json(flat, where)
+    kind = flat.dtype.kind
+    if kind == "O":  # nulls, nested objects or integers beyond 64 bits: look at each value
+        return _numbers_from_objects(flat, datatype, where)
+    if datatype is Datatype.BOOL:
+        if kind != "b" and expected:
+            raise InvalidInput(f"{where}: a BOOL tensor holds true/false, got {flat.dtype.name} values")
+        return flat.astype(bool)
+    if kind not in "biuf" and expected:
+        raise InvalidInput(f"{where}: a {datatype.value} tensor holds numbers, got strings")
+    if kind == "b" and expected:
+        raise InvalidInput(f"{where}: a {datatype.value} tensor holds numbers, got true/false")
+    return cast_numbers(flat, datatype, where)
+
+
+def _numbers_from_objects(values: np.ndarray, datatype: Datatype, where: str) -> np.ndarray:
+    floating = datatype in (Datatype.FP16, Datatype.FP32, Datatype.FP64)
+    out = np.empty(len(values), dtype=np.float64 if floating else object)
+    for i, value in enumerate(values.tolist()):
+        if value is None:
+            if not floating:
+                raise InvalidInput(f"{where}: element {i} is null; only a floating-point tensor takes null")
+            out[i] = math.nan
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidInput(f"{where}: element {i} is {value_kind(value)}, expected a number")
+        else:
+            try:
+                out[i] = value
+            except OverflowError:
+                raise InvalidInput(f"{where}: element {i} is out of the range of {datatype.value}") from None
+    if floating:
+        return out.astype(datatype.numpy_dtype)
+    try:
+        return cast_numbers(np.asarray(out.tolist()), datatype, where)
+    except OverflowError:
+        raise InvalidInput(f"{where}: a value is out of the range of {datatype.value}") from None
+
+
+def _bytes_from_json(values: np.ndarray, where: str) -> np.ndarray:
+    if values.dtype.kind == "U":
+        return values.astype(object)
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values.tolist()):
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput(f"{where}: element {i} is {value_kind(value)}; a BYTES tensor holds strings")
+        out[i] = value
+    return out
+
+
+# ---------------------------------------------------------------- V1 and feedback: bytes -> requests
+
+
+def decode_v1(body: bytes) -> list[Any]:
+    """The ``instances`` of a V1 predict body."""
+    request = _json_object(body, "request body")
+    if "instances" not in request:
+        raise InvalidInput("a V1 request needs 'instances': an array of rows")
+    instances = request["instances"]
+    if not isinstance(instances, list):
+        raise InvalidInput(f"'instances' must be an array of rows, got {value_kind(instances)}")
+    return instances
+
+
+# ---------------------------------------------------------------- responses -> bytes
+
+
+def encode_v2_rest(response: InferenceResponse) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary tensors follow it (else None)."""
+    outputs: list[dict[str, Any]] = []
+    binaries: list[bytes] = []
+    for tensor, binary in zip(response.outputs, response.binary, strict=True):
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype.value,
+            "shape": list(tensor.shape),
+        }
+        if binary:
+            raw = raw_tensor_bytes(tensor)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            binaries.append(raw)
+        elif tensor.datatype is Datatype.BYTES:
+            entry["data"] = tensor.data.reshape(-1).tolist()
+        else:
+            entry["data"] = tensor.data.reshape(-1)
+        outputs.append(entry)
+    document: dict[str, Any] = {"model_name": response.model_name}
+    if response.model_version:
+        document["model_version"] = response.model_version
+    document["id"] = response.id
+    document["outputs"] = outputs
+    header = orjson.dumps(document, option=_JSON_OPTIONS)
+    if not binaries:
+        return header, None
+    return header + b"".join(binaries), len(header)
+
+
+def encode_v1(prediction: Prediction) -> bytes:
+    return orjson.dumps(
+        {"predictions": prediction.labels, "probabilities": prediction.probabilities}, option=_JSON_OPTIONS
+    )
+
+
+def encode_json(document: Any) -> bytes:
+    return orjson.dumps(document, option=_JSON_OPTIONS)
+
+
+def decode_feedback(body: bytes) -> FeedbackRequest:
+    """``{"request_id": ..., "label": ..., "row": 0}``; the label is checked against the classes later."""
+    document = _json_object(body, "request body")
+    unknown = sorted(set(document) - {"request_id", "label", "row"})
+    if unknown:
+        raise InvalidInput(f"unknown field(s) in the feedback: {', '.join(unknown)}")
+    request_id = document.get("request_id")
+    if not isinstance(request_id, str):
+        raise InvalidInput("feedback needs 'request_id': the id of the request that was predicted")
+    check_request_id(request_id, "request_id")
+    if "label" not in document:
+        raise InvalidInput("feedback needs 'label': the true class of the row")
+    label = document["label"]
+    if isinstance(label, bool) or not isinstance(label, str | int):
+        raise InvalidInput(f"'label' must be a string or an integer, got {label!r}")
+    row = document.get("row", 0)
+    if isinstance(row, bool) or not isinstance(row, int) or row < 0:
+        raise InvalidInput(f"'row' must be a non-negative integer (the row within the request), got {row!r}")
+    return FeedbackRequest(request_id, label, row)
+
+
+def _tensor_metadata(tensor: TensorMetadata) -> dict[str, Any]:
+    return {"name": tensor.name, "datatype": tensor.datatype.value, "shape": list(tensor.shape)}
+
+
+def encode_server_metadata(metadata: ServerMetadata) -> bytes:
+    return orjson.dumps(asdict(metadata))
+
+
+def model_metadata_document(metadata: ModelMetadata) -> dict[str, Any]:
+    """Open Inference Protocol model metadata, plus ``parameters`` and, when not ready, ``error``."""
+    parameters: dict[str, Any] = {"ready": metadata.ready}
+    extra = metadata.parameters
+    if extra is not None:
+        parameters.update(
+            {
+                "classes": list(extra.classes),
+                "features": [{"name": name, "type": kind} for name, kind in extra.features],
+                "algorithm": extra.algorithm,
+                "runtime": extra.runtime,
+                "max_request_rows": extra.max_request_rows,
+            }
+        )
+        if extra.tensor_input is not None:
+            parameters["tensor_input"] = {
+                "datatype": extra.tensor_input.datatype.value,
+                "shape": list(extra.tensor_input.shape),
+            }
+    document: dict[str, Any] = {
+        "name": metadata.name,
+        "versions": list(metadata.versions),
+        "platform": metadata.platform,
+        "inputs": [_tensor_metadata(tensor) for tensor in metadata.inputs],
+        "outputs": [_tensor_metadata(tensor) for tensor in metadata.outputs],
+        "parameters": parameters,
+    }
+    if metadata.error is not None:
+        document["error"] = metadata.error
+    return document
+
+
+def encode_model_metadata(metadata: ModelMetadata) -> bytes:
+    return orjson.dumps(model_metadata_document(metadata))
+
+
+def encode_readiness(readiness: ModelReadiness) -> bytes:
+    document: dict[str, Any] = {"name": readiness.name, "ready": readiness.ready}
+    if readiness.error is not None:
+        document["error"] = readiness.error
+    return orjson.dumps(document)
+
+
+def encode_feedback(result: FeedbackResult) -> bytes:
+    return orjson.dumps(asdict(result))
+
+
+def encode_error(error: ErrorResponse) -> bytes:
+    if error.request_id is None:
+        return orjson.dumps({"error": error.error})
+    return orjson.dumps({"error": error.error, "request_id": error.request_id})
+
+
+__all__ = [
+    "INFERENCE_HEADER_CONTENT_LENGTH",
+    "decode_feedback",
+    "decode_v1",
+    "decode_v2_rest",
+    "encode_error",
+    "encode_feedback",
+    "encode_json",
+    "encode_model_metadata",
+    "encode_readiness",
+    "encode_server_metadata",
+    "encode_v1",
+    "encode_v2_rest",
+    "model_metadata_document",
+]

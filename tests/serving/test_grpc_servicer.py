@@ -1,0 +1,146 @@
+"""The gRPC adapter in process: the servicer on a real grpc.aio server, called through kserve's public
+generated V2 stubs, over a real data plane and bundle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from modelyard.serving.dataplane import DataPlane
+from modelyard.serving.grpc.servicer import add_servicer
+from modelyard.serving.model import ServedModel
+
+from .conftest import NUMERIC_CLASSES
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+Scenario = Callable[[Any, ServedModel], Awaitable[Any]]
+
+
+def run(bundle: Path, scenario: Scenario) -> Any:
+    """``scenario(stub, model)`` against a servicer on a loopback port; the server stops afterwards."""
+
+    async def main() -> Any:
+        model = ServedModel("iris", bundle, version="3")
+        model.load()
+        dataplane = DataPlane(max_request_rows=10)
+        dataplane.add_model(model)
+        server = grpc.aio.server()
+        add_servicer(server, dataplane)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                return await scenario(pb_grpc.GRPCInferenceServiceStub(channel), model)
+        finally:
+            await server.stop(0)
+            model.close()
+
+    return asyncio.run(main())
+
+
+def infer_request(rows: list[list[float]], raw: bool = False) -> Any:
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input-0", datatype="FP64", shape=[len(rows), 4])
+    if raw:
+        return pb.ModelInferRequest(
+            model_name="iris", inputs=[tensor], raw_input_contents=[np.asarray(rows, dtype="<f8").tobytes()]
+        )
+    tensor.contents.fp64_contents.extend(np.asarray(rows).reshape(-1).tolist())
+    return pb.ModelInferRequest(model_name="iris", inputs=[tensor])
+
+
+def test_inference_over_typed_and_raw_contents(bundles: dict[str, Path]) -> None:
+    async def scenario(stub: Any, model: ServedModel) -> tuple[Any, Any]:
+        return await stub.ModelInfer(infer_request([ROW])), await stub.ModelInfer(
+            infer_request([ROW], raw=True)
+        )
+
+    typed, raw = run(bundles["numeric"], scenario)
+    for reply in (typed, raw):
+        assert [output.name for output in reply.outputs] == ["label", "probabilities"]
+        assert reply.model_version == "3" and len(reply.id) == 32
+        probabilities = np.frombuffer(reply.raw_output_contents[1], dtype="<f8")
+        assert abs(probabilities.sum() - 1) < 1e-9
+        label_length = int.from_bytes(reply.raw_output_contents[0][:4], "little")
+        assert reply.raw_output_contents[0][4 : 4 + label_length].decode() in NUMERIC_CLASSES
+
+
+def test_health_and_metadata(bundles: dict[str, Path]) -> None:
+    async def scenario(stub: Any, model: ServedModel) -> list[Any]:
+        return [
+            await stub.ServerLive(pb.ServerLiveRequest()),
+            await stub.ServerReady(pb.ServerReadyRequest()),
+            await stub.ModelReady(pb.ModelReadyRequest(name="iris", version="3")),
+            await stub.ModelMetadata(pb.ModelMetadataRequest(name="iris")),
+            await stub.ServerMetadata(pb.ServerMetadataRequest()),
+        ]
+
+    live, ready, model_ready, metadata, server = run(bundles["numeric"], scenario)
+    assert live.live and ready.ready and model_ready.ready
+    assert metadata.versions == ["3"] and metadata.inputs[0].name == "sepal_length"
+    assert server.name == "modelyard" and "binary_tensor_data" in server.extensions
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "details"),
+    [
+        (
+            pb.ModelInferRequest(model_name="nope"),
+            grpc.StatusCode.NOT_FOUND,
+            "model 'nope' is not served here",
+        ),
+        (
+            pb.ModelInferRequest(model_name="iris"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the request has no inputs",
+        ),
+        (
+            pb.ModelInferRequest(model_name="iris", model_version="9"),
+            grpc.StatusCode.NOT_FOUND,
+            "has no version '9'",
+        ),
+    ],
+)
+def test_client_mistakes_answer_their_code_and_message(
+    bundles: dict[str, Path], request_: Any, code: grpc.StatusCode, details: str
+) -> None:
+    async def scenario(stub: Any, model: ServedModel) -> grpc.aio.AioRpcError:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ModelInfer(request_)
+        return caught.value
+
+    error = run(bundles["numeric"], scenario)
+    assert error.code() == code and details in (error.details() or "")
+
+
+class BrokenRuntime:
+    kind = "sklearn"
+
+    def predict_proba(self, frame: Any) -> Any:
+        raise RuntimeError("secret internal state 0xdeadbeef")
+
+
+def test_a_fault_inside_the_model_is_internal_with_the_request_id(
+    bundles: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(stub: Any, model: ServedModel) -> grpc.aio.AioRpcError:
+        model._runtime = BrokenRuntime()  # type: ignore[assignment]  # our own class
+        model._predict_numeric = None
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ModelInfer(infer_request([ROW]), metadata=(("x-request-id", "g-7"),))
+        return caught.value
+
+    with caplog.at_level(logging.ERROR, logger="modelyard.serving"):
+        error = run(bundles["numeric"], scenario)
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert error.details() == "internal error (g-7)" and "0xdeadbeef" not in (error.details() or "")
+    assert any("g-7" in record.getMessage() and record.exc_info for record in caplog.records)
