@@ -147,9 +147,16 @@ def test_the_final_stage_runs_as_a_numeric_non_root_user(stages: list[Stage]) ->
     assert keywords.index("USER") > max(i for i, k in enumerate(keywords) if k == "RUN")
 
 
-def test_the_final_stage_exposes_rest_and_grpc(stages: list[Stage]) -> None:
+def test_the_final_stage_exposes_rest_grpc_and_the_probe_port(stages: list[Stage]) -> None:
     exposed = {port for line in stages[-1].all("EXPOSE") for port in line.split()}
-    assert {"8080", "8081"} <= exposed
+    assert {"8080", "8081", "8082"} <= exposed
+
+
+def test_the_documented_runtime_probes_and_scrapes_the_probe_port() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert "livenessProbe: {httpGet: {path: /v2/health/live, port: 8082}}" in text
+    assert "readinessProbe: {httpGet: {path: /v2/health/ready, port: 8082}}" in text
+    assert 'prometheus.kserve.io/port: "8082"' in text
 
 
 def test_the_final_stage_installs_no_compilers_and_no_packages(stages: list[Stage]) -> None:
@@ -186,7 +193,12 @@ def test_the_entry_point_accepts_what_the_serving_runtime_passes(stages: list[St
     )
     (cmd,) = stages[-1].all("CMD")
     default = parser.parse_args(json.loads(cmd))
-    assert (str(default.model_dir), default.http_port, default.grpc_port) == ("/mnt/models", 8080, 8081)
+    assert (str(default.model_dir), default.http_port, default.grpc_port, default.metrics_port) == (
+        "/mnt/models",
+        8080,
+        8081,
+        8082,
+    )
 
 
 def test_the_build_context_holds_exactly_what_the_builder_copies(stages: list[Stage]) -> None:

@@ -124,7 +124,7 @@ class FeatureBatch:
         for name in schema.names:
             column = schema.numeric_index.get(name)
             if column is None:
-                missing = np.flatnonzero(np.equal(self.other[name], None))
+                missing = np.flatnonzero([value is None for value in self.other[name].tolist()])
             else:
                 missing = np.flatnonzero(np.isnan(self.numeric[:, column]))
             if missing.size:

@@ -13,7 +13,7 @@ Every inference and feedback response carries ``x-request-id``: the client's, or
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -50,7 +50,7 @@ METRICS_PATH = "/metrics"
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def json_response(content: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(content: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(content, status_code=status, media_type=JSON, headers=headers)
 
 
