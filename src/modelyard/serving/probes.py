@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -35,7 +36,7 @@ class _ProbeHandler(BaseHTTPRequestHandler):
             live = dataplane.live()
             self._answer(200 if live else 503, b'{"live":true}' if live else b'{"live":false}')
         elif path == READY_PATH:
-            ready = dataplane.ready() and not self.server.draining
+            ready = dataplane.ready() and not self.server.stopping()
             self._answer(200 if ready else 503, b'{"ready":true}' if ready else b'{"ready":false}')
         elif path == METRICS_PATH and dataplane.metrics is not None:
             body, content_type = dataplane.metrics.render(self.headers.get("accept"))
@@ -61,10 +62,12 @@ class ProbeServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, dataplane: DataPlane, host: str, port: int) -> None:
+    def __init__(
+        self, dataplane: DataPlane, host: str, port: int, stopping: Callable[[], bool] = lambda: False
+    ) -> None:
         self.dataplane = dataplane
-        self.draining = False
-        """Set on shutdown: readiness answers 503 while the main port drains."""
+        self.stopping = stopping
+        """True once the server is shutting down: readiness answers 503 while the main port drains."""
         if ":" in host:
             self.address_family = socket.AF_INET6
         try:

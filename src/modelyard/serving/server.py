@@ -235,8 +235,6 @@ class ModelServer:
     async def shutdown(self) -> None:
         """Stop gRPC (in-flight calls get the grace period), write the log, stop the model and probes."""
         grace = self.settings.serving.grace_period_s
-        if self.probes is not None:
-            self.probes.draining = True
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
             self.grpc_server = None
@@ -256,13 +254,16 @@ class ModelServer:
         serving = self.settings.serving
         config = self.uvicorn_config()
         listener = _listen(serving.host, serving.http_port)
+        server = uvicorn.Server(config)
         try:
             if serving.metrics_port:
                 from modelyard.serving.probes import ProbeServer
 
-                self.probes = ProbeServer(self.dataplane, serving.host, serving.metrics_port)
+                # readiness turns 503 as soon as a signal asks uvicorn to stop, while requests drain
+                self.probes = ProbeServer(
+                    self.dataplane, serving.host, serving.metrics_port, stopping=lambda: server.should_exit
+                )
                 self.probes.start()
-            server = uvicorn.Server(config)
             with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
                 runner.run(self._serve(server, listener))
         finally:
