@@ -949,7 +949,7 @@ def render_report(
         "",
         "ONNX: " + "; ".join(f"{m.case.title} {m.onnx}" for m in prepared.values()) + ".",
         "",
-        "Targets (issue 4):",
+        "Targets (issue 9):",
         "",
         verdict_table(verdicts),
     ]
