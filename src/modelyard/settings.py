@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     @field_validator("store_uri")
     @classmethod
     def _known_scheme(cls, value: str) -> str:

@@ -148,3 +148,17 @@ def test_available_cpus_follow_the_affinity_and_a_cgroup_cpu_limit(
         path.write_text(cpu_max)
     affinity = len(os.sched_getaffinity(0))
     assert available_cpus(path) == (affinity if expected == "affinity" else min(affinity, int(expected)))
+
+
+@pytest.mark.parametrize(("value", "expected"), [("debug", "DEBUG"), ("WARNING", "WARNING")])
+def test_the_log_level_is_a_setting_in_any_case(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: str
+) -> None:
+    monkeypatch.setenv("MODELYARD_LOG_LEVEL", value)
+    assert settings_from([]).log_level == expected
+
+
+def test_a_bad_log_level_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELYARD_LOG_LEVEL", "loud")
+    with pytest.raises(ModelyardError, match="MODELYARD_LOG_LEVEL: Input should be 'DEBUG', 'INFO'"):
+        settings_from([])
