@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import types
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -183,16 +183,19 @@ def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
     return annotation, {}
 
 
-def add_group_flags(parser: argparse.ArgumentParser, group: type[BaseModel]) -> None:
+def add_group_flags(
+    parser: argparse.ArgumentParser, group: type[BaseModel], *, dashed_only: Collection[str] = ()
+) -> None:
     """One flag per field of a settings group, with the field's description as its help.
 
     ``--max-batch-size`` sets the field ``max_batch_size``; the underscore spelling (``--max_batch_size``)
-    is accepted too, as KServe's ServingRuntime arguments use it (``--model_name``, ``--http_port``).
+    is accepted too, as KServe's ServingRuntime arguments use it (``--model_name``, ``--http_port``),
+    except for the fields in ``dashed_only``.
     """
     for name, field in group.model_fields.items():
         flag_type, extra = _flag_type(field.annotation)
         dashed = "--" + name.replace("_", "-")
-        spellings = [dashed] if "_" not in name else [dashed, f"--{name}"]
+        spellings = [dashed] if "_" not in name or name in dashed_only else [dashed, f"--{name}"]
         default = field.get_default(call_default_factory=False)
         shown = "" if default is None or default == "" else f" (default: {default})"
         parser.add_argument(
