@@ -16,11 +16,11 @@ from modelyard.serving.probes import ProbeServer
 from .conftest import ServerProcess, send
 
 
-def probe_server(model: ServedModel, stopping: bool = False) -> ProbeServer:
+def probe_server(model: ServedModel, serving: bool = True) -> ProbeServer:
     metrics = ServingMetrics()
     dataplane = DataPlane(max_request_rows=10, metrics=metrics)
     dataplane.add_model(model)
-    server = ProbeServer(dataplane, "127.0.0.1", 0, stopping=lambda: stopping)
+    server = ProbeServer(dataplane, "127.0.0.1", 0, serving=lambda: serving)
     server.start()
     return server
 
@@ -50,15 +50,15 @@ def test_live_ready_and_metrics(ready_model: ServedModel) -> None:
         server.stop()
 
 
-def test_readiness_is_the_models_and_turns_503_when_stopping(
+def test_readiness_is_the_models_and_503_until_the_servers_listen_or_once_they_stop(
     ready_model: ServedModel, bundles: dict[str, Path], tmp_path: Path
 ) -> None:
     shutil.copytree(bundles["numeric"], tmp_path / "bundle")
     (tmp_path / "bundle" / "model.joblib").write_bytes(b"tampered")
     broken = ServedModel("iris", tmp_path / "bundle")
     broken.load()
-    for model, stopping in ((broken, False), (ready_model, True)):
-        server = probe_server(model, stopping=stopping)
+    for model, serving in ((broken, True), (ready_model, False)):
+        server = probe_server(model, serving=serving)
         try:
             answer = send("GET", f"http://127.0.0.1:{server.port}/v2/health/ready")
             assert answer.status == 503 and answer.json() == {"ready": False}

@@ -37,7 +37,7 @@ class _ProbeHandler(BaseHTTPRequestHandler):
             live = dataplane.live()
             self._answer(200 if live else 503, b'{"live":true}' if live else b'{"live":false}')
         elif path == READY_PATH:
-            ready = dataplane.ready() and not self.server.stopping()
+            ready = dataplane.ready() and self.server.serving()
             self._answer(200 if ready else 503, b'{"ready":true}' if ready else b'{"ready":false}')
         elif path == METRICS_PATH and dataplane.metrics is not None:
             body, content_type = dataplane.metrics.render(self.headers.get("accept"))
@@ -65,11 +65,12 @@ class ProbeServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, dataplane: DataPlane, host: str, port: int, stopping: Callable[[], bool] = lambda: False
+        self, dataplane: DataPlane, host: str, port: int, serving: Callable[[], bool] = lambda: True
     ) -> None:
         self.dataplane = dataplane
-        self.stopping = stopping
-        """True once the server is shutting down: readiness answers 503 while the main port drains."""
+        self.serving = serving
+        """True while the inference ports listen and no signal asked them to stop: readiness is 503
+        before (the probe port is up first) and while the main port drains."""
         if ":" in host:
             self.address_family = socket.AF_INET6
         try:

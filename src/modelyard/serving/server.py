@@ -259,9 +259,12 @@ class ModelServer:
             if serving.metrics_port:
                 from modelyard.serving.probes import ProbeServer
 
-                # readiness turns 503 as soon as a signal asks uvicorn to stop, while requests drain
+                # ready once REST listens (gRPC listens before it), not once a signal asks uvicorn to stop
                 self.probes = ProbeServer(
-                    self.dataplane, serving.host, serving.metrics_port, stopping=lambda: server.should_exit
+                    self.dataplane,
+                    serving.host,
+                    serving.metrics_port,
+                    serving=lambda: server.started and not server.should_exit,
                 )
                 self.probes.start()
             with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
