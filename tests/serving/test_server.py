@@ -453,7 +453,7 @@ def test_a_port_in_use_stops_the_server_with_a_clear_error(
     command = [
         sys.executable, "-m", "modelyard.serving", "--model-dir", str(bundles["numeric"]),
         "--host", "127.0.0.1", "--http-port", str(free_ports(1)[0]),
-        "--grpc-port", str(numeric_server.grpc_port), "--no-prediction-log",
+        "--grpc-port", str(numeric_server.grpc_port), "--metrics-port", "0", "--no-prediction-log",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, env=server_env(tmp_path), timeout=120, check=False)
     assert result.returncode == 1
