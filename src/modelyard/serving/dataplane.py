@@ -34,7 +34,7 @@ from modelyard.serving.codec import (
 )
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.model import ServedModel
-from modelyard.serving.prediction_log import PredictionLog, PredictionRecord
+from modelyard.serving.sink import PredictionRecord, PredictionSink
 from modelyard.serving.types import (
     SERVER_EXTENSIONS,
     SERVER_NAME,
@@ -71,7 +71,7 @@ class DataPlane:
         *,
         max_request_rows: int,
         metrics: ServingMetrics | None = None,
-        prediction_log: PredictionLog | None = None,
+        prediction_log: PredictionSink | None = None,
         feedback_store: FeedbackStore | None = None,
     ) -> None:
         self.max_request_rows = max_request_rows
