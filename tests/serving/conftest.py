@@ -36,6 +36,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from modelyard.bundle import BundleMetadata, write_bundle
+from modelyard.registry import upgrade
 from modelyard.spec import FeatureSpec, FeatureType
 from modelyard.training.preprocessing import build_preprocessor
 
@@ -191,12 +192,19 @@ def start_server(
     *args: str,
     env: dict[str, str] | None = None,
     wait_for: str = "/v2/health/live",
+    migrate: bool = True,
 ) -> ServerProcess:
-    """``python -m modelyard.serving`` on free loopback ports; returns once ``wait_for`` answers."""
+    """``python -m modelyard.serving`` on free loopback ports; returns once ``wait_for`` answers.
+
+    The server never migrates its database: unless ``migrate`` is False, this does first, as
+    `modelyard db upgrade` would.
+    """
     home.mkdir(parents=True, exist_ok=True)
     http_port, grpc_port, metrics_port = free_ports(3)
     log_path = home / f"server-{http_port}.log"
     environment = env if env is not None else server_env(home)
+    if migrate:
+        upgrade(environment.get("MODELYARD_DATABASE_URL", f"sqlite:///{home / 'modelyard.db'}"))
     command = [
         sys.executable, "-m", "modelyard.serving", "--model-dir", str(model_dir), "--host", "127.0.0.1",
         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),

@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, select
 
 from modelyard.bundle import BundleMetadata, write_bundle
 from modelyard.errors import InvalidInput, NotFound, NotReady
+from modelyard.registry import upgrade
 from modelyard.registry.tables import Prediction as PredictionRow
 from modelyard.serving.dataplane import DataPlane, class_label
 from modelyard.serving.metrics import ServingMetrics
@@ -188,6 +189,7 @@ def test_a_model_that_raises_on_complete_input_is_a_server_fault(bundles: dict[s
 def test_predictions_reach_the_log_and_the_metrics(bundles: dict[str, Path], tmp_path: Path) -> None:
     metrics = ServingMetrics()
     database = f"sqlite:///{tmp_path / 'registry.db'}"
+    upgrade(database)
     log = PredictionLog(
         database,
         spool_dir=tmp_path / "spool",

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, inspect, select, text
 
 from modelyard.errors import InvalidInput, NotFound, NotReady
 from modelyard.registry import create_engine_for, upgrade
+from modelyard.registry.db import redact
 from modelyard.registry.tables import Feedback, Prediction
 from modelyard.serving.feedback import record_feedback
 from modelyard.serving.prediction_log import PredictionLog, PredictionRecord
@@ -138,14 +139,35 @@ def test_bad_arguments_are_refused_by_name(engine: Engine, arguments: dict[str, 
     assert stored_feedback(engine) == []
 
 
-def test_a_database_without_the_prediction_log_schema_is_named(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    create_engine_for(url).dispose()
-    with pytest.raises(
-        NotFound,
-        match=r"no predictions are logged in .*old\.db: it has no predictions table yet .*db upgrade",
-    ):
+def test_an_unmigrated_database_is_not_ready_and_names_the_command(settings: Settings) -> None:
+    url = settings.database_url
+    with pytest.raises(NotReady) as caught:
         record_feedback(url, model="iris", request_id="req-a", label="setosa")
+    assert caught.value.status_code == 503
+    assert caught.value.message == (
+        f"cannot record feedback: the registry database {redact(url)} has no predictions and no "
+        "feedback table: it is not migrated; run `modelyard db upgrade`"
+    )
+    engine = create_engine_for(url)
+    try:
+        assert inspect(engine).get_table_names() == [], "feedback migrated the database"
+    finally:
+        engine.dispose()
+
+
+def test_a_database_missing_only_the_feedback_table_names_it(settings: Settings) -> None:
+    upgrade(settings.database_url)
+    engine = create_engine_for(settings.database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE feedback"))
+            connection.execute(insert(Prediction), [_prediction("req-a")])
+        with pytest.raises(
+            NotReady, match=r"has no feedback table: it is not migrated; run `modelyard db upgrade`"
+        ):
+            record_feedback(engine, model="iris", request_id="req-a", label="setosa")
+    finally:
+        engine.dispose()
 
 
 def test_an_unreachable_database_is_not_ready_with_the_password_hidden(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The registry database dies under load: no request fails, and no prediction record is lost."""
+"""The registry database dies under load, or was never migrated: no request fails, no record is lost."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.exc import OperationalError
 
+from modelyard.registry import upgrade
 from modelyard.registry.tables import Prediction as PredictionRow
 
 from ..conftest import PostgresService
-from .conftest import server_env, start_server
+from .conftest import post_json, server_env, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -97,3 +98,52 @@ def test_killing_postgres_under_load_fails_no_request_and_loses_no_record(
     engine.dispose()
     assert len(logged) == len(set(logged)), "a record was written twice"
     assert set(logged) == {request_id for request_id, _ in answered}, "records were lost"
+
+
+def test_a_server_on_an_unmigrated_database_says_so_once_serves_and_replays_after_upgrade(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    url = f"sqlite:///{home / 'modelyard.db'}"
+    env = server_env(home, MODELYARD_SERVING__LOG_FLUSH_INTERVAL_S="0.2")
+    server = start_server(bundles["numeric"], home, "--model-name", "iris", env=env, migrate=False)
+    predict = f"{server.url}/v1/models/iris:predict"
+    feedback = f"{server.url}/v1/models/iris/feedback"
+    try:
+        answers = [post_json(predict, {"instances": [ROW]}, {"x-request-id": f"r{n}"}) for n in range(5)]
+        refused = post_json(feedback, {"request_id": "r0", "label": "setosa"})
+        spool = home / "spool" / "predictions.jsonl"
+        deadline = time.monotonic() + 30
+        while spool.read_bytes().count(b"\n") < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        spooled = [json.loads(line)["request_id"] for line in spool.read_bytes().splitlines()]
+        upgrade(url)  # `modelyard db upgrade`, run while the server keeps serving
+        answers.append(post_json(predict, {"instances": [ROW]}, {"x-request-id": "r5"}))
+        deadline = time.monotonic() + 60
+        while logged_count(url) < 6 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        accepted = post_json(feedback, {"request_id": "r0", "label": "setosa"})
+    finally:
+        exit_code = server.stop()
+    log = server.log()
+    assert exit_code == 0, log
+    assert [answer.status for answer in answers] == [200] * 6
+    assert refused.status == 503
+    assert (
+        "has no predictions and no feedback table: it is not migrated; run `modelyard db upgrade`"
+        in (refused.json()["error"])
+    )
+    assert spooled == [f"r{n}" for n in range(5)]
+    named = [line for line in log.splitlines() if "has no predictions table" in line]
+    assert len(named) == 1, log
+    assert (
+        f"prediction log: the database at {url} has no predictions table; run `modelyard db upgrade`; "
+        f"spooling to {spool} meanwhile"
+    ) in named[0]
+    assert "has its predictions table now" in log
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        logged = [row.request_id for row in connection.execute(select(PredictionRow.request_id))]
+    engine.dispose()
+    assert logged == [f"r{n}" for n in range(6)]
+    assert accepted.status == 200, accepted.body

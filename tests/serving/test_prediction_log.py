@@ -1,14 +1,20 @@
-"""PredictionLog against real databases: batching, spooling while Postgres is down, replay, bounds.
+"""PredictionLog against real databases: batching, flush, spooling while Postgres is down or not migrated,
+replay, bounds.
 
 The kill test runs its own PostgreSQL server (in its own data folder) so that stopping it cannot
-disturb the session's shared server.
+disturb the session's shared server. The log never migrates: the tests run `modelyard db upgrade`'s
+``upgrade`` first, as an operator would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import statistics
+import subprocess
+import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,12 +23,15 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import event, select
+from sqlalchemy import event, inspect, select
 
-from modelyard.registry import create_engine_for
+from modelyard.registry import create_engine_for, upgrade
+from modelyard.registry.db import redact
 from modelyard.registry.tables import Prediction
 from modelyard.serving.metrics import ServingMetrics
-from modelyard.serving.prediction_log import PredictionLog, PredictionRecord, _Spool
+from modelyard.serving.prediction_log import DatabaseState, PredictionLog, PredictionRecord
+from modelyard.serving.sink import PredictionSink
+from modelyard.settings import Settings
 
 from ..conftest import PostgresService
 
@@ -73,12 +82,29 @@ def metric(metrics: ServingMetrics, sample_name: str) -> float:
     raise AssertionError(f"no sample {sample_name}")
 
 
+def tables(url: str) -> set[str]:
+    engine = create_engine_for(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated registry database, as `modelyard db upgrade` leaves it."""
     if request.param == "postgres":
         url: str = request.getfixturevalue("postgres_url")
-        return url
-    return f"sqlite:///{tmp_path / 'registry.db'}"
+    else:
+        url = f"sqlite:///{tmp_path / 'registry.db'}"
+    upgrade(url)
+    return url
+
+
+def migrated_sqlite(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade(url)
+    return url
 
 
 def unreachable_url(tmp_path: Path) -> str:
@@ -191,7 +217,7 @@ def test_submit_never_raises_whatever_it_is_given(tmp_path: Path) -> None:
 
 
 def test_a_record_is_written_within_the_flush_interval_without_a_flush(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'r.db'}"
+    url = migrated_sqlite(tmp_path)
     log = new_log(url, tmp_path / "spool", batch_size=1000, flush_interval_s=0.2)
 
     async def main() -> float:
@@ -209,7 +235,7 @@ def test_a_record_is_written_within_the_flush_interval_without_a_flush(tmp_path:
 
 
 def test_flush_writes_every_queued_batch_without_waiting_for_the_interval(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'r.db'}"
+    url = migrated_sqlite(tmp_path)
     log = new_log(url, tmp_path / "spool", batch_size=10, flush_interval_s=30.0)
 
     async def main() -> tuple[bool, float]:
@@ -254,7 +280,7 @@ def test_single_row_submits_are_written_in_a_few_batched_round_trips(
     assert len(stored(database_url)) == 2000
     # 2000 records in batches of 500: four (at most a few more) executemany INSERTs, not 2000.
     assert 4 <= len(inserts) <= 6 and all(inserts), inserts
-    assert len(statements) < 40  # the rest: one schema check at first connect
+    assert len(statements) < 40  # the rest: the table check at first connect
 
 
 def test_the_same_key_is_written_once(database_url: str, tmp_path: Path) -> None:
@@ -319,7 +345,7 @@ def test_a_full_spool_drops_and_counts_while_the_database_is_down(tmp_path: Path
 
 def test_records_submitted_after_stop_are_counted_as_dropped(tmp_path: Path) -> None:
     metrics = ServingMetrics()
-    log = new_log(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "spool", metrics=metrics)
+    log = new_log(migrated_sqlite(tmp_path), tmp_path / "spool", metrics=metrics)
 
     async def main() -> None:
         await log.start()
@@ -417,6 +443,7 @@ def test_killing_postgres_under_load_loses_no_record_and_blocks_no_request(
 ) -> None:
     killable_postgres.server.psql("CREATE DATABASE under_load;")
     url = killable_postgres.url("under_load")
+    upgrade(url)
     metrics = ServingMetrics()
     log = new_log(
         url,
@@ -460,7 +487,8 @@ def test_killing_postgres_under_load_loses_no_record_and_blocks_no_request(
         deadline = time.monotonic() + 60
         caught_up = False
         while not caught_up and time.monotonic() < deadline:
-            caught_up = await log.flush(timeout_s=5)
+            # False at once while the writer waits to retry the database: ask again a little later.
+            caught_up = await log.flush(timeout_s=5) or await asyncio.sleep(0.1, result=False)
         await log.stop()
         return caught_up
 
@@ -533,21 +561,213 @@ def test_a_log_stopped_before_it_started_spools_its_queue(tmp_path: Path) -> Non
     assert b'"request_id":"early"' in (spool_dir / "predictions.jsonl").read_bytes()
 
 
-def test_the_spool_compacts_its_replayed_head_to_make_room(tmp_path: Path) -> None:
-    """The spool's own bookkeeping: bounded size, order kept, replayed lines reclaimed atomically."""
-    spool = _Spool(tmp_path, max_bytes=100)
-    line = b'{"n":0000}\n'  # 11 bytes
-    numbered = [line.replace(b"0000", f"{index:04d}".encode()) for index in range(12)]
-    assert spool.append(numbered[:12]) == 9  # 99 bytes fit, the rest does not
-    lines, offset = spool.read(4)
-    assert lines == [item.rstrip(b"\n") for item in numbered[:4]]
-    spool.advance(offset)
-    assert spool.pending == 55
-    # No room at the end: the replayed head is dropped (by an atomic rewrite) and the new lines fit.
-    assert spool.append(numbered[9:12]) == 3
-    assert (spool.offset, spool.size) == (0, 88)
-    assert spool.path.read_bytes() == b"".join(numbered[4:12])
-    lines, offset = spool.read(100)
-    spool.advance(offset)
-    assert len(lines) == 8 and spool.pending == 0 and spool.path.read_bytes() == b""
-    spool.close()
+# ---------------------------------------------------------------- the PredictionSink protocol
+
+
+def feed(sink: PredictionSink, records: list[PredictionRecord]) -> None:
+    """What the data plane does with its sink, typed as the data plane types it."""
+    sink.submit(records)
+
+
+def test_the_prediction_log_is_a_prediction_sink(tmp_path: Path) -> None:
+    log = new_log(migrated_sqlite(tmp_path), tmp_path / "spool")
+    assert isinstance(log, PredictionSink)
+    assert not isinstance(object(), PredictionSink)
+
+    async def main() -> bool:
+        await log.start()
+        feed(log, [record("through-the-protocol")])
+        flushed = await log.flush()
+        await log.stop()
+        return flushed
+
+    assert asyncio.run(main())
+    assert log.written == 1
+
+
+MYPY_SNIPPET = """
+from collections.abc import Sequence
+
+from modelyard.serving.prediction_log import PredictionLog, PredictionRecord
+from modelyard.serving.sink import PredictionSink
+
+
+def feed(sink: PredictionSink) -> None:
+    sink.submit([])
+
+
+def the_log(log: PredictionLog) -> None:
+    feed(log)
+
+
+class NoFlush:
+    def submit(self, records: Sequence[PredictionRecord]) -> None:
+        pass
+
+
+feed(NoFlush())
+"""
+
+
+def test_mypy_takes_the_log_as_a_sink_and_refuses_what_cannot_flush(tmp_path: Path) -> None:
+    from mypy import api
+
+    root = Path(__file__).resolve().parents[2]
+    snippet = tmp_path / "sink_check.py"
+    snippet.write_text(MYPY_SNIPPET)
+    arguments = ["--config-file", str(root / "pyproject.toml"), "--cache-dir", str(root / ".mypy_cache")]
+    report, errors, _status = api.run([*arguments, str(snippet)])
+    assert errors == ""
+    problems = [line for line in report.splitlines() if ": error:" in line]
+    # The only complaint is NoFlush: the log itself type-checks as a PredictionSink.
+    assert len(problems) == 1, report
+    assert 'Argument 1 to "feed" has incompatible type "NoFlush"; expected "PredictionSink"' in problems[0]
+
+
+def test_the_sink_module_imports_neither_sqlalchemy_nor_the_log() -> None:
+    probe = (
+        "import sys, modelyard.serving.sink\n"
+        "unwanted = ('sqlalchemy', 'modelyard.serving.prediction_log')\n"
+        "loaded = [m for m in sys.modules if m.startswith(unwanted)]\n"
+        "print(sorted(loaded))"
+    )
+    answer = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert answer.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- flush waits on the writer's signal
+
+
+def test_flush_returns_once_the_batch_is_written_and_not_before(tmp_path: Path) -> None:
+    url = migrated_sqlite(tmp_path)
+    # Neither a full batch nor the interval would ever start this write: only flush() does.
+    log = new_log(url, tmp_path / "spool", batch_size=100, flush_interval_s=3600.0)
+    inserting, may_insert = threading.Event(), threading.Event()
+
+    @event.listens_for(log.engine, "before_cursor_execute")
+    def hold(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("INSERT INTO predictions"):
+            inserting.set()
+            may_insert.wait(30)  # the writer thread holds here until the test lets it go
+
+    async def main() -> tuple[bool, int, bool]:
+        await log.start()
+        log.submit([record(f"req-{index}") for index in range(3)])
+        flushing = asyncio.create_task(log.flush(timeout_s=3600))
+        assert await asyncio.to_thread(inserting.wait, 30), "flush() did not wake the writer"
+        await asyncio.sleep(0.2)
+        waited, written_meanwhile = not flushing.done(), log.written
+        may_insert.set()
+        flushed = await asyncio.wait_for(flushing, 30)
+        await log.stop()
+        return waited, written_meanwhile, flushed
+
+    waited, written_meanwhile, flushed = asyncio.run(main())
+    assert waited and written_meanwhile == 0, "flush() returned before its batch was written"
+    assert flushed and log.written == 3
+    assert [row.request_id for row in stored(url)] == ["req-0", "req-1", "req-2"]
+
+
+def test_flush_returns_at_once_when_the_writer_has_nothing_left_to_do(tmp_path: Path) -> None:
+    url = migrated_sqlite(tmp_path)
+    never_started = new_log(url, tmp_path / "spool-0")
+    log = new_log(url, tmp_path / "spool", flush_interval_s=3600.0)
+
+    async def main() -> list[bool]:
+        answers = [await asyncio.wait_for(never_started.flush(timeout_s=3600), 10)]
+        never_started.submit([record("queued-only")])
+        answers.append(await asyncio.wait_for(never_started.flush(timeout_s=3600), 10))
+        await log.start()
+        answers.append(await asyncio.wait_for(log.flush(timeout_s=3600), 10))  # nothing submitted
+        log.submit([record("req-1")])
+        answers.append(await asyncio.wait_for(log.flush(timeout_s=3600), 10))
+        answers.append(await asyncio.wait_for(log.flush(timeout_s=3600), 10))  # all written already
+        await log.stop()
+        answers.append(await asyncio.wait_for(log.flush(timeout_s=3600), 10))  # the writer has stopped
+        await never_started.stop()
+        return answers
+
+    assert asyncio.run(main()) == [True, False, True, True, True, True]
+
+
+def test_flush_returns_once_the_records_are_spooled_while_the_database_is_down(tmp_path: Path) -> None:
+    # The next retry is an hour away: flush() must not wait for it.
+    log = new_log(unreachable_url(tmp_path), tmp_path / "spool", retry_initial_s=3600.0, retry_max_s=3600.0)
+
+    async def main() -> bool:
+        await log.start()
+        log.submit([record(f"req-{index}") for index in range(4)])
+        flushed = await asyncio.wait_for(log.flush(timeout_s=3600), 10)
+        await log.stop()
+        return flushed
+
+    assert asyncio.run(main()) is False
+    assert (log.spooled, log.written, log.dropped) == (4, 0, 0)
+
+
+def test_flush_waits_for_the_replay_while_the_database_takes_rows(database_url: str, tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    earlier = new_log(unreachable_url(tmp_path), spool_dir)
+
+    async def spool_some() -> None:
+        await earlier.start()
+        earlier.submit([record(f"req-{index}") for index in range(6)])
+        await earlier.flush()
+        await earlier.stop()
+
+    asyncio.run(spool_some())
+    log = new_log(database_url, spool_dir, batch_size=2, flush_interval_s=3600.0)  # three replay chunks
+
+    async def main() -> bool:
+        await log.start()
+        flushed = await log.flush(timeout_s=30)
+        await log.stop()
+        return flushed
+
+    assert asyncio.run(main()) is True
+    assert log.replayed == 6 and log.spool_bytes == 0
+    assert [row.request_id for row in stored(database_url)] == [f"req-{index}" for index in range(6)]
+
+
+# ---------------------------------------------------------------- a database nobody migrated
+
+
+def test_an_unmigrated_database_is_named_in_one_line_and_the_spool_replays_after_upgrade(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = settings.database_url
+    spool_dir = tmp_path / "spool"
+    log = new_log(url, spool_dir, retry_initial_s=0.05, retry_max_s=0.1)
+    states: list[DatabaseState] = []
+
+    async def main() -> bool:
+        await log.start()
+        log.submit([record(f"req-{index}") for index in range(3)])
+        states.append(log.database_state)
+        assert await log.flush() is False  # spooled: there is no table to write to
+        states.append(log.database_state)
+        await asyncio.sleep(0.5)  # the writer keeps retrying meanwhile, quietly
+        assert tables(url) == set(), "the prediction log migrated the database"
+        await asyncio.to_thread(upgrade, url)  # `modelyard db upgrade`, run by someone else
+        log.submit([record("after-upgrade")])
+        deadline = time.monotonic() + 30
+        caught_up = False
+        while not caught_up and time.monotonic() < deadline:
+            caught_up = await log.flush(timeout_s=5) or await asyncio.sleep(0.05, result=False)
+        await log.stop()
+        return caught_up
+
+    with caplog.at_level("INFO", logger="modelyard.serving.prediction_log"):
+        caught_up = asyncio.run(main())
+    assert caught_up, f"{log.spool_bytes} spooled bytes never reached the database"
+    assert states[-1] is DatabaseState.UNMIGRATED and log.database_state is DatabaseState.UP
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        f"prediction log: the database at {redact(log.engine.url)} has no predictions table; run "
+        f"`modelyard db upgrade`; spooling to {spool_dir / 'predictions.jsonl'} meanwhile"
+    ]
+    assert f"prediction log: the database at {redact(log.engine.url)} has its predictions table now" in (
+        caplog.text
+    )
+    assert [row.request_id for row in stored(url)] == ["req-0", "req-1", "req-2", "after-upgrade"]
+    assert log.dropped == 0 and log.replayed == log.spooled >= 3

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from modelyard import __version__
 from modelyard.errors import InvalidInput, ModelyardError, NotFound, NotReady
@@ -34,7 +34,7 @@ from modelyard.serving.features import (
 )
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.model import ServedModel
-from modelyard.serving.prediction_log import PredictionRecord
+from modelyard.serving.sink import PredictionRecord, PredictionSink
 from modelyard.serving.types import (
     SERVER_EXTENSIONS,
     SERVER_NAME,
@@ -52,14 +52,6 @@ from modelyard.serving.types import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class PredictionSink(Protocol):
-    """Where predictions go once answered (the prediction log). ``submit`` never blocks."""
-
-    def submit(self, records: Sequence[PredictionRecord]) -> Any: ...
-
-    async def flush(self, timeout_s: float = ...) -> bool: ...
 
 
 FeedbackStore = Callable[..., FeedbackResult]
@@ -334,4 +326,4 @@ def prediction_records(
     return records
 
 
-__all__ = ["DataPlane", "FeedbackStore", "PredictionSink", "class_label", "prediction_records"]
+__all__ = ["DataPlane", "FeedbackStore", "class_label", "prediction_records"]

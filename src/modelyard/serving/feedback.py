@@ -2,10 +2,13 @@
 
 Feedback names a prediction by (model, request_id, row) and is accepted only when that prediction is in
 the ``predictions`` table. The prediction log writes asynchronously, so a prediction made an instant
-ago may not be there yet (at most the server's ``log_flush_interval_s``, longer while the database is
-down and the log spools): the answer is then NotFound, which says so, and the server can
+ago may not be there yet (at most the server's ``log_flush_interval_s``, longer while the log spools
+because the database is down or not migrated): the answer is then NotFound, which says so, and the server can
 ``await prediction_log.flush()`` and try once more. This keeps the rule simple and honest: no ground
 truth without the prediction it grades.
+
+Nothing here migrates the database: one that lacks the tables (``modelyard db upgrade`` was not run)
+is NotReady, naming the command.
 
 One label per prediction. Feedback again for the same prediction replaces the label (a correction is
 normal: labellers make mistakes), and the result reports the label it replaced.
@@ -64,8 +67,9 @@ def record_feedback(
     """Store the true ``label`` of row ``row`` of request ``request_id`` answered by ``model``.
 
     InvalidInput names a bad argument (or a label outside ``classes``, when given); NotFound names the
-    request id when no such prediction is logged; NotReady when the database cannot be reached. Pass
-    the server's Engine: a URL makes (and disposes) an engine per call, which is fine for scripts.
+    request id when no such prediction is logged; NotReady when the database cannot be reached, or
+    lacks the tables (nobody ran `modelyard db upgrade`). Pass the server's Engine: a URL makes (and
+    disposes) an engine per call, which is fine for scripts.
     """
     text = _check(model, request_id, label, row, classes)
     if isinstance(database_url_or_engine, Engine):
@@ -84,10 +88,11 @@ def record_feedback(
                 f"cannot record feedback: the registry database {redact(engine.url)} is unavailable: "
                 f"{database_reason(exc)}"
             ) from exc
-        if not _has_prediction_log(engine):
-            raise NotFound(
-                f"no predictions are logged in {redact(engine.url)}: it has no predictions table yet (a "
-                "model server with a prediction log creates it, and so does `modelyard db upgrade`)"
+        missing = _missing_tables(engine)
+        if missing:
+            raise NotReady(
+                f"cannot record feedback: the registry database {redact(engine.url)} has no "
+                f"{' and no '.join(missing)} table: it is not migrated; run `modelyard db upgrade`"
             ) from exc
         raise
     finally:
@@ -163,9 +168,14 @@ def _reachable(engine: Engine) -> bool:
         return False
 
 
-def _has_prediction_log(engine: Engine) -> bool:
+def _missing_tables(engine: Engine) -> list[str]:
+    """The tables feedback needs that the database lacks (none when that cannot be told)."""
     try:
         inspector = inspect(engine)
-        return inspector.has_table("predictions") and inspector.has_table("feedback")
+        return [
+            table.name
+            for table in (_table(Prediction), _table(Feedback))
+            if not inspector.has_table(table.name)
+        ]
     except DBAPIError:
-        return True  # unknown: let the original error speak
+        return []  # unknown: let the original error speak

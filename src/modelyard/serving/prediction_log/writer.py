@@ -1,14 +1,15 @@
-"""The prediction log: every answered row goes to the registry's ``predictions`` table, off the request path.
+"""The PredictionLog: every answered row goes to the registry's ``predictions`` table, off the request path.
 
 ``submit`` only appends to a bounded in-memory queue; it never waits on the database, never blocks and
 never raises. A writer thread drains the queue in batches (``batch_size`` rows, or whatever waited
-``flush_interval_s``) with one executemany INSERT per batch.
+``flush_interval_s``) with one executemany INSERT per batch. ``flush`` wakes the writer and waits for
+it to signal that it is done with what was submitted before; it does not poll.
 
-When the database is unreachable the writer appends each batch to a local spool (JSON lines, fsync'ed
-per batch, at most ``spool_max_bytes``) and retries the database with exponential backoff. Once the
-database answers, the spool is replayed in order before any newer record, and truncated when done;
-records arriving meanwhile join the end of the spool, so the order holds. A spool left by a crashed
-server is replayed when the next one starts.
+When the database cannot take rows (it is unreachable, or it has no ``predictions`` table because
+nobody ran ``modelyard db upgrade`` yet: the log never migrates) the writer appends each batch to the
+spool and retries the database with exponential backoff. Once the database takes rows, the spool is
+replayed in order before any newer record; records arriving meanwhile join the end of the spool, so the
+order holds. A spool left by a crashed server is replayed when the next one starts.
 
 Nothing is written twice: every INSERT ignores rows whose (request_id, row, model) is already stored.
 That is what makes a replay after a crash (or after a commit whose answer was lost with the
@@ -24,37 +25,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
+import enum
 import itertools
-import json
 import logging
 import math
-import operator
-import os
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Insert, Table
+from sqlalchemy import Connection, Engine, Insert, Table, inspect
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
-from modelyard.errors import ModelyardError, database_reason
-from modelyard.registry.db import WRITE_OPTION, create_engine_for, ensure_schema, normalize_url, redact
-from modelyard.registry.tables import MODEL_VERSION_LENGTH, NAME_LENGTH, REQUEST_ID_LENGTH, Prediction
+from modelyard.errors import database_reason
+from modelyard.registry.db import WRITE_OPTION, create_engine_for, normalize_url, redact
+from modelyard.registry.tables import Prediction
 from modelyard.serving.metrics import ServingMetrics
+from modelyard.serving.prediction_log.records import (
+    InvalidRecord,
+    row_from_spool_line,
+    spool_line,
+    table_row,
+)
+from modelyard.serving.prediction_log.spool import Spool
+from modelyard.serving.sink import PredictionRecord
 
 logger = logging.getLogger(__name__)
 
-SPOOL_NAME = "predictions"
-# Servers sharing a spool folder (several local `modelyard serve`) each take the first free slot.
-SPOOL_SLOTS = 32
 # Longest a Postgres connection attempt may hang (a black-holed host), so retries keep their pace.
 CONNECT_TIMEOUT_S = 5
 # At most one warning per reason this often: a full queue must not flood the log from the hot path.
@@ -62,121 +64,30 @@ WARNING_INTERVAL_S = 10.0
 _UNIQUE_KEY = ["request_id", "row", "model"]
 
 
-@dataclass(frozen=True)
-class PredictionRecord:
-    """One answered row, as the data plane hands it over."""
+class DatabaseState(enum.Enum):
+    """What the writer's last attempt found."""
 
-    request_id: str
-    row: int
-    model: str
-    version: str
-    features: dict[str, Any]
-    label: str | int
-    probabilities: dict[str, float]
-    latency_ms: float
-    created_at: datetime
+    UP = "up"
+    UNREACHABLE = "unreachable"
+    UNMIGRATED = "unmigrated"  # it answers, but has no predictions table
 
 
-class _InvalidRecord(ValueError):
-    pass
+class MissingTable(Exception):
+    """The database answers but has no ``predictions`` table: ``modelyard db upgrade`` was not run."""
 
 
-def _json_value(value: Any) -> Any:
-    """A JSON-safe copy: numpy values unwrapped, NaN and infinities as null (JSON has neither)."""
-    if value is None or isinstance(value, bool | str | int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(key): _json_value(inner) for key, inner in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_value(inner) for inner in value]
-    tolist = getattr(value, "tolist", None)  # numpy scalars and arrays
-    if callable(tolist):
-        with contextlib.suppress(TypeError, ValueError):
-            return _json_value(tolist())
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
+@dataclass(eq=False)
+class _FlushWaiter:
+    """A flush() in progress: released (on its own loop) once the writer is done with ``target`` records."""
+
+    target: int
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[None]
 
 
-def _text(value: Any, *, field: str, limit: int | None) -> str:
-    value = _json_value(value)
-    if not isinstance(value, str | int) or isinstance(value, bool):
-        raise _InvalidRecord(f"{field} must be a string, got {type(value).__name__}")
-    text = str(value)
-    if not text:
-        raise _InvalidRecord(f"{field} is empty")
-    if limit is not None and len(text) > limit:
-        raise _InvalidRecord(f"{field} is longer than {limit} characters")
-    return text
-
-
-def _row_number(value: Any) -> int:
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise _InvalidRecord(f"row must be an integer >= 0, got {value!r}") from None
-    if number < 0 or isinstance(value, bool):
-        raise _InvalidRecord(f"row must be an integer >= 0, got {value!r}")
-    return number
-
-
-def _latency(value: Any) -> float:
-    try:
-        latency_ms = float(value)
-    except (TypeError, ValueError):
-        raise _InvalidRecord(f"latency_ms must be a number, got {value!r}") from None
-    if not math.isfinite(latency_ms):
-        raise _InvalidRecord(f"latency_ms must be finite, got {latency_ms}")
-    return latency_ms
-
-
-def _moment(value: Any) -> datetime:
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise _InvalidRecord(f"created_at is not an ISO timestamp: {value!r}") from None
-    if not isinstance(value, datetime):
-        raise _InvalidRecord(f"created_at must be a datetime, got {type(value).__name__}")
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _mapping(value: Any, *, field: str) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _InvalidRecord(f"{field} must be a mapping, got {type(value).__name__}")
-    cleaned: dict[str, Any] = _json_value(value)
-    return cleaned
-
-
-def _row(record: Any) -> dict[str, Any]:
-    """The table row of a PredictionRecord (or of a spooled row); _InvalidRecord names a bad field."""
-    if isinstance(record, PredictionRecord):
-        fields: Mapping[str, Any] = record.__dict__
-    elif isinstance(record, Mapping):
-        fields = record
-    else:
-        raise _InvalidRecord(f"expected a PredictionRecord, got {type(record).__name__}")
-    try:
-        return {
-            "request_id": _text(fields["request_id"], field="request_id", limit=REQUEST_ID_LENGTH),
-            "row": _row_number(fields["row"]),
-            "model": _text(fields["model"], field="model", limit=NAME_LENGTH),
-            "version": _text(fields["version"], field="version", limit=MODEL_VERSION_LENGTH),
-            "features": _mapping(fields["features"], field="features"),
-            "label": _text(fields["label"], field="label", limit=None),
-            "probabilities": _mapping(fields["probabilities"], field="probabilities"),
-            "latency_ms": _latency(fields["latency_ms"]),
-            "created_at": _moment(fields["created_at"]),
-        }
-    except KeyError as missing:
-        raise _InvalidRecord(f"{missing.args[0]} is missing") from None
-
-
-def _spool_line(row: dict[str, Any]) -> bytes:
-    text = json.dumps(row, allow_nan=False, separators=(",", ":"), default=_json_value)
-    return text.encode() + b"\n"
+def _release(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
 
 
 def _is_rejection(exc: BaseException) -> bool:
@@ -187,121 +98,11 @@ def _is_rejection(exc: BaseException) -> bool:
     return isinstance(exc, StatementError) and not hasattr(exc, "connection_invalidated")
 
 
-class _Spool:
-    """An append-only JSON-lines file with a replay offset, owned by one process through a lock file."""
-
-    def __init__(self, folder: Path, max_bytes: int) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.max_bytes = max_bytes
-        self._lock_file: IO[bytes] | None = None
-        for slot in range(SPOOL_SLOTS):
-            suffix = "" if slot == 0 else f"-{slot}"
-            lock_file = (folder / f"{SPOOL_NAME}{suffix}.lock").open("ab")
-            try:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock_file.close()
-                continue
-            self._lock_file = lock_file
-            self.path = folder / f"{SPOOL_NAME}{suffix}.jsonl"
-            break
-        else:
-            raise OSError(f"all {SPOOL_SLOTS} spool slots in {folder} are held by other servers")
-        self._file = self.path.open("a+b")
-        self.offset = 0
-        self.size = self._file.seek(0, os.SEEK_END)
-        self._drop_torn_tail()
-
-    def _drop_torn_tail(self) -> None:
-        """Cut a last line that a crash left half-written, so appends start on a fresh line."""
-        if self.size == 0:
-            return
-        tail_start = max(0, self.size - 65536)
-        while True:
-            chunk = os.pread(self._file.fileno(), self.size - tail_start, tail_start)
-            newline = chunk.rfind(b"\n")
-            if newline >= 0 or tail_start == 0:
-                break
-            tail_start = max(0, tail_start - 65536 * 16)
-        keep = tail_start + newline + 1 if newline >= 0 else 0
-        if keep != self.size:
-            logger.warning(
-                "prediction spool %s: dropping %d bytes of a torn last line", self.path, self.size - keep
-            )
-            self._file.truncate(keep)
-            os.fsync(self._file.fileno())
-            self.size = keep
-
-    @property
-    def pending(self) -> int:
-        """Bytes written but not replayed yet."""
-        return self.size - self.offset
-
-    def append(self, lines: Sequence[bytes]) -> int:
-        """Append as many whole lines as fit (fsync'ed); return how many did."""
-        needed = sum(len(line) for line in lines)
-        if self.size + needed > self.max_bytes and self.offset > 0:
-            self._compact()
-        room = self.max_bytes - self.size
-        fitting = 0
-        for line in lines:
-            if len(line) > room:
-                break
-            room -= len(line)
-            fitting += 1
-        if fitting:
-            data = b"".join(lines[:fitting])
-            self._file.write(data)
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self.size += len(data)
-        return fitting
-
-    def read(self, max_lines: int) -> tuple[list[bytes], int]:
-        """Up to ``max_lines`` whole lines from the replay offset, and the offset after them."""
-        want = 1 << 20
-        while True:
-            chunk = os.pread(self._file.fileno(), min(want, self.pending), self.offset)
-            lines = chunk.split(b"\n")[:-1][:max_lines]  # the last piece is an incomplete line, or b""
-            if lines:
-                return lines, self.offset + sum(len(line) + 1 for line in lines)
-            if len(chunk) >= self.pending:  # no newline up to the end: hand it over as one (bad) line
-                return [chunk], self.size
-            want *= 4  # one line longer than the read: read more
-
-    def advance(self, offset: int) -> None:
-        self.offset = offset
-        if self.offset >= self.size:
-            # Everything is replayed: start the file afresh.
-            self._file.truncate(0)
-            os.fsync(self._file.fileno())
-            self.offset = self.size = 0
-
-    def _compact(self) -> None:
-        """Rewrite the file without its replayed head, atomically (a crash leaves the old or the new)."""
-        staging = self.path.with_suffix(".compacting")
-        with staging.open("wb") as out:
-            position = self.offset
-            while position < self.size:
-                chunk = os.pread(self._file.fileno(), min(1 << 22, self.size - position), position)
-                out.write(chunk)
-                position += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        staging.replace(self.path)
-        self._file.close()
-        self._file = self.path.open("a+b")
-        self.size -= self.offset
-        self.offset = 0
-
-    def close(self) -> None:
-        self._file.close()
-        if self._lock_file is not None:
-            self._lock_file.close()  # releases the flock
-
-
 class PredictionLog:
-    """Writes PredictionRecords to the ``predictions`` table asynchronously; see the module docstring."""
+    """Writes PredictionRecords to the ``predictions`` table asynchronously; see the module docstring.
+
+    It is a ``modelyard.serving.sink.PredictionSink``.
+    """
 
     def __init__(
         self,
@@ -332,6 +133,7 @@ class PredictionLog:
         self.engine: Engine = create_engine_for(url)
         self._where = redact(url)
         table = cast(Table, Prediction.__table__)
+        self._table_name = table.name
         self._insert: Insert = (
             postgresql_insert(table).on_conflict_do_nothing(index_elements=_UNIQUE_KEY)
             if url.get_backend_name() == "postgresql"
@@ -346,23 +148,26 @@ class PredictionLog:
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
 
-        # Shared with producers: the queue and the counters, under one short-held lock.
+        # Shared with producers and flushers: the queue, the counters and the waiting flushes, under one
+        # short-held lock.
         self._lock = threading.Lock()
         self._queue: deque[PredictionRecord] = deque()
         self._submitted = 0  # records accepted into the queue
         self._handled = 0  # records taken off the queue and written, spooled or given up
         self._dropped = 0
         self._closed = False
+        self._writer_running = False
+        self._flush_waiters: list[_FlushWaiter] = []
+        self._flush_upto = 0  # the writer goes on without pausing until it has handled this many
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_warning: dict[str, float] = {}
 
         # The writer thread's own state.
-        self._spool: _Spool | None = None
+        self._spool: Spool | None = None
         self._connection: Connection | None = None
-        self._schema_checked = False
-        self._database_up = True
+        self._state = DatabaseState.UP
         self._retry_delay_s = retry_initial_s
         self._next_retry = 0.0
         self._written = 0
@@ -407,19 +212,23 @@ class PredictionLog:
 
     @property
     def database_available(self) -> bool:
-        """Whether the last attempt to reach the database succeeded."""
-        return self._database_up
+        """Whether the last attempt to write succeeded (False while unreachable or unmigrated)."""
+        return self._state is DatabaseState.UP
+
+    @property
+    def database_state(self) -> DatabaseState:
+        return self._state
 
     async def start(self) -> None:
         """Open the spool (replaying any a previous server left) and start the writer thread."""
         if self._thread is not None:
             return
         try:
-            self._spool = await asyncio.to_thread(_Spool, self._spool_dir, self._spool_max_bytes)
+            self._spool = await asyncio.to_thread(Spool, self._spool_dir, self._spool_max_bytes)
         except OSError as exc:
             logger.error(
-                "prediction log: no spool in %s (%s); predictions made while the database is "
-                "unreachable will be dropped",
+                "prediction log: no spool in %s (%s); predictions made while the database cannot take "
+                "them will be dropped",
                 self._spool_dir,
                 exc,
             )
@@ -430,6 +239,8 @@ class PredictionLog:
                 self._spool.path,
             )
         self._update_spool_gauge()
+        with self._lock:
+            self._writer_running = True
         self._thread = threading.Thread(target=self._run, name="modelyard-prediction-log", daemon=True)
         self._thread.start()
 
@@ -462,19 +273,31 @@ class PredictionLog:
             logger.exception("prediction log: submit failed")
 
     async def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until every record submitted so far is written, spooled or given up.
+        """Wait until the writer is done with every record submitted so far, or ``timeout_s`` passed.
 
-        True when they all reached the database (nothing waits in the queue or the spool), False
-        when some wait in the spool for the database, or the timeout passed first.
+        Done means each record is written, given up, or spooled while the database cannot take it; and
+        while the database can, the spool is replayed too. The writer is woken at once (no waiting for
+        a full batch or the flush interval) and signals when it is done. True when every record reached
+        the database and nothing waits in the spool; False otherwise.
         """
-        target = self._submitted
-        deadline = time.monotonic() + timeout_s
-        self._wakeup.set()
-        while self._handled < target and time.monotonic() < deadline:
-            if self._thread is None or not self._thread.is_alive():
-                return False
-            self._wakeup.set()  # again each time: more than one batch may be queued
-            await asyncio.sleep(0.005)
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            target = self._submitted
+            if not self._writer_running or (self._handled >= target and not self._replaying()):
+                waiter = None
+            else:
+                waiter = _FlushWaiter(target, loop, loop.create_future())
+                self._flush_waiters.append(waiter)
+                self._flush_upto = max(self._flush_upto, target)
+        if waiter is not None:
+            self._wakeup.set()
+            try:
+                await asyncio.wait_for(waiter.done, timeout_s)
+            except TimeoutError:
+                pass
+            finally:
+                with self._lock, contextlib.suppress(ValueError):  # already released
+                    self._flush_waiters.remove(waiter)
         return self._handled >= target and self.spool_bytes == 0
 
     async def stop(self) -> None:
@@ -494,7 +317,8 @@ class PredictionLog:
 
     def _run(self) -> None:
         try:
-            # Connect (and migrate) now rather than at the first record, so the tables exist early.
+            # Connect now rather than at the first record, so that an unreachable or unmigrated database
+            # is reported as the server starts.
             try:
                 self._connect()
             except Exception as exc:
@@ -515,16 +339,20 @@ class PredictionLog:
                 except Exception:  # a bug here must not end the writer; the records stay queued or spooled
                     logger.exception("prediction log: the writer failed; retrying in a second")
                     self._stopping.wait(1.0)
+                self._release_flushers()
                 if stopping and not self._queue:
                     break
         finally:
             self._close_connection()
             if self._spool is not None:
                 self._spool.close()
+            with self._lock:
+                self._writer_running = False
+            self._release_flushers(everyone=True)
 
     def _close_unstarted(self) -> None:
         try:
-            self._spool = _Spool(self._spool_dir, self._spool_max_bytes)
+            self._spool = Spool(self._spool_dir, self._spool_max_bytes)
         except OSError as exc:
             logger.error("prediction log: no spool in %s (%s)", self._spool_dir, exc)
         while batch := self._take():
@@ -544,11 +372,31 @@ class PredictionLog:
     def _should_continue_now(self) -> bool:
         if len(self._queue) >= self._batch_size or self._stopping.is_set():
             return True
+        if self._queue and self._handled < self._flush_upto:
+            return True  # a flush waits for these
         # Replay without pause while the database takes it.
-        return self._waiting_in_spool() and self._database_up
+        return self._replaying()
+
+    def _replaying(self) -> bool:
+        """Rows wait in the spool and the database takes rows: the writer is busy replaying."""
+        return self._waiting_in_spool() and self._state is DatabaseState.UP
+
+    def _release_flushers(self, *, everyone: bool = False) -> None:
+        """Release each flush() whose records are all handled, unless a replay is still under way."""
+        with self._lock:
+            if not self._flush_waiters:
+                return
+            idle = everyone or not self._replaying()
+            released = [w for w in self._flush_waiters if everyone or (idle and w.target <= self._handled)]
+            if not released:
+                return
+            self._flush_waiters = [w for w in self._flush_waiters if w not in released]
+        for waiter in released:
+            with contextlib.suppress(RuntimeError):  # its event loop is closed: nobody waits any more
+                waiter.loop.call_soon_threadsafe(_release, waiter.done)
 
     def _wait_time(self) -> float:
-        if self._waiting_in_spool() and not self._database_up:
+        if self._waiting_in_spool() and self._state is not DatabaseState.UP:
             return max(0.0, min(self._flush_interval_s, self._next_retry - time.monotonic()))
         return self._flush_interval_s
 
@@ -556,35 +404,37 @@ class PredictionLog:
         return self._spool is not None and self._spool.pending > 0
 
     def _database_due(self) -> bool:
-        return self._database_up or time.monotonic() >= self._next_retry
+        return self._state is DatabaseState.UP or time.monotonic() >= self._next_retry
 
     def _handle(self, batch: list[PredictionRecord]) -> None:
-        rows = self._rows(batch)
-        if self._waiting_in_spool():
-            # Older records wait in the spool: newer ones queue up behind them.
-            self._to_spool(rows)
-            if self._database_due() and not self._stopping.is_set():
-                self._replay_chunk()
-        elif rows:
-            # Down and too early to try again, or the attempt failed: the spool keeps them.
-            written = self._database_due() and self._write(rows)
-            if not written:
+        try:
+            rows = self._rows(batch)
+            if self._waiting_in_spool():
+                # Older records wait in the spool: newer ones queue up behind them.
                 self._to_spool(rows)
-        with self._lock:
-            self._handled += len(batch)
+                if self._database_due() and not self._stopping.is_set():
+                    self._replay_chunk()
+            elif rows:
+                # Down and too early to try again, or the attempt failed: the spool keeps them.
+                written = self._database_due() and self._write(rows)
+                if not written:
+                    self._to_spool(rows)
+        finally:  # counted even if a bug interrupted it, so that no flush() waits for it in vain
+            with self._lock:
+                self._handled += len(batch)
 
     def _rows(self, batch: list[PredictionRecord]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for record in batch:
             try:
-                rows.append(_row(record))
-            except _InvalidRecord as exc:
+                rows.append(table_row(record))
+            except InvalidRecord as exc:
                 request_id = getattr(record, "request_id", "?")
                 self._give_up(1, "invalid", f"the record of request {request_id!r} is invalid: {exc}")
         return rows
 
     def _write(self, rows: list[dict[str, Any]]) -> bool:
-        """Insert rows; False when the database is unreachable (the caller spools them)."""
+        """Insert rows; False when the database cannot take them now (the caller spools them)."""
         try:
             inserted = self._insert_rows(rows)
         except Exception as exc:
@@ -620,16 +470,19 @@ class PredictionLog:
         return inserted
 
     def _connect(self) -> Connection:
+        """The writer's connection; MissingTable when the database was never migrated (it is not, here)."""
         if self._connection is None:
-            if not self._schema_checked:
-                try:
-                    ensure_schema(self.engine)
-                except ModelyardError as exc:
-                    if exc.__cause__ is not None:  # the database could not be reached
-                        raise
-                    logger.warning("prediction log: %s; writing anyway", exc.message)
-                self._schema_checked = True
-            self._connection = self.engine.connect().execution_options(**{WRITE_OPTION: True})
+            connection = self.engine.connect()
+            try:
+                with connection.begin():
+                    present = inspect(connection).has_table(self._table_name)
+            except BaseException:
+                connection.close()
+                raise
+            if not present:
+                connection.close()
+                raise MissingTable(f"the database at {self._where} has no {self._table_name} table")
+            self._connection = connection.execution_options(**{WRITE_OPTION: True})
         return self._connection
 
     def _close_connection(self) -> None:
@@ -643,30 +496,46 @@ class PredictionLog:
 
     def _mark_down(self, exc: BaseException) -> None:
         self._close_connection()
-        if self._database_up:
+        state = DatabaseState.UNMIGRATED if isinstance(exc, MissingTable) else DatabaseState.UNREACHABLE
+        spool = str(self._spool.path) if self._spool is not None else "nowhere (no spool)"
+        if state is not self._state and state is DatabaseState.UNMIGRATED:
+            logger.warning(
+                "prediction log: the database at %s has no %s table; run `modelyard db upgrade`; "
+                "spooling to %s meanwhile",
+                self._where,
+                self._table_name,
+                spool,
+            )
+        elif state is not self._state:
             logger.warning(
                 "prediction log: the database %s is unreachable (%s); spooling to %s",
                 self._where,
                 database_reason(exc),
-                self._spool.path if self._spool is not None else "nowhere (no spool)",
+                spool,
             )
+        else:
+            logger.debug("prediction log: the database is still %s: %s", state.value, database_reason(exc))
+        if self._state is DatabaseState.UP:
             self._retry_delay_s = self._retry_initial_s
         else:
-            logger.debug("prediction log: the database is still unreachable: %s", database_reason(exc))
             self._retry_delay_s = min(self._retry_delay_s * 2, self._retry_max_s)
-        self._database_up = False
+        self._state = state
         self._next_retry = time.monotonic() + self._retry_delay_s
 
     def _mark_up(self) -> None:
-        if not self._database_up:
+        if self._state is DatabaseState.UNREACHABLE:
             logger.info("prediction log: the database %s is reachable again", self._where)
-        self._database_up = True
+        elif self._state is DatabaseState.UNMIGRATED:
+            logger.info(
+                "prediction log: the database at %s has its %s table now", self._where, self._table_name
+            )
+        self._state = DatabaseState.UP
         self._retry_delay_s = self._retry_initial_s
 
     def _to_spool(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        lines = [_spool_line(row) for row in rows]
+        lines = [spool_line(row) for row in rows]
         spooled = 0
         if self._spool is not None:
             try:
@@ -690,8 +559,8 @@ class PredictionLog:
         rows: list[dict[str, Any]] = []
         for line in lines:
             try:
-                rows.append(_row(json.loads(line)))
-            except (ValueError, _InvalidRecord) as exc:  # JSONDecodeError is a ValueError
+                rows.append(row_from_spool_line(line))
+            except InvalidRecord as exc:
                 self._give_up(1, "invalid", f"skipping an unreadable line of {spool.path}: {exc}")
         if rows and not self._write(rows):
             return
@@ -722,3 +591,6 @@ class PredictionLog:
             self._last_warning[reason] = now
             detail = f": {why}" if why else ""
             logger.warning("prediction log: dropped %d record(s) (%s)%s", count, reason, detail)
+
+
+__all__ = ["CONNECT_TIMEOUT_S", "DatabaseState", "MissingTable", "PredictionLog"]
