@@ -11,6 +11,7 @@ from modelyard.registry import ModelRef, Registry, Stage, parse_model_ref
 
 from .conftest import Publish
 
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -46,15 +47,18 @@ def test_each_form_parses_and_prints_back(text: str, expected: ModelRef) -> None
         ("iris@", "invalid model reference 'iris@': nothing after '@'; expected NAME, NAME@VERSION"),
         ("iris@2@3", "invalid model reference 'iris@2@3': more than one '@'; expected NAME"),
         ("iris@0", "invalid model reference 'iris@0': a version is a positive integer (1, 2, ...), got '0'"),
-        ("iris@-1", "invalid model reference 'iris@-1': a version is a positive integer (1, 2, ...), got '-1'"),
-        ("iris@1.5", "invalid model reference 'iris@1.5': a version is a positive integer (1, 2, ...), got"),
+        ("iris@-1", "'iris@-1': a version is a positive integer (1, 2, ...), got '-1'"),
+        ("iris@1.5", "'iris@1.5': a version is a positive integer (1, 2, ...), got '1.5'"),
         (
             "iris@prod",
             "invalid model reference 'iris@prod': 'prod' is neither a version (a positive integer) nor a "
             "stage; did you mean iris@production? use one of none, staging, production, archived, latest",
         ),
-        ("iris@Staging", "'Staging' is neither a version (a positive integer) nor a stage; did you mean iris@staging?"),
-        ("iris@v2", "invalid model reference 'iris@v2': 'v2' is neither a version (a positive integer) nor a stage; use"),
+        (
+            "iris@Staging",
+            "'Staging' is neither a version (a positive integer) nor a stage; did you mean iris@staging?",
+        ),
+        ("iris@v2", "'iris@v2': 'v2' is neither a version (a positive integer) nor a stage; use one of none"),
     ],
 )
 def test_every_bad_form_is_refused_naming_the_problem(text: str, message: str) -> None:
