@@ -84,7 +84,9 @@ def parse_serve_arguments(argv: Sequence[str]) -> argparse.Namespace:
         "modelyard serve",
         "Serve a registered model version over KServe V1/V2 (REST and gRPC) until interrupted.",
     )
-    parser.add_argument("--model", "-m", required=True, type=model_ref_argument, help=MODEL_REF_HELP)
+    parser.add_argument(
+        "--model", "-m", required=True, type=model_ref_argument, metavar="REF", help=MODEL_REF_HELP
+    )
     add_serving_flags(parser)
     return parser.parse_args(list(argv))
 
