@@ -8,7 +8,7 @@ EXTRAS ?= all
 STAMP := $(VENV)/.installed-$(EXTRAS)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format install bytecode clean
+.PHONY: run test lint format install bytecode clean prometheus
 
 install: $(STAMP)
 
@@ -34,8 +34,16 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint bytecode
+test: lint bytecode prometheus
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The suite scrapes /metrics with a real Prometheus (Debian's package): installed here when running as
+# root, otherwise `make test` stops and says how, rather than skipping that test.
+prometheus:
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  prometheus >/dev/null; } || { echo "make test needs Prometheus: run 'apt-get install prometheus' as" \
+	  "root (or put a prometheus binary on PATH), then make test again" >&2; exit 1; }
 
 format: install
 	$(BIN)/ruff check --fix src tests bench examples

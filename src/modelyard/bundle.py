@@ -25,8 +25,6 @@ import json
 import logging
 import os
 import platform
-import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -44,8 +42,8 @@ from modelyard.storage import (
     MANIFEST_NAME,
     FileStore,
     ObjectStore,
+    atomic_write,
     check_key,
-    fsync_dir,
     open_store_from_uri,
 )
 
@@ -315,19 +313,8 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    with path.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def _is_nonempty(path: Path) -> bool:
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
-
-
-def _partial_sibling(path: Path) -> Path:
-    return path.with_name(f".partial-{uuid.uuid4().hex}-{path.name}")
 
 
 def _check_extra_files(extra_files: Mapping[str, bytes]) -> None:
@@ -358,13 +345,12 @@ def write_bundle(
     passed in is replaced.
     """
     dest = Path(dest_dir)
+    refused = f"cannot write a bundle into {dest}: it exists and is not empty"
     if _is_nonempty(dest):
-        raise Conflict(f"cannot write a bundle into {dest}: it exists and is not empty")
+        raise Conflict(refused)
     extras = dict(extra_files or {})
     _check_extra_files(extras)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = _partial_sibling(dest)
-    try:
+    with atomic_write(dest, refused=refused) as partial:
         partial.mkdir()
         import joblib
 
@@ -372,27 +358,16 @@ def write_bundle(
             joblib.dump(model, partial / MODEL_FILE)
         except Exception as exc:
             raise InvalidInput(f"cannot pickle the model for {dest}: {type(exc).__name__}: {exc}") from exc
-        _write_durably(partial / MODEL_CARD_FILE, model_card.encode("utf-8"))
-        _write_durably(partial / REPORT_FILE, report_html.encode("utf-8"))
+        (partial / MODEL_CARD_FILE).write_bytes(model_card.encode("utf-8"))
+        (partial / REPORT_FILE).write_bytes(report_html.encode("utf-8"))
         for name, content in extras.items():
             target = partial.joinpath(*name.split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)
-            _write_durably(target, content)
-        with (partial / MODEL_FILE).open("rb+") as handle:  # joblib.dump does not fsync
-            os.fsync(handle.fileno())
+            target.write_bytes(content)
         names = [*REQUIRED_FILES, *extras]
         digests = {name: _sha256(partial.joinpath(*name.split("/"))) for name in names}
         final = BundleMetadata.model_validate({**metadata.model_dump(), "files": digests})
-        _write_durably(partial / METADATA_FILE, final.to_json_bytes())
-        fsync_dir(partial)
-        try:
-            partial.rename(dest)  # replaces an empty dest_dir; fails on a non-empty one
-        except OSError as exc:
-            raise Conflict(f"cannot write a bundle into {dest}: it exists and is not empty ({exc})") from None
-        fsync_dir(dest.parent)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
+        (partial / METADATA_FILE).write_bytes(final.to_json_bytes())
     return final
 
 
@@ -566,22 +541,13 @@ def fetch_bundle(uri: str, dest_dir: Path | str, s3: S3Settings | None = None) -
             _verify(dest, str(dest))
             return dest
         raise Conflict(f"cannot fetch {uri} into {dest}: it is not empty and holds something else")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = _partial_sibling(dest)
-    try:
+    with atomic_write(dest, refused=f"cannot fetch {uri} into {dest}: it is not empty") as partial:
         store.download_dir(key, partial)
         if (partial / METADATA_FILE).read_bytes() != manifest:
             raise BundleIntegrityError(
                 f"bundle {uri}: {METADATA_FILE} changed while it was downloaded", file=METADATA_FILE
             )
         _verify(partial, uri)
-        try:
-            partial.rename(dest)
-        except OSError as exc:
-            raise Conflict(f"cannot fetch {uri} into {dest}: it is not empty ({exc})") from None
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
     return dest
 
 

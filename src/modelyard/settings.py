@@ -8,8 +8,12 @@ Secret serves the pipeline, the predictor and the storage initializer.
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
+import os
+import re
 import types
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -56,6 +60,11 @@ class ServingSettings(BaseModel):
     max_batch_wait_ms: float = Field(default=2.0, ge=0, description="longest a request waits for a batch")
     max_request_rows: int = Field(default=10_000, ge=1, description="rows one request may carry")
     prefer_onnx: bool = Field(default=True, description="use model.onnx when the bundle verified it")
+    allow_pyarrow: bool = Field(
+        default=False,
+        description="let the server process import pyarrow, for a bundle whose pickle needs it (it is "
+        "refused otherwise, to keep the server's memory small)",
+    )
     onnx_threads: int = Field(
         default=0,
         ge=0,
@@ -153,8 +162,94 @@ class Settings(BaseSettings):
         return self
 
 
+ENV_PREFIX = "MODELYARD_"
+# Variables Kubernetes sets in every pod for each Service of its namespace (enableServiceLinks): a Service
+# named modelyard or modelyard-... gives MODELYARD_SERVICE_HOST, MODELYARD_X_PORT_8080_TCP_ADDR, and
+# MODELYARD_X_PORT=tcp://10.0.0.1:8080 (told from a misspelt setting by its value).
+_SERVICE_LINK = re.compile(
+    r"^MODELYARD(_[A-Z0-9]+)*_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)$"
+)
+_SERVICE_URL_LINK = re.compile(r"^MODELYARD(_[A-Z0-9]+)*_PORT$")
+_SERVICE_URL = re.compile(r"^(tcp|udp|sctp)://")
+
+
+def _is_service_link(variable: str, value: str) -> bool:
+    if _SERVICE_LINK.match(variable):
+        return True
+    return bool(_SERVICE_URL_LINK.match(variable) and _SERVICE_URL.match(value))
+
+
+def _env_prefix(annotation: Any) -> str | None:
+    """The prefix of a nested BaseSettings group that reads variables of its own (S3Settings: AWS_)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseSettings):
+        return str(annotation.model_config.get("env_prefix", ""))
+    return None
+
+
+def setting_variables() -> list[str]:
+    """Every MODELYARD_* variable Settings reads, groups as MODELYARD_<GROUP>__<FIELD>."""
+    names: list[str] = []
+    for name, field in Settings.model_fields.items():
+        if _env_prefix(field.annotation) is not None:
+            continue
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            names += [
+                f"{ENV_PREFIX}{name.upper()}__{inner.upper()}" for inner in field.annotation.model_fields
+            ]
+        else:
+            names.append(f"{ENV_PREFIX}{name.upper()}")
+    return names
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse a MODELYARD_* variable that is no setting, naming it and the closest setting's name.
+
+    A misspelt setting would otherwise be ignored without a word. Test switches use other prefixes
+    (``TEST_CLUSTER``), and Kubernetes' service-link variables (``MODELYARD_SERVICE_HOST``, ...) are
+    not settings either.
+    """
+    known = setting_variables()
+    suffixes = [name.removeprefix(ENV_PREFIX) for name in known]
+    problems = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or _is_service_link(upper, environ[variable]):
+            continue
+        # Compared without the prefix they all share, which would make any two names look alike.
+        close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), suffixes, n=1)
+        hint = (
+            f": did you mean {ENV_PREFIX}{close[0]}?"
+            if close
+            else " (the settings are in the README's Configuration table)"
+        )
+        problems.append(f"unknown setting {variable}{hint}")
+    if problems:
+        raise ModelyardError("; ".join(problems))
+
+
+def to_environment(settings: Settings) -> dict[str, str]:
+    """The variables that rebuild ``settings`` in another process: MODELYARD_* and a group's own (AWS_*)."""
+    environment: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        own_prefix = _env_prefix(Settings.model_fields[name].annotation)
+        if isinstance(value, dict):
+            prefix = own_prefix if own_prefix is not None else f"{ENV_PREFIX}{name.upper()}__"
+            items = [(f"{prefix}{key.upper()}", inner) for key, inner in value.items()]
+        else:
+            items = [(f"{ENV_PREFIX}{name.upper()}", value)]
+        environment.update(
+            {
+                key: item if isinstance(item, str) else json.dumps(item)
+                for key, item in items
+                if item is not None
+            }
+        )
+    return environment
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Build Settings from the environment, turning a bad variable into an error that names it."""
+    """Build Settings from the environment, turning a bad or unknown variable into an error naming it."""
+    check_environment(os.environ)
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -184,15 +279,21 @@ def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
 
 
 def add_group_flags(
-    parser: argparse.ArgumentParser, group: type[BaseModel], *, dashed_only: Collection[str] = ()
+    parser: argparse.ArgumentParser,
+    group: type[BaseModel],
+    *,
+    exclude: Collection[str] = (),
+    dashed_only: Collection[str] = (),
 ) -> None:
-    """One flag per field of a settings group, with the field's description as its help.
+    """One flag per field of a settings group (but those in ``exclude``), the field's description as help.
 
     ``--max-batch-size`` sets the field ``max_batch_size``; the underscore spelling (``--max_batch_size``)
     is accepted too, as KServe's ServingRuntime arguments use it (``--model_name``, ``--http_port``),
     except for the fields in ``dashed_only``.
     """
     for name, field in group.model_fields.items():
+        if name in exclude:
+            continue
         flag_type, extra = _flag_type(field.annotation)
         dashed = "--" + name.replace("_", "-")
         spellings = [dashed] if "_" not in name or name in dashed_only else [dashed, f"--{name}"]

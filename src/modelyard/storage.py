@@ -7,7 +7,8 @@ folder: ``list("iris/3")`` returns the keys under ``iris/3/``, never those under
 Publishing a folder is atomic for readers, so nobody ever sees a half-written model version:
 
 * ``FileStore`` copies the folder into a hidden sibling (``.partial-<id>-<name>``, on the same file
-  system, ignored by every read) and then ``os.rename``-s it into place, which is atomic.
+  system, ignored by every read) and then renames it into place, which is atomic (``atomic_write``,
+  the project's one way to write a file or folder in place).
 * ``S3Store`` cannot rename, so it relies on a convention: the *manifest* (``metadata.json``) is uploaded
   LAST, after every other file of the folder. **A folder counts as published only when its manifest
   exists.** Readers check for the manifest before reading anything else; a folder without one is an
@@ -218,10 +219,8 @@ class FileStore(ObjectStore):
     def put_bytes(self, key: str, data: bytes) -> str:
         check_key(key)
         target = self._path(key)
-        with self._os_errors(key, "write"):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with replacing(target) as partial:
-                partial.write_bytes(data)
+        with self._os_errors(key, "write"), atomic_write(target) as partial:
+            partial.write_bytes(data)
         return self.uri_for(key)
 
     def get_bytes(self, key: str) -> bytes:
@@ -261,7 +260,7 @@ class FileStore(ObjectStore):
         count = len(self.list(prefix))
         with self._os_errors(prefix, "delete"):
             # Rename first so the folder disappears at once, then remove it at leisure.
-            doomed = base.with_name(f"{_PARTIAL_PREFIX}{uuid.uuid4().hex}-{base.name}")
+            doomed = hidden_sibling(base)
             base.rename(doomed)
             shutil.rmtree(doomed)
         return count
@@ -283,52 +282,63 @@ class FileStore(ObjectStore):
         source, files = _files_to_publish(local_dir, key)
         final = self._path(key)
         uri = self.uri_for(key)
+        refused = f"{uri} already exists; a published version is never overwritten"
         if final.exists():
-            raise Conflict(f"{uri} already exists; a published version is never overwritten")
-        partial = final.with_name(f"{_PARTIAL_PREFIX}{uuid.uuid4().hex}-{final.name}")
-        try:
-            with self._os_errors(key, "publish to"):
-                final.parent.mkdir(parents=True, exist_ok=True)
-                for rel in files:
-                    _copy_durably(source / rel, partial / rel)
-                fsync_dir(partial)
-                try:
-                    partial.rename(final)
-                except OSError as exc:
-                    # Another publisher won the race between our check and the rename.
-                    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
-                        raise Conflict(
-                            f"{uri} already exists; a published version is never overwritten"
-                        ) from None
-                    raise
-                fsync_dir(final.parent)
-        finally:
-            if partial.exists():
-                shutil.rmtree(partial, ignore_errors=True)
+            raise Conflict(refused)
+        with self._os_errors(key, "publish to"), atomic_write(final, refused=refused) as partial:
+            for rel in files:
+                (partial / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / rel, partial / rel)
         return uri
 
 
-def _copy_durably(source: Path, target: Path) -> None:
-    """Copy one file and flush it to disk, so the rename that publishes it never exposes lost data."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with source.open("rb") as reader, target.open("wb") as writer:
-        shutil.copyfileobj(reader, writer, length=1024 * 1024)
-        writer.flush()
-        os.fsync(writer.fileno())
+def hidden_sibling(path: Path) -> Path:
+    """A new name beside ``path`` that every listing of a store skips (``.partial-<id>-<name>``)."""
+    return path.with_name(f"{_PARTIAL_PREFIX}{uuid.uuid4().hex}-{path.name}")
 
 
 @contextmanager
-def replacing(target: Path) -> Iterator[Path]:
-    """A hidden sibling of ``target`` to write; flushed to disk and renamed over ``target`` when the
-    block ends well, removed otherwise: readers see the old file or the new one, never half of one."""
-    partial = target.with_name(f"{_PARTIAL_PREFIX}{uuid.uuid4().hex}-{target.name}")
+def atomic_write(target: Path, *, refused: str | None = None) -> Iterator[Path]:
+    """A hidden sibling of ``target`` to write, a file or a folder, put in place when the block ends well.
+
+    Everything written is flushed to disk, then the sibling is renamed over ``target`` (same folder, same
+    file system: one atomic rename), so readers see the old content or the new, never part of it. A file
+    replaces a file; a folder takes the place of an absent or empty folder only, else Conflict(``refused``).
+    When the block raises, or the rename fails, the sibling is removed and ``target`` is left as it was.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = hidden_sibling(target)
     try:
         yield partial
-        with partial.open("rb+") as handle:
-            os.fsync(handle.fileno())
-        partial.replace(target)
+        _flush_tree(partial)
+        try:
+            partial.replace(target)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                raise Conflict(refused or f"cannot replace {target}: it exists and is not empty") from None
+            raise
+        fsync_dir(target.parent)
     finally:
-        partial.unlink(missing_ok=True)
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+
+
+def _flush_tree(path: Path) -> None:
+    """fsync a file, or every file and folder under a folder, so a rename never exposes lost data."""
+    if not path.is_dir():
+        _fsync(path)
+        return
+    for folder, _dirnames, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            _fsync(Path(folder) / name)
+        fsync_dir(Path(folder))
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def fsync_dir(path: Path) -> None:

@@ -15,15 +15,13 @@ import sqlalchemy as sa
 from modelyard.bundle import LoadedBundle, fetch_bundle, load_bundle
 from modelyard.errors import BundleIntegrityError, DataValidationError, InvalidInput, NotFound
 from modelyard.pipeline.scoring_steps import (
-    ModelRef,
     absolute_locations,
     check_request,
     parse_input,
-    parse_model_ref,
     parse_output,
     score,
 )
-from modelyard.registry import ModelVersionRecord, Registry, Stage
+from modelyard.registry import ModelRef, ModelVersionRecord, Registry, Stage, parse_model_ref
 from modelyard.settings import Settings
 from modelyard.spec import load_spec
 from modelyard.storage import open_store
@@ -270,9 +268,9 @@ def test_non_numeric_values_and_clashing_columns_are_all_reported(
 @pytest.mark.parametrize(
     ("model", "input_uri", "output_uri", "message"),
     [
-        ("Iris", "in.csv", "out.csv", r"invalid model reference 'Iris': expected NAME, NAME@VERSION"),
-        ("iris@0", "in.csv", "out.csv", r"'0' after '@' is neither a version .* nor a stage"),
-        ("iris@prod", "in.csv", "out.csv", r"'prod' after '@' is neither .*production, archived, latest"),
+        ("Iris", "in.csv", "out.csv", r"invalid model reference 'Iris': the name 'Iris' is not 1 to 63"),
+        ("iris@0", "in.csv", "out.csv", r"'iris@0': a version is a positive integer \(1, 2, ...\), got '0'"),
+        ("iris@prod", "in.csv", "out.csv", r"'prod' is neither .* did you mean iris@production\?"),
         ("iris", "", "out.csv", "--input is empty"),
         ("iris", "ftp://host/in.csv", "out.csv", r"unsupported scheme ftp://; use a CSV/Parquet PATH"),
         ("iris", "table:", "out.csv", "nothing after 'table:'"),

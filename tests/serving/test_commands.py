@@ -48,7 +48,7 @@ def test_serve_resolves_the_production_version_and_fetches_it(settings: Settings
     assert production is not None and newer is not None and newer.version == production.version + 1
 
     (port,) = free_ports(1)
-    args = modelyard("serve", "--model", "iris@production", "--port", str(port), "--grpc-port", "0")
+    args = modelyard("serve", "--model", "iris@production", "--http-port", str(port), "--grpc-port", "0")
     server = start_command(args, tmp_path / "serve.log", port)
     try:
         metadata = send("GET", f"{server.url}/v2/models/iris").json()
@@ -89,7 +89,7 @@ def test_up_trains_promotes_and_answers_v1_and_v2(tmp_path: Path) -> None:
     port, grpc_port, metrics_port = (str(free) for free in free_ports(3))
     env["MODELYARD_SERVING__METRICS_PORT"] = metrics_port
     first = subprocess.run(
-        modelyard("up", *overrides, "--port", port, "--grpc-port", grpc_port, "--smoke"),
+        modelyard("up", *overrides, "--http-port", port, "--grpc-port", grpc_port, "--smoke"),
         capture_output=True,
         env=env,
         timeout=300,
@@ -105,7 +105,11 @@ def test_up_trains_promotes_and_answers_v1_and_v2(tmp_path: Path) -> None:
     assert 'V2 200: {"model_name": "iris", "model_version": "1"' in output
 
     again = subprocess.run(
-        modelyard("up", "--port", port, "--no-serve"), capture_output=True, env=env, timeout=120, check=False
+        modelyard("up", "--http-port", port, "--no-serve"),
+        capture_output=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert again.returncode == 0, again.stderr.decode()
     assert "training" not in again.stderr.decode()  # a production version exists: nothing to train

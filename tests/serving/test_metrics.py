@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -278,11 +277,9 @@ def _query(base: str, expression: str) -> list[dict[str, object]]:
 
 
 def test_a_real_prometheus_scrapes_the_metrics(
-    metrics_endpoint: tuple[ServingMetrics, str], tmp_path: Path
+    metrics_endpoint: tuple[ServingMetrics, str], tmp_path: Path, prometheus_binary: str
 ) -> None:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("the prometheus binary is not installed (Debian: apt-get install prometheus)")
+    binary = prometheus_binary
     metrics, target = metrics_endpoint
     metrics.observe_request("v2-rest", "iris", "3", 200)
     metrics.observe_request("v2-rest", "iris", "3", 200)

@@ -4,12 +4,8 @@ A run resolves a registered model version, fetches and verifies its bundle, read
 holds every feature the model needs, predicts in chunks of ``chunk_rows`` rows (so the model's own
 intermediate arrays stay bounded whatever the input's size), and writes the predictions.
 
-**Model** (``--model``)::
-
-    NAME            the version in production; the latest version when none is in production
-    NAME@VERSION    that version (a positive integer)
-    NAME@STAGE      the latest version in that stage: production, staging, archived or none
-    NAME@latest     the latest version, whatever its stage
+**Model** (``--model``): a model reference (``modelyard.registry.refs``): NAME (the production version,
+else the latest), NAME@VERSION, NAME@STAGE or NAME@latest.
 
 **Input** (``--input``)::
 
@@ -46,8 +42,6 @@ import shutil
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -71,23 +65,19 @@ from modelyard.errors import (
     first_line,
 )
 from modelyard.pipeline.steps import reporting_errors
-from modelyard.registry import ModelVersionRecord, Registry, Stage
+from modelyard.registry import ModelVersionRecord, Registry, parse_model_ref
 from modelyard.registry.db import WRITE_OPTION, create_engine_for, redact
 from modelyard.registry.tables import Base
 from modelyard.serving.runtime import SklearnRuntime
 from modelyard.settings import Settings, load_settings
-from modelyard.spec import NAME_PATTERN, DataSource, FeatureType
-from modelyard.storage import open_store_from_uri, replacing
+from modelyard.spec import DataSource, FeatureType
+from modelyard.storage import atomic_write, open_store_from_uri
 
 DEFAULT_CHUNK_ROWS = 10_000
 LABEL_COLUMN = "label"
 PROBA_PREFIX = "proba_"
 MODEL_COLUMN = "model"
 VERSION_COLUMN = "model_version"
-LATEST = "latest"
-
-_SELECTORS = ", ".join([*(stage.value for stage in Stage), LATEST])
-_MODEL_REF_HELP = f"expected NAME, NAME@VERSION or NAME@STAGE (STAGE one of {_SELECTORS})"
 _INPUT_HELP = (
     "use a CSV/Parquet PATH, file://PATH, s3://BUCKET/KEY, table:[SCHEMA.]NAME, query:SELECT ... "
     "or dataset:NAME[@VERSION]"
@@ -100,57 +90,6 @@ _OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
 # ---------------------------------------------------------------- parsing what the user asked for
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Which registered version to score with: a number, the latest of a stage, the latest, or default."""
-
-    name: str
-    version: int | None = None
-    stage: Stage | None = None
-    latest: bool = False
-
-    def __str__(self) -> str:
-        if self.version is not None:
-            return f"{self.name}@{self.version}"
-        if self.stage is not None:
-            return f"{self.name}@{self.stage.value}"
-        return f"{self.name}@{LATEST}" if self.latest else self.name
-
-
-def parse_model_ref(text: str) -> ModelRef:
-    """``NAME``, ``NAME@VERSION``, ``NAME@STAGE`` or ``NAME@latest``; InvalidInput naming the problem."""
-    name, separator, selector = text.strip().partition("@")
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise InvalidInput(
-            f"invalid model reference {text!r}: {_MODEL_REF_HELP}, where NAME is 1 to 63 lowercase "
-            "letters, digits and '-'"
-        )
-    if not separator:
-        return ModelRef(name)
-    if selector.isdigit() and int(selector) >= 1:
-        return ModelRef(name, version=int(selector))
-    if selector == LATEST:
-        return ModelRef(name, latest=True)
-    try:
-        return ModelRef(name, stage=Stage(selector))
-    except ValueError:
-        raise InvalidInput(
-            f"invalid model reference {text!r}: {selector!r} after '@' is neither a version (a positive "
-            f"integer) nor a stage ({_SELECTORS})"
-        ) from None
-
-
-def resolve_version(registry: Registry, ref: ModelRef) -> ModelVersionRecord:
-    """The registered version ``ref`` names; NotFound naming the model, version or stage otherwise."""
-    if ref.version is not None:
-        return registry.get_version(ref.name, ref.version)
-    if ref.stage is not None:
-        return registry.get_version(ref.name, stage=ref.stage)
-    if ref.latest:
-        return registry.get_version(ref.name)
-    return registry.production(ref.name) or registry.get_version(ref.name)
 
 
 def parse_input(text: str) -> DataSource:
@@ -251,7 +190,7 @@ def fetch_model(settings: Settings, model_ref: str, dest_dir: Path) -> ModelVers
     """
     ref = parse_model_ref(model_ref)
     with Registry(settings.database_url) as registry:
-        record = resolve_version(registry, ref)
+        record = registry.resolve(ref)
     if dest_dir.exists() and any(dest_dir.iterdir()):
         raise Conflict(f"cannot fetch {record.ref} into {dest_dir}: it is not empty")
     with tempfile.TemporaryDirectory(prefix="modelyard-fetch-") as scratch:
@@ -429,8 +368,11 @@ def write_predictions(
     assert target.file_format is not None
     if target.kind == "file":
         path = Path(target.location).expanduser().absolute()
-        with _replacing(path) as partial:
-            _write_file(predictions_path, partial, target.file_format, chunk_rows)
+        try:
+            with atomic_write(path) as partial:
+                _write_file(predictions_path, partial, target.file_format, chunk_rows)
+        except OSError as exc:
+            raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
         return str(path)
     store, key = open_store_from_uri(target.location, settings.s3)
     with tempfile.TemporaryDirectory(prefix="modelyard-predictions-") as scratch:
@@ -438,20 +380,6 @@ def write_predictions(
         _write_file(predictions_path, local, target.file_format, chunk_rows)
         # One PUT: the object appears whole or not at all.
         return store.put_bytes(key, local.read_bytes())
-
-
-@contextmanager
-def _replacing(path: Path) -> Iterator[Path]:
-    """A hidden sibling to write; renamed over ``path`` when the block ends well, removed otherwise."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"cannot create the folder of {path}: {exc.strerror or exc}") from exc
-    try:
-        with replacing(path) as partial:
-            yield partial
-    except OSError as exc:
-        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _write_file(predictions_path: Path, path: Path, file_format: str, chunk_rows: int) -> None:

@@ -9,6 +9,7 @@ registry.promote("iris", record.version)
 
 from modelyard.registry.db import create_engine_for, upgrade
 from modelyard.registry.records import DatasetColumn, DatasetRecord, ModelVersionRecord
+from modelyard.registry.refs import ModelRef, parse_model_ref
 from modelyard.registry.service import DatasetReservation, Registry, VersionReservation
 from modelyard.registry.tables import Stage
 
@@ -16,10 +17,12 @@ __all__ = [
     "DatasetColumn",
     "DatasetRecord",
     "DatasetReservation",
+    "ModelRef",
     "ModelVersionRecord",
     "Registry",
     "Stage",
     "VersionReservation",
     "create_engine_for",
+    "parse_model_ref",
     "upgrade",
 ]

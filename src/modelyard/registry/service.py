@@ -28,6 +28,7 @@ from modelyard.errors import Conflict, InvalidInput, NotFound
 from modelyard.registry import db
 from modelyard.registry.db import create_engine_for, read_session, redact, write_session
 from modelyard.registry.records import DatasetColumn, DatasetRecord, ModelVersionRecord
+from modelyard.registry.refs import ModelRef
 from modelyard.registry.tables import (
     CounterKind,
     Dataset,
@@ -438,6 +439,16 @@ class Registry:
             raise NotFound(f"model {name}@{version} not found (the latest version is {name}@{latest})")
         assert wanted_stage is not None
         raise NotFound(f"model {name!r} has no version in stage {wanted_stage.value!r}")
+
+    def resolve(self, ref: ModelRef) -> ModelVersionRecord:
+        """The version ``ref`` names (see modelyard.registry.refs); NotFound naming what is missing."""
+        if ref.version is not None:
+            return self.get_version(ref.name, ref.version)
+        if ref.stage is not None:
+            return self.get_version(ref.name, stage=ref.stage)
+        if ref.latest:
+            return self.get_version(ref.name)
+        return self.production(ref.name) or self.get_version(ref.name)
 
     def production(self, name: str) -> ModelVersionRecord | None:
         """The production version of ``name``; None if it has none. NotFound if the model is unknown."""

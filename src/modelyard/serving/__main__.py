@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.abc
-import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from modelyard.errors import ModelyardError
@@ -39,9 +38,9 @@ class _SkipPyarrow(importlib.abc.MetaPathFinder):
         return None
 
 
-def skip_pyarrow(environ: Mapping[str, str]) -> None:
+def skip_pyarrow(allowed: bool) -> None:
     """Install the finder, unless pandas has already been imported (then it is too late to matter)."""
-    if "pandas" in sys.modules or environ.get("MODELYARD_SERVING__ALLOW_PYARROW") == "1":
+    if "pandas" in sys.modules or allowed:
         return
     if not any(isinstance(finder, _SkipPyarrow) for finder in sys.meta_path):
         sys.meta_path.insert(0, _SkipPyarrow())
@@ -72,12 +71,12 @@ def settings_from(argv: Sequence[str]) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    skip_pyarrow(os.environ)
     try:
         settings = settings_from(sys.argv[1:] if argv is None else argv)
     except ModelyardError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    skip_pyarrow(settings.serving.allow_pyarrow)
     from modelyard.serving.server import serve
 
     try:
