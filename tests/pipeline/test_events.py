@@ -11,6 +11,8 @@ import pytest
 
 from modelyard.errors import DataValidationError
 from modelyard.pipeline.events import EventFollower, TaskEvent, append_event, task_events
+from modelyard.pipeline.local import PipelineFailed, run_pipeline_locally
+from modelyard.settings import Settings
 
 
 @task_events("tune", item="algorithm")
@@ -98,3 +100,15 @@ def test_the_follower_hands_on_whole_lines_only_and_misses_nothing_at_stop(tmp_p
         ("prepare", "FAILURE"),
     ]
     assert events[-1].message == "prepare broke"
+
+
+@pytest.mark.parametrize("settings", ["sqlite-file"], indirect=True)
+def test_a_run_that_fails_outside_the_steps_shows_the_end_of_its_log(settings: Settings) -> None:
+    with pytest.raises(PipelineFailed) as caught:
+        run_pipeline_locally("modelyard.pipeline.training:no_such_pipeline", {}, settings, run_name="broken")
+    assert caught.value.failed_task is None
+    assert caught.value.message.startswith(
+        "the local pipeline run failed (exit code 1); the end of its log, "
+    )
+    assert "AttributeError" in caught.value.message and "no_such_pipeline" in caught.value.message
+    assert caught.value.log_file.name == "kfp.log" and caught.value.log_file.is_file()

@@ -104,19 +104,6 @@ def parse_event(line: str) -> TaskEvent | None:
         return None
 
 
-def read_events(path: Path) -> list[TaskEvent]:
-    """Every complete event line of the file (none when it does not exist yet)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    return [
-        event
-        for line in text.splitlines(keepends=True)
-        if line.endswith("\n") and (event := parse_event(line))
-    ]
-
-
 class EventFollower:
     """A thread that reads the events file as the tasks append to it, and hands each new event on.
 
