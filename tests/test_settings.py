@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from modelyard.cpus import available_cpus
 from modelyard.errors import ModelyardError
-from modelyard.pipeline.local import LOCAL_LOOP_PARALLELISM, export_settings
+from modelyard.pipeline.local import LOCAL_LOOP_PARALLELISM, task_environment
 from modelyard.settings import load_settings
 
 
@@ -74,9 +73,10 @@ def test_a_local_run_shares_the_cores_between_the_tune_tasks_kfp_local_runs_at_o
 ) -> None:
     monkeypatch.setenv("MODELYARD_HOME", str(tmp_path))
     monkeypatch.setenv("MODELYARD_PIPELINE__TUNE_JOBS", configured)
-    export_settings(load_settings())
+    environment = task_environment(load_settings())
     expected = exported or str(max(1, available_cpus() // LOCAL_LOOP_PARALLELISM))
-    assert os.environ["MODELYARD_PIPELINE__TUNE_JOBS"] == expected
+    assert environment["MODELYARD_PIPELINE__TUNE_JOBS"] == expected
+    monkeypatch.setenv("MODELYARD_PIPELINE__TUNE_JOBS", environment["MODELYARD_PIPELINE__TUNE_JOBS"])
     assert load_settings().pipeline.tune_jobs == int(expected)
 
 

@@ -108,10 +108,10 @@ class PipelineSettings(BaseModel):
         description="CV processes in each tune task; 0: every core of the task (locally: cores / 2, as "
         "kfp.local runs two tune tasks at once); -1: every core",
     )
-    warm_tasks: bool = Field(
-        default=True,
-        description="locally, fork each task from one process that has imported the tasks' libraries; "
-        "false: a new interpreter per task, as kfp.local does",
+    events_file: str = Field(
+        default="",
+        description="file each step appends its start and end to, one JSON line; set by `modelyard train` "
+        "and `modelyard score` for their local runs, empty on a cluster",
     )
 
 

@@ -19,7 +19,7 @@ from modelyard.pipeline.deploy import storage_uri_patch
 ROOT = Path(__file__).resolve().parents[2]
 CHECKED_IN = ROOT / "pipelines"
 SCHEMAS = ROOT.parent / "shared" / "schemas"
-CREDENTIAL_TASKS = ("fingerprint-source", "ingest", "gate", "publish", "deploy")
+CREDENTIAL_TASKS = ("fingerprint", "prepare", "decide", "publish", "deploy")
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,25 @@ def test_the_pipeline_has_the_issue_s_shape() -> None:
     fragments += ["system.Markdown", "system.Metrics", "system.Model", "system.Dataset"]
     for fragment in fragments:
         assert fragment in package, fragment
+    spec = next(doc for doc in yaml.safe_load_all(package) if doc and "deploymentSpec" in doc)
+    executors = {name.removeprefix("exec-") for name in spec["deploymentSpec"]["executors"]}
+    assert executors == {"fingerprint", "prepare", "tune", "decide", "publish", "reject", "deploy"}
+
+
+def test_only_the_steps_keyed_on_the_data_s_content_are_cached() -> None:
+    package = (CHECKED_IN / "training.yaml").read_text()
+    spec = next(doc for doc in yaml.safe_load_all(package) if doc and "root" in doc)
+    tasks = {**spec["root"]["dag"]["tasks"]}
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    components = spec["components"]
+    cached = {
+        name
+        for name, task in tasks.items()
+        if task.get("cachingOptions", {}).get("enableCache")
+        and "executorLabel" in components[task["componentRef"]["name"]]  # a task, not a sub-DAG
+    }
+    assert cached == {"prepare", "tune"}
 
 
 @pytest.mark.parametrize(

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
+import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from modelyard.cli import app
-from modelyard.pipeline.local import PipelineFailed, _captured_stdout, _LineTap, run_training_locally
+from modelyard.pipeline.local import PipelineFailed, run_training_locally
 from modelyard.registry import Registry
 from modelyard.settings import Settings
 from modelyard.spec import load_spec
@@ -56,25 +53,25 @@ def test_pipeline_publishes_then_reuses_its_cache_until_the_data_changes(
     assert published["storage_uri"] == f"{settings.store_uri}/iris/1"
     assert {c["algorithm"] for c in first.summary["candidates"]} == {"logistic_regression", "knn"}
     assert first.cached_tasks == []
-    executed = [e.task for e in first.events if e.status == "SUCCESS"]
-    assert executed.count("tune") == 2 and "publish" in executed and "reject" not in executed
+    executed = [(e.task, e.item) for e in first.events if e.state == "succeeded"]
+    assert sorted(executed) == [
+        ("decide", ""),
+        ("fingerprint", ""),
+        ("prepare", ""),
+        ("publish", ""),
+        ("tune", "knn"),
+        ("tune", "logistic_regression"),
+    ]
 
     second = run_training_locally(settings, spec)
-    assert sorted(second.cached_tasks) == [
-        "evaluate",
-        "ingest",
-        "select",
-        "split",
-        "tune",
-        "tune",
-        "validate",
-    ]
+    assert sorted(second.cached_tasks) == ["prepare", "tune", "tune"]
+    assert [e.task for e in second.events if e.state == "started"] == ["fingerprint", "decide", "publish"]
 
     # The same path, new content: never served from the cache.
     rows = iris_copy.read_text().splitlines()
     iris_copy.write_text("\n".join([rows[0], *reversed(rows[1:])]) + "\n")
     third = run_training_locally(settings, spec)
-    assert "ingest" not in third.cached_tasks
+    assert "prepare" not in third.cached_tasks
     with Registry(settings.database_url) as registry:
         assert [d.version for d in registry.list_datasets("iris")] == [2, 1]
 
@@ -92,18 +89,14 @@ def test_rejected_gate_publishes_nothing_and_says_why(settings: Settings) -> Non
 
 
 @SQLITE_ONLY
-@pytest.mark.parametrize("warm_tasks", [True, False], ids=["warm-tasks", "a-process-per-task"])
-def test_invalid_data_fails_with_the_problem_list(
-    settings: Settings, tmp_path: Path, warm_tasks: bool
-) -> None:
-    settings.pipeline.warm_tasks = warm_tasks
+def test_invalid_data_fails_with_the_problem_list(settings: Settings, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("sepal_length,sepal_width,petal_length,petal_width,species\n" + "1,x,1,1,setosa\n" * 12)
     spec = load_spec(EXAMPLES / "iris.yaml", [*TINY, f"data.path={bad}"])
     with pytest.raises(PipelineFailed) as caught:
         run_training_locally(settings, spec)
-    assert caught.value.failed_task == "validate"
-    assert caught.value.message.startswith("validate: ")
+    assert caught.value.failed_task == "prepare"
+    assert caught.value.message.startswith("prepare: ")
     assert "sepal_width" in caught.value.message and "only one class" in caught.value.message
     assert caught.value.log_file.exists()
     with Registry(settings.database_url) as registry:
@@ -111,31 +104,39 @@ def test_invalid_data_fails_with_the_problem_list(
 
 
 @SQLITE_ONLY
-def test_cli_train_runs_the_pipeline_and_auto_deploys(settings: Settings) -> None:
+def test_cli_train_runs_the_pipeline_shows_one_line_per_task_and_auto_deploys(settings: Settings) -> None:
     sets = [arg for item in [*TINY, "algorithms=[logistic_regression]"] for arg in ("--set", item)]
     result = CliRunner().invoke(
         app, ["train", "--spec", str(EXAMPLES / "iris.yaml"), *sets, "--auto-deploy", "--json"]
     )
     assert result.exit_code == 0, result.stderr
-    summary = json.loads(result.stdout)
+    summary = json.loads(result.stdout)  # KFP's own output stays in its log
     assert summary["published"]["version"] == 1
-    assert "publish" in result.stderr and "pipeline log:" in result.stderr
+    task_lines = [line.split()[:2] for line in result.stderr.splitlines() if " done " in f"{line} "]
+    assert sorted(task_lines) == [[task, "done"] for task in sorted(TASKS_OF_A_PUBLISHED_RUN)]
+    unwrapped = result.stderr.replace("\n", "")  # the console wraps at 80 columns
+    log_file = re.search(r"pipeline log: (\S+?kfp\.log)", unwrapped)
+    assert log_file is not None and Path(log_file[1]).is_file()
     with Registry(settings.database_url) as registry:
         production = registry.production("iris")
         assert production is not None and production.version == 1
 
 
-def test_root_logger_is_left_as_found_when_a_task_thread_leaks_its_handler(tmp_path: Path) -> None:
-    # kfp.local's per-task logger swap races across loop threads; one may leave a handler bound to the tap
-    root = logging.getLogger()
-    before, level = root.handlers[:], root.level
-    with (tmp_path / "run.log").open("w", encoding="utf-8") as log:
-        tap = _LineTap(log, lambda _event: None)
-        with _captured_stdout(tap):
-            root.addHandler(logging.StreamHandler(sys.stdout))
-            root.setLevel(logging.DEBUG)
-    assert root.handlers == before and root.level == level
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr):
-        logging.getLogger("modelyard.test").warning("after the run")
-    assert "Logging error" not in stderr.getvalue()
+@SQLITE_ONLY
+def test_cli_train_exits_1_with_the_gate_s_reason(settings: Settings) -> None:
+    sets = [arg for item in [*TINY, "algorithms=[knn]", "gate.min_score=1.01"] for arg in ("--set", item)]
+    result = CliRunner().invoke(app, ["train", "--spec", str(EXAMPLES / "iris.yaml"), *sets])
+    assert result.exit_code == 1
+    unwrapped = result.stderr.replace("\n", "")  # the console wraps at 80 columns
+    assert "gate rejected: holdout f1_macro" in unwrapped and "is below the minimum 1.0100" in unwrapped
+    assert "nothing was published" in unwrapped
+    assert [line.split()[:2] for line in result.stderr.splitlines() if " done " in f"{line} "] == [
+        ["fingerprint", "done"],
+        ["prepare", "done"],
+        ["tune", "done"],
+        ["decide", "done"],
+        ["reject", "done"],
+    ]
+
+
+TASKS_OF_A_PUBLISHED_RUN = ["fingerprint", "prepare", "tune", "decide", "publish", "deploy"]

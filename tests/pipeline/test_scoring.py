@@ -373,6 +373,6 @@ def test_the_pipeline_scores_through_kfp_local(
     assert summary["class_counts"] == scored["label"].value_counts().sort_index().to_dict()
 
     # A failing task's own message reaches the caller, naming the step.
-    with pytest.raises(PipelineFailed, match=r"^fetch_step: model iris@9 not found") as caught:
+    with pytest.raises(PipelineFailed, match=r"^fetch-model: model iris@9 not found") as caught:
         run_scoring_locally(settings, "iris@9", str(IRIS_CSV), "table:scores")
     assert caught.value.failed_task == "fetch-model"

@@ -16,7 +16,7 @@ IMAGE = load_settings().pipeline.image
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def fingerprint_source(spec_yaml: str) -> str:
+def fingerprint(spec_yaml: str) -> str:
     """Read the spec's data and return its content fingerprint (never cached)."""
     from modelyard.pipeline import steps
 
@@ -24,44 +24,31 @@ def fingerprint_source(spec_yaml: str) -> str:
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def ingest(spec_yaml: str, fingerprint: str, dataset: Output[Dataset]) -> str:
-    """Snapshot the source into a Dataset artifact and register the dataset version."""
-    from modelyard.pipeline import steps
-
-    outcome = steps.ingest(spec_yaml, fingerprint, dataset.path)
-    dataset.metadata.update(
-        {
-            "fingerprint": fingerprint,
-            "rows": outcome.rows,
-            "columns": outcome.columns,
-            "registry": outcome.dataset,
-        }
-    )
-    return outcome.dataset
-
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
-def validate(spec_yaml: str, dataset: Input[Dataset]) -> NamedTuple(
-    "ValidationOutputs", [("features_json", str), ("algorithms", list)]
-):
-    """Fail fast with every problem in the data; else pass on the features and algorithms."""
+def prepare(
+    spec_yaml: str,
+    fingerprint: str,
+    dataset: Output[Dataset],
+    train: Output[Dataset],
+    holdout: Output[Dataset],
+) -> NamedTuple("PreparedOutputs", [("dataset_ref", str), ("features_json", str), ("algorithms", list)]):
+    """Validate the data (every problem at once), snapshot and register it, split it train/holdout."""
     from collections import namedtuple
 
     from modelyard.pipeline import steps
 
-    outcome = steps.validate(spec_yaml, dataset.path)
-    dataset.metadata["class_counts"] = outcome.class_counts
-    return namedtuple("ValidationOutputs", ["features_json", "algorithms"])(
-        outcome.features_json, outcome.algorithms
+    prepared = steps.prepare(spec_yaml, fingerprint, dataset.path, train.path, holdout.path)
+    dataset.metadata.update(
+        {
+            "fingerprint": fingerprint,
+            "rows": prepared.rows,
+            "columns": prepared.columns,
+            "registry": prepared.dataset,
+            "class_counts": prepared.class_counts,
+        }
     )
-
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
-def split(spec_yaml: str, dataset: Input[Dataset], train: Output[Dataset], holdout: Output[Dataset]) -> None:
-    """Stratified train/holdout split."""
-    from modelyard.pipeline import steps
-
-    steps.split(spec_yaml, dataset.path, train.path, holdout.path)
+    return namedtuple("PreparedOutputs", ["dataset_ref", "features_json", "algorithms"])(
+        prepared.dataset, prepared.features_json, prepared.algorithms
+    )
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -78,7 +65,7 @@ def tune(
 
     from modelyard.pipeline import steps
 
-    summary = steps.tune_one(spec_yaml, features_json, algorithm, train.path, model.path)
+    summary = steps.tune_one(spec_yaml, features_json, train.path, model.path, algorithm=algorithm)
     found = json.loads(summary)
     model.metadata.update(
         {"algorithm": algorithm, "cv_score": found["cv_score"], "params": found["best_params"]}
@@ -92,41 +79,38 @@ def tune(
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def select(
+def decide(
     spec_yaml: str,
+    features_json: str,
     summaries: list,
     models: Input[List[Model]],
+    holdout: Input[Dataset],
     winner: Output[Model],
-) -> NamedTuple("SelectOutputs", [("winner_json", str), ("candidates_json", str)]):
-    """Keep the best candidate by the spec's metric; pass on every candidate's summary too."""
+    metrics: Output[Metrics],
+    classification: Output[ClassificationMetrics],
+) -> NamedTuple(
+    "DecideOutputs",
+    [
+        ("passed", bool),
+        ("verdict_json", str),
+        ("winner_json", str),
+        ("evaluation_json", str),
+        ("candidates_json", str),
+    ],
+):
+    """Keep the best candidate by CV score, evaluate it on the holdout (metrics, confusion matrix, ROC
+    curve), and gate it: at least the minimum score, and no worse than production on the same rows."""
     import json
     from collections import namedtuple
 
     from modelyard.pipeline import steps
 
-    best = steps.select(spec_yaml, summaries, [m.path for m in models], winner.path)
-    winner.metadata.update(
-        {"algorithm": json.loads(best)["algorithm"], "cv_score": json.loads(best)["cv_score"]}
+    decision = steps.decide(
+        spec_yaml, features_json, summaries, [m.path for m in models], winner.path, holdout.path
     )
-    return namedtuple("SelectOutputs", ["winner_json", "candidates_json"])(best, json.dumps(list(summaries)))
-
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
-def evaluate(
-    spec_yaml: str,
-    features_json: str,
-    winner: Input[Model],
-    holdout: Input[Dataset],
-    metrics: Output[Metrics],
-    classification: Output[ClassificationMetrics],
-) -> str:
-    """Holdout metrics, confusion matrix and ROC curve of the winner."""
-    import json
-
-    from modelyard.pipeline import steps
-
-    evaluation = steps.evaluate_winner(spec_yaml, features_json, winner.path, holdout.path)
-    found = json.loads(evaluation)
+    best = json.loads(decision.winner_json)
+    winner.metadata.update({"algorithm": best["algorithm"], "cv_score": best["cv_score"]})
+    found = json.loads(decision.evaluation_json)
     for name, value in found["metrics"].items():
         metrics.log_metric(name, value)
     classification.log_confusion_matrix([str(c) for c in found["classes"]], found["confusion_matrix"])
@@ -135,21 +119,14 @@ def evaluate(
         classification.log_roc_curve(curve["fpr"], curve["tpr"], curve["thresholds"])
     steps.write_json(metrics.path, metrics.metadata)
     steps.write_json(classification.path, classification.metadata)
-    return evaluation
-
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
-def gate(spec_yaml: str, evaluation_json: str, holdout: Input[Dataset]) -> NamedTuple(
-    "GateOutputs", [("passed", bool), ("verdict_json", str)]
-):
-    """Pass when the score reaches the minimum and is no worse than production on the same holdout."""
-    from collections import namedtuple
-
-    from modelyard.pipeline import steps
-
-    verdict = steps.gate(spec_yaml, evaluation_json, holdout.path)
-    return namedtuple("GateOutputs", ["passed", "verdict_json"])(
-        verdict.passed, steps.verdict_to_json(verdict)
+    return namedtuple(
+        "DecideOutputs", ["passed", "verdict_json", "winner_json", "evaluation_json", "candidates_json"]
+    )(
+        decision.verdict.passed,
+        steps.verdict_to_json(decision.verdict),
+        decision.winner_json,
+        decision.evaluation_json,
+        json.dumps(list(summaries)),
     )
 
 
@@ -165,7 +142,7 @@ def publish(
     train: Input[Dataset],
     holdout: Input[Dataset],
     fingerprint: str,
-    dataset: str,
+    dataset_ref: str,
     report: Output[HTML],
     model_card: Output[Markdown],
 ) -> NamedTuple("PublishOutputs", [("name", str), ("version", int), ("summary", str)]):
@@ -186,7 +163,7 @@ def publish(
         train.path,
         holdout.path,
         fingerprint,
-        dataset,
+        dataset_ref,
         report.path,
         model_card.path,
     )
@@ -203,7 +180,7 @@ def reject(candidates_json: str, winner_json: str, evaluation_json: str, verdict
 
     from modelyard.pipeline import steps
 
-    return steps.run_summary(json.loads(candidates_json), winner_json, evaluation_json, verdict_json, None)
+    return steps.reject(json.loads(candidates_json), winner_json, evaluation_json, verdict_json)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

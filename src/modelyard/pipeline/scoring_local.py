@@ -10,6 +10,8 @@ from modelyard.pipeline.local import TaskEvent, run_pipeline_locally
 from modelyard.pipeline.scoring_steps import DEFAULT_CHUNK_ROWS, absolute_locations, check_request
 from modelyard.settings import Settings
 
+SCORING_PIPELINE = "modelyard.pipeline.scoring:batch_scoring_pipeline"
+
 
 def run_scoring_locally(
     settings: Settings,
@@ -29,10 +31,8 @@ def run_scoring_locally(
     """
     check_request(model_ref, input_uri, output_uri, chunk_rows)
     input_uri, output_uri = absolute_locations(input_uri, output_uri)
-    from modelyard.pipeline.scoring import batch_scoring_pipeline
-
     run = run_pipeline_locally(
-        batch_scoring_pipeline,
+        SCORING_PIPELINE,
         {"model": model_ref, "input_uri": input_uri, "output_uri": output_uri, "chunk_rows": chunk_rows},
         settings,
         run_name=f"score-{model_ref.partition('@')[0]}",

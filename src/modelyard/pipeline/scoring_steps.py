@@ -64,7 +64,7 @@ from modelyard.errors import (
     database_reason,
     first_line,
 )
-from modelyard.pipeline.steps import reporting_errors
+from modelyard.pipeline.events import task_events
 from modelyard.registry import ModelVersionRecord, Registry, parse_model_ref
 from modelyard.registry.db import WRITE_OPTION, create_engine_for, redact
 from modelyard.registry.tables import Base
@@ -535,7 +535,7 @@ def summarise(model_json: str, outcome: ScoreOutcome, input_uri: str, output: st
 # ---------------------------------------------------------------- what the components call
 
 
-@reporting_errors
+@task_events("fetch-model")
 def fetch_step(
     model_ref: str, input_uri: str, output_uri: str, chunk_rows: int, bundle_path: str
 ) -> ModelVersionRecord:
@@ -544,7 +544,7 @@ def fetch_step(
     return fetch_model(load_settings(), model_ref, Path(bundle_path))
 
 
-@reporting_errors
+@task_events("score-input")
 def score_step(
     bundle_path: str,
     input_uri: str,
@@ -565,7 +565,7 @@ def score_step(
     )
 
 
-@reporting_errors
+@task_events("write-predictions")
 def write_step(
     predictions_path: str, output_uri: str, model_json: str, score_json: str, input_uri: str, chunk_rows: int
 ) -> str:

@@ -1,5 +1,6 @@
-"""The training pipeline: ingest, validate, split, tune (one task per algorithm), select, evaluate, gate,
-publish, deploy. The same definition runs on a cluster's KFP and on a laptop through `kfp.local`.
+"""The training pipeline: fingerprint, prepare (validate, snapshot, split), tune (one task per algorithm),
+decide (select, evaluate, gate), publish or reject, deploy. The same definition runs on a cluster's KFP
+and on a laptop through `kfp.local`.
 """
 
 from collections import namedtuple
@@ -43,25 +44,41 @@ def _with_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-@dsl.pipeline(name="tune-candidates", description="One tuning task per algorithm, then the best of them.")
-def tune_candidates(
+@dsl.pipeline(name="choose-model", description="One tuning task per algorithm, then the best of them, gated.")
+def choose_model(
     spec_yaml: str,
     features_json: str,
     algorithms: list,
     train: Input[Dataset],
-) -> NamedTuple("TunedOutputs", [("winner", Model), ("winner_json", str), ("candidates_json", str)]):
-    # A sub-pipeline because the loop's items come from the validate task: kfp.local iterates only over
+    holdout: Input[Dataset],
+) -> NamedTuple(
+    "ChosenOutputs",
+    [
+        ("winner", Model),
+        ("passed", bool),
+        ("verdict_json", str),
+        ("winner_json", str),
+        ("evaluation_json", str),
+        ("candidates_json", str),
+    ],
+):
+    # A sub-pipeline because the loop's items come from the prepare task: kfp.local iterates only over
     # a pipeline's own inputs.
     with dsl.ParallelFor(algorithms, name="algorithms") as algorithm:
         tune = c.tune(spec_yaml=spec_yaml, features_json=features_json, algorithm=algorithm, train=train)
-    select = c.select(
-        spec_yaml=spec_yaml,
-        summaries=dsl.Collected(tune.outputs["Output"]),
-        models=dsl.Collected(tune.outputs["model"]),
+    # Production may have changed since an earlier identical run: the gate always looks again.
+    decide = _with_credentials(
+        c.decide(
+            spec_yaml=spec_yaml,
+            features_json=features_json,
+            summaries=dsl.Collected(tune.outputs["Output"]),
+            models=dsl.Collected(tune.outputs["model"]),
+            holdout=holdout,
+        )
     )
-    return namedtuple("TunedOutputs", ["winner", "winner_json", "candidates_json"])(
-        select.outputs["winner"], select.outputs["winner_json"], select.outputs["candidates_json"]
-    )
+    decide.set_caching_options(False)
+    outputs = ["winner", "passed", "verdict_json", "winner_json", "evaluation_json", "candidates_json"]
+    return namedtuple("ChosenOutputs", outputs)(*(decide.outputs[name] for name in outputs))
 
 
 @dsl.pipeline(
@@ -76,46 +93,31 @@ def training_pipeline(
 ) -> str:
     # Never cached: the fingerprint of the data as it is now is what keys every cached step below, so a
     # file changed in place is read again while an unchanged one reuses the earlier run's work.
-    fingerprint = _with_credentials(c.fingerprint_source(spec_yaml=spec_yaml))
+    fingerprint = _with_credentials(c.fingerprint(spec_yaml=spec_yaml))
     fingerprint.set_caching_options(False)
-    ingest = _with_credentials(c.ingest(spec_yaml=spec_yaml, fingerprint=fingerprint.output))
-    validate = c.validate(spec_yaml=spec_yaml, dataset=ingest.outputs["dataset"])
-    split = c.split(spec_yaml=spec_yaml, dataset=ingest.outputs["dataset"]).after(validate)
-    features = validate.outputs["features_json"]
-    tuned = tune_candidates(
+    prepare = _with_credentials(c.prepare(spec_yaml=spec_yaml, fingerprint=fingerprint.output))
+    features = prepare.outputs["features_json"]
+    chosen = choose_model(
         spec_yaml=spec_yaml,
         features_json=features,
-        algorithms=validate.outputs["algorithms"],
-        train=split.outputs["train"],
+        algorithms=prepare.outputs["algorithms"],
+        train=prepare.outputs["train"],
+        holdout=prepare.outputs["holdout"],
     )
-    candidates = tuned.outputs["candidates_json"]
-    evaluate = c.evaluate(
-        spec_yaml=spec_yaml,
-        features_json=features,
-        winner=tuned.outputs["winner"],
-        holdout=split.outputs["holdout"],
-    )
-    # Production may have changed since an earlier identical run: the gate always looks again.
-    gate = _with_credentials(
-        c.gate(
-            spec_yaml=spec_yaml, evaluation_json=evaluate.outputs["Output"], holdout=split.outputs["holdout"]
-        )
-    )
-    gate.set_caching_options(False)
-    with dsl.If(gate.outputs["passed"] == True, name="gate-passed"):  # noqa: E712  # a KFP condition, not Python
+    with dsl.If(chosen.outputs["passed"] == True, name="gate-passed"):  # noqa: E712  # a KFP condition, not Python
         publish = _with_credentials(
             c.publish(
                 spec_yaml=spec_yaml,
                 features_json=features,
-                candidates_json=candidates,
-                winner_json=tuned.outputs["winner_json"],
-                winner=tuned.outputs["winner"],
-                evaluation_json=evaluate.outputs["Output"],
-                verdict_json=gate.outputs["verdict_json"],
-                train=split.outputs["train"],
-                holdout=split.outputs["holdout"],
+                candidates_json=chosen.outputs["candidates_json"],
+                winner_json=chosen.outputs["winner_json"],
+                winner=chosen.outputs["winner"],
+                evaluation_json=chosen.outputs["evaluation_json"],
+                verdict_json=chosen.outputs["verdict_json"],
+                train=prepare.outputs["train"],
+                holdout=prepare.outputs["holdout"],
                 fingerprint=fingerprint.output,
-                dataset=ingest.outputs["Output"],
+                dataset_ref=prepare.outputs["dataset_ref"],
             )
         )
         publish.set_caching_options(False)
@@ -131,10 +133,10 @@ def training_pipeline(
             deploy.set_caching_options(False)
     with dsl.Else(name="gate-rejected"):
         reject = c.reject(
-            candidates_json=candidates,
-            winner_json=tuned.outputs["winner_json"],
-            evaluation_json=evaluate.outputs["Output"],
-            verdict_json=gate.outputs["verdict_json"],
+            candidates_json=chosen.outputs["candidates_json"],
+            winner_json=chosen.outputs["winner_json"],
+            evaluation_json=chosen.outputs["evaluation_json"],
+            verdict_json=chosen.outputs["verdict_json"],
         )
         reject.set_caching_options(False)
     return dsl.OneOf(publish.outputs["summary"], reject.output)
