@@ -43,3 +43,17 @@ format: install
 
 clean:
 	rm -rf $(VENV) .modelyard .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
+
+# ---------------------------------------------------------------- Kubernetes: the chart, manifests/, kind
+.PHONY: manifests chart-docs kind-up
+
+# manifests/ and the chart README's values table are rendered from charts/modelyard; tests fail when stale.
+manifests: install
+	$(BIN)/python -c 'from modelyard.deploy.chart import write_manifests; write_manifests()'
+
+chart-docs: install
+	$(BIN)/python -c 'from modelyard.deploy.chart import write_readme_values_table; write_readme_values_table()'
+
+# A kind cluster with cert-manager, KServe (Standard mode), both images and the chart (needs docker and kind).
+kind-up:
+	bash scripts/kind-up.sh
