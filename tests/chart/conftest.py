@@ -96,7 +96,10 @@ def custom_resource_schemas() -> dict[tuple[str, str], dict[str, Any]]:
     files = {
         ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice_serving_v1beta1.json",
         ("serving.kserve.io/v1alpha1", "ServingRuntime"): "servingruntime_serving_v1alpha1.json",
-        ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "clusterservingruntime_serving_v1alpha1.json",
+        (
+            "serving.kserve.io/v1alpha1",
+            "ClusterServingRuntime",
+        ): "clusterservingruntime_serving_v1alpha1.json",
         ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor_monitoring_v1.json",
         ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor_monitoring_v1.json",
         ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule_monitoring_v1.json",
@@ -112,7 +115,7 @@ def custom_resource_schemas() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def closed(schema: Any) -> Any:
-    """A CRD schema as the API server prunes it: ``properties`` without ``additionalProperties`` are closed."""
+    """A CRD schema as the API server prunes: ``properties`` without ``additionalProperties`` are closed."""
     if isinstance(schema, list):
         return [closed(item) for item in schema]
     if not isinstance(schema, dict):

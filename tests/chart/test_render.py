@@ -43,7 +43,9 @@ def test_every_case_is_present() -> None:
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_helm_lint_strict(case: Any, kube_version: str) -> None:
-    report = helm_python.lint(chart.CHART_DIR, chart.load_values([case]), strict=True, kube_version=f"v{kube_version}")
+    report = helm_python.lint(
+        chart.CHART_DIR, chart.load_values([case]), strict=True, kube_version=f"v{kube_version}"
+    )
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
     assert not problems, problems
 
@@ -61,7 +63,14 @@ def _unique_built_in_objects() -> list[tuple[str, dict[str, Any]]]:
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 def test_built_in_objects_are_valid_on_every_supported_kubernetes(kube_version: str) -> None:
     objects = _unique_built_in_objects()
-    assert {obj["kind"] for _, obj in objects} >= {"Deployment", "StatefulSet", "Job", "CronJob", "Pod", "Secret"}
+    assert {obj["kind"] for _, obj in objects} >= {
+        "Deployment",
+        "StatefulSet",
+        "Job",
+        "CronJob",
+        "Pod",
+        "Secret",
+    }
     for case, obj in objects:
         try:
             kubernetes_validate.validate(obj, kube_version, strict=True)
@@ -78,7 +87,9 @@ def test_custom_resources_match_their_upstream_schemas_with_unknown_fields_rejec
         schema = schemas.get((obj["apiVersion"], obj["kind"]))
         assert schema is not None, f"no schema for {obj['apiVersion']} {obj['kind']}"
         errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(obj), key=lambda e: list(e.path))
-        assert not errors, [f"{obj['kind']}/{obj['metadata']['name']} {list(e.path)}: {e.message}" for e in errors]
+        assert not errors, [
+            f"{obj['kind']}/{obj['metadata']['name']} {list(e.path)}: {e.message}" for e in errors
+        ]
 
 
 def test_the_closed_schema_catches_a_misspelt_field() -> None:
@@ -101,7 +112,16 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
             problems.append(f"{field} is set")
     for volume in pod.get("volumes", []):
         kinds = set(volume) - {"name"}
-        if not kinds <= {"configMap", "secret", "emptyDir", "persistentVolumeClaim", "projected", "downwardAPI", "ephemeral", "csi"}:
+        if not kinds <= {
+            "configMap",
+            "secret",
+            "emptyDir",
+            "persistentVolumeClaim",
+            "projected",
+            "downwardAPI",
+            "ephemeral",
+            "csi",
+        }:
             problems.append(f"volume {volume['name']} is of kind {kinds}")
     pod_seccomp = (pod_context.get("seccompProfile") or {}).get("type")
     for container in pod.get("containers", []) + pod.get("initContainers", []):
@@ -152,7 +172,9 @@ def test_every_container_has_cpu_and_memory_requests_and_limits(case: str) -> No
         for container in pod["containers"] + pod.get("initContainers", []):
             resources = container.get("resources") or {}
             for bound in ("requests", "limits"):
-                assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"{label} {container['name']} {bound}"
+                assert {"cpu", "memory"} <= set(resources.get(bound, {})), (
+                    f"{label} {container['name']} {bound}"
+                )
 
 
 # ---------------------------------------------------------------- serving
@@ -181,11 +203,18 @@ def test_every_serving_setting_in_the_schema_is_a_real_setting() -> None:
     """The chart sets MODELYARD_SERVING__<KEY>; a key the server lacks would fail its start."""
     schema = json.loads((chart.CHART_DIR / "values.schema.json").read_text())
     keys = schema["properties"]["serving"]["properties"]["settings"]["properties"]
-    values = {key: {"integer": 2, "number": 1.5, "boolean": True, "string": "auto"}[s["type"]] for key, s in keys.items()}
+    values = {
+        key: {"integer": 2, "number": 1.5, "boolean": True, "string": "auto"}[s["type"]]
+        for key, s in keys.items()
+    }
     runtime = named(chart.render({"serving": {"settings": values}}), "ServingRuntime", "modelyard")
     names = [e["name"] for e in runtime["spec"]["containers"][0]["env"]]
     fields = {f"MODELYARD_SERVING__{field.upper()}" for field in ServingSettings.model_fields}
-    assert not {n for n in names if n.startswith("MODELYARD_SERVING__")} - fields - {"MODELYARD_SERVING__METRICS_PORT"}
+    assert (
+        not {n for n in names if n.startswith("MODELYARD_SERVING__")}
+        - fields
+        - {"MODELYARD_SERVING__METRICS_PORT"}
+    )
     assert len([n for n in names if n.startswith("MODELYARD_SERVING__")]) == len(keys) + 2
 
 
@@ -268,7 +297,10 @@ def test_external_services_put_no_secret_value_in_the_release() -> None:
     assert config["MODELYARD_PIPELINE__DATABASE_SECRET"] == "registry-database"
     migrate = named(objects, "Job", "modelyard-migrate")
     env = {e["name"]: e for e in migrate["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["MODELYARD_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "registry-database", "key": "url"}
+    assert env["MODELYARD_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "registry-database",
+        "key": "url",
+    }
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "models-s3"
 
 
@@ -287,7 +319,14 @@ def test_network_policies_admit_only_the_release_to_postgres_and_the_object_stor
         assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
         (rule,) = policy["ingress"]
         assert rule["from"] == [
-            {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "modelyard", "app.kubernetes.io/instance": "modelyard"}}}
+            {
+                "podSelector": {
+                    "matchLabels": {
+                        "app.kubernetes.io/name": "modelyard",
+                        "app.kubernetes.io/instance": "modelyard",
+                    }
+                }
+            }
         ]
         assert rule["ports"] == [{"protocol": "TCP", "port": port}]
 
@@ -346,7 +385,10 @@ def test_helm_test_pod_calls_each_model_through_its_service() -> None:
             {"serving": {"deploymentMode": "Knative"}},
             'serving.autoscaling.engine "hpa": Knative scales with kpa',
         ),
-        ({"serving": {"autoscaling": {"metric": "rps"}}}, 'serving.autoscaling.metric "rps": the HPA scales on cpu or memory'),
+        (
+            {"serving": {"autoscaling": {"metric": "rps"}}},
+            'serving.autoscaling.metric "rps": the HPA scales on cpu or memory',
+        ),
         (
             {"serving": {"models": [{"name": "a", "version": 1}, {"name": "a", "version": 2}]}},
             'serving.models: "a" is listed twice',

@@ -78,7 +78,9 @@ def test_the_bundled_prometheus_config_passes_promtool(tmp_path: Path) -> None:
 
 def test_promtool_refuses_a_broken_rule(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [{"record": "x", "expr": "rate(x[5m]"}]}]}))
+    path.write_text(
+        yaml.safe_dump({"groups": [{"name": "g", "rules": [{"record": "x", "expr": "rate(x[5m]"}]}]})
+    )
     result = run([str(shutil.which("promtool")), "check", "rules", str(path)])
     assert result.returncode != 0
     assert "parse error" in result.stdout + result.stderr
@@ -116,7 +118,13 @@ def checkov() -> Path:
     if not binary.exists():
         subprocess.run([sys.executable, "-m", "venv", str(CHECKOV_VENV)], check=True)
         subprocess.run(
-            [str(CHECKOV_VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", f"checkov=={CHECKOV_VERSION}"],
+            [
+                str(CHECKOV_VENV / "bin" / "pip"),
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                f"checkov=={CHECKOV_VERSION}",
+            ],
             check=True,
             timeout=900,
         )
@@ -124,13 +132,19 @@ def checkov() -> Path:
 
 
 def _checkov(binary: Path, *arguments: str) -> dict[str, Any]:
-    result = run([str(binary), "--config-file", str(Path(__file__).parent / "checkov.yaml"), "-o", "json", *arguments])
+    result = run(
+        [str(binary), "--config-file", str(Path(__file__).parent / "checkov.yaml"), "-o", "json", *arguments]
+    )
     assert result.returncode in (0, 1), result.stderr[-2000:]
     report = json.loads(result.stdout)
     reports = report if isinstance(report, list) else [report]
     return {
         "passed": sum(r["summary"]["passed"] for r in reports),
-        "failed": [f"{c['check_id']} {c['resource']} ({c['file_path']})" for r in reports for c in r["results"]["failed_checks"]],
+        "failed": [
+            f"{c['check_id']} {c['resource']} ({c['file_path']})"
+            for r in reports
+            for c in r["results"]["failed_checks"]
+        ],
     }
 
 
@@ -210,7 +224,9 @@ def _masked(text: str) -> list[Any]:
     for document in yaml.safe_load_all(text):
         if document and document.get("kind") == "Secret":
             document["data"] = dict.fromkeys(document.get("data", {}), "<generated>")
-        annotations = (document or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
+        annotations = (
+            (document or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
+        )
         if "checksum/config" in annotations:
             annotations["checksum/config"] = "<checksum>"
         documents.append(document)

@@ -150,7 +150,7 @@ def _lookup(values: Mapping[str, Any], dotted: str) -> Any:
 
 
 def values_table(chart_dir: Path = CHART_DIR) -> str:
-    """A Markdown table of every value: key, type, default (from values.yaml), description (from the schema)."""
+    """A Markdown table of every value: key, type, default (values.yaml), description (the schema)."""
     schema = json.loads((chart_dir / "values.schema.json").read_text())
     defaults = yaml.safe_load((chart_dir / "values.yaml").read_text())
     rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
@@ -169,7 +169,9 @@ def readme_with_values_table(readme: str, table: str) -> str:
     """The chart README with its generated values table replaced by ``table``."""
     start, end = readme.find(VALUES_TABLE_START), readme.find(VALUES_TABLE_END)
     if start < 0 or end < start:
-        raise ModelyardError(f"the chart README lacks the markers {VALUES_TABLE_START} ... {VALUES_TABLE_END}")
+        raise ModelyardError(
+            f"the chart README lacks the markers {VALUES_TABLE_START} ... {VALUES_TABLE_END}"
+        )
     return readme[: start + len(VALUES_TABLE_START)] + "\n" + table + "\n" + readme[end:]
 
 
@@ -182,7 +184,9 @@ def manifest_files(objects: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     for obj in objects:
         by_kind.setdefault(str(obj["kind"]), []).append(_without_helm_hook(obj))
     files: dict[str, str] = {}
-    header = "# Rendered from charts/modelyard by `make manifests`; do not edit (a test fails when it is stale).\n"
+    header = (
+        "# Rendered from charts/modelyard by `make manifests`; do not edit (a test fails when it is stale).\n"
+    )
     for kind, items in sorted(by_kind.items()):
         text = "---\n".join(yaml.safe_dump(item, sort_keys=False) for item in items)
         files[f"{kind.lower()}.yaml"] = header + text

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelyard.deploy.chart import CHART_DIR
+from modelyard.deploy.chart import CHART_DIR, render
 from modelyard.errors import ModelyardError, NotFound
 
 
@@ -40,7 +40,9 @@ def find_helm(explicit: Path | None = None) -> Path:
     built = sorted(cache.glob("k8s-*/bin/helm"), reverse=True)
     if built:
         return built[0]
-    raise NotFound(f"no helm binary: none on PATH or under {cache}/k8s-*/bin; run `make k8s-tools` or pass --helm")
+    raise NotFound(
+        f"no helm binary: none on PATH or under {cache}/k8s-*/bin; run `make k8s-tools` or pass --helm"
+    )
 
 
 async def _install(
@@ -92,6 +94,8 @@ def install(
         raise NotFound(f"no chart at {chart_dir} (pass --chart)")
     if kubeconfig is not None and not kubeconfig.is_file():
         raise NotFound(f"kubeconfig {kubeconfig} does not exist")
+    # Helm's own engine, in-process: values the chart refuses are an error before any cluster is touched.
+    render(values, release=release, namespace=namespace, chart_dir=chart_dir)
     binary = find_helm(helm)
     return asyncio.run(
         _install(

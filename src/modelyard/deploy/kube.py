@@ -70,7 +70,9 @@ def patch_storage_uri(api: Any, name: str, namespace: str, storage_uri: str) -> 
             raise ModelyardError(
                 f"not allowed to patch InferenceService {namespace}/{name}: {exc.reason}"
             ) from exc
-        raise ModelyardError(f"patching InferenceService {namespace}/{name} failed: {exc.status} {exc.reason}") from exc
+        raise ModelyardError(
+            f"patching InferenceService {namespace}/{name} failed: {exc.status} {exc.reason}"
+        ) from exc
     return patched
 
 
