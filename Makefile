@@ -8,7 +8,7 @@ EXTRAS ?= all
 STAMP := $(VENV)/.installed-$(EXTRAS)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format install bytecode clean
+.PHONY: run test lint format install bytecode clean k8s-tools cluster-up cluster-down
 
 install: $(STAMP)
 
@@ -29,17 +29,32 @@ run: install bytecode
 	@bash scripts/demo.sh
 
 lint: install
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples scripts
+	$(BIN)/ruff format --check src tests bench examples scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint bytecode
+test: lint bytecode k8s-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The control plane's programs, built from pinned Go modules into ~/.cache/modelyard/k8s-<version>/bin
+# (only what is missing or stale; see scripts/k8s-tools.sh).
+k8s-tools:
+	@bash scripts/k8s-tools.sh >/dev/null
+
+# A control plane for a person: etcd, the API server, controllers, scheduler, kwok's nodes, the upstream
+# CRDs and KServe's controller, with state and logs in .modelyard/cluster.
+cluster-up: k8s-tools
+	@$(PYTHON) scripts/cluster.py up >/dev/null
+	@echo "control plane up; logs in .modelyard/cluster/logs. Point kubectl at it with:"
+	@echo "  export KUBECONFIG=$(CURDIR)/.modelyard/cluster/kubeconfig PATH=$$(bash scripts/k8s-tools.sh --bin-dir):\$$PATH"
+
+cluster-down:
+	@$(PYTHON) scripts/cluster.py down
+
 format: install
-	$(BIN)/ruff check --fix src tests bench examples
-	$(BIN)/ruff format src tests bench examples
+	$(BIN)/ruff check --fix src tests bench examples scripts
+	$(BIN)/ruff format src tests bench examples scripts
 
 clean:
 	rm -rf $(VENV) .modelyard .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
