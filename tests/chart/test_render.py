@@ -356,13 +356,19 @@ def test_kube_prometheus_stack_mode_has_labelled_monitors_rules_and_dashboards()
     assert dashboards["data"]
 
 
-def test_helm_test_pod_calls_each_model_through_its_service() -> None:
-    tests = [o for o in rendered("02-external") if o["kind"] == "Pod"]
-    assert [t["metadata"]["name"] for t in tests] == ["modelyard-test-iris", "modelyard-test-churn"]
-    env = {e["name"]: e["value"] for e in tests[0]["spec"]["containers"][0]["env"]}
+def test_helm_test_calls_each_model_through_its_service() -> None:
+    tests = [o for o in rendered("02-external") if o["metadata"]["name"].startswith("modelyard-test-")]
+    assert [(t["kind"], t["metadata"]["name"]) for t in tests] == [
+        ("Job", "modelyard-test-iris"),
+        ("Job", "modelyard-test-churn"),
+    ]
+    container = tests[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
     assert env["MODEL_URL"] == "http://iris-predictor.ml.svc"
+    assert container["command"] == ["python", "/opt/modelyard-test/helm-test.py"]
     assert tests[0]["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    assert not [o for o in chart.render(case_values("02-external")) if o["kind"] == "Pod"]
+    untested = chart.render(case_values("02-external"))
+    assert not [o for o in untested if o["metadata"]["name"].startswith("modelyard-test")]
 
 
 # ---------------------------------------------------------------- bad values
