@@ -68,7 +68,6 @@ def test_built_in_objects_are_valid_on_every_supported_kubernetes(kube_version: 
         "StatefulSet",
         "Job",
         "CronJob",
-        "Pod",
         "Secret",
     }
     for case, obj in objects:
