@@ -421,3 +421,26 @@ def test_bad_values_are_refused_naming_the_problem(values: dict[str, Any], messa
     with pytest.raises(InvalidInput) as caught:
         chart.render(values)
     assert message in str(caught.value)
+
+
+def test_a_new_model_version_changes_the_storage_uri_and_nothing_else() -> None:
+    values = case_values("01-bundled")
+    model = values["serving"]["models"][0]
+    newer = chart.merge_values(values, {"serving": {"models": [{**model, "version": 2}]}})
+
+    def comparable(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for obj in objects:  # generated passwords (and checksums over them) differ on every render
+            if obj["kind"] == "Secret":
+                obj["data"] = dict.fromkeys(obj["data"], "<generated>")
+            obj.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {}).pop(
+                "checksum/config", None
+            )
+        return objects
+
+    before, after = comparable(chart.render(values)), comparable(chart.render(newer))
+    changed = [(a["kind"], a["metadata"]["name"]) for a, b in zip(before, after, strict=True) if a != b]
+    assert changed == [("InferenceService", "iris")]
+    isvc = next(o for o in after if o["kind"] == "InferenceService")
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://modelyard/iris/2"
+    isvc["spec"]["predictor"]["model"]["storageUri"] = "s3://modelyard/iris/1"
+    assert isvc == next(o for o in before if o["kind"] == "InferenceService")

@@ -218,27 +218,14 @@ def test_kind_config_pins_the_node_image_by_digest_and_maps_ports() -> None:
     assert "config_path" in config["containerdConfigPatches"][0]
 
 
-def _masked(text: str) -> list[Any]:
-    """Documents with what differs on every render masked: generated Secret values and checksums of them."""
-    documents = []
-    for document in yaml.safe_load_all(text):
-        if document and document.get("kind") == "Secret":
-            document["data"] = dict.fromkeys(document.get("data", {}), "<generated>")
-        annotations = (
-            (document or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
-        )
-        if "checksum/config" in annotations:
-            annotations["checksum/config"] = "<checksum>"
-        documents.append(document)
-    return documents
-
-
 def test_manifests_are_rendered_from_the_chart() -> None:
     expected = chart.manifest_files(chart.render())
     on_disk = {path.name: path.read_text() for path in (ROOT / "manifests").glob("*.yaml")}
     assert sorted(on_disk) == sorted(expected), "manifests/ is stale: run `make manifests`"
     for name, text in expected.items():
-        assert _masked(on_disk[name]) == _masked(text), f"manifests/{name} is stale: run `make manifests`"
+        assert chart.masked(on_disk[name]) == chart.masked(text), (
+            f"manifests/{name} is stale: run `make manifests`"
+        )
 
 
 def test_manifests_hold_no_helm_hooks_or_tests() -> None:

@@ -217,8 +217,26 @@ def _without_helm_hook(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return copied
 
 
+def masked(text: str) -> list[Any]:
+    """A manifest's documents with what changes on every render masked: generated Secret values, and
+    the checksums over them."""
+    documents = []
+    for document in yaml.safe_load_all(text):
+        if document and document.get("kind") == "Secret":
+            document["data"] = dict.fromkeys(document.get("data", {}), "<generated>")
+        template = (document or {}).get("spec", {}).get("template", {})
+        annotations = template.get("metadata", {}).get("annotations", {})
+        if "checksum/config" in annotations:
+            annotations["checksum/config"] = "<checksum>"
+        documents.append(document)
+    return documents
+
+
 def write_manifests(directory: Path = MANIFESTS_DIR) -> list[Path]:
-    """Render the default install into ``directory`` (replacing its YAML files); return the files written."""
+    """Render the default install into ``directory``; return the files that changed.
+
+    A file that differs only in generated passwords keeps its old text, so rendering again changes nothing.
+    """
     files = manifest_files(render())
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.yaml"):
@@ -227,6 +245,8 @@ def write_manifests(directory: Path = MANIFESTS_DIR) -> list[Path]:
     written = []
     for name, text in files.items():
         path = directory / name
+        if path.exists() and masked(path.read_text()) == masked(text):
+            continue
         path.write_text(text)
         written.append(path)
     return written
