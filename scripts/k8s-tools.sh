@@ -40,8 +40,11 @@ tool_sets() {
   echo "kserve|kserve-manager|-s -w|github.com/kserve/kserve/cmd/manager"
 }
 
+# What a wrapper's build depends on: its files and the flags it is built with.
 wrapper_digest() {
-  (cd "$wrappers/$1" && cat go.mod go.sum ./*.go 2>/dev/null; echo "$2") | sha256sum | cut -d' ' -f1
+  local files=("$wrappers/$1"/go.mod "$wrappers/$1"/go.sum)
+  [ -e "$wrappers/$1/main.go" ] && files+=("$wrappers/$1/main.go")
+  { cat "${files[@]}"; echo "$2"; } | sha256sum | cut -d' ' -f1
 }
 
 stale() {
