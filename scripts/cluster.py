@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,10 @@ class ClusterError(RuntimeError):
 def tools_bin_dir() -> Path:
     """Where scripts/k8s-tools.sh puts the binaries (it builds nothing with --bin-dir)."""
     found = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "k8s-tools.sh"), "--bin-dir"], check=True, capture_output=True, text=True
+        ["bash", str(ROOT / "scripts" / "k8s-tools.sh"), "--bin-dir"],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return Path(found.stdout.strip())
 
@@ -96,12 +99,28 @@ class ControlPlane:
             self._write_certificates()
             api_port = self._start_etcd_and_apiserver()
             self._write_kubeconfig(api_port)
-            self._wait_for("kube-apiserver", deadline, "get", "--raw", "/readyz")
+            self._wait_for("kube-apiserver", deadline, "get", "--raw", "/readyz", log="kube-apiserver")
             self._start_controllers()
             self._start_kwok()
             self._apply_crds()
-            self._wait_for("the fake nodes", deadline, "wait", "--for=condition=Ready", "--timeout=5s", "node", "--all")
-            self._wait_for("the default service account", deadline, "get", "serviceaccount", "default")
+            self._wait_for(
+                "the fake nodes",
+                deadline,
+                "wait",
+                "--for=condition=Ready",
+                "--timeout=5s",
+                "node",
+                "--all",
+                log="kwok",
+            )
+            self._wait_for(
+                "the default service account",
+                deadline,
+                "get",
+                "serviceaccount",
+                "default",
+                log="kube-controller-manager",
+            )
             if self.kserve:
                 self._start_kserve(deadline)
         except BaseException:
@@ -135,6 +154,19 @@ class ControlPlane:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
+    def create_namespace(self, name: str, timeout: float = 30.0) -> None:
+        """Create a namespace and wait for its `default` service account, which pods are admitted with."""
+        self.kubectl("create", "namespace", name)
+        self._wait_for(
+            f"the default service account of {name}",
+            time.monotonic() + timeout,
+            "get",
+            "serviceaccount",
+            "default",
+            "-n",
+            name,
+        )
+
     # ------------------------------------------------------------------ certificates
 
     def _write_certificates(self) -> None:
@@ -144,19 +176,38 @@ class ControlPlane:
             return
         key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         _openssl(
-            "req", "-x509", *key, "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"), "-days", "3650",
-            "-subj", "/CN=modelyard-local-ca",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        )  # fmt: skip
+            "req",
+            "-x509",
+            *key,
+            "-keyout",
+            str(pki / "ca.key"),
+            "-out",
+            str(pki / "ca.crt"),
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=modelyard-local-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        )
         leaves = {
-            "apiserver": ("/CN=kube-apiserver", "serverAuth", "IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc"),
+            "apiserver": (
+                "/CN=kube-apiserver",
+                "serverAuth",
+                "IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc",
+            ),
             "webhook": ("/CN=kserve-webhook", "serverAuth", "IP:127.0.0.1,DNS:localhost"),
             # system:masters is the group RBAC lets do everything: this is the cluster's admin.
             "admin": ("/O=system:masters/CN=modelyard-admin", "clientAuth", ""),
         }
         for name, (subject, usage, names) in leaves.items():
             extensions = pki / f"{name}.ext"
-            lines = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment"]
+            lines = [
+                "basicConstraints=critical,CA:FALSE",
+                "keyUsage=critical,digitalSignature,keyEncipherment",
+            ]
             lines.append(f"extendedKeyUsage={usage}")
             if names:
                 lines.append(f"subjectAltName={names}")
@@ -164,9 +215,22 @@ class ControlPlane:
             request = pki / f"{name}.csr"
             _openssl("req", *key, "-keyout", str(pki / f"{name}.key"), "-out", str(request), "-subj", subject)
             _openssl(
-                "x509", "-req", "-in", str(request), "-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"),
-                "-CAcreateserial", "-days", "3650", "-extfile", str(extensions), "-out", str(pki / f"{name}.crt"),
-            )  # fmt: skip
+                "x509",
+                "-req",
+                "-in",
+                str(request),
+                "-CA",
+                str(pki / "ca.crt"),
+                "-CAkey",
+                str(pki / "ca.key"),
+                "-CAcreateserial",
+                "-days",
+                "3650",
+                "-extfile",
+                str(extensions),
+                "-out",
+                str(pki / f"{name}.crt"),
+            )
         # The key the API server signs service-account tokens with, and checks them against.
         _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(pki / "sa.key"))
         _openssl("ec", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
@@ -194,7 +258,9 @@ class ControlPlane:
                     },
                 }
             ],
-            "contexts": [{"name": "modelyard", "context": {"cluster": "modelyard", "user": "modelyard-admin"}}],
+            "contexts": [
+                {"name": "modelyard", "context": {"cluster": "modelyard", "user": "modelyard-admin"}}
+            ],
             "current-context": "modelyard",
         }
         # JSON is YAML, and every client reads it.
@@ -323,9 +389,14 @@ class ControlPlane:
             "data": {"deploy": KSERVE_DEPLOY_CONFIG},
         }
         self.kubectl(
-            "apply", "--server-side", "--force-conflicts", "--field-manager=modelyard-deploy-mode", "-f", "-",
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=modelyard-deploy-mode",
+            "-f",
+            "-",
             stdin=json.dumps(deploy),
-        )  # fmt: skip
+        )
         # controller-runtime's webhook server reads tls.crt and tls.key from $TMPDIR/k8s-webhook-server/.
         temporary = self.workdir / "kserve-tmp"
         certs = temporary / "k8s-webhook-server" / "serving-certs"
@@ -372,7 +443,10 @@ class ControlPlane:
                 "kind": "MutatingWebhookConfiguration",
                 "metadata": {"name": "inferenceservice.serving.kserve.io"},
                 "webhooks": [
-                    hook("inferenceservice.kserve-webhook-server.defaulter", "/mutate-serving-kserve-io-v1beta1-inferenceservice")
+                    hook(
+                        "inferenceservice.kserve-webhook-server.defaulter",
+                        "/mutate-serving-kserve-io-v1beta1-inferenceservice",
+                    )
                 ],
             },
             {
@@ -380,7 +454,10 @@ class ControlPlane:
                 "kind": "ValidatingWebhookConfiguration",
                 "metadata": {"name": "inferenceservice.serving.kserve.io"},
                 "webhooks": [
-                    hook("inferenceservice.kserve-webhook-server.validator", "/validate-serving-kserve-io-v1beta1-inferenceservice")
+                    hook(
+                        "inferenceservice.kserve-webhook-server.validator",
+                        "/validate-serving-kserve-io-v1beta1-inferenceservice",
+                    )
                 ],
             },
         ]
@@ -415,7 +492,7 @@ class ControlPlane:
         recorded: dict[str, int] = json.loads(state.read_text())
         return recorded
 
-    def _wait_for(self, what: str, deadline: float, *kubectl_args: str) -> None:
+    def _wait_for(self, what: str, deadline: float, *kubectl_args: str, log: str = "") -> None:
         last = ""
         while time.monotonic() < deadline:
             self.check_alive()
@@ -424,7 +501,9 @@ class ControlPlane:
                 return
             last = result.stderr.strip()
             time.sleep(0.5)
-        raise ClusterError(f"timed out waiting for {what}: {last}")
+        raise ClusterError(
+            f"timed out waiting for {what}: {last}" + (f"\n{self.log_tail(log)}" if log else "")
+        )
 
     def check_alive(self) -> None:
         """Raise, with its log's tail, if a started process has exited."""
@@ -438,7 +517,7 @@ class ControlPlane:
         return f"(log {log})\n" + "\n".join(text[-lines:])
 
 
-def _as_list(items: Sequence[dict[str, object]]) -> str:
+def _as_list(items: Sequence[Mapping[str, object]]) -> str:
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(items)})
 
 
@@ -480,7 +559,12 @@ def _running(pid: int) -> bool:
 
 
 def _terminate(name: str, pid: int, grace: float = 10.0) -> None:
-    if not _running(pid):
+    # A recorded id that now belongs to another program (the machine rebooted since) is left alone.
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return
+    if Path(command.decode(errors="replace")).name != name:
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace

@@ -13,9 +13,13 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 wrappers=$root/hack/k8s-tools
-# The Kubernetes release; the wrapper's go.mod requires the same one.
-k8s_version=v1.36.3
-helm_version=v4.1.4
+# A module's version as its wrapper's go.mod pins it: the one place each version is written.
+pinned() {
+  awk -v module="$2" '$1 == module { print $2; exit } $1 == "require" && $2 == module { print $3; exit }' \
+    "$wrappers/$1/go.mod"
+}
+k8s_version=$(pinned kubernetes k8s.io/kubernetes)
+helm_version=$(pinned helm helm.sh/helm/v4)
 bin_dir=${MODELYARD_K8S_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/modelyard/k8s-$k8s_version}/bin
 
 # Kubernetes' hack/lib/version.sh stamps these; without them every component reports v0.0.0-master and
@@ -40,8 +44,11 @@ tool_sets() {
   echo "kserve|kserve-manager|-s -w|github.com/kserve/kserve/cmd/manager"
 }
 
+# What a wrapper's build depends on: its files and the flags it is built with.
 wrapper_digest() {
-  (cd "$wrappers/$1" && cat go.mod go.sum ./*.go 2>/dev/null; echo "$2") | sha256sum | cut -d' ' -f1
+  local files=("$wrappers/$1"/go.mod "$wrappers/$1"/go.sum)
+  [ -e "$wrappers/$1/main.go" ] && files+=("$wrappers/$1/main.go")
+  { cat "${files[@]}"; echo "$2"; } | sha256sum | cut -d' ' -f1
 }
 
 stale() {

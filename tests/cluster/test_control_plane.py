@@ -7,7 +7,6 @@ import json
 import ssl
 import urllib.error
 import urllib.request
-import uuid
 from typing import Any
 
 import pytest
@@ -17,14 +16,6 @@ pytestmark = pytest.mark.cluster
 
 def manifest(*objects: dict[str, Any]) -> str:
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
-
-
-@pytest.fixture
-def namespace(control_plane: Any) -> Any:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    control_plane.kubectl("create", "namespace", name)
-    yield name
-    control_plane.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def inference_service(name: str, predictor: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +31,11 @@ def inference_service(name: str, predictor: dict[str, Any]) -> dict[str, Any]:
     ("spec", "message"),
     [
         (
-            {"minReplicas": 1, "scaleMetric": "gpu", "containers": [{"name": "kserve-container", "image": "x"}]},
+            {
+                "minReplicas": 1,
+                "scaleMetric": "gpu",
+                "containers": [{"name": "kserve-container", "image": "x"}],
+            },
             'spec.predictor.scaleMetric: Unsupported value: "gpu": supported values: "cpu", "memory", '
             '"concurrency", "rps"',
         ),
@@ -62,7 +57,9 @@ def test_an_inference_service_its_crd_schema_rejects_gets_the_api_servers_messag
 def test_a_service_account_without_a_role_is_denied(control_plane: Any, namespace: str) -> None:
     control_plane.kubectl("create", "serviceaccount", "reader", "-n", namespace)
     user = f"system:serviceaccount:{namespace}:reader"
-    asked = control_plane.kubectl("auth", "can-i", "list", "pods", "-n", namespace, f"--as={user}", check=False)
+    asked = control_plane.kubectl(
+        "auth", "can-i", "list", "pods", "-n", namespace, f"--as={user}", check=False
+    )
     assert (asked.returncode, asked.stdout.strip()) == (1, "no")
 
     token = control_plane.kubectl("create", "token", "reader", "-n", namespace).stdout.strip()
@@ -77,10 +74,17 @@ def test_a_service_account_without_a_role_is_denied(control_plane: Any, namespac
     # The same token is let in once a Role allows it: the 403 was RBAC's answer, not a bad token.
     control_plane.kubectl("create", "role", "pod-reader", "--verb=list", "--resource=pods", "-n", namespace)
     control_plane.kubectl(
-        "create", "rolebinding", "reader", "--role=pod-reader", f"--serviceaccount={namespace}:reader",
-        "-n", namespace,
-    )  # fmt: skip
-    asked = control_plane.kubectl("auth", "can-i", "list", "pods", "-n", namespace, f"--as={user}", check=False)
+        "create",
+        "rolebinding",
+        "reader",
+        "--role=pod-reader",
+        f"--serviceaccount={namespace}:reader",
+        "-n",
+        namespace,
+    )
+    asked = control_plane.kubectl(
+        "auth", "can-i", "list", "pods", "-n", namespace, f"--as={user}", check=False
+    )
     assert (asked.returncode, asked.stdout.strip()) == (0, "yes")
     status, body = api_get(control_plane, f"/api/v1/namespaces/{namespace}/pods", token)
     assert (status, body["kind"]) == (200, "PodList")
@@ -105,7 +109,9 @@ def test_pod_security_restricted_rejects_a_privileged_pod(control_plane: Any, na
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "privileged"},
-        "spec": {"containers": [{"name": "app", "image": "busybox", "securityContext": {"privileged": True}}]},
+        "spec": {
+            "containers": [{"name": "app", "image": "busybox", "securityContext": {"privileged": True}}]
+        },
     }
     created = control_plane.kubectl("create", "-n", namespace, "-f", "-", stdin=json.dumps(pod), check=False)
     assert created.returncode == 1
@@ -135,7 +141,9 @@ def test_a_deployment_rolls_out_to_available_on_the_fake_nodes(control_plane: An
     )
     status = json.loads(control_plane.kubectl("get", "deployment/web", "-n", namespace, "-o", "json").stdout)
     assert status["status"]["readyReplicas"] == 2
-    pods = json.loads(control_plane.kubectl("get", "pods", "-n", namespace, "-l", "app=web", "-o", "json").stdout)
+    pods = json.loads(
+        control_plane.kubectl("get", "pods", "-n", namespace, "-l", "app=web", "-o", "json").stdout
+    )
     assert {pod["status"]["phase"] for pod in pods["items"]} == {"Running"}
     assert {pod["spec"]["nodeName"] for pod in pods["items"]} <= {"kwok-node-0", "kwok-node-1"}
 
@@ -164,7 +172,9 @@ def test_the_inference_service_crd_applies_server_side_and_not_client_side(contr
     client_side = control_plane.kubectl("apply", "--dry-run=server", "-f", str(crd), check=False)
     assert client_side.returncode == 1
     assert "metadata.annotations: Too long: may not be more than 262144 bytes" in client_side.stderr
-    server_side = control_plane.kubectl("apply", "--server-side", "--field-manager=modelyard-cluster", "-f", str(crd))
+    server_side = control_plane.kubectl(
+        "apply", "--server-side", "--field-manager=modelyard-cluster", "-f", str(crd)
+    )
     assert server_side.stdout.strip() == (
         "customresourcedefinition.apiextensions.k8s.io/inferenceservices.serving.kserve.io serverside-applied"
     )

@@ -4,7 +4,6 @@ predictor into a Deployment, a Service and an HPA, and reports it Ready once kwo
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -12,16 +11,10 @@ import pytest
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture
-def namespace(control_plane: Any) -> Any:
-    name = f"isvc-{uuid.uuid4().hex[:8]}"
-    control_plane.kubectl("create", "namespace", name)
-    yield name
-    control_plane.kubectl("delete", "namespace", name, "--wait=false")
-
-
 def get(control_plane: Any, kind: str, name: str, namespace: str) -> dict[str, Any]:
-    found: dict[str, Any] = json.loads(control_plane.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)
+    found: dict[str, Any] = json.loads(
+        control_plane.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout
+    )
     return found
 
 
