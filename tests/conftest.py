@@ -72,17 +72,54 @@ def prometheus_binary() -> str:
     return found
 
 
-# ---------------------------------------------------------------- the `cluster` marker
+# ---------------------------------------------------------------- markers and the control plane
+
+# Markers that need what no machine of this project has: opted into by an environment variable (not
+# MODELYARD_*: those are settings, and an unknown one is an error).
+OPT_IN_MARKERS = {
+    "kind": ("TEST_KIND", "needs a container runtime (Docker, kind)"),
+    "kfp": ("TEST_KFP", "needs a real Kubeflow Pipelines"),
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `cluster` need a real Kubernetes cluster (and KFP/KServe on it): opt in explicitly."""
-    if os.environ.get("TEST_CLUSTER") == "1":
-        return
-    skip = pytest.mark.skip(reason="needs a real cluster: set TEST_CLUSTER=1 with kubectl and KFP")
-    for item in items:
-        if "cluster" in item.keywords:
-            item.add_marker(skip)
+    """`kind` and `kfp` tests skip unless opted in; `cluster` tests always run, on the local control plane."""
+    for marker, (variable, reason) in OPT_IN_MARKERS.items():
+        if os.environ.get(variable) == "1":
+            continue
+        skip = pytest.mark.skip(reason=f"{reason}: set {variable}=1 where there is one")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real control plane (scripts/cluster.py) for the session; subprocesses get its KUBECONFIG.
+
+    Without the tools built (`make k8s-tools`) its tests skip, except under CI, where they fail.
+    """
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "cluster.py"
+    spec = importlib.util.spec_from_file_location("modelyard_test_cluster", path)
+    assert spec is not None and spec.loader is not None
+    cluster = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cluster)
+    if subprocess.run(["bash", str(path.parent / "k8s-tools.sh"), "--check"], check=False).returncode != 0:
+        unavailable("the control plane's tools are not built: run `make k8s-tools`")
+    plane = cluster.ControlPlane(tmp_path_factory.mktemp("cluster"))
+    kubeconfig = plane.start()
+    before = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    try:
+        yield plane
+    finally:
+        plane.stop()
+        if before is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = before
 
 
 # ---------------------------------------------------------------- PostgreSQL

@@ -249,7 +249,7 @@ def docker_available() -> bool:
         return False
 
 
-@pytest.mark.cluster
+@pytest.mark.kind
 @pytest.mark.slow
 @pytest.mark.skipif(not docker_available(), reason="needs a Docker daemon (`docker info` fails here)")
 def test_the_image_builds_and_runs_as_uid_1000_without_compilers() -> None:

@@ -144,7 +144,7 @@ def test_kubernetes_service_links_and_test_switches_are_not_settings(monkeypatch
         "MODELYARD_PORT_80_TCP_ADDR": "10.0.0.1",
         "MODELYARD_IRIS_PREDICTOR_SERVICE_HOST": "10.0.0.2",
         "MODELYARD_IRIS_PREDICTOR_PORT": "tcp://10.0.0.2:8080",
-        "TEST_CLUSTER": "1",
+        "TEST_KFP": "1",
     }
     for name, value in links.items():
         monkeypatch.setenv(name, value)

@@ -205,8 +205,8 @@ def check_environment(environ: Mapping[str, str]) -> None:
     """Refuse a MODELYARD_* variable that is no setting, naming it and the closest setting's name.
 
     A misspelt setting would otherwise be ignored without a word. Test switches use other prefixes
-    (``TEST_CLUSTER``), and Kubernetes' service-link variables (``MODELYARD_SERVICE_HOST``, ...) are
-    not settings either.
+    (``TEST_KIND``, ``TEST_KFP``), and Kubernetes' service-link variables (``MODELYARD_SERVICE_HOST``,
+    ...) are not settings either.
     """
     known = setting_variables()
     suffixes = [name.removeprefix(ENV_PREFIX) for name in known]

@@ -1,4 +1,4 @@
-"""Against a real Kubeflow Pipelines (and KServe) in a cluster: run with TEST_CLUSTER=1 and
+"""Against a real Kubeflow Pipelines (and KServe) in a cluster: run with TEST_KFP=1 and
 MODELYARD_PIPELINE__HOST pointing at the KFP API (e.g. a `kubectl port-forward` of ml-pipeline-ui)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from modelyard.pipeline import client
 from modelyard.spec import load_spec
 
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.kfp
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -21,7 +21,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def host() -> str:
     found = os.environ.get("MODELYARD_PIPELINE__HOST", "")
     if not found:
-        pytest.fail("TEST_CLUSTER=1 needs MODELYARD_PIPELINE__HOST, the KFP API endpoint")
+        pytest.fail("TEST_KFP=1 needs MODELYARD_PIPELINE__HOST, the KFP API endpoint")
     return found
 
 

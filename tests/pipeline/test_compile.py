@@ -12,9 +12,9 @@ import pytest
 import yaml
 from kfp import components
 
+from modelyard.deploy.kube import storage_uri_patch
 from modelyard.errors import InvalidInput
 from modelyard.pipeline.client import compile_pipelines, kfp_cron
-from modelyard.pipeline.deploy import storage_uri_patch
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKED_IN = ROOT / "pipelines"

@@ -1,5 +1,5 @@
 """The `modelyard` command line: one module per command group (db, data, train, score, pipeline, models,
-serve, up).
+serve, up, install, deploy).
 
 The CLI only picks files and overrides; everything else comes from Settings (MODELYARD_* variables).
 Results go to stdout (tables, or JSON with --json); progress, log lines and errors go to stderr.
@@ -15,6 +15,7 @@ import typer
 from modelyard import __version__
 from modelyard.cli import data, db, models, pipeline
 from modelyard.cli.common import err, out, reports_errors, settings
+from modelyard.cli.k8s import deploy_command, install_command
 from modelyard.cli.score import score_command
 from modelyard.cli.serve import PASS_THROUGH, serve_command
 from modelyard.cli.train import train_command
@@ -35,6 +36,8 @@ app.command("train")(train_command)
 app.command("score")(score_command)
 app.command("serve", context_settings=PASS_THROUGH, add_help_option=False)(serve_command)
 app.command("up", context_settings=PASS_THROUGH, add_help_option=False)(up_command)
+app.command("install")(install_command)
+app.command("deploy")(deploy_command)
 
 
 def configure_logging(level: str) -> None:

@@ -295,9 +295,9 @@ def deploy(name: str, version: int, inference_service: str, namespace: str) -> s
     with Registry(settings.database_url) as registry:
         record = registry.get_version(name, version)
         if in_cluster():
-            from modelyard.pipeline.deploy import patch_inference_service
+            from modelyard.deploy.kube import custom_objects_api, patch_storage_uri
 
-            patch_inference_service(inference_service or name, namespace, record.storage_uri)
+            patch_storage_uri(custom_objects_api(), inference_service or name, namespace, record.storage_uri)
         registry.promote(name, version)
     target = f"InferenceService {namespace}/{inference_service or name}" if in_cluster() else "the registry"
     return f"{name}@{version} is in production ({target})"

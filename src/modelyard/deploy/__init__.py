@@ -1,0 +1,1 @@
+"""Putting modelyard on Kubernetes: the Helm chart (render, values docs, manifests), install, deploy."""
