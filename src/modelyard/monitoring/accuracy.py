@@ -25,9 +25,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, and_, func, select
 
+from modelyard.bundle import BundleMetadata
 from modelyard.monitoring.drift import drift_reference_of
 from modelyard.monitoring.reference import CONFIDENCE_OUTPUT, Binning
 from modelyard.registry.tables import Feedback, Prediction
+from modelyard.settings import MonitoringSettings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -300,4 +302,44 @@ class AccuracyCollector(Collector):
             yield estimate
 
 
-__all__ = ["AccuracyCollector", "AccuracyWindow", "estimate_accuracy", "live_accuracy", "macro_f1"]
+def accuracy_gate(metadata: BundleMetadata, tolerance: float) -> float:
+    """Live accuracy below this alerts: the holdout accuracy less ``tolerance`` (0 without one)."""
+    holdout = metadata.metrics.get("accuracy")
+    return max(0.0, float(holdout) - tolerance) if holdout is not None else 0.0
+
+
+def start_accuracy_collector(
+    registry: Any,
+    engine: Engine,
+    name: str,
+    version: str,
+    metadata: BundleMetadata,
+    settings: MonitoringSettings | None = None,
+) -> AccuracyCollector:
+    """Register and start the live accuracy of a served bundle on a server's Prometheus ``registry``."""
+    config = settings or load_settings().monitoring
+    collector = AccuracyCollector(
+        engine,
+        name,
+        version,
+        gate=accuracy_gate(metadata, config.accuracy_tolerance),
+        classes=metadata.classes,
+        reference_stats=metadata.reference_stats,
+        window=timedelta(hours=config.accuracy_window_h),
+        maturity=timedelta(hours=config.accuracy_maturity_h),
+        refresh_seconds=config.accuracy_refresh_s,
+    )
+    registry.register(collector)
+    collector.start()
+    return collector
+
+
+__all__ = [
+    "AccuracyCollector",
+    "AccuracyWindow",
+    "accuracy_gate",
+    "estimate_accuracy",
+    "live_accuracy",
+    "macro_f1",
+    "start_accuracy_collector",
+]

@@ -201,6 +201,10 @@ def assemble(options: ServerOptions) -> Assembly:
             metrics=metrics,
         )
         engine = prediction_log.engine
+        if model.metadata is not None:
+            from modelyard.monitoring.accuracy import start_accuracy_collector
+
+            start_accuracy_collector(metrics.registry, engine, model.name, model.version, model.metadata)
 
         def feedback_store(**kwargs: Any) -> Any:
             return record_feedback(engine, **kwargs)
