@@ -811,3 +811,102 @@ def up_command(
 
     out.print("")
     serve(options)
+
+
+# ---------------------------------------------------------------- monitoring
+
+monitor_app = typer.Typer(help="Drift and live accuracy from the prediction log.", no_args_is_help=True)
+app.add_typer(monitor_app, name="monitor")
+
+
+def _duration(text: str) -> Any:
+    from datetime import timedelta
+
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) == 0:
+        raise typer.BadParameter(f"{text!r}: expected a positive duration such as 30m, 24h or 7d")
+    return timedelta(seconds=int(text[:-1]) * units[text[-1]])
+
+
+@monitor_app.command("report")
+@reports_errors
+def monitor_report(
+    model: Annotated[str, typer.Option("--model", help="NAME or NAME@VERSION (default: production).")],
+    since: Annotated[str, typer.Option("--since", help="How far back: 30m, 24h, 7d.")] = "24h",
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path(
+        "monitoring-report.html"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead.")] = False,
+) -> None:
+    """Drift per feature, prediction mix over time and live accuracy, from the prediction log."""
+    from modelyard.bundle import load_bundle
+    from modelyard.monitoring.report import build_report, render_html
+    from modelyard.registry.db import create_engine_for
+    from modelyard.spec import FeatureType
+
+    window = _duration(since)
+    settings = _settings()
+    name, version, stage = _parse_model_ref(model)
+    registry = _registry(settings)
+    record = registry.get_version(name, version, stage=stage or ("production" if version is None else None))
+    metadata = load_bundle(_cached_bundle(settings, record)).metadata
+    numeric = [f.name for f in metadata.features if f.type is FeatureType.NUMERIC]
+    engine = create_engine_for(settings.database_url)
+    try:
+        report = build_report(
+            engine,
+            name,
+            since=window,
+            version=str(record.version),
+            reference_stats=metadata.reference_stats,
+            numeric_columns=numeric,
+        )
+    finally:
+        engine.dispose()
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    output.write_text(render_html(report), encoding="utf-8")
+    err.print(f"{report.rows} logged rows of {record.ref}; report written to {output}", highlight=False)
+
+
+@app.command("retrain-webhook")
+@reports_errors
+def retrain_webhook(
+    specs: Annotated[Path, typer.Option("--specs", help="Folder of ModelSpec YAML files, found by name.")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port of POST /alerts and GET /healthz.")] = 8090,
+    auto_deploy: Annotated[
+        bool,
+        typer.Option("--auto-deploy", help="Put a retrained version that passes the gate in production."),
+    ] = False,
+) -> None:
+    """Alertmanager webhook (payload v4): a firing drift or accuracy alert retrains its model."""
+    from datetime import timedelta
+
+    from modelyard.monitoring.webhook import RetrainWebhook, serve_webhook
+    from modelyard.registry.db import create_engine_for
+    from modelyard.retraining import PipelineLauncher, find_specs
+
+    settings = _settings()
+    known = find_specs(specs)
+    engine = create_engine_for(settings.database_url)
+    webhook = RetrainWebhook(
+        engine,
+        PipelineLauncher(settings, specs, auto_deploy=auto_deploy),
+        cooldown=timedelta(hours=settings.monitoring.retrain_cooldown_h),
+    )
+    server = serve_webhook(webhook, host, port)
+    where = f"KFP at {settings.pipeline.host}" if settings.pipeline.host else "kfp.local"
+    err.print(
+        f"retrain webhook on http://{host}:{server.server_address[1]}/alerts; models {sorted(known)}; "
+        f"training on {where}",
+        highlight=False,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        engine.dispose()
