@@ -1,9 +1,10 @@
 """Online drift: live traffic binned like the reference, and its distance from it, as Prometheus metrics.
 
 :class:`DriftMonitor` is a prometheus-client collector. The server calls :meth:`DriftMonitor.observe` after
-each prediction with the batch's columns and probabilities; that costs a handful of numpy operations
-(the bins of every numeric column in one comparison, one ``bincount``) and adds the counts to the current
-slot of a sliding window. Distances are computed only when Prometheus scrapes.
+each prediction with the batch's columns and probabilities; that only queues the batch. Every few hundred
+batches (and before each scrape) the queued rows are binned together, which costs about a dozen numpy
+operations whatever the number of rows, and added to the current slot of a sliding window. Distances are
+computed only when Prometheus scrapes.
 
 Exported, per model and version (``feature`` is a feature of the bundle's schema, ``output`` is
 ``class`` or ``confidence``, ``bin`` a label from the reference; every label set is bounded by the
@@ -14,7 +15,7 @@ reference, never by the traffic):
 ``modelyard_drift_window_rows``                gauge    rows in the current window
 ``modelyard_drift_psi``                        gauge    feature: population stability index, window vs ref
 ``modelyard_drift_js_distance``                gauge    feature: Jensen-Shannon distance (base 2, 0..1)
-``modelyard_drift_bin_rows_total``             counter  feature, bin: rows per bin since start
+``modelyard_drift_bin_rows_total``             counter  feature, bin: binned rows per bin since start
 ``modelyard_drift_reference_share``            gauge    feature, bin: the reference's share of the bin
 ``modelyard_drift_oov_rate``                   gauge    feature: out-of-vocabulary token share (text)
 ``modelyard_drift_reference_oov_rate``         gauge    feature
@@ -25,9 +26,11 @@ reference, never by the traffic):
 ``modelyard_estimated_accuracy``               gauge    CBPE estimate over the window (no labels needed)
 =============================================  =======  ====================================================
 
-Distances are exported only once the window holds ``min_rows`` rows; with fewer, sampling noise alone
-would look like drift. The counters let Prometheus compute the distance over all replicas (the recording
-rules in ``charts/modelyard/rules``).
+Under heavy traffic a uniform sample of the rows is binned: every stride-th row, the stride chosen from the
+previous slot's rows so that a slot bins about ``target_rows_per_slot`` rows. Shares, and so distances,
+are unbiased; the bin counters count binned rows. Distances are exported only once the window has binned
+``min_rows`` rows; with fewer, sampling noise alone would look like drift. The counters let Prometheus
+compare all replicas' traffic with the reference (the model dashboard's bin panel does).
 """
 
 from __future__ import annotations
@@ -96,12 +99,24 @@ class _Tracked:
     totals: np.ndarray = field(init=False)
     rows: np.ndarray = field(init=False)
     current: int = 0
+    # batches observed but not yet binned: (numeric, other, probabilities, rows)
+    pending: list[tuple[np.ndarray, Mapping[str, np.ndarray], np.ndarray | None]] = field(
+        default_factory=list
+    )
+    pending_rows: int = 0
+    # Under heavy traffic only every stride-th row is binned (a uniform sample of the row stream, so the
+    # shares are unbiased); the stride follows the previous slot's rows so a slot bins about target rows.
+    target_rows: int = 2000
+    stride: int = 1
+    offset: int = 0
+    seen: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         size = self.binning.size if self.binning is not None else 0
         self.window = np.zeros((self.slots, size), dtype=np.int64)
         self.totals = np.zeros(size, dtype=np.int64)
         self.rows = np.zeros(self.slots, dtype=np.int64)
+        self.seen = np.zeros(self.slots, dtype=np.int64)
         self.current = self._slot_now()
 
     def _slot_now(self) -> int:
@@ -111,9 +126,12 @@ class _Tracked:
         """Clear the slots the clock moved past; the index of the current slot. Call with the lock held."""
         now = self._slot_now()
         if now != self.current:
+            last_seen = int(self.seen[self.current % self.slots]) if now == self.current + 1 else 0
+            self.stride = max(1, last_seen // self.target_rows)
             for step in range(self.current + 1, min(now, self.current + self.slots) + 1):
                 self.window[step % self.slots] = 0
                 self.rows[step % self.slots] = 0
+                self.seen[step % self.slots] = 0
             self.current = now
         return now % self.slots
 
@@ -132,6 +150,9 @@ class DriftMonitor(Collector):
         slots: int = 10,
         min_rows: int = 200,
         max_features: int = 100,
+        pending_batches: int = 256,
+        pending_rows: int = 8192,
+        target_rows_per_slot: int = 2000,
     ) -> None:
         if window_seconds <= 0 or slots < 1 or min_rows < 1 or max_features < 1:
             raise ValueError(
@@ -142,6 +163,9 @@ class DriftMonitor(Collector):
         self.slots = slots
         self.min_rows = min_rows
         self.max_features = max_features
+        self.pending_batches = pending_batches
+        self.pending_rows = pending_rows
+        self.target_rows_per_slot = target_rows_per_slot
         self._models: dict[str, _Tracked] = {}
         self._lock = threading.Lock()
 
@@ -169,7 +193,13 @@ class DriftMonitor(Collector):
             reference = self._bounded(reference, model)
             binning = Binning(reference, numeric_columns)
         tracked = _Tracked(
-            model, version, binning, reference or {}, self.window_seconds / self.slots, self.slots
+            model,
+            version,
+            binning,
+            reference or {},
+            self.window_seconds / self.slots,
+            self.slots,
+            target_rows=self.target_rows_per_slot,
         )
         with self._lock:
             self._models[model] = tracked
@@ -190,10 +220,48 @@ class DriftMonitor(Collector):
         tracked = self._models.get(model)
         if tracked is None or tracked.binning is None:
             return
-        counts = tracked.binning.count(numeric, other, probabilities)
-        rows = len(numeric) if numeric.ndim == 2 else 0
-        if probabilities is not None:
-            rows = len(probabilities)
+        # Binning costs the same dozen numpy calls for one row as for a thousand: batches wait here and
+        # are binned together once enough have come, or when a scrape asks.
+        rows = len(numeric)
+        with tracked.lock:
+            slot = tracked.advance()
+            tracked.seen[slot] += rows
+            stride = tracked.stride
+            first = -tracked.offset % stride
+            tracked.offset += rows
+            if first >= rows:
+                return
+            if stride > 1:
+                numeric = numeric[first::stride]
+                other = {name: column[first::stride] for name, column in other.items()}
+                probabilities = None if probabilities is None else probabilities[first::stride]
+            tracked.pending.append((numeric, other, probabilities))
+            tracked.pending_rows += len(numeric)
+            due = len(tracked.pending) >= self.pending_batches or tracked.pending_rows >= self.pending_rows
+        if due:
+            self._bin_pending(tracked)
+
+    def _bin_pending(self, tracked: _Tracked) -> None:
+        with tracked.lock:
+            pending, tracked.pending, tracked.pending_rows = tracked.pending, [], 0
+        if not pending or tracked.binning is None:
+            return
+        counts = np.zeros(tracked.binning.size, dtype=np.int64)
+        rows = 0
+        # same-shaped batches (each request's) are concatenated and binned in one pass
+        with_outputs = [batch for batch in pending if batch[2] is not None]
+        without = [batch for batch in pending if batch[2] is None]
+        for group in (with_outputs, without):
+            if not group:
+                continue
+            numeric = np.concatenate([batch[0] for batch in group])
+            names = group[0][1].keys()
+            other = {name: np.concatenate([batch[1][name] for batch in group]) for name in names}
+            probabilities = None
+            if group is with_outputs:
+                probabilities = np.concatenate([batch[2] for batch in group if batch[2] is not None])
+            counts += tracked.binning.count(numeric, other, probabilities)
+            rows += len(numeric)
         with tracked.lock:
             slot = tracked.advance()
             tracked.window[slot] += counts
@@ -211,9 +279,19 @@ class DriftMonitor(Collector):
         tracked = self._models.get(model)
         if tracked is None or tracked.binning is None:
             return None
+        self._bin_pending(tracked)
         with tracked.lock:
             tracked.advance()
             return int(tracked.rows.sum()), tracked.window.sum(axis=0)
+
+    def seen_rows(self, model: str) -> int:
+        """Rows observed in ``model``'s current window, binned or not (see the stride)."""
+        tracked = self._models.get(model)
+        if tracked is None:
+            return 0
+        with tracked.lock:
+            tracked.advance()
+            return int(tracked.seen.sum())
 
     def distances(self, model: str) -> dict[str, tuple[float, float]]:
         """{feature or output: (PSI, JS distance)} over the current window; empty below ``min_rows``."""
@@ -312,7 +390,7 @@ class DriftMonitor(Collector):
             current = self.window(tracked.model)
             assert current is not None
             rows, counts = current
-            window_rows.add_metric(base, float(rows))
+            window_rows.add_metric(base, float(self.seen_rows(tracked.model)))
             with tracked.lock:
                 totals = tracked.totals.copy()
             distances = self.distances(tracked.model)

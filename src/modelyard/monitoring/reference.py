@@ -427,8 +427,11 @@ def _bin_matrix(
 ) -> np.ndarray:
     """Flat-vector positions of every value of ``values`` [rows, columns]: low tail 0, interior bins
     1..m, high tail m+1, missing m+2 (see the module docstring)."""
+    reached = np.empty(values.shape, dtype=np.intp)
+    for column in range(values.shape[1]):
+        # edges <= x, by binary search (a +inf pad is reached only by +inf, which min() caps)
+        reached[:, column] = np.searchsorted(edges[column], values[:, column], side="right")
     with np.errstate(invalid="ignore"):
-        reached = (values[:, :, None] >= edges[None, :, :]).sum(axis=2)
         bins = np.minimum(reached, interior) + (values > last)
     positions: np.ndarray = np.where(np.isnan(values), interior + 2, bins) + offsets
     return positions
