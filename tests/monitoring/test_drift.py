@@ -190,7 +190,7 @@ def test_heavy_traffic_is_sampled_uniformly_after_a_busy_slot() -> None:
     assert first is not None and first[0] == 1000  # the first slot bins every row
     next_slot()  # 1000 rows seen last slot, 50 wanted: every 20th row
     observe(monitor, live, batch=7)
-    rows, counts = monitor.window("m")  # type: ignore[misc]
+    rows, _ = monitor.window("m")  # type: ignore[misc]
     assert rows == 1000 + 50 and monitor.seen_rows("m") == 2000
     distances = monitor.distances("m")
     assert distances["a"][0] < 0.1  # the sample still looks like the reference

@@ -44,9 +44,13 @@ class RecordingLauncher:
         return model in self.in_flight
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The registry database, embedded and on a real PostgreSQL: the unique key decides on both."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'registry.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
     upgrade(url)
     engine = create_engine_for(url)
     yield engine
