@@ -106,3 +106,25 @@ def test_every_dashboard_panel_returns_data(board: object, loaded: Predictor, pr
         if not prometheus.query(_concrete(expr)):
             empty.append(f"{title}: {expr}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+def test_feedback_for_an_unknown_request_id_is_a_clear_404_and_loses_nothing(loaded: Predictor) -> None:
+    from sqlalchemy import func, select
+
+    from modelyard.registry.db import create_engine_for
+    from modelyard.registry.tables import Feedback, Prediction
+
+    engine = create_engine_for(loaded.database_url)
+    try:
+        with engine.connect() as connection:
+            before = connection.execute(select(func.count()).select_from(Feedback)).scalar_one()
+        status, answer = http_json(
+            f"{loaded.url}/v1/models/{MODEL}/feedback", {"request_id": "never-sent", "label": "yes"}
+        )
+        assert status == 404
+        assert "no logged prediction of model 'drifty' has request id 'never-sent'" in answer["error"]
+        with engine.connect() as connection:
+            assert connection.execute(select(func.count()).select_from(Feedback)).scalar_one() == before == 40
+            assert connection.execute(select(func.count()).select_from(Prediction)).scalar_one() == 4000
+    finally:
+        engine.dispose()
