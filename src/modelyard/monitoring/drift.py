@@ -205,10 +205,6 @@ class DriftMonitor(Collector):
             self._models[model] = tracked
         return binning is not None
 
-    def tracks(self, model: str, version: str) -> bool:
-        tracked = self._models.get(model)
-        return tracked is not None and tracked.version == version
-
     def observe(
         self,
         model: str,
