@@ -36,7 +36,7 @@ needs_alertmanager = pytest.mark.skipif(
 @needs_alertmanager
 def test_the_example_alertmanager_config_passes_amtool() -> None:
     run = subprocess.run(
-        ["amtool", "check-config", str(ROOT / "examples" / "alertmanager.yaml")],
+        ["amtool", "check-config", str(ROOT / "examples" / "alertmanager.yml")],
         capture_output=True,
         text=True,
     )
@@ -76,7 +76,7 @@ def drift_rule_file(path: Path) -> Path:
 
 def alertmanager_config(path: Path, webhook_url: str) -> Path:
     """The example configuration with the test's webhook and short timers (repeat: notify again soon)."""
-    config = yaml.safe_load((ROOT / "examples" / "alertmanager.yaml").read_text())
+    config = yaml.safe_load((ROOT / "examples" / "alertmanager.yml").read_text())
     config["route"].update(group_wait="1s", group_interval="1s", repeat_interval="2s")
     config["receivers"][1]["webhook_configs"][0]["url"] = webhook_url
     path.write_text(yaml.safe_dump(config))
