@@ -27,6 +27,7 @@ from modelyard.bundle import (
 from modelyard.data.fingerprint import fingerprint_frame
 from modelyard.data.profile import reference_statistics
 from modelyard.errors import BundleIntegrityError
+from modelyard.monitoring.reference import drift_reference
 from modelyard.onnx_export import export_onnx
 from modelyard.registry import ModelVersionRecord, Registry, Stage
 from modelyard.settings import Settings
@@ -50,6 +51,15 @@ def write_training_bundle(
     probabilities match scikit-learn's on every holdout row; ``metadata.onnx`` records the outcome.
     """
     onnx = export_onnx(result.model, result.features, result.classes, result.holdout)
+    reference_stats = reference_statistics(reference_frame, result.features, target=result.target)
+    holdout = result.holdout[[f.name for f in result.features]]
+    reference_stats["drift"] = drift_reference(
+        reference_frame,
+        result.features,
+        holdout_probabilities=result.model.predict_proba(holdout),
+        holdout_labels=list(result.holdout[result.target]),
+        classes=result.classes,
+    )
     metadata = BundleMetadata(
         name=result.spec_name,
         algorithm=result.winner.algorithm.value,
@@ -61,7 +71,7 @@ def write_training_bundle(
         dataset_fingerprint=result.dataset_fingerprint or fingerprint_frame(reference_frame),
         dataset=dataset,
         library_versions=current_library_versions(),
-        reference_stats=reference_statistics(reference_frame, result.features, target=result.target),
+        reference_stats=reference_stats,
         created_at=datetime.now(UTC),
         files={},
         onnx=onnx.info,

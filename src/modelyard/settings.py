@@ -115,6 +115,22 @@ class PipelineSettings(BaseModel):
     )
 
 
+class MonitoringSettings(BaseModel):
+    """Drift, live accuracy and the retrain webhook (MODELYARD_MONITORING__<NAME>)."""
+
+    accuracy_window_h: float = Field(
+        default=24.0, gt=0, description="hours of predictions live accuracy judges"
+    )
+    accuracy_maturity_h: float = Field(
+        default=1.0, ge=0, description="hours a prediction waits for its label before it is judged"
+    )
+    accuracy_refresh_s: float = Field(default=60.0, gt=0, description="seconds between live accuracy queries")
+    accuracy_tolerance: float = Field(
+        default=0.05, ge=0, le=1, description="live accuracy this far below the holdout's alerts (the gate)"
+    )
+    retrain_cooldown_h: float = Field(default=6.0, ge=0, description="hours between retrains of one model")
+
+
 class Settings(BaseSettings):
     """Runtime configuration. Defaults give the embedded setup: SQLite and a folder under HOME."""
 
@@ -131,6 +147,7 @@ class Settings(BaseSettings):
     s3: S3Settings = Field(default_factory=S3Settings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -24,9 +24,10 @@ TABLES = {
     "model_versions",
     "predictions",
     "promotions",
+    "retrain_triggers",
     "version_counters",
 }
-HEAD = "0002"
+HEAD = "0003"
 
 
 def test_upgrade_creates_the_schema_on_an_empty_database_and_is_idempotent(settings: Settings) -> None:
@@ -101,7 +102,7 @@ def test_registry_migrates_on_start_unless_told_not_to(settings: Settings) -> No
         ),
         (
             "INSERT INTO alembic_version (version_num) VALUES ('0001')",
-            r"several schema revisions at once \(0001, 0002\)",
+            r"several schema revisions at once \(0001, 0003\)",
         ),
     ],
     ids=["from-a-newer-modelyard", "two-revisions-at-once"],

@@ -1,5 +1,5 @@
 """The `modelyard` command line: one module per command group (db, data, train, score, pipeline, models,
-serve, up, install, deploy).
+serve, up, install, deploy, monitor, retrain-webhook).
 
 The CLI only picks files and overrides; everything else comes from Settings (MODELYARD_* variables).
 Results go to stdout (tables, or JSON with --json); progress, log lines and errors go to stderr.
@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from modelyard import __version__
-from modelyard.cli import data, db, models, pipeline
+from modelyard.cli import data, db, models, monitor, pipeline
 from modelyard.cli.common import err, out, reports_errors, settings
 from modelyard.cli.k8s import deploy_command, install_command
 from modelyard.cli.score import score_command
@@ -32,12 +32,14 @@ app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
 app.add_typer(db.app, name="db")
 app.add_typer(pipeline.app, name="pipeline")
+app.add_typer(monitor.app, name="monitor")
 app.command("train")(train_command)
 app.command("score")(score_command)
 app.command("serve", context_settings=PASS_THROUGH, add_help_option=False)(serve_command)
 app.command("up", context_settings=PASS_THROUGH, add_help_option=False)(up_command)
 app.command("install")(install_command)
 app.command("deploy")(deploy_command)
+app.command("retrain-webhook")(monitor.retrain_webhook_command)
 
 
 def configure_logging(level: str) -> None:

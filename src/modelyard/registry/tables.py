@@ -229,3 +229,31 @@ class Feedback(Base):
         UniqueConstraint("request_id", "row", "model"),
         CheckConstraint('"row" >= 0', name="row_not_negative"),
     )
+
+
+class RetrainTrigger(Base):
+    """One firing alert the retrain webhook received, and what it did about it.
+
+    The unique key (group_key, fingerprint, starts_at) is Alertmanager's identity of one alert in one
+    notification group: a notification repeated or retried inserts nothing, so it starts nothing twice.
+    ``outcome`` is starting, started, failed, cooldown (a run started recently) or in_flight.
+    """
+
+    __tablename__ = "retrain_triggers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_key: Mapped[str] = mapped_column(Text, nullable=False)
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    model: Mapped[str] = mapped_column(String(NAME_LENGTH), nullable=False)
+    alertname: Mapped[str] = mapped_column(String(255), nullable=False)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utc_now)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    run_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("group_key", "fingerprint", "starts_at"),
+        # the cooldown asks for a model's latest run
+        Index("ix_retrain_triggers_model_received_at", "model", "received_at"),
+    )

@@ -85,6 +85,9 @@ class DataPlane:
         if self.metrics is not None:
             algorithm = model.metadata.algorithm if model.metadata is not None else ""
             self.metrics.set_model_info(model.name, model.version, algorithm, model.runtime_kind, model.ready)
+            if self.metrics.drift is not None and model.metadata is not None:
+                reference = model.metadata.reference_stats
+                self.metrics.drift.attach(model.name, model.version, reference, model.schema.numeric_names)
 
     @property
     def models(self) -> Mapping[str, ServedModel]:
@@ -237,6 +240,9 @@ class DataPlane:
                     prediction.label_names,
                     prediction.probabilities.max(axis=1),
                 )
+                if self.metrics.drift is not None:
+                    probabilities = prediction.probabilities
+                    self.metrics.drift.observe(model.name, batch.numeric, batch.other, probabilities)
             if self.prediction_log is not None:
                 self.prediction_log.submit(
                     prediction_records(model, batch, prediction, request_id, latency_ms, created_at)

@@ -47,6 +47,8 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from modelyard.monitoring.drift import DriftMonitor
+
 PROTOCOLS = ("v1", "v2-rest", "v2-grpc")
 STAGES = ("decode", "queue", "predict", "encode", "total")
 # 0.1 ms .. 10 s: a LogisticRegression row takes ~0.2 ms, a cold RandomForest batch seconds.
@@ -108,9 +110,13 @@ class _BulkHistogram(Collector):
 class ServingMetrics:
     """The server's metrics. Cheap to call on the request path; thread-safe."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, drift: bool = True) -> None:
         own_registry = registry is None
         self.registry = CollectorRegistry() if registry is None else registry
+        # modelyard_drift_*, modelyard_output_drift_*, modelyard_estimated_accuracy (monitoring/drift.py)
+        self.drift = DriftMonitor() if drift else None
+        if self.drift is not None:
+            self.registry.register(self.drift)
         if own_registry:
             # Registered only on a registry of our own: the global one already has process_* series.
             ProcessCollector(namespace="modelyard", registry=self.registry)

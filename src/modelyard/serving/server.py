@@ -143,6 +143,12 @@ class ModelServer:
                 metrics=metrics,
             )
             engine = self.prediction_log.engine
+            if self.model.metadata is not None:
+                from modelyard.monitoring.accuracy import start_accuracy_collector
+
+                start_accuracy_collector(
+                    metrics.registry, engine, self.model.name, self.model.version, self.model.metadata
+                )
 
             def feedback_store(**kwargs: Any) -> Any:
                 return record_feedback(engine, **kwargs)

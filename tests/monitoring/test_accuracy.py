@@ -1,0 +1,159 @@
+"""Live accuracy: predictions joined to feedback over a matured window, the CBPE estimate, the gauges."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy import Engine, insert
+
+from modelyard.monitoring.accuracy import AccuracyCollector, estimate_accuracy, live_accuracy, macro_f1
+from modelyard.monitoring.reference import drift_reference
+from modelyard.registry.db import create_engine_for, upgrade
+from modelyard.registry.tables import Feedback, Prediction
+
+NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    upgrade(url)
+    engine = create_engine_for(url)
+    yield engine
+    engine.dispose()
+
+
+def log(
+    engine: Engine, rows: list[tuple[str, str, float, str | None, timedelta]], version: str = "1"
+) -> None:
+    """rows: (request id, predicted, confidence, true label or None, age)."""
+    with engine.begin() as connection:
+        for request_id, predicted, confidence, truth, age in rows:
+            other = "b" if predicted == "a" else "a"
+            connection.execute(
+                insert(Prediction).values(
+                    request_id=request_id, row=0, model="m", version=version, features={}, label=predicted,
+                    probabilities={predicted: confidence, other: 1 - confidence}, latency_ms=1.0,
+                    created_at=NOW - age,
+                )
+            )  # fmt: skip
+            if truth is not None:
+                connection.execute(
+                    insert(Feedback).values(request_id=request_id, row=0, model="m", label=truth)
+                )
+
+
+def test_macro_f1_matches_its_definition() -> None:
+    assert macro_f1(["a", "a", "b"], ["a", "a", "b"]) == 1.0
+    # a: precision 1/2, recall 1/1 -> 2/3; b: 0 -> macro 1/3
+    assert macro_f1(["a", "b"], ["a", "a"]) == pytest.approx(1 / 3)
+
+
+def test_accuracy_f1_counts_and_coverage_of_a_window(engine: Engine) -> None:
+    log(
+        engine,
+        [
+            ("r1", "a", 0.9, "a", timedelta(hours=2)),
+            ("r2", "a", 0.9, "b", timedelta(hours=2)),
+            ("r3", "b", 0.8, "b", timedelta(hours=3)),
+            ("r4", "b", 0.8, None, timedelta(hours=3)),
+            ("r5", "a", 0.9, "a", timedelta(minutes=10)),  # too recent for the window below
+            ("r6", "a", 0.9, "a", timedelta(days=3)),  # too old
+        ],
+    )
+    window = live_accuracy(engine, "m", since=NOW - timedelta(days=1), until=NOW - timedelta(hours=1))
+    assert (window.predicted_rows, window.labelled_rows) == (4, 3)
+    assert window.coverage == pytest.approx(0.75)
+    assert window.accuracy == pytest.approx(2 / 3)
+    assert window.macro_f1 == pytest.approx(macro_f1(["a", "b", "b"], ["a", "a", "b"]))
+    assert window.label_counts == {"a": 1, "b": 2}
+    assert window.estimated_accuracy is None  # no reference given
+    other = live_accuracy(engine, "m", since=NOW - timedelta(days=1), until=NOW, version="2")
+    assert other.predicted_rows == 0 and other.accuracy is None
+
+
+def test_a_backwards_window_is_refused(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="the window must end after it starts"):
+        live_accuracy(engine, "m", since=NOW, until=NOW - timedelta(hours=1))
+
+
+def reference_stats() -> dict:
+    import pandas as pd
+
+    from modelyard.spec import FeatureSpec, FeatureType
+
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.5, 1.0, size=2000)
+    correct = rng.uniform(size=2000) < confidence  # calibrated by construction
+    probabilities = np.column_stack([confidence, 1 - confidence])
+    labels = np.where(correct, "a", "b")
+    frame = pd.DataFrame({"x": rng.normal(size=100)})
+    drift = drift_reference(
+        frame,
+        [FeatureSpec(name="x", type=FeatureType.NUMERIC)],
+        holdout_probabilities=probabilities,
+        holdout_labels=list(labels),
+        classes=["a", "b"],
+    )
+    return {"drift": drift}
+
+
+def test_the_cbpe_estimate_follows_the_calibrated_confidence() -> None:
+    reference = reference_stats()["drift"]
+    sure = estimate_accuracy(reference, [{"a": 0.97, "b": 0.03}] * 50)
+    unsure = estimate_accuracy(reference, [{"a": 0.55, "b": 0.45}] * 50)
+    assert sure is not None and unsure is not None
+    assert sure == pytest.approx(0.97, abs=0.06) and unsure == pytest.approx(0.55, abs=0.08)
+    assert estimate_accuracy(reference, []) is None
+    assert estimate_accuracy({"features": {}}, [{"a": 1.0}]) is None
+
+
+def test_the_collector_exports_a_matured_window_and_an_estimate(engine: Engine) -> None:
+    rows = [(f"r{i}", "a", 0.95, "a" if i % 4 else "b", timedelta(hours=2)) for i in range(40)]
+    rows += [(f"u{i}", "a", 0.95, None, timedelta(hours=2)) for i in range(10)]
+    log(engine, rows)
+    collector = AccuracyCollector(
+        engine, "m", "1", gate=0.8, classes=["a", "b"], reference_stats=reference_stats(), min_labels=30
+    )
+    registry = CollectorRegistry()
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    assert 'modelyard_accuracy_gate{model="m",version="1"} 0.8' in text
+    assert "modelyard_live_accuracy" not in text  # nothing refreshed yet
+    collector.refresh(now=NOW)
+    text = generate_latest(registry).decode()
+    labels = 'model="m",version="1",window="24h"'
+    assert f"modelyard_live_accuracy{{{labels}}} 0.75" in text
+    assert f"modelyard_live_predicted_rows{{{labels}}} 50.0" in text
+    assert f"modelyard_live_labelled_rows{{{labels}}} 40.0" in text
+    assert f"modelyard_live_label_coverage{{{labels}}} 0.8" in text
+    assert f'modelyard_live_label_rows{{class="b",{labels}}} 10.0' in text
+    assert "modelyard_live_macro_f1" in text and "modelyard_live_estimated_accuracy" in text
+
+
+def test_too_few_labels_export_counts_but_no_accuracy(engine: Engine) -> None:
+    log(engine, [("r1", "a", 0.9, "a", timedelta(hours=2))])
+    collector = AccuracyCollector(engine, "m", "1", gate=0.8, min_labels=30)
+    collector.refresh(now=NOW)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    assert "modelyard_live_labelled_rows" in text and "modelyard_live_accuracy{" not in text
+
+
+def test_the_refresh_thread_survives_a_broken_database(tmp_path: Path) -> None:
+    broken = create_engine_for(f"sqlite:///{tmp_path / 'missing' / 'nothing.db'}")
+    collector = AccuracyCollector(broken, "m", "1", gate=0.8, refresh_seconds=0.05)
+    collector.start()
+    try:
+        import time
+
+        time.sleep(0.2)
+        assert collector.latest is None  # each refresh failed, and was logged, not raised
+    finally:
+        collector.stop()

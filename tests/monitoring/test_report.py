@@ -1,0 +1,97 @@
+"""The monitoring report: drift table with histograms, prediction mix over time, live accuracy."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine, insert
+
+from modelyard.monitoring.report import build_report, render_html
+from modelyard.registry.db import create_engine_for, upgrade
+from modelyard.registry.tables import Feedback, Prediction
+
+from .conftest import frame, write_drift_bundle
+
+NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    upgrade(url)
+    engine = create_engine_for(url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def reference_stats(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return write_drift_bundle(tmp_path_factory.mktemp("bundle") / "b").reference_stats
+
+
+def log_rows(engine: Engine, shift: float = 3.0, rows: int = 600) -> None:
+    live, _ = frame(rows, 21)
+    live["f2"] = live["f2"] + shift
+    rng = np.random.default_rng(0)
+    with engine.begin() as connection:
+        for i, row in enumerate(live.to_dict(orient="records")):
+            yes = float(rng.uniform(0.5, 1.0))
+            label = "yes" if i % 3 else "no"
+            probabilities = {"yes": yes, "no": 1 - yes} if label == "yes" else {"yes": 1 - yes, "no": yes}
+            connection.execute(
+                insert(Prediction).values(
+                    request_id=f"r{i}", row=0, model="drifty", version="1", features=row, label=label,
+                    probabilities=probabilities, latency_ms=1.0,
+                    created_at=NOW - timedelta(minutes=2 * i + 1),
+                )
+            )  # fmt: skip
+            if i < 100:
+                connection.execute(
+                    insert(Feedback).values(request_id=f"r{i}", row=0, model="drifty", label="yes")
+                )
+
+
+def test_the_report_finds_the_shifted_feature_and_counts_the_mix_and_labels(
+    engine: Engine, reference_stats: dict
+) -> None:
+    log_rows(engine)
+    report = build_report(
+        engine, "drifty", since=timedelta(hours=24), reference_stats=reference_stats, now=NOW
+    )
+    assert report.rows == 600 and report.drift_enabled
+    by_name = {d.name: d for d in report.drift}
+    assert report.drift[0].name == "f2" and by_name["f2"].psi > 1.0
+    assert all(by_name[name].psi < 0.2 for name in ("f0", "f1", "f3"))
+    assert by_name["f2"].current[-2] > 0.3 and by_name["f2"].reference[-2] == 0.0  # above the training max
+    assert set(by_name) >= {"class", "confidence"}
+    assert len(report.buckets) == 24 and sum(sum(counts) for counts in report.mix.values()) == 600
+    assert sum(report.mix["yes"]) == 400
+    assert report.accuracy is not None
+    assert (report.accuracy.predicted_rows, report.accuracy.labelled_rows) == (600, 100)
+    assert report.accuracy.estimated_accuracy is not None
+    page = render_html(report)
+    assert page.startswith("<!doctype html>") and "f2" in page and "class='warn'" in page
+    assert "ESTIMATED accuracy" in page
+    document = json.loads(json.dumps(report.to_dict()))
+    assert document["drift"][0]["name"] == "f2" and document["accuracy"]["labelled_rows"] == 100
+
+
+def test_without_a_reference_the_report_says_drift_is_off(engine: Engine) -> None:
+    log_rows(engine, rows=10)
+    report = build_report(engine, "drifty", since=timedelta(hours=1), reference_stats={}, now=NOW)
+    assert not report.drift_enabled and report.drift == []
+    assert "Drift is off for this model" in render_html(report)
+
+
+def test_an_empty_window_and_a_bad_duration(engine: Engine, reference_stats: dict) -> None:
+    report = build_report(
+        engine, "drifty", since=timedelta(hours=1), reference_stats=reference_stats, now=NOW
+    )
+    assert report.rows == 0 and "No predictions in this window" in render_html(report)
+    with pytest.raises(ValueError, match="--since must be a positive duration"):
+        build_report(engine, "drifty", since=timedelta(0))
