@@ -86,28 +86,6 @@ def test_promtool_refuses_a_broken_rule(tmp_path: Path) -> None:
     assert "parse error" in result.stdout + result.stderr
 
 
-def test_dashboards_query_only_the_servers_metrics() -> None:
-    from modelyard.serving.metrics import ServingMetrics
-
-    exposed = {metric.name for metric in ServingMetrics().registry.collect()}
-    for path in (chart.CHART_DIR / "dashboards").glob("*.json"):
-        dashboard = json.loads(path.read_text())
-        for panel in dashboard["panels"]:
-            for target in panel["targets"]:
-                names = {word for word in _metric_names(target["expr"])}
-                assert names <= exposed | {n + suffix for n in exposed for suffix in ("_total", "_bucket")}, (
-                    path.name,
-                    panel["title"],
-                    names - exposed,
-                )
-
-
-def _metric_names(expr: str) -> set[str]:
-    import re
-
-    return set(re.findall(r"\bmodelyard_[a-z_]+", expr))
-
-
 # ---------------------------------------------------------------- checkov and hadolint
 
 
