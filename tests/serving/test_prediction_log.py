@@ -309,9 +309,8 @@ def test_the_same_key_is_written_once(database_url: str, tmp_path: Path) -> None
 def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     metrics = ServingMetrics()
     log = new_log(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "spool", queue_size=10, metrics=metrics)
-    started = time.perf_counter()
+    # No writer runs: submit returns with the queue full, dropping the rest rather than waiting for room.
     log.submit([record(f"req-{index}") for index in range(25)])
-    assert time.perf_counter() - started < 0.01
     assert (log.queue_depth, log.dropped) == (10, 15)
     assert dropped_metric(metrics, "queue_full") == 15
 
