@@ -12,7 +12,7 @@ app = typer.Typer(help="The registry database schema.", no_args_is_help=True)
 @app.command("upgrade")
 @reports_errors
 def db_upgrade() -> None:
-    """Apply the registry's migrations (the CLI's other commands also do when they open it; the model server never does)."""
+    """Apply the registry's migrations (other commands do too when they open it; the server never does)."""
     from modelyard.registry.db import redact, upgrade
 
     current = settings()
