@@ -37,13 +37,15 @@ lint: install
 test: lint bytecode prometheus k8s-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The suite scrapes /metrics with a real Prometheus (Debian's package): installed here when running as
-# root, otherwise `make test` stops and says how, rather than skipping that test.
+# The suite uses a real Prometheus, promtool, Alertmanager and amtool (Debian's packages): installed here
+# when running as root, otherwise `make test` stops and says how, rather than skipping those tests.
 prometheus:
-	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	  prometheus >/dev/null; } || { echo "make test needs Prometheus: run 'apt-get install prometheus' as" \
-	  "root (or put a prometheus binary on PATH), then make test again" >&2; exit 1; }
+	@{ command -v prometheus && command -v prometheus-alertmanager; } >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  prometheus prometheus-alertmanager >/dev/null; } || { echo "make test needs Prometheus and" \
+	  "Alertmanager: run 'apt-get install prometheus prometheus-alertmanager' as root, then make test" \
+	  "again" >&2; exit 1; }
 
 # The control plane's programs, built from pinned Go modules into ~/.cache/modelyard/k8s-<version>/bin
 # (only what is missing or stale; see scripts/k8s-tools.sh).

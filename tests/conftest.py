@@ -73,6 +73,24 @@ def prometheus_binary() -> str:
     return found
 
 
+@pytest.fixture(scope="session")
+def promtool_binary() -> str:
+    """promtool (Debian's prometheus package), for rule checks and rule unit tests."""
+    found = shutil.which("promtool")
+    if found is None:
+        unavailable("promtool is not installed (Debian: apt-get install prometheus)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def alertmanager_binaries() -> tuple[str, str]:
+    """Alertmanager and amtool (Debian's prometheus-alertmanager), for real notifications."""
+    server, amtool = shutil.which("prometheus-alertmanager"), shutil.which("amtool")
+    if server is None or amtool is None:
+        unavailable("Alertmanager is not installed (Debian: apt-get install prometheus-alertmanager)")
+    return server, amtool
+
+
 # ---------------------------------------------------------------- markers and the control plane
 
 # Markers that need what no machine of this project has: opted into by an environment variable (not

@@ -38,6 +38,8 @@ from modelyard.registry.db import upgrade
 from modelyard.spec import FeatureSpec, FeatureType
 from modelyard.training.preprocessing import build_preprocessor
 
+from ..conftest import unavailable
+
 FEATURES = [FeatureSpec(name=f"f{i}", type=FeatureType.NUMERIC) for i in range(4)]
 CLASSES = ["no", "yes"]
 MODEL = "drifty"
@@ -210,7 +212,7 @@ def start_prometheus(
     alertmanager: str | None = None,  # type: ignore[assignment]
 ) -> Prometheus:
     if shutil.which("prometheus") is None:
-        pytest.skip("needs Debian's prometheus")
+        unavailable("the prometheus binary is not installed (Debian: apt-get install prometheus)")
     root.mkdir(parents=True, exist_ok=True)
     (port,) = free_ports(1)
     config: dict[str, Any] = {

@@ -4,7 +4,6 @@ starts and publishes a new version. Also: the example Alertmanager configuration
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -27,10 +26,7 @@ from modelyard.settings import load_settings
 from .conftest import MODEL, Predictor, frame, free_ports, send_traffic, spawn, start_prometheus, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-needs_alertmanager = pytest.mark.skipif(
-    shutil.which("prometheus-alertmanager") is None or shutil.which("amtool") is None,
-    reason="needs Debian's prometheus-alertmanager",
-)
+needs_alertmanager = pytest.mark.usefixtures("alertmanager_binaries")
 
 
 @needs_alertmanager

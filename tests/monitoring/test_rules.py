@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from modelyard.monitoring.rules import RULES_PATH, Thresholds, alert_names, rend
 
 ROOT = Path(__file__).resolve().parents[2]
 RULE_TESTS = Path(__file__).parent / "testdata" / "rules.test.yaml"
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="needs Debian's promtool")
+needs_promtool = pytest.mark.usefixtures("promtool_binary")
 
 
 def test_the_checked_in_rules_are_fresh() -> None:

@@ -12,6 +12,7 @@ exit codes and logs are the real ones. Every server is stopped at the end of the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -100,7 +101,7 @@ def write_tiny_bundle(dest: Path, kind: str, *, name: str | None = None) -> Bund
         target="label",
         features=features,
         classes=classes,
-        dataset_fingerprint="sha256:tiny",
+        dataset_fingerprint=hashlib.sha256(b"tiny").hexdigest(),  # publishing checks its form
     )
     return write_bundle(
         dest, model=model, metadata=metadata, model_card="# tiny\n", report_html="<p>tiny</p>"

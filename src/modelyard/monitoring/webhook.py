@@ -283,7 +283,12 @@ def serve_webhook(webhook: RetrainWebhook, host: str, port: int) -> ThreadingHTT
             if self.path != "/alerts":
                 self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path!r}: POST /alerts"})
                 return
-            length = int(self.headers.get("Content-Length") or 0)
+            declared = self.headers.get("Content-Length") or "0"
+            if not declared.isdigit():
+                problem = f"Content-Length {declared!r} is not a number"
+                self._answer(HTTPStatus.BAD_REQUEST, {"error": problem})
+                return
+            length = int(declared)
             if length > MAX_BODY_BYTES:
                 self._answer(
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {MAX_BODY_BYTES} bytes"}
@@ -300,9 +305,10 @@ def serve_webhook(webhook: RetrainWebhook, host: str, port: int) -> ThreadingHTT
             except InvalidInput as exc:
                 self._answer(HTTPStatus.BAD_REQUEST, {"error": exc.message})
                 return
-            except Exception as exc:  # the database is down: Alertmanager retries a 5xx
+            except Exception:  # the database is down: Alertmanager retries a 5xx
                 log.exception("could not handle a notification")
-                self._answer(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"{type(exc).__name__}: {exc}"})
+                reason = "could not record the notification (the webhook's log has the error); retry"
+                self._answer(HTTPStatus.SERVICE_UNAVAILABLE, {"error": reason})
                 return
             self._answer(HTTPStatus.ACCEPTED, {"decisions": [d.to_dict() for d in decisions]})
 

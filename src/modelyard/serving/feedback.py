@@ -16,6 +16,7 @@ normal: labellers make mistakes), and the result reports the label it replaced.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, func, inspect, select
@@ -28,11 +29,9 @@ from modelyard.registry.db import WRITE_OPTION, create_engine_for, redact
 from modelyard.registry.tables import NAME_LENGTH, REQUEST_ID_LENGTH, Feedback, Prediction, utc_now
 from modelyard.serving.types import FeedbackResult
 
+log = logging.getLogger(__name__)
+
 _KEY = ["request_id", "row", "model"]
-
-
-FeedbackRecord = FeedbackResult
-"""Stored ground truth, with the prediction it grades."""
 
 
 def _check(
@@ -63,7 +62,7 @@ def record_feedback(
     label: str | int,
     row: int = 0,
     classes: Sequence[str | int] | None = None,
-) -> FeedbackRecord:
+) -> FeedbackResult:
     """Store the true ``label`` of row ``row`` of request ``request_id`` answered by ``model``.
 
     InvalidInput names a bad argument (or a label outside ``classes``, when given); NotFound names the
@@ -83,16 +82,16 @@ def record_feedback(
                 return _store(connection, model=model, request_id=request_id, row=row, label=text)
     except DBAPIError as exc:
         # Tell the caller's answers (503: try later; 404: nothing is logged here) from a bug (500).
+        # The answer says what is wrong; where the database is, and the driver's words, go to the log.
         if not _reachable(engine):
-            raise NotReady(
-                f"cannot record feedback: the registry database {redact(engine.url)} is unavailable: "
-                f"{database_reason(exc)}"
-            ) from exc
+            log.warning("feedback: %s is unavailable: %s", redact(engine.url), database_reason(exc))
+            raise NotReady("cannot record feedback: the registry database is unavailable; retry") from exc
         missing = _missing_tables(engine)
         if missing:
+            log.warning("feedback: %s has no %s table", redact(engine.url), " and no ".join(missing))
             raise NotReady(
-                f"cannot record feedback: the registry database {redact(engine.url)} has no "
-                f"{' and no '.join(missing)} table: it is not migrated; run `modelyard db upgrade`"
+                f"cannot record feedback: the registry database has no {' and no '.join(missing)} table: "
+                "it is not migrated; run `modelyard db upgrade`"
             ) from exc
         raise
     finally:
@@ -110,7 +109,7 @@ def _key(table: Table, model: str, request_id: str, row: int) -> ColumnElement[b
     return and_(table.c.request_id == request_id, table.c.row == row, table.c.model == model)
 
 
-def _store(connection: Connection, *, model: str, request_id: str, row: int, label: str) -> FeedbackRecord:
+def _store(connection: Connection, *, model: str, request_id: str, row: int, label: str) -> FeedbackResult:
     predictions, feedback = _table(Prediction), _table(Feedback)
     predicted = connection.execute(
         select(predictions.c.version, predictions.c.label).where(_key(predictions, model, request_id, row))
@@ -130,7 +129,7 @@ def _store(connection: Connection, *, model: str, request_id: str, row: int, lab
             index_elements=_KEY, set_={"label": statement.excluded.label, "created_at": created_at}
         )
     )
-    return FeedbackRecord(
+    return FeedbackResult(
         model=model,
         version=predicted.version,
         request_id=request_id,

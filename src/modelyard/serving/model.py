@@ -76,8 +76,9 @@ class ServedModel:
         except ModelyardError as exc:
             self._fail(exc.message)
             return False
-        except Exception as exc:  # a bundle is untrusted input: any failure means "not ready", not a crash
-            self._fail(f"{type(exc).__name__}: {exc}")
+        except Exception:  # a bundle is untrusted input: any failure means "not ready", not a crash
+            log.exception("model %s: loading %s failed", self.name, self.model_dir)
+            self._fail("the bundle failed to load (the server's log has the error)")
             return False
         self.metadata = metadata
         self._schema = FeatureSchema(metadata)
