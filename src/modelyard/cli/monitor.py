@@ -26,8 +26,10 @@ app = typer.Typer(help="Drift and live accuracy from the prediction log.", no_ar
 DURATION_UNITS = {"m": 60, "h": 3600, "d": 86400}
 
 
-def duration(text: str) -> timedelta:
+def duration(text: str | timedelta) -> timedelta:
     """A typer ``parser`` for 30m, 24h, 7d: anything else is a usage error naming the value."""
+    if isinstance(text, timedelta):  # typer passes the default through the parser too
+        return text
     if len(text) < 2 or text[-1] not in DURATION_UNITS or not text[:-1].isdigit() or int(text[:-1]) == 0:
         raise typer.BadParameter(f"{text!r}: expected a positive duration such as 30m, 24h or 7d")
     return timedelta(seconds=int(text[:-1]) * DURATION_UNITS[text[-1]])

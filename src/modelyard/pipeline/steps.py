@@ -289,18 +289,24 @@ def deploy(name: str, version: int, inference_service: str, namespace: str) -> s
     Patching ``spec.predictor.model.storageUri`` makes KServe's controller roll out a new revision; the
     registry's production stage follows only once the patch is accepted.
     """
-    from modelyard.registry import Registry
+    from modelyard.registry import ModelRef, Registry
 
     settings = _settings()
-    with Registry(settings.database_url) as registry:
-        record = registry.get_version(name, version)
-        if in_cluster():
-            from modelyard.deploy.kube import custom_objects_api, patch_storage_uri
+    if in_cluster():
+        from modelyard.deploy.kube import deploy as deploy_to_cluster
 
-            patch_storage_uri(custom_objects_api(), inference_service or name, namespace, record.storage_uri)
+        deployed = deploy_to_cluster(
+            settings,
+            ModelRef(name, version=version),
+            namespace=namespace,
+            inference_service=inference_service,
+        )
+        return (
+            f"{name}@{version} is in production (InferenceService {namespace}/{deployed.inference_service})"
+        )
+    with Registry(settings.database_url) as registry:
         registry.promote(name, version)
-    target = f"InferenceService {namespace}/{inference_service or name}" if in_cluster() else "the registry"
-    return f"{name}@{version} is in production ({target})"
+    return f"{name}@{version} is in production (the registry)"
 
 
 def run_summary(

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # imported when assembling, after the cheap checks of the ent
     import grpc
     import uvicorn
 
+    from modelyard.monitoring.accuracy import AccuracyCollector
     from modelyard.serving.dataplane import DataPlane
     from modelyard.serving.prediction_log import PredictionLog
     from modelyard.serving.probes import ProbeServer
@@ -128,6 +129,7 @@ class ModelServer:
         )
         self.model.load()
         self.prediction_log: PredictionLog | None = None
+        self.accuracy: AccuracyCollector | None = None
         feedback_store = None
         if serving.prediction_log and settings.database_url:
             from modelyard.serving.feedback import record_feedback
@@ -146,8 +148,13 @@ class ModelServer:
             if self.model.metadata is not None:
                 from modelyard.monitoring.accuracy import start_accuracy_collector
 
-                start_accuracy_collector(
-                    metrics.registry, engine, self.model.name, self.model.version, self.model.metadata
+                self.accuracy = start_accuracy_collector(
+                    metrics.registry,
+                    engine,
+                    self.model.name,
+                    self.model.version,
+                    self.model.metadata,
+                    settings.monitoring,
                 )
 
             def feedback_store(**kwargs: Any) -> Any:
@@ -244,6 +251,8 @@ class ModelServer:
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
             self.grpc_server = None
+        if self.accuracy is not None:
+            self.accuracy.stop()
         if self.prediction_log is not None:
             await self.prediction_log.stop()
         self.model.close()
