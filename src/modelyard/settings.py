@@ -118,6 +118,9 @@ class PipelineSettings(BaseModel):
 class MonitoringSettings(BaseModel):
     """Drift, live accuracy and the retrain webhook (MODELYARD_MONITORING__<NAME>)."""
 
+    drift: bool = Field(
+        default=True, description="the predictor compares what it serves with the bundle's drift reference"
+    )
     accuracy_window_h: float = Field(
         default=24.0, gt=0, description="hours of predictions live accuracy judges"
     )
@@ -300,20 +303,18 @@ def add_group_flags(
     group: type[BaseModel],
     *,
     exclude: Collection[str] = (),
-    dashed_only: Collection[str] = (),
 ) -> None:
     """One flag per field of a settings group (but those in ``exclude``), the field's description as help.
 
     ``--max-batch-size`` sets the field ``max_batch_size``; the underscore spelling (``--max_batch_size``)
-    is accepted too, as KServe's ServingRuntime arguments use it (``--model_name``, ``--http_port``),
-    except for the fields in ``dashed_only``.
+    is accepted too, as KServe's ServingRuntime arguments use it (``--model_name``, ``--http_port``).
     """
     for name, field in group.model_fields.items():
         if name in exclude:
             continue
         flag_type, extra = _flag_type(field.annotation)
         dashed = "--" + name.replace("_", "-")
-        spellings = [dashed] if "_" not in name or name in dashed_only else [dashed, f"--{name}"]
+        spellings = [dashed] if "_" not in name else [dashed, f"--{name}"]
         default = field.get_default(call_default_factory=False)
         shown = "" if default is None or default == "" else f" (default: {default})"
         parser.add_argument(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelyard.monitoring.drift import DriftMonitor, js_distance, psi
 from modelyard.monitoring.reference import drift_reference
+from modelyard.serving.server import ModelServer
+from modelyard.settings import MonitoringSettings, ServingSettings, Settings
 from modelyard.spec import FeatureSpec, FeatureType
+
+from .conftest import write_drift_bundle
 
 FEATURES = [
     FeatureSpec(name="a", type=FeatureType.NUMERIC),
@@ -194,3 +199,20 @@ def test_heavy_traffic_is_sampled_uniformly_after_a_busy_slot() -> None:
     assert rows == 1000 + 50 and monitor.seen_rows("m") == 2000
     distances = monitor.distances("m")
     assert distances["a"][0] < 0.1  # the sample still looks like the reference
+
+
+@pytest.mark.parametrize("drift", [True, False])
+def test_the_drift_setting_switches_the_predictors_drift_metrics(tmp_path: Path, drift: bool) -> None:
+    write_drift_bundle(tmp_path / "bundle")
+    settings = Settings(
+        home=tmp_path,
+        serving=ServingSettings(model_dir=tmp_path / "bundle", prediction_log=False),
+        monitoring=MonitoringSettings(drift=drift),
+    )
+    server = ModelServer(settings)
+    try:
+        names = {name for name, _ in samples(server.metrics.registry)}
+    finally:
+        server.model.close()
+    assert ("modelyard_drift_enabled" in names) is drift
+    assert any(name.startswith("modelyard_drift_") for name in names) is drift

@@ -300,27 +300,6 @@ def post_json(
     return send("POST", url, json.dumps(document).encode(), headers, timeout)
 
 
-def import_tritonclient_grpc() -> Any:
-    """tritonclient.grpc with its protobuf types in a private pool.
-
-    kserve's and tritonclient's generated modules both define ``inference.*`` messages; in one process
-    the second import fails with a duplicate symbol (kserve#3099). A private DescriptorPool lets the
-    tests import tritonclient.grpc whatever else the session imported.
-    """
-    if "tritonclient.grpc" in sys.modules:
-        return sys.modules["tritonclient.grpc"]
-    from google.protobuf import descriptor_pool
-
-    private = descriptor_pool.DescriptorPool()
-    default = descriptor_pool.Default
-    descriptor_pool.Default = lambda: private
-    try:
-        import tritonclient.grpc as grpcclient
-    finally:
-        descriptor_pool.Default = default
-    return grpcclient
-
-
 # ---------------------------------------------------------------- a Postgres the tests may kill
 
 

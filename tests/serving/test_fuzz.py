@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import ServerProcess, import_tritonclient_grpc, send
+from .conftest import ServerProcess, send
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DATATYPES = ["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]
@@ -181,7 +181,8 @@ def test_wrong_feedback_never_gets_a_5xx(target: tuple[ServerProcess, str], feed
 
 @pytest.fixture(scope="module")
 def grpc_stub(numeric_server: ServerProcess) -> Any:
-    grpcclient = import_tritonclient_grpc()
+    import tritonclient.grpc as grpcclient
+
     channel = grpc.insecure_channel(numeric_server.grpc_address)
     yield grpcclient.service_pb2_grpc.GRPCInferenceServiceStub(channel), grpcclient.service_pb2
     channel.close()

@@ -1,10 +1,13 @@
-"""The gRPC adapter in process: the servicer on a real grpc.aio server, called through kserve's public
-generated V2 stubs, over a real data plane and bundle."""
+"""The gRPC adapter in process: the servicer on a real grpc.aio server, over a real data plane and bundle,
+called through a real client's generated stubs (tritonclient's, whose messages are the specification's
+``inference.*``), and our own messages checked field by field against them."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,11 +15,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from modelyard.serving.dataplane import DataPlane
-from modelyard.serving.grpc.servicer import add_servicer
+from modelyard.serving.grpc import open_inference_pb2
+from modelyard.serving.grpc.servicer import SERVICE_NAME, add_servicer
 from modelyard.serving.model import ServedModel
 
 from .conftest import NUMERIC_CLASSES
@@ -144,3 +148,87 @@ def test_a_fault_inside_the_model_is_internal_with_the_request_id(
     assert error.code() == grpc.StatusCode.INTERNAL
     assert error.details() == "internal error (g-7)" and "0xdeadbeef" not in (error.details() or "")
     assert any("g-7" in record.getMessage() and record.exc_info for record in caplog.records)
+
+
+def fields(descriptor: Any) -> dict[str, Any]:
+    """A message's fields (number, type, label and the shape of nested messages), recursively."""
+    return {
+        field.name: (
+            field.number,
+            field.type,
+            field.is_repeated,
+            fields(field.message_type) if field.message_type is not None else None,
+        )
+        for field in descriptor.fields
+    }
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "ServerLiveRequest",
+        "ServerLiveResponse",
+        "ServerReadyRequest",
+        "ServerReadyResponse",
+        "ModelReadyRequest",
+        "ModelReadyResponse",
+        "ServerMetadataRequest",
+        "ServerMetadataResponse",
+        "ModelMetadataRequest",
+        "ModelMetadataResponse",
+        "ModelInferRequest",
+        "ModelInferResponse",
+        "InferTensorContents",
+    ],
+)
+def test_our_messages_have_the_specifications_fields(message: str) -> None:
+    ours = fields(getattr(open_inference_pb2, message).DESCRIPTOR)
+    # tritonclient's messages add fields of Triton's own (InferParameter's uint64_param); ours are a subset
+    theirs = fields(getattr(pb, message).DESCRIPTOR)
+    assert differences(ours, theirs) == []
+
+
+def test_the_field_comparison_finds_a_renumbered_field() -> None:
+    theirs = fields(pb.ModelInferRequest.DESCRIPTOR)
+    renumbered = {**theirs, "raw_input_contents": (8, *theirs["raw_input_contents"][1:])}
+    assert differences(renumbered, theirs) == ["raw_input_contents: (8, 12, True) != (7, 12, True)"]
+
+
+def differences(ours: dict[str, Any], theirs: dict[str, Any], where: str = "") -> list[str]:
+    found = []
+    for name, (number, kind, label, nested) in ours.items():
+        if name not in theirs:
+            found.append(f"{where}{name} is not in the specification")
+            continue
+        *their_shape, their_nested = theirs[name]
+        if [number, kind, label] != their_shape:
+            found.append(f"{where}{name}: {(number, kind, label)} != {tuple(their_shape)}")
+        if nested is not None and their_nested is not None:
+            found += differences(nested, their_nested, f"{where}{name}.")
+    return found
+
+
+def test_the_service_answers_under_the_specifications_name() -> None:
+    assert pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name == SERVICE_NAME
+
+
+def test_the_generated_module_is_what_make_protos_produces(tmp_path: Path) -> None:
+    source = Path(open_inference_pb2.__file__).parent / "open_inference.proto"
+    src_root = source.parents[3]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{src_root}",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            str(source),
+        ],
+        check=True,
+    )
+    generated = tmp_path / "modelyard" / "serving" / "grpc"
+    for name in ("open_inference_pb2.py", "open_inference_pb2.pyi"):
+        assert (generated / name).read_text() == (source.parent / name).read_text(), (
+            f"{name} is stale: run `make protos`"
+        )

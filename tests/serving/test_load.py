@@ -18,7 +18,7 @@ import pytest
 from modelyard.bundle import BundleMetadata, write_bundle
 from modelyard.spec import FeatureSpec, FeatureType
 
-from .conftest import ServerProcess, import_tritonclient_grpc, post_json, send, server_env, start_server
+from .conftest import ServerProcess, post_json, send, server_env, start_server
 
 SLOW_MODEL = '''
 """A classifier that burns CPU (holding the GIL) for a fixed time per call, whatever the batch size."""
@@ -88,7 +88,8 @@ def model_calls(server: ServerProcess) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_v1_v2_and_grpc_requests_are_coalesced_into_shared_model_calls(slow_server: ServerProcess) -> None:
-    grpcclient = import_tritonclient_grpc()
+    import tritonclient.grpc as grpcclient
+
     grpc_client = grpcclient.InferenceServerClient(slow_server.grpc_address)
     calls_before, rows_before = model_calls(slow_server)
     start = threading.Barrier(12)

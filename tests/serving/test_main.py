@@ -162,28 +162,3 @@ def test_a_bad_log_level_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELYARD_LOG_LEVEL", "loud")
     with pytest.raises(ModelyardError, match="MODELYARD_LOG_LEVEL: Input should be 'DEBUG', 'INFO'"):
         settings_from([])
-
-
-def test_kserve_reads_none_of_our_flags_as_one_of_its_own() -> None:
-    # Importing kserve (for its gRPC stubs) parses sys.argv with kserve's parser, abbreviations included.
-    from kserve.model_server import parser as kserve_parser
-
-    from modelyard.serving.__main__ import KSERVE_ABBREVIATIONS
-    from modelyard.settings import ServingSettings
-
-    # KServe's own arguments, with our meaning and values (kserve's --event-loop has our three choices)
-    shared = {"--http_port", "--grpc_port", "--model_name", "--event-loop"}
-    spellings = []
-    for name in ServingSettings.model_fields:
-        dashed = "--" + name.replace("_", "-")
-        spellings += [dashed, "--no-" + dashed[2:]]
-        if name not in KSERVE_ABBREVIATIONS:
-            spellings += [f"--{name}", f"--no-{name}"]
-    for spelling in spellings:
-        if spelling in shared:
-            continue
-        known, unknown = kserve_parser.parse_known_args([spelling, "1"])
-        assert unknown == [spelling, "1"], f"kserve reads {spelling} as its own: {known}"
-    assert build_parser().parse_args(["--access-log"]).access_log is True
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--access_log"])

@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from .conftest import MIXED_CLASSES, NUMERIC_CLASSES, ServerProcess, import_tritonclient_grpc
-
-grpcclient = import_tritonclient_grpc()
+from .conftest import MIXED_CLASSES, NUMERIC_CLASSES, ServerProcess
 
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]])
 

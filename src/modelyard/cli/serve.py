@@ -17,7 +17,6 @@ import typer
 from modelyard.cli.common import MODEL_REF_HELP, err, open_registry, reports_errors, settings
 from modelyard.errors import InvalidInput
 from modelyard.registry.refs import ModelRef, parse_model_ref
-from modelyard.serving.__main__ import KSERVE_ABBREVIATIONS
 from modelyard.settings import ServingSettings, Settings, add_group_flags, with_group_flags
 
 LOCAL_HOST = "127.0.0.1"
@@ -38,7 +37,7 @@ def serving_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def add_serving_flags(parser: argparse.ArgumentParser) -> None:
-    add_group_flags(parser, ServingSettings, exclude=FROM_THE_VERSION, dashed_only=KSERVE_ABBREVIATIONS)
+    add_group_flags(parser, ServingSettings, exclude=FROM_THE_VERSION)
 
 
 def model_ref_argument(text: str) -> ModelRef:

@@ -46,13 +46,6 @@ def skip_pyarrow(allowed: bool) -> None:
         sys.meta_path.insert(0, _SkipPyarrow())
 
 
-KSERVE_ABBREVIATIONS = frozenset({"access_log"})
-"""Fields whose underscore spelling kserve would misread. Importing kserve (for its gRPC stubs) parses
-the process's arguments with kserve's own parser, which takes ``--access_log`` as an abbreviation of its
-``--access_log_format`` and exits for want of a value; ``--access-log`` means the same to us and nothing
-to kserve. tests/serving/test_main.py checks every other spelling against kserve's parser."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m modelyard.serving",
@@ -60,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Each flag can be set as MODELYARD_SERVING__<FLAG> (upper case, '-' as '_').",
         allow_abbrev=False,
     )
-    add_group_flags(parser, ServingSettings, dashed_only=KSERVE_ABBREVIATIONS)
+    add_group_flags(parser, ServingSettings)
     return parser
 
 

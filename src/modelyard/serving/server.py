@@ -115,7 +115,7 @@ class ModelServer:
 
         self.settings = settings
         serving = settings.serving
-        self.metrics = ServingMetrics()
+        self.metrics = ServingMetrics(drift=settings.monitoring.drift)
         metrics = self.metrics
         self.model = ServedModel(
             serving.model_name or bundle_name(serving.model_dir),

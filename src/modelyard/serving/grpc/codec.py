@@ -1,5 +1,5 @@
-"""The gRPC wire codec: the Open Inference Protocol's protobuf messages (kserve's generated V2 stubs,
-used through their public module) to and from the types of ``types.py``.
+"""The gRPC wire codec: the Open Inference Protocol's protobuf messages (``open_inference.proto``) to and
+from the types of ``types.py``.
 
 A request's tensors come in typed ``contents`` or, for every input at once, in ``raw_input_contents``
 (wrapped without copying). Outputs are always sent as ``raw_output_contents``, one per output in order:
@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
 from modelyard.errors import InvalidInput
+from modelyard.serving.grpc import open_inference_pb2 as pb
 from modelyard.serving.types import (
     Datatype,
     InferenceRequest,

@@ -1,9 +1,11 @@
 """The gRPC adapter: the Open Inference Protocol's GRPCInferenceService over the data plane.
 
-Each method decodes its message (``codec.py``), calls the data plane, and encodes the typed answer. A
-failure is answered through ``status.py``'s one map, as REST answers it: a client's mistake with its
-message and code (InvalidInput -> INVALID_ARGUMENT, NotFound -> NOT_FOUND, NotReady -> UNAVAILABLE), a
-server fault as INTERNAL "internal error" with the request id, the trace in the log.
+The messages are ours, generated from ``open_inference.proto``; the service is registered through
+grpc's public generic-handler API, so no generated servicer base class is needed. Each method decodes its
+message (``codec.py``), calls the data plane, and encodes the typed answer. A failure is answered
+through ``status.py``'s one map, as REST answers it: a client's mistake with its message and code
+(InvalidInput -> INVALID_ARGUMENT, NotFound -> NOT_FOUND, NotReady -> UNAVAILABLE), a server fault as
+INTERNAL "internal error" with the request id, the trace in the log.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ import time
 from typing import Any, NoReturn
 
 import grpc
-from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
 from modelyard.serving.dataplane import DataPlane
+from modelyard.serving.grpc import open_inference_pb2 as pb
 from modelyard.serving.grpc.codec import (
     decode_grpc_request,
     encode_grpc_response,
@@ -26,6 +27,7 @@ from modelyard.serving.status import Failure, codes, failure
 from modelyard.serving.types import check_request_id, new_request_id
 
 REQUEST_ID_METADATA = "x-request-id"
+SERVICE_NAME = "inference.GRPCInferenceService"
 
 
 def status_code(answer: Failure) -> grpc.StatusCode:
@@ -44,8 +46,8 @@ def _metadata_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | N
     return None
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    """GRPCInferenceService over a modelyard DataPlane (the generated base class is the stub's API)."""
+class InferenceServicer:
+    """GRPCInferenceService over a modelyard DataPlane."""
 
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
@@ -109,8 +111,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return reply
 
 
+def rpc_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """The service's methods, by their protocol names, with each one's message types."""
+    methods: dict[str, tuple[Any, Any]] = {
+        "ServerLive": (pb.ServerLiveRequest, servicer.ServerLive),
+        "ServerReady": (pb.ServerReadyRequest, servicer.ServerReady),
+        "ServerMetadata": (pb.ServerMetadataRequest, servicer.ServerMetadata),
+        "ModelReady": (pb.ModelReadyRequest, servicer.ModelReady),
+        "ModelMetadata": (pb.ModelMetadataRequest, servicer.ModelMetadata),
+        "ModelInfer": (pb.ModelInferRequest, servicer.ModelInfer),
+    }
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            name: grpc.unary_unary_rpc_method_handler(
+                behaviour,
+                request_deserializer=request_type.FromString,
+                response_serializer=lambda message: message.SerializeToString(),
+            )
+            for name, (request_type, behaviour) in methods.items()
+        },
+    )
+
+
 def add_servicer(server: grpc.aio.Server, dataplane: DataPlane) -> None:
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    server.add_generic_rpc_handlers((rpc_handlers(InferenceServicer(dataplane)),))
 
 
-__all__ = ["REQUEST_ID_METADATA", "InferenceServicer", "add_servicer", "status_code"]
+__all__ = [
+    "REQUEST_ID_METADATA",
+    "SERVICE_NAME",
+    "InferenceServicer",
+    "add_servicer",
+    "rpc_handlers",
+    "status_code",
+]
