@@ -5,8 +5,10 @@
 Servers, each one process with one worker, listening on 127.0.0.1:
 
 - ``modelyard``: ``python -m modelyard.serving`` with its defaults (adaptive batching, the ONNX runtime
-  when the bundle verified it) except the prediction log, which is off
-  (``MODELYARD_SERVING__PREDICTION_LOG=false``): the benchmark measures serving, not the log writer;
+  when the bundle verified it) except drift and the prediction log, which are off, as the peers have
+  neither (``MODELYARD_MONITORING__DRIFT=false``, ``MODELYARD_SERVING__PREDICTION_LOG=false``);
+- ``modelyard-monitored``: the same with both on (the log in SQLite), LogisticRegression at 1 row, c=8 and
+  256 rows only: what monitoring costs (issue 12);
 - ``kserve``: kserve 0.21's ``ModelServer`` with a predictor built like kserve's ``python/sklearnserver``
   (``bench/serving/kserve_sklearn.py``);
 - ``mlserver`` and ``mlserver-batching``: MLServer 1.7.1 with mlserver-sklearn in its own venv (created
@@ -139,6 +141,7 @@ def prepare_models(
     from sklearn.pipeline import Pipeline
 
     from modelyard.bundle import BundleMetadata, write_bundle
+    from modelyard.monitoring.reference import drift_reference
     from modelyard.onnx_export import export_onnx
     from modelyard.spec import FeatureSpec, FeatureType
     from modelyard.training.preprocessing import build_preprocessor
@@ -155,6 +158,14 @@ def prepare_models(
         pipeline = Pipeline([("preprocess", build_preprocessor(features)), ("model", case.make())])
         pipeline.fit(frame, y)
         export = export_onnx(pipeline, features, [0, 1], frame.iloc[:2000])
+        holdout = frame.iloc[-2000:]
+        reference = drift_reference(
+            frame,
+            features,
+            holdout_probabilities=pipeline.predict_proba(holdout),
+            holdout_labels=list(y[-2000:]),
+            classes=[0, 1],
+        )
         metadata = BundleMetadata(
             name=key,
             algorithm=case.algorithm,
@@ -163,6 +174,7 @@ def prepare_models(
             classes=[0, 1],
             dataset_fingerprint=f"make_classification({N_SAMPLES}, {N_FEATURES}, random_state={DATA_SEED})",
             onnx=export.info,
+            reference_stats={"format": "modelyard.reference/v1", "drift": reference},
         )
         bundle_dir = workdir / "modelyard" / key
         write_bundle(
@@ -300,6 +312,8 @@ class ServerKind:
     speaks_v1: bool
     launch: Callable[[PreparedModel, Path, argparse.Namespace], Launch]
     speaks_binary: bool = False  # the binary tensor extension over REST
+    models: frozenset[str] | None = None  # None: every model
+    workloads: frozenset[str] | None = None  # None: every workload the server speaks
 
 
 def free_ports(count: int) -> list[int]:
@@ -320,14 +334,20 @@ def clean_environment() -> dict[str, str]:
     return env
 
 
-def launch_modelyard(model: PreparedModel, session_dir: Path, args: argparse.Namespace) -> Launch:
+def launch_modelyard(
+    model: PreparedModel, session_dir: Path, args: argparse.Namespace, *, monitored: bool = False
+) -> Launch:
+    """modelyard as the peers run, with neither drift nor the prediction log; ``monitored``: with both."""
     http_port, grpc_port, metrics_port = free_ports(3)
     env = clean_environment()
     if args.source_dir is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.source_dir), env.get("PYTHONPATH")]))
     env["MODELYARD_HOME"] = str(session_dir / "home")
-    env["MODELYARD_SERVING__PREDICTION_LOG"] = "false"
+    env["MODELYARD_SERVING__PREDICTION_LOG"] = str(monitored).lower()
+    env["MODELYARD_MONITORING__DRIFT"] = str(monitored).lower()
     env.update(item.split("=", 1) for item in args.modelyard_env)
+    if monitored:  # the predictor never migrates: `modelyard db upgrade` creates the log's SQLite tables
+        subprocess.run([str(VENV_PYTHON), "-m", "modelyard", "db", "upgrade"], env=env, check=True)
     argv = [
         str(VENV_PYTHON), "-m", "modelyard.serving",
         "--model-dir", str(model.bundle_dir), "--model-name", model.case.key,
@@ -335,6 +355,10 @@ def launch_modelyard(model: PreparedModel, session_dir: Path, args: argparse.Nam
         "--metrics-port", str(metrics_port),
     ]  # fmt: skip
     return Launch(argv, env, http_port, metrics_port)
+
+
+def launch_modelyard_monitored(model: PreparedModel, session_dir: Path, args: argparse.Namespace) -> Launch:
+    return launch_modelyard(model, session_dir, args, monitored=True)
 
 
 def launch_kserve(model: PreparedModel, _: Path, __: argparse.Namespace) -> Launch:
@@ -397,6 +421,17 @@ def launch_fastapi(model: PreparedModel, _: Path, __: argparse.Namespace) -> Lau
 
 SERVERS = {
     "modelyard": ServerKind("modelyard", "modelyard", "raw", True, launch_modelyard, speaks_binary=True),
+    # issue 12's overhead: the same server with drift and the prediction log on, on the two workloads
+    "modelyard-monitored": ServerKind(
+        "modelyard-monitored",
+        "modelyard + drift + log",
+        "raw",
+        True,
+        launch_modelyard_monitored,
+        speaks_binary=True,
+        models=frozenset({"lr"}),
+        workloads=frozenset({"v2-1-c8", "v2-256-c8"}),
+    ),
     "kserve": ServerKind("kserve", "KServe sklearn", "scaled", True, launch_kserve, speaks_binary=True),
     "mlserver": ServerKind("mlserver", "MLServer, 0 workers", "scaled-mlserver", False, launch_mlserver),
     "mlserver-batching": ServerKind(
@@ -623,7 +658,7 @@ def run_session(
         if gap > PARITY_TOLERANCE:
             raise RuntimeError(f"probabilities differ from scikit-learn's by {gap:g}")
         result["parity_max_abs_diff"] = gap
-        if server.key == "modelyard":
+        if server.key.startswith("modelyard"):
             _, metadata = http_request("GET", port, f"/v2/models/{key}")
             result["runtime"] = json.loads(metadata).get("parameters", {}).get("runtime")
         workloads = [
@@ -633,6 +668,7 @@ def run_session(
             or (w.protocol == "v1" and server.speaks_v1)
             or (w.protocol == "v2bin" and server.speaks_binary)
         ]
+        workloads = [w for w in workloads if server.workloads is None or w.key in server.workloads]
         warm_ups = {
             (body_for(w, payloads), path_for(w, key), header_length_for(w, payloads)) for w in workloads
         }
@@ -861,6 +897,21 @@ def evaluate_targets(summary: dict[tuple[str, str], dict[str, Any]], models: Seq
         ratio_target(model, "v2-256-c8", "rows_s", 1.3, f"{BATCH_ROWS}-row batches over JSON, c=8")
         binary_target(model)
     for model in models:
+        overhead_workloads = (("v2-1-c8", "req_s", "1 row, c=8"), ("v2-256-c8", "rows_s", "256 rows, c=8"))
+        for workload, metric, label in overhead_workloads:
+            bare = summary.get(("modelyard", model), {}).get(f"{workload}:{metric}")
+            monitored = summary.get(("modelyard-monitored", model), {}).get(f"{workload}:{metric}")
+            if bare is None or monitored is None:
+                continue  # the monitored server runs where SERVERS says, when --servers includes it
+            cost = 1 - monitored / bare
+            verdicts.append(
+                Verdict(
+                    f"{MODELS[model].title}, {label}: drift and the log cost <= 5% of throughput (issue 12)",
+                    f"{fmt_rate(monitored)} against {fmt_rate(bare)} with both off: **{cost:+.1%}**",
+                    cost <= 0.05,
+                )
+            )
+    for model in models:
         entry = summary.get(("modelyard", model), {})
         p99, cold, rss = entry.get("health_p99_ms"), entry.get("cold_start_s"), entry.get("rss_mb")
         title = MODELS[model].title
@@ -949,7 +1000,7 @@ def render_report(
         "",
         "ONNX: " + "; ".join(f"{m.case.title} {m.onnx}" for m in prepared.values()) + ".",
         "",
-        "Targets (issue 9):",
+        "Targets (issues 9 and 12):",
         "",
         verdict_table(verdicts),
     ]
@@ -1089,6 +1140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             for repeat in range(args.repeats)
             for model in args.model_keys
             for server in args.server_keys
+            if SERVERS[server].models is None or model in SERVERS[server].models
         ]
         for index, (repeat, model, server) in enumerate(sessions, 1):
             kind = SERVERS[server]
