@@ -13,8 +13,7 @@ import json
 import os
 import re
 import types
-from collections.abc import Collection, Mapping, Sequence
-from functools import lru_cache
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlparse
@@ -279,12 +278,6 @@ def load_settings(**overrides: object) -> Settings:
         raise ModelyardError(f"invalid configuration: {problems}") from exc
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Process-wide settings, read once. Tests and the CLI build their own with load_settings()."""
-    return load_settings()
-
-
 def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
     """The argparse ``type`` and extra keywords for a settings field's annotation."""
     origin = get_origin(annotation)
@@ -344,10 +337,3 @@ def with_group_flags(settings: Settings, group: str, namespace: argparse.Namespa
         )
         raise ModelyardError(f"invalid configuration: {problems}") from None
     return settings.model_copy(update={group: updated})
-
-
-def parse_group_flags(settings: Settings, group: str, argv: Sequence[str], prog: str) -> Settings:
-    """Parse ``argv`` as the flags of one settings group (for instance ``serving``) over ``settings``."""
-    parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False)
-    add_group_flags(parser, type(getattr(settings, group)))
-    return with_group_flags(settings, group, parser.parse_args(list(argv)))
