@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from modelyard import __version__
 from modelyard.errors import InvalidInput, ModelyardError, NotFound, NotReady
 from modelyard.serving.batching import BatchOutcome
@@ -206,18 +208,43 @@ class DataPlane:
             # The batcher retried this request alone: the model refused this request's own values. Only a
             # missing value is the client's to fix; any other refusal is the model's fault (a 500).
             missing = batch.first_missing(model.schema)
-            if missing is None:
-                raise
-            feature, row = missing
-            raise InvalidInput(
-                f"feature {feature!r} row {row} is missing, and this model cannot impute missing values: "
-                "send a value"
-            ) from exc
+            if missing is not None:
+                feature, row = missing
+                raise InvalidInput(
+                    f"feature {feature!r} row {row} is missing, and this model cannot impute missing "
+                    "values: send a value"
+                ) from exc
+            await self._refuse_unscorable(model, batch, None, exc)
+            raise
+        finite = np.isfinite(outcome.prediction.probabilities).all(axis=1)
+        if not finite.all():
+            # No answer and no log row ever holds a NaN or infinite probability.
+            first = int(np.argmin(finite))
+            await self._refuse_unscorable(model, batch, first, None)
+            raise RuntimeError(f"the model answered non-finite probabilities for row {first}")
         latency_ms = (time.perf_counter() - started) * 1000.0
         asyncio.get_running_loop().call_soon(
             self._after_prediction, model, batch, outcome, request_id, latency_ms, datetime.now(UTC)
         )
         return outcome.prediction
+
+    @staticmethod
+    async def _refuse_unscorable(
+        model: ServedModel, batch: FeatureBatch, row: int | None, cause: BaseException | None
+    ) -> None:
+        """InvalidInput naming the row and feature when the request's own values are what the model
+        cannot score (finite but extreme numbers, e.g. 1e308, overflow its arithmetic); else returns."""
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(None, model.unscorable, batch, row)
+        if found is None:
+            return
+        row, feature = found
+        value = batch.row(model.schema, row)[feature]
+        raise InvalidInput(
+            f"row {row} cannot be scored: feature {feature!r} is {value!r}, beyond what this model can "
+            "compute with (its probabilities would not be numbers); send a value in the range it was "
+            "trained on"
+        ) from cause
 
     def _after_prediction(
         self,

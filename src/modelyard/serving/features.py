@@ -107,6 +107,19 @@ class FeatureBatch:
         other = {name: np.concatenate([b.other[name] for b in batches]) for name in batches[0].other}
         return FeatureBatch(sum(b.n_rows for b in batches), numeric, other)
 
+    def select(self, rows: slice | list[int]) -> FeatureBatch:
+        """The rows ``rows`` as a batch of their own (a copy for a list, a view for a slice)."""
+        numeric = self.numeric[rows]
+        return FeatureBatch(
+            len(numeric), numeric, {name: column[rows] for name, column in self.other.items()}
+        )
+
+    def with_numeric(self, row: int, columns: Sequence[int], value: float) -> FeatureBatch:
+        """Row ``row`` alone, with the numeric ``columns`` set to ``value``."""
+        single = self.select([row])
+        single.numeric[0, list(columns)] = value
+        return single
+
     def to_frame(self, schema: FeatureSchema) -> Any:
         """The pandas DataFrame the runtime takes: columns exactly ``schema.names``, in order."""
         import pandas as pd
