@@ -177,7 +177,8 @@ class DataPlane:
         tensors = output_tensors(prediction, model.schema, outputs)
         default_binary = request.binary_data_output
         binary = [default_binary if output.binary is None else output.binary for output in outputs]
-        return InferenceResponse(model.name, model.version, request.id or request_id, tensors, binary)
+        # request_id is the one id of the request (types.resolve_request_id): the body's id when given
+        return InferenceResponse(model.name, model.version, request_id, tensors, binary)
 
     async def predict_v1(
         self,
@@ -299,6 +300,11 @@ class DataPlane:
     async def feedback(self, name: str, feedback: FeedbackRequest) -> FeedbackResult:
         """Store the true label of a logged prediction."""
         model = self.ready_model(name)
+        if feedback.row >= self.max_request_rows:
+            raise InvalidInput(
+                f"'row' is {feedback.row}, but a request carries at most {self.max_request_rows} rows: "
+                f"row is 0 to {self.max_request_rows - 1}"
+            )
         label = class_label(feedback.label, model.schema.classes)
         if self._feedback_store is None:
             raise NotReady("feedback is off: this server has no prediction log database")

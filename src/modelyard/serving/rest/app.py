@@ -7,7 +7,8 @@ Each is a few lines: decode (``codec.py``), call the data plane, encode the type
 is answered through ``status.py``'s one map as ``{"error": "..."}``, and a server fault as ``{"error":
 "internal error", "request_id": ...}`` with the trace in the log.
 
-Every inference and feedback response carries ``x-request-id``: the client's, or a generated one.
+Every inference response carries ``x-request-id``: the request's one id (``types.resolve_request_id``),
+the same the V2 body's ``id`` answers and the prediction log stores.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from modelyard.serving.rest.codec import (
     encode_v2_rest,
 )
 from modelyard.serving.status import failure
-from modelyard.serving.types import ErrorResponse, check_request_id, new_request_id
+from modelyard.serving.types import ErrorResponse, resolve_request_id
 
 JSON = "application/json"
 REQUEST_ID_HEADER = "x-request-id"
@@ -59,11 +60,6 @@ def error_response(
 ) -> Response:
     answer = failure(exc, request_id)
     return json_response(encode_error(answer.response), answer.http_status, headers)
-
-
-def _header_request_id(request: Request) -> str | None:
-    value = request.headers.get(REQUEST_ID_HEADER)
-    return None if value is None else check_request_id(value, f"{REQUEST_ID_HEADER} header")
 
 
 def _answers_errors(endpoint: Endpoint) -> Endpoint:
@@ -126,13 +122,12 @@ class RestEndpoints:
         headers: dict[str, str] = {}
         request_id: str | None = None
         try:
-            request_id = _header_request_id(request)
             self.dataplane.ready_model(name, version)  # 404/503 before reading the body
             body = await request.body()
             decoded = decode_v2_rest(body, request.headers.get(INFERENCE_HEADER_CONTENT_LENGTH))
-            if request_id is None and decoded.id is not None:
-                request_id = check_request_id(decoded.id, "request 'id'")
-            request_id = request_id or new_request_id()
+            request_id = resolve_request_id(
+                decoded.id, request.headers.get(REQUEST_ID_HEADER), f"{REQUEST_ID_HEADER} header"
+            )
             headers[REQUEST_ID_HEADER] = request_id
             response = await self.dataplane.infer(
                 name,
@@ -161,7 +156,9 @@ class RestEndpoints:
         headers: dict[str, str] = {}
         request_id: str | None = None
         try:
-            request_id = _header_request_id(request) or new_request_id()
+            request_id = resolve_request_id(
+                None, request.headers.get(REQUEST_ID_HEADER), f"{REQUEST_ID_HEADER} header"
+            )
             headers[REQUEST_ID_HEADER] = request_id
             self.dataplane.ready_model(name)
             body = await request.body()
