@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from pathlib import Path
@@ -296,11 +296,12 @@ class HttpAnswer:
 def send(
     method: str,
     url: str,
-    body: bytes | None = None,
+    body: bytes | Iterable[bytes] | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 30,
 ) -> HttpAnswer:
-    """A raw request with exactly these headers (no Content-Type unless given, like tritonclient)."""
+    """A raw request with exactly these headers (no Content-Type unless given, like tritonclient); a
+    body given in parts is sent chunked."""
     parts = urllib.parse.urlsplit(url)
     connection = HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:

@@ -52,6 +52,7 @@ from modelyard.serving.types import (
     ServerMetadata,
     TensorMetadata,
 )
+from modelyard.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,13 @@ class DataPlane:
         self,
         *,
         max_request_rows: int,
+        max_text_length: int = ServingSettings.model_fields["max_text_length"].default,
         metrics: ServingMetrics | None = None,
         prediction_log: PredictionSink | None = None,
         feedback_store: FeedbackStore | None = None,
     ) -> None:
         self.max_request_rows = max_request_rows
+        self.max_text_length = max_text_length
         self.metrics = metrics
         self.prediction_log = prediction_log
         self._feedback_store = feedback_store
@@ -201,6 +204,8 @@ class DataPlane:
     async def _predict(
         self, model: ServedModel, batch: FeatureBatch, request_id: str, started: float
     ) -> Prediction:
+        # Bounded values only, in the model and in the prediction log.
+        batch.check_text_length(self.max_text_length, "MODELYARD_SERVING__MAX_TEXT_LENGTH")
         try:
             outcome = await model.predict(batch)
         except ModelyardError:

@@ -144,6 +144,17 @@ class FeatureBatch:
                 return name, int(missing[0])
         return None
 
+    def check_text_length(self, limit: int, setting: str) -> None:
+        """InvalidInput naming the feature and row of the first categorical or text value longer than
+        ``limit`` characters (``setting`` names the limit's setting)."""
+        for name, column in self.other.items():
+            for row, value in enumerate(column.tolist()):
+                if value is not None and len(value) > limit:
+                    raise InvalidInput(
+                        f"feature {name!r} row {row} is {len(value)} characters long, more than the limit "
+                        f"of {limit} ({setting})"
+                    )
+
     def row(self, schema: FeatureSchema, index: int) -> dict[str, Any]:
         """One row as plain JSON values (NaN becomes None), for the prediction log."""
         values: dict[str, Any] = {}
