@@ -78,7 +78,7 @@ def test_v2_and_v1_answers_match_the_model(bundles: dict[str, Path]) -> None:
     expected = model._runtime.predict_proba(frame)  # type: ignore[union-attr]
 
     async def scenario() -> tuple[Any, Any]:
-        v2 = await dataplane.infer("iris", matrix_request(frame.to_numpy(), id="abc"), request_id="rid")
+        v2 = await dataplane.infer("iris", matrix_request(frame.to_numpy(), id="abc"), request_id="abc")
         v1 = await dataplane.predict_v1("iris", frame.to_dict("records"), request_id="rid2")
         return v2, v1
 

@@ -10,11 +10,13 @@ INTERNAL "internal error" with the request id, the trace in the log.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, NoReturn
 
 import grpc
 
+from modelyard.errors import ClientGone
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.grpc import open_inference_pb2 as pb
 from modelyard.serving.grpc.codec import (
@@ -102,6 +104,13 @@ class InferenceServicer:
             encoding = time.perf_counter()
             reply = encode_grpc_response(response)
             self._dataplane.observe_stage("encode", time.perf_counter() - encoding)
+        except asyncio.CancelledError:
+            # The client cancelled or its deadline passed: counted as what REST counts as 499 (the
+            # one map's gRPC code for it), in one INFO line, and the cancellation goes on.
+            gone = ClientGone("the client cancelled the call, or its deadline passed")
+            self._dataplane.observe_request("v2-grpc", name, codes(gone)[1])
+            failure(gone, request_id)  # logs it
+            raise
         except Exception as exc:
             self._dataplane.observe_request("v2-grpc", name, codes(exc)[1])
             await self._abort(context, exc, request_id)
