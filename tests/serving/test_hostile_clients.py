@@ -224,6 +224,12 @@ def test_integers_are_range_checked_exactly_and_uint64_keeps_its_value(onnx_serv
         "input 'sepal_length': element 0 (9223372036854775808) is out of the range of INT64 "
         "(-9223372036854775808 to 9223372036854775807)"
     )
+    # one tensor holding -1 and 2**63: numpy reads the pair as float64, where 2**63 passes a float check
+    wraps = post_json(infer_url(onnx_server), matrix([[-1, 3, 1, 0], [2**63, 3, 1, 0]], datatype="INT64"))
+    assert wraps.status == 400
+    assert error_of(wraps).startswith(
+        "input 'x': element 4 (9223372036854775808) is out of the range of INT64"
+    )
     largest = 2**64 - 1
     assert post_json(infer_url(onnx_server), per_feature("UINT64", largest, "uint-json")).status == 200
     reply = grpc_call(onnx_server, grpc_per_feature("UINT64", "uint64_contents", largest, "uint-grpc"))
