@@ -198,27 +198,29 @@ def test_extreme_finite_values_are_a_400_naming_row_and_feature_on_every_transpo
 # ---------------------------------------------------------------- 2: integer edges
 
 
-def per_feature(datatype: str, first: int, request_id: str) -> dict[str, Any]:
-    values = [first, 3, 1, 0]
+def per_feature(datatype: str, first: list[int], request_id: str) -> dict[str, Any]:
+    """One input per feature, ``first`` the first feature's values, the others small numbers."""
+    columns = [first] + [[value] * len(first) for value in (3, 1, 0)]
     return {
         "id": request_id,
         "inputs": [
-            {"name": name, "datatype": datatype, "shape": [1], "data": [value]}
-            for name, value in zip(FEATURES, values, strict=True)
+            {"name": name, "datatype": datatype, "shape": [len(first)], "data": column}
+            for name, column in zip(FEATURES, columns, strict=True)
         ],
     }
 
 
-def grpc_per_feature(datatype: str, field: str, first: int, request_id: str) -> Any:
+def grpc_per_feature(datatype: str, field: str, first: list[int], request_id: str) -> Any:
     request = pb.ModelInferRequest(model_name="iris", id=request_id)
-    for name, value in zip(FEATURES, [first, 3, 1, 0], strict=True):
-        tensor = request.inputs.add(name=name, datatype=datatype, shape=[1])
-        getattr(tensor.contents, field).append(value)
+    columns = [first] + [[value] * len(first) for value in (3, 1, 0)]
+    for name, column in zip(FEATURES, columns, strict=True):
+        tensor = request.inputs.add(name=name, datatype=datatype, shape=[len(first)])
+        getattr(tensor.contents, field).extend(column)
     return request
 
 
 def test_integers_are_range_checked_exactly_and_uint64_keeps_its_value(onnx_server: ServerProcess) -> None:
-    too_big = post_json(infer_url(onnx_server), per_feature("INT64", 2**63, "int-big"))
+    too_big = post_json(infer_url(onnx_server), per_feature("INT64", [2**63], "int-big"))
     assert too_big.status == 400
     assert error_of(too_big) == (
         "input 'sepal_length': element 0 (9223372036854775808) is out of the range of INT64 "
@@ -231,13 +233,14 @@ def test_integers_are_range_checked_exactly_and_uint64_keeps_its_value(onnx_serv
         "input 'x': element 4 (9223372036854775808) is out of the range of INT64"
     )
     largest = 2**64 - 1
-    assert post_json(infer_url(onnx_server), per_feature("UINT64", largest, "uint-json")).status == 200
-    reply = grpc_call(onnx_server, grpc_per_feature("UINT64", "uint64_contents", largest, "uint-grpc"))
+    assert post_json(infer_url(onnx_server), per_feature("UINT64", [largest, 5], "uint-json")).status == 200
+    reply = grpc_call(onnx_server, grpc_per_feature("UINT64", "uint64_contents", [largest, 5], "uint-grpc"))
     assert reply.id == "uint-grpc"
     for request_id in ("uint-json", "uint-grpc"):
-        (row,) = logged(onnx_server, request_id)
-        assert row.features["sepal_length"] == float(largest)  # not 0, not wrapped
-    error = grpc_error(onnx_server, grpc_per_feature("UINT8", "uint_contents", 256, "uint8"))
+        rows = sorted(logged(onnx_server, request_id, expected=2), key=lambda row: row.row)
+        # the largest UINT64 keeps its value (as a float64 feature), neither 0 nor wrapped
+        assert [row.features["sepal_length"] for row in rows] == [float(largest), 5.0]
+    error = grpc_error(onnx_server, grpc_per_feature("UINT8", "uint_contents", [256], "uint8"))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "element 0 (256) is out of the range of UINT8" in (error.details() or "")
 
