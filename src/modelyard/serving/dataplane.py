@@ -4,9 +4,11 @@ The transport adapters (``rest/``, ``grpc/``) decode bytes into the types of ``t
 methods, and encode the typed answers they return. Errors are ``modelyard.errors`` exceptions, each
 carrying its status (``status.py`` maps them for both transports): InvalidInput (400), NotFound (404),
 NotReady (503). A client's mistake is never a 500: input is checked before it is queued for the model.
-A model that raises is a 500, with one exception where the input is at fault: a request holding a
-missing value (null, or NaN in a binary tensor) that the model cannot impute is a 400 naming the feature
-and row, since the client can fix it by sending the value.
+A model that raises is a 500, with two exceptions where the input is at fault, each a 400 naming the
+feature and row, since the client can fix it: a missing value (null, or NaN in a binary tensor) that the
+model cannot impute, and a row the model cannot score because finite but extreme values (1e308)
+overflow its arithmetic, whether the model then raises or answers NaN. No answer and no log row ever
+holds a non-finite probability.
 
 After a prediction the metrics and the prediction sink are fed in a callback scheduled on the event loop,
 not while the caller waits.

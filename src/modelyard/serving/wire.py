@@ -1,6 +1,6 @@
 """What the wire codecs share: datatypes and shapes read off the wire, tensors as raw little-endian
 bytes (the REST binary tensor extension and gRPC's raw contents use the same layout), and numbers cast
-to a tensor's datatype with range and fraction checks.
+to a tensor's datatype with exact range checks (integers compared as integers, never through float64).
 
 Every client mistake raises ``InvalidInput`` naming the tensor at fault.
 """
