@@ -112,14 +112,15 @@ def cast_numbers(values: np.ndarray, datatype: Datatype, where: str) -> np.ndarr
                     f"{datatype.value} ({info.min} to {info.max})"
                 )
         return values.astype(target)
+    if target.itemsize == 8:
+        return values.astype(target)
     with np.errstate(over="ignore"):  # an overflow is found and named just below
         cast = values.astype(target)
-    if target.itemsize < 8 and cast.size:
-        overflowed = np.isinf(cast) & np.isfinite(values.astype(np.float64))
-        if overflowed.any():
-            raise InvalidInput(
-                f"{where}: element {int(np.argmax(overflowed))} is out of the range of {datatype.value}"
-            )
+    overflowed = np.isinf(cast) & np.isfinite(values.astype(np.float64))
+    if overflowed.any():
+        raise InvalidInput(
+            f"{where}: element {int(np.argmax(overflowed))} is out of the range of {datatype.value}"
+        )
     return cast
 
 
