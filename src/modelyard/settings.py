@@ -58,6 +58,30 @@ class ServingSettings(BaseModel):
     max_batch_size: int = Field(default=1024, ge=1, description="rows coalesced into one model call")
     max_batch_wait_ms: float = Field(default=2.0, ge=0, description="longest a request waits for a batch")
     max_request_rows: int = Field(default=10_000, ge=1, description="rows one request may carry")
+    max_request_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="largest request body (REST) or message (gRPC), in bytes; a larger one is a 413 "
+        "(gRPC RESOURCE_EXHAUSTED), refused before it is read",
+    )
+    max_text_length: int = Field(
+        default=10_000,
+        ge=1,
+        description="longest value of a categorical or text feature, in characters; a longer one is a "
+        "400 naming the feature",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="longest the REST port waits for a request's body; slower is a 408"
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="connections and requests the REST port holds at once (uvicorn's limit_concurrency; "
+        "beyond it a 503), and gRPC calls at once (beyond it RESOURCE_EXHAUSTED)",
+    )
+    keep_alive_s: int = Field(
+        default=5, ge=1, description="how long an idle keep-alive connection stays open (REST)"
+    )
     prefer_onnx: bool = Field(default=True, description="use model.onnx when the bundle verified it")
     allow_pyarrow: bool = Field(
         default=False,

@@ -51,7 +51,7 @@ def test_0002_upgrades_a_0001_database_and_keeps_its_rows_and_downgrades_cleanly
             )
         assert "predictions" not in inspect(engine).get_table_names()
 
-        assert upgrade(settings.database_url) == "0003"
+        assert upgrade(settings.database_url) == "0004"
         tables = set(inspect(engine).get_table_names())
         assert {"predictions", "feedback"} <= tables
         indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("predictions")}

@@ -78,7 +78,7 @@ def test_v2_and_v1_answers_match_the_model(bundles: dict[str, Path]) -> None:
     expected = model._runtime.predict_proba(frame)  # type: ignore[union-attr]
 
     async def scenario() -> tuple[Any, Any]:
-        v2 = await dataplane.infer("iris", matrix_request(frame.to_numpy(), id="abc"), request_id="rid")
+        v2 = await dataplane.infer("iris", matrix_request(frame.to_numpy(), id="abc"), request_id="abc")
         v1 = await dataplane.predict_v1("iris", frame.to_dict("records"), request_id="rid2")
         return v2, v1
 
@@ -249,3 +249,66 @@ def test_a_pickle_that_cannot_predict_is_reported(tmp_path: Path) -> None:
     write_bundle(tmp_path / "odd", model={"not": "a model"}, metadata=metadata, model_card="", report_html="")
     model = served(tmp_path / "odd", "odd")
     assert not model.ready and "has no predict()" in (model.load_error or "")
+
+
+@pytest.mark.parametrize("prefer_onnx", [True, False], ids=["onnx", "sklearn"])
+@pytest.mark.parametrize("extreme", [1e308, -1e308, 1.7976931348623157e308])
+def test_a_row_the_model_cannot_score_is_a_400_naming_row_and_feature_on_every_runtime(
+    bundles: dict[str, Path], prefer_onnx: bool, extreme: float
+) -> None:
+    # Both runtimes answer NaN probabilities for these finite rows (their arithmetic overflows).
+    sink = RecordingSink()
+    model = served(bundles["numeric-onnx"], "iris", prefer_onnx=prefer_onnx)
+    assert model.runtime_kind == ("onnx" if prefer_onnx else "sklearn")
+    dataplane = plane(model, prediction_log=sink)
+    good = [5.1, 3.5, 1.4, 0.2]
+    rows = np.array([good, good, [extreme] * 4, good])
+    message = r"row 2 cannot be scored: feature '(sepal|petal)_(length|width)' is -?1.*e\+308, beyond what"
+    with pytest.raises(InvalidInput, match=message):
+        asyncio.run(dataplane.infer("iris", matrix_request(rows), request_id="r"))
+    with pytest.raises(InvalidInput, match="row 0 cannot be scored"):
+        asyncio.run(dataplane.predict_v1("iris", [[extreme] * 4], request_id="r1"))
+    answer = asyncio.run(dataplane.predict_v1("iris", [good], request_id="ok"))
+    assert np.isfinite(answer.probabilities).all()
+    model.close()
+    assert sink.request_ids() == ["ok"]  # nothing unscorable was logged
+
+
+class OverflowingRuntime:
+    """Refuses (raises) a row holding a value beyond 1e300, as scikit-learn's input checks do."""
+
+    kind = "sklearn"
+
+    def predict_proba(self, frame: Any) -> Any:
+        values = frame.to_numpy(dtype=float)
+        if (np.abs(values) > 1e300).any():
+            raise ValueError("Input X contains infinity or a value too large for dtype('float64').")
+        return np.full((len(values), 3), 1 / 3)
+
+
+def test_a_row_the_model_raises_for_is_found_by_bisection_and_named(bundles: dict[str, Path]) -> None:
+    model = served(bundles["numeric"], "iris")
+    model._runtime = OverflowingRuntime()  # type: ignore[assignment]  # our own class, not a library's
+    model._predict_numeric = None
+    dataplane = plane(model)
+    rows = np.array([[1.0, 2.0, 3.0, 4.0]] * 9)
+    rows[6, 2] = -1e308
+    with pytest.raises(InvalidInput, match=r"row 6 cannot be scored: feature 'petal_length' is -1e\+308"):
+        asyncio.run(dataplane.infer("iris", matrix_request(rows), request_id="r"))
+    model.close()
+
+
+class RecordingSink:
+    """A prediction sink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def submit(self, records: Any) -> None:
+        self.records.extend(records)
+
+    async def flush(self, timeout_s: float = 10.0) -> bool:
+        return True
+
+    def request_ids(self) -> list[str]:
+        return sorted({record.request_id for record in self.records})

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -283,24 +283,38 @@ def test_single_row_submits_are_written_in_a_few_batched_round_trips(
     assert len(statements) < 40  # the rest: the table check at first connect
 
 
-def test_the_same_key_is_written_once(database_url: str, tmp_path: Path) -> None:
+def test_the_same_record_is_written_once_and_a_reused_request_id_twice(
+    database_url: str, tmp_path: Path
+) -> None:
     log = new_log(database_url, tmp_path / "spool")
+    later = MOMENT + timedelta(seconds=1)
 
-    async def main() -> None:
+    async def main() -> list[int]:
+        written = []
         await log.start()
         log.submit([record("req-1"), record("req-1", 1)])
         assert await log.flush()
+        written.append(log.written)
+        # a replay of req-1 (same key and moment) is ignored, and not counted as written
         log.submit([record("req-1", label="virginica"), record("req-2")])
         assert await log.flush()
+        written.append(log.written)
+        # the client sent req-1 again: a second prediction, logged beside the first
+        log.submit([record("req-1", label="versicolor", created_at=later)])
+        assert await log.flush()
+        written.append(log.written)
         await log.stop()
+        return written
 
-    asyncio.run(main())
+    assert asyncio.run(main()) == [2, 3, 4]
     rows = stored(database_url)
     assert [(row.request_id, row.row, row.label) for row in rows] == [
         ("req-1", 0, "setosa"),
         ("req-1", 1, "setosa"),
         ("req-2", 0, "setosa"),
+        ("req-1", 0, "versicolor"),
     ]
+    assert log.dropped == 0
 
 
 # ---------------------------------------------------------------- bounds

@@ -4,9 +4,11 @@ The transport adapters (``rest/``, ``grpc/``) decode bytes into the types of ``t
 methods, and encode the typed answers they return. Errors are ``modelyard.errors`` exceptions, each
 carrying its status (``status.py`` maps them for both transports): InvalidInput (400), NotFound (404),
 NotReady (503). A client's mistake is never a 500: input is checked before it is queued for the model.
-A model that raises is a 500, with one exception where the input is at fault: a request holding a
-missing value (null, or NaN in a binary tensor) that the model cannot impute is a 400 naming the feature
-and row, since the client can fix it by sending the value.
+A model that raises is a 500, with two exceptions where the input is at fault, each a 400 naming the
+feature and row, since the client can fix it: a missing value (null, or NaN in a binary tensor) that the
+model cannot impute, and a row the model cannot score because finite but extreme values (1e308)
+overflow its arithmetic, whether the model then raises or answers NaN. No answer and no log row ever
+holds a non-finite probability.
 
 After a prediction the metrics and the prediction sink are fed in a callback scheduled on the event loop,
 not while the caller waits.
@@ -21,6 +23,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+import numpy as np
 
 from modelyard import __version__
 from modelyard.errors import InvalidInput, ModelyardError, NotFound, NotReady
@@ -50,6 +54,7 @@ from modelyard.serving.types import (
     ServerMetadata,
     TensorMetadata,
 )
+from modelyard.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +70,13 @@ class DataPlane:
         self,
         *,
         max_request_rows: int,
+        max_text_length: int = ServingSettings.model_fields["max_text_length"].default,
         metrics: ServingMetrics | None = None,
         prediction_log: PredictionSink | None = None,
         feedback_store: FeedbackStore | None = None,
     ) -> None:
         self.max_request_rows = max_request_rows
+        self.max_text_length = max_text_length
         self.metrics = metrics
         self.prediction_log = prediction_log
         self._feedback_store = feedback_store
@@ -175,7 +182,8 @@ class DataPlane:
         tensors = output_tensors(prediction, model.schema, outputs)
         default_binary = request.binary_data_output
         binary = [default_binary if output.binary is None else output.binary for output in outputs]
-        return InferenceResponse(model.name, model.version, request.id or request_id, tensors, binary)
+        # request_id is the one id of the request (types.resolve_request_id): the body's id when given
+        return InferenceResponse(model.name, model.version, request_id, tensors, binary)
 
     async def predict_v1(
         self,
@@ -198,6 +206,8 @@ class DataPlane:
     async def _predict(
         self, model: ServedModel, batch: FeatureBatch, request_id: str, started: float
     ) -> Prediction:
+        # Bounded values only, in the model and in the prediction log.
+        batch.check_text_length(self.max_text_length, "MODELYARD_SERVING__MAX_TEXT_LENGTH")
         try:
             outcome = await model.predict(batch)
         except ModelyardError:
@@ -206,18 +216,43 @@ class DataPlane:
             # The batcher retried this request alone: the model refused this request's own values. Only a
             # missing value is the client's to fix; any other refusal is the model's fault (a 500).
             missing = batch.first_missing(model.schema)
-            if missing is None:
-                raise
-            feature, row = missing
-            raise InvalidInput(
-                f"feature {feature!r} row {row} is missing, and this model cannot impute missing values: "
-                "send a value"
-            ) from exc
+            if missing is not None:
+                feature, row = missing
+                raise InvalidInput(
+                    f"feature {feature!r} row {row} is missing, and this model cannot impute missing "
+                    "values: send a value"
+                ) from exc
+            await self._refuse_unscorable(model, batch, None, exc)
+            raise
+        finite = np.isfinite(outcome.prediction.probabilities).all(axis=1)
+        if not finite.all():
+            # No answer and no log row ever holds a NaN or infinite probability.
+            first = int(np.argmin(finite))
+            await self._refuse_unscorable(model, batch, first, None)
+            raise RuntimeError(f"the model answered non-finite probabilities for row {first}")
         latency_ms = (time.perf_counter() - started) * 1000.0
         asyncio.get_running_loop().call_soon(
             self._after_prediction, model, batch, outcome, request_id, latency_ms, datetime.now(UTC)
         )
         return outcome.prediction
+
+    @staticmethod
+    async def _refuse_unscorable(
+        model: ServedModel, batch: FeatureBatch, row: int | None, cause: BaseException | None
+    ) -> None:
+        """InvalidInput naming the row and feature when the request's own values are what the model
+        cannot score (finite but extreme numbers, e.g. 1e308, overflow its arithmetic); else returns."""
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(None, model.unscorable, batch, row)
+        if found is None:
+            return
+        row, feature = found
+        value = batch.row(model.schema, row)[feature]
+        raise InvalidInput(
+            f"row {row} cannot be scored: feature {feature!r} is {value!r}, beyond what this model can "
+            "compute with (its probabilities would not be numbers); send a value in the range it was "
+            "trained on"
+        ) from cause
 
     def _after_prediction(
         self,
@@ -272,6 +307,11 @@ class DataPlane:
     async def feedback(self, name: str, feedback: FeedbackRequest) -> FeedbackResult:
         """Store the true label of a logged prediction."""
         model = self.ready_model(name)
+        if feedback.row >= self.max_request_rows:
+            raise InvalidInput(
+                f"'row' is {feedback.row}, but a request carries at most {self.max_request_rows} rows: "
+                f"row is 0 to {self.max_request_rows - 1}"
+            )
         label = class_label(feedback.label, model.schema.classes)
         if self._feedback_store is None:
             raise NotReady("feedback is off: this server has no prediction log database")

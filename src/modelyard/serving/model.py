@@ -165,6 +165,47 @@ class ServedModel:
         predicted = np.argmax(probabilities, axis=1)
         return Prediction(self._class_array[predicted].tolist(), probabilities, self._class_names[predicted])
 
+    # ------------------------------------------------------------ rows the model cannot score
+
+    def scores(self, batch: FeatureBatch) -> bool:
+        """Whether the model answers finite probabilities for every row of ``batch``, calling the runtime
+        directly (not through the batcher). Only for the error path: see :meth:`unscorable`."""
+        try:
+            probabilities = self._predict_rows(batch).probabilities
+        except Exception:  # whatever the runtime raises, the row is not scored
+            return False
+        return bool(np.isfinite(probabilities).all())
+
+    def unscorable(self, batch: FeatureBatch, row: int | None = None) -> tuple[int, str] | None:
+        """(row, feature) of the first row the model cannot score because of its own numeric values, or
+        None when the fault is the model's. Runs off the event loop, on the error path only.
+
+        The row is ``row`` when known (the model answered it NaN), else found by bisection (the model
+        raised for the request: about log2(rows) calls). The feature is the one whose value, set to 0,
+        lets the row be scored; else, when zeroing every numeric feature does, the largest in magnitude.
+        A row that cannot be scored even then is the model's fault, not the client's.
+        """
+        if row is None:
+            if self.scores(batch):
+                return None
+            start, stop = 0, batch.n_rows
+            while stop - start > 1:
+                middle = (start + stop) // 2
+                if self.scores(batch.select(slice(start, middle))):
+                    start = middle
+                else:
+                    stop = middle
+            row = start
+        schema = self.schema
+        columns = range(len(schema.numeric_names))
+        for column in columns:
+            if self.scores(batch.with_numeric(row, [column], 0.0)):
+                return row, schema.numeric_names[column]
+        if columns and self.scores(batch.with_numeric(row, columns, 0.0)):
+            magnitudes = np.nan_to_num(np.abs(batch.numeric[row]), nan=0.0)
+            return row, schema.numeric_names[int(np.argmax(magnitudes))]
+        return None
+
     def input_metadata(self) -> list[TensorMetadata]:
         return self._schema.input_metadata() if self._schema is not None else []
 
