@@ -298,6 +298,28 @@ def test_a_row_the_model_raises_for_is_found_by_bisection_and_named(bundles: dic
     model.close()
 
 
+class BatchSizeRuntime:
+    """Fails (raises) for any call of more than four rows, whatever the values: the model's fault."""
+
+    kind = "sklearn"
+
+    def predict_proba(self, frame: Any) -> Any:
+        if len(frame) > 4:
+            raise ValueError("out of memory for this batch")
+        return np.full((len(frame), 3), 1 / 3)
+
+
+def test_a_fault_of_the_model_is_never_blamed_on_a_row(bundles: dict[str, Path]) -> None:
+    model = served(bundles["numeric"], "iris")
+    model._runtime = BatchSizeRuntime()  # type: ignore[assignment]  # our own class, not a library's
+    model._predict_numeric = None
+    dataplane = plane(model)
+    rows = np.array([[1.0, 2.0, 3.0, 4.0]] * 9)
+    with pytest.raises(ValueError, match="out of memory for this batch"):
+        asyncio.run(dataplane.infer("iris", matrix_request(rows), request_id="r"))
+    model.close()
+
+
 class RecordingSink:
     """A prediction sink that keeps what it is given."""
 

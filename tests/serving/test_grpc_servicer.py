@@ -8,7 +8,7 @@ import asyncio
 import logging
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -236,13 +236,16 @@ def test_the_generated_module_is_what_make_protos_produces(tmp_path: Path) -> No
         )
 
 
-class SlowRuntime:
-    """Answers after a while: long enough for a client's deadline to pass."""
+class HeldRuntime:
+    """Answers only once released: the client's deadline passes first, whatever the machine's speed."""
 
     kind = "sklearn"
 
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
     def predict_proba(self, frame: Any) -> Any:
-        time.sleep(1.0)
+        self.release.wait(60)
         return np.full((len(frame), 3), 1 / 3)
 
 
@@ -253,7 +256,8 @@ def test_a_call_the_client_gives_up_on_is_counted_cancelled_and_logged_at_info(
         metrics = ServingMetrics()
         model = ServedModel("iris", bundles["numeric"], version="3")
         model.load()
-        model._runtime = SlowRuntime()  # type: ignore[assignment]  # our own class
+        runtime = HeldRuntime()
+        model._runtime = runtime  # type: ignore[assignment]  # our own class
         model._predict_numeric = None
         dataplane = DataPlane(max_request_rows=10, metrics=metrics)
         dataplane.add_model(model)
@@ -267,7 +271,12 @@ def test_a_call_the_client_gives_up_on_is_counted_cancelled_and_logged_at_info(
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await stub.ModelInfer(infer_request([ROW]), timeout=0.3)
                 assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                await asyncio.sleep(1.5)
+                runtime.release.set()
+                cancelled = 'status="CANCELLED"'
+                for _ in range(600):  # the server sees the cancellation on its own schedule
+                    if cancelled in metrics.render(None)[0].decode():
+                        break
+                    await asyncio.sleep(0.05)
             return metrics.render(None)[0].decode()
         finally:
             await server.stop(0)

@@ -215,19 +215,14 @@ class DataPlane:
         except (ValueError, TypeError) as exc:
             # The batcher retried this request alone: the model refused this request's own values. Only a
             # missing value is the client's to fix; any other refusal is the model's fault (a 500).
-            missing = batch.first_missing(model.schema)
-            if missing is not None:
-                feature, row = missing
-                raise InvalidInput(
-                    f"feature {feature!r} row {row} is missing, and this model cannot impute missing "
-                    "values: send a value"
-                ) from exc
+            _refuse_missing(model, batch, exc)
             await self._refuse_unscorable(model, batch, None, exc)
             raise
         finite = np.isfinite(outcome.prediction.probabilities).all(axis=1)
         if not finite.all():
             # No answer and no log row ever holds a NaN or infinite probability.
             first = int(np.argmin(finite))
+            _refuse_missing(model, batch, None)  # a runtime without an imputer answers NaN for a NaN
             await self._refuse_unscorable(model, batch, first, None)
             raise RuntimeError(f"the model answered non-finite probabilities for row {first}")
         latency_ms = (time.perf_counter() - started) * 1000.0
@@ -331,6 +326,17 @@ class DataPlane:
             # The prediction may still wait in the log's queue: write it, then ask once more.
             await self.prediction_log.flush(timeout_s=5.0)
             return await loop.run_in_executor(None, call)
+
+
+def _refuse_missing(model: ServedModel, batch: FeatureBatch, cause: BaseException | None) -> None:
+    """InvalidInput naming the first missing value, for a model that cannot impute; else returns."""
+    missing = batch.first_missing(model.schema)
+    if missing is not None:
+        feature, row = missing
+        raise InvalidInput(
+            f"feature {feature!r} row {row} is missing, and this model cannot impute missing values: "
+            "send a value"
+        ) from cause
 
 
 def class_label(label: str | int, classes: Sequence[str | int]) -> str | int:

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelyard.bundle import METADATA_FILE, manifest_digest
+from modelyard.bundle import MANIFEST_NAME, manifest_digest
 from modelyard.errors import ModelyardError
 from modelyard.settings import Settings
 
@@ -67,7 +67,7 @@ def bundle_version(model_dir: Path) -> str:
 def bundle_name(model_dir: Path) -> str:
     """The model name recorded in the bundle's metadata.json, read without trusting anything else."""
     try:
-        name = json.loads((model_dir / METADATA_FILE).read_bytes()).get("name")
+        name = json.loads((model_dir / MANIFEST_NAME).read_bytes()).get("name")
     except (OSError, ValueError, AttributeError):
         return "model"
     return name if isinstance(name, str) and name else "model"

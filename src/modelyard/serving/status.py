@@ -4,7 +4,8 @@ Each ``ModelyardError`` carries its HTTP status; the gRPC code follows from it h
 answer the same failure the same way. A client's mistake (4xx) and a model that is not ready (503) answer
 their message; a client that disconnected mid-request (``ClientGone``) is counted as 499 and logged in
 one INFO line. Anything else is a fault of the server: the client gets ``internal error`` and the request
-id, never the exception's text, and the trace goes to the log under that id.
+id, never the exception's text, and the trace goes to the log under that id. The health and metrics
+routes, which the main port and the probe port both serve, are named here too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from modelyard.serving.types import ErrorResponse
 log = logging.getLogger("modelyard.serving")
 
 INTERNAL_ERROR = "internal error"
+
+LIVE_PATH = "/v2/health/live"
+READY_PATH = "/v2/health/ready"
+METRICS_PATH = "/metrics"
 
 GRPC_CODES = {
     400: "INVALID_ARGUMENT",
@@ -67,4 +72,14 @@ def failure(exc: BaseException, request_id: str | None = None) -> Failure:
     return Failure(status, code, ErrorResponse(INTERNAL_ERROR, request_id))
 
 
-__all__ = ["GRPC_CODES", "INTERNAL_ERROR", "Failure", "client_facing", "codes", "failure"]
+__all__ = [
+    "GRPC_CODES",
+    "INTERNAL_ERROR",
+    "LIVE_PATH",
+    "METRICS_PATH",
+    "READY_PATH",
+    "Failure",
+    "client_facing",
+    "codes",
+    "failure",
+]

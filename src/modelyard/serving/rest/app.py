@@ -41,15 +41,12 @@ from modelyard.serving.rest.codec import (
     encode_v1,
     encode_v2_rest,
 )
-from modelyard.serving.status import failure
+from modelyard.serving.status import LIVE_PATH, METRICS_PATH, READY_PATH, failure
 from modelyard.serving.types import ErrorResponse, resolve_request_id
 from modelyard.settings import ServingSettings
 
 JSON = "application/json"
 REQUEST_ID_HEADER = "x-request-id"
-LIVE_PATH = "/v2/health/live"
-READY_PATH = "/v2/health/ready"
-METRICS_PATH = "/metrics"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -298,4 +295,4 @@ def build_app(
     )
 
 
-__all__ = ["LIVE_PATH", "METRICS_PATH", "READY_PATH", "REQUEST_ID_HEADER", "RestEndpoints", "build_app"]
+__all__ = ["REQUEST_ID_HEADER", "RestEndpoints", "build_app"]

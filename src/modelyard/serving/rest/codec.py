@@ -244,8 +244,19 @@ def _json_elements(data: list[Any], shape: tuple[int, ...], expected: int, where
     return level
 
 
+_PLAIN_NUMBERS = frozenset({float, int, type(None)})
+
+
 def _numbers_from_json(values: list[Any], datatype: Datatype, where: str) -> np.ndarray:
     floating = not datatype.is_integer
+    # The common case in one vectorised pass: numbers and nulls only (no bool, which is an int to
+    # isinstance but not to type()). Anything else, or an integer beyond float64, goes element by element
+    # below, which names the element at fault.
+    if floating and set(map(type, values)) <= _PLAIN_NUMBERS:
+        try:
+            return cast_numbers(np.asarray(values, dtype=np.float64), datatype, where)
+        except OverflowError:
+            pass
     out = np.empty(len(values), dtype=np.float64 if floating else object)
     for i, value in enumerate(values):
         if value is None:
@@ -255,9 +266,10 @@ def _numbers_from_json(values: list[Any], datatype: Datatype, where: str) -> np.
         elif isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidInput(f"{where}: element {i} is {value_kind(value)}, expected a number")
         elif not floating and not isinstance(value, int):
-            # orjson reads an integer literal beyond 64 bits as a float: say so by its range
+            # orjson reads an integer literal beyond 64 bits as a float, which may round onto the range's
+            # end (-2**63 - 1 becomes -2.0**63): an integral float at or past either end is out of range
             info = np.iinfo(datatype.numpy_dtype)
-            outside = value.is_integer() and not info.min <= value <= info.max
+            outside = value.is_integer() and not info.min < value < info.max
             problem = "is out of the range of" if outside else "is not an integer:"
             raise InvalidInput(f"{where}: element {i} ({value!r}) {problem} {datatype.value} tensor values")
         else:
