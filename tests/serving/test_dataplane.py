@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from modelyard.bundle import BundleMetadata, write_bundle
 from modelyard.errors import InvalidInput, NotFound, NotReady
 from modelyard.registry import upgrade
 from modelyard.registry.tables import Prediction as PredictionRow
-from modelyard.serving.dataplane import DataPlane, class_label
+from modelyard.serving.dataplane import DataPlane, class_label, strictly_after
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.model import ServedModel
 from modelyard.serving.prediction_log import PredictionLog
@@ -334,3 +335,13 @@ class RecordingSink:
 
     def request_ids(self) -> list[str]:
         return sorted({record.request_id for record in self.records})
+
+
+def test_a_prediction_is_logged_strictly_after_the_previous_one() -> None:
+    # Two predictions under one reused id are told apart by their time: within one clock tick as well.
+    tick = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
+    assert strictly_after(tick, tick) == tick + timedelta(microseconds=1)
+    assert strictly_after(tick, tick - timedelta(seconds=5)) == tick + timedelta(
+        microseconds=1
+    )  # clock set back
+    assert strictly_after(tick, tick + timedelta(seconds=1)) == tick + timedelta(seconds=1)

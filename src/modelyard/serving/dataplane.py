@@ -21,7 +21,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -81,6 +81,7 @@ class DataPlane:
         self.prediction_log = prediction_log
         self._feedback_store = feedback_store
         self._models: dict[str, ServedModel] = {}
+        self._last_logged_at = datetime.min.replace(tzinfo=UTC)
 
     # ------------------------------------------------------------ models
 
@@ -227,7 +228,7 @@ class DataPlane:
             raise RuntimeError(f"the model answered non-finite probabilities for row {first}")
         latency_ms = (time.perf_counter() - started) * 1000.0
         asyncio.get_running_loop().call_soon(
-            self._after_prediction, model, batch, outcome, request_id, latency_ms, datetime.now(UTC)
+            self._after_prediction, model, batch, outcome, request_id, latency_ms, self._logged_at()
         )
         return outcome.prediction
 
@@ -280,6 +281,11 @@ class DataPlane:
         except Exception:
             log.exception("could not record the prediction of request %s", request_id)
 
+    def _logged_at(self) -> datetime:
+        """The prediction's time in the log; the event loop's thread is the only caller."""
+        self._last_logged_at = strictly_after(self._last_logged_at, datetime.now(UTC))
+        return self._last_logged_at
+
     def _observe(self, stage: str, seconds: float) -> None:
         if self.metrics is not None:
             self.metrics.observe_stage(stage, seconds)
@@ -326,6 +332,12 @@ class DataPlane:
             # The prediction may still wait in the log's queue: write it, then ask once more.
             await self.prediction_log.flush(timeout_s=5.0)
             return await loop.run_in_executor(None, call)
+
+
+def strictly_after(previous: datetime, now: datetime) -> datetime:
+    """``now``, or one microsecond after ``previous`` when the clock has not moved past it: two predictions
+    under one reused id are told apart by their time in the log (its unique key), even within one tick."""
+    return now if now > previous else previous + timedelta(microseconds=1)
 
 
 def _refuse_missing(model: ServedModel, batch: FeatureBatch, cause: BaseException | None) -> None:
@@ -378,4 +390,4 @@ def prediction_records(
     return records
 
 
-__all__ = ["DataPlane", "FeedbackStore", "class_label", "prediction_records"]
+__all__ = ["DataPlane", "FeedbackStore", "class_label", "prediction_records", "strictly_after"]
