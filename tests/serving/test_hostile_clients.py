@@ -321,11 +321,13 @@ def test_a_client_that_disconnects_mid_body_is_a_499_logged_at_info(onnx_server:
 def test_a_declared_oversized_body_is_a_413_before_it_is_sent(limited_server: ServerProcess) -> None:
     with socket.create_connection(("127.0.0.1", limited_server.http_port), timeout=10) as connection:
         connection.sendall(
-            b"POST /v2/models/churn/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 52428800\r\n\r\n"
+            b"POST /v2/models/churn/infer HTTP/1.1\r\nHost: x\r\nx-request-id: big-1\r\n"
+            b"Content-Length: 52428800\r\n\r\n"
         )
         answer = raw_answer(connection)
-    # answered from the headers alone: not one byte of the 50 MB was sent
+    # answered from the headers alone: not one byte of the 50 MB was sent; the client's id comes back
     assert answer.startswith("HTTP/1.1 413 ")
+    assert "x-request-id: big-1" in answer.lower()
     assert "the request body is 52428800 bytes, more than the limit of 65536" in answer
     assert "MODELYARD_SERVING__MAX_REQUEST_BYTES" in answer
     assert http_status(f"{limited_server.probe_url}/v2/health/live") == 200

@@ -148,12 +148,15 @@ class FeatureBatch:
         """InvalidInput naming the feature and row of the first categorical or text value longer than
         ``limit`` characters (``setting`` names the limit's setting)."""
         for name, column in self.other.items():
-            for row, value in enumerate(column.tolist()):
-                if value is not None and len(value) > limit:
-                    raise InvalidInput(
-                        f"feature {name!r} row {row} is {len(value)} characters long, more than the limit "
-                        f"of {limit} ({setting})"
-                    )
+            values = column.tolist()
+            # one pass in C over the lengths; the row is looked for only when one is too long
+            if max(map(len, filter(None, values)), default=0) <= limit:
+                continue
+            row = next(i for i, value in enumerate(values) if value is not None and len(value) > limit)
+            raise InvalidInput(
+                f"feature {name!r} row {row} is {len(values[row])} characters long, more than the limit "
+                f"of {limit} ({setting})"
+            )
 
     def row(self, schema: FeatureSchema, index: int) -> dict[str, Any]:
         """One row as plain JSON values (NaN becomes None), for the prediction log."""

@@ -42,7 +42,7 @@ from modelyard.serving.rest.codec import (
     encode_v2_rest,
 )
 from modelyard.serving.status import LIVE_PATH, METRICS_PATH, READY_PATH, failure
-from modelyard.serving.types import ErrorResponse, resolve_request_id
+from modelyard.serving.types import ErrorResponse, check_request_id, resolve_request_id
 from modelyard.settings import ServingSettings
 
 JSON = "application/json"
@@ -169,13 +169,15 @@ class RestEndpoints:
         version: str | None = request.path_params.get("version")
         headers: dict[str, str] = {}
         request_id: str | None = None
+        header_id = request.headers.get(REQUEST_ID_HEADER)
         try:
+            if header_id is not None:  # until the body is read: an error before then still carries it
+                request_id = check_request_id(header_id, f"{REQUEST_ID_HEADER} header")
+                headers[REQUEST_ID_HEADER] = request_id
             self.dataplane.ready_model(name, version)  # 404/503 before reading the body
             body = await self.body(request)
             decoded = decode_v2_rest(body, request.headers.get(INFERENCE_HEADER_CONTENT_LENGTH))
-            request_id = resolve_request_id(
-                decoded.id, request.headers.get(REQUEST_ID_HEADER), f"{REQUEST_ID_HEADER} header"
-            )
+            request_id = resolve_request_id(decoded.id, header_id, f"{REQUEST_ID_HEADER} header")
             headers[REQUEST_ID_HEADER] = request_id
             response = await self.dataplane.infer(
                 name,
