@@ -20,7 +20,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from modelyard.bundle import (
-    METADATA_FILE,
+    MANIFEST_NAME,
     MODEL_CARD_FILE,
     MODEL_FILE,
     REPORT_FILE,
@@ -98,13 +98,13 @@ def test_write_verify_load_round_trip(
         extra_files={"model.onnx": b"onnx bytes"},
     )
     assert sorted(p.name for p in dest.iterdir()) == sorted(
-        [MODEL_FILE, METADATA_FILE, MODEL_CARD_FILE, REPORT_FILE, "model.onnx"]
+        [MODEL_FILE, MANIFEST_NAME, MODEL_CARD_FILE, REPORT_FILE, "model.onnx"]
     )
     assert written.files == {name: sha256(dest / name) for name in written.files}
     assert sorted(written.files) == sorted([MODEL_FILE, MODEL_CARD_FILE, REPORT_FILE, "model.onnx"])
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["sizes-1"]  # no partial folder left
 
-    on_disk = json.loads((dest / METADATA_FILE).read_text())
+    on_disk = json.loads((dest / MANIFEST_NAME).read_text())
     assert on_disk["classes"] == ["large", "small"]
     assert on_disk["features"] == [
         {"name": "length", "type": "numeric"},
@@ -121,7 +121,7 @@ def test_write_verify_load_round_trip(
     assert loaded.path == dest
     frame, _ = training_data
     assert (loaded.model.predict(frame) == model.predict(frame)).all()
-    assert manifest_digest(dest) == sha256(dest / METADATA_FILE)
+    assert manifest_digest(dest) == sha256(dest / MANIFEST_NAME)
 
 
 def test_write_refuses_a_non_empty_destination(tmp_path: Path, model: Any, metadata: BundleMetadata) -> None:
@@ -152,7 +152,7 @@ def test_write_leaves_nothing_when_the_model_cannot_be_pickled(
     ("extra", "message"),
     [
         ({MODEL_FILE: b"x"}, "extra file 'model.joblib' would replace a standard bundle file"),
-        ({METADATA_FILE: b"x"}, "extra file 'metadata.json' would replace a standard bundle file"),
+        ({MANIFEST_NAME: b"x"}, "extra file 'metadata.json' would replace a standard bundle file"),
         ({"../escape": b"x"}, "extra file name '../escape' must not contain '..'"),
         ({"notes.txt": "text"}, "extra file 'notes.txt' must be bytes, got str"),
     ],
@@ -215,24 +215,24 @@ def test_every_problem_is_reported(bundle_dir: Path) -> None:
 
 
 def rewrite_metadata(bundle_dir: Path, **changes: Any) -> None:
-    raw = json.loads((bundle_dir / METADATA_FILE).read_text())
+    raw = json.loads((bundle_dir / MANIFEST_NAME).read_text())
     raw.update(changes)
     for key in [k for k, v in changes.items() if v is None]:
         del raw[key]
-    (bundle_dir / METADATA_FILE).write_text(json.dumps(raw))
+    (bundle_dir / MANIFEST_NAME).write_text(json.dumps(raw))
 
 
 @pytest.mark.parametrize(
     ("corrupt", "message"),
     [
         (
-            lambda d: (d / METADATA_FILE).unlink(),
+            lambda d: (d / MANIFEST_NAME).unlink(),
             "has no metadata.json: without its manifest a bundle is incomplete",
         ),
-        (lambda d: (d / METADATA_FILE).write_text("{not json"), "metadata.json is not valid JSON"),
-        (lambda d: (d / METADATA_FILE).write_bytes(b"\xff\xfe"), "metadata.json is not valid JSON"),
+        (lambda d: (d / MANIFEST_NAME).write_text("{not json"), "metadata.json is not valid JSON"),
+        (lambda d: (d / MANIFEST_NAME).write_bytes(b"\xff\xfe"), "metadata.json is not valid JSON"),
         (
-            lambda d: (d / METADATA_FILE).write_text("[1, 2]"),
+            lambda d: (d / MANIFEST_NAME).write_text("[1, 2]"),
             "metadata.json must hold a JSON object, got list",
         ),
         (lambda d: rewrite_metadata(d, format_version=None), "has no integer format_version (found None)"),
