@@ -45,6 +45,7 @@ class Run(_Status):
     name: str = Field(description="the Job's name or the KFP run's id")
     generation: int = Field(ge=0, description="the spec generation it trains")
     trigger: str = Field(description="spec, schedule or alert")
+    spec_hash: str = Field(description="the hash of the model spec it trains")
     started_at: str
 
 

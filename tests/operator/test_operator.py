@@ -1,0 +1,348 @@
+"""`modelyard operator` on the real control plane: a Model is trained by a Job, its version published to a
+real registry and S3, and served through an InferenceService that KServe's own controller reconciles.
+
+kwok runs no containers, so the training pod's command runs here, as kubelet would run it: with the
+command, arguments and environment the Job holds (each secretKeyRef and configMapKeyRef read from the
+namespace), its ConfigMap volume written to a folder and its emptyDir a folder of its own. The operator
+is a real process too, killed and started again mid-run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelyard.registry import Registry
+
+from ..conftest import S3Service
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+IRIS = ROOT / "examples" / "data" / "iris.csv"
+MODELYARD = str(Path(sys.executable).parent / "modelyard")
+
+SERVING_RUNTIME = {
+    "apiVersion": "serving.kserve.io/v1alpha1",
+    "kind": "ServingRuntime",
+    "metadata": {"name": "modelyard"},
+    "spec": {
+        "supportedModelFormats": [{"name": "modelyard", "version": "1", "autoSelect": True}],
+        "protocolVersions": ["v2"],
+        "containers": [
+            {
+                "name": "kserve-container",
+                "image": "modelyard/predictor:test",
+                "args": ["--model_dir=/mnt/models"],
+            }
+        ],
+    },
+}
+
+
+def iris_model(name: str = "iris", **spec: Any) -> dict[str, Any]:
+    body = {
+        "data": {"path": str(IRIS)},
+        "target": "species",
+        "algorithms": ["logistic_regression"],
+        "search": {"strategy": "random", "trials": 2},
+        "cv_folds": 2,
+        "gate": {"min_score": 0.5},
+        **spec,
+    }
+    return {"apiVersion": "modelyard.io/v1alpha1", "kind": "Model", "metadata": {"name": name}, "spec": body}
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 90.0, poll: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll)
+
+
+class Harness:
+    """The namespace's objects, the operator's process and the registry of one test."""
+
+    def __init__(self, plane: Any, namespace: str, tmp: Path, s3: S3Service) -> None:
+        self.plane, self.namespace, self.tmp = plane, namespace, tmp
+        self.database_url = f"sqlite:///{tmp / 'registry.db'}"
+        self.bucket = s3.create_bucket()
+        self.s3 = s3
+        self.operator: subprocess.Popen[bytes] | None = None
+        self.operator_log = tmp / "operator.log"
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> Any:
+        return self.plane.kubectl(*args, "-n", self.namespace, stdin=stdin, check=check)
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        result = self.kubectl("get", kind, name, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def apply(self, document: dict[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(document))
+
+    def install_settings(self) -> None:
+        """What the chart gives a namespace: the registry and S3 Secrets, the config, the runtime."""
+        secrets = {
+            "modelyard-database": {"MODELYARD_DATABASE_URL": self.database_url},
+            "modelyard-s3": {
+                "AWS_ACCESS_KEY_ID": self.s3.env()["AWS_ACCESS_KEY_ID"],
+                "AWS_SECRET_ACCESS_KEY": self.s3.env()["AWS_SECRET_ACCESS_KEY"],
+            },
+        }
+        for name, data in secrets.items():
+            self.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data})
+        config = {
+            "MODELYARD_STORE_URI": f"s3://{self.bucket}/models",
+            "AWS_ENDPOINT_URL": self.s3.endpoint_url,
+            "AWS_REGION": self.s3.env()["AWS_REGION"],
+        }
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "modelyard-config"},
+                "data": config,
+            }
+        )
+        self.apply(SERVING_RUNTIME)
+
+    def start_operator(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.plane.kubeconfig),
+            "MODELYARD_DATABASE_URL": self.database_url,
+            "MODELYARD_HOME": str(self.tmp / "operator-home"),
+            "MODELYARD_OPERATOR__INTERVAL_S": "1",
+        }
+        log = self.operator_log.open("ab")
+        self.operator = subprocess.Popen(
+            [MODELYARD, "operator", "--namespace", self.namespace],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill_operator(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies."""
+        assert self.operator is not None
+        self.operator.send_signal(signal.SIGKILL)
+        self.operator.wait(10)
+        self.operator = None
+
+    def stop_operator(self) -> None:
+        if self.operator is not None:
+            self.operator.terminate()
+            try:
+                self.operator.wait(15)
+            except subprocess.TimeoutExpired:
+                self.operator.kill()
+            self.operator = None
+
+    def operator_alive(self) -> bool:
+        return self.operator is not None and self.operator.poll() is None
+
+    def model(self, name: str) -> dict[str, Any]:
+        found = self.get("model", name)
+        assert found is not None, f"Model {name} is gone"
+        return found
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        for condition in (self.model(name).get("status") or {}).get("conditions", []):
+            if condition["type"] == type_:
+                return dict(condition)
+        return None
+
+    def jobs(self, model: str) -> list[dict[str, Any]]:
+        found = self.kubectl("get", "jobs", "-l", f"modelyard.io/model={model}", "-o", "json")
+        items: list[dict[str, Any]] = json.loads(found.stdout)["items"]
+        return items
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        found = self.kubectl("get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json")
+        items: list[dict[str, Any]] = json.loads(found.stdout)["items"]
+        return items
+
+    def run_pod(self, pod_spec: dict[str, Any], workdir: Path) -> subprocess.CompletedProcess[str]:
+        """Run the pod's one container here, as kubelet would: its volumes as folders, its env resolved."""
+        (container,) = pod_spec["containers"]
+        volumes = {volume["name"]: volume for volume in pod_spec.get("volumes", [])}
+        mounts: dict[str, Path] = {}
+        for mount in container.get("volumeMounts", []):
+            local = workdir / mount["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            volume = volumes[mount["name"]]
+            if "configMap" in volume:
+                config_map = self.get("configmap", volume["configMap"]["name"])
+                assert config_map is not None, f"the pod's ConfigMap {volume['configMap']['name']} is missing"
+                for key, text in config_map["data"].items():
+                    (local / key).write_text(text)
+            mounts[mount["mountPath"]] = local
+
+        def local_path(value: str) -> str:
+            for mount_path in sorted(mounts, key=len, reverse=True):
+                if value == mount_path or value.startswith(mount_path + "/"):
+                    return str(mounts[mount_path]) + value[len(mount_path) :]
+            return value
+
+        env = {"PATH": os.environ["PATH"]}
+        for variable in container.get("env", []):
+            if "value" in variable:
+                env[variable["name"]] = local_path(variable["value"])
+                continue
+            source = variable["valueFrom"]
+            if "secretKeyRef" in source:
+                ref, kind = source["secretKeyRef"], "secret"
+            else:
+                ref, kind = source["configMapKeyRef"], "configmap"
+            found = self.get(kind, ref["name"])
+            data = (found or {}).get("data", {})
+            if ref["key"] not in data:
+                assert ref.get("optional"), f"{kind} {ref['name']} lacks {ref['key']}"
+                continue
+            value = data[ref["key"]]
+            env[variable["name"]] = base64.b64decode(value).decode() if kind == "secret" else value
+        command = [MODELYARD if part == "modelyard" else part for part in container["command"]]
+        args = [local_path(part) for part in container.get("args", [])]
+        return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def harness(model_crd: Any, namespace: str, tmp_path: Path, s3: S3Service) -> Iterator[Harness]:
+    found = Harness(model_crd, namespace, tmp_path, s3)
+    found.install_settings()
+    found.start_operator()
+    yield found
+    found.stop_operator()
+    if os.environ.get("CI") == "true" or not found.operator_log.exists():
+        return
+    print(found.operator_log.read_text()[-4000:])
+
+
+def test_a_model_is_trained_by_a_job_published_and_served_and_survives_an_operator_killed_mid_run(
+    harness: Harness, tmp_path: Path
+) -> None:
+    harness.apply(iris_model())
+    (job,) = wait_until("the training Job", lambda: harness.jobs("iris"))
+    trained = wait_until("Trained=Unknown", lambda: harness.condition("iris", "Trained"))
+    assert trained["status"] == "Unknown"
+    assert trained["reason"] in ("Training", "AwaitingVersion")
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "Model"
+
+    # The operator dies while the run is under way; the run goes on without it.
+    harness.kill_operator()
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["modelyard"]
+    assert container["args"][:1] == ["train"]
+    result = harness.run_pod(job["spec"]["template"]["spec"], tmp_path / "pod")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["published"]["version"] == 1
+
+    harness.start_operator()
+    ready = wait_until(
+        "Ready=True",
+        lambda: (c := harness.condition("iris", "Ready")) is not None and c["status"] == "True" and c,
+        timeout=120,
+    )
+    assert ready["reason"] == "Ready"
+    model = harness.model("iris")
+    status = model["status"]
+    assert status["observedGeneration"] == model["metadata"]["generation"]
+    assert status["servingVersion"] == 1
+    assert status["phase"] == "Ready"
+    assert status["versions"][0]["version"] == 1
+    assert status["versions"][0]["stage"] == "production"
+    assert status["latestRun"]["name"] == job["metadata"]["name"]
+    types = {c["type"]: c["status"] for c in status["conditions"]}
+    assert types["Trained"] == types["Published"] == types["Serving"] == "True"
+    assert len(harness.jobs("iris")) == 1, "the restarted operator started a second run of the same spec"
+
+    with Registry(harness.database_url) as registry:
+        production = registry.production("iris")
+    assert production is not None and production.version == 1
+    service = harness.get("inferenceservice", "iris")
+    assert service is not None
+    assert service["spec"]["predictor"]["model"]["storageUri"] == production.storage_uri
+    assert production.storage_uri.startswith(f"s3://{harness.bucket}/models/iris")
+    assert service["metadata"]["ownerReferences"][0]["uid"] == model["metadata"]["uid"]
+
+    row = harness.kubectl("get", "model", "iris").stdout.splitlines()[1].split()
+    assert row[:4] == ["iris", "1", "Ready", "True"]
+    reasons = {event["reason"] for event in harness.events("iris")}
+    assert {"TrainingStarted", "Trained", "Promoted", "Ready"} <= reasons
+
+    # Cleanup: the InferenceService and the schedule go with the Model; the registry keeps its history.
+    harness.kubectl("delete", "model", "iris", "--timeout=60s")
+    wait_until("the InferenceService to go", lambda: harness.get("inferenceservice", "iris") is None)
+    with Registry(harness.database_url) as registry:
+        assert [record.version for record in registry.list_versions("iris")] == [1]
+
+
+def test_a_spec_the_model_spec_refuses_gets_a_condition_naming_the_field_and_a_fix_trains(
+    harness: Harness,
+) -> None:
+    harness.apply(iris_model(data={"path": str(IRIS), "table": "iris"}))
+    ready = wait_until(
+        "Ready=False InvalidSpec",
+        lambda: (c := harness.condition("iris", "Ready")) is not None and c["reason"] == "InvalidSpec" and c,
+    )
+    assert ready["status"] == "False"
+    assert ready["message"].startswith("spec.data: give exactly one of path, table, query or dataset")
+    assert harness.model("iris")["status"]["phase"] == "Invalid"
+    warnings = [event for event in harness.events("iris") if event["reason"] == "InvalidSpec"]
+    assert warnings and warnings[0]["type"] == "Warning"
+    time.sleep(3)  # several timer rounds: no Job, no crash, one event
+    assert harness.jobs("iris") == []
+    assert harness.operator_alive()
+    assert len([e for e in harness.events("iris") if e["reason"] == "InvalidSpec"]) == 1
+
+    harness.kubectl(
+        "patch", "model", "iris", "--type=json", "-p", '[{"op": "remove", "path": "/spec/data/table"}]'
+    )
+    wait_until("the training Job of the fixed spec", lambda: harness.jobs("iris"))
+    trained = wait_until("Trained", lambda: harness.condition("iris", "Trained"))
+    assert trained["status"] == "Unknown"
+    assert harness.condition("iris", "Ready")["reason"] != "InvalidSpec"  # type: ignore[index]
+
+
+def test_a_name_that_is_no_model_name_is_reported_on_metadata_name(harness: Harness) -> None:
+    harness.apply(iris_model(name="iris.v2"))
+    ready = wait_until(
+        "Ready=False InvalidSpec",
+        lambda: (
+            (c := harness.condition("iris.v2", "Ready")) is not None and c["reason"] == "InvalidSpec" and c
+        ),
+    )
+    assert ready["message"].startswith("metadata.name: String should match pattern")
+
+
+def test_a_schedule_becomes_a_cron_job_owned_by_the_model(harness: Harness) -> None:
+    harness.apply(iris_model(training={"schedule": "0 3 * * 0"}))
+    cron = wait_until("the CronJob", lambda: harness.get("cronjob", "iris-retrain"))
+    assert cron["spec"]["schedule"] == "0 3 * * 0"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"][:3] == ["train", "--spec", "/etc/modelyard/spec/spec.yaml"]
+    assert cron["metadata"]["ownerReferences"][0]["name"] == "iris"
+    spec_file = yaml.safe_load(harness.get("configmap", "iris-spec")["data"]["spec.yaml"])  # type: ignore[index]
+    assert spec_file["name"] == "iris"
+    assert spec_file["cv_folds"] == 2
+
+    harness.kubectl(
+        "patch", "model", "iris", "--type=json", "-p", '[{"op": "remove", "path": "/spec/training"}]'
+    )
+    wait_until("the CronJob to go", lambda: harness.get("cronjob", "iris-retrain") is None)
