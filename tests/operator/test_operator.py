@@ -346,3 +346,17 @@ def test_a_schedule_becomes_a_cron_job_owned_by_the_model(harness: Harness) -> N
         "patch", "model", "iris", "--type=json", "-p", '[{"op": "remove", "path": "/spec/training"}]'
     )
     wait_until("the CronJob to go", lambda: harness.get("cronjob", "iris-retrain") is None)
+
+
+def test_a_kfp_runner_is_refused_in_a_condition_until_it_is_built(harness: Harness) -> None:
+    harness.apply(iris_model(training={"runner": "kfp"}))
+    trained = wait_until(
+        "Trained=False RunnerNotBuilt",
+        lambda: (
+            (c := harness.condition("iris", "Trained")) is not None and c["reason"] == "RunnerNotBuilt" and c
+        ),
+    )
+    assert trained["status"] == "False"
+    assert "KFP" in trained["message"]
+    assert harness.jobs("iris") == []
+    assert harness.model("iris")["status"]["phase"] == "Failed"

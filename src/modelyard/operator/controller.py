@@ -40,6 +40,7 @@ from modelyard.operator.resource import (
     VERSION,
     Policies,
     ResourceSpecError,
+    Runner,
     parse_resource_spec,
 )
 from modelyard.registry import Registry, Stage
@@ -89,6 +90,13 @@ class Controller:
             self._write(status, new, patch)
             return
         owner = children.owner_reference(body)
+        if self._runner(policies) is Runner.KFP:
+            message = "training through KFP (runner kfp, or auto with a KFP host set) is not built yet"
+            if conditions.set(TRAINED, False, "RunnerNotBuilt", message):
+                self._say(body, "RunnerNotBuilt", message, warning=True)
+            new.update(phase="Failed", conditions=conditions.as_list())
+            self._write(status, new, patch)
+            return
         self._ensure_inputs(name, namespace, spec, policies, owner)
         run = self._current_run(body, status, spec, policies, owner)
         new["latestRun"] = run
@@ -120,6 +128,12 @@ class Controller:
             self._say(body, "CleanedUp", f"deleted {', '.join(removed)}")
 
     # ------------------------------------------------------------------ the steps
+
+    def _runner(self, policies: Policies) -> Runner:
+        runner = policies.training.runner
+        if runner is Runner.AUTO:
+            return Runner.KFP if self.settings.pipeline.host else Runner.JOB
+        return runner
 
     def _ensure_inputs(
         self, name: str, namespace: str, spec: ModelSpec, policies: Policies, owner: dict[str, Any]
