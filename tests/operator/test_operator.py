@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from modelyard.deploy import chart
 from modelyard.registry import Registry
 
 from ..conftest import S3Service
@@ -121,10 +122,10 @@ class Harness:
         )
         self.apply(SERVING_RUNTIME)
 
-    def start_operator(self) -> None:
+    def start_operator(self, kubeconfig: Path | None = None) -> None:
         env = {
             **os.environ,
-            "KUBECONFIG": str(self.plane.kubeconfig),
+            "KUBECONFIG": str(kubeconfig or self.plane.kubeconfig),
             "MODELYARD_DATABASE_URL": self.database_url,
             "MODELYARD_HOME": str(self.tmp / "operator-home"),
             "MODELYARD_OPERATOR__INTERVAL_S": "1",
@@ -360,3 +361,53 @@ def test_a_kfp_runner_is_refused_in_a_condition_until_it_is_built(harness: Harne
     assert "KFP" in trained["message"]
     assert harness.jobs("iris") == []
     assert harness.model("iris")["status"]["phase"] == "Failed"
+
+
+def service_account_kubeconfig(harness: Harness, account: str) -> Path:
+    """A kubeconfig that is ``account`` of the test's namespace: a token from the TokenRequest API."""
+    token = harness.kubectl("create", "token", account, "--duration=1h").stdout.strip()
+    config = yaml.safe_load(Path(harness.plane.kubeconfig).read_text())
+    config["users"] = [{"name": account, "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = account
+    path = harness.tmp / f"{account}.kubeconfig"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_the_charts_role_is_all_the_operator_needs(harness: Harness, tmp_path: Path) -> None:
+    """The chart's ServiceAccount, Role and RoleBinding for the operator, and nothing else: the whole loop
+    runs as that ServiceAccount (a request its Role does not allow would leave the Model unready)."""
+    harness.stop_operator()
+    wanted = {"ServiceAccount", "Role", "RoleBinding"}
+    for obj in chart.render(namespace=harness.namespace):
+        if obj["kind"] in wanted and obj["metadata"]["name"].endswith("-operator"):
+            harness.apply(obj)
+    kubeconfig = service_account_kubeconfig(harness, "modelyard-operator")
+    forbidden = harness.plane.kubectl(
+        "auth",
+        "can-i",
+        "list",
+        "secrets",
+        "-n",
+        harness.namespace,
+        "--kubeconfig",
+        str(kubeconfig),
+        check=False,
+    )
+    assert forbidden.stdout.strip() == "no"
+    harness.start_operator(kubeconfig)
+
+    harness.apply(iris_model())
+    (job,) = wait_until("the training Job", lambda: harness.jobs("iris"))
+    result = harness.run_pod(job["spec"]["template"]["spec"], tmp_path / "pod")
+    assert result.returncode == 0, result.stderr[-3000:]
+    wait_until(
+        "Ready=True",
+        lambda: (c := harness.condition("iris", "Ready")) is not None and c["status"] == "True",
+        timeout=120,
+    )
+    assert {"TrainingStarted", "Promoted", "Ready"} <= {event["reason"] for event in harness.events("iris")}
+    harness.kubectl("delete", "model", "iris", "--timeout=60s")
+    wait_until("the InferenceService to go", lambda: harness.get("inferenceservice", "iris") is None)
+    assert "Forbidden" not in harness.operator_log.read_text()

@@ -39,7 +39,7 @@ def operator_command(
         watched = "every namespace" if all_namespaces else ", ".join(namespaces or [])
         err.print(f"modelyard operator: watching Models in {watched}", highlight=False)
         kopf.run(
-            registry=build_registry(controller),
+            registry=build_registry(controller, clusterwide=all_namespaces),
             standalone=True,
             clusterwide=all_namespaces,
             namespaces=namespaces or [],

@@ -331,7 +331,7 @@ def _parse_time(text: str) -> datetime:
 # ---------------------------------------------------------------------- kopf wiring
 
 
-def build_registry(controller: Controller) -> kopf.OperatorRegistry:
+def build_registry(controller: Controller, *, clusterwide: bool) -> kopf.OperatorRegistry:
     """kopf's handlers for Models, bound to ``controller``; nothing is registered globally."""
     registry = kopf.OperatorRegistry()
 
@@ -344,6 +344,9 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         settings.persistence.finalizer = f"{GROUP}/cleanup"
         settings.posting.level = logging.INFO
         settings.posting.reporting_component = "modelyard-operator"
+        # Watching named namespaces needs no cluster-wide reads: the CRD is there before the operator (the
+        # chart installs crds/ first), so kopf need not list CRDs and namespaces to discover it.
+        settings.scanning.disabled = not clusterwide
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
