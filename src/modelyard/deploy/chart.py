@@ -103,7 +103,7 @@ def render(
         raise InvalidInput(f"the chart refuses these values: {exc}") from exc
     except helm_python.HelmError as exc:
         raise ModelyardError(f"cannot render {chart_dir}: {exc}") from exc
-    objects = []
+    objects: list[dict[str, Any]] = []
     if crds:
         for path in sorted((chart_dir / "crds").glob("*.yaml")):
             objects.extend(document for document in yaml.safe_load_all(path.read_text()) if document)
