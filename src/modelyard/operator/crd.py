@@ -61,7 +61,7 @@ class Check(_Status):
     name: str
     value: float | None
     threshold: float
-    passed: bool
+    passed: bool | None = Field(description="None: the check had no data")
 
 
 class Analysis(_Status):

@@ -88,8 +88,8 @@ class Thresholds(_Policy):
 
     max_error_ratio: float = Field(default=1.5, gt=0, description="candidate error rate / stable's")
     max_latency_p95_ratio: float = Field(default=1.5, gt=0, description="candidate p95 latency / stable's")
-    max_class_mix_divergence: float = Field(
-        default=0.1, ge=0, le=1, description="Jensen-Shannon divergence of the predicted-class mix"
+    max_class_mix_js_distance: float = Field(
+        default=0.1, ge=0, le=1, description="Jensen-Shannon distance (base 2) of the predicted-class mix"
     )
     min_agreement: float = Field(default=0.8, ge=0, le=1, description="share of rows both predict alike")
     accuracy_margin: float = Field(
