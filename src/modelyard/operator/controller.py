@@ -19,7 +19,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -33,7 +33,7 @@ from modelyard.operator.conditions import (
     Conditions,
 )
 from modelyard.operator.crd import MAX_VERSIONS
-from modelyard.operator.kube import CONFIG_MAP, CRON_JOB, INFERENCE_SERVICE, JOB, Cluster
+from modelyard.operator.kube import CONFIG_MAP, CRON_JOB, INFERENCE_SERVICE, JOB, MODEL, Cluster
 from modelyard.operator.resource import (
     GROUP,
     PLURAL,
@@ -107,6 +107,18 @@ class Controller:
         new["conditions"] = conditions.as_list()
         new["phase"] = _phase(conditions)
         self._write(status, new, patch)
+
+    def refresh(self, namespace: str, name: str) -> None:
+        """Reconcile the Model ``name`` now, outside its own handlers: a child it owns changed (KServe
+        reports its InferenceService Ready), and its status should say so before the next interval."""
+        raw = self.cluster.get(MODEL, name, namespace)
+        if raw is None or raw["metadata"].get("deletionTimestamp"):
+            return
+        patch = kopf.Patch()
+        self.reconcile(kopf.Body(cast(kopf.RawBody, raw)), patch)
+        status = dict(patch.get("status") or {})
+        if status:
+            self.cluster.patch_status(MODEL, name, namespace, status)
 
     def cleanup(self, body: kopf.Body) -> None:
         """Before the Model goes: remove what serves and schedules it; the registry keeps its history."""
@@ -362,6 +374,17 @@ def build_registry(controller: Controller, *, clusterwide: bool) -> kopf.Operato
     @kopf.timer(GROUP, VERSION, PLURAL, interval=controller.settings.operator.interval_s, registry=registry)
     def observe(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         controller.reconcile(body, patch)
+
+    @kopf.on.event(
+        "serving.kserve.io",
+        "v1beta1",
+        "inferenceservices",
+        labels={children.MODEL_LABEL: kopf.PRESENT, **children.MANAGED_BY},
+        registry=registry,
+    )
+    def on_inference_service(type: str, labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+        if type in ("ADDED", "MODIFIED") and namespace:
+            controller.refresh(namespace, labels[children.MODEL_LABEL])
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
     def on_delete(body: kopf.Body, **_: Any) -> None:

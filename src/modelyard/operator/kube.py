@@ -29,6 +29,7 @@ CONFIG_MAP = Kind("v1", "ConfigMap")
 JOB = Kind("batch/v1", "Job")
 CRON_JOB = Kind("batch/v1", "CronJob")
 INFERENCE_SERVICE = Kind("serving.kserve.io/v1beta1", "InferenceService")
+MODEL = Kind("modelyard.io/v1alpha1", "Model")
 
 
 class Cluster:
@@ -76,6 +77,18 @@ class Cluster:
             except ConflictError as exc:
                 raise _retry(kind, name, exc) from exc
         return False
+
+    def patch_status(self, kind: Kind, name: str, namespace: str, status: dict[str, Any]) -> None:
+        """Merge-patch the status subresource; a Model deleted meanwhile is no error."""
+        from kubernetes.dynamic.exceptions import NotFoundError
+
+        body = {"status": status}
+        try:
+            self._resource(kind).status.patch(
+                body=body, name=name, namespace=namespace, content_type=MERGE_PATCH
+            )
+        except NotFoundError:
+            return
 
     def delete(self, kind: Kind, name: str, namespace: str) -> bool:
         """Delete one object; False when it was already gone."""
