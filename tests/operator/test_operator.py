@@ -411,3 +411,51 @@ def test_the_charts_role_is_all_the_operator_needs(harness: Harness, tmp_path: P
     harness.kubectl("delete", "model", "iris", "--timeout=60s")
     wait_until("the InferenceService to go", lambda: harness.get("inferenceservice", "iris") is None)
     assert "Forbidden" not in harness.operator_log.read_text()
+
+
+def test_a_spec_change_retrains_and_a_serving_change_only_reshapes_the_inference_service(
+    harness: Harness, tmp_path: Path
+) -> None:
+    harness.apply(iris_model())
+    (first,) = wait_until("the training Job", lambda: harness.jobs("iris"))
+    assert harness.run_pod(first["spec"]["template"]["spec"], tmp_path / "first").returncode == 0
+    wait_until(
+        "Ready", lambda: (c := harness.condition("iris", "Ready")) is not None and c["status"] == "True"
+    )
+    service = harness.get("inferenceservice", "iris")
+    assert service is not None
+    served_uri = service["spec"]["predictor"]["model"]["storageUri"]
+
+    # Serving policy only: the InferenceService changes, no run starts.
+    harness.kubectl(
+        "patch", "model", "iris", "--type=merge", "-p", '{"spec": {"serving": {"max_replicas": 4}}}'
+    )
+    wait_until(
+        "maxReplicas 4",
+        lambda: (harness.get("inferenceservice", "iris") or {})["spec"]["predictor"]["maxReplicas"] == 4,
+    )
+    assert len(harness.jobs("iris")) == 1
+
+    # The model spec: a second run; its version waits in staging while production keeps serving.
+    harness.kubectl("patch", "model", "iris", "--type=merge", "-p", '{"spec": {"cv_folds": 3}}')
+    jobs = wait_until("the second Job", lambda: (found := harness.jobs("iris")) and len(found) == 2 and found)
+    (second,) = [job for job in jobs if job["metadata"]["name"] != first["metadata"]["name"]]
+    assert harness.run_pod(second["spec"]["template"]["spec"], tmp_path / "second").returncode == 0
+    rollout = wait_until(
+        "RolloutProgressing CandidateWaiting",
+        lambda: (
+            (c := harness.condition("iris", "RolloutProgressing")) is not None
+            and c["reason"] == "CandidateWaiting"
+            and c
+        ),
+    )
+    assert rollout["message"].startswith("iris@2 passed the gate; iris@1 keeps serving")
+    try:
+        wait_until("phase Ready", lambda: harness.model("iris")["status"]["phase"] == "Ready", timeout=30)
+    except AssertionError:
+        raise AssertionError(json.dumps(harness.model("iris")["status"]["conditions"], indent=1)) from None
+    status = harness.model("iris")["status"]
+    assert status["servingVersion"] == 1
+    assert [(v["version"], v["stage"]) for v in status["versions"]] == [(2, "staging"), (1, "production")]
+    assert status["latestRun"]["name"] == second["metadata"]["name"]
+    assert harness.get("inferenceservice", "iris")["spec"]["predictor"]["model"]["storageUri"] == served_uri  # type: ignore[index]

@@ -309,10 +309,8 @@ def _inference_service_ready(service: dict[str, Any], storage_uri: str) -> tuple
     model = (service.get("spec") or {}).get("predictor", {}).get("model", {})
     if model.get("storageUri") != storage_uri:
         return False, "the InferenceService does not point at the production version yet"
+    # No generation check: in Standard mode KServe's status.observedGeneration is its Deployment's.
     status = service.get("status") or {}
-    generation = service.get("metadata", {}).get("generation")
-    if status.get("observedGeneration") not in (None, generation):
-        return False, "KServe has not reconciled the InferenceService's newest spec yet"
     for condition in status.get("conditions") or []:
         if condition.get("type") == "Ready":
             if condition.get("status") == "True":
@@ -323,8 +321,7 @@ def _inference_service_ready(service: dict[str, Any], storage_uri: str) -> tuple
 
 def _phase(conditions: Conditions) -> str:
     if conditions.is_true(READY):
-        rollout = conditions.get(ROLLOUT)
-        return "RollingOut" if rollout is not None and rollout["status"] != "False" else "Ready"
+        return "RollingOut" if conditions.is_true(ROLLOUT) else "Ready"
     trained = conditions.get(TRAINED)
     if trained is not None and trained["status"] == "False":
         return "Failed"
