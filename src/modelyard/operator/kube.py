@@ -1,8 +1,10 @@
 """The operator's reads and writes of Kubernetes objects, through the kubernetes client's DynamicClient.
 
-Every write is safe to repeat: a create that finds the object (409 AlreadyExists) merge-patches it, or
-leaves it when it cannot change (a Job). A conflict the API server reports for another reason (a write
-racing another writer) becomes ``kopf.TemporaryError``, so kopf runs the handler again a moment later.
+Every write is safe to repeat: an object that exists is merge-patched only where it differs from the
+manifest (or left alone when it cannot change, a Job), and a create that finds the object (409
+AlreadyExists: created meanwhile) is treated as finding it. A conflict the API server reports for
+another reason (a write racing another writer) becomes ``kopf.TemporaryError``, so kopf runs the handler
+again a moment later.
 """
 
 from __future__ import annotations
@@ -59,19 +61,22 @@ class Cluster:
         return items
 
     def ensure(self, kind: Kind, namespace: str, manifest: dict[str, Any], *, patch: bool = True) -> bool:
-        """Create ``manifest``; when it exists, merge-patch it (``patch``) or leave it. True if created."""
+        """Create ``manifest``, or bring the object to it: a merge patch when a field differs (``patch``),
+        nothing when it already holds every field. True if created."""
         from kubernetes.dynamic.exceptions import ConflictError
 
         resource = self._resource(kind)
         name = manifest["metadata"]["name"]
-        try:
-            resource.create(body=manifest, namespace=namespace)
-        except ConflictError as exc:
-            if not _already_exists(exc):
-                raise _retry(kind, name, exc) from exc
-        else:
-            return True
-        if patch:
+        existing = self.get(kind, name, namespace)
+        if existing is None:
+            try:
+                resource.create(body=manifest, namespace=namespace)
+            except ConflictError as exc:  # created meanwhile, by a handler running beside this one
+                if not _already_exists(exc):
+                    raise _retry(kind, name, exc) from exc
+            else:
+                return True
+        if patch and (existing is None or not holds(existing, manifest)):
             try:
                 resource.patch(body=manifest, name=name, namespace=namespace, content_type=MERGE_PATCH)
             except ConflictError as exc:
@@ -99,6 +104,22 @@ class Cluster:
         except NotFoundError:
             return False
         return True
+
+
+def holds(existing: Any, wanted: Any) -> bool:
+    """Whether ``existing`` already has every field of ``wanted`` (what a merge patch of it would set);
+    fields the API server or a webhook added (defaults) do not count as differences."""
+    if isinstance(wanted, dict):
+        return isinstance(existing, dict) and all(
+            key in existing and holds(existing[key], value) for key, value in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(existing, list)
+            and len(existing) == len(wanted)
+            and all(holds(have, want) for have, want in zip(existing, wanted, strict=True))
+        )
+    return bool(existing == wanted)
 
 
 def _retry(kind: Kind, name: str, exc: Any) -> kopf.TemporaryError:
