@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from modelyard.deploy import chart
+from modelyard.errors import NotFound
 from modelyard.registry import Registry
 
 from ..conftest import S3Service
@@ -459,3 +460,78 @@ def test_a_spec_change_retrains_and_a_serving_change_only_reshapes_the_inference
     assert [(v["version"], v["stage"]) for v in status["versions"]] == [(2, "staging"), (1, "production")]
     assert status["latestRun"]["name"] == second["metadata"]["name"]
     assert harness.get("inferenceservice", "iris")["spec"]["predictor"]["model"]["storageUri"] == served_uri  # type: ignore[index]
+
+
+ALERT = ROOT / "tests" / "monitoring" / "testdata" / "alertmanager-v4.json"
+
+
+def post_alert(url: str, model: str) -> Any:
+    import urllib.request
+
+    document = json.loads(ALERT.read_text())
+    document["alerts"][0]["labels"]["model"] = model
+    request = urllib.request.Request(
+        url, data=json.dumps(document).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def test_a_retraining_alert_through_the_webhook_asks_the_model_and_the_operator_retrains(
+    harness: Harness, tmp_path: Path
+) -> None:
+    from ..monitoring.conftest import free_ports
+
+    harness.apply(iris_model())
+    (first,) = wait_until("the training Job", lambda: harness.jobs("iris"))
+    (port,) = free_ports(1)
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(harness.plane.kubeconfig),
+        "MODELYARD_DATABASE_URL": harness.database_url,
+        "MODELYARD_HOME": str(tmp_path / "webhook-home"),
+    }
+    command = [MODELYARD, "retrain-webhook", "--models-namespace", harness.namespace, "--port", str(port)]
+    with (tmp_path / "webhook.log").open("wb") as log:
+        webhook = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(
+            "the webhook", lambda: webhook.poll() is None and _answers(f"http://127.0.0.1:{port}/healthz")
+        )
+        decisions = post_alert(f"http://127.0.0.1:{port}/alerts", "iris")
+        assert [d["outcome"] for d in decisions["decisions"]] == ["starting"], decisions
+        jobs = wait_until(
+            "the retraining Job", lambda: (found := harness.jobs("iris")) and len(found) == 2 and found
+        )
+    finally:
+        webhook.terminate()
+        webhook.wait(10)
+    (retrain,) = [job for job in jobs if job["metadata"]["name"] != first["metadata"]["name"]]
+    assert retrain["metadata"]["labels"]["modelyard.io/trigger"] == "alert"
+    requested = harness.model("iris")["metadata"]["annotations"]["modelyard.io/retrain-requested"]
+    assert retrain["metadata"]["annotations"]["modelyard.io/retrain-requested"] == requested
+    wait_until("latestRun alert", lambda: harness.model("iris")["status"]["latestRun"]["trigger"] == "alert")
+    assert "RetrainingStarted" in {event["reason"] for event in harness.events("iris")}
+
+
+def test_a_model_that_refuses_alerts_is_not_retrained(harness: Harness) -> None:
+    from modelyard.operator.launcher import ModelResourceLauncher
+
+    harness.apply(iris_model(training={"retrain_on_alert": False}))
+    wait_until("the training Job", lambda: harness.jobs("iris"))
+    launcher = ModelResourceLauncher(harness.namespace)
+    assert launcher.start("iris").startswith(f"{harness.namespace}/iris@")
+    wait_until("RetrainIgnored", lambda: "RetrainIgnored" in {e["reason"] for e in harness.events("iris")})
+    assert len(harness.jobs("iris")) == 1
+    with pytest.raises(NotFound, match=f"no Model {harness.namespace}/absent: nothing asks the operator"):
+        launcher.start("absent")
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False

@@ -23,6 +23,8 @@ from modelyard.spec import ModelSpec
 MODEL_LABEL = f"{GROUP}/model"
 TRIGGER_LABEL = f"{GROUP}/trigger"
 SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
+# Set on a Model (by the retrain webhook, or by hand) to ask for one run; a new value asks again.
+RETRAIN_ANNOTATION = f"{GROUP}/retrain-requested"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modelyard-operator"}
 SPEC_MOUNT = "/etc/modelyard/spec"
 SPEC_FILE = "spec.yaml"
@@ -119,20 +121,32 @@ def training_job_name(model: str, hash_: str) -> str:
     return f"{model[:44]}-train-{hash_}"
 
 
-def training_job(model: str, hash_: str, settings: Settings, policies: Policies) -> dict[str, Any]:
-    """One run of `modelyard train` for the spec whose hash is ``hash_``; it publishes to staging."""
+def retrain_job_name(model: str, request: str) -> str:
+    return f"{model[:44]}-alert-{hashlib.sha256(request.encode()).hexdigest()[:10]}"
+
+
+def training_job(
+    model: str, hash_: str, settings: Settings, policies: Policies, *, request: str | None = None
+) -> dict[str, Any]:
+    """One run of `modelyard train` for the spec whose hash is ``hash_``, for a spec change or for a
+    retraining ``request`` (the Model's RETRAIN_ANNOTATION); it publishes to staging."""
+    trigger = "spec" if request is None else "alert"
+    annotations = {SPEC_HASH_ANNOTATION: hash_}
+    if request is not None:
+        annotations[RETRAIN_ANNOTATION] = request
+    name = training_job_name(model, hash_) if request is None else retrain_job_name(model, request)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": training_job_name(model, hash_),
-            "labels": _labels(model, **{TRIGGER_LABEL: "spec"}),
-            "annotations": {SPEC_HASH_ANNOTATION: hash_},
+            "name": name,
+            "labels": _labels(model, **{TRIGGER_LABEL: trigger}),
+            "annotations": annotations,
         },
         "spec": {
             "backoffLimit": 0,  # a failed run is reported, not repeated: the gate's verdict does not change
             "activeDeadlineSeconds": policies.training.timeout_seconds,
-            "template": _pod_template(model, settings, policies, "spec"),
+            "template": _pod_template(model, settings, policies, trigger),
         },
     }
 

@@ -184,6 +184,22 @@ class Controller:
                 self._say(body, "TrainingStarted", message)
             created = self.cluster.get(JOB, job["metadata"]["name"], namespace)
             jobs.append(created or job)
+        request = (meta.get("annotations") or {}).get(children.RETRAIN_ANNOTATION)
+        if request and not any(
+            job["metadata"].get("annotations", {}).get(children.RETRAIN_ANNOTATION) == request for job in jobs
+        ):
+            if not policies.training.retrain_on_alert:
+                message = f"retraining requested ({request}), but spec.training.retrain_on_alert is false"
+                self._say(body, "RetrainIgnored", message)
+            else:
+                job = _owned(
+                    children.training_job(name, hash_, self.settings, policies, request=request), owner
+                )
+                if self.cluster.ensure(JOB, namespace, job, patch=False):
+                    message = f"Job {job['metadata']['name']} retrains {name}: requested {request}"
+                    self._say(body, "RetrainingStarted", message)
+                created = self.cluster.get(JOB, job["metadata"]["name"], namespace)
+                jobs.append(created or job)
         newest = jobs[-1]
         job_meta = newest["metadata"]
         return {

@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 
 from modelyard.deploy.kube import custom_objects_api
+from modelyard.errors import NotFound
 
 RETRY_DELAY_S = 2.0
 MERGE_PATCH = "application/merge-patch+json"
@@ -82,6 +83,17 @@ class Cluster:
             except ConflictError as exc:
                 raise _retry(kind, name, exc) from exc
         return False
+
+    def patch(self, kind: Kind, name: str, namespace: str, body: dict[str, Any]) -> None:
+        """Merge-patch one object; NotFound when it does not exist."""
+        from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
+
+        try:
+            self._resource(kind).patch(body=body, name=name, namespace=namespace, content_type=MERGE_PATCH)
+        except NotFoundError as exc:
+            raise NotFound(f"{kind.kind} {namespace}/{name} not found") from exc
+        except ConflictError as exc:
+            raise _retry(kind, name, exc) from exc
 
     def patch_status(self, kind: Kind, name: str, namespace: str, status: dict[str, Any]) -> None:
         """Merge-patch the status subresource; a Model deleted meanwhile is no error."""
