@@ -515,11 +515,15 @@ def test_a_retraining_alert_through_the_webhook_asks_the_model_and_the_operator_
 
 
 def test_a_model_that_refuses_alerts_is_not_retrained(harness: Harness) -> None:
+    from modelyard.deploy.kube import custom_objects_api
+    from modelyard.operator.kube import Cluster
     from modelyard.operator.launcher import ModelResourceLauncher
 
     harness.apply(iris_model(training={"retrain_on_alert": False}))
     wait_until("the training Job", lambda: harness.jobs("iris"))
-    launcher = ModelResourceLauncher(harness.namespace)
+    # the kubeconfig by name: the client reads $KUBECONFIG once, when it is first imported
+    api_client = custom_objects_api(Path(harness.plane.kubeconfig)).api_client
+    launcher = ModelResourceLauncher(harness.namespace, Cluster(api_client))
     assert launcher.start("iris").startswith(f"{harness.namespace}/iris@")
     wait_until("RetrainIgnored", lambda: "RetrainIgnored" in {e["reason"] for e in harness.events("iris")})
     assert len(harness.jobs("iris")) == 1
