@@ -87,8 +87,10 @@ def test_train_publish_promote_rollback(settings: Settings) -> None:
         assert v["storage_uri"] == f"{settings.store_uri}/iris/{v['version']}"
         assert open_store(settings.store_uri, settings.s3).exists(f"iris/{v['version']}/model.joblib")
 
-    assert invoke("models", "promote", "iris", "1")[0] == 0
-    assert invoke("models", "promote", "iris", "2")[0] == 0
+    assert invoke("models", "promote", "iris@1")[0] == 0
+    code, _, err = invoke("models", "promote", "iris")
+    assert code != 0 and "promote needs a version: iris@VERSION or iris@staging, not iris" in err
+    assert invoke("models", "promote", "iris@2")[0] == 0
     code, out, _ = invoke("models", "show", "iris@production", "--json")
     assert json.loads(out)["version"] == 2
     code, _, err = invoke("models", "rollback", "iris")

@@ -83,7 +83,7 @@ def test_a_local_run_shares_the_cores_between_the_tune_tasks_kfp_local_runs_at_o
 def test_group_flags_follow_the_settings_fields() -> None:
     import argparse
 
-    from modelyard.settings import ServingSettings, add_group_flags, parse_group_flags
+    from modelyard.settings import ServingSettings, add_group_flags, with_group_flags
 
     parser = argparse.ArgumentParser(allow_abbrev=False)
     add_group_flags(parser, ServingSettings)
@@ -91,12 +91,9 @@ def test_group_flags_follow_the_settings_fields() -> None:
     for name, field in ServingSettings.model_fields.items():
         assert "--" + name.replace("_", "-") in help_text
         assert (field.description or "").split()[0] in help_text
-    settings = parse_group_flags(
-        load_settings(),
-        "serving",
-        ["--max-batch-size", "16", "--model_name", "iris", "--no-prediction-log", "--event-loop", "asyncio"],
-        prog="test",
-    )
+    flags = ["--max-batch-size", "16", "--model_name", "iris", "--no-prediction-log"]
+    flags += ["--event-loop", "asyncio"]
+    settings = with_group_flags(load_settings(), "serving", parser.parse_args(flags))
     assert settings.serving.max_batch_size == 16
     assert settings.serving.model_name == "iris"
     assert settings.serving.prediction_log is False
@@ -104,10 +101,14 @@ def test_group_flags_follow_the_settings_fields() -> None:
 
 
 def test_group_flags_name_a_bad_value() -> None:
-    from modelyard.settings import parse_group_flags
+    import argparse
 
+    from modelyard.settings import ServingSettings, add_group_flags, with_group_flags
+
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    add_group_flags(parser, ServingSettings)
     with pytest.raises(ModelyardError, match="--max-batch-size: Input should be greater than or equal to 1"):
-        parse_group_flags(load_settings(), "serving", ["--max-batch-size", "0"], prog="test")
+        with_group_flags(load_settings(), "serving", parser.parse_args(["--max-batch-size", "0"]))
 
 
 def test_an_unknown_variable_names_the_closest_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -53,7 +53,6 @@ BUNDLE_FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = frozenset({1})
 
 MODEL_FILE = "model.joblib"
-METADATA_FILE = MANIFEST_NAME
 MODEL_CARD_FILE = "model-card.md"
 REPORT_FILE = "report.html"
 REQUIRED_FILES = (MODEL_FILE, MODEL_CARD_FILE, REPORT_FILE)
@@ -266,8 +265,8 @@ class BundleMetadata(BaseModel):
                 check_key(name, what="file name")
             except InvalidInput as exc:
                 raise ValueError(exc.message) from None
-            if name == METADATA_FILE:
-                raise ValueError(f"{METADATA_FILE} cannot list itself")
+            if name == MANIFEST_NAME:
+                raise ValueError(f"{MANIFEST_NAME} cannot list itself")
             if len(digest) != 64 or not set(digest) <= _SHA256_HEX:
                 raise ValueError(f"{name}: {digest!r} is not a lowercase hex sha256 digest")
         return dict(sorted(value.items()))
@@ -318,7 +317,7 @@ def _is_nonempty(path: Path) -> bool:
 
 
 def _check_extra_files(extra_files: Mapping[str, bytes]) -> None:
-    reserved = {*REQUIRED_FILES, METADATA_FILE}
+    reserved = {*REQUIRED_FILES, MANIFEST_NAME}
     for name, content in extra_files.items():
         check_key(name, what="extra file name")
         if name in reserved:
@@ -367,33 +366,33 @@ def write_bundle(
         names = [*REQUIRED_FILES, *extras]
         digests = {name: _sha256(partial.joinpath(*name.split("/"))) for name in names}
         final = BundleMetadata.model_validate({**metadata.model_dump(), "files": digests})
-        (partial / METADATA_FILE).write_bytes(final.to_json_bytes())
+        (partial / MANIFEST_NAME).write_bytes(final.to_json_bytes())
     return final
 
 
 def _read_metadata(root: Path, label: str) -> BundleMetadata:
-    path = root / METADATA_FILE
+    path = root / MANIFEST_NAME
     if not path.is_file():
         raise BundleIntegrityError(
-            f"bundle {label} has no {METADATA_FILE}: without its manifest a bundle is incomplete",
-            file=METADATA_FILE,
+            f"bundle {label} has no {MANIFEST_NAME}: without its manifest a bundle is incomplete",
+            file=MANIFEST_NAME,
         )
     try:
         raw = json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleIntegrityError(
-            f"bundle {label}: {METADATA_FILE} is not valid JSON: {exc}", file=METADATA_FILE
+            f"bundle {label}: {MANIFEST_NAME} is not valid JSON: {exc}", file=MANIFEST_NAME
         ) from None
     if not isinstance(raw, dict):
         raise BundleIntegrityError(
-            f"bundle {label}: {METADATA_FILE} must hold a JSON object, got {type(raw).__name__}",
-            file=METADATA_FILE,
+            f"bundle {label}: {MANIFEST_NAME} must hold a JSON object, got {type(raw).__name__}",
+            file=MANIFEST_NAME,
         )
     found = raw.get("format_version")
     if isinstance(found, bool) or not isinstance(found, int):
         raise BundleIntegrityError(
-            f"bundle {label}: {METADATA_FILE} has no integer format_version (found {found!r})",
-            file=METADATA_FILE,
+            f"bundle {label}: {MANIFEST_NAME} has no integer format_version (found {found!r})",
+            file=MANIFEST_NAME,
         )
     if found not in SUPPORTED_FORMAT_VERSIONS:
         known = ", ".join(str(v) for v in sorted(SUPPORTED_FORMAT_VERSIONS))
@@ -401,7 +400,7 @@ def _read_metadata(root: Path, label: str) -> BundleMetadata:
             f"bundle {label} has format_version {found}, but this modelyard "
             f"({current_library_versions()['modelyard']}) reads only format_version {known}: "
             "upgrade modelyard to load it",
-            file=METADATA_FILE,
+            file=MANIFEST_NAME,
         )
     try:
         return BundleMetadata.model_validate(raw)
@@ -412,7 +411,7 @@ def _read_metadata(root: Path, label: str) -> BundleMetadata:
             for err in exc.errors()
         )
         raise BundleIntegrityError(
-            f"bundle {label}: {METADATA_FILE} is invalid: {problems}", file=METADATA_FILE
+            f"bundle {label}: {MANIFEST_NAME} is invalid: {problems}", file=MANIFEST_NAME
         ) from None
 
 
@@ -438,17 +437,17 @@ def _verify(root: Path, label: str) -> BundleMetadata:
     problems: list[tuple[str, str]] = []
     for name in REQUIRED_FILES:
         if name not in metadata.files:
-            problems.append((name, f"{name} is not listed in {METADATA_FILE}"))
+            problems.append((name, f"{name} is not listed in {MANIFEST_NAME}"))
     for name, expected in metadata.files.items():
         path = root.joinpath(*name.split("/"))
         if not path.is_file():
-            problems.append((name, f"{name} is listed in {METADATA_FILE} but missing"))
+            problems.append((name, f"{name} is listed in {MANIFEST_NAME} but missing"))
             continue
         actual = _sha256(path)
         if actual != expected:
             problems.append((name, f"{name} was altered: expected sha256 {expected}, found {actual}"))
-    for name in _unlisted_entries(root, {*metadata.files, METADATA_FILE}):
-        problems.append((name, f"{name} is not listed in {METADATA_FILE}"))
+    for name in _unlisted_entries(root, {*metadata.files, MANIFEST_NAME}):
+        problems.append((name, f"{name} is not listed in {MANIFEST_NAME}"))
     if problems:
         details = "; ".join(message for _, message in problems)
         raise BundleIntegrityError(f"bundle {label} failed verification: {details}", file=problems[0][0])
@@ -502,9 +501,9 @@ def load_bundle(local_dir: Path | str) -> LoadedBundle:
 
 def manifest_digest(local_dir: Path | str) -> str:
     """sha256 (hex) of metadata.json: one digest that pins every file of the bundle."""
-    path = Path(local_dir) / METADATA_FILE
+    path = Path(local_dir) / MANIFEST_NAME
     if not path.is_file():
-        raise BundleIntegrityError(f"bundle {local_dir} has no {METADATA_FILE}", file=METADATA_FILE)
+        raise BundleIntegrityError(f"bundle {local_dir} has no {MANIFEST_NAME}", file=MANIFEST_NAME)
     return _sha256(path)
 
 
@@ -523,29 +522,29 @@ def fetch_bundle(uri: str, dest_dir: Path | str, s3: S3Settings | None = None) -
     absent or empty, or already hold this very bundle (then nothing is downloaded).
     """
     store, key = open_store_from_uri(uri, s3)
-    missing = f"no published bundle at {uri}: {uri}/{METADATA_FILE} does not exist"
+    missing = f"no published bundle at {uri}: {uri}/{MANIFEST_NAME} does not exist"
     if isinstance(store, FileStore):
         local = store.root.joinpath(key)
-        if not (local / METADATA_FILE).is_file():
+        if not (local / MANIFEST_NAME).is_file():
             raise NotFound(missing)
         _verify(local, uri)
         return local
     # Only a present manifest makes a version published: it is uploaded after every other file.
     try:
-        manifest = store.get_bytes(f"{key}/{METADATA_FILE}")
+        manifest = store.get_bytes(f"{key}/{MANIFEST_NAME}")
     except NotFound:
         raise NotFound(missing) from None
     dest = Path(dest_dir)
     if _is_nonempty(dest):
-        if (dest / METADATA_FILE).is_file() and (dest / METADATA_FILE).read_bytes() == manifest:
+        if (dest / MANIFEST_NAME).is_file() and (dest / MANIFEST_NAME).read_bytes() == manifest:
             _verify(dest, str(dest))
             return dest
         raise Conflict(f"cannot fetch {uri} into {dest}: it is not empty and holds something else")
     with atomic_write(dest, refused=f"cannot fetch {uri} into {dest}: it is not empty") as partial:
         store.download_dir(key, partial)
-        if (partial / METADATA_FILE).read_bytes() != manifest:
+        if (partial / MANIFEST_NAME).read_bytes() != manifest:
             raise BundleIntegrityError(
-                f"bundle {uri}: {METADATA_FILE} changed while it was downloaded", file=METADATA_FILE
+                f"bundle {uri}: {MANIFEST_NAME} changed while it was downloaded", file=MANIFEST_NAME
             )
         _verify(partial, uri)
     return dest
@@ -553,7 +552,7 @@ def fetch_bundle(uri: str, dest_dir: Path | str, s3: S3Settings | None = None) -
 
 __all__ = [
     "BUNDLE_FORMAT_VERSION",
-    "METADATA_FILE",
+    "MANIFEST_NAME",
     "MODEL_CARD_FILE",
     "MODEL_FILE",
     "REPORT_FILE",

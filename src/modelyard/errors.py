@@ -54,6 +54,27 @@ class Conflict(ModelyardError):
     status_code = 409
 
 
+class TooLarge(ModelyardError):
+    """A request is larger than a configured limit; the message names the limit and its setting."""
+
+    status_code = 413
+
+
+class RequestTimeout(ModelyardError):
+    """A client took longer than a configured limit to send its request."""
+
+    status_code = 408
+
+
+class ClientGone(ModelyardError):
+    """The client disconnected before its request was complete: nobody is left to answer.
+
+    Counted with nginx's non-standard 499 ("client closed request"), so that it is told from a fault of
+    the server in the metrics and the log."""
+
+    status_code = 499
+
+
 class BundleIntegrityError(ModelyardError):
     """A bundle file is missing, or its sha256 does not match metadata.json."""
 

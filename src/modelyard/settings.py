@@ -13,8 +13,7 @@ import json
 import os
 import re
 import types
-from collections.abc import Collection, Mapping, Sequence
-from functools import lru_cache
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlparse
@@ -59,6 +58,30 @@ class ServingSettings(BaseModel):
     max_batch_size: int = Field(default=1024, ge=1, description="rows coalesced into one model call")
     max_batch_wait_ms: float = Field(default=2.0, ge=0, description="longest a request waits for a batch")
     max_request_rows: int = Field(default=10_000, ge=1, description="rows one request may carry")
+    max_request_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="largest request body (REST) or message (gRPC), in bytes; a larger one is a 413 "
+        "(gRPC RESOURCE_EXHAUSTED), refused before it is read",
+    )
+    max_text_length: int = Field(
+        default=10_000,
+        ge=1,
+        description="longest value of a categorical or text feature, in characters; a longer one is a "
+        "400 naming the feature",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="longest the REST port waits for a request's body; slower is a 408"
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="connections and requests the REST port holds at once (uvicorn's limit_concurrency; "
+        "beyond it a 503), and gRPC calls at once (beyond it RESOURCE_EXHAUSTED)",
+    )
+    keep_alive_s: int = Field(
+        default=5, ge=1, description="how long an idle keep-alive connection stays open (REST)"
+    )
     prefer_onnx: bool = Field(default=True, description="use model.onnx when the bundle verified it")
     allow_pyarrow: bool = Field(
         default=False,
@@ -292,12 +315,6 @@ def load_settings(**overrides: object) -> Settings:
         raise ModelyardError(f"invalid configuration: {problems}") from exc
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Process-wide settings, read once. Tests and the CLI build their own with load_settings()."""
-    return load_settings()
-
-
 def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
     """The argparse ``type`` and extra keywords for a settings field's annotation."""
     origin = get_origin(annotation)
@@ -357,10 +374,3 @@ def with_group_flags(settings: Settings, group: str, namespace: argparse.Namespa
         )
         raise ModelyardError(f"invalid configuration: {problems}") from None
     return settings.model_copy(update={group: updated})
-
-
-def parse_group_flags(settings: Settings, group: str, argv: Sequence[str], prog: str) -> Settings:
-    """Parse ``argv`` as the flags of one settings group (for instance ``serving``) over ``settings``."""
-    parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False)
-    add_group_flags(parser, type(getattr(settings, group)))
-    return with_group_flags(settings, group, parser.parse_args(list(argv)))

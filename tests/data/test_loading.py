@@ -342,7 +342,7 @@ def test_sqlite_table_from_the_settings_database(local_settings: Settings, frame
 def test_database_url_without_driver_or_shape_is_invalid(local_settings: Settings) -> None:
     with pytest.raises(InvalidInput, match=r"no database driver for URL nosuchdb://"):
         load(local_settings, table="t", database_url="nosuchdb://host/db")
-    with pytest.raises(InvalidInput, match=r"invalid database URL 'not a url'"):
+    with pytest.raises(InvalidInput, match=r"invalid database URL: Could not parse SQLAlchemy URL"):
         load(local_settings, table="t", database_url="not a url")
 
 

@@ -77,6 +77,25 @@ def test_accuracy_f1_counts_and_coverage_of_a_window(engine: Engine) -> None:
     assert other.predicted_rows == 0 and other.accuracy is None
 
 
+def test_a_label_grades_only_the_prediction_it_was_given_for_when_the_id_is_reused(engine: Engine) -> None:
+    with engine.begin() as connection:
+        first, reused = NOW - timedelta(hours=3), NOW - timedelta(hours=2)
+        feedback = NOW - timedelta(hours=2.5)  # between the two
+        for label, created_at in (("a", first), ("b", reused)):
+            connection.execute(
+                insert(Prediction).values(
+                    request_id="again", row=0, model="m", version="1", features={}, label=label,
+                    probabilities={"a": 0.5, "b": 0.5}, latency_ms=1.0, created_at=created_at,
+                )
+            )  # fmt: skip
+        connection.execute(
+            insert(Feedback).values(request_id="again", row=0, model="m", label="a", created_at=feedback)
+        )
+    window = live_accuracy(engine, "m", since=NOW - timedelta(days=1), until=NOW - timedelta(hours=1))
+    assert (window.predicted_rows, window.labelled_rows) == (2, 1)
+    assert window.accuracy == 1.0  # the label graded the first prediction ("a"), not the reused id's "b"
+
+
 def test_a_backwards_window_is_refused(engine: Engine) -> None:
     with pytest.raises(ValueError, match="the window must end after it starts"):
         live_accuracy(engine, "m", since=NOW, until=NOW - timedelta(hours=1))

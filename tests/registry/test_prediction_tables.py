@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from modelyard.registry import create_engine_for, upgrade
 from modelyard.registry.db import WRITE_OPTION, _alembic_config, current_revision
+from modelyard.registry.records import as_utc
 from modelyard.registry.tables import Feedback, Prediction
 from modelyard.settings import Settings
 
@@ -51,7 +52,7 @@ def test_0002_upgrades_a_0001_database_and_keeps_its_rows_and_downgrades_cleanly
             )
         assert "predictions" not in inspect(engine).get_table_names()
 
-        assert upgrade(settings.database_url) == "0003"
+        assert upgrade(settings.database_url) == "0004"
         tables = set(inspect(engine).get_table_names())
         assert {"predictions", "feedback"} <= tables
         indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("predictions")}
@@ -105,5 +106,36 @@ def test_feedback_is_unique_per_prediction_key(settings: Settings) -> None:
         with engine.connect() as connection:
             created = connection.execute(select(Feedback.created_at)).scalars().all()
         assert len(created) == 2 and all(isinstance(moment, datetime) for moment in created)
+    finally:
+        engine.dispose()
+
+
+def test_0004_keeps_the_log_and_lets_a_reused_id_be_logged_twice_then_downgrades_to_the_first(
+    settings: Settings,
+) -> None:
+    engine = create_engine_for(settings.database_url)
+    later = datetime(2026, 11, 23, 12, 5, tzinfo=UTC)
+    try:
+        _migrate(engine, "upgrade", "0003")
+        with engine.begin() as connection:
+            connection.execute(insert(Prediction), [_prediction("a"), _prediction("b")])
+        _migrate(engine, "upgrade", "0004")
+        with engine.begin() as connection:
+            connection.execute(insert(Prediction).values(**{**_prediction("a"), "created_at": later}))
+        with pytest.raises(IntegrityError), engine.begin() as connection:  # a replay: same key, same time
+            connection.execute(insert(Prediction).values(**_prediction("a")))
+        with engine.connect() as connection:
+            logged = connection.execute(select(Prediction.request_id, Prediction.created_at)).all()
+        assert sorted(r.request_id for r in logged) == ["a", "a", "b"]
+
+        _migrate(engine, "downgrade", "0003")
+        with engine.connect() as connection:
+            kept = connection.execute(select(Prediction.request_id, Prediction.created_at)).all()
+        assert sorted((r.request_id, as_utc(r.created_at)) for r in kept) == [
+            ("a", datetime(2026, 11, 23, 12, 0, tzinfo=UTC)),
+            ("b", datetime(2026, 11, 23, 12, 0, tzinfo=UTC)),
+        ]  # the first prediction of the duplicated key stays
+        _migrate(engine, "upgrade", "0004")
+        assert current_revision(engine) == "0004"
     finally:
         engine.dispose()

@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from pathlib import Path
@@ -37,6 +37,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from modelyard.bundle import BundleMetadata, write_bundle
+from modelyard.onnx_export import export_onnx
 from modelyard.registry import upgrade
 from modelyard.spec import FeatureSpec, FeatureType
 from modelyard.training.preprocessing import build_preprocessor
@@ -82,8 +83,11 @@ def mixed_frame(rows: int = 80, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray
     return frame, labels
 
 
-def write_tiny_bundle(dest: Path, kind: str, *, name: str | None = None) -> BundleMetadata:
-    """A real bundle: the training preprocessing + LogisticRegression, fitted on a few rows."""
+def write_tiny_bundle(
+    dest: Path, kind: str, *, name: str | None = None, onnx: bool = False
+) -> BundleMetadata:
+    """A real bundle: the training preprocessing + LogisticRegression, fitted on a few rows; with
+    ``onnx``, its ONNX export too (served by ONNX Runtime)."""
     if kind == "numeric":
         features, classes = NUMERIC_FEATURES, NUMERIC_CLASSES
         frame, labels = numeric_frame()
@@ -95,6 +99,12 @@ def write_tiny_bundle(dest: Path, kind: str, *, name: str | None = None) -> Bund
     model = Pipeline(
         [("preprocess", build_preprocessor(features)), ("model", LogisticRegression(max_iter=500))]
     ).fit(frame, labels)
+    extra_files: dict[str, bytes] = {}
+    onnx_info = None
+    if onnx:
+        export = export_onnx(model, features, list(model.classes_), frame)
+        assert export.info.file == "model.onnx", export.info.skipped
+        onnx_info, extra_files = export.info, dict(export.extra_files)
     metadata = BundleMetadata(
         name=name or kind,
         algorithm="logistic_regression",
@@ -102,9 +112,15 @@ def write_tiny_bundle(dest: Path, kind: str, *, name: str | None = None) -> Bund
         features=features,
         classes=classes,
         dataset_fingerprint=hashlib.sha256(b"tiny").hexdigest(),  # publishing checks its form
+        onnx=onnx_info,
     )
     return write_bundle(
-        dest, model=model, metadata=metadata, model_card="# tiny\n", report_html="<p>tiny</p>"
+        dest,
+        model=model,
+        metadata=metadata,
+        model_card="# tiny\n",
+        report_html="<p>tiny</p>",
+        extra_files=extra_files,
     )
 
 
@@ -115,6 +131,8 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for kind in ("numeric", "mixed"):
         write_tiny_bundle(root / kind, kind)
         paths[kind] = root / kind
+    write_tiny_bundle(root / "numeric-onnx", "numeric", onnx=True)
+    paths["numeric-onnx"] = root / "numeric-onnx"
     return paths
 
 
@@ -278,11 +296,12 @@ class HttpAnswer:
 def send(
     method: str,
     url: str,
-    body: bytes | None = None,
+    body: bytes | Iterable[bytes] | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 30,
 ) -> HttpAnswer:
-    """A raw request with exactly these headers (no Content-Type unless given, like tritonclient)."""
+    """A raw request with exactly these headers (no Content-Type unless given, like tritonclient); a
+    body given in parts is sent chunked."""
     parts = urllib.parse.urlsplit(url)
     connection = HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:

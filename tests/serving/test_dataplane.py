@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from modelyard.bundle import BundleMetadata, write_bundle
 from modelyard.errors import InvalidInput, NotFound, NotReady
 from modelyard.registry import upgrade
 from modelyard.registry.tables import Prediction as PredictionRow
-from modelyard.serving.dataplane import DataPlane, class_label
+from modelyard.serving.dataplane import DataPlane, class_label, strictly_after
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.model import ServedModel
 from modelyard.serving.prediction_log import PredictionLog
@@ -78,7 +79,7 @@ def test_v2_and_v1_answers_match_the_model(bundles: dict[str, Path]) -> None:
     expected = model._runtime.predict_proba(frame)  # type: ignore[union-attr]
 
     async def scenario() -> tuple[Any, Any]:
-        v2 = await dataplane.infer("iris", matrix_request(frame.to_numpy(), id="abc"), request_id="rid")
+        v2 = await dataplane.infer("iris", matrix_request(frame.to_numpy(), id="abc"), request_id="abc")
         v1 = await dataplane.predict_v1("iris", frame.to_dict("records"), request_id="rid2")
         return v2, v1
 
@@ -249,3 +250,98 @@ def test_a_pickle_that_cannot_predict_is_reported(tmp_path: Path) -> None:
     write_bundle(tmp_path / "odd", model={"not": "a model"}, metadata=metadata, model_card="", report_html="")
     model = served(tmp_path / "odd", "odd")
     assert not model.ready and "has no predict()" in (model.load_error or "")
+
+
+@pytest.mark.parametrize("prefer_onnx", [True, False], ids=["onnx", "sklearn"])
+@pytest.mark.parametrize("extreme", [1e308, -1e308, 1.7976931348623157e308])
+def test_a_row_the_model_cannot_score_is_a_400_naming_row_and_feature_on_every_runtime(
+    bundles: dict[str, Path], prefer_onnx: bool, extreme: float
+) -> None:
+    # Both runtimes answer NaN probabilities for these finite rows (their arithmetic overflows).
+    sink = RecordingSink()
+    model = served(bundles["numeric-onnx"], "iris", prefer_onnx=prefer_onnx)
+    assert model.runtime_kind == ("onnx" if prefer_onnx else "sklearn")
+    dataplane = plane(model, prediction_log=sink)
+    good = [5.1, 3.5, 1.4, 0.2]
+    rows = np.array([good, good, [extreme] * 4, good])
+    message = r"row 2 cannot be scored: feature '(sepal|petal)_(length|width)' is -?1.*e\+308, beyond what"
+    with pytest.raises(InvalidInput, match=message):
+        asyncio.run(dataplane.infer("iris", matrix_request(rows), request_id="r"))
+    with pytest.raises(InvalidInput, match="row 0 cannot be scored"):
+        asyncio.run(dataplane.predict_v1("iris", [[extreme] * 4], request_id="r1"))
+    answer = asyncio.run(dataplane.predict_v1("iris", [good], request_id="ok"))
+    assert np.isfinite(answer.probabilities).all()
+    model.close()
+    assert sink.request_ids() == ["ok"]  # nothing unscorable was logged
+
+
+class OverflowingRuntime:
+    """Refuses (raises) a row holding a value beyond 1e300, as scikit-learn's input checks do."""
+
+    kind = "sklearn"
+
+    def predict_proba(self, frame: Any) -> Any:
+        values = frame.to_numpy(dtype=float)
+        if (np.abs(values) > 1e300).any():
+            raise ValueError("Input X contains infinity or a value too large for dtype('float64').")
+        return np.full((len(values), 3), 1 / 3)
+
+
+def test_a_row_the_model_raises_for_is_found_by_bisection_and_named(bundles: dict[str, Path]) -> None:
+    model = served(bundles["numeric"], "iris")
+    model._runtime = OverflowingRuntime()  # type: ignore[assignment]  # our own class, not a library's
+    model._predict_numeric = None
+    dataplane = plane(model)
+    rows = np.array([[1.0, 2.0, 3.0, 4.0]] * 9)
+    rows[6, 2] = -1e308
+    with pytest.raises(InvalidInput, match=r"row 6 cannot be scored: feature 'petal_length' is -1e\+308"):
+        asyncio.run(dataplane.infer("iris", matrix_request(rows), request_id="r"))
+    model.close()
+
+
+class BatchSizeRuntime:
+    """Fails (raises) for any call of more than four rows, whatever the values: the model's fault."""
+
+    kind = "sklearn"
+
+    def predict_proba(self, frame: Any) -> Any:
+        if len(frame) > 4:
+            raise ValueError("out of memory for this batch")
+        return np.full((len(frame), 3), 1 / 3)
+
+
+def test_a_fault_of_the_model_is_never_blamed_on_a_row(bundles: dict[str, Path]) -> None:
+    model = served(bundles["numeric"], "iris")
+    model._runtime = BatchSizeRuntime()  # type: ignore[assignment]  # our own class, not a library's
+    model._predict_numeric = None
+    dataplane = plane(model)
+    rows = np.array([[1.0, 2.0, 3.0, 4.0]] * 9)
+    with pytest.raises(ValueError, match="out of memory for this batch"):
+        asyncio.run(dataplane.infer("iris", matrix_request(rows), request_id="r"))
+    model.close()
+
+
+class RecordingSink:
+    """A prediction sink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def submit(self, records: Any) -> None:
+        self.records.extend(records)
+
+    async def flush(self, timeout_s: float = 10.0) -> bool:
+        return True
+
+    def request_ids(self) -> list[str]:
+        return sorted({record.request_id for record in self.records})
+
+
+def test_a_prediction_is_logged_strictly_after_the_previous_one() -> None:
+    # Two predictions under one reused id are told apart by their time: within one clock tick as well.
+    tick = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
+    assert strictly_after(tick, tick) == tick + timedelta(microseconds=1)
+    assert strictly_after(tick, tick - timedelta(seconds=5)) == tick + timedelta(
+        microseconds=1
+    )  # clock set back
+    assert strictly_after(tick, tick + timedelta(seconds=1)) == tick + timedelta(seconds=1)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, insert, inspect, select, text
 
-from modelyard.errors import InvalidInput, NotFound, NotReady
+from modelyard.errors import Conflict, InvalidInput, NotFound, NotReady
 from modelyard.registry import create_engine_for, upgrade
 from modelyard.registry.tables import Feedback, Prediction
 from modelyard.serving.feedback import record_feedback
@@ -99,6 +99,18 @@ def test_integer_classes_match_labels_given_as_text_or_number(engine: Engine) ->
         record_feedback(engine, model="digits", request_id="digit-1", label="12", classes=list(range(10)))
 
 
+def test_feedback_on_a_request_id_logged_twice_is_refused_as_ambiguous(engine: Engine) -> None:
+    again = {**_prediction("req-b", label="virginica"), "created_at": datetime(2026, 11, 24, tzinfo=UTC)}
+    with engine.begin() as connection:
+        connection.execute(insert(Prediction), [again])
+    with pytest.raises(Conflict, match=r"request id 'req-b' of model 'iris' names more than one logged"):
+        record_feedback(engine, model="iris", request_id="req-b", label="setosa")
+    with pytest.raises(NotFound, match=r"request id 'req-b' of model 'iris' has 1 logged row\(s\)"):
+        record_feedback(engine, model="iris", request_id="req-b", label="setosa", row=1)
+    assert stored_feedback(engine) == []
+    assert Conflict("x").status_code == 409
+
+
 def test_an_unlogged_request_id_is_not_found_and_named(engine: Engine) -> None:
     with pytest.raises(
         NotFound, match=r"no logged prediction of model 'iris' has request id 'req-zzz'.*retry"
@@ -123,8 +135,9 @@ def test_an_unlogged_request_id_is_not_found_and_named(engine: Engine) -> None:
         ),
         ({"request_id": ""}, r"request_id must be a string of 1 to 256 characters, got ''"),
         ({"request_id": "r" * 257}, r"request_id must be a string of 1 to 256 characters"),
-        ({"row": -1}, r"row must be an integer >= 0 \(the row within the request\), got -1"),
-        ({"row": True}, r"row must be an integer >= 0"),
+        ({"row": -1}, r"row must be an integer from 0 to 2147483647 \(the row within the request\), got -1"),
+        ({"row": True}, r"row must be an integer from 0 to 2147483647"),
+        ({"row": 2**63}, r"row must be an integer from 0 to 2147483647 .*got 9223372036854775808"),
         ({"label": True}, r"label must be a class name or number, got True"),
         ({"label": ""}, r"label must be a class name or number, got ''"),
         ({"label": 1.5}, r"label must be a class name or number, got 1.5"),

@@ -3,14 +3,18 @@
 Random bytes, random JSON, and structurally plausible but wrong V1/V2 requests (unknown datatypes,
 negative and huge shapes, wrong element types, lying binary sizes, stray parameters) are sent to real
 server processes. Every answer must be a client error with an ``{"error": ...}`` body, or a success.
+The adversarial input classes (extreme finite floats, integers at their datatype's edges, JSON types
+mixed in one tensor, data nested unlike its shape) must get exactly the answer the protocol gives them.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -222,3 +226,195 @@ def test_wrong_grpc_requests_are_never_internal_errors(grpc_stub: Any, data: st.
         stub.ModelInfer(request, timeout=30)
     except grpc.RpcError as exc:
         assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), exc.details()
+
+
+# ---------------------------------------------------------------- the adversarial input classes
+#
+# Stronger than "no 5xx": for each class the answer is what the protocol says. Extreme finite floats
+# give finite probabilities or a 400 naming the row; integers at their datatype's edges are taken exactly
+# when in range and refused naming the range otherwise; JSON types mixed in one tensor, and data nested
+# unlike its shape, are 400s.
+
+EXTREME_FLOATS = [1e308, -1e308, sys.float_info.max, -sys.float_info.max, 5e-324, -0.0, 1e200, 3.4e38]
+finite_floats = st.sampled_from(EXTREME_FLOATS) | st.floats(allow_nan=False, allow_infinity=False)
+INTEGER_EDGES = [
+    0, 1, -1, 127, 128, -128, -129, 255, 256, 2**31 - 1, 2**31, -(2**31), 2**32 - 1, 2**32,
+    2**53 + 1, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64 - 1,
+]  # fmt: skip
+INTEGER_RANGES = {
+    "INT8": (-(2**7), 2**7 - 1),
+    "INT32": (-(2**31), 2**31 - 1),
+    "INT64": (-(2**63), 2**63 - 1),
+    "UINT8": (0, 2**8 - 1),
+    "UINT32": (0, 2**32 - 1),
+    "UINT64": (0, 2**64 - 1),
+}
+GRPC_INTEGER_FIELDS = {"INT64": "int64_contents", "UINT64": "uint64_contents"}
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+def numeric_url(server: ServerProcess) -> str:
+    return f"{server.url}/v2/models/numeric/infer"
+
+
+def assert_scored_or_unscorable(answer: Any) -> None:
+    """200 with finite probabilities, or a 400 naming the row the model cannot score."""
+    if answer.status == 200:
+        document = json.loads(answer.body)  # strict JSON: a NaN would not parse as a number here
+        probabilities = (
+            document["probabilities"] if "probabilities" in document else document["outputs"][1]["data"]
+        )
+        flat = np.asarray(probabilities, dtype=float)
+        assert np.isfinite(flat).all(), probabilities
+    else:
+        assert answer.status == 400, answer.body
+        assert "cannot be scored" in json.loads(answer.body)["error"], answer.body
+
+
+@FUZZ
+@given(rows=st.lists(st.lists(finite_floats, min_size=4, max_size=4), min_size=1, max_size=4))
+def test_extreme_finite_floats_are_scored_finitely_or_refused_on_every_transport(
+    numeric_server: ServerProcess, rows: list[list[float]]
+) -> None:
+    url = numeric_url(numeric_server)
+    document = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [len(rows), 4], "data": rows}]}
+    assert_scored_or_unscorable(send("POST", url, json.dumps(document).encode()))
+    v1 = f"{numeric_server.url}/v1/models/numeric:predict"
+    assert_scored_or_unscorable(send("POST", v1, json.dumps({"instances": rows}).encode()))
+    raw = np.asarray(rows, dtype="<f8").tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP64",
+                    "shape": [len(rows), 4],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    answer = send("POST", url, header + raw, {"Inference-Header-Content-Length": str(len(header))})
+    assert_scored_or_unscorable(answer)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(st.lists(finite_floats, min_size=4, max_size=4), min_size=1, max_size=3))
+def test_extreme_finite_floats_over_grpc_are_scored_finitely_or_invalid(
+    grpc_stub: Any, rows: list[list[float]]
+) -> None:
+    stub, service_pb2 = grpc_stub
+    request = service_pb2.ModelInferRequest(model_name="numeric")
+    tensor = request.inputs.add(name="x", datatype="FP64", shape=[len(rows), 4])
+    tensor.contents.fp64_contents.extend([value for row in rows for value in row])
+    try:
+        reply = stub.ModelInfer(request, timeout=30)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "cannot be scored" in exc.details()
+    else:
+        probabilities = np.frombuffer(reply.raw_output_contents[1], dtype="<f8")
+        assert np.isfinite(probabilities).all()
+
+
+@FUZZ
+@given(
+    datatype=st.sampled_from(sorted(INTEGER_RANGES)),
+    value=st.sampled_from(INTEGER_EDGES) | st.integers(min_value=-(2**70), max_value=2**70),
+)
+def test_integer_edges_are_taken_exactly_in_range_and_refused_outside(
+    numeric_server: ServerProcess, datatype: str, value: int
+) -> None:
+    low, high = INTEGER_RANGES[datatype]
+    document = {
+        "inputs": [
+            {"name": name, "datatype": datatype, "shape": [1], "data": [value if i == 0 else 1]}
+            for i, name in enumerate(FEATURES)
+        ]
+    }
+    answer = send("POST", numeric_url(numeric_server), json.dumps(document).encode())
+    if low <= value <= high:
+        assert_scored_or_unscorable(answer)
+    else:
+        assert answer.status == 400, answer.body
+        assert f"out of the range of {datatype}" in json.loads(answer.body)["error"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(datatype=st.sampled_from(sorted(GRPC_INTEGER_FIELDS)), value=st.sampled_from(INTEGER_EDGES))
+def test_integer_edges_over_grpc_are_taken_exactly_in_range_and_refused_outside(
+    grpc_stub: Any, datatype: str, value: int
+) -> None:
+    stub, service_pb2 = grpc_stub
+    low, high = INTEGER_RANGES[datatype]
+    field = GRPC_INTEGER_FIELDS[datatype]
+    request = service_pb2.ModelInferRequest(model_name="numeric")
+    for i, name in enumerate(FEATURES):
+        tensor = request.inputs.add(name=name, datatype=datatype, shape=[1])
+        contents = getattr(tensor.contents, field)
+        try:
+            contents.append(value if i == 0 else 1)
+        except ValueError:  # protobuf refuses a value outside its field's own type: nothing to send
+            assert not low <= value <= high
+            return
+    try:
+        stub.ModelInfer(request, timeout=30)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.details()
+        assert "cannot be scored" in exc.details() or not low <= value <= high
+
+
+mixed_elements = st.lists(
+    st.none() | st.booleans() | st.integers() | finite_floats | st.text(max_size=3),
+    min_size=4,
+    max_size=4,
+)
+
+
+@FUZZ
+@given(rows=st.lists(mixed_elements, min_size=1, max_size=3))
+def test_json_types_mixed_in_one_tensor_are_refused_naming_the_element(
+    numeric_server: ServerProcess, rows: list[list[Any]]
+) -> None:
+    document = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [len(rows), 4], "data": rows}]}
+    answer = send("POST", numeric_url(numeric_server), json.dumps(document).encode())
+    values = [value for row in rows for value in row]
+    beyond_doubles = [v for v in values if isinstance(v, int) and abs(v) >= 2**1024]  # not JSON numbers
+    if any(isinstance(value, bool | str) for value in values) or beyond_doubles:
+        assert answer.status == 400, answer.body
+        error = json.loads(answer.body)["error"]
+        assert "element" in error or (beyond_doubles and "malformed JSON" in error), error
+    else:
+        assert_scored_or_unscorable(answer)
+
+
+def nested_like(draw: st.DrawFn, depth: int) -> Any:
+    if depth == 0:
+        return draw(st.floats(min_value=-10, max_value=10))
+    return [nested_like(draw, depth - 1) for _ in range(draw(st.integers(min_value=0, max_value=4)))]
+
+
+@st.composite
+def nested_data(draw: st.DrawFn) -> Any:
+    """Arrays nested 1 to 6 deep, each level 0 to 4 long: ragged, regular, or regular but unlike [N, 4]."""
+    depth = draw(st.integers(min_value=1, max_value=6))
+    return nested_like(draw, depth)
+
+
+@FUZZ
+@given(data=nested_data(), rows=st.integers(min_value=1, max_value=3))
+def test_data_nested_unlike_its_shape_is_refused(numeric_server: ServerProcess, data: Any, rows: int) -> None:
+    document = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [rows, 4], "data": data}]}
+    answer = send("POST", numeric_url(numeric_server), json.dumps(document).encode())
+    flat_ok = isinstance(data, list) and len(data) == rows * 4 and not any(isinstance(v, list) for v in data)
+    nested_ok = (
+        isinstance(data, list)
+        and len(data) == rows
+        and all(
+            isinstance(row, list) and len(row) == 4 and not any(isinstance(v, list) for v in row)
+            for row in data
+        )
+    )
+    if flat_ok or nested_ok:
+        assert_scored_or_unscorable(answer)
+    else:
+        assert answer.status == 400, answer.body

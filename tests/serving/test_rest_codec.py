@@ -120,10 +120,44 @@ def test_json_tensors_decode_into_numpy_of_their_datatype() -> None:
         ),
         ({"inputs": [tensor("x", "FP32", [10**12, 4], [1])]}, "needs 4000000000000 value"),
         ({"inputs": [tensor("x", "FP32", [2, 2], [[1, 2], [3]])]}, "ragged nested array"),
-        ({"inputs": [tensor("x", "FP32", [2], ["1", "2"])]}, "a FP32 tensor holds numbers, got strings"),
-        ({"inputs": [tensor("x", "FP32", [2], [True, False])]}, "holds numbers, got true/false"),
-        ({"inputs": [tensor("x", "INT32", [2], [1.5, 2])]}, "a INT32 tensor holds integers, got fractions"),
-        ({"inputs": [tensor("x", "INT8", [1], [300])]}, "out of the range of INT8"),
+        ({"inputs": [tensor("x", "FP32", [2], ["1", "2"])]}, "element 0 is a string, expected a number"),
+        ({"inputs": [tensor("x", "FP32", [2], [True, False])]}, "element 0 is a boolean, expected a number"),
+        (
+            {"inputs": [tensor("x", "FP64", [1, 4], [5.1, True, 1.4, 0.2])]},
+            "element 1 is a boolean, expected a number",
+        ),
+        ({"inputs": [tensor("x", "BOOL", [2], [True, 1])]}, "element 1 is a number; a BOOL tensor holds"),
+        ({"inputs": [tensor("x", "INT32", [2], [1.5, 2])]}, r"element 0 \(1.5\) is not an integer"),
+        ({"inputs": [tensor("x", "INT32", [2], [1, 2.0])]}, r"element 1 \(2.0\) is not an integer"),
+        ({"inputs": [tensor("x", "INT8", [1], [300])]}, r"element 0 \(300\) is out of the range of INT8"),
+        ({"inputs": [tensor("x", "UINT8", [2], [1, -1])]}, r"element 1 \(-1\) is out of the range of UINT8"),
+        (
+            {"inputs": [tensor("x", "INT64", [1], [2**63])]},
+            r"element 0 \(9223372036854775808\) is out of the range of INT64",
+        ),
+        (
+            {"inputs": [tensor("x", "INT64", [2], [-1, 2**63])]},
+            r"element 1 \(9223372036854775808\) is out of the range of INT64",
+        ),
+        (
+            {"inputs": [tensor("x", "UINT64", [1], [2**64])]},
+            r"element 0 \(1.8446744073709552e\+19\) is out of the range of UINT64",
+        ),
+        ({"inputs": [tensor("x", "FP32", [1], [1e308])]}, "element 0 is out of the range of FP32"),
+        (
+            {"inputs": [tensor("x", "FP64", [2, 4], [[1, 2], [3, 4], [5, 6], [7, 8]])]},
+            r"'data' is nested as \[4, 2\], unlike the shape \[2, 4\]",
+        ),
+        (
+            {"inputs": [tensor("x", "FP64", [2, 4], [[1, 2, 3, 4], [5, 6, 7, [8]]])]},
+            r"nested deeper than the shape \[2, 4\]",
+        ),
+        (
+            {"inputs": [tensor("x", "FP64", [2, 4], [[1, 2, 3, 4], [5, 6, 7, None], 5])]},
+            "ragged nested array or nested unlike the shape",
+        ),
+        ({"inputs": [tensor("x", "FP64", [1], 5)]}, "'data' must be an array of the tensor's values"),
+        ({"inputs": [tensor("x", "FP64", [1] * 33, [1])]}, "shape has 33 dimensions, more than 32"),
         (
             {"inputs": [tensor("x", "INT64", [2], [1, None])]},
             "element 1 is null; only a floating-point tensor",
@@ -146,6 +180,41 @@ def test_json_tensors_decode_into_numpy_of_their_datatype() -> None:
 def test_malformed_v2_json_is_refused_naming_the_problem(document: Any, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         decode(document)
+
+
+def deeply_nested(depth: int) -> Any:
+    data: Any = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    for _ in range(depth):
+        data = [data]
+    return data
+
+
+@pytest.mark.parametrize("depth", [2, 60, 200])
+def test_data_nested_deeper_than_its_shape_is_refused(depth: int) -> None:
+    with pytest.raises(InvalidInput, match="nested"):
+        decode({"inputs": [tensor("x", "FP64", [2, 4], deeply_nested(depth))]})
+
+
+def test_integer_tensors_keep_every_value_of_their_range_exactly() -> None:
+    request = decode(
+        {
+            "inputs": [
+                tensor("u", "UINT64", [2], [0, 2**64 - 1]),
+                tensor("i", "INT64", [2], [-(2**63), 2**63 - 1]),
+                tensor("t", "BOOL", [2], [True, False]),
+            ]
+        }
+    )
+    u, i, t = request.inputs
+    assert u.data.dtype == np.uint64 and u.data.tolist() == [0, 2**64 - 1]
+    assert i.data.dtype == np.int64 and i.data.tolist() == [-(2**63), 2**63 - 1]
+    assert t.data.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("length", [" +141 ", "14_1", "+141", "1e2", "١٤١", ""])
+def test_the_header_length_is_decimal_digits_only(length: str) -> None:
+    with pytest.raises(InvalidInput, match="must be a decimal integer"):
+        decode_v2_rest(body({"inputs": [tensor("x", "FP64", [1], [1])]}), length)
 
 
 def test_malformed_json_is_refused_and_nan_literals_are_not_json() -> None:
@@ -189,7 +258,7 @@ def test_binary_tensors_follow_the_json_header_in_input_order() -> None:
         (8, b"\0" * 8, None, r"shape \[3\] of FP32 needs 12 byte\(s\), got 8"),
         (12, b"\0" * 4, None, "goes past the end of the body"),
         (12, b"\0" * 16, None, "4 byte\\(s\\) after the last binary tensor"),
-        (12, b"\0" * 12, "abc", "must be an integer, got 'abc'"),
+        (12, b"\0" * 12, "abc", r"must be a decimal integer \(digits only\), got 'abc'"),
         (12, b"\0" * 12, "99999", "the body has"),
     ],
 )

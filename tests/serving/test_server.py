@@ -222,7 +222,7 @@ BAD_REQUESTS: list[tuple[str, str, bytes, str]] = [
         "v2",
         "numeric",
         json.dumps(matrix([ROW[:3]])).encode(),
-        "shape [1, 4] needs 4 value(s), but 'data' holds 3",
+        "nested unlike the shape [1, 4]: at depth 1 it has 3 value(s) where the shape needs an array of 4",
     ),
     (
         "v2",

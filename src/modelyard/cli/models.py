@@ -19,6 +19,7 @@ from modelyard.cli.common import (
     reports_errors,
     settings,
 )
+from modelyard.errors import InvalidInput
 from modelyard.registry.refs import ModelRef
 
 app = typer.Typer(help="Model versions in the registry.", no_args_is_help=True)
@@ -77,11 +78,18 @@ def models_show(
 @app.command("promote")
 @reports_errors
 def models_promote(
-    name: Annotated[str, typer.Argument(help="Model name.")],
-    version: Annotated[int, typer.Argument(help="Version to put in production.")],
+    ref: Annotated[
+        ModelRef,
+        typer.Argument(
+            parser=model_ref, metavar="REF", help="The version to promote: NAME@VERSION or NAME@staging."
+        ),
+    ],
 ) -> None:
     """Put a version in production; the current production version is archived."""
-    record = open_registry(settings()).promote(name, version)
+    if ref.version is None and ref.stage is None:
+        raise InvalidInput(f"promote needs a version: {ref.name}@VERSION or {ref.name}@staging, not {ref}")
+    with open_registry(settings()) as registry:
+        record = registry.promote(ref.name, registry.resolve(ref).version)
     err.print(f"[bold]{record.name}@{record.version}[/] is now in production")
 
 
@@ -89,5 +97,6 @@ def models_promote(
 @reports_errors
 def models_rollback(name: Annotated[str, typer.Argument(help="Model name.")]) -> None:
     """Archive the production version and restore the one that was in production before it."""
-    record = open_registry(settings()).rollback(name)
+    with open_registry(settings()) as registry:
+        record = registry.rollback(name)
     err.print(f"rolled back: [bold]{record.name}@{record.version}[/] is in production again")

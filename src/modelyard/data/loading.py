@@ -35,6 +35,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from modelyard.errors import InvalidInput, NotFound, StorageError, database_reason, first_line
+from modelyard.registry.db import redact
 from modelyard.settings import Settings
 from modelyard.spec import DataSource
 
@@ -224,9 +225,10 @@ def _engine(database_url: str) -> sa.Engine:
     try:
         return sa.create_engine(database_url)
     except sa.exc.NoSuchModuleError as exc:
-        raise InvalidInput(f"no database driver for URL {_redact(database_url)}: {exc}") from None
+        raise InvalidInput(f"no database driver for URL {redact(database_url)}: {exc}") from None
     except sa.exc.ArgumentError as exc:
-        raise InvalidInput(f"invalid database URL {_redact(database_url)}: {exc}") from None
+        # the text is not shown: it may hold a password, and a URL that does not parse cannot be redacted
+        raise InvalidInput(f"invalid database URL: {exc}") from None
 
 
 def _load_table(table: str, database_url: str) -> pd.DataFrame:
@@ -313,13 +315,3 @@ def _load_dataset(ref: str, settings: Settings) -> pd.DataFrame:
 
     with Registry(settings.database_url) as registry:
         return read_dataset(registry, name, version)
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _redact(database_url: str) -> str:
-    try:
-        return sa.make_url(database_url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return repr(database_url)

@@ -127,6 +127,8 @@ def live_accuracy(
         Feedback.request_id == Prediction.request_id,
         Feedback.row == Prediction.row,
         Feedback.model == Prediction.model,
+        # a label grades the prediction it was given for: a later one that reused the id is not graded
+        Feedback.created_at >= Prediction.created_at,
     )
     with engine.connect() as connection:
         predicted_rows = int(

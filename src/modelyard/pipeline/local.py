@@ -25,7 +25,7 @@ from modelyard.cpus import available_cpus
 from modelyard.errors import ModelyardError
 from modelyard.pipeline.events import FAILED, STARTED, EventFollower, TaskEvent
 from modelyard.pipeline.steps import spec_to_yaml
-from modelyard.settings import Settings
+from modelyard.settings import Settings, to_environment
 from modelyard.spec import ModelSpec
 
 __all__ = [
@@ -80,19 +80,10 @@ class LocalRun:
 
 
 def task_environment(settings: Settings) -> dict[str, str]:
-    """The resolved settings, as the environment the task processes read them from."""
-    s3 = settings.s3
-    found = {
-        "MODELYARD_HOME": str(settings.home),
-        "MODELYARD_DATABASE_URL": settings.database_url,
-        "MODELYARD_STORE_URI": settings.store_uri,
-        "AWS_ENDPOINT_URL": s3.endpoint_url,
-        "AWS_ACCESS_KEY_ID": s3.access_key_id,
-        "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
-        "AWS_REGION": s3.region,
-        "MODELYARD_PIPELINE__TUNE_JOBS": str(settings.pipeline.tune_jobs or local_tune_jobs()),
-    }
-    return {name: value for name, value in found.items() if value is not None}
+    """The resolved settings, as the environment the task processes read them from, with the tune jobs
+    this machine's cores allow when the settings leave them to the run (0)."""
+    tune_jobs = str(settings.pipeline.tune_jobs or local_tune_jobs())
+    return {**to_environment(settings), "MODELYARD_PIPELINE__TUNE_JOBS": tune_jobs}
 
 
 def local_tune_jobs() -> int:

@@ -14,6 +14,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from modelyard.storage import atomic_write
+
 
 def run(folder: Path) -> None:
     from kfp import local
@@ -33,9 +35,8 @@ def run(folder: Path) -> None:
             "ignore", message="You may be attemping to run a task", category=RuntimeWarning
         )
         task = pipeline_func(**request["arguments"])
-    written = folder / "output.json.partial"
-    written.write_text(json.dumps(task.output), encoding="utf-8")
-    written.replace(folder / "output.json")
+    with atomic_write(folder / "output.json") as partial:
+        partial.write_text(json.dumps(task.output), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from kfp.dsl import Dataset, Input, Model, Output
 
 from modelyard.pipeline.components import IMAGE
 from modelyard.pipeline.scoring_steps import DEFAULT_CHUNK_ROWS
-from modelyard.pipeline.training import _with_credentials
+from modelyard.pipeline.training import with_credentials
 
 PIPELINE_NAME = "modelyard-batch-scoring"
 
@@ -111,11 +111,11 @@ def batch_scoring_pipeline(
     Returns:
         The run's summary as JSON: model, stage, storage_uri, input, output, rows, class_counts, columns.
     """
-    fetch = _with_credentials(
+    fetch = with_credentials(
         fetch_model(model_ref=model, input_uri=input_uri, output_uri=output_uri, chunk_rows=chunk_rows)
     )
     fetch.set_caching_options(False)
-    scored = _with_credentials(
+    scored = with_credentials(
         score_input(
             bundle=fetch.outputs["bundle"],
             model_name=fetch.outputs["name"],
@@ -125,7 +125,7 @@ def batch_scoring_pipeline(
         )
     )
     scored.set_caching_options(False)
-    write = _with_credentials(
+    write = with_credentials(
         write_predictions(
             predictions=scored.outputs["predictions"],
             output_uri=output_uri,
@@ -137,10 +137,3 @@ def batch_scoring_pipeline(
     )
     write.set_caching_options(False)
     return write.output
-
-
-def compile_scoring(path: str) -> None:
-    """Write the pipeline's KFP IR YAML to ``path`` (`modelyard pipeline compile` writes them all)."""
-    from kfp import compiler
-
-    compiler.Compiler().compile(batch_scoring_pipeline, path)

@@ -16,7 +16,7 @@ from modelyard.settings import load_settings
 PIPELINE_NAME = "modelyard-training"
 
 
-def _with_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
+def with_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """Registry and object-store settings from Kubernetes, never from pipeline parameters."""
     settings = load_settings().pipeline
     k8s.use_secret_as_env(
@@ -67,7 +67,7 @@ def choose_model(
     with dsl.ParallelFor(algorithms, name="algorithms") as algorithm:
         tune = c.tune(spec_yaml=spec_yaml, features_json=features_json, algorithm=algorithm, train=train)
     # Production may have changed since an earlier identical run: the gate always looks again.
-    decide = _with_credentials(
+    decide = with_credentials(
         c.decide(
             spec_yaml=spec_yaml,
             features_json=features_json,
@@ -93,9 +93,9 @@ def training_pipeline(
 ) -> str:
     # Never cached: the fingerprint of the data as it is now is what keys every cached step below, so a
     # file changed in place is read again while an unchanged one reuses the earlier run's work.
-    fingerprint = _with_credentials(c.fingerprint(spec_yaml=spec_yaml))
+    fingerprint = with_credentials(c.fingerprint(spec_yaml=spec_yaml))
     fingerprint.set_caching_options(False)
-    prepare = _with_credentials(c.prepare(spec_yaml=spec_yaml, fingerprint=fingerprint.output))
+    prepare = with_credentials(c.prepare(spec_yaml=spec_yaml, fingerprint=fingerprint.output))
     features = prepare.outputs["features_json"]
     chosen = choose_model(
         spec_yaml=spec_yaml,
@@ -105,7 +105,7 @@ def training_pipeline(
         holdout=prepare.outputs["holdout"],
     )
     with dsl.If(chosen.outputs["passed"] == True, name="gate-passed"):  # noqa: E712  # a KFP condition, not Python
-        publish = _with_credentials(
+        publish = with_credentials(
             c.publish(
                 spec_yaml=spec_yaml,
                 features_json=features,
@@ -122,7 +122,7 @@ def training_pipeline(
         )
         publish.set_caching_options(False)
         with dsl.If(auto_deploy == True, name="auto-deploy"):  # noqa: E712
-            deploy = _with_credentials(
+            deploy = with_credentials(
                 c.deploy(
                     name=publish.outputs["name"],
                     version=publish.outputs["version"],

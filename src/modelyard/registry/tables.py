@@ -179,8 +179,10 @@ class Prediction(Base):
     """One row answered by the model server (a request of N rows gives N rows here).
 
     Written asynchronously and in batches by ``modelyard.serving.prediction_log``. The unique key
-    (request_id, row, model) makes writes idempotent: a batch whose commit outcome was unknown (the
-    connection dropped) is spooled and replayed, and the replay's duplicates are ignored.
+    (request_id, row, model, created_at) makes writes idempotent: a batch whose commit outcome was
+    unknown (the connection dropped) is spooled and replayed, and the replay's duplicates are ignored.
+    A client that sends one request id twice gets two predictions logged, told apart by ``created_at``;
+    feedback on such an id is refused as ambiguous.
     """
 
     __tablename__ = "predictions"
@@ -200,7 +202,7 @@ class Prediction(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
     __table_args__ = (
-        UniqueConstraint("request_id", "row", "model"),
+        UniqueConstraint("request_id", "row", "model", "created_at"),
         # Drift and live-accuracy queries read one model's recent window.
         Index("ix_predictions_model_created_at", "model", "created_at"),
         CheckConstraint('"row" >= 0', name="row_not_negative"),

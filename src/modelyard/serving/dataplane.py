@@ -4,9 +4,11 @@ The transport adapters (``rest/``, ``grpc/``) decode bytes into the types of ``t
 methods, and encode the typed answers they return. Errors are ``modelyard.errors`` exceptions, each
 carrying its status (``status.py`` maps them for both transports): InvalidInput (400), NotFound (404),
 NotReady (503). A client's mistake is never a 500: input is checked before it is queued for the model.
-A model that raises is a 500, with one exception where the input is at fault: a request holding a
-missing value (null, or NaN in a binary tensor) that the model cannot impute is a 400 naming the feature
-and row, since the client can fix it by sending the value.
+A model that raises is a 500, with two exceptions where the input is at fault, each a 400 naming the
+feature and row, since the client can fix it: a missing value (null, or NaN in a binary tensor) that the
+model cannot impute, and a row the model cannot score because finite but extreme values (1e308)
+overflow its arithmetic, whether the model then raises or answers NaN. No answer and no log row ever
+holds a non-finite probability.
 
 After a prediction the metrics and the prediction sink are fed in a callback scheduled on the event loop,
 not while the caller waits.
@@ -19,8 +21,10 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import numpy as np
 
 from modelyard import __version__
 from modelyard.errors import InvalidInput, ModelyardError, NotFound, NotReady
@@ -50,6 +54,7 @@ from modelyard.serving.types import (
     ServerMetadata,
     TensorMetadata,
 )
+from modelyard.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +70,18 @@ class DataPlane:
         self,
         *,
         max_request_rows: int,
+        max_text_length: int = ServingSettings.model_fields["max_text_length"].default,
         metrics: ServingMetrics | None = None,
         prediction_log: PredictionSink | None = None,
         feedback_store: FeedbackStore | None = None,
     ) -> None:
         self.max_request_rows = max_request_rows
+        self.max_text_length = max_text_length
         self.metrics = metrics
         self.prediction_log = prediction_log
         self._feedback_store = feedback_store
         self._models: dict[str, ServedModel] = {}
+        self._last_logged_at = datetime.min.replace(tzinfo=UTC)
 
     # ------------------------------------------------------------ models
 
@@ -175,7 +183,8 @@ class DataPlane:
         tensors = output_tensors(prediction, model.schema, outputs)
         default_binary = request.binary_data_output
         binary = [default_binary if output.binary is None else output.binary for output in outputs]
-        return InferenceResponse(model.name, model.version, request.id or request_id, tensors, binary)
+        # request_id is the one id of the request (types.resolve_request_id): the body's id when given
+        return InferenceResponse(model.name, model.version, request_id, tensors, binary)
 
     async def predict_v1(
         self,
@@ -198,6 +207,8 @@ class DataPlane:
     async def _predict(
         self, model: ServedModel, batch: FeatureBatch, request_id: str, started: float
     ) -> Prediction:
+        # Bounded values only, in the model and in the prediction log.
+        batch.check_text_length(self.max_text_length, "MODELYARD_SERVING__MAX_TEXT_LENGTH")
         try:
             outcome = await model.predict(batch)
         except ModelyardError:
@@ -205,19 +216,39 @@ class DataPlane:
         except (ValueError, TypeError) as exc:
             # The batcher retried this request alone: the model refused this request's own values. Only a
             # missing value is the client's to fix; any other refusal is the model's fault (a 500).
-            missing = batch.first_missing(model.schema)
-            if missing is None:
-                raise
-            feature, row = missing
-            raise InvalidInput(
-                f"feature {feature!r} row {row} is missing, and this model cannot impute missing values: "
-                "send a value"
-            ) from exc
+            _refuse_missing(model, batch, exc)
+            await self._refuse_unscorable(model, batch, None, exc)
+            raise
+        finite = np.isfinite(outcome.prediction.probabilities).all(axis=1)
+        if not finite.all():
+            # No answer and no log row ever holds a NaN or infinite probability.
+            first = int(np.argmin(finite))
+            _refuse_missing(model, batch, None)  # a runtime without an imputer answers NaN for a NaN
+            await self._refuse_unscorable(model, batch, first, None)
+            raise RuntimeError(f"the model answered non-finite probabilities for row {first}")
         latency_ms = (time.perf_counter() - started) * 1000.0
         asyncio.get_running_loop().call_soon(
-            self._after_prediction, model, batch, outcome, request_id, latency_ms, datetime.now(UTC)
+            self._after_prediction, model, batch, outcome, request_id, latency_ms, self._logged_at()
         )
         return outcome.prediction
+
+    @staticmethod
+    async def _refuse_unscorable(
+        model: ServedModel, batch: FeatureBatch, row: int | None, cause: BaseException | None
+    ) -> None:
+        """InvalidInput naming the row and feature when the request's own values are what the model
+        cannot score (finite but extreme numbers, e.g. 1e308, overflow its arithmetic); else returns."""
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(None, model.unscorable, batch, row)
+        if found is None:
+            return
+        row, feature = found
+        value = batch.row(model.schema, row)[feature]
+        raise InvalidInput(
+            f"row {row} cannot be scored: feature {feature!r} is {value!r}, beyond what this model can "
+            "compute with (its probabilities would not be numbers); send a value in the range it was "
+            "trained on"
+        ) from cause
 
     def _after_prediction(
         self,
@@ -250,6 +281,11 @@ class DataPlane:
         except Exception:
             log.exception("could not record the prediction of request %s", request_id)
 
+    def _logged_at(self) -> datetime:
+        """The prediction's time in the log; the event loop's thread is the only caller."""
+        self._last_logged_at = strictly_after(self._last_logged_at, datetime.now(UTC))
+        return self._last_logged_at
+
     def _observe(self, stage: str, seconds: float) -> None:
         if self.metrics is not None:
             self.metrics.observe_stage(stage, seconds)
@@ -272,6 +308,11 @@ class DataPlane:
     async def feedback(self, name: str, feedback: FeedbackRequest) -> FeedbackResult:
         """Store the true label of a logged prediction."""
         model = self.ready_model(name)
+        if feedback.row >= self.max_request_rows:
+            raise InvalidInput(
+                f"'row' is {feedback.row}, but a request carries at most {self.max_request_rows} rows: "
+                f"row is 0 to {self.max_request_rows - 1}"
+            )
         label = class_label(feedback.label, model.schema.classes)
         if self._feedback_store is None:
             raise NotReady("feedback is off: this server has no prediction log database")
@@ -291,6 +332,23 @@ class DataPlane:
             # The prediction may still wait in the log's queue: write it, then ask once more.
             await self.prediction_log.flush(timeout_s=5.0)
             return await loop.run_in_executor(None, call)
+
+
+def strictly_after(previous: datetime, now: datetime) -> datetime:
+    """``now``, or one microsecond after ``previous`` when the clock has not moved past it: two predictions
+    under one reused id are told apart by their time in the log (its unique key), even within one tick."""
+    return now if now > previous else previous + timedelta(microseconds=1)
+
+
+def _refuse_missing(model: ServedModel, batch: FeatureBatch, cause: BaseException | None) -> None:
+    """InvalidInput naming the first missing value, for a model that cannot impute; else returns."""
+    missing = batch.first_missing(model.schema)
+    if missing is not None:
+        feature, row = missing
+        raise InvalidInput(
+            f"feature {feature!r} row {row} is missing, and this model cannot impute missing values: "
+            "send a value"
+        ) from cause
 
 
 def class_label(label: str | int, classes: Sequence[str | int]) -> str | int:
@@ -332,4 +390,4 @@ def prediction_records(
     return records
 
 
-__all__ = ["DataPlane", "FeedbackStore", "class_label", "prediction_records"]
+__all__ = ["DataPlane", "FeedbackStore", "class_label", "prediction_records", "strictly_after"]

@@ -107,6 +107,19 @@ class FeatureBatch:
         other = {name: np.concatenate([b.other[name] for b in batches]) for name in batches[0].other}
         return FeatureBatch(sum(b.n_rows for b in batches), numeric, other)
 
+    def select(self, rows: slice | list[int]) -> FeatureBatch:
+        """The rows ``rows`` as a batch of their own (a copy for a list, a view for a slice)."""
+        numeric = self.numeric[rows]
+        return FeatureBatch(
+            len(numeric), numeric, {name: column[rows] for name, column in self.other.items()}
+        )
+
+    def with_numeric(self, row: int, columns: Sequence[int], value: float) -> FeatureBatch:
+        """Row ``row`` alone, with the numeric ``columns`` set to ``value``."""
+        single = self.select([row])
+        single.numeric[0, list(columns)] = value
+        return single
+
     def to_frame(self, schema: FeatureSchema) -> Any:
         """The pandas DataFrame the runtime takes: columns exactly ``schema.names``, in order."""
         import pandas as pd
@@ -130,6 +143,20 @@ class FeatureBatch:
             if missing.size:
                 return name, int(missing[0])
         return None
+
+    def check_text_length(self, limit: int, setting: str) -> None:
+        """InvalidInput naming the feature and row of the first categorical or text value longer than
+        ``limit`` characters (``setting`` names the limit's setting)."""
+        for name, column in self.other.items():
+            values = column.tolist()
+            # one pass in C over the lengths; the row is looked for only when one is too long
+            if max(map(len, filter(None, values)), default=0) <= limit:
+                continue
+            row = next(i for i, value in enumerate(values) if value is not None and len(value) > limit)
+            raise InvalidInput(
+                f"feature {name!r} row {row} is {len(values[row])} characters long, more than the limit "
+                f"of {limit} ({setting})"
+            )
 
     def row(self, schema: FeatureSchema, index: int) -> dict[str, Any]:
         """One row as plain JSON values (NaN becomes None), for the prediction log."""

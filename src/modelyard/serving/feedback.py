@@ -11,7 +11,9 @@ Nothing here migrates the database: one that lacks the tables (``modelyard db up
 is NotReady, naming the command.
 
 One label per prediction. Feedback again for the same prediction replaces the label (a correction is
-normal: labellers make mistakes), and the result reports the label it replaced.
+normal: labellers make mistakes), and the result reports the label it replaced. A request id the client
+used for several requests names several logged predictions: feedback on it is a Conflict (409), never a
+guess at which one it grades.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
-from modelyard.errors import InvalidInput, NotFound, NotReady, database_reason
+from modelyard.errors import Conflict, InvalidInput, NotFound, NotReady, database_reason
 from modelyard.registry.db import WRITE_OPTION, create_engine_for, redact
 from modelyard.registry.tables import NAME_LENGTH, REQUEST_ID_LENGTH, Feedback, Prediction, utc_now
 from modelyard.serving.types import FeedbackResult
@@ -32,6 +34,8 @@ from modelyard.serving.types import FeedbackResult
 log = logging.getLogger(__name__)
 
 _KEY = ["request_id", "row", "model"]
+MAX_ROW = 2**31 - 1
+"""The largest row number the tables' INTEGER column holds."""
 
 
 def _check(
@@ -43,8 +47,10 @@ def _check(
         raise InvalidInput(
             f"request_id must be a string of 1 to {REQUEST_ID_LENGTH} characters, got {request_id!r}"
         )
-    if isinstance(row, bool) or not isinstance(row, int) or row < 0:
-        raise InvalidInput(f"row must be an integer >= 0 (the row within the request), got {row!r}")
+    if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row <= MAX_ROW:
+        raise InvalidInput(
+            f"row must be an integer from 0 to {MAX_ROW} (the row within the request), got {row!r}"
+        )
     if isinstance(label, bool) or not isinstance(label, str | int) or label == "":
         raise InvalidInput(f"label must be a class name or number, got {label!r}")
     text = str(label)
@@ -111,11 +117,20 @@ def _key(table: Table, model: str, request_id: str, row: int) -> ColumnElement[b
 
 def _store(connection: Connection, *, model: str, request_id: str, row: int, label: str) -> FeedbackResult:
     predictions, feedback = _table(Prediction), _table(Feedback)
-    predicted = connection.execute(
-        select(predictions.c.version, predictions.c.label).where(_key(predictions, model, request_id, row))
-    ).one_or_none()
-    if predicted is None:
+    matches = connection.execute(
+        select(predictions.c.version, predictions.c.label)
+        .where(_key(predictions, model, request_id, row))
+        .limit(2)
+    ).all()
+    if not matches:
         raise NotFound(_not_found_message(connection, model=model, request_id=request_id, row=row))
+    if len(matches) > 1:
+        raise Conflict(
+            f"request id {request_id!r} of model {model!r} names more than one logged prediction (the "
+            "client sent it with several requests), so feedback cannot tell which one it grades; send "
+            "each request with an id of its own, or none (the server then makes one)"
+        )
+    predicted = matches[0]
     replaced = connection.execute(
         select(feedback.c.label).where(_key(feedback, model, request_id, row))
     ).scalar_one_or_none()
@@ -145,7 +160,9 @@ def _store(connection: Connection, *, model: str, request_id: str, row: int, lab
 def _not_found_message(connection: Connection, *, model: str, request_id: str, row: int) -> str:
     predictions = _table(Prediction)
     rows = connection.execute(
-        select(func.count()).where(predictions.c.request_id == request_id, predictions.c.model == model)
+        select(func.count(predictions.c.row.distinct())).where(
+            predictions.c.request_id == request_id, predictions.c.model == model
+        )
     ).scalar_one()
     if rows:
         return (

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 PLATFORMS = {"sklearn": "sklearn", "onnx": "onnxruntime_onnx"}
 
 
+UNSCORABLE_SEARCH_CALLS = 24
+"""Model calls the search for an unscorable row and feature may make for one request, on the error path."""
+
+
 class ServedModel:
     """A bundle served under ``name``. Call :meth:`load` once; it never raises."""
 
@@ -164,6 +168,59 @@ class ServedModel:
             probabilities = self._runtime.predict_proba(batch.to_frame(self._schema))
         predicted = np.argmax(probabilities, axis=1)
         return Prediction(self._class_array[predicted].tolist(), probabilities, self._class_names[predicted])
+
+    # ------------------------------------------------------------ rows the model cannot score
+
+    def scores(self, batch: FeatureBatch) -> bool:
+        """Whether the model answers finite probabilities for every row of ``batch``, calling the runtime
+        directly (not through the batcher). Only for the error path: see :meth:`unscorable`."""
+        try:
+            probabilities = self._predict_rows(batch).probabilities
+        except Exception:  # whatever the runtime raises, the row is not scored
+            return False
+        return bool(np.isfinite(probabilities).all())
+
+    def unscorable(self, batch: FeatureBatch, row: int | None = None) -> tuple[int, str] | None:
+        """(row, feature) of the first row the model cannot score because of its own numeric values, or
+        None when the fault is the model's. Runs off the event loop, on the error path only.
+
+        The row is ``row`` when known (the model answered it NaN), else found by bisection (the model
+        raised for the request: about log2(rows) calls). It is the client's only if it fails on its own
+        and scores once its numeric values are all 0; otherwise (a batch effect, a transient fault, a
+        broken model) the fault is the model's. The feature is the first whose value, set to 0, lets the
+        row be scored, tried within ``UNSCORABLE_SEARCH_CALLS`` calls in all; else the largest in
+        magnitude. A hostile request thus costs a bounded number of extra calls.
+        """
+        calls = 0
+
+        def scores(candidate: FeatureBatch) -> bool:
+            nonlocal calls
+            calls += 1
+            return self.scores(candidate)
+
+        if row is None:
+            if scores(batch):
+                return None
+            start, stop = 0, batch.n_rows
+            while stop - start > 1:
+                middle = (start + stop) // 2
+                if scores(batch.select(slice(start, middle))):
+                    start = middle
+                else:
+                    stop = middle
+            row = start
+        alone = batch.select(slice(row, row + 1))
+        columns = range(len(self.schema.numeric_names))
+        if not columns or scores(alone) or not scores(alone.with_numeric(0, columns, 0.0)):
+            return None
+        names = self.schema.numeric_names
+        for column in columns:
+            if calls >= UNSCORABLE_SEARCH_CALLS:
+                break
+            if scores(alone.with_numeric(0, [column], 0.0)):
+                return row, names[column]
+        magnitudes = np.nan_to_num(np.abs(alone.numeric[0]), nan=0.0)
+        return row, names[int(np.argmax(magnitudes))]
 
     def input_metadata(self) -> list[TensorMetadata]:
         return self._schema.input_metadata() if self._schema is not None else []

@@ -18,12 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from modelyard.serving.dataplane import DataPlane
+from modelyard.serving.status import LIVE_PATH, METRICS_PATH, READY_PATH
 
 log = logging.getLogger("modelyard.serving")
-
-LIVE_PATH = "/v2/health/live"
-READY_PATH = "/v2/health/ready"
-METRICS_PATH = "/metrics"
 
 
 class _ProbeHandler(BaseHTTPRequestHandler):

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelyard.bundle import METADATA_FILE, manifest_digest
+from modelyard.bundle import MANIFEST_NAME, manifest_digest
 from modelyard.errors import ModelyardError
 from modelyard.settings import Settings
 
@@ -45,7 +45,8 @@ if TYPE_CHECKING:  # imported when assembling, after the cheap checks of the ent
 log = logging.getLogger("modelyard.serving")
 
 GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-"""The largest gRPC message either way: a max_request_rows batch of wide rows fits."""
+"""The largest gRPC answer: a max_request_rows batch of many classes fits. What the server takes is
+bounded by ``max_request_bytes``."""
 
 
 def bundle_version(model_dir: Path) -> str:
@@ -66,7 +67,7 @@ def bundle_version(model_dir: Path) -> str:
 def bundle_name(model_dir: Path) -> str:
     """The model name recorded in the bundle's metadata.json, read without trusting anything else."""
     try:
-        name = json.loads((model_dir / METADATA_FILE).read_bytes()).get("name")
+        name = json.loads((model_dir / MANIFEST_NAME).read_bytes()).get("name")
     except (OSError, ValueError, AttributeError):
         return "model"
     return name if isinstance(name, str) and name else "model"
@@ -162,6 +163,7 @@ class ModelServer:
 
         self.dataplane: DataPlane = DataPlane(
             max_request_rows=serving.max_request_rows,
+            max_text_length=serving.max_text_length,
             metrics=metrics,
             prediction_log=self.prediction_log,
             feedback_store=feedback_store,
@@ -179,7 +181,12 @@ class ModelServer:
 
         serving = self.settings.serving
         return uvicorn.Config(
-            build_app(self.dataplane, lifespan=self._lifespan),
+            build_app(
+                self.dataplane,
+                lifespan=self._lifespan,
+                max_request_bytes=serving.max_request_bytes,
+                body_timeout_s=serving.body_timeout_s,
+            ),
             host=serving.host,
             port=serving.http_port,
             loop=serving.event_loop,  # uvicorn's own choice: auto takes uvloop when installed
@@ -189,6 +196,10 @@ class ModelServer:
             access_log=serving.access_log,
             timeout_graceful_shutdown=int(serving.grace_period_s),
             server_header=False,
+            # Bounds a hostile client meets here; header read time and size are a proxy's to bound
+            # (uvicorn has no public setting for them with httptools): see the README.
+            limit_concurrency=serving.max_connections,
+            timeout_keep_alive=serving.keep_alive_s,
         )
 
     async def start_grpc(self) -> grpc.aio.Server | None:
@@ -201,12 +212,13 @@ class ModelServer:
         from modelyard.serving.grpc.servicer import add_servicer
 
         server = aio.server(
+            maximum_concurrent_rpcs=serving.max_connections,
             options=[
                 ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", serving.max_request_bytes),
                 # grpc sets SO_REUSEPORT by default: a second server would silently share a port in use
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         add_servicer(server, self.dataplane)
         address = f"{_grpc_host(serving.host)}:{serving.grpc_port}"

@@ -244,6 +244,21 @@ def check_request_id(value: str, source: str) -> str:
     return value
 
 
+def resolve_request_id(body_id: str | None, transport_id: str | None, transport_source: str) -> str:
+    """The one id of a request: the one its response carries (``id`` and the ``x-request-id`` header or
+    metadata), the prediction log stores and feedback names.
+
+    The protocol's own field first (the V2 body's or message's ``id``, which the protocol says the
+    response echoes), then the ``x-request-id`` header or metadata (``transport_source`` names it), then
+    one minted here. Each is checked when it is the one used.
+    """
+    if body_id is not None:
+        return check_request_id(body_id, "request 'id'")
+    if transport_id is not None:
+        return check_request_id(transport_id, transport_source)
+    return new_request_id()
+
+
 LABEL_OUTPUT = "label"
 PROBABILITIES_OUTPUT = "probabilities"
 OUTPUT_NAMES = (LABEL_OUTPUT, PROBABILITIES_OUTPUT)
@@ -276,4 +291,5 @@ __all__ = [
     "TensorMetadata",
     "check_request_id",
     "new_request_id",
+    "resolve_request_id",
 ]

@@ -1,6 +1,6 @@
 """What the wire codecs share: datatypes and shapes read off the wire, tensors as raw little-endian
 bytes (the REST binary tensor extension and gRPC's raw contents use the same layout), and numbers cast
-to a tensor's datatype with range and fraction checks.
+to a tensor's datatype with exact range checks (integers compared as integers, never through float64).
 
 Every client mistake raises ``InvalidInput`` naming the tensor at fault.
 """
@@ -15,6 +15,9 @@ import numpy as np
 
 from modelyard.errors import InvalidInput
 from modelyard.serving.types import Datatype, Tensor
+
+MAX_DIMENSIONS = 32
+"""A tensor's rank at most (numpy's own limit is 64); the features this server takes have 1 or 2."""
 
 
 def parse_datatype(value: Any, where: str) -> Datatype:
@@ -32,6 +35,8 @@ def parse_shape(value: Any, where: str) -> tuple[int, ...]:
         raise InvalidInput(f"{where}: 'shape' must be an array of integers, got {value!r}"[:300])
     if any(d < 0 for d in value):
         raise InvalidInput(f"{where}: shape {list(value)} has a negative dimension")
+    if len(value) > MAX_DIMENSIONS:
+        raise InvalidInput(f"{where}: shape has {len(value)} dimensions, more than {MAX_DIMENSIONS}")
     return tuple(int(d) for d in value)
 
 
@@ -91,17 +96,32 @@ def utf8(value: bytes, where: str, index: int) -> str:
 
 
 def cast_numbers(values: np.ndarray, datatype: Datatype, where: str) -> np.ndarray:
+    """Numbers as ``datatype``: integers range-checked exactly (never through float64), floats checked
+    to fit a narrower float. A float in an integer tensor is refused, whole or not."""
     target = datatype.numpy_dtype
     if datatype.is_integer:
-        fractional = values.dtype.kind == "f" and not (
-            np.all(np.isfinite(values)) and np.all(values == np.round(values))
+        if values.size and values.dtype.kind not in "iu":
+            raise InvalidInput(f"{where}: a {datatype.value} tensor holds integers, got {values.dtype.name}")
+        if values.size:
+            info = np.iinfo(target)
+            # int() of numpy's min and max is exact for every int64 and uint64 value
+            if int(values.min()) < info.min or int(values.max()) > info.max:
+                outside = next(i for i, v in enumerate(values.tolist()) if not info.min <= v <= info.max)
+                raise InvalidInput(
+                    f"{where}: element {outside} ({values[outside]}) is out of the range of "
+                    f"{datatype.value} ({info.min} to {info.max})"
+                )
+        return values.astype(target)
+    if target.itemsize == 8:
+        return values.astype(target)
+    with np.errstate(over="ignore"):  # an overflow is found and named just below
+        cast = values.astype(target)
+    overflowed = np.isinf(cast) & np.isfinite(values.astype(np.float64))
+    if overflowed.any():
+        raise InvalidInput(
+            f"{where}: element {int(np.argmax(overflowed))} is out of the range of {datatype.value}"
         )
-        if fractional:
-            raise InvalidInput(f"{where}: a {datatype.value} tensor holds integers, got fractions")
-        info = np.iinfo(target)
-        if values.size and (values.min() < info.min or values.max() > info.max):
-            raise InvalidInput(f"{where}: a value is out of the range of {datatype.value}")
-    return values.astype(target)
+    return cast
 
 
 def encode_bytes_elements(values: np.ndarray) -> bytes:
@@ -121,6 +141,7 @@ def raw_tensor_bytes(tensor: Tensor) -> bytes:
 
 
 __all__ = [
+    "MAX_DIMENSIONS",
     "cast_numbers",
     "decode_raw_tensor",
     "element_count",

@@ -109,10 +109,13 @@ def decode_numeric_contents(
     expected = element_count(shape)
     if len(values) != expected:
         raise InvalidInput(f"{where}: shape {list(shape)} needs {expected} value(s), got {len(values)}")
-    array = np.asarray(values, dtype=np.float64 if datatype.numpy_dtype.kind == "f" else None)
     if datatype is Datatype.BOOL:
-        return array.astype(bool)
-    return cast_numbers(array, datatype, where) if array.size else array.astype(datatype.numpy_dtype)
+        return np.asarray(values, dtype=bool)
+    # Each contents field has one protobuf type: read it in a numpy type that holds every value exactly
+    # (uint64 for the unsigned fields, int64 for the signed ones), then range-check against the datatype.
+    kind = datatype.numpy_dtype.kind
+    wide = np.float64 if kind == "f" else np.uint64 if kind == "u" else np.int64
+    return cast_numbers(np.asarray(values, dtype=wide), datatype, where)
 
 
 def encode_grpc_response(response: InferenceResponse) -> Any:

@@ -10,11 +10,13 @@ INTERNAL "internal error" with the request id, the trace in the log.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, NoReturn
 
 import grpc
 
+from modelyard.errors import ClientGone
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.grpc import open_inference_pb2 as pb
 from modelyard.serving.grpc.codec import (
@@ -24,7 +26,7 @@ from modelyard.serving.grpc.codec import (
     encode_server_metadata,
 )
 from modelyard.serving.status import Failure, codes, failure
-from modelyard.serving.types import check_request_id, new_request_id
+from modelyard.serving.types import resolve_request_id
 
 REQUEST_ID_METADATA = "x-request-id"
 SERVICE_NAME = "inference.GRPCInferenceService"
@@ -39,10 +41,10 @@ def _details(answer: Failure) -> str:
     return response.error if response.request_id is None else f"{response.error} ({response.request_id})"
 
 
-def _metadata_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+def _metadata_value(context: grpc.aio.ServicerContext[Any, Any], wanted: str) -> str | None:
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_METADATA:
-            return check_request_id(str(value), "x-request-id metadata")
+        if key == wanted:
+            return str(value)
     return None
 
 
@@ -89,10 +91,9 @@ class InferenceServicer:
         try:
             self._dataplane.ready_model(name, request.model_version or None)
             decoded = decode_grpc_request(request)
-            request_id = _metadata_request_id(context)
-            if request_id is None and decoded.id is not None:
-                request_id = check_request_id(decoded.id, "request id")
-            request_id = request_id or new_request_id()
+            request_id = resolve_request_id(
+                decoded.id, _metadata_value(context, REQUEST_ID_METADATA), f"{REQUEST_ID_METADATA} metadata"
+            )
             response = await self._dataplane.infer(
                 name,
                 decoded,
@@ -103,6 +104,13 @@ class InferenceServicer:
             encoding = time.perf_counter()
             reply = encode_grpc_response(response)
             self._dataplane.observe_stage("encode", time.perf_counter() - encoding)
+        except asyncio.CancelledError:
+            # The client cancelled or its deadline passed: counted as what REST counts as 499 (the
+            # one map's gRPC code for it), in one INFO line, and the cancellation goes on.
+            gone = ClientGone("the client cancelled the call, or its deadline passed")
+            self._dataplane.observe_request("v2-grpc", name, codes(gone)[1])
+            failure(gone, request_id)  # logs it
+            raise
         except Exception as exc:
             self._dataplane.observe_request("v2-grpc", name, codes(exc)[1])
             await self._abort(context, exc, request_id)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from modelyard.storage import atomic_write
+
 logger = logging.getLogger(__name__)
 
 SPOOL_NAME = "predictions"
@@ -117,16 +119,12 @@ class Spool:
 
     def _compact(self) -> None:
         """Rewrite the file without its replayed head, atomically (a crash leaves the old or the new)."""
-        staging = self.path.with_suffix(".compacting")
-        with staging.open("wb") as out:
+        with atomic_write(self.path) as staging, staging.open("wb") as out:
             position = self.offset
             while position < self.size:
                 chunk = os.pread(self._file.fileno(), min(1 << 22, self.size - position), position)
                 out.write(chunk)
                 position += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        staging.replace(self.path)
         self._file.close()
         self._file = self.path.open("a+b")
         self.size -= self.offset

@@ -11,9 +11,11 @@ spool and retries the database with exponential backoff. Once the database takes
 replayed in order before any newer record; records arriving meanwhile join the end of the spool, so the
 order holds. A spool left by a crashed server is replayed when the next one starts.
 
-Nothing is written twice: every INSERT ignores rows whose (request_id, row, model) is already stored.
-That is what makes a replay after a crash (or after a commit whose answer was lost with the
-connection) safe. It also means request ids must be unique per model: the server should mint its own.
+Nothing is written twice: every INSERT ignores rows whose (request_id, row, model, created_at) is
+already stored. That is what makes a replay after a crash (or after a commit whose answer was lost with
+the connection) safe, and ``written`` counts only the rows the database took. A client that sends one
+request id twice gets both predictions logged, told apart by ``created_at``; feedback refuses such an
+id as ambiguous (``feedback.py``).
 
 Records are given up only when there is no room: the queue is full (``queue_full``), the spool is full
 or cannot be written (``spool_full``), the database refuses a row as such (``rejected``, e.g. a value
@@ -61,7 +63,7 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5
 # At most one warning per reason this often: a full queue must not flood the log from the hot path.
 WARNING_INTERVAL_S = 10.0
-_UNIQUE_KEY = ["request_id", "row", "model"]
+_UNIQUE_KEY = ["request_id", "row", "model", "created_at"]
 
 
 class DatabaseState(enum.Enum):
@@ -134,11 +136,13 @@ class PredictionLog:
         self._where = redact(url)
         table = cast(Table, Prediction.__table__)
         self._table_name = table.name
+        # RETURNING tells exactly which rows went in (a replayed row returns nothing): executemany's
+        # rowcount does not, on every driver.
         self._insert: Insert = (
             postgresql_insert(table).on_conflict_do_nothing(index_elements=_UNIQUE_KEY)
             if url.get_backend_name() == "postgresql"
             else sqlite_insert(table).on_conflict_do_nothing(index_elements=_UNIQUE_KEY)
-        )
+        ).returning(table.c.id)
         self._spool_dir = spool_dir
         self._queue_size = queue_size
         self._batch_size = batch_size
@@ -451,8 +455,7 @@ class PredictionLog:
         connection = self._connect()
         try:
             with connection.begin():
-                connection.execute(self._insert, rows)
-            return len(rows)
+                return len(connection.execute(self._insert, rows).all())
         except Exception as exc:
             if not _is_rejection(exc):
                 raise
@@ -460,8 +463,7 @@ class PredictionLog:
         for row in rows:
             try:
                 with connection.begin():
-                    connection.execute(self._insert, [row])
-                inserted += 1
+                    inserted += len(connection.execute(self._insert, [row]).all())
             except Exception as exc:
                 if not _is_rejection(exc):
                     raise

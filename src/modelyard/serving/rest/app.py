@@ -7,11 +7,13 @@ Each is a few lines: decode (``codec.py``), call the data plane, encode the type
 is answered through ``status.py``'s one map as ``{"error": "..."}``, and a server fault as ``{"error":
 "internal error", "request_id": ...}`` with the trace in the log.
 
-Every inference and feedback response carries ``x-request-id``: the client's, or a generated one.
+Every inference response carries ``x-request-id``: the request's one id (``types.resolve_request_id``),
+the same the V2 body's ``id`` answers and the prediction log stores.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -19,10 +21,11 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from modelyard.errors import ClientGone, RequestTimeout, TooLarge
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.rest.codec import (
     INFERENCE_HEADER_CONTENT_LENGTH,
@@ -38,14 +41,12 @@ from modelyard.serving.rest.codec import (
     encode_v1,
     encode_v2_rest,
 )
-from modelyard.serving.status import failure
-from modelyard.serving.types import ErrorResponse, check_request_id, new_request_id
+from modelyard.serving.status import LIVE_PATH, METRICS_PATH, READY_PATH, failure
+from modelyard.serving.types import ErrorResponse, check_request_id, resolve_request_id
+from modelyard.settings import ServingSettings
 
 JSON = "application/json"
 REQUEST_ID_HEADER = "x-request-id"
-LIVE_PATH = "/v2/health/live"
-READY_PATH = "/v2/health/ready"
-METRICS_PATH = "/metrics"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -61,11 +62,6 @@ def error_response(
     return json_response(encode_error(answer.response), answer.http_status, headers)
 
 
-def _header_request_id(request: Request) -> str | None:
-    value = request.headers.get(REQUEST_ID_HEADER)
-    return None if value is None else check_request_id(value, f"{REQUEST_ID_HEADER} header")
-
-
 def _answers_errors(endpoint: Endpoint) -> Endpoint:
     """Answer whatever ``endpoint`` raises through the one error map."""
 
@@ -78,11 +74,59 @@ def _answers_errors(endpoint: Endpoint) -> Endpoint:
     return answered
 
 
+_LIMITS = ServingSettings.model_fields
+
+
+async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The request's body, at most ``max_bytes`` of it, within ``timeout_s``.
+
+    A declared Content-Length over the limit is refused before a byte of the body is read; a body sent
+    without one (chunked) is refused as soon as it passes the limit. The probes and other requests never
+    wait behind an oversized body.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise TooLarge(
+            f"the request body is {declared} bytes, more than the limit of {max_bytes} "
+            "(MODELYARD_SERVING__MAX_REQUEST_BYTES)"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise TooLarge(
+                        f"the request body is more than the limit of {max_bytes} bytes "
+                        "(MODELYARD_SERVING__MAX_REQUEST_BYTES)"
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {timeout_s:g} s (MODELYARD_SERVING__BODY_TIMEOUT_S)"
+        ) from None
+    except ClientDisconnect:
+        raise ClientGone(f"the client disconnected after {size} byte(s) of the body") from None
+    return b"".join(chunks)
+
+
 class RestEndpoints:
     """The endpoints, bound to one data plane."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        *,
+        max_request_bytes: int = _LIMITS["max_request_bytes"].default,
+        body_timeout_s: float = _LIMITS["body_timeout_s"].default,
+    ) -> None:
         self.dataplane = dataplane
+        self.max_request_bytes = max_request_bytes
+        self.body_timeout_s = body_timeout_s
+
+    async def body(self, request: Request) -> bytes:
+        return await read_body(request, self.max_request_bytes, self.body_timeout_s)
 
     # ------------------------------------------------------------ health, metadata, metrics
 
@@ -125,14 +169,15 @@ class RestEndpoints:
         version: str | None = request.path_params.get("version")
         headers: dict[str, str] = {}
         request_id: str | None = None
+        header_id = request.headers.get(REQUEST_ID_HEADER)
         try:
-            request_id = _header_request_id(request)
+            if header_id is not None:  # until the body is read: an error before then still carries it
+                request_id = check_request_id(header_id, f"{REQUEST_ID_HEADER} header")
+                headers[REQUEST_ID_HEADER] = request_id
             self.dataplane.ready_model(name, version)  # 404/503 before reading the body
-            body = await request.body()
+            body = await self.body(request)
             decoded = decode_v2_rest(body, request.headers.get(INFERENCE_HEADER_CONTENT_LENGTH))
-            if request_id is None and decoded.id is not None:
-                request_id = check_request_id(decoded.id, "request 'id'")
-            request_id = request_id or new_request_id()
+            request_id = resolve_request_id(decoded.id, header_id, f"{REQUEST_ID_HEADER} header")
             headers[REQUEST_ID_HEADER] = request_id
             response = await self.dataplane.infer(
                 name,
@@ -161,10 +206,12 @@ class RestEndpoints:
         headers: dict[str, str] = {}
         request_id: str | None = None
         try:
-            request_id = _header_request_id(request) or new_request_id()
+            request_id = resolve_request_id(
+                None, request.headers.get(REQUEST_ID_HEADER), f"{REQUEST_ID_HEADER} header"
+            )
             headers[REQUEST_ID_HEADER] = request_id
             self.dataplane.ready_model(name)
-            body = await request.body()
+            body = await self.body(request)
             prediction = await self.dataplane.predict_v1(
                 name,
                 decode_v1(body),
@@ -182,7 +229,7 @@ class RestEndpoints:
         return result
 
     async def v1_feedback(self, request: Request) -> Response:
-        feedback = decode_feedback(await request.body())
+        feedback = decode_feedback(await self.body(request))
         result = await self.dataplane.feedback(request.path_params["name"], feedback)
         return json_response(encode_feedback(result))
 
@@ -237,13 +284,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def build_app(
     dataplane: DataPlane,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[Any]] | None = None,
+    *,
+    max_request_bytes: int = _LIMITS["max_request_bytes"].default,
+    body_timeout_s: float = _LIMITS["body_timeout_s"].default,
 ) -> Starlette:
     """The REST app of one data plane; ``lifespan`` runs the server's start-up and shutdown."""
+    endpoints = RestEndpoints(dataplane, max_request_bytes=max_request_bytes, body_timeout_s=body_timeout_s)
     return Starlette(
-        routes=RestEndpoints(dataplane).routes(),
+        routes=endpoints.routes(),
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
 
 
-__all__ = ["LIVE_PATH", "METRICS_PATH", "READY_PATH", "REQUEST_ID_HEADER", "RestEndpoints", "build_app"]
+__all__ = ["REQUEST_ID_HEADER", "RestEndpoints", "build_app"]

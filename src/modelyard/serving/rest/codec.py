@@ -63,19 +63,21 @@ def decode_v2_rest(body: bytes, header_length: str | None) -> InferenceRequest:
     if header_length is None:
         json_length = len(body)
     else:
-        try:
-            json_length = int(header_length)
-        except ValueError:
+        if not (header_length.isascii() and header_length.isdigit()):
             raise InvalidInput(
-                f"the Inference-Header-Content-Length header must be an integer, got {header_length!r}"
-            ) from None
+                "the Inference-Header-Content-Length header must be a decimal integer (digits only), "
+                f"got {header_length[:40]!r}"
+            )
+        json_length = int(header_length)
         if not 0 < json_length <= len(body):
             raise InvalidInput(
                 f"the Inference-Header-Content-Length header is {json_length}, "
                 f"but the body has {len(body)} bytes"
             )
-    header = _json_object(view[:json_length], "request body")
-    return _request_from_json(header, view, json_length)
+    header_bytes = body if json_length == len(body) else body[:json_length]
+    header = _json_object(header_bytes, "request body")
+    may_hold_booleans = b"true" in header_bytes or b"false" in header_bytes
+    return _request_from_json(header, view, json_length, may_hold_booleans)
 
 
 def _json_object(raw: bytes | memoryview, what: str) -> dict[str, Any]:
@@ -90,7 +92,9 @@ def _json_object(raw: bytes | memoryview, what: str) -> dict[str, Any]:
     return parsed
 
 
-def _request_from_json(header: dict[str, Any], body: memoryview, offset: int) -> InferenceRequest:
+def _request_from_json(
+    header: dict[str, Any], body: memoryview, offset: int, may_hold_booleans: bool
+) -> InferenceRequest:
     unknown_keys = sorted(set(header) - {"id", "inputs", "outputs", "parameters"})
     if unknown_keys:
         raise InvalidInput(
@@ -110,7 +114,7 @@ def _request_from_json(header: dict[str, Any], body: memoryview, offset: int) ->
         raise InvalidInput("'inputs' must be a non-empty array of tensors")
     inputs = []
     for index, raw in enumerate(raw_inputs):
-        tensor, offset = _tensor_from_json(raw, index, body, offset)
+        tensor, offset = _tensor_from_json(raw, index, body, offset, may_hold_booleans)
         inputs.append(tensor)
     if offset != len(body):
         raise InvalidInput(
@@ -140,7 +144,9 @@ def _requested_outputs(raw: Any) -> list[RequestedOutput]:
     return outputs
 
 
-def _tensor_from_json(raw: Any, index: int, body: memoryview, offset: int) -> tuple[Tensor, int]:
+def _tensor_from_json(
+    raw: Any, index: int, body: memoryview, offset: int, may_hold_booleans: bool
+) -> tuple[Tensor, int]:
     if not isinstance(raw, dict):
         raise InvalidInput(f"inputs[{index}] must be an object, got {value_kind(raw)}")
     name = raw.get("name")
@@ -167,67 +173,125 @@ def _tensor_from_json(raw: Any, index: int, body: memoryview, offset: int) -> tu
         return Tensor(name, datatype, shape, data), offset + size
     if "data" not in raw:
         raise InvalidInput(f"{where} has no 'data' (nor parameters.binary_data_size)")
-    return Tensor(name, datatype, shape, _decode_json_data(raw["data"], datatype, shape, where)), offset
+    data = _decode_json_data(raw["data"], datatype, shape, where, may_hold_booleans)
+    return Tensor(name, datatype, shape, data), offset
 
 
-def _decode_json_data(data: Any, datatype: Datatype, shape: tuple[int, ...], where: str) -> np.ndarray:
+def _decode_json_data(
+    data: Any, datatype: Datatype, shape: tuple[int, ...], where: str, may_hold_booleans: bool
+) -> np.ndarray:
+    """A tensor's JSON ``data``, as strictly as the protocol reads: an array, flat (row-major) or nested
+    exactly like ``shape``, whose every element is of the datatype's JSON type (numbers for numeric
+    tensors and null for a missing float, true/false for BOOL, strings or null for BYTES).
+
+    Plain numbers take one numpy call. numpy would read a boolean among numbers as 1 or 0, so that path
+    is only taken for numeric tensors when the header has no ``true``/``false`` token at all; every
+    other case is checked element by element.
+    """
     if not isinstance(data, list):
-        data = [data]
-    try:
-        # BYTES as objects: numpy would otherwise turn a stray number into a string silently
-        array = np.asarray(data, dtype=object if datatype is Datatype.BYTES else None)
-    except ValueError:
-        raise InvalidInput(f"{where}: 'data' is a ragged nested array; it must match the shape") from None
+        raise InvalidInput(f"{where}: 'data' must be an array of the tensor's values, got {value_kind(data)}")
     expected = element_count(shape)
-    if array.size != expected:
-        raise InvalidInput(
-            f"{where}: shape {list(shape)} needs {expected} value(s), but 'data' holds {array.size}"
-        )
-    flat = array.reshape(-1)
+    fast_kinds = "b" if datatype is Datatype.BOOL else "iu" if datatype.is_integer else "iuf"
+    if datatype is not Datatype.BYTES and (datatype is Datatype.BOOL or not may_hold_booleans):
+        try:
+            array = np.asarray(data)
+        except (ValueError, OverflowError):  # ragged, or an integer beyond 64 bits: checked below
+            array = None
+        if array is not None and array.dtype.kind in fast_kinds and array.size == expected:
+            if array.shape != shape and array.ndim != 1:
+                raise InvalidInput(
+                    f"{where}: 'data' is nested as {list(array.shape)}, unlike the shape {list(shape)}; "
+                    "send it flat (row-major) or nested exactly like the shape"
+                )
+            return cast_numbers(array.reshape(-1), datatype, where)
+    values = _json_elements(data, shape, expected, where)
     if datatype is Datatype.BYTES:
-        return _bytes_from_json(flat, where)
-    kind = flat.dtype.kind
-    if kind == "O":  # nulls, nested objects or integers beyond 64 bits: look at each value
-        return _numbers_from_objects(flat, datatype, where)
+        return _bytes_from_json(values, where)
     if datatype is Datatype.BOOL:
-        if kind != "b" and expected:
-            raise InvalidInput(f"{where}: a BOOL tensor holds true/false, got {flat.dtype.name} values")
-        return flat.astype(bool)
-    if kind not in "biuf" and expected:
-        raise InvalidInput(f"{where}: a {datatype.value} tensor holds numbers, got strings")
-    if kind == "b" and expected:
-        raise InvalidInput(f"{where}: a {datatype.value} tensor holds numbers, got true/false")
-    return cast_numbers(flat, datatype, where)
+        for i, value in enumerate(values):
+            if not isinstance(value, bool):
+                raise InvalidInput(
+                    f"{where}: element {i} is {value_kind(value)}; a BOOL tensor holds true/false"
+                )
+        return np.array(values, dtype=bool)
+    return _numbers_from_json(values, datatype, where)
 
 
-def _numbers_from_objects(values: np.ndarray, datatype: Datatype, where: str) -> np.ndarray:
-    floating = datatype in (Datatype.FP16, Datatype.FP32, Datatype.FP64)
+def _json_elements(data: list[Any], shape: tuple[int, ...], expected: int, where: str) -> list[Any]:
+    """The elements of ``data`` in row-major order: a flat array, or arrays nested exactly like ``shape``."""
+    if not any(isinstance(value, list) for value in data):
+        if len(data) != expected:
+            raise InvalidInput(
+                f"{where}: shape {list(shape)} needs {expected} value(s), but 'data' holds {len(data)}"
+            )
+        return data
+    level: list[Any] = [data]
+    for depth, size in enumerate(shape):
+        inner: list[Any] = []
+        for value in level:
+            if not isinstance(value, list) or len(value) != size:
+                found = f"{len(value)} value(s)" if isinstance(value, list) else value_kind(value)
+                raise InvalidInput(
+                    f"{where}: 'data' is a ragged nested array or nested unlike the shape {list(shape)}: "
+                    f"at depth {depth} it has {found} where the shape needs an array of {size}"
+                )
+            inner.extend(value)
+        level = inner
+    if any(isinstance(value, list) for value in level):
+        raise InvalidInput(
+            f"{where}: 'data' is nested deeper than the shape {list(shape)} ({len(shape)} dimension(s))"
+        )
+    return level
+
+
+_PLAIN_NUMBERS = frozenset({float, int, type(None)})
+
+
+def _numbers_from_json(values: list[Any], datatype: Datatype, where: str) -> np.ndarray:
+    floating = not datatype.is_integer
+    # The common case in one vectorised pass: numbers and nulls only (no bool, which is an int to
+    # isinstance but not to type()). Anything else, or an integer beyond float64, goes element by element
+    # below, which names the element at fault.
+    if floating and set(map(type, values)) <= _PLAIN_NUMBERS:
+        try:
+            return cast_numbers(np.asarray(values, dtype=np.float64), datatype, where)
+        except OverflowError:
+            pass
     out = np.empty(len(values), dtype=np.float64 if floating else object)
-    for i, value in enumerate(values.tolist()):
+    for i, value in enumerate(values):
         if value is None:
             if not floating:
                 raise InvalidInput(f"{where}: element {i} is null; only a floating-point tensor takes null")
             out[i] = math.nan
         elif isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidInput(f"{where}: element {i} is {value_kind(value)}, expected a number")
+        elif not floating and not isinstance(value, int):
+            # orjson reads an integer literal beyond 64 bits as a float, which may round onto the range's
+            # end (-2**63 - 1 becomes -2.0**63): an integral float at or past either end is out of range
+            info = np.iinfo(datatype.numpy_dtype)
+            outside = value.is_integer() and not info.min < value < info.max
+            problem = "is out of the range of" if outside else "is not an integer:"
+            raise InvalidInput(f"{where}: element {i} ({value!r}) {problem} {datatype.value} tensor values")
         else:
             try:
                 out[i] = value
             except OverflowError:
                 raise InvalidInput(f"{where}: element {i} is out of the range of {datatype.value}") from None
     if floating:
-        return out.astype(datatype.numpy_dtype)
-    try:
-        return cast_numbers(np.asarray(out.tolist()), datatype, where)
-    except OverflowError:
-        raise InvalidInput(f"{where}: a value is out of the range of {datatype.value}") from None
+        return cast_numbers(out, datatype, where)
+    info = np.iinfo(datatype.numpy_dtype)
+    for i, value in enumerate(values):
+        if not info.min <= value <= info.max:  # exact: Python integers
+            raise InvalidInput(
+                f"{where}: element {i} ({value}) is out of the range of {datatype.value} "
+                f"({info.min} to {info.max})"
+            )
+    return np.array(values, dtype=datatype.numpy_dtype)
 
 
-def _bytes_from_json(values: np.ndarray, where: str) -> np.ndarray:
-    if values.dtype.kind == "U":
-        return values.astype(object)
+def _bytes_from_json(values: list[Any], where: str) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
-    for i, value in enumerate(values.tolist()):
+    for i, value in enumerate(values):
         if value is not None and not isinstance(value, str):
             raise InvalidInput(f"{where}: element {i} is {value_kind(value)}; a BYTES tensor holds strings")
         out[i] = value
