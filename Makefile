@@ -83,6 +83,11 @@ protos: install
 manifests: install
 	$(BIN)/python -c 'from modelyard.deploy.chart import write_manifests; write_manifests()'
 
+# The Model CRD in charts/modelyard/crds/, generated from the pydantic models; a test fails when stale.
+.PHONY: crd
+crd: install
+	$(BIN)/python -c 'from modelyard.operator.crd import write_crd; write_crd()'
+
 chart-docs: install
 	$(BIN)/python -c 'from modelyard.deploy.chart import write_readme_values_table; write_readme_values_table()'
 

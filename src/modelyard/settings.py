@@ -157,6 +157,18 @@ class MonitoringSettings(BaseModel):
     retrain_cooldown_h: float = Field(default=6.0, ge=0, description="hours between retrains of one model")
 
 
+class OperatorSettings(BaseModel):
+    """`modelyard operator`, the Model resource's controller (MODELYARD_OPERATOR__<NAME>)."""
+
+    interval_s: float = Field(
+        default=10.0, gt=0, description="seconds between two looks at each Model's runs and services"
+    )
+    runtime: str = Field(default="modelyard", description="the ServingRuntime every InferenceService names")
+    training_service_account: str = Field(
+        default="default", description="service account of the training Jobs the operator starts"
+    )
+
+
 class Settings(BaseSettings):
     """Runtime configuration. Defaults give the embedded setup: SQLite and a folder under HOME."""
 
@@ -174,6 +186,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    operator: OperatorSettings = Field(default_factory=OperatorSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -343,7 +343,8 @@ def test_the_pipeline_role_may_patch_inference_services_and_nothing_more() -> No
 
 def test_kube_prometheus_stack_mode_has_labelled_monitors_rules_and_dashboards() -> None:
     objects = rendered("03-kube-prometheus-stack")
-    assert not [o for o in objects if o["kind"] == "Deployment"]
+    deployments = [o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"]
+    assert deployments == ["modelyard-operator"], "no bundled Prometheus or Grafana"
     monitor = named(objects, "PodMonitor", "modelyard-predictors")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["podMetricsEndpoints"][0]["portNumber"] == 8082
@@ -444,3 +445,24 @@ def test_a_new_model_version_changes_the_storage_uri_and_nothing_else() -> None:
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://modelyard/iris/2"
     isvc["spec"]["predictor"]["model"]["storageUri"] = "s3://modelyard/iris/1"
     assert isvc == next(o for o in before if o["kind"] == "InferenceService")
+
+
+def test_the_operator_runs_for_the_release_namespace_with_a_role_of_its_own() -> None:
+    objects = rendered("01-bundled")
+    deployment = named(objects, "Deployment", "modelyard-operator")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "modelyard-operator"
+    (container,) = pod["containers"]
+    assert container["args"][:2] == ["operator", f"--namespace={deployment['metadata']['namespace']}"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["MODELYARD_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"]
+    assert env["MODELYARD_OPERATOR__TRAINING_SERVICE_ACCOUNT"]["value"] == "modelyard-jobs"
+    role = named(objects, "Role", "modelyard-operator")
+    resources = {resource for rule in role["rules"] for resource in rule["resources"]}
+    assert "secrets" not in resources
+    assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+
+
+def test_the_operator_can_be_left_out() -> None:
+    objects = chart.render({"operator": {"enabled": False}})
+    assert not [o for o in objects if o["metadata"]["name"].endswith("-operator")]

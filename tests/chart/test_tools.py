@@ -197,7 +197,7 @@ def test_kind_config_pins_the_node_image_by_digest_and_maps_ports() -> None:
 
 
 def test_manifests_are_rendered_from_the_chart() -> None:
-    expected = chart.manifest_files(chart.render())
+    expected = chart.manifest_files(chart.render(crds=True))
     on_disk = {path.name: path.read_text() for path in (ROOT / "manifests").glob("*.yaml")}
     assert sorted(on_disk) == sorted(expected), "manifests/ is stale: run `make manifests`"
     for name, text in expected.items():

@@ -83,3 +83,15 @@ def test_retrain_webhook_needs_a_folder_of_specs(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("MODELYARD_HOME", str(tmp_path / "home"))
     code, _, err = invoke("retrain-webhook", "--specs", str(tmp_path / "missing"))
     assert code == 1 and "not a folder of ModelSpec YAML files" in " ".join(err.split())
+
+
+@pytest.mark.parametrize("args", [[], ["--specs", "specs", "--models-namespace", "ml"]])
+def test_retrain_webhook_takes_specs_or_a_models_namespace(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELYARD_HOME", str(tmp_path / "home"))
+    code, _, err = invoke("retrain-webhook", *args)
+    assert code == 1
+    assert "give --specs DIR (train here or on KFP) or --models-namespace NS (the operator)" in " ".join(
+        err.split()
+    )

@@ -19,6 +19,7 @@ from modelyard.cli.common import (
     settings,
 )
 from modelyard.cli.serve import cached_bundle
+from modelyard.errors import InvalidInput
 from modelyard.registry.refs import ModelRef
 
 app = typer.Typer(help="Drift and live accuracy from the prediction log.", no_args_is_help=True)
@@ -82,7 +83,15 @@ def report_command(
 
 @reports_errors
 def retrain_webhook_command(
-    specs: Annotated[Path, typer.Option("--specs", help="Folder of ModelSpec YAML files, found by name.")],
+    specs: Annotated[
+        Path | None, typer.Option("--specs", help="Folder of ModelSpec YAML files, found by name.")
+    ] = None,
+    models_namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--models-namespace", help="Ask the operator's Model resources in this namespace instead."
+        ),
+    ] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port of POST /alerts and GET /healthz.")] = 8090,
     auto_deploy: Annotated[
@@ -91,24 +100,33 @@ def retrain_webhook_command(
     ] = False,
 ) -> None:
     """Alertmanager webhook (payload v4): a firing drift or accuracy alert retrains its model."""
-    from modelyard.monitoring.webhook import RetrainWebhook, serve_webhook
+    from modelyard.monitoring.webhook import RetrainWebhook, TrainingLauncher, serve_webhook
     from modelyard.registry.db import create_engine_for
-    from modelyard.retraining import PipelineLauncher, find_specs
 
+    if (specs is None) == (models_namespace is None):
+        raise InvalidInput("give --specs DIR (train here or on KFP) or --models-namespace NS (the operator)")
     current = settings()
-    known = find_specs(specs)
+    launcher: TrainingLauncher
+    if specs is not None:
+        from modelyard.retraining import PipelineLauncher, find_specs
+
+        launcher = PipelineLauncher(current, specs, auto_deploy=auto_deploy)
+        where = f"KFP at {current.pipeline.host}" if current.pipeline.host else "kfp.local"
+        target = f"models {sorted(find_specs(specs))}; training on {where}"
+    else:
+        from modelyard.operator.launcher import ModelResourceLauncher
+
+        launcher = ModelResourceLauncher(models_namespace or "")
+        target = f"the Model resources of namespace {models_namespace} (the operator trains them)"
     engine = create_engine_for(current.database_url)
     webhook = RetrainWebhook(
         engine,
-        PipelineLauncher(current, specs, auto_deploy=auto_deploy),
+        launcher,
         cooldown=timedelta(hours=current.monitoring.retrain_cooldown_h),
     )
     server = serve_webhook(webhook, host, port)
-    where = f"KFP at {current.pipeline.host}" if current.pipeline.host else "kfp.local"
     err.print(
-        f"retrain webhook on http://{host}:{server.server_address[1]}/alerts; models {sorted(known)}; "
-        f"training on {where}",
-        highlight=False,
+        f"retrain webhook on http://{host}:{server.server_address[1]}/alerts; {target}", highlight=False
     )
     try:
         server.serve_forever()

@@ -86,9 +86,11 @@ def render(
     release: str = MANIFESTS_RELEASE,
     namespace: str = MANIFESTS_NAMESPACE,
     tests: bool = False,
+    crds: bool = False,
     chart_dir: Path = CHART_DIR,
 ) -> list[dict[str, Any]]:
-    """Every object the chart renders for these values, in template order; ``helm test`` hooks only on demand.
+    """Every object the chart renders for these values, in template order; ``helm test`` hooks only on demand,
+    and the CRDs of ``crds/`` first on demand (as `helm template --include-crds`).
 
     A value the schema refuses, or a template's ``fail``, raises InvalidInput with Helm's message.
     """
@@ -101,7 +103,10 @@ def render(
         raise InvalidInput(f"the chart refuses these values: {exc}") from exc
     except helm_python.HelmError as exc:
         raise ModelyardError(f"cannot render {chart_dir}: {exc}") from exc
-    objects = []
+    objects: list[dict[str, Any]] = []
+    if crds:
+        for path in sorted((chart_dir / "crds").glob("*.yaml")):
+            objects.extend(document for document in yaml.safe_load_all(path.read_text()) if document)
     for template in sorted(rendered):
         if not template.endswith((".yaml", ".yml")):
             continue  # NOTES.txt
@@ -237,7 +242,7 @@ def write_manifests(directory: Path = MANIFESTS_DIR) -> list[Path]:
 
     A file that differs only in generated passwords keeps its old text, so rendering again changes nothing.
     """
-    files = manifest_files(render())
+    files = manifest_files(render(crds=True))
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.yaml"):
         if stale.name not in files:

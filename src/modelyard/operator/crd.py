@@ -1,0 +1,195 @@
+"""The Model CustomResourceDefinition, generated from the pydantic models so the CRD and the spec file
+cannot drift.
+
+pydantic writes JSON Schema (2020-12); the API server takes a structural OpenAPI v3.0 schema. The
+conversion inlines every ``$ref``, turns ``anyOf [X, null]`` into ``nullable``, turns numeric exclusive
+bounds into the v3.0 form, and drops what a structural schema refuses or does not need (titles, defaults,
+``additionalProperties: false``: the API server's strict field validation already rejects unknown fields,
+and the operator fills defaults through the same pydantic models). The checked-in copy in the chart's
+``crds/`` is written by ``make crd``; a test fails when it differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from modelyard.operator.resource import GROUP, KIND, PLURAL, VERSION, Policies
+from modelyard.spec import ModelSpec
+
+CRD_NAME = f"{PLURAL}.{GROUP}"
+CHART_CRD = Path(__file__).resolve().parents[3] / "charts" / "modelyard" / "crds" / f"{CRD_NAME}.yaml"
+MAX_VERSIONS = 10  # status.versions keeps the newest ten
+
+
+class _Status(BaseModel):
+    # status follows the Kubernetes API conventions: camelCase, conditions as metav1.Condition
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Condition(_Status):
+    type: str = Field(description="Trained, Published, Serving, RolloutProgressing or Ready")
+    status: str = Field(pattern="^(True|False|Unknown)$")
+    reason: str = Field(pattern="^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)
+    message: str = Field(max_length=32768)
+    last_transition_time: str = Field(description="RFC 3339")
+    observed_generation: int = Field(ge=0)
+
+
+class Run(_Status):
+    kind: str = Field(description="Job or KFP")
+    name: str = Field(description="the Job's name or the KFP run's id")
+    generation: int = Field(ge=0, description="the spec generation it trains")
+    trigger: str = Field(description="spec, schedule or alert")
+    spec_hash: str = Field(description="the hash of the model spec it trains")
+    started_at: str
+
+
+class VersionEntry(_Status):
+    version: int = Field(ge=1)
+    stage: str
+    storage_uri: str
+    score: float | None = None
+    created_at: str
+
+
+class Check(_Status):
+    name: str
+    value: float | None
+    threshold: float
+    passed: bool | None = Field(description="None: the check had no data")
+
+
+class Analysis(_Status):
+    verdict: str = Field(pattern="^(pass|fail|inconclusive)$")
+    at: str
+    candidate: int = Field(ge=1)
+    checks: list[Check]
+
+
+class ModelStatus(_Status):
+    observed_generation: int | None = None
+    phase: str | None = Field(
+        default=None, description="Invalid, Training, Serving, RollingOut, Ready or Failed"
+    )
+    conditions: list[Condition] = Field(default_factory=list)
+    latest_run: Run | None = None
+    versions: list[VersionEntry] = Field(default_factory=list, max_length=MAX_VERSIONS)
+    serving_version: int | None = None
+    url: str | None = None
+    inference_service: str | None = None
+    last_analysis: Analysis | None = None
+
+
+_DROPPED = {"title", "default", "additionalProperties", "$defs"}
+
+
+def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A pydantic JSON Schema as a structural OpenAPI v3.0 schema (see the module doc)."""
+    defs = schema.get("$defs", {}) if defs is None else defs
+    if "$ref" in schema:
+        target = defs[schema["$ref"].rsplit("/", 1)[-1]]
+        merged = {**target, **{key: value for key, value in schema.items() if key != "$ref"}}
+        return structural(merged, defs)
+    any_of = schema.get("anyOf")
+    if any_of is not None:
+        others = [option for option in any_of if option.get("type") != "null"]
+        if len(others) != 1:
+            raise ValueError(f"only X-or-null unions become a CRD schema, got {any_of}")
+        rest = {key: value for key, value in schema.items() if key != "anyOf"}
+        nullable = len(others) < len(any_of)
+        result = structural({**others[0], **rest}, defs)
+        return {**result, "nullable": True} if nullable else result
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _DROPPED and not (key == "additionalProperties" and isinstance(value, dict)):
+            continue
+        if key == "properties":
+            out[key] = {name: structural(sub, defs) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties"):
+            out[key] = structural(value, defs)
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
+        else:
+            out[key] = value
+    return out
+
+
+def spec_schema() -> dict[str, Any]:
+    """The ModelSpec's fields less ``name`` (the Model's own name), and the three policies."""
+    model = structural(ModelSpec.model_json_schema())
+    policies = structural(Policies.model_json_schema())
+    properties = {key: value for key, value in model["properties"].items() if key != "name"}
+    properties.update(policies["properties"])
+    required = [key for key in model.get("required", []) if key != "name"]
+    return {
+        "type": "object",
+        "description": "A ModelSpec (its name is the Model's) and its training, serving and rollout policy.",
+        "required": required,
+        "properties": properties,
+    }
+
+
+def status_schema() -> dict[str, Any]:
+    return structural(ModelStatus.model_json_schema(by_alias=True))
+
+
+def crd() -> dict[str, Any]:
+    """The whole CustomResourceDefinition object."""
+    ready = '.status.conditions[?(@.type=="Ready")].status'
+    columns = [
+        {"name": "Serving", "type": "integer", "jsonPath": ".status.servingVersion"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Ready", "type": "string", "jsonPath": ready},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": "model"},
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": status_schema(),
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+HEADER = "# Generated from modelyard.operator (the pydantic models) by `make crd`; do not edit.\n"
+
+
+def render_crd() -> str:
+    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=110)
+
+
+def write_crd(path: Path = CHART_CRD) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_crd(), encoding="utf-8")
+    return path

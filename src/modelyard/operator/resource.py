@@ -1,0 +1,157 @@
+"""The Model custom resource's spec: a ModelSpec (less its name, which is the resource's) and the policies
+for training, serving and rollout.
+
+The spec's fields keep the spec file's snake_case, so a spec.yaml pastes into a Model unchanged. The API
+server checks what a schema can say (types, ranges, enums, patterns); ``parse_resource_spec`` checks the
+rest (one data source, features against the target, the name as a model name) and names the field of each
+problem as it is written in the Model (``spec.data``, ``metadata.name``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from modelyard.errors import SpecError
+from modelyard.spec import ModelSpec
+
+GROUP = "modelyard.io"
+VERSION = "v1alpha1"
+KIND = "Model"
+PLURAL = "models"
+POLICY_FIELDS = ("training", "serving", "rollout")
+
+_CRON_FIELD = r"[0-9*/,?A-Za-z-]+"
+CRON_PATTERN = rf"^(@(yearly|annually|monthly|weekly|daily|hourly)|{_CRON_FIELD}( {_CRON_FIELD}){{4}})$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
+
+
+class _Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Runner(StrEnum):
+    AUTO = "auto"  # KFP when a KFP host is configured, else a Job
+    JOB = "job"
+    KFP = "kfp"
+
+
+class TrainingPolicy(_Policy):
+    runner: Runner = Field(default=Runner.AUTO, description="auto: KFP when a KFP host is set, else a Job")
+    schedule: str | None = Field(
+        default=None, pattern=CRON_PATTERN, description="retrain on this cron schedule (5 fields)"
+    )
+    retrain_on_alert: bool = Field(default=True, description="retrain when a retraining alert fires")
+    timeout_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600, description="a run's deadline")
+
+
+class Resources(_Policy):
+    requests: dict[str, str] = Field(default_factory=dict, description="e.g. {cpu: 500m, memory: 512Mi}")
+    limits: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _known_quantities(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, quantity in value.items():
+            if key not in ("cpu", "memory"):
+                raise ValueError(f"{key!r}: only cpu and memory are set here")
+            if not re.match(QUANTITY_PATTERN, quantity):
+                raise ValueError(f"{key}: {quantity!r} is not a Kubernetes quantity (e.g. 500m, 1Gi)")
+        return value
+
+
+class ScaleMetric(StrEnum):
+    CPU = "cpu"
+    MEMORY = "memory"
+
+
+class ServingPolicy(_Policy):
+    min_replicas: int = Field(default=1, ge=1, le=100)
+    max_replicas: int = Field(default=1, ge=1, le=100)
+    scale_metric: ScaleMetric = Field(default=ScaleMetric.CPU, description="what the HPA scales on")
+    scale_target: int = Field(default=80, ge=1, le=100, description="percent utilisation the HPA keeps")
+    resources: Resources = Field(default_factory=Resources)
+
+    @model_validator(mode="after")
+    def _replicas_in_order(self) -> ServingPolicy:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas {self.max_replicas} is below min_replicas {self.min_replicas}")
+        return self
+
+
+class Thresholds(_Policy):
+    """What a candidate must show against the stable version, each analysis interval."""
+
+    max_error_ratio: float = Field(default=1.5, gt=0, description="candidate error rate / stable's")
+    max_latency_p95_ratio: float = Field(default=1.5, gt=0, description="candidate p95 latency / stable's")
+    max_class_mix_js_distance: float = Field(
+        default=0.1, ge=0, le=1, description="Jensen-Shannon distance (base 2) of the predicted-class mix"
+    )
+    min_agreement: float = Field(default=0.8, ge=0, le=1, description="share of rows both predict alike")
+    accuracy_margin: float = Field(
+        default=0.02, ge=0, le=1, description="live accuracy may be this much below stable's"
+    )
+    min_labels: int = Field(default=100, ge=1, description="labelled predictions before accuracy counts")
+
+
+class RolloutPolicy(_Policy):
+    shadow: bool = Field(default=True, description="score the candidate on mirrored traffic first")
+    canary_steps: list[int] = Field(
+        default_factory=lambda: [10, 50], description="percent of requests to the candidate, step by step"
+    )
+    interval_seconds: int = Field(default=60, ge=5, le=24 * 3600, description="seconds between analyses")
+    analyses_per_step: int = Field(default=3, ge=1, le=100, description="passing analyses to take a step")
+    failure_limit: int = Field(default=1, ge=1, le=100, description="failed analyses that roll back")
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _increasing_percents(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= step <= 99 for step in value):
+            raise ValueError("each step is a percent from 1 to 99")
+        if any(later <= earlier for earlier, later in itertools.pairwise(value)):
+            raise ValueError(f"steps must increase, got {value}")
+        return value
+
+
+class Policies(_Policy):
+    training: TrainingPolicy = Field(default_factory=TrainingPolicy)
+    serving: ServingPolicy = Field(default_factory=ServingPolicy)
+    rollout: RolloutPolicy = Field(default_factory=RolloutPolicy)
+
+
+class ResourceSpecError(SpecError):
+    """A Model's spec passed the API server's schema but not the model spec; ``field`` is the first bad
+    field as written in the Model (``spec.data``, ``metadata.name``)."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    if loc and loc[0] == "name":
+        return "metadata.name"
+    return ".".join(["spec", *(str(part) for part in loc)])
+
+
+def parse_resource_spec(name: str, spec: dict[str, Any]) -> tuple[ModelSpec, Policies]:
+    """The ModelSpec and policies of a Model named ``name``; ResourceSpecError names every bad field."""
+    model_fields = {key: value for key, value in spec.items() if key not in POLICY_FIELDS}
+    policy_fields = {key: value for key, value in spec.items() if key in POLICY_FIELDS}
+    problems: list[tuple[str, str]] = []
+    parsed: list[Any] = []
+    for model, data in ((ModelSpec, {**model_fields, "name": name}), (Policies, policy_fields)):
+        try:
+            parsed.append(model.model_validate(data))
+        except ValidationError as exc:
+            for error in exc.errors():
+                problems.append((_where(error["loc"]), error["msg"].removeprefix("Value error, ")))
+    if problems:
+        lines = "; ".join(f"{where}: {message}" for where, message in problems)
+        raise ResourceSpecError(lines, field=problems[0][0])
+    return parsed[0], parsed[1]

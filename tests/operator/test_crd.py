@@ -1,0 +1,120 @@
+"""The Model CRD: generated from the pydantic models, checked in to the chart, and enforced by a real API
+server; what the schema cannot say is caught by parse_resource_spec, naming the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelyard.operator.crd import CHART_CRD, render_crd, structural
+from modelyard.operator.resource import ResourceSpecError, parse_resource_spec
+from modelyard.spec import Algorithm
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "iris-model.yaml"
+
+
+def model(name: str = "iris", **spec: Any) -> dict[str, Any]:
+    body = {"data": {"path": "/data/iris.csv"}, "target": "species", **spec}
+    return {"apiVersion": "modelyard.io/v1alpha1", "kind": "Model", "metadata": {"name": name}, "spec": body}
+
+
+def test_the_checked_in_crd_is_what_the_models_generate() -> None:
+    assert CHART_CRD.read_text() == render_crd(), "the chart's CRD is stale: run `make crd`"
+
+
+def test_the_spec_schema_carries_the_model_specs_constraints() -> None:
+    version = yaml.safe_load(render_crd())["spec"]["versions"][0]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    props = spec["properties"]
+    assert "name" not in props, "the Model's own name is the model's name"
+    assert spec["required"] == ["data", "target"]
+    assert props["cv_folds"] == {"type": "integer", "maximum": 20, "minimum": 2}
+    assert props["algorithms"]["items"]["enum"] == [a.value for a in Algorithm]
+    assert props["holdout"]["exclusiveMinimum"] is True
+    assert props["data"]["properties"]["path"]["nullable"] is True
+    assert set(props) >= {"training", "serving", "rollout"}
+    assert "additionalProperties" not in json.dumps(spec["properties"]["data"])
+
+
+def test_structural_refuses_a_union_the_api_server_cannot_express() -> None:
+    with pytest.raises(ValueError, match="only X-or-null unions"):
+        structural({"anyOf": [{"type": "string"}, {"type": "integer"}]})
+
+
+def test_the_example_model_parses() -> None:
+    resource = yaml.safe_load(EXAMPLE.read_text())
+    spec, policies = parse_resource_spec(resource["metadata"]["name"], resource["spec"])
+    assert spec.name == "iris"
+    assert policies.serving.min_replicas >= 1
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "field", "message"),
+    [
+        ("iris", {"data": {"path": "a.csv", "table": "t"}}, "spec.data", "give exactly one of"),
+        ("iris.v2", {}, "metadata.name", "should match pattern"),
+        ("iris", {"serving": {"min_replicas": 3, "max_replicas": 2}}, "spec.serving", "below min_replicas"),
+        ("iris", {"rollout": {"canary_steps": [50, 10]}}, "spec.rollout.canary_steps", "must increase"),
+        (
+            "iris",
+            {"serving": {"resources": {"limits": {"gpu": "1"}}}},
+            "spec.serving.resources.limits",
+            "'gpu': only cpu and memory",
+        ),
+        ("iris", {"features": [{"name": "species", "type": "numeric"}]}, "spec", "cannot also be a feature"),
+    ],
+)
+def test_what_the_schema_cannot_say_names_the_field(
+    name: str, spec: dict[str, Any], field: str, message: str
+) -> None:
+    body = model(name, **spec)
+    with pytest.raises(ResourceSpecError, match=message) as caught:
+        parse_resource_spec(name, body["spec"])
+    assert caught.value.field == field
+    assert caught.value.message.startswith(field)
+
+
+# ---------------------------------------------------------------- the real API server
+
+
+@pytest.mark.cluster
+def test_the_api_server_accepts_a_valid_model_and_prints_its_columns(model_crd: Any, namespace: str) -> None:
+    resource = yaml.safe_load(EXAMPLE.read_text())
+    model_crd.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(resource))
+    table = model_crd.kubectl("get", "models", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "SERVING", "PHASE", "READY", "AGE"]
+    assert table[1].split()[0] == "iris"
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"cv_folds": 1}, "spec.cv_folds: Invalid value: 1: spec.cv_folds in body should be greater than or"),
+        ({"algorithms": ["xgboost"]}, 'spec.algorithms[0]: Unsupported value: "xgboost"'),
+        ({"data": {"path": "a.csv", "format": "json"}}, "spec.data.format in body should match"),
+        ({"serving": {"max_replicas": 0}}, "spec.serving.max_replicas: Invalid value: 0"),
+        ({"rollout": {"strategy": "blue-green"}}, 'unknown field "spec.rollout.strategy"'),
+        ({"training": {"schedule": "every day"}}, "spec.training.schedule in body should match"),
+    ],
+)
+def test_the_api_server_refuses_an_invalid_model_naming_the_field(
+    model_crd: Any, namespace: str, spec: dict[str, Any], message: str
+) -> None:
+    result = model_crd.kubectl(
+        "apply", "-n", namespace, "-f", "-", stdin=json.dumps(model(**spec)), check=False
+    )
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+@pytest.mark.cluster
+def test_a_model_without_data_is_refused(model_crd: Any, namespace: str) -> None:
+    body = model()
+    del body["spec"]["data"]
+    result = model_crd.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(body), check=False)
+    assert "spec.data: Required value" in result.stderr, result.stderr

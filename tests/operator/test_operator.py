@@ -1,0 +1,541 @@
+"""`modelyard operator` on the real control plane: a Model is trained by a Job, its version published to a
+real registry and S3, and served through an InferenceService that KServe's own controller reconciles.
+
+kwok runs no containers, so the training pod's command runs here, as kubelet would run it: with the
+command, arguments and environment the Job holds (each secretKeyRef and configMapKeyRef read from the
+namespace), its ConfigMap volume written to a folder and its emptyDir a folder of its own. The operator
+is a real process too, killed and started again mid-run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelyard.deploy import chart
+from modelyard.errors import NotFound
+from modelyard.registry import Registry
+
+from ..conftest import S3Service
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+IRIS = ROOT / "examples" / "data" / "iris.csv"
+MODELYARD = str(Path(sys.executable).parent / "modelyard")
+
+SERVING_RUNTIME = {
+    "apiVersion": "serving.kserve.io/v1alpha1",
+    "kind": "ServingRuntime",
+    "metadata": {"name": "modelyard"},
+    "spec": {
+        "supportedModelFormats": [{"name": "modelyard", "version": "1", "autoSelect": True}],
+        "protocolVersions": ["v2"],
+        "containers": [
+            {
+                "name": "kserve-container",
+                "image": "modelyard/predictor:test",
+                "args": ["--model_dir=/mnt/models"],
+            }
+        ],
+    },
+}
+
+
+def iris_model(name: str = "iris", **spec: Any) -> dict[str, Any]:
+    body = {
+        "data": {"path": str(IRIS)},
+        "target": "species",
+        "algorithms": ["logistic_regression"],
+        "search": {"strategy": "random", "trials": 2},
+        "cv_folds": 2,
+        "gate": {"min_score": 0.5},
+        **spec,
+    }
+    return {"apiVersion": "modelyard.io/v1alpha1", "kind": "Model", "metadata": {"name": name}, "spec": body}
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 90.0, poll: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll)
+
+
+class Harness:
+    """The namespace's objects, the operator's process and the registry of one test."""
+
+    def __init__(self, plane: Any, namespace: str, tmp: Path, s3: S3Service) -> None:
+        self.plane, self.namespace, self.tmp = plane, namespace, tmp
+        self.database_url = f"sqlite:///{tmp / 'registry.db'}"
+        self.bucket = s3.create_bucket()
+        self.s3 = s3
+        self.operator: subprocess.Popen[bytes] | None = None
+        self.operator_log = tmp / "operator.log"
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> Any:
+        return self.plane.kubectl(*args, "-n", self.namespace, stdin=stdin, check=check)
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        result = self.kubectl("get", kind, name, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def apply(self, document: dict[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(document))
+
+    def install_settings(self) -> None:
+        """What the chart gives a namespace: the registry and S3 Secrets, the config, the runtime."""
+        secrets = {
+            "modelyard-database": {"MODELYARD_DATABASE_URL": self.database_url},
+            "modelyard-s3": {
+                "AWS_ACCESS_KEY_ID": self.s3.env()["AWS_ACCESS_KEY_ID"],
+                "AWS_SECRET_ACCESS_KEY": self.s3.env()["AWS_SECRET_ACCESS_KEY"],
+            },
+        }
+        for name, data in secrets.items():
+            self.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data})
+        config = {
+            "MODELYARD_STORE_URI": f"s3://{self.bucket}/models",
+            "AWS_ENDPOINT_URL": self.s3.endpoint_url,
+            "AWS_REGION": self.s3.env()["AWS_REGION"],
+        }
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "modelyard-config"},
+                "data": config,
+            }
+        )
+        self.apply(SERVING_RUNTIME)
+
+    def start_operator(self, kubeconfig: Path | None = None) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig or self.plane.kubeconfig),
+            "MODELYARD_DATABASE_URL": self.database_url,
+            "MODELYARD_HOME": str(self.tmp / "operator-home"),
+            "MODELYARD_OPERATOR__INTERVAL_S": "1",
+        }
+        log = self.operator_log.open("ab")
+        self.operator = subprocess.Popen(
+            [MODELYARD, "operator", "--namespace", self.namespace],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill_operator(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies."""
+        assert self.operator is not None
+        self.operator.send_signal(signal.SIGKILL)
+        self.operator.wait(10)
+        self.operator = None
+
+    def stop_operator(self) -> None:
+        if self.operator is not None:
+            self.operator.terminate()
+            try:
+                self.operator.wait(15)
+            except subprocess.TimeoutExpired:
+                self.operator.kill()
+            self.operator = None
+
+    def operator_alive(self) -> bool:
+        return self.operator is not None and self.operator.poll() is None
+
+    def model(self, name: str) -> dict[str, Any]:
+        found = self.get("model", name)
+        assert found is not None, f"Model {name} is gone"
+        return found
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        for condition in (self.model(name).get("status") or {}).get("conditions", []):
+            if condition["type"] == type_:
+                return dict(condition)
+        return None
+
+    def jobs(self, model: str) -> list[dict[str, Any]]:
+        found = self.kubectl("get", "jobs", "-l", f"modelyard.io/model={model}", "-o", "json")
+        items: list[dict[str, Any]] = json.loads(found.stdout)["items"]
+        return items
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        found = self.kubectl("get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json")
+        items: list[dict[str, Any]] = json.loads(found.stdout)["items"]
+        return items
+
+    def run_pod(self, pod_spec: dict[str, Any], workdir: Path) -> subprocess.CompletedProcess[str]:
+        """Run the pod's one container here, as kubelet would: its volumes as folders, its env resolved."""
+        (container,) = pod_spec["containers"]
+        volumes = {volume["name"]: volume for volume in pod_spec.get("volumes", [])}
+        mounts: dict[str, Path] = {}
+        for mount in container.get("volumeMounts", []):
+            local = workdir / mount["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            volume = volumes[mount["name"]]
+            if "configMap" in volume:
+                config_map = self.get("configmap", volume["configMap"]["name"])
+                assert config_map is not None, f"the pod's ConfigMap {volume['configMap']['name']} is missing"
+                for key, text in config_map["data"].items():
+                    (local / key).write_text(text)
+            mounts[mount["mountPath"]] = local
+
+        def local_path(value: str) -> str:
+            for mount_path in sorted(mounts, key=len, reverse=True):
+                if value == mount_path or value.startswith(mount_path + "/"):
+                    return str(mounts[mount_path]) + value[len(mount_path) :]
+            return value
+
+        env = {"PATH": os.environ["PATH"]}
+        for variable in container.get("env", []):
+            if "value" in variable:
+                env[variable["name"]] = local_path(variable["value"])
+                continue
+            source = variable["valueFrom"]
+            if "secretKeyRef" in source:
+                ref, kind = source["secretKeyRef"], "secret"
+            else:
+                ref, kind = source["configMapKeyRef"], "configmap"
+            found = self.get(kind, ref["name"])
+            data = (found or {}).get("data", {})
+            if ref["key"] not in data:
+                assert ref.get("optional"), f"{kind} {ref['name']} lacks {ref['key']}"
+                continue
+            value = data[ref["key"]]
+            env[variable["name"]] = base64.b64decode(value).decode() if kind == "secret" else value
+        command = [MODELYARD if part == "modelyard" else part for part in container["command"]]
+        args = [local_path(part) for part in container.get("args", [])]
+        return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def harness(model_crd: Any, namespace: str, tmp_path: Path, s3: S3Service) -> Iterator[Harness]:
+    found = Harness(model_crd, namespace, tmp_path, s3)
+    found.install_settings()
+    found.start_operator()
+    yield found
+    found.stop_operator()
+    if os.environ.get("CI") == "true" or not found.operator_log.exists():
+        return
+    print(found.operator_log.read_text()[-4000:])
+
+
+def test_a_model_is_trained_by_a_job_published_and_served_and_survives_an_operator_killed_mid_run(
+    harness: Harness, tmp_path: Path
+) -> None:
+    harness.apply(iris_model())
+    (job,) = wait_until("the training Job", lambda: harness.jobs("iris"))
+    trained = wait_until("Trained=Unknown", lambda: harness.condition("iris", "Trained"))
+    assert trained["status"] == "Unknown"
+    assert trained["reason"] in ("Training", "AwaitingVersion")
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "Model"
+
+    # The operator dies while the run is under way; the run goes on without it.
+    harness.kill_operator()
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["modelyard"]
+    assert container["args"][:1] == ["train"]
+    result = harness.run_pod(job["spec"]["template"]["spec"], tmp_path / "pod")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["published"]["version"] == 1
+
+    harness.start_operator()
+    ready = wait_until(
+        "Ready=True",
+        lambda: (c := harness.condition("iris", "Ready")) is not None and c["status"] == "True" and c,
+        timeout=120,
+    )
+    assert ready["reason"] == "Ready"
+    model = harness.model("iris")
+    status = model["status"]
+    assert status["observedGeneration"] == model["metadata"]["generation"]
+    assert status["servingVersion"] == 1
+    assert status["phase"] == "Ready"
+    assert status["versions"][0]["version"] == 1
+    assert status["versions"][0]["stage"] == "production"
+    assert status["latestRun"]["name"] == job["metadata"]["name"]
+    types = {c["type"]: c["status"] for c in status["conditions"]}
+    assert types["Trained"] == types["Published"] == types["Serving"] == "True"
+    assert len(harness.jobs("iris")) == 1, "the restarted operator started a second run of the same spec"
+
+    with Registry(harness.database_url) as registry:
+        production = registry.production("iris")
+    assert production is not None and production.version == 1
+    service = harness.get("inferenceservice", "iris")
+    assert service is not None
+    assert service["spec"]["predictor"]["model"]["storageUri"] == production.storage_uri
+    assert production.storage_uri.startswith(f"s3://{harness.bucket}/models/iris")
+    assert service["metadata"]["ownerReferences"][0]["uid"] == model["metadata"]["uid"]
+
+    row = harness.kubectl("get", "model", "iris").stdout.splitlines()[1].split()
+    assert row[:4] == ["iris", "1", "Ready", "True"]
+    reasons = {event["reason"] for event in harness.events("iris")}
+    assert {"TrainingStarted", "Trained", "Promoted", "Ready"} <= reasons
+
+    # Cleanup: the InferenceService and the schedule go with the Model; the registry keeps its history.
+    harness.kubectl("delete", "model", "iris", "--timeout=60s")
+    wait_until("the InferenceService to go", lambda: harness.get("inferenceservice", "iris") is None)
+    with Registry(harness.database_url) as registry:
+        assert [record.version for record in registry.list_versions("iris")] == [1]
+
+
+def test_a_spec_the_model_spec_refuses_gets_a_condition_naming_the_field_and_a_fix_trains(
+    harness: Harness,
+) -> None:
+    harness.apply(iris_model(data={"path": str(IRIS), "table": "iris"}))
+    ready = wait_until(
+        "Ready=False InvalidSpec",
+        lambda: (c := harness.condition("iris", "Ready")) is not None and c["reason"] == "InvalidSpec" and c,
+    )
+    assert ready["status"] == "False"
+    assert ready["message"].startswith("spec.data: give exactly one of path, table, query or dataset")
+    assert harness.model("iris")["status"]["phase"] == "Invalid"
+    warnings = [event for event in harness.events("iris") if event["reason"] == "InvalidSpec"]
+    assert warnings and warnings[0]["type"] == "Warning"
+    time.sleep(3)  # several timer rounds: no Job, no crash, one event
+    assert harness.jobs("iris") == []
+    assert harness.operator_alive()
+    assert len([e for e in harness.events("iris") if e["reason"] == "InvalidSpec"]) == 1
+
+    harness.kubectl(
+        "patch", "model", "iris", "--type=json", "-p", '[{"op": "remove", "path": "/spec/data/table"}]'
+    )
+    wait_until("the training Job of the fixed spec", lambda: harness.jobs("iris"))
+    trained = wait_until("Trained", lambda: harness.condition("iris", "Trained"))
+    assert trained["status"] == "Unknown"
+    assert harness.condition("iris", "Ready")["reason"] != "InvalidSpec"  # type: ignore[index]
+
+
+def test_a_name_that_is_no_model_name_is_reported_on_metadata_name(harness: Harness) -> None:
+    harness.apply(iris_model(name="iris.v2"))
+    ready = wait_until(
+        "Ready=False InvalidSpec",
+        lambda: (
+            (c := harness.condition("iris.v2", "Ready")) is not None and c["reason"] == "InvalidSpec" and c
+        ),
+    )
+    assert ready["message"].startswith("metadata.name: String should match pattern")
+
+
+def test_a_schedule_becomes_a_cron_job_owned_by_the_model(harness: Harness) -> None:
+    harness.apply(iris_model(training={"schedule": "0 3 * * 0"}))
+    cron = wait_until("the CronJob", lambda: harness.get("cronjob", "iris-retrain"))
+    assert cron["spec"]["schedule"] == "0 3 * * 0"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"][:3] == ["train", "--spec", "/etc/modelyard/spec/spec.yaml"]
+    assert cron["metadata"]["ownerReferences"][0]["name"] == "iris"
+    spec_file = yaml.safe_load(harness.get("configmap", "iris-spec")["data"]["spec.yaml"])  # type: ignore[index]
+    assert spec_file["name"] == "iris"
+    assert spec_file["cv_folds"] == 2
+
+    harness.kubectl(
+        "patch", "model", "iris", "--type=json", "-p", '[{"op": "remove", "path": "/spec/training"}]'
+    )
+    wait_until("the CronJob to go", lambda: harness.get("cronjob", "iris-retrain") is None)
+
+
+def test_a_kfp_runner_is_refused_in_a_condition_until_it_is_built(harness: Harness) -> None:
+    harness.apply(iris_model(training={"runner": "kfp"}))
+    trained = wait_until(
+        "Trained=False RunnerNotBuilt",
+        lambda: (
+            (c := harness.condition("iris", "Trained")) is not None and c["reason"] == "RunnerNotBuilt" and c
+        ),
+    )
+    assert trained["status"] == "False"
+    assert "KFP" in trained["message"]
+    assert harness.jobs("iris") == []
+    assert harness.model("iris")["status"]["phase"] == "Failed"
+
+
+def service_account_kubeconfig(harness: Harness, account: str) -> Path:
+    """A kubeconfig that is ``account`` of the test's namespace: a token from the TokenRequest API."""
+    token = harness.kubectl("create", "token", account, "--duration=1h").stdout.strip()
+    config = yaml.safe_load(Path(harness.plane.kubeconfig).read_text())
+    config["users"] = [{"name": account, "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = account
+    path = harness.tmp / f"{account}.kubeconfig"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_the_charts_role_is_all_the_operator_needs(harness: Harness, tmp_path: Path) -> None:
+    """The chart's ServiceAccount, Role and RoleBinding for the operator, and nothing else: the whole loop
+    runs as that ServiceAccount (a request its Role does not allow would leave the Model unready)."""
+    harness.stop_operator()
+    wanted = {"ServiceAccount", "Role", "RoleBinding"}
+    for obj in chart.render(namespace=harness.namespace):
+        if obj["kind"] in wanted and obj["metadata"]["name"].endswith("-operator"):
+            harness.apply(obj)
+    kubeconfig = service_account_kubeconfig(harness, "modelyard-operator")
+    forbidden = harness.plane.kubectl(
+        "auth",
+        "can-i",
+        "list",
+        "secrets",
+        "-n",
+        harness.namespace,
+        "--kubeconfig",
+        str(kubeconfig),
+        check=False,
+    )
+    assert forbidden.stdout.strip() == "no"
+    harness.start_operator(kubeconfig)
+
+    harness.apply(iris_model())
+    (job,) = wait_until("the training Job", lambda: harness.jobs("iris"))
+    result = harness.run_pod(job["spec"]["template"]["spec"], tmp_path / "pod")
+    assert result.returncode == 0, result.stderr[-3000:]
+    wait_until(
+        "Ready=True",
+        lambda: (c := harness.condition("iris", "Ready")) is not None and c["status"] == "True",
+        timeout=120,
+    )
+    assert {"TrainingStarted", "Promoted", "Ready"} <= {event["reason"] for event in harness.events("iris")}
+    harness.kubectl("delete", "model", "iris", "--timeout=60s")
+    wait_until("the InferenceService to go", lambda: harness.get("inferenceservice", "iris") is None)
+    assert "Forbidden" not in harness.operator_log.read_text()
+
+
+def test_a_spec_change_retrains_and_a_serving_change_only_reshapes_the_inference_service(
+    harness: Harness, tmp_path: Path
+) -> None:
+    harness.apply(iris_model())
+    (first,) = wait_until("the training Job", lambda: harness.jobs("iris"))
+    assert harness.run_pod(first["spec"]["template"]["spec"], tmp_path / "first").returncode == 0
+    wait_until(
+        "Ready", lambda: (c := harness.condition("iris", "Ready")) is not None and c["status"] == "True"
+    )
+    service = harness.get("inferenceservice", "iris")
+    assert service is not None
+    served_uri = service["spec"]["predictor"]["model"]["storageUri"]
+
+    # Serving policy only: the InferenceService changes, no run starts.
+    harness.kubectl(
+        "patch", "model", "iris", "--type=merge", "-p", '{"spec": {"serving": {"max_replicas": 4}}}'
+    )
+    wait_until(
+        "maxReplicas 4",
+        lambda: (harness.get("inferenceservice", "iris") or {})["spec"]["predictor"]["maxReplicas"] == 4,
+    )
+    assert len(harness.jobs("iris")) == 1
+
+    # The model spec: a second run; its version waits in staging while production keeps serving.
+    harness.kubectl("patch", "model", "iris", "--type=merge", "-p", '{"spec": {"cv_folds": 3}}')
+    jobs = wait_until("the second Job", lambda: (found := harness.jobs("iris")) and len(found) == 2 and found)
+    (second,) = [job for job in jobs if job["metadata"]["name"] != first["metadata"]["name"]]
+    assert harness.run_pod(second["spec"]["template"]["spec"], tmp_path / "second").returncode == 0
+    rollout = wait_until(
+        "RolloutProgressing CandidateWaiting",
+        lambda: (
+            (c := harness.condition("iris", "RolloutProgressing")) is not None
+            and c["reason"] == "CandidateWaiting"
+            and c
+        ),
+    )
+    assert rollout["message"].startswith("iris@2 passed the gate; iris@1 keeps serving")
+    try:
+        wait_until("phase Ready", lambda: harness.model("iris")["status"]["phase"] == "Ready", timeout=30)
+    except AssertionError:
+        raise AssertionError(json.dumps(harness.model("iris")["status"]["conditions"], indent=1)) from None
+    status = harness.model("iris")["status"]
+    assert status["servingVersion"] == 1
+    assert [(v["version"], v["stage"]) for v in status["versions"]] == [(2, "staging"), (1, "production")]
+    assert status["latestRun"]["name"] == second["metadata"]["name"]
+    assert harness.get("inferenceservice", "iris")["spec"]["predictor"]["model"]["storageUri"] == served_uri  # type: ignore[index]
+
+
+ALERT = ROOT / "tests" / "monitoring" / "testdata" / "alertmanager-v4.json"
+
+
+def post_alert(url: str, model: str) -> Any:
+    import urllib.request
+
+    document = json.loads(ALERT.read_text())
+    document["alerts"][0]["labels"]["model"] = model
+    request = urllib.request.Request(
+        url, data=json.dumps(document).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def test_a_retraining_alert_through_the_webhook_asks_the_model_and_the_operator_retrains(
+    harness: Harness, tmp_path: Path
+) -> None:
+    from ..monitoring.conftest import free_ports
+
+    harness.apply(iris_model())
+    (first,) = wait_until("the training Job", lambda: harness.jobs("iris"))
+    (port,) = free_ports(1)
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(harness.plane.kubeconfig),
+        "MODELYARD_DATABASE_URL": harness.database_url,
+        "MODELYARD_HOME": str(tmp_path / "webhook-home"),
+    }
+    command = [MODELYARD, "retrain-webhook", "--models-namespace", harness.namespace, "--port", str(port)]
+    with (tmp_path / "webhook.log").open("wb") as log:
+        webhook = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(
+            "the webhook", lambda: webhook.poll() is None and _answers(f"http://127.0.0.1:{port}/healthz")
+        )
+        decisions = post_alert(f"http://127.0.0.1:{port}/alerts", "iris")
+        assert [d["outcome"] for d in decisions["decisions"]] == ["starting"], decisions
+        jobs = wait_until(
+            "the retraining Job", lambda: (found := harness.jobs("iris")) and len(found) == 2 and found
+        )
+    finally:
+        webhook.terminate()
+        webhook.wait(10)
+    (retrain,) = [job for job in jobs if job["metadata"]["name"] != first["metadata"]["name"]]
+    assert retrain["metadata"]["labels"]["modelyard.io/trigger"] == "alert"
+    requested = harness.model("iris")["metadata"]["annotations"]["modelyard.io/retrain-requested"]
+    assert retrain["metadata"]["annotations"]["modelyard.io/retrain-requested"] == requested
+    wait_until("latestRun alert", lambda: harness.model("iris")["status"]["latestRun"]["trigger"] == "alert")
+    assert "RetrainingStarted" in {event["reason"] for event in harness.events("iris")}
+
+
+def test_a_model_that_refuses_alerts_is_not_retrained(harness: Harness) -> None:
+    from modelyard.deploy.kube import custom_objects_api
+    from modelyard.operator.kube import Cluster
+    from modelyard.operator.launcher import ModelResourceLauncher
+
+    harness.apply(iris_model(training={"retrain_on_alert": False}))
+    wait_until("the training Job", lambda: harness.jobs("iris"))
+    # the kubeconfig by name: the client reads $KUBECONFIG once, when it is first imported
+    api_client = custom_objects_api(Path(harness.plane.kubeconfig)).api_client
+    launcher = ModelResourceLauncher(harness.namespace, Cluster(api_client))
+    assert launcher.start("iris").startswith(f"{harness.namespace}/iris@")
+    wait_until("RetrainIgnored", lambda: "RetrainIgnored" in {e["reason"] for e in harness.events("iris")})
+    assert len(harness.jobs("iris")) == 1
+    with pytest.raises(NotFound, match=f"no Model {harness.namespace}/absent: nothing asks the operator"):
+        launcher.start("absent")
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
