@@ -1,0 +1,188 @@
+"""The console in Debian's Chromium, against a real registry (SQLite, then PostgreSQL) and a real predictor.
+
+Each test saves a screenshot of its page into its tmp dir (two of them are committed under docs/).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tritonclient.http as httpclient
+
+from modelyard.registry import Stage
+
+from .conftest import IRIS_CSV, Console
+
+ROW = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
+
+
+def shot(page: Any, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 0
+    return path
+
+
+def test_models_list_shows_the_trained_model(console: Console, page: Any, tmp_path: Path) -> None:
+    page.goto(console.url + "/")
+    table = page.locator("#models")
+    assert table.locator("th[scope=row]").all_inner_texts() == ["iris"]
+    cells = table.locator("tbody tr").first.locator("td").all_inner_texts()
+    assert cells[:4] == ["—", "v2", "v2", "2"]  # no production yet; v2 is the latest staging version
+    shot(page, tmp_path, "models")
+    page.get_by_role("link", name="iris", exact=True).click()
+    assert page.locator("#versions tbody tr").count() == 2
+    shot(page, tmp_path, "model")
+
+
+def test_version_page_shows_its_confusion_matrix_and_roc(console: Console, page: Any, tmp_path: Path) -> None:
+    page.goto(console.url + "/models/iris/versions/1")
+    matrix = page.locator("figure.confusion-matrix svg")
+    assert matrix.count() == 1
+    assert "Confusion matrix of iris@1" in matrix.get_attribute("aria-label")
+    counts = [int(text) for text in matrix.locator("text").all_text_contents() if text.isdigit()]
+    assert sum(counts) == 30  # the 20 % holdout of 150 rows, every row counted once
+    assert page.locator("#roc polyline").count() == 3  # one-vs-rest, three classes
+    assert page.locator("#candidates tbody tr").count() == 1
+    assert "logistic_regression" in page.locator("#candidates").inner_text()
+    assert len(page.locator("#lineage").inner_text()) > 64  # the fingerprint is shown
+    shot(page, tmp_path, "version")
+    page.get_by_role("link", name="Full report (report.html)").click()
+    page.wait_for_url("**/report.html")
+    assert "iris" in page.content()
+
+
+def test_compare_shows_two_versions(console: Console, page: Any, tmp_path: Path) -> None:
+    page.goto(console.url + "/models/iris")
+    page.get_by_label("v1").check()
+    page.get_by_label("v2").check()
+    page.get_by_role("button", name="Compare").click()
+    page.wait_for_url("**/compare?v=*")
+    assert page.locator("figure.confusion-matrix").count() == 2
+    assert page.locator("#roc polyline").count() == 6
+    header = page.locator("#compare-metrics thead").inner_text()
+    assert "v1" in header and "v2" in header
+    algorithms = page.locator("#compare-metrics tr", has_text="algorithm").inner_text()
+    assert "logistic_regression" in algorithms and "random_forest" in algorithms
+    assert page.locator("#changed-params tbody tr").count() >= 1
+    assert "same data" in page.locator("main").inner_text()
+    shot(page, tmp_path, "compare")
+
+
+def test_compare_needs_two_versions(console: Console, page: Any) -> None:
+    page.goto(console.url + "/models/iris/compare?v=1")
+    assert "choose at least two different versions" in page.locator("#message").inner_text()
+
+
+def test_predict_form_returns_the_label_tritonclient_gets(
+    console: Console, page: Any, tmp_path: Path
+) -> None:
+    client = httpclient.InferenceServerClient(console.predictor.http_address)
+    inputs = []
+    for name, value in ROW.items():
+        tensor = httpclient.InferInput(name, [1], "FP64")
+        tensor.set_data_from_numpy(np.array([value]), binary_data=False)
+        inputs.append(tensor)
+    expected = client.infer("iris", inputs).as_numpy("label")[0]
+    client.close()
+    expected = expected.decode() if isinstance(expected, bytes) else str(expected)
+
+    page.goto(console.url + "/models/iris/versions/1/predict")
+    for name, value in ROW.items():
+        page.get_by_label(name).fill(str(value))
+    page.get_by_role("button", name="Predict").click()
+    label = page.locator("#label")
+    label.wait_for()
+    assert label.inner_text() == expected
+    assert page.locator("#result svg rect").count() == 3  # a bar per class
+    shot(page, tmp_path, "predict")
+
+
+def test_predict_shows_the_predictors_error(console: Console, page: Any) -> None:
+    page.goto(console.url + "/models/iris/versions/1/predict")
+    page.get_by_label("sepal_length").fill("")
+    page.get_by_label("sepal_length").evaluate("element => element.removeAttribute('required')")
+    page.get_by_role("button", name="Predict").click()
+    message = page.locator("#message.error")
+    message.wait_for()
+    assert "missing sepal_length" in message.inner_text()
+
+
+def test_csv_upload_downloads_a_scored_file(console: Console, page: Any, tmp_path: Path) -> None:
+    upload = tmp_path / "rows.csv"
+    upload.write_text(
+        IRIS_CSV.read_text().splitlines()[0]
+        + "\n"
+        + "\n".join(IRIS_CSV.read_text().splitlines()[1:11])
+        + "\n"
+    )
+    page.goto(console.url + "/models/iris/versions/2/batch")
+    page.get_by_label("CSV file").set_input_files(str(upload))
+    with page.expect_download() as caught:
+        page.get_by_role("button", name="Score").click()
+    saved = tmp_path / "scored.csv"
+    caught.value.save_as(str(saved))
+    rows = list(csv.DictReader(io.StringIO(saved.read_text())))
+    assert len(rows) == 10
+    assert list(rows[0]) == [
+        "sepal_length", "sepal_width", "petal_length", "petal_width", "species",
+        "label", "proba_setosa", "proba_versicolor", "proba_virginica", "model", "model_version",
+    ]  # fmt: skip
+    assert {row["model_version"] for row in rows} == {"2"}
+    assert "Scored 10 rows" in page.locator("#progress").inner_text()
+    shot(page, tmp_path, "batch")
+
+
+def test_malformed_csv_shows_its_error(console: Console, page: Any, tmp_path: Path) -> None:
+    page.goto(console.url + "/models/iris/versions/2/batch")
+    missing = tmp_path / "missing-column.csv"
+    missing.write_text("sepal_length,sepal_width,petal_length\n5.1,3.5,1.4\n")
+    page.get_by_label("CSV file").set_input_files(str(missing))
+    page.get_by_role("button", name="Score").click()
+    message = page.locator("#message.error")
+    message.wait_for()
+    assert "petal_width" in message.inner_text()
+    shot(page, tmp_path, "batch-error")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    page.get_by_label("CSV file").set_input_files(str(empty))
+    page.get_by_role("button", name="Score").click()
+    page.get_by_text("the uploaded file is empty").wait_for()
+
+
+def test_monitoring_page_renders(console: Console, page: Any, tmp_path: Path) -> None:
+    page.goto(console.url + "/models/iris/monitoring?hours=24")
+    assert "predictions logged" in page.locator("main").inner_text()
+    shot(page, tmp_path, "monitoring")
+    page.goto(console.url + "/models/iris/monitoring?hours=abc")
+    assert "hours must be a number" in page.locator("#message").inner_text()
+
+
+def test_promote_changes_the_registry(console: Console, page: Any, tmp_path: Path) -> None:
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(console.url + "/models/iris/versions/1")
+    page.get_by_role("button", name="Promote iris@1 to production").click()
+    page.locator("#message.ok").wait_for()
+    with console.registry() as registry:
+        assert registry.get_version("iris", 1).stage is Stage.PRODUCTION
+    page.wait_for_load_state()
+    page.goto(console.url + "/")
+    assert page.locator("#models tbody tr").first.locator("td").first.inner_text() == "v1"
+    shot(page, tmp_path, "promoted")
+
+
+def test_api_errors_are_json_with_the_message(console: Console) -> None:
+    request = urllib.request.Request(console.url + "/api/models/nope/versions/1", method="GET")
+    try:
+        urllib.request.urlopen(request, timeout=30)
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404
+        assert "nope" in json.loads(exc.read())["error"]
+    else:
+        raise AssertionError("an unknown model answered 200")
