@@ -137,7 +137,7 @@ class ConsoleSettings(BaseModel):
     """The web console, `modelyard console` (MODELYARD_CONSOLE__<NAME>)."""
 
     host: str = Field(default="127.0.0.1", description="address the console listens on")
-    port: int = Field(default=8090, ge=1, le=65535, description="the console's HTTP port")
+    port: int = Field(default=8088, ge=1, le=65535, description="the console's HTTP port")
     predictor_url: str = Field(
         default="http://127.0.0.1:8080",
         description="base URL of the V2 predictor the Predict page posts to (a local `modelyard serve`, "

@@ -142,12 +142,14 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise InvalidInput(
-                f"the file is larger than {settings.console.max_upload_mb:g} MB (MODELYARD_CONSOLE__MAX_UPLOAD_MB)"
+                f"the file is larger than {settings.console.max_upload_mb:g} MB "
+                "(MODELYARD_CONSOLE__MAX_UPLOAD_MB)"
             )
         content = await request.body()
         if len(content) > limit:
             raise InvalidInput(
-                f"the file is larger than {settings.console.max_upload_mb:g} MB (MODELYARD_CONSOLE__MAX_UPLOAD_MB)"
+                f"the file is larger than {settings.console.max_upload_mb:g} MB "
+                "(MODELYARD_CONSOLE__MAX_UPLOAD_MB)"
             )
         with service.scratch_dir() as scratch:
             path, summary = await run(

@@ -19,7 +19,8 @@ header{background:#12355b;color:#fff;padding:.6rem 1.2rem;display:flex;gap:1.2re
 header a{color:#fff;font-weight:600}
 main{padding:1rem 1.2rem;max-width:1200px}
 a{color:#0b4f9c}
-a:focus,button:focus,input:focus,select:focus,textarea:focus,summary:focus{outline:3px solid #e08a00;outline-offset:2px}
+a:focus,button:focus,input:focus,select:focus,textarea:focus,summary:focus{
+  outline:3px solid #e08a00;outline-offset:2px}
 table{border-collapse:collapse;margin:.5rem 0 1rem}
 th,td{border:1px solid #bbb;padding:.25rem .55rem;text-align:left;vertical-align:top}
 th{background:#eef2f7}
@@ -27,7 +28,8 @@ th{background:#eef2f7}
 .message.error{background:#fdecea;border:1px solid #a3153a;color:#6b0d26}
 .message.ok{background:#e8f5e9;border:1px solid #2d7a2d;color:#1b4d1b}
 .message:empty{display:none}
-button{background:#12355b;color:#fff;border:0;padding:.45rem .9rem;border-radius:4px;cursor:pointer;font-size:1rem}
+button{background:#12355b;color:#fff;border:0;padding:.45rem .9rem;border-radius:4px;cursor:pointer;
+  font-size:1rem}
 button.danger{background:#a3153a}
 label{display:block;font-weight:600;margin-top:.5rem}
 input,select,textarea{font-size:1rem;padding:.3rem;border:1px solid #555;border-radius:3px}
@@ -117,7 +119,8 @@ def models_page(models: list[dict[str, Any]]) -> str:
     body = (
         '<table id="models"><caption>Registered models (metrics: the latest version\'s holdout)</caption>'
         '<thead><tr><th scope="col">model</th><th scope="col">production</th><th scope="col">staging</th>'
-        f'<th scope="col">latest</th><th scope="col">versions</th>{header}<th scope="col">drift and accuracy</th>'
+        f'<th scope="col">latest</th><th scope="col">versions</th>{header}'
+        '<th scope="col">drift and accuracy</th>'
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
     return layout("Models", body)
@@ -125,7 +128,10 @@ def models_page(models: list[dict[str, Any]]) -> str:
 
 def _action_button(label: str, url: str, confirm: str, *, danger: bool = False) -> str:
     kind = ' class="danger"' if danger else ""
-    return f'<button type="button"{kind} data-action="{_e(url)}" data-confirm="{_e(confirm)}">{_e(label)}</button>'
+    return (
+        f'<button type="button"{kind} data-action="{_e(url)}" data-confirm="{_e(confirm)}">'
+        f"{_e(label)}</button>"
+    )
 
 
 def model_page(name: str, model: dict[str, Any]) -> str:
@@ -247,7 +253,8 @@ def version_page(detail: dict[str, Any]) -> str:
     )
     base = version_path(name, number)
     actions = (
-        f"<p>{_link(base + '/report.html', 'Full report (report.html)')} · {_link(base + '/predict', 'Predict')}"
+        f"<p>{_link(base + '/report.html', 'Full report (report.html)')} · "
+        f"{_link(base + '/predict', 'Predict')}"
         f" · {_link(base + '/batch', 'Batch scoring')} · {_link(model_path(name), 'All versions')}</p>"
     )
     if detail["stage"] != "production":
@@ -262,7 +269,8 @@ def version_page(detail: dict[str, Any]) -> str:
         )
     body = (
         f'{actions}<div class="plots">{matrix}{roc}</div><h2>Metrics and parameters</h2>{metrics}{params}'
-        f'{candidates}<h2>Lineage</h2>{lineage}<h2>Model card</h2><pre id="model-card">{_e(detail["model_card"])}</pre>'
+        f"{candidates}<h2>Lineage</h2>{lineage}<h2>Model card</h2>"
+        f'<pre id="model-card">{_e(detail["model_card"])}</pre>'
     )
     return layout(f"{label}", body)
 
@@ -272,32 +280,36 @@ def compare_page(comparison: dict[str, Any]) -> str:
     details = comparison["versions"]
     labels = [f"v{d['version']}" for d in details]
     header = "".join(
-        f'<th scope="col">{_link(version_path(name, d["version"]), l)}</th>'
-        for d, l in zip(details, labels, strict=True)
+        f'<th scope="col">{_link(version_path(name, d["version"]), text)}</th>'
+        for d, text in zip(details, labels, strict=True)
     )
     metric_rows = "".join(
         f'<tr><th scope="row">{_e(k)}</th>{"".join(f"<td>{_fmt(v)}</td>" for v in values)}</tr>'
         for k, values in comparison["metrics"].items()
     )
+    summary = {
+        "stage": [_e(d["stage"]) for d in details],
+        "algorithm": [_e(d["algorithm"]) for d in details],
+        "dataset fingerprint": [f"<code>{_e((d['dataset_fingerprint'] or '')[:12])}</code>" for d in details],
+    }
     summary_rows = "".join(
-        f'<tr><th scope="row">{_e(title)}</th>{"".join(f"<td>{cell(d)}</td>" for d in details)}</tr>'
-        for title, cell in (
-            ("stage", lambda d: _e(d["stage"])),
-            ("algorithm", lambda d: _e(d["algorithm"])),
-            ("dataset fingerprint", lambda d: f"<code>{_e((d['dataset_fingerprint'] or '')[:12])}</code>"),
-        )
+        f'<tr><th scope="row">{_e(title)}</th>{"".join(f"<td>{cell}</td>" for cell in cells)}</tr>'
+        for title, cells in summary.items()
     )
     table = (
-        f'<table id="compare-metrics"><caption>Holdout metrics side by side</caption><thead><tr><th scope="col">'
+        '<table id="compare-metrics"><caption>Holdout metrics side by side</caption>'
+        '<thead><tr><th scope="col">'
         f"</th>{header}</tr></thead><tbody>{summary_rows}{metric_rows}</tbody></table>"
     )
     changed = comparison["changed_params"]
     param_rows = "".join(
-        f'<tr><th scope="row">{_e(k)}</th>{"".join(f"<td><code>{_e(json.dumps(v))}</code></td>" for v in values)}</tr>'
+        f'<tr><th scope="row">{_e(k)}</th>'
+        f"{''.join(f'<td><code>{_e(json.dumps(v))}</code></td>' for v in values)}</tr>"
         for k, values in changed.items()
     )
     params = (
-        f'<table id="changed-params"><caption>Parameters that differ</caption><thead><tr><th scope="col"></th>{header}'
+        '<table id="changed-params"><caption>Parameters that differ</caption>'
+        f'<thead><tr><th scope="col"></th>{header}'
         f"</tr></thead><tbody>{param_rows}</tbody></table>"
         if param_rows
         else "<p>The versions have the same parameters.</p>"
@@ -349,7 +361,8 @@ def predict_page(detail: dict[str, Any], predictor_url: str) -> str:
     body = (
         f"<p>Posts one row to the V2 endpoint <code>{_e(predictor_url)}/v2/models/{_e(name)}/infer</code> "
         f"through <code>POST {_e(api)}</code>.</p>"
-        f'<form id="predict" data-api="{_e(api)}">{fields}<p><button type="submit">Predict</button></p></form>'
+        f'<form id="predict" data-api="{_e(api)}">{fields}'
+        '<p><button type="submit">Predict</button></p></form>'
         '<section id="result" aria-live="polite"></section>'
     )
     return layout(f"Predict with {name}@{number}", body)
@@ -358,7 +371,7 @@ def predict_page(detail: dict[str, Any], predictor_url: str) -> str:
 def prediction_html(prediction: dict[str, Any]) -> str:
     """The predict API's ``html`` field: the label and the probability chart, inserted by the page."""
     chart = (
-        plots.probability_bars(prediction["probabilities"], title=f"Probability of each class for this row")
+        plots.probability_bars(prediction["probabilities"], title="Probability of each class for this row")
         if prediction["probabilities"]
         else ""
     )
@@ -371,8 +384,9 @@ def batch_page(detail: dict[str, Any], max_upload_mb: float) -> str:
     columns = ", ".join(f["name"] for f in detail["features"])
     body = (
         f"<p>Upload a CSV with a header row and the columns <code>{_e(columns)}</code> (at most "
-        f"{max_upload_mb:g} MB). It is scored by the batch scoring path (<code>POST {_e(api)}</code>, the body "
-        "is the CSV); the result adds <code>label</code>, <code>proba_&lt;class&gt;</code>, <code>model</code> "
+        f"{max_upload_mb:g} MB). It is scored by the batch scoring path (<code>POST {_e(api)}</code>, "
+        "the body is the CSV); the result adds <code>label</code>, <code>proba_&lt;class&gt;</code>, "
+        "<code>model</code> "
         "and <code>model_version</code>.</p>"
         f'<form id="batch" data-api="{_e(api)}"><label for="csv-file">CSV file</label>'
         '<input id="csv-file" name="file" type="file" accept=".csv,text/csv" required>'
@@ -384,9 +398,11 @@ def batch_page(detail: dict[str, Any], max_upload_mb: float) -> str:
 
 def monitoring_page(name: str, report: dict[str, Any], hours: float) -> str:
     parts = [
-        f'<form method="get"><label for="hours">Window (hours)</label><input id="hours" name="hours" type="number"'
+        '<form method="get"><label for="hours">Window (hours)</label>'
+        '<input id="hours" name="hours" type="number"'
         f' min="1" step="any" value="{hours:g}"> <button type="submit">Show</button></form>',
-        f"<p>{report['rows']} predictions logged between {_e(report['since'][:16])} and {_e(report['until'][:16])}"
+        f"<p>{report['rows']} predictions logged between {_e(report['since'][:16])} and "
+        f"{_e(report['until'][:16])}"
         f" UTC; drift is measured against v{report['reference_version']}'s training data.</p>",
     ]
     accuracy = report.get("accuracy")
@@ -411,7 +427,8 @@ def monitoring_page(name: str, report: dict[str, Any], hours: float) -> str:
             for label, counts in mix["classes"].items()
         )
         parts.append(
-            f'<table id="mix"><caption>Prediction mix (rows per predicted label)</caption><tbody>{rows}</tbody></table>'
+            '<table id="mix"><caption>Prediction mix (rows per predicted label)</caption>'
+            f"<tbody>{rows}</tbody></table>"
         )
     if not report["drift_enabled"]:
         parts.append("<p>This version's bundle has no drift reference.</p>")
@@ -422,7 +439,8 @@ def monitoring_page(name: str, report: dict[str, Any], hours: float) -> str:
         title = f"{drift['name']}: PSI {drift['psi']:.3f}, JS distance {drift['js_distance']:.3f}"
         figures.append(
             f"<figure><figcaption>{_e(title)}</figcaption>"
-            f"{plots.paired_histogram(drift['bins'], drift['reference'], drift['current'], title=title)}</figure>"
+            f"{plots.paired_histogram(drift['bins'], drift['reference'], drift['current'], title=title)}"
+            "</figure>"
         )
     if figures:
         parts.append(f'<h2>Drift per feature</h2><div class="plots" id="drift">{"".join(figures)}</div>')

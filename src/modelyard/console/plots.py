@@ -165,7 +165,8 @@ def paired_histogram(
             x = left + index * group + 2 + series * (group - 4) / 2
             parts.append(
                 f'<rect x="{x:.1f}" y="{top + height - bar:.1f}" width="{(group - 4) / 2:.1f}" '
-                f'height="{bar:.1f}" fill="{PALETTE[series]}"><title>{escape(label)}: {value:.3f}</title></rect>'
+                f'height="{bar:.1f}" fill="{PALETTE[series]}">'
+                f"<title>{escape(label)}: {value:.3f}</title></rect>"
             )
         parts.append(
             _text(
