@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 import tritonclient.http as httpclient
+import yaml
 
 from modelyard.registry import Stage
 
-from .conftest import IRIS_CSV, Console
+from .conftest import IRIS_CSV, RUNS, Console, iris_spec
 
 ROW = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 
@@ -147,8 +148,23 @@ def test_malformed_csv_shows_its_error(console: Console, page: Any, tmp_path: Pa
     page.get_by_role("button", name="Score").click()
     message = page.locator("#message.error")
     message.wait_for()
-    assert "petal_width" in message.inner_text()
+    assert "the uploaded CSV failed validation" in message.inner_text()
+    assert "missing column(s) the model iris@2 needs: petal_width" in message.inner_text()
     shot(page, tmp_path, "batch-error")
+    header = "sepal_length,sepal_width,petal_length,petal_width\n"
+    for content, error in [
+        (header + "5.1,3.5,1.4,0.2\n1,2,3,4,5,6\n", "Expected 4 fields in line 3, saw 6"),
+        (
+            header + "abc,3.5,1.4,0.2\n",
+            "column 'sepal_length' is numeric for the model but holds 1 non-numeric",
+        ),
+    ]:
+        bad = tmp_path / "bad.csv"
+        bad.write_text(content)
+        page.get_by_label("CSV file").set_input_files(str(bad))
+        page.get_by_role("button", name="Score").click()
+        page.get_by_text(error).wait_for()
+        assert "/tmp/" not in page.locator("#message").inner_text()
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     page.get_by_label("CSV file").set_input_files(str(empty))
@@ -186,3 +202,26 @@ def test_api_errors_are_json_with_the_message(console: Console) -> None:
         assert "nope" in json.loads(exc.read())["error"]
     else:
         raise AssertionError("an unknown model answered 200")
+
+
+def test_training_started_from_the_page_publishes_a_version(
+    console: Console, page: Any, tmp_path: Path
+) -> None:
+    spec = iris_spec(RUNS[0]).model_dump(mode="json", exclude_none=True)
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(console.url + "/train")
+    page.get_by_label("Model spec (YAML)").fill("")
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("the spec is empty").wait_for()
+    page.get_by_label("Model spec (YAML)").fill("name: iris\ntarget: species\n")
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("the spec is invalid").wait_for()
+    assert "data: Field required" in page.locator("#message.error").inner_text()
+    page.get_by_label("Model spec (YAML)").fill(yaml.safe_dump(spec))
+    page.get_by_role("button", name="Start training").click()
+    message = page.locator("#message.ok")
+    message.wait_for(timeout=300_000)
+    assert "published iris@3 (staging)" in message.inner_text()
+    with console.registry() as registry:
+        assert registry.get_version("iris", 3).algorithm == "logistic_regression"
+    shot(page, tmp_path, "train")

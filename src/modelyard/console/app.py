@@ -23,6 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from modelyard.console import pages, service
+from modelyard.console.training import TrainingRuns, parse_spec_text
 from modelyard.errors import InvalidInput, ModelyardError, NotFound
 from modelyard.registry import Registry
 from modelyard.settings import Settings
@@ -42,6 +43,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
     """The console over the registry at ``settings.database_url`` (migrated first when ``ensure_schema``,
     as the CLI does on a laptop; a cluster migrates with `modelyard db upgrade`)."""
     registry_holder: dict[str, Registry] = {}
+    training_runs = TrainingRuns(settings)
 
     def registry() -> Registry:
         return registry_holder["registry"]
@@ -179,6 +181,17 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
     async def api_rollback(request: Request) -> Response:
         return JSONResponse(await run(service.rollback, registry(), request.path_params["name"]))
 
+    async def train_page(request: Request) -> Response:
+        return HTMLResponse(pages.train_page())
+
+    async def api_train(request: Request) -> Response:
+        text = (await request.body()).decode("utf-8", "replace")
+        spec = parse_spec_text(text, Path.cwd())
+        return JSONResponse(training_runs.start(spec).to_dict(), status_code=202)
+
+    async def api_training_run(request: Request) -> Response:
+        return JSONResponse(training_runs.get(request.path_params["run"]).to_dict())
+
     async def favicon(request: Request) -> Response:
         return Response(status_code=204)
 
@@ -225,7 +238,10 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         ("/models/{name}/versions/{version}/report.html", report_page, ["GET"]),
         ("/models/{name}/versions/{version}/predict", predict_page, ["GET"]),
         ("/models/{name}/versions/{version}/batch", batch_page, ["GET"]),
+        ("/train", train_page, ["GET"]),
         ("/api/models", api_models, ["GET"]),
+        ("/api/train", api_train, ["POST"]),
+        ("/api/train/{run}", api_training_run, ["GET"]),
         ("/api/models/{name}/compare", api_compare, ["GET"]),
         ("/api/models/{name}/monitoring", api_monitoring, ["GET"]),
         ("/api/models/{name}/rollback", api_rollback, ["POST"]),

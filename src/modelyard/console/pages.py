@@ -24,7 +24,7 @@ a:focus,button:focus,input:focus,select:focus,textarea:focus,summary:focus{
 table{border-collapse:collapse;margin:.5rem 0 1rem}
 th,td{border:1px solid #bbb;padding:.25rem .55rem;text-align:left;vertical-align:top}
 th{background:#eef2f7}
-.message{padding:.6rem .8rem;margin:.6rem 0;border-radius:4px}
+.message{padding:.6rem .8rem;margin:.6rem 0;border-radius:4px;white-space:pre-line}
 .message.error{background:#fdecea;border:1px solid #a3153a;color:#6b0d26}
 .message.ok{background:#e8f5e9;border:1px solid #2d7a2d;color:#1b4d1b}
 .message:empty{display:none}
@@ -77,7 +77,8 @@ def layout(title: str, body: str, *, error: str | None = None, status: str = "")
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)} · modelyard</title><style>{STYLE}</style></head><body>"
-        '<header><a href="/">modelyard console</a><nav aria-label="main"><a href="/">Models</a></nav>'
+        '<header><a href="/">modelyard console</a>'
+        '<nav aria-label="main"><a href="/">Models</a> <a href="/train">Train</a></nav>'
         f"<span>{_e(status)}</span></header>"
         f"<main><h1>{_e(title)}</h1>{message}{body}</main>"
         '<script src="/static/console.js" defer></script></body></html>'
@@ -445,3 +446,32 @@ def monitoring_page(name: str, report: dict[str, Any], hours: float) -> str:
     if figures:
         parts.append(f'<h2>Drift per feature</h2><div class="plots" id="drift">{"".join(figures)}</div>')
     return layout(f"Monitoring {name}", "".join(parts))
+
+
+EXAMPLE_SPEC = """name: iris
+data: {path: examples/data/iris.csv}
+target: species
+features:
+  - {name: sepal_length, type: numeric}
+  - {name: sepal_width, type: numeric}
+  - {name: petal_length, type: numeric}
+  - {name: petal_width, type: numeric}
+algorithms: [logistic_regression, random_forest]
+search: {strategy: random, trials: 5}
+metric: f1_macro
+gate: {min_score: 0.9}
+"""
+
+
+def train_page() -> str:
+    body = (
+        "<p>Paste a model spec (YAML, as for <code>modelyard train --spec</code>; a relative data path is "
+        "read from the console's working folder). The run trains, gates and publishes in the console's "
+        "process (<code>POST /api/train</code>, then <code>GET /api/train/RUN</code> for its progress).</p>"
+        '<form id="train" data-api="/api/train"><label for="spec">Model spec (YAML)</label>'
+        f'<textarea id="spec" name="spec" rows="16" cols="80">{_e(EXAMPLE_SPEC)}</textarea>'
+        '<p><button type="submit" data-confirm="Start a training run of this spec? A version that passes '
+        'the gate is published to the registry.">Start training</button></p></form>'
+        '<p id="progress" role="status" aria-live="polite"></p>'
+    )
+    return layout("Start a training run", body)

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.bundle import EVALUATION_FILE, METADATA_FILE, MODEL_CARD_FILE, REPORT_FILE, BundleMetadata
-from modelyard.errors import BundleIntegrityError, InvalidInput, ModelyardError, NotFound, NotReady
+from modelyard.errors import (
+    BundleIntegrityError,
+    DataValidationError,
+    InvalidInput,
+    ModelyardError,
+    NotFound,
+    NotReady,
+)
 from modelyard.registry import ModelVersionRecord, Registry, Stage
 from modelyard.settings import Settings
 from modelyard.spec import FeatureType
@@ -262,9 +269,14 @@ def score_csv(settings: Settings, ref: str, content: bytes, scratch: Path) -> tu
     output = scratch / "scored.csv"
     try:
         summary = score(settings, ref, str(source), str(output))
-    except ModelyardError:
-        raise
-    except Exception as exc:  # a parser's own error (pandas, pyarrow) names the line: pass it on as a 400
+    except DataValidationError as exc:
+        raise DataValidationError(exc.problems, source="the uploaded CSV") from None
+    except ModelyardError as exc:
+        if str(source) not in exc.message:
+            raise
+        # The scratch path means nothing to the person who uploaded the file.
+        raise InvalidInput(exc.message.replace(str(source), "the uploaded CSV")) from None
+    except ValueError as exc:  # a parser's own error (pandas, pyarrow) names the line: the file's fault
         raise InvalidInput(f"the uploaded CSV could not be read: {exc}") from None
     return output, summary.to_dict()
 

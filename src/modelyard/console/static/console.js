@@ -104,7 +104,43 @@ function onBatch(form) {
   });
 }
 
+function describeRun(run) {
+  if (run.status !== "running") return run.status + ": " + run.message;
+  const steps = run.total ? " (" + run.done + "/" + run.total + ")" : "";
+  return "training " + run.model + ": " + run.step + steps + "…";
+}
+
+function onTrain(form) {
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = form.querySelector("button[type=submit]");
+    if (!window.confirm(button.dataset.confirm)) return;
+    const progress = document.getElementById("progress");
+    button.disabled = true;
+    try {
+      const response = await callApi(form.dataset.api, {
+        method: "POST",
+        headers: { "Content-Type": "application/yaml" },
+        body: form.querySelector("textarea").value,
+      });
+      let run = await response.json();
+      progress.textContent = describeRun(run);
+      while (run.status === "running") {
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        run = await (await callApi(form.dataset.api + "/" + run.id, {})).json();
+        progress.textContent = describeRun(run);
+      }
+      showMessage(describeRun(run), run.status === "published" ? "ok" : "error");
+    } catch (error) {
+      showMessage(error.message, "error");
+    }
+    button.disabled = false;
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  const train = document.getElementById("train");
+  if (train) onTrain(train);
   document.querySelectorAll("button[data-action]").forEach(onAction);
   const predict = document.getElementById("predict");
   if (predict) onPredict(predict);
