@@ -85,7 +85,9 @@ def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     with Registry(settings.database_url) as registry:
         first = registry.get_version("iris", 1)
     bundle = fetch_bundle(first.storage_uri, root / "predictor-bundle", s3=settings.s3)
-    predictor = start_server(bundle, root / "predictor-home", "--model-version", "1")
+    # The predictor logs its predictions to the console's registry: the Monitoring page reads them there.
+    predictor_env = server_env(root / "predictor-home", MODELYARD_DATABASE_URL=settings.database_url)
+    predictor = start_server(bundle, root / "predictor-home", "--model-version", "1", env=predictor_env)
     (port,) = free_ports(1)
     env = server_env(root / "home", **variables)
     env["MODELYARD_CONSOLE__PREDICTOR_URL"] = predictor.url

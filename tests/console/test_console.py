@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import yaml
 
 from modelyard.registry import Stage
 
+from ..serving.conftest import post_json
 from .conftest import IRIS_CSV, RUNS, Console, iris_spec
 
 ROW = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
@@ -172,9 +174,25 @@ def test_malformed_csv_shows_its_error(console: Console, page: Any, tmp_path: Pa
     page.get_by_text("the uploaded file is empty").wait_for()
 
 
-def test_monitoring_page_renders(console: Console, page: Any, tmp_path: Path) -> None:
-    page.goto(console.url + "/models/iris/monitoring?hours=24")
-    assert "predictions logged" in page.locator("main").inner_text()
+def test_monitoring_shows_drift_per_feature_and_the_prediction_mix(
+    console: Console, page: Any, tmp_path: Path
+) -> None:
+    rows = np.random.default_rng(0).normal([5.8, 3.0, 3.8, 1.2], 0.4, size=(40, 4)).round(2).tolist()
+    request = {"inputs": [{"name": "input-0", "shape": [40, 4], "datatype": "FP64", "data": rows}]}
+    answer = post_json(console.predictor.url + "/v2/models/iris/infer", request)
+    assert answer.status == 200, answer.body
+    deadline = time.monotonic() + 60
+    while True:  # the predictor writes its log in batches, about once a second
+        page.goto(console.url + "/models/iris/monitoring?hours=24")
+        if page.locator("#drift figure").count() >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    captions = page.locator("#drift figcaption").all_inner_texts()  # reference against current
+    assert {caption.split(":")[0] for caption in captions} >= set(ROW)  # every feature, then the outputs
+    assert all("PSI" in caption for caption in captions)
+    mix = page.locator("#mix tbody tr")
+    assert sum(int(row.locator("td").inner_text()) for row in mix.all()) >= 40
+    assert page.locator("#mix-over-time polyline").count() == mix.count()
     shot(page, tmp_path, "monitoring")
     page.goto(console.url + "/models/iris/monitoring?hours=abc")
     assert "hours must be a number" in page.locator("#message").inner_text()

@@ -431,6 +431,13 @@ def monitoring_page(name: str, report: dict[str, Any], hours: float) -> str:
             '<table id="mix"><caption>Prediction mix (rows per predicted label)</caption>'
             f"<tbody>{rows}</tbody></table>"
         )
+        over_time = plots.counts_over_time(
+            mix["buckets"], mix["classes"], title="Predictions per label over time", y_label="predictions"
+        )
+        parts.append(
+            '<figure id="mix-over-time"><figcaption>Prediction mix over time</figcaption>'
+            f"{over_time}</figure>"
+        )
     if not report["drift_enabled"]:
         parts.append("<p>This version's bundle has no drift reference.</p>")
     elif not report["drift"]:

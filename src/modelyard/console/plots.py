@@ -35,12 +35,14 @@ def _legend(names: Sequence[str], x: float, y: float) -> str:
     return "".join(parts)
 
 
-def _axes(left: float, top: float, width: float, height: float, x_label: str, y_label: str) -> str:
+def _axes(
+    left: float, top: float, width: float, height: float, x_label: str, y_label: str, *, label_gap: float = 36
+) -> str:
     bottom = top + height
     return (
         f'<line x1="{left}" y1="{bottom}" x2="{left + width}" y2="{bottom}" stroke="#222"/>'
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#222"/>'
-        + _text(left + width / 2, bottom + 36, x_label)
+        + _text(left + width / 2, bottom + label_gap, x_label)
         + _text(
             left - 42,
             top + height / 2,
@@ -151,13 +153,17 @@ def paired_histogram(
     group = max(24, min(60, 480 // max(1, len(bins))))
     width = group * len(bins)
     peak = max([*reference, *current, 0.0]) or 1.0
-    parts = [_open(left + width + 150, top + height + 90, title)]
+    parts = [_open(left + width + 150, top + height + 100, title)]
     for step in range(5):
         value = peak * step / 4
         y = top + height - step / 4 * height
         parts.append(f'<line x1="{left - 4}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#222"/>')
         parts.append(_text(left - 8, y + 4, f"{value:.2f}", anchor="end"))
-    parts.append(_axes(left, top, width, height, "bin", "share of rows"))
+    parts.append(
+        _axes(
+            left, top, width, height, "bin (feature value range or category)", "share of rows", label_gap=72
+        )
+    )
     for index, label in enumerate(bins):
         for series, values in enumerate((reference, current)):
             value = values[index] if index < len(values) else 0.0
@@ -177,5 +183,38 @@ def paired_histogram(
             )
         )
     parts.append(_legend(["reference", "current"], left + width + 16, top + 10))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def counts_over_time(
+    buckets: Sequence[str], series: dict[str, Sequence[int]], *, title: str, y_label: str
+) -> str:
+    """One line per series over time buckets (ISO start times), on a count axis from zero."""
+    left, top, width, height = 70, 20, 560, 200
+    peak = max([max(values, default=0) for values in series.values()] + [1])
+    step_x = width / max(1, len(buckets) - 1)
+    parts = [_open(left + width + 170, top + height + 70, title)]
+    for step in range(5):
+        value = peak * step / 4
+        y = top + height - step / 4 * height
+        parts.append(f'<line x1="{left - 4}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#222"/>')
+        parts.append(_text(left - 8, y + 4, f"{value:.0f}" if peak >= 4 else f"{value:.1f}", anchor="end"))
+    parts.append(_axes(left, top, width, height, "bucket start (UTC)", y_label))
+    for index, bucket in enumerate(buckets):
+        if index % 6 == 0 or index == len(buckets) - 1:
+            x = left + index * step_x
+            parts.append(_text(x, top + height + 16, bucket[5:16].replace("T", " ")))
+    for index, (name, values) in enumerate(series.items()):
+        points = " ".join(
+            f"{left + i * step_x:.1f},{top + height - value / peak * height:.1f}"
+            for i, value in enumerate(values)
+        )
+        colour = PALETTE[index % len(PALETTE)]
+        parts.append(
+            f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2">'
+            f"<title>{escape(name)}</title></polyline>"
+        )
+    parts.append(_legend(list(series), left + width + 16, top + 10))
     parts.append("</svg>")
     return "".join(parts)
