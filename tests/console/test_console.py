@@ -9,11 +9,13 @@ import csv
 import io
 import json
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import tritonclient.http as httpclient
 import yaml
 
@@ -184,7 +186,8 @@ def test_monitoring_shows_drift_per_feature_and_the_prediction_mix(
     deadline = time.monotonic() + 60
     while True:  # the predictor writes its log in batches, about once a second
         page.goto(console.url + "/models/iris/monitoring?hours=24")
-        if page.locator("#drift figure").count() >= 4 or time.monotonic() > deadline:
+        logged = int(page.locator("#logged").inner_text().split()[0])
+        if logged >= 40 or time.monotonic() > deadline:
             break
         time.sleep(1)
     captions = page.locator("#drift figcaption").all_inner_texts()  # reference against current
@@ -194,6 +197,9 @@ def test_monitoring_shows_drift_per_feature_and_the_prediction_mix(
     assert sum(int(row.locator("td").inner_text()) for row in mix.all()) >= 40
     assert page.locator("#mix-over-time polyline").count() == mix.count()
     shot(page, tmp_path, "monitoring")
+    page.goto(console.url + "/")
+    live = page.locator("#models tbody tr").first.locator("td").last.inner_text()
+    assert "predictions in 24 h, no labels yet" in live and int(live.split()[0]) >= 40
     page.goto(console.url + "/models/iris/monitoring?hours=abc")
     assert "hours must be a number" in page.locator("#message").inner_text()
 
@@ -211,15 +217,63 @@ def test_promote_changes_the_registry(console: Console, page: Any, tmp_path: Pat
     shot(page, tmp_path, "promoted")
 
 
-def test_api_errors_are_json_with_the_message(console: Console) -> None:
-    request = urllib.request.Request(console.url + "/api/models/nope/versions/1", method="GET")
+def test_rollback_from_the_page_and_its_refusal(console: Console, page: Any) -> None:
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(console.url + "/models/iris")
+    page.get_by_role("button", name="Roll back production").click()
+    refusal = page.locator("#message.error")
+    refusal.wait_for()
+    assert "iris" in refusal.inner_text() and "roll" in refusal.inner_text().lower()
+    page.get_by_role("button", name="Promote v2").click()
+    page.get_by_text("iris@2 is now production").wait_for()
+    page.wait_for_load_state()
+    page.goto(console.url + "/models/iris")
+    page.get_by_role("button", name="Roll back production").click()
+    page.get_by_text("iris@1 is now production").wait_for()
+    with console.registry() as registry:
+        assert registry.get_version("iris", 1).stage is Stage.PRODUCTION
+        assert registry.get_version("iris", 2).stage is Stage.ARCHIVED
+
+
+def _api(console: Console, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(console.url + path, data=body, method=method)
     try:
-        urllib.request.urlopen(request, timeout=30)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        assert exc.code == 404
-        assert "nope" in json.loads(exc.read())["error"]
-    else:
-        raise AssertionError("an unknown model answered 200")
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "message"),
+    [
+        ("GET", "/api/models/nope/versions/1", None, 404, "nope"),
+        ("GET", "/api/models/iris/versions/abc", None, 400, "a version is a positive integer, got 'abc'"),
+        ("GET", "/api/models/iris/versions/99", None, 404, "99"),
+        ("GET", "/api/models/iris/compare?v=1&v=x", None, 400, "a version is a positive integer, got 'x'"),
+        ("GET", "/api/models/iris/compare?v=2", None, 400, "choose at least two different versions"),
+        ("GET", "/api/models/iris/monitoring?hours=0", None, 400, "hours must be between 0 and"),
+        ("GET", "/api/models/nope/monitoring", None, 404, "model 'nope' is not in the registry"),
+        ("POST", "/api/models/iris/versions/1/predict", b"not json", 400, "must be a JSON object"),
+        ("POST", "/api/models/iris/versions/1/predict", b'{"features": []}', 400, "must be a JSON object"),
+        (
+            "POST",
+            "/api/models/iris/versions/1/predict",
+            b'{"features": {"sepal_length": "x", "sepal_width": 1, "petal_length": 1, "petal_width": 1}}',
+            400,
+            "feature 'sepal_length' is numeric, got 'x'",
+        ),
+        ("POST", "/api/models/iris/versions/1/score", b"\xff\xfe\x00", 400, "not UTF-8 text"),
+        ("POST", "/api/train", b"name: [unclosed", 422, "the spec is not valid YAML"),
+        ("GET", "/api/train/nope", None, 404, "no training run 'nope'"),
+        ("GET", "/api/nothing-here", None, 404, "no such page"),
+    ],
+)
+def test_api_errors_name_the_problem(
+    console: Console, method: str, path: str, body: bytes | None, status: int, message: str
+) -> None:
+    found_status, document = _api(console, method, path, body)
+    assert (found_status, message in document["error"]) == (status, True), document
 
 
 def test_training_started_from_the_page_publishes_a_version(

@@ -54,8 +54,11 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
 
     # ---------------------------------------------------------------- pages
 
+    def models_with_live(current: Registry) -> list[dict[str, Any]]:
+        return service.list_models(current, live_hours=settings.monitoring.accuracy_window_h)
+
     async def models_page(request: Request) -> Response:
-        return HTMLResponse(pages.models_page(await run(service.list_models, registry())))
+        return HTMLResponse(pages.models_page(await run(models_with_live, registry())))
 
     async def model_page(request: Request) -> Response:
         name = request.path_params["name"]
@@ -113,7 +116,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
             raise InvalidInput(f"hours must be a number, got {text!r}") from None
 
     async def api_models(request: Request) -> Response:
-        return JSONResponse({"models": await run(service.list_models, registry())})
+        return JSONResponse({"models": await run(models_with_live, registry())})
 
     async def api_version(request: Request) -> Response:
         detail = await run(

@@ -114,17 +114,29 @@ def models_page(models: list[dict[str, Any]]) -> str:
             f"<td>{_link(version_path(name, latest), f'v{latest}')}</td>"
             f"<td>{len(model['versions'])}</td>"
             f"{_metrics_cells(model['latest_metrics'], metric_names)}"
-            f"<td>{_link(model_path(name) + '/monitoring', 'monitoring')}</td>"
+            f"<td>{_live_cell(model['live'])} {_link(model_path(name) + '/monitoring', 'monitoring')}</td>"
             "</tr>"
         )
     body = (
         '<table id="models"><caption>Registered models (metrics: the latest version\'s holdout)</caption>'
         '<thead><tr><th scope="col">model</th><th scope="col">production</th><th scope="col">staging</th>'
         f'<th scope="col">latest</th><th scope="col">versions</th>{header}'
-        '<th scope="col">drift and accuracy</th>'
+        '<th scope="col">live (predictions, accuracy)</th>'
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
     return layout("Models", body)
+
+
+def _live_cell(live: dict[str, Any] | None) -> str:
+    if live is None:
+        return ""
+    accuracy = live["accuracy"]
+    judged = (
+        f"accuracy {accuracy:.3f} on {live['labelled_rows']} labelled"
+        if accuracy is not None
+        else "no labels yet"
+    )
+    return f"{live['predicted_rows']} predictions in {live['hours']:g} h, {_e(judged)};"
 
 
 def _action_button(label: str, url: str, confirm: str, *, danger: bool = False) -> str:
@@ -402,7 +414,7 @@ def monitoring_page(name: str, report: dict[str, Any], hours: float) -> str:
         '<form method="get"><label for="hours">Window (hours)</label>'
         '<input id="hours" name="hours" type="number"'
         f' min="1" step="any" value="{hours:g}"> <button type="submit">Show</button></form>',
-        f"<p>{report['rows']} predictions logged between {_e(report['since'][:16])} and "
+        f'<p id="logged">{report["rows"]} predictions logged between {_e(report["since"][:16])} and '
         f"{_e(report['until'][:16])}"
         f" UTC; drift is measured against v{report['reference_version']}'s training data.</p>",
     ]

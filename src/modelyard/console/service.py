@@ -12,7 +12,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,9 @@ def version_summary(record: ModelVersionRecord) -> dict[str, Any]:
     }
 
 
-def list_models(registry: Registry) -> list[dict[str, Any]]:
-    """Every model with its versions, its production and staging versions, and its latest metrics."""
+def list_models(registry: Registry, *, live_hours: float | None = None) -> list[dict[str, Any]]:
+    """Every model with its versions, its production and staging versions, and its latest metrics; with
+    ``live_hours``, also the predictions and live accuracy of that many last hours (all versions)."""
     by_name: dict[str, list[ModelVersionRecord]] = {}
     for record in registry.list_versions():
         by_name.setdefault(record.name, []).append(record)
@@ -70,9 +71,24 @@ def list_models(registry: Registry) -> list[dict[str, Any]]:
                 "staging": staging[-1] if staging else None,
                 "latest": latest.version,
                 "latest_metrics": latest.metrics,
+                "live": None if live_hours is None else _live(registry, name, live_hours),
             }
         )
     return models
+
+
+def _live(registry: Registry, name: str, hours: float) -> dict[str, Any]:
+    """Predicted and labelled rows and live accuracy over the last ``hours``: one query, no bundle read."""
+    from modelyard.monitoring.accuracy import live_accuracy
+
+    until = datetime.now(UTC)
+    window = live_accuracy(registry.engine, name, since=until - timedelta(hours=hours), until=until)
+    return {
+        "hours": hours,
+        "predicted_rows": window.predicted_rows,
+        "labelled_rows": window.labelled_rows,
+        "accuracy": window.accuracy,
+    }
 
 
 class BundleFiles:
