@@ -388,7 +388,13 @@ def prediction_html(prediction: dict[str, Any]) -> str:
         if prediction["probabilities"]
         else ""
     )
-    return f'<p>Predicted label: <strong id="label">{_e(prediction["label"])}</strong></p>{chart}'
+    served = prediction["served_version"]
+    note = (
+        f"<p>The predictor serves version {_e(served)}, not {prediction['version']}: this is its answer.</p>"
+        if served is not None and str(served) != str(prediction["version"])
+        else ""
+    )
+    return f'<p>Predicted label: <strong id="label">{_e(prediction["label"])}</strong></p>{note}{chart}'
 
 
 def batch_page(detail: dict[str, Any], max_upload_mb: float) -> str:
