@@ -16,7 +16,7 @@ from modelyard.console import plots
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:0;color:#111;background:#fff;line-height:1.45}
 header{background:#12355b;color:#fff;padding:.6rem 1.2rem;display:flex;gap:1.2rem;align-items:center}
-header a{color:#fff;font-weight:600}
+header a{color:#fff;font-weight:600;margin-right:1rem}
 main{padding:1rem 1.2rem;max-width:1200px}
 a{color:#0b4f9c}
 a:focus,button:focus,input:focus,select:focus,textarea:focus,summary:focus{
