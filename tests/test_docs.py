@@ -8,6 +8,7 @@ import typer
 
 from modelyard.cli import app
 from modelyard.settings import (
+    ConsoleSettings,
     MonitoringSettings,
     OperatorSettings,
     PipelineSettings,
@@ -27,13 +28,14 @@ def test_readme_opens_with_the_two_commands() -> None:
 
 
 def test_every_setting_is_documented() -> None:
-    groups = {"s3", "serving", "pipeline", "monitoring", "operator"}
+    groups = {"s3", "serving", "pipeline", "monitoring", "operator", "console"}
     names = [f"MODELYARD_{field.upper()}" for field in Settings.model_fields if field not in groups]
     names += [f"MODELYARD_SERVING__{field.upper()}" for field in ServingSettings.model_fields]
     names += [f"MODELYARD_PIPELINE__{field.upper()}" for field in PipelineSettings.model_fields]
     names += [f"AWS_{field.upper()}" for field in S3Settings.model_fields]
     names += [f"MODELYARD_MONITORING__{field.upper()}" for field in MonitoringSettings.model_fields]
     names += [f"MODELYARD_OPERATOR__{field.upper()}" for field in OperatorSettings.model_fields]
+    names += [f"MODELYARD_CONSOLE__{field.upper()}" for field in ConsoleSettings.model_fields]
     undocumented = [name for name in names if f"`{name}`" not in README]
     assert not undocumented, f"README lacks: {undocumented}"
 

@@ -7,6 +7,7 @@ A bundle is a folder::
                      drift reference statistics, and the sha256 of every other file
     model-card.md    the human summary
     report.html      the evaluation report
+    evaluation.json  the holdout evaluation and the run's candidates, as data (training writes it)
     ...              optional extra files (e.g. model.onnx), listed in metadata.json like the rest
 
 ``metadata.json`` is the manifest: it is written last, and published last (see ``modelyard.storage``),
@@ -55,6 +56,8 @@ SUPPORTED_FORMAT_VERSIONS = frozenset({1})
 MODEL_FILE = "model.joblib"
 MODEL_CARD_FILE = "model-card.md"
 REPORT_FILE = "report.html"
+EVALUATION_FILE = "evaluation.json"
+"""Optional: the holdout evaluation (confusion matrix, ROC curves) and the run's candidates, as JSON."""
 REQUIRED_FILES = (MODEL_FILE, MODEL_CARD_FILE, REPORT_FILE)
 """Files every bundle has besides metadata.json."""
 

@@ -8,6 +8,7 @@ number is handed out again; files an interrupted publish left under that number 
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from modelyard.bundle import (
+    EVALUATION_FILE,
     BundleMetadata,
     current_library_versions,
     fetch_bundle,
@@ -82,8 +84,17 @@ def write_training_bundle(
         metadata=metadata,
         model_card=result.model_card_md,
         report_html=result.report_html,
-        extra_files=onnx.extra_files,
+        extra_files={**onnx.extra_files, EVALUATION_FILE: evaluation_json(result)},
     )
+
+
+def evaluation_json(result: TrainingResult) -> bytes:
+    """The holdout evaluation and every candidate's CV score, for the console's plots and tables."""
+    document = {
+        "evaluation": result.evaluation.to_dict(),
+        "candidates": [candidate.to_dict() for candidate in result.candidates],
+    }
+    return json.dumps(document, indent=2, default=str).encode("utf-8")
 
 
 def publish_version(

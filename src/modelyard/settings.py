@@ -169,6 +169,19 @@ class OperatorSettings(BaseModel):
     )
 
 
+class ConsoleSettings(BaseModel):
+    """The web console, `modelyard console` (MODELYARD_CONSOLE__<NAME>)."""
+
+    host: str = Field(default="127.0.0.1", description="address the console listens on")
+    port: int = Field(default=8088, ge=1, le=65535, description="the console's HTTP port")
+    predictor_url: str = Field(
+        default="http://127.0.0.1:8080",
+        description="base URL of the V2 predictor the Predict page posts to (a local `modelyard serve`, "
+        "or the InferenceService's URL)",
+    )
+    max_upload_mb: float = Field(default=50.0, gt=0, description="largest CSV the Batch page accepts, in MB")
+
+
 class Settings(BaseSettings):
     """Runtime configuration. Defaults give the embedded setup: SQLite and a folder under HOME."""
 
@@ -187,6 +200,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -344,7 +344,7 @@ def test_the_pipeline_role_may_patch_inference_services_and_nothing_more() -> No
 def test_kube_prometheus_stack_mode_has_labelled_monitors_rules_and_dashboards() -> None:
     objects = rendered("03-kube-prometheus-stack")
     deployments = [o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"]
-    assert deployments == ["modelyard-operator"], "no bundled Prometheus or Grafana"
+    assert deployments == ["modelyard-console", "modelyard-operator"], "no bundled Prometheus or Grafana"
     monitor = named(objects, "PodMonitor", "modelyard-predictors")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["podMetricsEndpoints"][0]["portNumber"] == 8082

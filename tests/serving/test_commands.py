@@ -114,5 +114,6 @@ def test_up_trains_promotes_and_answers_v1_and_v2(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr.decode()
     assert "training" not in again.stderr.decode()  # a production version exists: nothing to train
     assert "iris@1 (production) is ready to serve" in again.stdout.decode()
+    assert "the console: http://127.0.0.1:8088/ (start it with `modelyard console`)" in again.stdout.decode()
     with Registry(f"sqlite:///{tmp_path / 'home' / 'modelyard.db'}") as registry:
         assert [v.version for v in registry.list_versions("iris")] == [1]

@@ -1,5 +1,5 @@
 """The `modelyard` command line: one module per command group (db, data, train, score, pipeline, models,
-serve, up, install, deploy, monitor, retrain-webhook, operator).
+serve, up, install, deploy, monitor, retrain-webhook, operator, console).
 
 The CLI only picks files and overrides; everything else comes from Settings (MODELYARD_* variables).
 Results go to stdout (tables, or JSON with --json); progress, log lines and errors go to stderr.
@@ -15,6 +15,7 @@ import typer
 from modelyard import __version__
 from modelyard.cli import data, db, models, monitor, pipeline
 from modelyard.cli.common import err, out, reports_errors, settings
+from modelyard.cli.console import console_command
 from modelyard.cli.k8s import deploy_command, install_command
 from modelyard.cli.operator import operator_command
 from modelyard.cli.score import score_command
@@ -42,6 +43,7 @@ app.command("install")(install_command)
 app.command("deploy")(deploy_command)
 app.command("retrain-webhook")(monitor.retrain_webhook_command)
 app.command("operator")(operator_command)
+app.command("console")(console_command)
 
 
 def configure_logging(level: str) -> None:

@@ -1,5 +1,6 @@
 """`modelyard up`, the demo (`make run`): train the iris example if no version exists, promote it, print
-the requests to try, then serve it, or answer one V1 and one V2 request and stop (``--smoke``).
+the requests to try and the console's URL, then serve it with the console beside it, or answer one V1 and
+one V2 request and stop (``--smoke``).
 
 Each step is a function of its own, tested directly: ``production_version``, ``example_requests``,
 ``curl_commands`` and ``smoke_test``.
@@ -230,7 +231,9 @@ def up_command(ctx: typer.Context) -> None:
     serving = current.serving
     if serving.grpc_port:
         out.print(f"\ngRPC (Open Inference Protocol) on {serving.host}:{serving.grpc_port}", highlight=False)
+    console_url = f"http://{current.console.host}:{current.console.port}/"
     if flags.no_serve:
+        out.print(f"\nthe console: {console_url} (start it with `modelyard console`)", highlight=False)
         return
     if flags.smoke:
         answers = smoke_test(current, v1, v2)
@@ -243,5 +246,20 @@ def up_command(ctx: typer.Context) -> None:
         if any(answer.status != 200 for answer in answers):
             raise ModelyardError("the smoke test failed: the server did not answer both requests with 200")
         return
-    out.print("")
-    start_server(current)
+    console = start_console(current)
+    out.print(
+        f"\nthe console (models, versions, compare, predict, batch, monitoring): {console_url}\n",
+        highlight=False,
+    )
+    try:
+        start_server(current)
+    finally:
+        console.terminate()
+        console.wait(10)
+
+
+def start_console(current: Settings) -> subprocess.Popen[bytes]:
+    """`modelyard console` beside the demo's server, its Predict page posting to that server."""
+    environment = {**_inherited_environment(), **to_environment(current)}
+    environment["MODELYARD_CONSOLE__PREDICTOR_URL"] = client_url(current)
+    return subprocess.Popen([sys.executable, "-m", "modelyard", "console"], env=environment)

@@ -1,0 +1,502 @@
+"""The console's HTML, rendered on the server from what ``service`` returns.
+
+Pages are plain HTML with one small script (``static/console.js``) that sends the forms to the JSON API
+and shows its answers and errors in place. Markup is escaped in one place, ``_e``.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from typing import Any
+from urllib.parse import quote
+
+from modelyard.console import plots
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:0;color:#111;background:#fff;line-height:1.45}
+header{background:#12355b;color:#fff;padding:.6rem 1.2rem;display:flex;gap:1.2rem;align-items:center}
+header a{color:#fff;font-weight:600;margin-right:1rem}
+main{padding:1rem 1.2rem;max-width:1200px}
+a{color:#0b4f9c}
+a:focus,button:focus,input:focus,select:focus,textarea:focus,summary:focus{
+  outline:3px solid #e08a00;outline-offset:2px}
+table{border-collapse:collapse;margin:.5rem 0 1rem}
+th,td{border:1px solid #bbb;padding:.25rem .55rem;text-align:left;vertical-align:top}
+th{background:#eef2f7}
+.message{padding:.6rem .8rem;margin:.6rem 0;border-radius:4px;white-space:pre-line}
+.message.error{background:#fdecea;border:1px solid #a3153a;color:#6b0d26}
+.message.ok{background:#e8f5e9;border:1px solid #2d7a2d;color:#1b4d1b}
+.message:empty{display:none}
+button{background:#12355b;color:#fff;border:0;padding:.45rem .9rem;border-radius:4px;cursor:pointer;
+  font-size:1rem}
+button.danger{background:#a3153a}
+label{display:block;font-weight:600;margin-top:.5rem}
+input,select,textarea{font-size:1rem;padding:.3rem;border:1px solid #555;border-radius:3px}
+.plots{display:flex;flex-wrap:wrap;gap:1.5rem}
+figure{margin:0}
+figcaption{font-weight:600;margin-bottom:.3rem}
+pre{background:#f5f5f5;padding:.6rem;overflow:auto;white-space:pre-wrap}
+.stage-production{font-weight:700;color:#1b4d1b}
+.stage-staging{font-weight:700;color:#6b3a00}
+code{font-size:.9em}
+"""
+
+
+def _e(value: object) -> str:
+    return escape("" if value is None else str(value))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if value is None:
+        return "—"
+    return _e(value)
+
+
+def _link(href: str, text: str) -> str:
+    return f'<a href="{_e(href)}">{_e(text)}</a>'
+
+
+def model_path(name: str) -> str:
+    return f"/models/{quote(name)}"
+
+
+def version_path(name: str, version: int) -> str:
+    return f"{model_path(name)}/versions/{version}"
+
+
+def layout(title: str, body: str, *, error: str | None = None, status: str = "") -> str:
+    message = (
+        f'<div id="message" class="message error" role="alert">{_e(error)}</div>'
+        if error
+        else ('<div id="message" class="message" role="status" aria-live="polite"></div>')
+    )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)} · modelyard</title><style>{STYLE}</style></head><body>"
+        '<header><a href="/">modelyard console</a>'
+        '<nav aria-label="main"><a href="/">Models</a> <a href="/train">Train</a></nav>'
+        f"<span>{_e(status)}</span></header>"
+        f"<main><h1>{_e(title)}</h1>{message}{body}</main>"
+        '<script src="/static/console.js" defer></script></body></html>'
+    )
+
+
+def error_page(message: str, status_code: int) -> str:
+    return layout(f"Error {status_code}", f"<p>{_link('/', 'Back to the models')}</p>", error=message)
+
+
+def _metrics_cells(metrics: dict[str, Any], names: list[str]) -> str:
+    return "".join(f"<td>{_fmt(metrics.get(name))}</td>" for name in names)
+
+
+def models_page(models: list[dict[str, Any]]) -> str:
+    if not models:
+        return layout(
+            "Models", "<p>No model is registered yet: train one with <code>modelyard train</code>.</p>"
+        )
+    metric_names = sorted({key for model in models for key in model["latest_metrics"]})[:4]
+    header = "".join(f'<th scope="col">{_e(name)}</th>' for name in metric_names)
+    rows = []
+    for model in models:
+        name = model["name"]
+        production = model["production"]
+        staging = model["staging"]
+        latest = model["latest"]
+        rows.append(
+            "<tr>"
+            f'<th scope="row">{_link(model_path(name), name)}</th>'
+            f"<td>{_link(version_path(name, production), f'v{production}') if production else '—'}</td>"
+            f"<td>{_link(version_path(name, staging), f'v{staging}') if staging else '—'}</td>"
+            f"<td>{_link(version_path(name, latest), f'v{latest}')}</td>"
+            f"<td>{len(model['versions'])}</td>"
+            f"{_metrics_cells(model['latest_metrics'], metric_names)}"
+            f"<td>{_live_cell(model['live'])} {_link(model_path(name) + '/monitoring', 'monitoring')}</td>"
+            "</tr>"
+        )
+    body = (
+        '<table id="models"><caption>Registered models (metrics: the latest version\'s holdout)</caption>'
+        '<thead><tr><th scope="col">model</th><th scope="col">production</th><th scope="col">staging</th>'
+        f'<th scope="col">latest</th><th scope="col">versions</th>{header}'
+        '<th scope="col">live (predictions, accuracy)</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+    return layout("Models", body)
+
+
+def _live_cell(live: dict[str, Any] | None) -> str:
+    if live is None:
+        return ""
+    accuracy = live["accuracy"]
+    judged = (
+        f"accuracy {accuracy:.3f} on {live['labelled_rows']} labelled"
+        if accuracy is not None
+        else "no labels yet"
+    )
+    return f"{live['predicted_rows']} predictions in {live['hours']:g} h, {_e(judged)};"
+
+
+def _action_button(label: str, url: str, confirm: str, *, danger: bool = False) -> str:
+    kind = ' class="danger"' if danger else ""
+    return (
+        f'<button type="button"{kind} data-action="{_e(url)}" data-confirm="{_e(confirm)}">'
+        f"{_e(label)}</button>"
+    )
+
+
+def model_page(name: str, model: dict[str, Any]) -> str:
+    rows = []
+    for version in reversed(model["versions"]):
+        number = version["version"]
+        stage = version["stage"]
+        primary = next(iter(version["metrics"].items()), ("", None))
+        promote = (
+            _action_button(
+                f"Promote v{number}",
+                f"/api/models/{quote(name)}/versions/{number}/promote",
+                f"Put {name}@{number} in production? The current production version is archived.",
+            )
+            if stage != "production"
+            else ""
+        )
+        rows.append(
+            "<tr>"
+            f'<td><input type="checkbox" name="v" value="{number}" id="compare-{number}" form="compare">'
+            f'<label for="compare-{number}" style="display:inline">v{number}</label></td>'
+            f"<td>{_link(version_path(name, number), f'{name}@{number}')}</td>"
+            f'<td class="stage-{_e(stage)}">{_e(stage)}</td><td>{_e(version["algorithm"])}</td>'
+            f"<td>{_e(primary[0])} {_fmt(primary[1])}</td><td>{_e(version['created_at'][:19])}</td>"
+            f"<td>{promote}</td></tr>"
+        )
+    rollback = _action_button(
+        "Roll back production",
+        f"/api/models/{quote(name)}/rollback",
+        f"Archive {name}'s production version and put back the one before it?",
+        danger=True,
+    )
+    body = (
+        f'<form id="compare" method="get" action="{_e(model_path(name))}/compare">'
+        '<p>Tick two or more versions, then <button type="submit">Compare</button></p></form>'
+        '<table id="versions"><thead><tr><th scope="col">compare</th><th scope="col">version</th>'
+        '<th scope="col">stage</th><th scope="col">algorithm</th><th scope="col">first metric</th>'
+        f'<th scope="col">created (UTC)</th><th scope="col">actions</th></tr></thead><tbody>{"".join(rows)}'
+        f"</tbody></table><p>{rollback} {_link(model_path(name) + '/monitoring', 'Monitoring')}</p>"
+    )
+    return layout(f"Model {name}", body)
+
+
+def _table(rows: list[tuple[str, str]], caption: str, element_id: str) -> str:
+    cells = "".join(f'<tr><th scope="row">{_e(k)}</th><td>{v}</td></tr>' for k, v in rows)
+    return f'<table id="{element_id}"><caption>{_e(caption)}</caption><tbody>{cells}</tbody></table>'
+
+
+def _evaluation_plots(
+    detail: dict[str, Any], label: str
+) -> tuple[str, list[tuple[str, list[float], list[float]]]]:
+    evaluation = detail.get("evaluation")
+    if not evaluation:
+        return "<p>This bundle has no evaluation data (it predates evaluation.json); see its report.</p>", []
+    classes = [str(c) for c in evaluation["classes"]]
+    matrix = plots.confusion_matrix(
+        classes,
+        evaluation["confusion_matrix"],
+        title=f"Confusion matrix of {label} ({evaluation['rows']} holdout rows)",
+    )
+    curves = [
+        (f"{label}: {curve['positive_class']} (AUC {curve['auc']:.3f})", curve["fpr"], curve["tpr"])
+        for curve in evaluation["roc_curves"]
+    ]
+    figure = (
+        f'<figure class="confusion-matrix" data-version="{detail["version"]}"><figcaption>Confusion matrix, '
+        f"{_e(label)}</figcaption>{matrix}</figure>"
+    )
+    return figure, curves
+
+
+def version_page(detail: dict[str, Any]) -> str:
+    name, number = detail["name"], detail["version"]
+    label = f"{name}@{number}"
+    matrix, curves = _evaluation_plots(detail, label)
+    roc = (
+        f'<figure id="roc"><figcaption>ROC curves (one-vs-rest)</figcaption>'
+        f"{plots.roc_curves(curves, title=f'ROC curves of {label}')}</figure>"
+        if curves
+        else ""
+    )
+    metrics = _table(
+        [(k, _fmt(v)) for k, v in sorted(detail["metrics"].items())], "Holdout metrics", "metrics"
+    )
+    params = _table(
+        [(k, f"<code>{_e(json.dumps(v))}</code>") for k, v in sorted(detail["params"].items())],
+        "Chosen hyper-parameters",
+        "params",
+    )
+    candidate_rows = "".join(
+        f"<tr><td>{_e(c['algorithm'])}</td><td>{_e(c['metric'])}</td><td>{_fmt(c['cv_score'])}</td>"
+        f"<td>{_fmt(c['cv_std'])}</td><td>{_e(c['n_trials'])}</td><td>{_fmt(c['elapsed_seconds'])}</td></tr>"
+        for c in sorted(detail["candidates"], key=lambda c: -float(c["cv_score"]))
+    )
+    candidates = (
+        '<table id="candidates"><caption>Candidates of this run (cross-validated)</caption><thead><tr>'
+        '<th scope="col">algorithm</th><th scope="col">metric</th><th scope="col">CV mean</th>'
+        '<th scope="col">CV std</th><th scope="col">trials</th><th scope="col">seconds</th></tr></thead>'
+        f"<tbody>{candidate_rows}</tbody></table>"
+        if candidate_rows
+        else ""
+    )
+    lineage = _table(
+        [
+            ("stage", f'<span class="stage-{_e(detail["stage"])}">{_e(detail["stage"])}</span>'),
+            ("algorithm", _e(detail["algorithm"])),
+            ("target", _e(detail["target"])),
+            ("classes", _e(", ".join(str(c) for c in detail["classes"]))),
+            ("features", _e(", ".join(f"{f['name']} ({f['type']})" for f in detail["features"]))),
+            ("dataset", _e(detail["dataset"] or "not a registry dataset")),
+            ("dataset fingerprint", f"<code>{_e(detail['dataset_fingerprint'])}</code>"),
+            ("bundle", f"<code>{_e(detail['storage_uri'])}</code>"),
+            ("bundle sha256", f"<code>{_e(detail['sha256'])}</code>"),
+            ("created (UTC)", _e(detail["created_at"])),
+            ("libraries", _e(", ".join(f"{k} {v}" for k, v in sorted(detail["library_versions"].items())))),
+        ],
+        "Lineage",
+        "lineage",
+    )
+    base = version_path(name, number)
+    actions = (
+        f"<p>{_link(base + '/report.html', 'Full report (report.html)')} · "
+        f"{_link(base + '/predict', 'Predict')}"
+        f" · {_link(base + '/batch', 'Batch scoring')} · {_link(model_path(name), 'All versions')}</p>"
+    )
+    if detail["stage"] != "production":
+        actions += (
+            "<p>"
+            + _action_button(
+                f"Promote {label} to production",
+                f"/api/models/{quote(name)}/versions/{number}/promote",
+                f"Put {label} in production? The current production version is archived.",
+            )
+            + "</p>"
+        )
+    body = (
+        f'{actions}<div class="plots">{matrix}{roc}</div><h2>Metrics and parameters</h2>{metrics}{params}'
+        f"{candidates}<h2>Lineage</h2>{lineage}<h2>Model card</h2>"
+        f'<pre id="model-card">{_e(detail["model_card"])}</pre>'
+    )
+    return layout(f"{label}", body)
+
+
+def compare_page(comparison: dict[str, Any]) -> str:
+    name = comparison["name"]
+    details = comparison["versions"]
+    labels = [f"v{d['version']}" for d in details]
+    header = "".join(
+        f'<th scope="col">{_link(version_path(name, d["version"]), text)}</th>'
+        for d, text in zip(details, labels, strict=True)
+    )
+    metric_rows = "".join(
+        f'<tr><th scope="row">{_e(k)}</th>{"".join(f"<td>{_fmt(v)}</td>" for v in values)}</tr>'
+        for k, values in comparison["metrics"].items()
+    )
+    summary = {
+        "stage": [_e(d["stage"]) for d in details],
+        "algorithm": [_e(d["algorithm"]) for d in details],
+        "dataset fingerprint": [f"<code>{_e((d['dataset_fingerprint'] or '')[:12])}</code>" for d in details],
+    }
+    summary_rows = "".join(
+        f'<tr><th scope="row">{_e(title)}</th>{"".join(f"<td>{cell}</td>" for cell in cells)}</tr>'
+        for title, cells in summary.items()
+    )
+    table = (
+        '<table id="compare-metrics"><caption>Holdout metrics side by side</caption>'
+        '<thead><tr><th scope="col">'
+        f"</th>{header}</tr></thead><tbody>{summary_rows}{metric_rows}</tbody></table>"
+    )
+    changed = comparison["changed_params"]
+    param_rows = "".join(
+        f'<tr><th scope="row">{_e(k)}</th>'
+        f"{''.join(f'<td><code>{_e(json.dumps(v))}</code></td>' for v in values)}</tr>"
+        for k, values in changed.items()
+    )
+    params = (
+        '<table id="changed-params"><caption>Parameters that differ</caption>'
+        f'<thead><tr><th scope="col"></th>{header}'
+        f"</tr></thead><tbody>{param_rows}</tbody></table>"
+        if param_rows
+        else "<p>The versions have the same parameters.</p>"
+    )
+    data = (
+        "<p>All versions were trained on the same data (same fingerprint).</p>"
+        if comparison["same_data"]
+        else "<p><strong>The training data differ</strong> (different dataset fingerprints).</p>"
+    )
+    matrices = []
+    all_curves: list[tuple[str, list[float], list[float]]] = []
+    for detail in details:
+        figure, curves = _evaluation_plots(detail, f"{name}@{detail['version']}")
+        matrices.append(figure)
+        all_curves.extend(curves)
+    roc_title = f"ROC curves of {name} versions {', '.join(labels)}"
+    roc = (
+        f'<figure id="roc"><figcaption>ROC curves of every version</figcaption>'
+        f"{plots.roc_curves(all_curves, title=roc_title)}</figure>"
+        if all_curves
+        else ""
+    )
+    body = (
+        f"{table}<h2>What changed</h2>{data}{params}<h2>Confusion matrices</h2>"
+        f'<div class="plots">{"".join(matrices)}</div><h2>ROC</h2>{roc}'
+    )
+    return layout(f"Compare {name} {', '.join(labels)}", body)
+
+
+def _field(field: dict[str, Any]) -> str:
+    name = field["name"]
+    ident = f"feature-{_e(name)}"
+    label = f'<label for="{ident}">{_e(name)} <small>({_e(field["type"])})</small></label>'
+    if field["choices"]:
+        options = "".join(f'<option value="{_e(c)}">{_e(c)}</option>' for c in field["choices"])
+        return f'{label}<select id="{ident}" name="{_e(name)}" required>{options}</select>'
+    if field["type"] == "text":
+        return f'{label}<textarea id="{ident}" name="{_e(name)}" rows="3" cols="50" required></textarea>'
+    if field["type"] == "numeric":
+        default = "" if field["default"] is None else f' value="{_e(field["default"])}"'
+        return f'{label}<input id="{ident}" name="{_e(name)}" type="number" step="any" required{default}>'
+    return f'{label}<input id="{ident}" name="{_e(name)}" type="text" required>'
+
+
+def predict_page(detail: dict[str, Any], predictor_url: str) -> str:
+    name, number = detail["name"], detail["version"]
+    api = f"/api/models/{quote(name)}/versions/{number}/predict"
+    fields = "".join(_field(field) for field in detail["form"])
+    body = (
+        f"<p>Posts one row to the V2 endpoint <code>{_e(predictor_url)}/v2/models/{_e(name)}/infer</code> "
+        f"through <code>POST {_e(api)}</code>.</p>"
+        f'<form id="predict" data-api="{_e(api)}">{fields}'
+        '<p><button type="submit">Predict</button></p></form>'
+        '<section id="result" aria-live="polite"></section>'
+    )
+    return layout(f"Predict with {name}@{number}", body)
+
+
+def prediction_html(prediction: dict[str, Any]) -> str:
+    """The predict API's ``html`` field: the label and the probability chart, inserted by the page."""
+    chart = (
+        plots.probability_bars(prediction["probabilities"], title="Probability of each class for this row")
+        if prediction["probabilities"]
+        else ""
+    )
+    served = prediction["served_version"]
+    note = (
+        f"<p>The predictor serves version {_e(served)}, not {prediction['version']}: this is its answer.</p>"
+        if served is not None and str(served) != str(prediction["version"])
+        else ""
+    )
+    return f'<p>Predicted label: <strong id="label">{_e(prediction["label"])}</strong></p>{note}{chart}'
+
+
+def batch_page(detail: dict[str, Any], max_upload_mb: float) -> str:
+    name, number = detail["name"], detail["version"]
+    api = f"/api/models/{quote(name)}/versions/{number}/score"
+    columns = ", ".join(f["name"] for f in detail["features"])
+    body = (
+        f"<p>Upload a CSV with a header row and the columns <code>{_e(columns)}</code> (at most "
+        f"{max_upload_mb:g} MB). It is scored by the batch scoring path (<code>POST {_e(api)}</code>, "
+        "the body is the CSV); the result adds <code>label</code>, <code>proba_&lt;class&gt;</code>, "
+        "<code>model</code> "
+        "and <code>model_version</code>.</p>"
+        f'<form id="batch" data-api="{_e(api)}"><label for="csv-file">CSV file</label>'
+        '<input id="csv-file" name="file" type="file" accept=".csv,text/csv" required>'
+        '<p><button type="submit">Score</button></p></form>'
+        '<p id="progress" role="status" aria-live="polite"></p><section id="result"></section>'
+    )
+    return layout(f"Batch scoring with {name}@{number}", body)
+
+
+def monitoring_page(name: str, report: dict[str, Any], hours: float) -> str:
+    parts = [
+        '<form method="get"><label for="hours">Window (hours)</label>'
+        '<input id="hours" name="hours" type="number"'
+        f' min="1" step="any" value="{hours:g}"> <button type="submit">Show</button></form>',
+        f'<p id="logged">{report["rows"]} predictions logged between {_e(report["since"][:16])} and '
+        f"{_e(report['until'][:16])}"
+        f" UTC; drift is measured against v{report['reference_version']}'s training data.</p>",
+    ]
+    accuracy = report.get("accuracy")
+    if accuracy:
+        parts.append(
+            _table(
+                [
+                    ("predicted rows", _fmt(accuracy.get("predicted_rows"))),
+                    ("labelled rows", _fmt(accuracy.get("labelled_rows"))),
+                    ("live accuracy", _fmt(accuracy.get("accuracy"))),
+                    ("live macro F1", _fmt(accuracy.get("macro_f1"))),
+                    ("estimated accuracy (unlabelled)", _fmt(accuracy.get("estimated_accuracy"))),
+                ],
+                "Live accuracy",
+                "accuracy",
+            )
+        )
+    mix = report["prediction_mix"]
+    if mix["classes"]:
+        rows = "".join(
+            f'<tr><th scope="row">{_e(label)}</th><td>{sum(counts)}</td></tr>'
+            for label, counts in mix["classes"].items()
+        )
+        parts.append(
+            '<table id="mix"><caption>Prediction mix (rows per predicted label)</caption>'
+            f"<tbody>{rows}</tbody></table>"
+        )
+        over_time = plots.counts_over_time(
+            mix["buckets"], mix["classes"], title="Predictions per label over time", y_label="predictions"
+        )
+        parts.append(
+            '<figure id="mix-over-time"><figcaption>Prediction mix over time</figcaption>'
+            f"{over_time}</figure>"
+        )
+    if not report["drift_enabled"]:
+        parts.append("<p>This version's bundle has no drift reference.</p>")
+    elif not report["drift"]:
+        parts.append("<p>No predictions in this window: nothing to compare with the reference yet.</p>")
+    figures = []
+    for drift in report["drift"]:
+        title = f"{drift['name']}: PSI {drift['psi']:.3f}, JS distance {drift['js_distance']:.3f}"
+        figures.append(
+            f"<figure><figcaption>{_e(title)}</figcaption>"
+            f"{plots.paired_histogram(drift['bins'], drift['reference'], drift['current'], title=title)}"
+            "</figure>"
+        )
+    if figures:
+        parts.append(f'<h2>Drift per feature</h2><div class="plots" id="drift">{"".join(figures)}</div>')
+    return layout(f"Monitoring {name}", "".join(parts))
+
+
+EXAMPLE_SPEC = """name: iris
+data: {path: examples/data/iris.csv}
+target: species
+features:
+  - {name: sepal_length, type: numeric}
+  - {name: sepal_width, type: numeric}
+  - {name: petal_length, type: numeric}
+  - {name: petal_width, type: numeric}
+algorithms: [logistic_regression, random_forest]
+search: {strategy: random, trials: 5}
+metric: f1_macro
+gate: {min_score: 0.9}
+"""
+
+
+def train_page() -> str:
+    body = (
+        "<p>Paste a model spec (YAML, as for <code>modelyard train --spec</code>; a relative data path is "
+        "read from the console's working folder). The run trains, gates and publishes in the console's "
+        "process (<code>POST /api/train</code>, then <code>GET /api/train/RUN</code> for its progress).</p>"
+        '<form id="train" data-api="/api/train"><label for="spec">Model spec (YAML)</label>'
+        f'<textarea id="spec" name="spec" rows="16" cols="80">{_e(EXAMPLE_SPEC)}</textarea>'
+        '<p><button type="submit" data-confirm="Start a training run of this spec? A version that passes '
+        'the gate is published to the registry.">Start training</button></p></form>'
+        '<p id="progress" role="status" aria-live="polite"></p>'
+    )
+    return layout("Start a training run", body)

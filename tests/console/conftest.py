@@ -1,0 +1,134 @@
+"""Fixtures for the console: trained versions in a real registry, a real predictor, the console as
+`modelyard console` runs it, and Debian's Chromium driven by Playwright.
+
+The registry runs twice: SQLite with a file:// store, and the embedded PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelyard.bundle import fetch_bundle
+from modelyard.registry import Registry
+from modelyard.settings import Settings, load_settings
+from modelyard.spec import parse_spec
+from modelyard.workflow import run_training
+
+from ..conftest import PostgresService, unavailable
+from ..serving.conftest import ServerProcess, free_ports, http_status, server_env, start_server
+
+ROOT = Path(__file__).resolve().parents[2]
+IRIS_CSV = ROOT / "examples" / "data" / "iris.csv"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+# Two versions that differ in algorithm and parameters, so Compare has something to show.
+RUNS = [
+    {"algorithms": ["logistic_regression"], "search": {"strategy": "random", "trials": 2}},
+    {"algorithms": ["random_forest"], "search": {"strategy": "random", "trials": 2}},
+]
+
+
+def iris_spec(run: dict[str, Any]) -> Any:
+    raw = {
+        "name": "iris",
+        "data": {"path": str(IRIS_CSV)},
+        "target": "species",
+        "features": [
+            {"name": name, "type": "numeric"}
+            for name in ("sepal_length", "sepal_width", "petal_length", "petal_width")
+        ],
+        "cv_folds": 3,
+        "metric": "f1_macro",
+        "gate": {"min_score": 0.5, "compare_to_production": False},
+        "holdout": 0.2,
+        "seed": 7,
+        **run,
+    }
+    return parse_spec(raw, base_dir=ROOT)
+
+
+@dataclass
+class Console:
+    url: str
+    settings: Settings
+    predictor: ServerProcess
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def registry(self) -> Registry:
+        return Registry(self.settings.database_url, ensure_schema=False)
+
+
+@pytest.fixture(scope="module", params=["sqlite-file", "postgres"])
+def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    root = tmp_path_factory.mktemp(f"console-{request.param}")
+    variables = {"MODELYARD_HOME": str(root / "home")}
+    if request.param == "postgres":
+        postgres: PostgresService = request.getfixturevalue("postgres")
+        variables["MODELYARD_DATABASE_URL"] = postgres.create_database()
+    settings = load_settings(home=root / "home", database_url=variables.get("MODELYARD_DATABASE_URL", ""))
+    for run in RUNS:
+        outcome = run_training(settings, iris_spec(run))
+        assert outcome.published is not None, outcome.verdict
+    with Registry(settings.database_url) as registry:
+        first = registry.get_version("iris", 1)
+    bundle = fetch_bundle(first.storage_uri, root / "predictor-bundle", s3=settings.s3)
+    # The predictor logs its predictions to the console's registry: the Monitoring page reads them there.
+    predictor_env = server_env(root / "predictor-home", MODELYARD_DATABASE_URL=settings.database_url)
+    predictor = start_server(bundle, root / "predictor-home", "--model-version", "1", env=predictor_env)
+    (port,) = free_ports(1)
+    env = server_env(root / "home", **variables)
+    env["MODELYARD_CONSOLE__PREDICTOR_URL"] = predictor.url
+    log_path = root / "console.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modelyard", "console", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while http_status(url + "/api/models", timeout=1.0) != 200:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            predictor.stop()
+            raise RuntimeError(f"the console did not start:\n{log_path.read_text(errors='replace')}")
+        time.sleep(0.2)
+    yield Console(url, settings, predictor, process, log_path)
+    process.terminate()
+    process.wait(20)
+    predictor.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
+        unavailable(f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    opened.set_default_timeout(60_000)
+    yield opened
+    context.close()
