@@ -113,7 +113,9 @@ def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     predictor.stop()
 
 
-@pytest.fixture(scope="session")
+# Playwright's sync API runs an event loop on this thread while it is open: close it with the module (the
+# console's tests are one), or every later test that calls asyncio.run() would find a loop already running.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
         unavailable(f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
