@@ -187,8 +187,9 @@ def test_extreme_finite_values_are_a_400_naming_row_and_feature_on_every_transpo
     error = grpc_error(onnx_server, grpc_matrix(rows, request_id="x-grpc"))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and expected in (error.details() or "")
     # Nothing unscorable reaches the log; a good request after them does.
-    assert post_json(infer_url(onnx_server), matrix([ROW], id="x-good")).status == 200
-    assert len(logged(onnx_server, "x-good")) == 1
+    good = f"x-good-{extreme:+g}"  # one id per case: both cases share the server and its log
+    assert post_json(infer_url(onnx_server), matrix([ROW], id=good)).status == 200
+    assert len(logged(onnx_server, good)) == 1
     for request_id in ("x-v1", "x-v2", "x-bin", "x-grpc"):
         assert logged(onnx_server, request_id, timeout_s=0) == []
 
