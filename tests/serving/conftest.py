@@ -39,6 +39,7 @@ from sklearn.pipeline import Pipeline
 from modelyard.bundle import BundleMetadata, write_bundle
 from modelyard.onnx_export import export_onnx
 from modelyard.registry import upgrade
+from modelyard.serving.features import FeatureSchema
 from modelyard.spec import FeatureSpec, FeatureType
 from modelyard.training.preprocessing import build_preprocessor
 
@@ -56,6 +57,35 @@ MIXED_FEATURES = [
 ]
 MIXED_CLASSES = [0, 1]
 SERVER_START_TIMEOUT_S = 120.0  # a shared, busy CI machine; a quiet one starts in 2 to 3 s
+
+
+# Two schemas the feature-handling and codec tests share: all numeric, and every feature type.
+NUMERIC = FeatureSchema(
+    BundleMetadata(
+        name="iris",
+        algorithm="logistic_regression",
+        target="species",
+        features=[FeatureSpec(name=n, type=FeatureType.NUMERIC) for n in ("a", "b", "c")],
+        classes=["x", "y"],
+        dataset_fingerprint="sha256:t",
+    )
+)
+
+MIXED = FeatureSchema(
+    BundleMetadata(
+        name="churn",
+        algorithm="logistic_regression",
+        target="churned",
+        features=[
+            FeatureSpec(name="age", type=FeatureType.NUMERIC),
+            FeatureSpec(name="plan", type=FeatureType.CATEGORICAL),
+            FeatureSpec(name="review", type=FeatureType.TEXT),
+            FeatureSpec(name="score", type=FeatureType.NUMERIC),
+        ],
+        classes=[0, 1],
+        dataset_fingerprint="sha256:t",
+    )
+)
 
 
 def numeric_frame(rows: int = 90, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:

@@ -8,44 +8,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelyard.bundle import BundleMetadata
 from modelyard.errors import InvalidInput
 from modelyard.serving.features import (
     FeatureBatch,
-    FeatureSchema,
     features_from_instances,
     features_from_tensors,
     select_outputs,
 )
 from modelyard.serving.types import Datatype, InferenceRequest, RequestedOutput, Tensor
-from modelyard.spec import FeatureSpec, FeatureType
 
-NUMERIC = FeatureSchema(
-    BundleMetadata(
-        name="iris",
-        algorithm="logistic_regression",
-        target="species",
-        features=[FeatureSpec(name=n, type=FeatureType.NUMERIC) for n in ("a", "b", "c")],
-        classes=["x", "y"],
-        dataset_fingerprint="sha256:t",
-    )
-)
-
-MIXED = FeatureSchema(
-    BundleMetadata(
-        name="churn",
-        algorithm="logistic_regression",
-        target="churned",
-        features=[
-            FeatureSpec(name="age", type=FeatureType.NUMERIC),
-            FeatureSpec(name="plan", type=FeatureType.CATEGORICAL),
-            FeatureSpec(name="review", type=FeatureType.TEXT),
-            FeatureSpec(name="score", type=FeatureType.NUMERIC),
-        ],
-        classes=[0, 1],
-        dataset_fingerprint="sha256:t",
-    )
-)
+from .conftest import MIXED, NUMERIC
 
 
 def t(name: str, datatype: Datatype, shape: tuple[int, ...], values: Any) -> Tensor:

@@ -12,9 +12,8 @@ import numpy as np
 import orjson
 import pytest
 
-from modelyard.bundle import BundleMetadata
 from modelyard.errors import InvalidInput
-from modelyard.serving.features import FeatureSchema, features_from_instances, output_tensors, select_outputs
+from modelyard.serving.features import features_from_instances, output_tensors, select_outputs
 from modelyard.serving.rest.codec import (
     decode_feedback,
     decode_v1,
@@ -39,34 +38,8 @@ from modelyard.serving.types import (
     TensorMetadata,
 )
 from modelyard.serving.wire import decode_raw_tensor, encode_bytes_elements
-from modelyard.spec import FeatureSpec, FeatureType
 
-NUMERIC = FeatureSchema(
-    BundleMetadata(
-        name="iris",
-        algorithm="logistic_regression",
-        target="species",
-        features=[FeatureSpec(name=n, type=FeatureType.NUMERIC) for n in ("a", "b", "c")],
-        classes=["x", "y"],
-        dataset_fingerprint="sha256:t",
-    )
-)
-
-MIXED = FeatureSchema(
-    BundleMetadata(
-        name="churn",
-        algorithm="logistic_regression",
-        target="churned",
-        features=[
-            FeatureSpec(name="age", type=FeatureType.NUMERIC),
-            FeatureSpec(name="plan", type=FeatureType.CATEGORICAL),
-            FeatureSpec(name="review", type=FeatureType.TEXT),
-            FeatureSpec(name="score", type=FeatureType.NUMERIC),
-        ],
-        classes=[0, 1],
-        dataset_fingerprint="sha256:t",
-    )
-)
+from .conftest import MIXED, NUMERIC
 
 
 def body(document: Any) -> bytes:
