@@ -224,7 +224,9 @@ def test_predictions_reach_the_log_and_the_metrics(bundles: dict[str, Path], tmp
     assert rows[0].features == frame.iloc[0].to_dict()
     assert set(rows[0].probabilities) == {"0", "1"} and rows[0].label in ("0", "1")
     exposition = metrics.render()[0].decode()
-    assert 'modelyard_request_stage_seconds_count{stage="predict"} 1.0' in exposition
+    assert (
+        'modelyard_request_stage_seconds_count{model="churn",stage="predict",version="7"} 1.0' in exposition
+    )
     assert "modelyard_batch_rows_count 1.0" in exposition
     assert 'modelyard_model_info{algorithm="logistic_regression",model="churn"' in exposition
 

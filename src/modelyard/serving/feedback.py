@@ -13,7 +13,8 @@ is NotReady, naming the command.
 One label per prediction. Feedback again for the same prediction replaces the label (a correction is
 normal: labellers make mistakes), and the result reports the label it replaced. A request id the client
 used for several requests names several logged predictions: feedback on it is a Conflict (409), never a
-guess at which one it grades.
+guess at which one it grades. A shadow candidate logs the rows of the request it scored under its own
+version: the one label grades both, and the answer the client had is the stable version's.
 """
 
 from __future__ import annotations
@@ -68,13 +69,15 @@ def record_feedback(
     label: str | int,
     row: int = 0,
     classes: Sequence[str | int] | None = None,
+    shadow_version: str | None = None,
 ) -> FeedbackResult:
     """Store the true ``label`` of row ``row`` of request ``request_id`` answered by ``model``.
 
     InvalidInput names a bad argument (or a label outside ``classes``, when given); NotFound names the
     request id when no such prediction is logged; NotReady when the database cannot be reached, or
     lacks the tables (nobody ran `modelyard db upgrade`). Pass the server's Engine: a URL makes (and
-    disposes) an engine per call, which is fine for scripts.
+    disposes) an engine per call, which is fine for scripts. ``shadow_version`` is the version of a
+    shadow candidate the server runs: its logged rows are not the answer the label is checked against.
     """
     text = _check(model, request_id, label, row, classes)
     if isinstance(database_url_or_engine, Engine):
@@ -85,7 +88,9 @@ def record_feedback(
         with engine.connect() as connection:
             connection.execution_options(**{WRITE_OPTION: True})
             with connection.begin():
-                return _store(connection, model=model, request_id=request_id, row=row, label=text)
+                return _store(
+                    connection, model=model, request_id=request_id, row=row, label=text, shadow=shadow_version
+                )
     except DBAPIError as exc:
         # Tell the caller's answers (503: try later; 404: nothing is logged here) from a bug (500).
         # The answer says what is wrong; where the database is, and the driver's words, go to the log.
@@ -115,12 +120,15 @@ def _key(table: Table, model: str, request_id: str, row: int) -> ColumnElement[b
     return and_(table.c.request_id == request_id, table.c.row == row, table.c.model == model)
 
 
-def _store(connection: Connection, *, model: str, request_id: str, row: int, label: str) -> FeedbackResult:
+def _store(
+    connection: Connection, *, model: str, request_id: str, row: int, label: str, shadow: str | None = None
+) -> FeedbackResult:
     predictions, feedback = _table(Prediction), _table(Feedback)
+    answered = _key(predictions, model, request_id, row)
+    if shadow is not None:
+        answered = and_(answered, predictions.c.version != shadow)
     matches = connection.execute(
-        select(predictions.c.version, predictions.c.label)
-        .where(_key(predictions, model, request_id, row))
-        .limit(2)
+        select(predictions.c.version, predictions.c.label).where(answered).limit(2)
     ).all()
     if not matches:
         raise NotFound(_not_found_message(connection, model=model, request_id=request_id, row=row))
