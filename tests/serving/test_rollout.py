@@ -248,6 +248,30 @@ def test_shadow_answers_with_the_stable_version_and_scores_the_candidate_under_i
     assert graded.json()["version"] == "1" and graded.json()["correct"] is True
 
 
+def test_on_sigterm_every_shadowed_row_is_logged_before_the_server_exits(
+    versions: dict[str, Path], tmp_path: Path
+) -> None:
+    server = serve_with_candidate(
+        versions["stable"],
+        tmp_path / "home",
+        *("--candidate-uri", str(versions["good"]), "--candidate-version", "2"),
+        MODELYARD_SERVING__LOG_FLUSH_INTERVAL_S="60",  # nothing is written before the shutdown
+    )
+    try:
+        frame, _ = numeric_frame(rows=40, seed=2)
+        rows = frame[COLUMNS].to_numpy().tolist()
+        for start in range(0, 40, 4):
+            v2_rest(server, rows[start : start + 4])
+    finally:
+        assert server.stop() == 0, server.log()
+    engine = create_engine(f"sqlite:///{tmp_path / 'home' / 'modelyard.db'}")
+    with engine.connect() as connection:
+        query = select(PredictionRow.version, func.count()).group_by(PredictionRow.version)
+        logged = dict(connection.execute(query).tuples().all())
+    engine.dispose()
+    assert logged == {"1": 40, "2": 40}
+
+
 def test_a_request_is_not_shadowed_while_the_candidate_is_behind(versions: dict[str, Path]) -> None:
     metrics = ServingMetrics()
     stable, candidate = (

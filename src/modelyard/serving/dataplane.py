@@ -353,6 +353,12 @@ class DataPlane:
         self._shadow_tasks.add(task)  # the loop keeps only a weak reference
         task.add_done_callback(self._shadow_tasks.discard)
 
+    async def finish_shadows(self, timeout_s: float) -> None:
+        """Wait, at most ``timeout_s``, for the shadow candidate to score the requests it was handed: on
+        shutdown, before the prediction log writes what it holds."""
+        if self._shadow_tasks:
+            await asyncio.wait(set(self._shadow_tasks), timeout=timeout_s)
+
     async def _score_shadow(
         self, rollout: Rollout, batch: FeatureBatch, stable: Prediction, request_id: str, decoded: float
     ) -> None:

@@ -297,11 +297,13 @@ class ModelServer:
             await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Stop gRPC (in-flight calls get the grace period), write the log, stop the model and probes."""
+        """Stop gRPC (in-flight calls get the grace period), let a shadow candidate score what it was
+        handed (within the grace period too), write the log, stop the models and probes."""
         grace = self.settings.serving.grace_period_s
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
             self.grpc_server = None
+        await self.dataplane.finish_shadows(grace)
         for collector in self.accuracy:
             collector.stop()
         if self.prediction_log is not None:
