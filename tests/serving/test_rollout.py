@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.linear_model import LogisticRegression
 from sqlalchemy import create_engine, func, select
 
-from modelyard.bundle import BundleMetadata, load_bundle, write_bundle
+from modelyard.bundle import BundleMetadata, load_bundle, publish_bundle, write_bundle
 from modelyard.operator.analysis import FAIL, PASS, Analysis, Prometheus
 from modelyard.operator.resource import Thresholds
 from modelyard.registry.tables import Prediction as PredictionRow
@@ -36,7 +36,10 @@ from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.model import ServedModel
 from modelyard.serving.rollout import MAX_SHADOW_BACKLOG, Rollout, canary_share
+from modelyard.settings import S3Settings
+from modelyard.storage import open_store
 
+from ..conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, S3Service
 from ..monitoring.conftest import start_prometheus
 from .conftest import (
     NUMERIC_CLASSES,
@@ -270,6 +273,32 @@ def test_on_sigterm_every_shadowed_row_is_logged_before_the_server_exits(
         logged = dict(connection.execute(query).tuples().all())
     engine.dispose()
     assert logged == {"1": 40, "2": 40}
+
+
+def test_a_candidate_in_s3_is_fetched_and_versioned_by_its_key(
+    versions: dict[str, Path], s3: S3Service, tmp_path: Path
+) -> None:
+    bucket = s3.create_bucket()
+    credentials = S3Settings(
+        endpoint_url=s3.endpoint_url,
+        access_key_id=S3_ACCESS_KEY,
+        secret_access_key=S3_SECRET_KEY,
+        region=S3_REGION,
+    )
+    uri = publish_bundle(versions["good"], open_store(f"s3://{bucket}/models", credentials), "iris/4")
+    assert uri == f"s3://{bucket}/models/iris/4"
+    server = serve_with_candidate(
+        versions["stable"], tmp_path / "home", **s3.env(), MODELYARD_SERVING__CANDIDATE_URI=uri
+    )
+    try:
+        assert v2_rest(server, [[5.1, 3.5, 1.4, 0.2]])["model_version"] == "1"
+        wait_for(
+            lambda: total(scrape(server), "modelyard_shadow_compared_total", model="iris", version="4") == 1,
+            "the candidate fetched from S3 to score the request",
+        )
+    finally:
+        server.stop()
+    assert (tmp_path / "home" / "candidates" / bucket / "models" / "iris" / "4" / "metadata.json").is_file()
 
 
 def test_a_request_is_not_shadowed_while_the_candidate_is_behind(versions: dict[str, Path]) -> None:
