@@ -226,7 +226,9 @@ def test_predictions_reach_the_log_and_the_metrics(bundles: dict[str, Path], tmp
     assert set(logged.probabilities) == {"0", "1"} and all(len(p) == 3 for p in logged.probabilities.values())
     assert len(logged.labels) == 3 and set(logged.labels) <= {"0", "1"}
     exposition = metrics.render()[0].decode()
-    assert 'modelyard_request_stage_seconds_count{stage="predict"} 1.0' in exposition
+    assert (
+        'modelyard_request_stage_seconds_count{model="churn",stage="predict",version="7"} 1.0' in exposition
+    )
     assert "modelyard_batch_rows_count 1.0" in exposition
     assert 'modelyard_model_info{algorithm="logistic_regression",model="churn"' in exposition
 

@@ -360,7 +360,8 @@ def start_accuracy_collector(
     metadata: BundleMetadata,
     settings: MonitoringSettings | None = None,
 ) -> AccuracyCollector:
-    """Register and start the live accuracy of a served bundle on a server's Prometheus ``registry``."""
+    """Register and start the live accuracy of a served bundle on a server's Prometheus ``registry`` (None:
+    the caller registers it, e.g. with another version's, as one exposition may hold a family once)."""
     config = settings or load_settings().monitoring
     collector = AccuracyCollector(
         engine,
@@ -373,7 +374,8 @@ def start_accuracy_collector(
         maturity=timedelta(hours=config.accuracy_maturity_h),
         refresh_seconds=config.accuracy_refresh_s,
     )
-    registry.register(collector)
+    if registry is not None:
+        registry.register(collector)
     collector.start()
     return collector
 

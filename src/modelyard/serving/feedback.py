@@ -15,7 +15,8 @@ normal: labellers make mistakes), and the result reports the label it replaced. 
 used for several requests names several logged predictions: feedback on it is a Conflict (409), never a
 guess at which one it grades. A request scored by two versions (the served one and a shadow or canary
 candidate) is no such ambiguity: each version logged it under the same id, and the one label grades
-that row for both (live accuracy counts it per version). The result reports the version logged first.
+that row for both (live accuracy counts it per version). The answer the client had, which the result
+reports, is the served version's: a shadow candidate's rows are never it.
 
 The log holds one row per request (``rows`` values in each column), so a prediction is found by request
 id and then by row number within it.
@@ -74,13 +75,15 @@ def record_feedback(
     label: str | int,
     row: int = 0,
     classes: Sequence[str | int] | None = None,
+    shadow_version: str | None = None,
 ) -> FeedbackResult:
     """Store the true ``label`` of row ``row`` of request ``request_id`` answered by ``model``.
 
     InvalidInput names a bad argument (or a label outside ``classes``, when given); NotFound names the
     request id when no such prediction is logged; NotReady when the database cannot be reached, or
     lacks the tables (nobody ran `modelyard db upgrade`). Pass the server's Engine: a URL makes (and
-    disposes) an engine per call, which is fine for scripts.
+    disposes) an engine per call, which is fine for scripts. ``shadow_version`` is the version of a
+    shadow candidate the server runs: its logged rows are not the answer the label is checked against.
     """
     text = _check(model, request_id, label, row, classes)
     if isinstance(database_url_or_engine, Engine):
@@ -91,7 +94,9 @@ def record_feedback(
         with engine.connect() as connection:
             connection.execution_options(**{WRITE_OPTION: True})
             with connection.begin():
-                return _store(connection, model=model, request_id=request_id, row=row, label=text)
+                return _store(
+                    connection, model=model, request_id=request_id, row=row, label=text, shadow=shadow_version
+                )
     except DBAPIError as exc:
         # Tell the caller's answers (503: try later; 404: nothing is logged here) from a bug (500).
         # The answer says what is wrong; where the database is, and the driver's words, go to the log.
@@ -121,11 +126,16 @@ def _key(table: Table, model: str, request_id: str, row: int) -> ColumnElement[b
     return and_(table.c.request_id == request_id, table.c.row == row, table.c.model == model)
 
 
-def _store(connection: Connection, *, model: str, request_id: str, row: int, label: str) -> FeedbackResult:
+def _store(
+    connection: Connection, *, model: str, request_id: str, row: int, label: str, shadow: str | None = None
+) -> FeedbackResult:
     predictions, feedback = _table(Prediction), _table(Feedback)
+    logged_by = [predictions.c.request_id == request_id, predictions.c.model == model]
+    if shadow is not None:
+        logged_by.append(predictions.c.version != shadow)
     logged = connection.execute(
         select(predictions.c.version, predictions.c.rows, predictions.c.labels)
-        .where(predictions.c.request_id == request_id, predictions.c.model == model)
+        .where(*logged_by)
         .order_by(predictions.c.id)
     ).all()
     if not logged:
