@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import orjson
 
 from modelyard.registry.tables import MODEL_VERSION_LENGTH, NAME_LENGTH, REQUEST_ID_LENGTH
@@ -26,6 +27,9 @@ from modelyard.serving.sink import PredictionRecord
 # orjson writes NaN and infinities as null, numpy arrays natively (C-contiguous ones; others go through
 # ``_plain``), and dictionary keys that are numbers as their text.
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+_SEQUENCES = (list, tuple)
 
 
 class InvalidRecord(ValueError):
@@ -49,6 +53,8 @@ def json_text(value: Any) -> str:
 
 
 def _text(value: Any, *, field: str, limit: int | None) -> str:
+    if type(value) is str and value and (limit is None or len(value) <= limit):
+        return value  # the common case, at once
     if isinstance(value, bool) or not isinstance(value, str | int):
         tolist = getattr(value, "tolist", None)  # a numpy scalar
         value = tolist() if callable(tolist) else value
@@ -95,7 +101,10 @@ def _moment(value: Any) -> datetime:
 
 def _length(column: Any) -> int | None:
     """The number of values of a list, tuple or one-dimensional array; None for anything else."""
-    if isinstance(column, list | tuple):
+    kind = type(column)
+    if kind is np.ndarray:  # the data plane's columns: checked first, as the log checks many
+        return len(column) if column.ndim == 1 else None
+    if kind is list or kind is tuple or isinstance(column, _SEQUENCES):
         return len(column)
     if getattr(column, "ndim", None) == 1 and callable(getattr(column, "tolist", None)):
         return len(column)
@@ -128,7 +137,7 @@ def _labels(value: Any, *, rows: int) -> list[str]:
         raise InvalidRecord(f"labels must be a list of {rows} classes, got {type(value).__name__}")
     if length != rows:
         raise InvalidRecord(f"labels has {length} values, but the request has {rows} rows")
-    labels = value.tolist() if not isinstance(value, list | tuple) else value
+    labels = value if isinstance(value, _SEQUENCES) else value.tolist()
     texts = []
     for index, label in enumerate(labels):
         if type(label) is str and label:  # the data plane's labels: no further checks
