@@ -19,6 +19,7 @@ has the stable answer, and its failures are counted, never answered.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -264,8 +265,13 @@ class DataPlane:
         finite = np.isfinite(outcome.prediction.probabilities).all(axis=1)
         if not finite.all():
             # No answer and no log row ever holds a NaN or infinite probability.
+            outcome = await self._rescore_alone(model, batch, outcome, np.flatnonzero(~finite))
+            finite = np.isfinite(outcome.prediction.probabilities).all(axis=1)
+        if not finite.all():
             first = int(np.argmin(finite))
-            _refuse_missing(model, batch, None)  # a runtime without an imputer answers NaN for a NaN
+            loop = asyncio.get_running_loop()
+            if await loop.run_in_executor(None, model.fails_for_missing, batch, first):
+                _refuse_missing(model, batch.select(slice(first, first + 1)), None, first)
             await self._refuse_unscorable(model, batch, first, None)
             raise RuntimeError(f"the model answered non-finite probabilities for row {first}")
         latency_ms = (time.perf_counter() - started) * 1000.0
@@ -278,6 +284,15 @@ class DataPlane:
             if rollout is not None and rollout.mode == SHADOW and rollout.candidate is not model:
                 self._shadow(rollout, batch, outcome.prediction, request_id, decoded, loop)
         return outcome.prediction
+
+    @staticmethod
+    async def _rescore_alone(
+        model: ServedModel, batch: FeatureBatch, outcome: BatchOutcome, rows: np.ndarray
+    ) -> BatchOutcome:
+        """``outcome`` with its non-finite ``rows`` answered by scoring each alone, where that is finite."""
+        loop = asyncio.get_running_loop()
+        rescored = await loop.run_in_executor(None, model.rescored_alone, batch, outcome.prediction, rows)
+        return outcome if rescored is None else dataclasses.replace(outcome, prediction=rescored)
 
     @staticmethod
     async def _refuse_unscorable(
@@ -484,11 +499,15 @@ def strictly_after(previous: datetime, now: datetime) -> datetime:
     return now if now > previous else previous + timedelta(microseconds=1)
 
 
-def _refuse_missing(model: ServedModel, batch: FeatureBatch, cause: BaseException | None) -> None:
-    """InvalidInput naming the first missing value, for a model that cannot impute; else returns."""
+def _refuse_missing(
+    model: ServedModel, batch: FeatureBatch, cause: BaseException | None, first_row: int = 0
+) -> None:
+    """InvalidInput naming the first missing value, for a model that cannot impute; else returns.
+    ``batch`` holds the request's rows from ``first_row`` on."""
     missing = batch.first_missing(model.schema)
     if missing is not None:
         feature, row = missing
+        row += first_row
         raise InvalidInput(
             f"feature {feature!r} row {row} is missing, and this model cannot impute missing values: "
             "send a value"

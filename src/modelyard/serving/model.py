@@ -171,6 +171,33 @@ class ServedModel:
 
     # ------------------------------------------------------------ rows the model cannot score
 
+    def rescored_alone(
+        self, batch: FeatureBatch, prediction: Prediction, rows: np.ndarray
+    ) -> Prediction | None:
+        """``prediction`` with each of ``rows`` (those answered non-finite) scored again on its own, or None
+        when one of them is not finite alone either, or they are more than ``UNSCORABLE_SEARCH_CALLS``.
+
+        Extreme but finite values (1e308) can overflow to infinities whose sum depends on the order the
+        runtime adds them in, and that order can differ with the batch's size: a row answered NaN inside
+        a batch may score finitely alone, and then its own answer is the one to give. Error path only.
+        """
+        if len(rows) > UNSCORABLE_SEARCH_CALLS:
+            return None
+        probabilities = prediction.probabilities.copy()
+        labels = list(prediction.labels)
+        label_names = prediction.label_names.copy()
+        for row in rows.tolist():
+            try:
+                alone = self._predict_rows(batch.select(slice(row, row + 1)))
+            except Exception:  # whatever the runtime raises, the row is not scored
+                return None
+            if not np.isfinite(alone.probabilities).all():
+                return None
+            probabilities[row] = alone.probabilities[0]
+            labels[row] = alone.labels[0]
+            label_names[row] = alone.label_names[0]
+        return Prediction(labels, probabilities, label_names)
+
     def scores(self, batch: FeatureBatch) -> bool:
         """Whether the model answers finite probabilities for every row of ``batch``, calling the runtime
         directly (not through the batcher). Only for the error path: see :meth:`unscorable`."""
@@ -179,6 +206,17 @@ class ServedModel:
         except Exception:  # whatever the runtime raises, the row is not scored
             return False
         return bool(np.isfinite(probabilities).all())
+
+    def fails_for_missing(self, batch: FeatureBatch, row: int) -> bool:
+        """Whether row ``row`` of ``batch`` is answered non-finite because of its missing values: it has
+        some, and it still does not score once its other numeric values are all 0 (a runtime without an
+        imputer answers NaN for a NaN; one with an imputer fails on such a row only for its other values).
+        Error path only."""
+        alone = batch.select(slice(row, row + 1))
+        if alone.first_missing(self.schema) is None:
+            return False
+        present = np.flatnonzero(np.isfinite(alone.numeric[0])).tolist()
+        return not self.scores(alone.with_numeric(0, present, 0.0))
 
     def unscorable(self, batch: FeatureBatch, row: int | None = None) -> tuple[int, str] | None:
         """(row, feature) of the first row the model cannot score because of its own numeric values, or
