@@ -240,8 +240,11 @@ def test_shadow_answers_with_the_stable_version_and_scores_the_candidate_under_i
     engine = create_engine(f"sqlite:///{shadow_server.home / 'modelyard.db'}")
 
     def logged(version: str) -> int:
+        """Rows logged under ``version`` (the log holds one entry per request, of ``rows`` rows)."""
         with engine.connect() as connection:
-            query = select(func.count()).select_from(PredictionRow).where(PredictionRow.version == version)
+            query = select(func.coalesce(func.sum(PredictionRow.rows), 0)).where(
+                PredictionRow.version == version
+            )
             return int(connection.execute(query).scalar_one())
 
     wait_for(lambda: logged("1") == 62 and logged("2") == 60, "the prediction log")
@@ -269,10 +272,10 @@ def test_on_sigterm_every_shadowed_row_is_logged_before_the_server_exits(
         assert server.stop() == 0, server.log()
     engine = create_engine(f"sqlite:///{tmp_path / 'home' / 'modelyard.db'}")
     with engine.connect() as connection:
-        query = select(PredictionRow.version, func.count()).group_by(PredictionRow.version)
+        query = select(PredictionRow.version, func.sum(PredictionRow.rows)).group_by(PredictionRow.version)
         logged = dict(connection.execute(query).tuples().all())
     engine.dispose()
-    assert logged == {"1": 40, "2": 40}
+    assert logged == {"1": 40, "2": 40}  # rows, in ten requests of four
 
 
 def test_a_candidate_in_s3_is_fetched_and_versioned_by_its_key(
@@ -526,10 +529,10 @@ def test_the_operators_analysis_judges_shadowing_predictors_through_a_real_prome
         # each round shadows the 60 rows, and the first 6 again over gRPC
         alike = np.array(predicted(versions["stable"], frame)) == np.array(predicted(versions["bad"], frame))
         expected_agreement = (alike.sum() + alike[:6].sum()) / 66
+        # The verdict's wiring is under test, not speed: a shadow candidate scores after the stable answer,
+        # so on a shared machine its p95 can land a histogram bucket higher (a ratio of 2) by chance.
+        thresholds = Thresholds(max_latency_p95_ratio=4.0)
         measured = ("error_ratio", "latency_p95_ratio", "class_mix_js_distance", "agreement")
-        # Request times on a shared machine are no test's to judge: the latency check must have data,
-        # and its threshold is out of reach.
-        thresholds = Thresholds(max_latency_p95_ratio=1000.0)
         deadline = time.monotonic() + 90
         while True:
             for quality, server in servers.items():
