@@ -420,6 +420,13 @@ def test_actions_sent_from_another_site_are_refused(console: Console) -> None:
         assert answer.status == 400 and "must be a JSON object" in answer.json()["error"], headers
 
 
+def test_a_console_on_loopback_answers_only_requests_addressed_to_loopback(console: Console) -> None:
+    port = console.url.rsplit(":", 1)[1]
+    rebound = send("GET", console.url + "/api/models", headers={"Host": f"evil.example:{port}"})
+    assert (rebound.status, rebound.body) == (400, b"Invalid host header")
+    assert send("GET", console.url + "/healthz", headers={"Host": f"localhost:{port}"}).status == 200
+
+
 def test_pages_run_only_the_consoles_script_and_report_html_is_sandboxed(console: Console) -> None:
     page = send("GET", console.url + "/models/iris")
     policy = page.headers["content-security-policy"]

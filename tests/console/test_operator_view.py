@@ -5,6 +5,7 @@ the Monitoring page; and what the pages say when the API server cannot be reache
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,15 +85,20 @@ def operator_console(
     namespace = f"console-{uuid.uuid4().hex[:8]}"
     control_plane.create_namespace(namespace)
     control_plane.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(MODEL))
+    # a JSON patch, not a merge patch: a merge patch drops the nulls the CRD requires (a check without data)
     control_plane.kubectl(
-        "patch", "model", "iris", "-n", namespace, "--subresource=status", "--type=merge",
-        "-p", json.dumps({"status": STATUS}),
+        "patch", "model", "iris", "-n", namespace, "--subresource=status", "--type=json",
+        "-p", json.dumps([{"op": "add", "path": "/status", "value": STATUS}]),
     )  # fmt: skip
     root = tmp_path_factory.mktemp("console-operator")
     outcome = run_training(load_settings(home=root / "home"), iris_spec(RUNS[0]))
     assert outcome.published is not None, outcome.verdict
     variables = {"MODELYARD_CONSOLE__KUBERNETES": "true", "MODELYARD_CONSOLE__NAMESPACE": namespace}
     url, process, _ = start_console(root, variables)
+    deadline = time.monotonic() + 60  # the client's first discovery of the API server can take a while
+    while not (operator := send("GET", url + "/api/models").json()["operator"])["connected"]:
+        assert time.monotonic() < deadline, operator["note"]
+        time.sleep(1)
     yield url, namespace
     stop_console(process)
     control_plane.kubectl("delete", "namespace", namespace, "--wait=false")

@@ -5,7 +5,8 @@ page's script calls it and shows its answer or its error in place. A ModelyardEr
 and message, as JSON under ``/api`` and as a page elsewhere; anything else is a 500 that names only the
 error's type (the details go to the log), never a stack trace.
 
-State-changing requests a browser sends from another site are refused (``Sec-Fetch-Site``, else ``Origin``
+A console on loopback answers only requests addressed to loopback (no DNS rebinding). State-changing
+requests a browser sends from another site are refused (``Sec-Fetch-Site``, else ``Origin``
 against ``Host``), so a page elsewhere cannot promote a version through a visitor's browser; clients that
 are not browsers send neither header and are not affected. Request bodies are read up to a limit and no
 further, and every response carries a Content-Security-Policy that allows only the console's own script.
@@ -26,6 +27,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -45,6 +47,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 KUBE_TIMEOUT_S = 5.0  # a page waits this long for the API server, then says the operator is not connected
 MAX_DOCUMENT_BYTES = 1024 * 1024  # a prediction's JSON or a model spec
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 SECURITY_HEADERS = {
     # only the console's own script runs; styles are inline, plots inline SVG; no page may frame it
     "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -99,6 +102,14 @@ class ConsoleGuard:
             await send(message)
 
         return secured
+
+
+def loopback_only(host: str) -> list[Middleware]:
+    """A console listening on loopback answers only requests addressed to loopback: a page elsewhere
+    whose name is made to resolve to 127.0.0.1 (DNS rebinding) would otherwise be same-origin with it."""
+    if host not in LOOPBACK_HOSTS:
+        return []
+    return [Middleware(TrustedHostMiddleware, allowed_hosts=sorted(LOOPBACK_HOSTS | {"[::1]"}))]
 
 
 async def read_body(request: Request, limit: int, what: str, setting: str = "") -> bytes:
@@ -336,6 +347,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         registry_holder["registry"] = Registry(settings.database_url, ensure_schema=ensure_schema)
+        operator.connect_in_background()
         try:
             yield
         finally:
@@ -378,6 +390,6 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
             HTTPException: http_error,
             Exception: server_error,
         },
-        middleware=[Middleware(ConsoleGuard)],
+        middleware=[*loopback_only(settings.console.host), Middleware(ConsoleGuard)],
         lifespan=lifespan,
     )

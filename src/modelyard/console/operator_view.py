@@ -72,6 +72,19 @@ class OperatorView:
                 self._cluster = Cluster()
             return self._cluster
 
+    def connect_in_background(self) -> None:
+        """Make the client (its discovery of the API server's resources can take seconds) on a thread, so
+        the first page need not wait for it; a failure here is told again by the first page that asks."""
+
+        def connect() -> None:
+            try:
+                self._connect()
+            except Exception as exc:  # the pages report it: see models()
+                log.warning("cannot connect to the API server yet: %s", _reason(exc))
+
+        if self.enabled:
+            threading.Thread(target=connect, name="operator-view-connect", daemon=True).start()
+
     def not_connected(self, note: str) -> dict[str, Any]:
         return {"connected": False, "note": note, "namespace": self.namespace, "models": {}, "model": None}
 

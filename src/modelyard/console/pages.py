@@ -40,7 +40,7 @@ figure{margin:0}
 figcaption{font-weight:600;margin-bottom:.3rem}
 pre{background:#f5f5f5;padding:.6rem;overflow:auto;white-space:pre-wrap}
 .stage-production{font-weight:700;color:#1b4d1b}
-.badge{padding:0 .3rem;border-radius:3px;border:1px solid}
+.badge{display:inline-block;padding:0 .3rem;border-radius:3px;border:1px solid}
 .badge-ok{color:#1b4d1b;background:#e8f5e9}
 .badge-bad{color:#6b0d26;background:#fdecea;font-weight:700}
 .badge-none{color:#333;background:#f2f2f2}

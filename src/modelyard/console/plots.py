@@ -243,7 +243,7 @@ def rates_over_time(
     (a bucket without one leaves a gap); ``line`` is a labelled dashed level, such as an alert gate."""
     left, top, width, height = 70, 20, 560, 200
     step_x = width / max(1, len(buckets) - 1)
-    parts = [_open(left + width + 230, top + height + 70, title)]
+    parts = [_open(left + width + 330, top + height + 70, title)]  # room for long legend names
     parts.append(_unit_ticks(left, top, width, height, x=False))
     parts.append(_axes(left, top, width, height, "bucket start (UTC)", y_label))
     parts.append(_time_ticks(buckets, left, top + height, step_x))
