@@ -257,8 +257,10 @@ def rates_over_time(
                 continue
             x, y = left + i * step_x, top + height - max(0.0, min(1.0, value)) * height
             runs[-1].append(f"{x:.1f},{y:.1f}")
+            # every other series has hollow, larger dots: equal values stay visible one over the other
+            dot = f'r="3" fill="{colour}"' if index % 2 == 0 else f'r="5" fill="none" stroke="{colour}"'
             parts.append(
-                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}">'
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" {dot}>'
                 f"<title>{escape(name)}, {escape(buckets[i])}: {value:.3f}</title></circle>"
             )
         for run in runs:
