@@ -368,26 +368,27 @@ def prediction_records(
     latency_ms: float,
     created_at: datetime,
 ) -> list[PredictionRecord]:
+    """The request's one log record: references to its columns, whatever its rows (the log converts them
+    on its own thread)."""
     schema = model.schema
-    names = schema.class_names
-    records = []
-    for row, (label, probabilities) in enumerate(
-        zip(prediction.labels, prediction.probabilities.tolist(), strict=True)
-    ):
-        records.append(
-            PredictionRecord(
-                request_id=request_id,
-                row=row,
-                model=model.name,
-                version=model.version,
-                features=batch.row(schema, row),
-                label=label,
-                probabilities=dict(zip(names, probabilities, strict=True)),
-                latency_ms=latency_ms,
-                created_at=created_at,
-            )
-        )
-    return records
+    features: dict[str, Any] = {}
+    for name in schema.names:
+        column = schema.numeric_index.get(name)
+        features[name] = batch.other[name] if column is None else batch.numeric[:, column]
+    probabilities = prediction.probabilities
+    by_class = {name: probabilities[:, index] for index, name in enumerate(schema.class_names)}
+    record = PredictionRecord(
+        request_id=request_id,
+        model=model.name,
+        version=model.version,
+        rows=batch.n_rows,
+        features=features,
+        labels=prediction.label_names,
+        probabilities=by_class,
+        latency_ms=latency_ms,
+        created_at=created_at,
+    )
+    return [record]
 
 
 __all__ = ["DataPlane", "FeedbackStore", "class_label", "prediction_records", "strictly_after"]

@@ -169,13 +169,14 @@ class ServingMetrics:
         self._model_lock = threading.Lock()
         self._log_queue = Gauge(
             "modelyard_prediction_log_queue_depth",
-            "Prediction-log records held in memory, waiting to be written.",
+            "Prediction-log records (one per answered request, whatever its rows) held in memory, waiting to "
+            "be written.",
             registry=self.registry,
         )
         self._log_dropped = Counter(
             "modelyard_prediction_log_dropped",
-            "Prediction-log records given up: queue_full, spool_full, rejected (by the database), "
-            "invalid, stopped (submitted after stop).",
+            "Prediction-log records (one per request) given up: queue_full, spool_full, rejected (by the "
+            "database), invalid, stopped (submitted after stop).",
             ["reason"],
             registry=self.registry,
         )
@@ -183,17 +184,19 @@ class ServingMetrics:
         self._log_dropped_children = {reason: self._log_dropped.labels(reason) for reason in DROP_REASONS}
         self._log_written = Counter(
             "modelyard_prediction_log_written",
-            "Prediction-log records inserted into the database (replayed ones included).",
+            "Prediction-log records (one per answered request, whatever its rows) inserted into the database "
+            "(replayed ones included).",
             registry=self.registry,
         )
         self._log_spooled = Counter(
             "modelyard_prediction_log_spooled",
-            "Prediction-log records written to the local spool because the database was unreachable.",
+            "Prediction-log records (one per request) written to the local spool because the database was "
+            "unreachable.",
             registry=self.registry,
         )
         self._log_replayed = Counter(
             "modelyard_prediction_log_replayed",
-            "Spooled prediction-log records inserted into the database once it came back.",
+            "Spooled prediction-log records (one per request) inserted into the database once it came back.",
             registry=self.registry,
         )
         self._log_spool_bytes = Gauge(
