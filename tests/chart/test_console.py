@@ -21,11 +21,13 @@ def test_it_is_deployed_with_a_service_and_posts_to_the_first_models_predictor()
     pod = named(objects, "Deployment", NAME)["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["containers"][0]["command"] == ["modelyard", "console"]
-    assert pod["containers"][0]["readinessProbe"]["httpGet"] == {"path": "/api/models", "port": "http"}
+    assert pod["containers"][0]["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     env = _env(objects)
     assert env["MODELYARD_CONSOLE__HOST"] == "0.0.0.0"
     assert env["MODELYARD_CONSOLE__PREDICTOR_URL"].startswith("http://iris-predictor.")
     assert not [o for o in objects if o["kind"] == "Ingress"]
+    assert "MODELYARD_CONSOLE__KUBERNETES" not in env  # off by default: no token, no Role
+    assert not [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == NAME]
 
 
 def test_the_ingress_routes_its_host_to_the_console_service() -> None:
@@ -37,3 +39,18 @@ def test_the_ingress_routes_its_host_to_the_console_service() -> None:
     assert rule["host"] == "models.acme.example"
     backend = rule["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": NAME, "port": {"name": "http"}}
+
+
+def test_with_kubernetes_it_may_read_the_model_resources_of_its_namespace_only() -> None:
+    objects = rendered("02-external")
+    env = _env(objects)
+    assert env["MODELYARD_CONSOLE__KUBERNETES"] == "true"
+    pod = named(objects, "Deployment", NAME)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True
+    role = named(objects, "Role", NAME)
+    assert role["metadata"]["namespace"] == env["MODELYARD_CONSOLE__NAMESPACE"]
+    rule = {"apiGroups": ["modelyard.io"], "resources": ["models"], "verbs": ["get", "list"]}
+    assert role["rules"] == [rule]
+    binding = named(objects, "RoleBinding", NAME)
+    assert binding["roleRef"]["name"] == NAME
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
