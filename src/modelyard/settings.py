@@ -180,6 +180,14 @@ class ConsoleSettings(BaseModel):
         "or the InferenceService's URL)",
     )
     max_upload_mb: float = Field(default=50.0, gt=0, description="largest CSV the Batch page accepts, in MB")
+    kubernetes: bool = Field(
+        default=False,
+        description="show the operator's Model resources (phase, rollout, last analysis): needs the "
+        "in-cluster service account or a kubeconfig allowed to get and list models.modelyard.io",
+    )
+    namespace: str = Field(
+        default="default", description="namespace of the Model resources the console reads"
+    )
 
 
 class Settings(BaseSettings):

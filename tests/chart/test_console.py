@@ -21,7 +21,7 @@ def test_it_is_deployed_with_a_service_and_posts_to_the_first_models_predictor()
     pod = named(objects, "Deployment", NAME)["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["containers"][0]["command"] == ["modelyard", "console"]
-    assert pod["containers"][0]["readinessProbe"]["httpGet"] == {"path": "/api/models", "port": "http"}
+    assert pod["containers"][0]["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     env = _env(objects)
     assert env["MODELYARD_CONSOLE__HOST"] == "0.0.0.0"
     assert env["MODELYARD_CONSOLE__PREDICTOR_URL"].startswith("http://iris-predictor.")

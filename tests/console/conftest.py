@@ -34,6 +34,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 # Two versions that differ in algorithm and parameters, so Compare has something to show.
+UPLOAD_LIMIT_MB = 1  # small, so the tests can send a file over it
 RUNS = [
     {"algorithms": ["logistic_regression"], "search": {"strategy": "random", "trials": 2}},
     {"algorithms": ["random_forest"], "search": {"strategy": "random", "trials": 2}},
@@ -88,10 +89,23 @@ def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     # The predictor logs its predictions to the console's registry: the Monitoring page reads them there.
     predictor_env = server_env(root / "predictor-home", MODELYARD_DATABASE_URL=settings.database_url)
     predictor = start_server(bundle, root / "predictor-home", "--model-version", "1", env=predictor_env)
+    variables["MODELYARD_CONSOLE__PREDICTOR_URL"] = predictor.url
+    variables["MODELYARD_CONSOLE__MAX_UPLOAD_MB"] = str(UPLOAD_LIMIT_MB)
+    try:
+        url, process, log_path = start_console(root, variables)
+    except BaseException:
+        predictor.stop()
+        raise
+    yield Console(url, settings, predictor, process, log_path)
+    stop_console(process)
+    predictor.stop()
+
+
+def start_console(root: Path, variables: dict[str, str]) -> tuple[str, subprocess.Popen[bytes], Path]:
+    """`modelyard console` on a free port with MODELYARD_HOME under ``root``; returns once it answers."""
     (port,) = free_ports(1)
     env = server_env(root / "home", **variables)
-    env["MODELYARD_CONSOLE__PREDICTOR_URL"] = predictor.url
-    log_path = root / "console.log"
+    log_path = root / f"console-{port}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "modelyard", "console", "--host", "127.0.0.1", "--port", str(port)],
@@ -101,16 +115,18 @@ def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while http_status(url + "/api/models", timeout=1.0) != 200:
+    while http_status(url + "/healthz", timeout=10.0) != 200:
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            predictor.stop()
+            process.wait(20)
             raise RuntimeError(f"the console did not start:\n{log_path.read_text(errors='replace')}")
         time.sleep(0.2)
-    yield Console(url, settings, predictor, process, log_path)
+    return url, process, log_path
+
+
+def stop_console(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     process.wait(20)
-    predictor.stop()
 
 
 # Playwright's sync API runs an event loop on this thread while it is open: close it with the module (the

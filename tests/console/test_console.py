@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -21,8 +22,8 @@ import yaml
 
 from modelyard.registry import Stage
 
-from ..serving.conftest import post_json
-from .conftest import IRIS_CSV, RUNS, Console, iris_spec
+from ..serving.conftest import post_json, send
+from .conftest import IRIS_CSV, RUNS, UPLOAD_LIMIT_MB, Console, iris_spec
 
 ROW = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 
@@ -40,6 +41,13 @@ def test_models_list_shows_the_trained_model(console: Console, page: Any, tmp_pa
     assert table.locator("th[scope=row]").all_inner_texts() == ["iris"]
     cells = table.locator("tbody tr").first.locator("td").all_inner_texts()
     assert cells[:4] == ["—", "v2", "v2", "2"]  # no production yet; v2 is the latest staging version
+    row = table.locator("tbody tr").first
+    assert row.locator("td.drift").inner_text() == "no predictions"
+    assert row.locator("td.accuracy").inner_text() == "no predictions"
+    # Kubernetes is off by default: the page says so instead of a phase column
+    assert "Model phase" not in table.locator("thead").inner_text()
+    note = page.locator("#operator-note").inner_text()
+    assert "Operator not connected: the console does not ask Kubernetes" in note
     shot(page, tmp_path, "models")
     page.get_by_role("link", name="iris", exact=True).click()
     assert page.locator("#versions tbody tr").count() == 2
@@ -140,7 +148,10 @@ def test_csv_upload_downloads_a_scored_file(console: Console, page: Any, tmp_pat
         "label", "proba_setosa", "proba_versicolor", "proba_virginica", "model", "model_version",
     ]  # fmt: skip
     assert {row["model_version"] for row in rows} == {"2"}
-    assert "Scored 10 rows" in page.locator("#progress").inner_text()
+    assert "Scored 10 of 10 rows" in page.locator("#progress").inner_text()
+    bar = page.locator("#batch-progress")
+    assert (bar.get_attribute("value"), bar.get_attribute("max")) == ("10", "10")
+    assert caught.value.suggested_filename == "iris-v2-scored.csv"
     shot(page, tmp_path, "batch")
 
 
@@ -176,30 +187,65 @@ def test_malformed_csv_shows_its_error(console: Console, page: Any, tmp_path: Pa
     page.get_by_text("the uploaded file is empty").wait_for()
 
 
-def test_monitoring_shows_drift_per_feature_and_the_prediction_mix(
-    console: Console, page: Any, tmp_path: Path
-) -> None:
-    rows = np.random.default_rng(0).normal([5.8, 3.0, 3.8, 1.2], 0.4, size=(40, 4)).round(2).tolist()
-    request = {"inputs": [{"name": "input-0", "shape": [40, 4], "datatype": "FP64", "data": rows}]}
+def _send_labelled_traffic(console: Console, rows: int, labelled: int) -> None:
+    """``rows`` rows with petal_length shifted far out of its training range, then the predicted label as
+    feedback for the first ``labelled`` of them (so live accuracy is 1.0)."""
+    values = np.random.default_rng(0).normal([5.8, 3.0, 3.8, 1.2], 0.4, size=(rows, 4))
+    values[:, 2] += 4.0
+    tensor = {"name": "input-0", "shape": [rows, 4], "datatype": "FP64", "data": values.round(2).tolist()}
+    request = {"id": "console-monitoring", "inputs": [tensor]}
     answer = post_json(console.predictor.url + "/v2/models/iris/infer", request)
     assert answer.status == 200, answer.body
-    deadline = time.monotonic() + 60
-    while True:  # the predictor writes its log in batches, about once a second
-        page.goto(console.url + "/models/iris/monitoring?hours=24")
-        logged = int(page.locator("#logged").inner_text().split()[0])
-        if logged >= 40 or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    labels = next(o for o in json.loads(answer.body)["outputs"] if o["name"] == "label")["data"]
+    for row in range(labelled):
+        deadline = time.monotonic() + 60
+        while True:  # the predictor writes its log in batches, about once a second: 404 until then
+            sent = post_json(
+                console.predictor.url + "/v1/models/iris/feedback",
+                {"request_id": "console-monitoring", "row": row, "label": labels[row]},
+            )
+            if sent.status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert sent.status == 200, sent.body
+
+
+def test_monitoring_shows_drift_live_accuracy_over_time_and_the_prediction_mix(
+    console: Console, page: Any, tmp_path: Path
+) -> None:
+    _send_labelled_traffic(console, rows=300, labelled=40)
+    page.goto(console.url + "/models/iris/monitoring?hours=24")
+    logged = int(page.locator("#logged").inner_text().split()[0])
+    assert logged >= 300
+    assert "against v2's training data" in page.locator("#logged").inner_text()  # no production: the latest
     captions = page.locator("#drift figcaption").all_inner_texts()  # reference against current
     assert {caption.split(":")[0] for caption in captions} >= set(ROW)  # every feature, then the outputs
     assert all("PSI" in caption for caption in captions)
+    psi = {c.split(":")[0]: float(c.split("PSI ")[1].split(",")[0]) for c in captions}
+    assert psi["petal_length"] > 1.0 and psi["sepal_width"] < 1.0  # the shifted feature, and one that is not
     mix = page.locator("#mix tbody tr")
-    assert sum(int(row.locator("td").inner_text()) for row in mix.all()) >= 40
+    assert sum(int(row.locator("td").inner_text()) for row in mix.all()) >= 300
     assert page.locator("#mix-over-time polyline").count() == mix.count()
+    status = page.locator("#status")
+    assert status.locator("[data-state]").first.get_attribute("data-state") == "drift"
+    assert "drift: " in status.inner_text() and " > 0.2" in status.inner_text()
+    accuracy_state = status.locator("[data-state]").last
+    assert accuracy_state.get_attribute("data-state") == "ok"
+    assert "ok: 1.000 ≥ gate" in accuracy_state.inner_text() and "on 40 labelled rows" in status.inner_text()
+    # live accuracy over time: a real plot, with its axes, units and legend
+    plot = page.locator("#accuracy-over-time svg")
+    texts = plot.locator("text").all_text_contents()
+    assert "accuracy (0 to 1)" in texts and "bucket start (UTC)" in texts
+    assert {"0.00", "0.50", "1.00"} <= set(texts)
+    assert "live accuracy (labelled rows)" in texts
+    assert "alert gate (holdout accuracy minus tolerance)" in texts
+    assert plot.locator("circle").count() >= 1  # the bucket with the labelled rows
+    assert "Operator not connected" in page.locator("#operator-note").inner_text()
     shot(page, tmp_path, "monitoring")
     page.goto(console.url + "/")
-    live = page.locator("#models tbody tr").first.locator("td").last.inner_text()
-    assert "predictions in 24 h, no labels yet" in live and int(live.split()[0]) >= 40
+    row = page.locator("#models tbody tr").first
+    assert row.locator("td.drift [data-state]").get_attribute("data-state") == "drift"
+    assert row.locator("td.accuracy [data-state]").get_attribute("data-state") == "ok"
     page.goto(console.url + "/models/iris/monitoring?hours=abc")
     assert "hours must be a number" in page.locator("#message").inner_text()
 
@@ -264,6 +310,11 @@ def _api(console: Console, method: str, path: str, body: bytes | None = None) ->
             "feature 'sepal_length' is numeric, got 'x'",
         ),
         ("POST", "/api/models/iris/versions/1/score", b"\xff\xfe\x00", 400, "not UTF-8 text"),
+        ("POST", "/api/models/iris/versions/1/score", b" \n", 400, "the uploaded file is empty"),
+        ("POST", "/api/models/iris/versions/99/score", b"a\n1\n", 404, "99"),
+        ("GET", "/api/score/nope", None, 404, "no scoring job 'nope'"),
+        ("GET", "/api/score/../result", None, 404, "no scoring job '..'"),
+        ("GET", "/api/score/..%2F..%2Fetc%2Fpasswd/result", None, 404, "no such page"),
         ("POST", "/api/train", b"name: [unclosed", 422, "the spec is not valid YAML"),
         ("GET", "/api/train/nope", None, 404, "no training run 'nope'"),
         ("GET", "/api/nothing-here", None, 404, "no such page"),
@@ -297,3 +348,173 @@ def test_training_started_from_the_page_publishes_a_version(
     with console.registry() as registry:
         assert registry.get_version("iris", 3).algorithm == "logistic_regression"
     shot(page, tmp_path, "train")
+
+
+def _wait_for_job(console: Console, job: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
+    seen = []
+    deadline = time.monotonic() + 120
+    while job["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = send("GET", f"{console.url}/api/score/{job['id']}").json()
+        seen.append((job["rows_done"], job["rows_total"]))
+    return job, seen
+
+
+def test_a_scoring_job_reports_rows_done_of_total_then_serves_its_result(console: Console) -> None:
+    lines = IRIS_CSV.read_text().splitlines()
+    body = ("\n".join([lines[0], *(lines[1:] * 34)]) + "\n").encode()  # 5100 rows, three progress chunks
+    url = console.url + "/api/models/iris/versions/1/score"
+    answer = send("POST", url, body, {"Content-Type": "text/csv"})
+    assert answer.status == 202, answer.body
+    started = answer.json()
+    assert (started["status"], started["download"], started["model"]) == ("running", None, "iris@1")
+    job, seen = _wait_for_job(console, started)
+    assert job["status"] == "done", job
+    assert job["rows_done"] == job["rows_total"] == 5100
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)  # progress only moves forward
+    assert {total for _, total in seen} <= {None, 5100}
+    result = send("GET", console.url + job["download"])
+    assert result.status == 200
+    assert result.headers["content-disposition"] == 'attachment; filename="iris-v1-scored.csv"'
+    assert result.headers["x-modelyard-rows"] == "5100"
+    assert len(result.body.decode().splitlines()) == 5101
+
+    bad = send("POST", url, b"sepal_length,sepal_width\n1,2\n", {"Content-Type": "text/csv"}).json()
+    failed, _ = _wait_for_job(console, bad)
+    assert failed["status"] == "failed"
+    assert "missing column(s) the model iris@1 needs: petal_length, petal_width" in failed["message"]
+    refused = send("GET", f"{console.url}/api/score/{failed['id']}/result")
+    assert refused.status == 409
+    assert f"scoring job {failed['id']} failed, it has no result" in refused.json()["error"]
+
+
+def test_a_file_over_the_upload_limit_is_refused_and_not_read_whole(console: Console) -> None:
+    url = console.url + "/api/models/iris/versions/1/score"
+    big = b"sepal_length,sepal_width,petal_length,petal_width\n" + b"5.1,3.5,1.4,0.2\n" * 80_000  # 1.3 MB
+    message = f"the file is larger than {UPLOAD_LIMIT_MB} MB (MODELYARD_CONSOLE__MAX_UPLOAD_MB)"
+    declared = send("POST", url, big, {"Content-Type": "text/csv"})
+    assert (declared.status, declared.json()["error"]) == (413, message)
+    # chunked, with no length declared: counted as it arrives
+    parts = [big[i : i + 65_536] for i in range(0, len(big), 65_536)]
+    chunked = send("POST", url, iter(parts), {"Content-Type": "text/csv"})
+    assert (chunked.status, chunked.json()["error"]) == (413, message)
+    spec = send("POST", console.url + "/api/train", iter([b"#" * 65_536] * 20), {})
+    assert (spec.status, spec.json()["error"]) == (413, "the spec is larger than 1 MB")
+
+
+def test_actions_sent_from_another_site_are_refused(console: Console) -> None:
+    promote = console.url + "/api/models/iris/versions/2/promote"
+    with console.registry() as registry:
+        before = registry.get_version("iris", 2).stage
+    for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        answer = send("POST", promote, b"", headers)
+        assert answer.status == 403, answer.body
+        assert "came from another site" in answer.json()["error"]
+    with console.registry() as registry:
+        assert registry.get_version("iris", 2).stage is before
+    # the console's own page (same origin) and clients that are not browsers get through
+    predict = console.url + "/api/models/iris/versions/1/predict"
+    host = console.url.removeprefix("http://")
+    for headers in ({"Origin": console.url, "Host": host}, {"Sec-Fetch-Site": "same-origin"}, {}):
+        answer = send("POST", predict, b"not json", headers)
+        assert answer.status == 400 and "must be a JSON object" in answer.json()["error"], headers
+
+
+def test_pages_run_only_the_consoles_script_and_report_html_is_sandboxed(console: Console) -> None:
+    page = send("GET", console.url + "/models/iris")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+    report = send("GET", console.url + "/models/iris/versions/1/report.html")
+    assert report.status == 200
+    assert report.headers["content-security-policy"].startswith("sandbox;")
+
+
+def test_names_from_the_address_are_shown_as_text_never_as_markup(console: Console, page: Any) -> None:
+    page.goto(console.url + "/models/%3Cimg%20src%3Dx%20id%3Dinjected%3E/monitoring")
+    message = page.locator("#message").inner_text()
+    assert "model '<img src=x id=injected>' is not in the registry" in message
+    assert page.locator("#injected").count() == 0
+    page.goto(console.url + "/models/iris/versions/%3Cb%3E1")
+    assert "a version is a positive integer, got '<b>1'" in page.locator("#message").inner_text()
+    assert page.locator("main b").count() == 0
+
+
+def test_the_predict_form_works_from_the_keyboard_alone(console: Console, page: Any) -> None:
+    expected = post_json(console.url + "/api/models/iris/versions/1/predict", {"features": ROW}).json()
+    page.goto(console.url + "/models/iris/versions/1/predict")
+    focused = "document.activeElement.id || document.activeElement.textContent"
+    page.keyboard.press("Tab")
+    assert page.evaluate(focused) == "Skip to the content"
+    for _ in range(8):  # past the header's links to the form's first field
+        if page.evaluate(focused) == "feature-sepal_length":
+            break
+        page.keyboard.press("Tab")
+    for name, value in ROW.items():
+        assert page.evaluate(focused) == f"feature-{name}"
+        page.keyboard.press("Control+A")
+        page.keyboard.type(str(value))
+        page.keyboard.press("Tab")
+    assert page.evaluate(focused) == "Predict"
+    page.keyboard.press("Enter")
+    page.locator("#label").wait_for()
+    assert page.locator("#label").inner_text() == expected["label"]
+
+
+# Every text node's colour against the first opaque background behind it, as WCAG 2 computes contrast.
+CONTRAST = """() => {
+  const parse = (text) => {
+    const parts = (text.match(/rgba?\\(([^)]+)\\)/) || [null, "0,0,0,0"])[1].split(/[ ,\\/]+/).map(Number);
+    return {r: parts[0], g: parts[1], b: parts[2], a: parts.length > 3 ? parts[3] : 1};
+  };
+  const channel = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+  const luminance = (c) => 0.2126 * channel(c.r) + 0.7152 * channel(c.g) + 0.0722 * channel(c.b);
+  const backdrop = (element) => {
+    for (let e = element; e; e = e.parentElement) {
+      const colour = parse(getComputedStyle(e).backgroundColor);
+      if (colour.a > 0) return colour;
+    }
+    return {r: 255, g: 255, b: 255, a: 1};
+  };
+  const low = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const node = walker.currentNode;
+    const element = node.parentElement;
+    if (!node.textContent.trim() || element.closest("svg, script")) continue;
+    if (!element.getClientRects().length) continue;
+    const [light, dark] = [luminance(parse(getComputedStyle(element).color)), luminance(backdrop(element))]
+      .sort((a, b) => b - a);
+    const ratio = (light + 0.05) / (dark + 0.05);
+    if (ratio < 4.5) low.push(node.textContent.trim().slice(0, 40) + ": " + ratio.toFixed(2));
+  }
+  return low;
+}"""
+
+PAGES = [
+    "/",
+    "/models/iris",
+    "/models/iris/versions/1",
+    "/models/iris/compare?v=1&v=2",
+    "/models/iris/versions/1/predict",
+    "/models/iris/versions/1/batch",
+    "/models/iris/monitoring",
+    "/train",
+    "/models/nope",
+]
+
+
+def test_every_field_and_button_has_an_accessible_name_and_text_has_contrast(
+    console: Console, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    for path in PAGES:
+        page.goto(console.url + path)
+        controls = page.locator(
+            "input:visible, select:visible, textarea:visible, button:visible, progress:visible"
+        )
+        for index in range(controls.count()):
+            expect(controls.nth(index)).to_have_accessible_name(re.compile(r"\S"))
+        assert page.evaluate(CONTRAST) == [], path
+        assert page.locator("main h1").count() == 1, path

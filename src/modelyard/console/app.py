@@ -2,34 +2,121 @@
 
 Every action a page offers is a JSON endpoint under ``/api`` (listed in the README beside the page); the
 page's script calls it and shows its answer or its error in place. A ModelyardError becomes its own status
-and message, as JSON under ``/api`` and as a page elsewhere; anything else is a 500 that says so, never a
-stack trace.
+and message, as JSON under ``/api`` and as a page elsewhere; anything else is a 500 that names only the
+error's type (the details go to the log), never a stack trace.
+
+State-changing requests a browser sends from another site are refused (``Sec-Fetch-Site``, else ``Origin``
+against ``Host``), so a page elsewhere cannot promote a version through a visitor's browser; clients that
+are not browsers send neither header and are not affected. Request bodies are read up to a limit and no
+further, and every response carries a Content-Security-Policy that allows only the console's own script.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.console import pages, service
+from modelyard.console.batch import ScoringJobs
+from modelyard.console.operator_view import OperatorView
 from modelyard.console.training import TrainingRuns, parse_spec_text
-from modelyard.errors import InvalidInput, ModelyardError, NotFound
+from modelyard.errors import InvalidInput, ModelyardError, NotFound, TooLarge
 from modelyard.registry import Registry
 from modelyard.settings import Settings
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
+KUBE_TIMEOUT_S = 5.0  # a page waits this long for the API server, then says the operator is not connected
+MAX_DOCUMENT_BYTES = 1024 * 1024  # a prediction's JSON or a model spec
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SECURITY_HEADERS = {
+    # only the console's own script runs; styles are inline, plots inline SVG; no page may frame it
+    "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+}
+# report.html comes from a bundle: shown in a sandbox (an origin of its own, no script), styles only
+REPORT_POLICY = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+
+
+def cross_site_refusal(method: str, headers: Headers) -> str | None:
+    """Why a state-changing request must be refused as sent from another site, or None to let it pass."""
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        if site in ("same-origin", "none"):
+            return None
+        return f"refused: this {method} came from another site (Sec-Fetch-Site: {site}); use the console"
+    origin = headers.get("origin")
+    if origin is None:  # not sent by a browser (curl, a script): nothing rides on a visitor's browser
+        return None
+    if urlsplit(origin).netloc != headers.get("host", ""):
+        return f"refused: this {method} came from another site (Origin: {origin}); use the console"
+    return None
+
+
+class ConsoleGuard:
+    """ASGI middleware: refuses cross-site state changes and adds the security headers to every answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        if method not in SAFE_METHODS:
+            refusal = cross_site_refusal(method, Headers(scope=scope))
+            if refusal is not None:
+                await JSONResponse({"error": refusal}, status_code=403)(scope, receive, self._secured(send))
+                return
+        await self.app(scope, receive, self._secured(send))
+
+    @staticmethod
+    def _secured(send: Send) -> Send:
+        async def secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        return secured
+
+
+async def read_body(request: Request, limit: int, what: str, setting: str = "") -> bytes:
+    """The request's body, refused with TooLarge as soon as it passes ``limit`` bytes (a declared length
+    is checked first; a chunked body is counted as it arrives, never read whole first)."""
+    where = f" ({setting})" if setting else ""
+    message = f"{what} is larger than {limit / 1024 / 1024:g} MB{where}"
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(message)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(message)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _version(request: Request) -> int:
@@ -44,6 +131,8 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
     as the CLI does on a laptop; a cluster migrates with `modelyard db upgrade`)."""
     registry_holder: dict[str, Registry] = {}
     training_runs = TrainingRuns(settings)
+    scoring_jobs = ScoringJobs(settings)
+    operator = OperatorView(settings.console)
 
     def registry() -> Registry:
         return registry_holder["registry"]
@@ -54,11 +143,20 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
 
     # ---------------------------------------------------------------- pages
 
-    def models_with_live(current: Registry) -> list[dict[str, Any]]:
-        return service.list_models(current, live_hours=settings.monitoring.accuracy_window_h)
+    async def ask_operator(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(function, *args), KUBE_TIMEOUT_S)
+        except TimeoutError:
+            return operator.not_connected(f"the API server did not answer within {KUBE_TIMEOUT_S:g} s")
+
+    def models_with_health(current: Registry) -> list[dict[str, Any]]:
+        return service.list_models(current, settings, health_hours=settings.monitoring.accuracy_window_h)
 
     async def models_page(request: Request) -> Response:
-        return HTMLResponse(pages.models_page(await run(models_with_live, registry())))
+        models, resources = await asyncio.gather(
+            run(models_with_health, registry()), ask_operator(operator.models)
+        )
+        return HTMLResponse(pages.models_page(models, resources))
 
     async def model_page(request: Request) -> Response:
         name = request.path_params["name"]
@@ -77,7 +175,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         html = await run(
             service.report_html, settings, registry(), request.path_params["name"], _version(request)
         )
-        return HTMLResponse(html)
+        return HTMLResponse(html, headers={"Content-Security-Policy": REPORT_POLICY})
 
     async def compare_page(request: Request) -> Response:
         comparison = await _comparison(request)
@@ -95,10 +193,16 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         )
         return HTMLResponse(pages.batch_page(detail, settings.console.max_upload_mb))
 
+    async def _monitoring(request: Request) -> tuple[str, float, dict[str, Any], dict[str, Any]]:
+        name, hours = request.path_params["name"], _hours(request)
+        report, resource = await asyncio.gather(
+            run(service.monitoring, settings, registry(), name, hours), ask_operator(operator.model, name)
+        )
+        return name, hours, report, resource
+
     async def monitoring_page(request: Request) -> Response:
-        hours = _hours(request)
-        report = await run(service.monitoring, settings, registry(), request.path_params["name"], hours)
-        return HTMLResponse(pages.monitoring_page(request.path_params["name"], report, hours))
+        name, hours, report, resource = await _monitoring(request)
+        return HTMLResponse(pages.monitoring_page(name, report, hours, resource))
 
     # ---------------------------------------------------------------- the JSON API
 
@@ -116,7 +220,10 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
             raise InvalidInput(f"hours must be a number, got {text!r}") from None
 
     async def api_models(request: Request) -> Response:
-        return JSONResponse({"models": await run(models_with_live, registry())})
+        models, resources = await asyncio.gather(
+            run(models_with_health, registry()), ask_operator(operator.models)
+        )
+        return JSONResponse({"models": models, "operator": resources})
 
     async def api_version(request: Request) -> Response:
         detail = await run(
@@ -128,8 +235,9 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         return JSONResponse(await _comparison(request))
 
     async def api_predict(request: Request) -> Response:
+        body = await read_body(request, MAX_DOCUMENT_BYTES, "the request body")
         try:
-            document = await request.json()
+            document = json.loads(body)
         except ValueError:
             raise InvalidInput(
                 'the request body must be a JSON object: {"features": {NAME: VALUE, ...}}'
@@ -143,39 +251,31 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
 
     async def api_score(request: Request) -> Response:
         name, version = request.path_params["name"], _version(request)
-        limit = int(settings.console.max_upload_mb * 1024 * 1024)
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise InvalidInput(
-                f"the file is larger than {settings.console.max_upload_mb:g} MB "
-                "(MODELYARD_CONSOLE__MAX_UPLOAD_MB)"
-            )
-        content = await request.body()
-        if len(content) > limit:
-            raise InvalidInput(
-                f"the file is larger than {settings.console.max_upload_mb:g} MB "
-                "(MODELYARD_CONSOLE__MAX_UPLOAD_MB)"
-            )
-        with service.scratch_dir() as scratch:
-            path, summary = await run(
-                service.score_csv, settings, f"{name}@{version}", content, Path(scratch)
-            )
-            data = path.read_bytes()
-        filename = f"{name}-v{version}-scored.csv"
-        return Response(
-            data,
+        await run(registry().get_version, name, version)  # an unknown version is a 404 before the upload
+        content = await read_body(
+            request,
+            int(settings.console.max_upload_mb * 1024 * 1024),
+            "the file",
+            "MODELYARD_CONSOLE__MAX_UPLOAD_MB",
+        )
+        job = scoring_jobs.start(name, version, content)
+        return JSONResponse(job.to_dict(), status_code=202)
+
+    async def api_scoring_job(request: Request) -> Response:
+        return JSONResponse(scoring_jobs.get(request.path_params["job"]).to_dict())
+
+    async def api_scoring_result(request: Request) -> Response:
+        job, path = scoring_jobs.result(request.path_params["job"])
+        return FileResponse(
+            path,
             media_type="text/csv",
-            headers={
-                "Content-Disposition": f'attachment; filename="{filename}"',
-                "X-Modelyard-Rows": str(summary["rows"]),
-            },
+            filename=job.filename,
+            headers={"X-Modelyard-Rows": str(job.rows_total)},
         )
 
     async def api_monitoring(request: Request) -> Response:
-        report = await run(
-            service.monitoring, settings, registry(), request.path_params["name"], _hours(request)
-        )
-        return JSONResponse(report)
+        _, _, report, resource = await _monitoring(request)
+        return JSONResponse({**report, "operator": resource})
 
     async def api_promote(request: Request) -> Response:
         name = request.path_params["name"]
@@ -188,7 +288,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         return HTMLResponse(pages.train_page())
 
     async def api_train(request: Request) -> Response:
-        text = (await request.body()).decode("utf-8", "replace")
+        text = (await read_body(request, MAX_DOCUMENT_BYTES, "the spec")).decode("utf-8", "replace")
         spec = parse_spec_text(text, Path.cwd())
         return JSONResponse(training_runs.start(spec).to_dict(), status_code=202)
 
@@ -197,6 +297,15 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
 
     async def favicon(request: Request) -> Response:
         return Response(status_code=204)
+
+    def database_answers() -> None:
+        with registry().engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+
+    async def healthz(request: Request) -> Response:
+        """The probes' endpoint: the console runs and its registry database answers (nothing heavier)."""
+        await run(database_answers)
+        return JSONResponse({"status": "ok"})
 
     # ---------------------------------------------------------------- errors
 
@@ -218,7 +327,8 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("console request %s failed", request.url.path)
-        message = f"the console failed: {type(exc).__name__}: {exc} (details in its log)"
+        # The exception's text may hold SQL, paths or addresses: the page names its type, the log the rest.
+        message = f"the console failed on this request ({type(exc).__name__}); the details are in its log"
         if _is_api(request):
             return JSONResponse({"error": message}, status_code=500)
         return HTMLResponse(pages.error_page(message, 500), status_code=500)
@@ -230,6 +340,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
             yield
         finally:
             registry_holder.pop("registry").close()
+            scoring_jobs.close()
 
     handler = Callable[[Request], Awaitable[Response]]
     routes: list[tuple[str, handler, list[str]]] = [
@@ -251,8 +362,11 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         ("/api/models/{name}/versions/{version}", api_version, ["GET"]),
         ("/api/models/{name}/versions/{version}/predict", api_predict, ["POST"]),
         ("/api/models/{name}/versions/{version}/score", api_score, ["POST"]),
+        ("/api/score/{job}", api_scoring_job, ["GET"]),
+        ("/api/score/{job}/result", api_scoring_result, ["GET"]),
         ("/api/models/{name}/versions/{version}/promote", api_promote, ["POST"]),
         ("/favicon.ico", favicon, ["GET"]),
+        ("/healthz", healthz, ["GET"]),
     ]
     return Starlette(
         routes=[
@@ -264,5 +378,6 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
             HTTPException: http_error,
             Exception: server_error,
         },
+        middleware=[Middleware(ConsoleGuard)],
         lifespan=lifespan,
     )

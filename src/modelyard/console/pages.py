@@ -18,6 +18,8 @@ body{font-family:system-ui,sans-serif;margin:0;color:#111;background:#fff;line-h
 header{background:#12355b;color:#fff;padding:.6rem 1.2rem;display:flex;gap:1.2rem;align-items:center}
 header a{color:#fff;font-weight:600;margin-right:1rem}
 main{padding:1rem 1.2rem;max-width:1200px}
+.skip{position:absolute;left:-10000px}
+.skip:focus{position:static;display:inline-block;padding:.4rem;background:#fff}
 a{color:#0b4f9c}
 a:focus,button:focus,input:focus,select:focus,textarea:focus,summary:focus{
   outline:3px solid #e08a00;outline-offset:2px}
@@ -38,6 +40,10 @@ figure{margin:0}
 figcaption{font-weight:600;margin-bottom:.3rem}
 pre{background:#f5f5f5;padding:.6rem;overflow:auto;white-space:pre-wrap}
 .stage-production{font-weight:700;color:#1b4d1b}
+.badge{padding:0 .3rem;border-radius:3px;border:1px solid}
+.badge-ok{color:#1b4d1b;background:#e8f5e9}
+.badge-bad{color:#6b0d26;background:#fdecea;font-weight:700}
+.badge-none{color:#333;background:#f2f2f2}
 .stage-staging{font-weight:700;color:#6b3a00}
 code{font-size:.9em}
 """
@@ -77,10 +83,11 @@ def layout(title: str, body: str, *, error: str | None = None, status: str = "")
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)} · modelyard</title><style>{STYLE}</style></head><body>"
+        '<a class="skip" href="#main">Skip to the content</a>'
         '<header><a href="/">modelyard console</a>'
         '<nav aria-label="main"><a href="/">Models</a> <a href="/train">Train</a></nav>'
         f"<span>{_e(status)}</span></header>"
-        f"<main><h1>{_e(title)}</h1>{message}{body}</main>"
+        f'<main id="main" tabindex="-1"><h1>{_e(title)}</h1>{message}{body}</main>'
         '<script src="/static/console.js" defer></script></body></html>'
     )
 
@@ -93,19 +100,31 @@ def _metrics_cells(metrics: dict[str, Any], names: list[str]) -> str:
     return "".join(f"<td>{_fmt(metrics.get(name))}</td>" for name in names)
 
 
-def models_page(models: list[dict[str, Any]]) -> str:
+def models_page(models: list[dict[str, Any]], operator: dict[str, Any]) -> str:
     if not models:
         return layout(
             "Models", "<p>No model is registered yet: train one with <code>modelyard train</code>.</p>"
         )
     metric_names = sorted({key for model in models for key in model["latest_metrics"]})[:4]
     header = "".join(f'<th scope="col">{_e(name)}</th>' for name in metric_names)
+    connected = operator["connected"]
+    resources = operator["models"]
     rows = []
     for model in models:
         name = model["name"]
         production = model["production"]
         staging = model["staging"]
         latest = model["latest"]
+        health = model["health"] or {}
+        resource_cells = ""
+        if connected:
+            resource = resources.get(name)
+            resource_cells = (
+                f'<td class="phase">{_e(resource["phase"])}</td>'
+                f'<td class="ready">{_status_badge(_ready_state(resource["ready"]), resource["ready"])}</td>'
+                if resource
+                else '<td class="phase" colspan="2">no Model resource</td>'
+            )
         rows.append(
             "<tr>"
             f'<th scope="row">{_link(model_path(name), name)}</th>'
@@ -114,29 +133,82 @@ def models_page(models: list[dict[str, Any]]) -> str:
             f"<td>{_link(version_path(name, latest), f'v{latest}')}</td>"
             f"<td>{len(model['versions'])}</td>"
             f"{_metrics_cells(model['latest_metrics'], metric_names)}"
-            f"<td>{_live_cell(model['live'])} {_link(model_path(name) + '/monitoring', 'monitoring')}</td>"
+            f'<td class="drift">{_drift_cell(health)}</td>'
+            f'<td class="accuracy">{_accuracy_cell(health)}</td>'
+            f"{resource_cells}"
+            f"<td>{_link(model_path(name) + '/monitoring', 'monitoring')}</td>"
             "</tr>"
         )
+    hours = next((m["health"]["hours"] for m in models if m["health"]), None)
+    window = f" over the last {hours:g} h" if hours is not None else ""
+    resource_header = '<th scope="col">Model phase</th><th scope="col">Ready</th>' if connected else ""
     body = (
-        '<table id="models"><caption>Registered models (metrics: the latest version\'s holdout)</caption>'
+        '<table id="models"><caption>Registered models (metrics: the latest version\'s holdout; drift and '
+        f"live accuracy: every version's logged predictions{_e(window)})</caption>"
         '<thead><tr><th scope="col">model</th><th scope="col">production</th><th scope="col">staging</th>'
         f'<th scope="col">latest</th><th scope="col">versions</th>{header}'
-        '<th scope="col">live (predictions, accuracy)</th>'
+        '<th scope="col">drift</th><th scope="col">live accuracy</th>'
+        f'{resource_header}<th scope="col">details</th>'
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"{'' if connected else _operator_note(operator)}"
     )
     return layout("Models", body)
 
 
-def _live_cell(live: dict[str, Any] | None) -> str:
-    if live is None:
-        return ""
-    accuracy = live["accuracy"]
-    judged = (
-        f"accuracy {accuracy:.3f} on {live['labelled_rows']} labelled"
-        if accuracy is not None
-        else "no labels yet"
+def _status_badge(state: str, text: str) -> str:
+    """A status as words, in a colour that only repeats them (the words carry the meaning)."""
+    kind = {"ok": "ok", "drift": "bad", "below-gate": "bad", "False": "bad"}.get(state, "none")
+    return f'<span class="badge badge-{kind}" data-state="{_e(state)}">{_e(text)}</span>'
+
+
+def _ready_state(ready: str) -> str:
+    return {"True": "ok", "False": "False"}.get(ready, "none")
+
+
+def _drift_cell(health: dict[str, Any]) -> str:
+    if "error" in health:
+        return _status_badge("error", f"unknown: {health['error']}")
+    drift = health.get("drift")
+    if drift is None:
+        return "—"
+    state = drift["state"]
+    worst = f"{drift['feature']} PSI {drift['psi']:.3f}" if drift["psi"] is not None else ""
+    text = {
+        "off": "off: the bundle has no drift reference",
+        "no-data": "no predictions",
+        "too-few-rows": f"too few rows to judge ({drift['rows']}); highest {worst}",
+        "drift": f"drift: {worst} > {drift['threshold']:g}",
+        "ok": f"ok: highest {worst} ≤ {drift['threshold']:g}",
+    }[state]
+    return _status_badge(state, text)
+
+
+def _accuracy_cell(health: dict[str, Any]) -> str:
+    if "error" in health:
+        return _status_badge("error", "unknown")
+    accuracy = health.get("accuracy")
+    if accuracy is None:
+        return "—"
+    state = accuracy["state"]
+    predicted, labelled = accuracy["predicted_rows"], accuracy["labelled_rows"]
+    value = f"{accuracy['accuracy']:.3f}" if accuracy["accuracy"] is not None else ""
+    estimate = (
+        f"; estimated {accuracy['estimated_accuracy']:.3f}"
+        if accuracy["estimated_accuracy"] is not None
+        else ""
     )
-    return f"{live['predicted_rows']} predictions in {live['hours']:g} h, {_e(judged)};"
+    text = {
+        "no-data": "no predictions",
+        "no-labels": f"{predicted} predictions, no labels yet{estimate}",
+        "too-few-labels": f"{value} on {labelled} labelled rows: too few to judge",
+        "below-gate": f"below gate: {value} < {accuracy['gate']:.3f} on {labelled} labelled rows",
+        "ok": f"ok: {value} ≥ gate {accuracy['gate']:.3f} on {labelled} labelled rows",
+    }[state]
+    return _status_badge(state, text)
+
+
+def _operator_note(operator: dict[str, Any]) -> str:
+    return f'<p class="operator-note" id="operator-note">Operator not connected: {_e(operator["note"])}</p>'
 
 
 def _action_button(label: str, url: str, confirm: str, *, danger: bool = False) -> str:
@@ -404,18 +476,20 @@ def batch_page(detail: dict[str, Any], max_upload_mb: float) -> str:
     body = (
         f"<p>Upload a CSV with a header row and the columns <code>{_e(columns)}</code> (at most "
         f"{max_upload_mb:g} MB). It is scored by the batch scoring path (<code>POST {_e(api)}</code>, "
-        "the body is the CSV); the result adds <code>label</code>, <code>proba_&lt;class&gt;</code>, "
-        "<code>model</code> "
-        "and <code>model_version</code>.</p>"
+        "the body is the CSV, starts a job; <code>GET /api/score/JOB</code> reports its rows scored and "
+        "<code>GET /api/score/JOB/result</code> downloads it); the result adds <code>label</code>, "
+        "<code>proba_&lt;class&gt;</code>, <code>model</code> and <code>model_version</code>.</p>"
         f'<form id="batch" data-api="{_e(api)}"><label for="csv-file">CSV file</label>'
         '<input id="csv-file" name="file" type="file" accept=".csv,text/csv" required>'
         '<p><button type="submit">Score</button></p></form>'
+        '<div id="batch-status" hidden><label for="batch-progress">Rows scored</label>'
+        '<progress id="batch-progress"></progress></div>'
         '<p id="progress" role="status" aria-live="polite"></p><section id="result"></section>'
     )
     return layout(f"Batch scoring with {name}@{number}", body)
 
 
-def monitoring_page(name: str, report: dict[str, Any], hours: float) -> str:
+def monitoring_page(name: str, report: dict[str, Any], hours: float, operator: dict[str, Any]) -> str:
     parts = [
         '<form method="get"><label for="hours">Window (hours)</label>'
         '<input id="hours" name="hours" type="number"'
@@ -423,6 +497,10 @@ def monitoring_page(name: str, report: dict[str, Any], hours: float) -> str:
         f'<p id="logged">{report["rows"]} predictions logged between {_e(report["since"][:16])} and '
         f"{_e(report['until'][:16])}"
         f" UTC; drift is measured against v{report['reference_version']}'s training data.</p>",
+        '<table id="status"><caption>Status over this window</caption><tbody>'
+        f'<tr><th scope="row">drift</th><td>{_drift_cell({"drift": report["drift_status"]})}</td></tr>'
+        '<tr><th scope="row">live accuracy</th>'
+        f"<td>{_accuracy_cell({'accuracy': report['accuracy_status']})}</td></tr></tbody></table>",
     ]
     accuracy = report.get("accuracy")
     if accuracy:
@@ -439,6 +517,7 @@ def monitoring_page(name: str, report: dict[str, Any], hours: float) -> str:
                 "accuracy",
             )
         )
+    parts.append(_accuracy_over_time(report["accuracy_over_time"]))
     mix = report["prediction_mix"]
     if mix["classes"]:
         rows = "".join(
@@ -470,7 +549,107 @@ def monitoring_page(name: str, report: dict[str, Any], hours: float) -> str:
         )
     if figures:
         parts.append(f'<h2>Drift per feature</h2><div class="plots" id="drift">{"".join(figures)}</div>')
+    parts.append(_operator_section(name, operator))
     return layout(f"Monitoring {name}", "".join(parts))
+
+
+def _accuracy_over_time(over_time: dict[str, Any]) -> str:
+    if not any(value is not None for value in over_time["accuracy"] + over_time["estimated_accuracy"]):
+        return (
+            '<p id="accuracy-over-time">Live accuracy over time: no labelled or estimable predictions in '
+            "this window (labels arrive through the predictor's feedback endpoint).</p>"
+        )
+    chart = plots.rates_over_time(
+        over_time["buckets"],
+        {
+            "live accuracy (labelled rows)": over_time["accuracy"],
+            "ESTIMATED accuracy (unlabelled rows, CBPE)": over_time["estimated_accuracy"],
+        },
+        title="Live accuracy per time bucket",
+        y_label="accuracy (0 to 1)",
+        line=("alert gate (holdout accuracy minus tolerance)", over_time["gate"]),
+    )
+    return f'<figure id="accuracy-over-time"><figcaption>Live accuracy over time</figcaption>{chart}</figure>'
+
+
+def _operator_section(name: str, operator: dict[str, Any]) -> str:
+    heading = "<h2>Operator: the Model resource</h2>"
+    if not operator["connected"]:
+        return heading + _operator_note(operator)
+    resource = operator["model"]
+    if resource is None:
+        return (
+            f'{heading}<p id="operator-note">No Model resource {_e(name)} in namespace '
+            f"{_e(operator['namespace'])}: the operator does not manage this model.</p>"
+        )
+    run = resource["latest_run"] or {}
+    summary = _table(
+        [
+            ("phase", f'<span id="phase">{_e(resource["phase"])}</span>'),
+            (
+                "Ready",
+                _status_badge(_ready_state(resource["ready"]), resource["ready"])
+                + (f" {_e(resource['ready_message'])}" if resource["ready_message"] else ""),
+            ),
+            ("serving version", _fmt(resource["serving_version"])),
+            ("URL", _e(resource["url"] or "—")),
+            (
+                "latest run",
+                _e(f"{run.get('kind')} {run.get('name')} ({run.get('trigger')}, {run.get('startedAt')})")
+                if run
+                else "—",
+            ),
+        ],
+        f"Model {resource['namespace']}/{resource['name']}",
+        "model-resource",
+    )
+    condition_rows = "".join(
+        f'<tr><th scope="row">{_e(c.get("type"))}</th><td>{_e(c.get("status"))}</td>'
+        f"<td>{_e(c.get('reason'))}</td><td>{_e(c.get('message'))}</td>"
+        f"<td>{_e(c.get('lastTransitionTime'))}</td></tr>"
+        for c in resource["conditions"]
+    )
+    conditions = (
+        '<table id="conditions"><caption>Conditions (each with the time its status last changed)</caption>'
+        '<thead><tr><th scope="col">type</th><th scope="col">status</th><th scope="col">reason</th>'
+        '<th scope="col">message</th><th scope="col">since (UTC)</th></tr></thead>'
+        f"<tbody>{condition_rows}</tbody></table>"
+    )
+    version_rows = "".join(
+        f"<tr><td>v{_e(v.get('version'))}</td><td>{_e(v.get('stage'))}</td><td>{_fmt(v.get('score'))}</td>"
+        f"<td>{_e(v.get('createdAt'))}</td></tr>"
+        for v in resource["versions"]
+    )
+    history = (
+        '<table id="rollout-history"><caption>Rollout history: the versions the operator records, newest '
+        'first</caption><thead><tr><th scope="col">version</th><th scope="col">stage</th>'
+        '<th scope="col">score</th><th scope="col">created (UTC)</th></tr></thead>'
+        f"<tbody>{version_rows}</tbody></table>"
+        if version_rows
+        else '<p id="rollout-history">No version recorded by the operator yet.</p>'
+    )
+    return heading + summary + conditions + history + _analysis(resource["last_analysis"])
+
+
+def _analysis(analysis: dict[str, Any] | None) -> str:
+    if not analysis:
+        return '<p id="last-analysis">No analysis yet: no candidate has been rolled out.</p>'
+    verdicts = {True: ("ok", "passed"), False: ("bad", "failed"), None: ("none", "no data")}
+    rows = []
+    for check in analysis.get("checks") or []:
+        state, text = verdicts[check.get("passed")]
+        rows.append(
+            f'<tr><th scope="row">{_e(check.get("name"))}</th><td>{_fmt(check.get("value"))}</td>'
+            f"<td>{_fmt(check.get('threshold'))}</td>"
+            f'<td><span class="badge badge-{state}">{_e(text)}</span></td></tr>'
+        )
+    return (
+        f'<section id="last-analysis"><h3>Last analysis: {_e(analysis.get("verdict"))}</h3>'
+        f"<p>Candidate v{_e(analysis.get('candidate'))}, at {_e(analysis.get('at'))}.</p>"
+        '<table id="checks"><caption>Checks of the candidate against the stable version</caption>'
+        '<thead><tr><th scope="col">check</th><th scope="col">value</th><th scope="col">threshold</th>'
+        f'<th scope="col">result</th></tr></thead><tbody>{"".join(rows)}</tbody></table></section>'
+    )
 
 
 EXAMPLE_SPEC = """name: iris

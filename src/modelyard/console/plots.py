@@ -25,10 +25,12 @@ def _open(width: int, height: int, title: str) -> str:
     )
 
 
-def _legend(names: Sequence[str], x: float, y: float) -> str:
+def _legend(names: Sequence[str], x: float, y: float, *, last_grey: bool = False) -> str:
+    """A swatch and name per series in palette order; ``last_grey``: the last is a grey reference line."""
     parts = []
     for index, name in enumerate(names):
-        colour = PALETTE[index % len(PALETTE)]
+        grey = last_grey and index == len(names) - 1
+        colour = "#777" if grey else PALETTE[index % len(PALETTE)]
         top = y + index * 18
         parts.append(f'<rect x="{x:.1f}" y="{top:.1f}" width="12" height="12" fill="{colour}"/>')
         parts.append(_text(x + 18, top + 10, name, anchor="start"))
@@ -139,8 +141,9 @@ def roc_curves(curves: Sequence[tuple[str, Sequence[float], Sequence[float]]], *
         )
         colour = PALETTE[index % len(PALETTE)]
         parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>')
-    parts.append(_legend([*(name for name, _, _ in curves), "chance"], left + width + 20, top + 10))
-    parts[-1] = parts[-1].replace(f'fill="{PALETTE[len(curves) % len(PALETTE)]}"', 'fill="#777"', 1)
+    parts.append(
+        _legend([*(name for name, _, _ in curves), "chance"], left + width + 20, top + 10, last_grey=True)
+    )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -201,10 +204,7 @@ def counts_over_time(
         parts.append(f'<line x1="{left - 4}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#222"/>')
         parts.append(_text(left - 8, y + 4, f"{value:.0f}" if peak >= 4 else f"{value:.1f}", anchor="end"))
     parts.append(_axes(left, top, width, height, "bucket start (UTC)", y_label))
-    for index, bucket in enumerate(buckets):
-        if index % 6 == 0 or index == len(buckets) - 1:
-            x = left + index * step_x
-            parts.append(_text(x, top + height + 16, bucket[5:16].replace("T", " ")))
+    parts.append(_time_ticks(buckets, left, top + height, step_x))
     for index, (name, values) in enumerate(series.items()):
         points = " ".join(
             f"{left + i * step_x:.1f},{top + height - value / peak * height:.1f}"
@@ -216,5 +216,65 @@ def counts_over_time(
             f"<title>{escape(name)}</title></polyline>"
         )
     parts.append(_legend(list(series), left + width + 16, top + 10))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _time_ticks(buckets: Sequence[str], left: float, bottom: float, step_x: float) -> str:
+    """Every sixth bucket's start (and the last) under the x axis, as MM-DD HH:MM."""
+    parts = []
+    for index, bucket in enumerate(buckets):
+        if index % 6 == 0 or index == len(buckets) - 1:
+            x = left + index * step_x
+            parts.append(f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}" stroke="#222"/>')
+            parts.append(_text(x, bottom + 16, bucket[5:16].replace("T", " ")))
+    return "".join(parts)
+
+
+def rates_over_time(
+    buckets: Sequence[str],
+    series: dict[str, Sequence[float | None]],
+    *,
+    title: str,
+    y_label: str,
+    line: tuple[str, float] | None = None,
+) -> str:
+    """Values from 0 to 1 over time buckets, one line per series with a dot per bucket that has a value
+    (a bucket without one leaves a gap); ``line`` is a labelled dashed level, such as an alert gate."""
+    left, top, width, height = 70, 20, 560, 200
+    step_x = width / max(1, len(buckets) - 1)
+    parts = [_open(left + width + 230, top + height + 70, title)]
+    parts.append(_unit_ticks(left, top, width, height, x=False))
+    parts.append(_axes(left, top, width, height, "bucket start (UTC)", y_label))
+    parts.append(_time_ticks(buckets, left, top + height, step_x))
+    names = list(series)
+    for index, (name, values) in enumerate(series.items()):
+        colour = PALETTE[index % len(PALETTE)]
+        runs: list[list[str]] = [[]]
+        for i, value in enumerate(values):
+            if value is None:
+                runs.append([])
+                continue
+            x, y = left + i * step_x, top + height - max(0.0, min(1.0, value)) * height
+            runs[-1].append(f"{x:.1f},{y:.1f}")
+            parts.append(
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}">'
+                f"<title>{escape(name)}, {escape(buckets[i])}: {value:.3f}</title></circle>"
+            )
+        for run in runs:
+            if len(run) > 1:
+                parts.append(
+                    f'<polyline points="{" ".join(run)}" fill="none" stroke="{colour}" stroke-width="2">'
+                    f"<title>{escape(name)}</title></polyline>"
+                )
+    if line is not None:
+        label, level = line
+        y = top + height - max(0.0, min(1.0, level)) * height
+        parts.append(
+            f'<line class="level" x1="{left}" y1="{y:.1f}" x2="{left + width}" y2="{y:.1f}" stroke="#777" '
+            f'stroke-dasharray="4 4"><title>{escape(label)}: {level:.3f}</title></line>'
+        )
+        names.append(label)
+    parts.append(_legend(names, left + width + 16, top + 10, last_grey=line is not None))
     parts.append("</svg>")
     return "".join(parts)

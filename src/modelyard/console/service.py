@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
+import logging
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,25 @@ from modelyard.errors import (
     NotFound,
     NotReady,
 )
+from modelyard.monitoring.accuracy import accuracy_gate
+from modelyard.monitoring.report import Report
 from modelyard.registry import ModelVersionRecord, Registry, Stage
 from modelyard.settings import Settings
 from modelyard.spec import FeatureType
 from modelyard.storage import open_store_from_uri
 
+log = logging.getLogger(__name__)
+
 PREDICT_TIMEOUT_S = 30.0
+# Rows scored between two progress reports of a batch job (the pipeline's default chunk is 10,000).
+SCORE_CHUNK_ROWS = 2_000
+# The newest logged rows binned for each model's drift status on the models list (the Monitoring page
+# reads the report's own maximum): enough for a stable PSI, cheap for a list of many models.
+HEALTH_ROWS = 5_000
+# As the predictor's DriftMonitor and AccuracyCollector: with fewer rows sampling noise alone looks like
+# drift, and with fewer labels live accuracy is not judged.
+MIN_DRIFT_ROWS = 200
+MIN_LABELS = 30
 
 
 def version_summary(record: ModelVersionRecord) -> dict[str, Any]:
@@ -51,9 +64,11 @@ def version_summary(record: ModelVersionRecord) -> dict[str, Any]:
     }
 
 
-def list_models(registry: Registry, *, live_hours: float | None = None) -> list[dict[str, Any]]:
+def list_models(
+    registry: Registry, settings: Settings | None = None, *, health_hours: float | None = None
+) -> list[dict[str, Any]]:
     """Every model with its versions, its production and staging versions, and its latest metrics; with
-    ``live_hours``, also the predictions and live accuracy of that many last hours (all versions)."""
+    ``health_hours`` (and ``settings``), also its drift and live accuracy over that many last hours."""
     by_name: dict[str, list[ModelVersionRecord]] = {}
     for record in registry.list_versions():
         by_name.setdefault(record.name, []).append(record)
@@ -61,34 +76,103 @@ def list_models(registry: Registry, *, live_hours: float | None = None) -> list[
     for name, records in sorted(by_name.items()):
         records.sort(key=lambda r: r.version)
         latest = records[-1]
-        production = next((r.version for r in records if r.stage is Stage.PRODUCTION), None)
+        production = next((r for r in records if r.stage is Stage.PRODUCTION), None)
         staging = [r.version for r in records if r.stage is Stage.STAGING]
+        health = None
+        if health_hours is not None and settings is not None:
+            health = model_health(settings, registry, production or latest, health_hours)
         models.append(
             {
                 "name": name,
                 "versions": [version_summary(r) for r in records],
-                "production": production,
+                "production": production.version if production else None,
                 "staging": staging[-1] if staging else None,
                 "latest": latest.version,
                 "latest_metrics": latest.metrics,
-                "live": None if live_hours is None else _live(registry, name, live_hours),
+                "health": health,
             }
         )
     return models
 
 
-def _live(registry: Registry, name: str, hours: float) -> dict[str, Any]:
-    """Predicted and labelled rows and live accuracy over the last ``hours``: one query, no bundle read."""
-    from modelyard.monitoring.accuracy import live_accuracy
+def _window_report(
+    settings: Settings,
+    registry: Registry,
+    record: ModelVersionRecord,
+    hours: float,
+    *,
+    max_rows: int | None = None,
+) -> tuple[Report, BundleMetadata]:
+    """The monitoring report (modelyard.monitoring, as `modelyard monitor report` builds it) of every
+    version of ``record``'s model over the last ``hours``, drift measured against ``record``'s bundle."""
+    from modelyard.monitoring.report import DEFAULT_MAX_ROWS, build_report
 
-    until = datetime.now(UTC)
-    window = live_accuracy(registry.engine, name, since=until - timedelta(hours=hours), until=until)
+    metadata = BundleFiles(settings, record).metadata
+    numeric = [f.name for f in metadata.features if f.type is FeatureType.NUMERIC]
+    report = build_report(
+        registry.engine,
+        record.name,
+        since=timedelta(hours=hours),
+        reference_stats=metadata.reference_stats,
+        numeric_columns=numeric,
+        max_rows=max_rows or DEFAULT_MAX_ROWS,
+    )
+    return report, metadata
+
+
+def model_health(
+    settings: Settings, registry: Registry, record: ModelVersionRecord, hours: float
+) -> dict[str, Any]:
+    """The drift and live accuracy status of ``record``'s model over the last ``hours``; a model whose
+    bundle cannot be read gets its error here, so one bad model does not hide the others."""
+    try:
+        report, metadata = _window_report(settings, registry, record, hours, max_rows=HEALTH_ROWS)
+    except ModelyardError as exc:
+        return {"hours": hours, "error": exc.message}
     return {
         "hours": hours,
-        "predicted_rows": window.predicted_rows,
-        "labelled_rows": window.labelled_rows,
-        "accuracy": window.accuracy,
+        "reference_version": record.version,
+        "drift": drift_status(report),
+        "accuracy": accuracy_status(report, accuracy_gate(metadata, settings.monitoring.accuracy_tolerance)),
     }
+
+
+def drift_status(report: Report) -> dict[str, Any]:
+    """``state``: off (no drift reference), no-data, too-few-rows, drift (a PSI above the alert threshold)
+    or ok; with the most drifted feature and its PSI."""
+    from modelyard.monitoring.rules import Thresholds
+
+    threshold = Thresholds().drift_psi
+    status: dict[str, Any] = {"rows": report.rows, "threshold": threshold, "feature": None, "psi": None}
+    if not report.drift_enabled:
+        return {**status, "state": "off"}
+    if not report.drift:
+        return {**status, "state": "no-data"}
+    worst = max(report.drift, key=lambda d: d.psi)
+    status.update(feature=worst.name, psi=worst.psi)
+    if report.rows < MIN_DRIFT_ROWS:
+        return {**status, "state": "too-few-rows"}
+    return {**status, "state": "drift" if worst.psi > threshold else "ok"}
+
+
+def accuracy_status(report: Report, gate: float) -> dict[str, Any]:
+    """``state``: no-data, no-labels, too-few-labels, below-gate (live accuracy under the holdout's less
+    the tolerance, where the alert fires) or ok."""
+    window = report.accuracy
+    status: dict[str, Any] = {
+        "gate": gate,
+        "predicted_rows": window.predicted_rows if window else 0,
+        "labelled_rows": window.labelled_rows if window else 0,
+        "accuracy": window.accuracy if window else None,
+        "estimated_accuracy": window.estimated_accuracy if window else None,
+    }
+    if window is None or window.predicted_rows == 0:
+        return {**status, "state": "no-data"}
+    if window.accuracy is None:
+        return {**status, "state": "no-labels"}
+    if window.labelled_rows < MIN_LABELS:
+        return {**status, "state": "too-few-labels"}
+    return {**status, "state": "below-gate" if window.accuracy < gate else "ok"}
 
 
 class BundleFiles:
@@ -268,10 +352,8 @@ def _post_json(url: str, document: dict[str, Any]) -> dict[str, Any]:
         raise NotReady(f"cannot reach the predictor at {url}: {reason}") from None
 
 
-def score_csv(settings: Settings, ref: str, content: bytes, scratch: Path) -> tuple[Path, dict[str, Any]]:
-    """Score an uploaded CSV through the batch scoring path; return the scored CSV's path and the summary."""
-    from modelyard.pipeline.scoring_steps import score
-
+def check_upload(content: bytes) -> None:
+    """What can be told of an uploaded CSV before it is scored: that it has something, and is text."""
     if not content.strip():
         raise InvalidInput("the uploaded file is empty: choose a CSV with a header row and data rows")
     try:
@@ -280,11 +362,29 @@ def score_csv(settings: Settings, ref: str, content: bytes, scratch: Path) -> tu
         raise InvalidInput(
             f"the uploaded file is not UTF-8 text (byte {exc.start}): upload a CSV file"
         ) from None
+
+
+def score_csv(
+    settings: Settings,
+    ref: str,
+    content: bytes,
+    scratch: Path,
+    output_name: str = "scored.csv",
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Score an uploaded CSV through the batch scoring path into ``scratch/output_name``; return its path
+    and the summary. ``progress(done, total)`` reports the rows scored."""
+    from modelyard.pipeline.scoring_steps import score
+
+    check_upload(content)
     source = scratch / "upload.csv"
     source.write_bytes(content)
-    output = scratch / "scored.csv"
+    output = scratch / output_name
     try:
-        summary = score(settings, ref, str(source), str(output))
+        summary = score(
+            settings, ref, str(source), str(output), chunk_rows=SCORE_CHUNK_ROWS, progress=progress
+        )
     except DataValidationError as exc:
         raise DataValidationError(exc.problems, source="the uploaded CSV") from None
     except ModelyardError as exc:
@@ -294,29 +394,58 @@ def score_csv(settings: Settings, ref: str, content: bytes, scratch: Path) -> tu
         raise InvalidInput(exc.message.replace(str(source), "the uploaded CSV")) from None
     except ValueError as exc:  # a parser's own error (pandas, pyarrow) names the line: the file's fault
         raise InvalidInput(f"the uploaded CSV could not be read: {exc}") from None
+    finally:
+        source.unlink(missing_ok=True)  # only the scored file is kept
     return output, summary.to_dict()
 
 
 def monitoring(settings: Settings, registry: Registry, name: str, since_hours: float) -> dict[str, Any]:
-    """The monitoring report of ``name``'s production (else latest) version over the last hours."""
-    from modelyard.monitoring.report import build_report
-
+    """The monitoring report of ``name`` over the last hours, drift measured against its production (else
+    latest) version, with live accuracy per time bucket and the statuses the models list shows."""
     if not 0 < since_hours <= 24 * 90:
         raise InvalidInput(f"hours must be between 0 and {24 * 90}, got {since_hours}")
     versions = registry.list_versions(name)
     if not versions:
         raise NotFound(f"model {name!r} is not in the registry")
-    record = registry.production(name) or versions[-1]
-    metadata = BundleFiles(settings, record).metadata
-    numeric = [f.name for f in metadata.features if f.type is FeatureType.NUMERIC]
-    report = build_report(
-        registry.engine,
-        name,
-        since=timedelta(hours=since_hours),
-        reference_stats=metadata.reference_stats,
-        numeric_columns=numeric,
-    )
-    return {**report.to_dict(), "reference_version": record.version}
+    record = registry.production(name) or versions[0]  # list_versions is newest first
+    report, metadata = _window_report(settings, registry, record, since_hours)
+    gate = accuracy_gate(metadata, settings.monitoring.accuracy_tolerance)
+    return {
+        **report.to_dict(),
+        "reference_version": record.version,
+        "accuracy_over_time": accuracy_over_time(registry, report, metadata.reference_stats, gate),
+        "drift_status": drift_status(report),
+        "accuracy_status": accuracy_status(report, gate),
+    }
+
+
+def accuracy_over_time(
+    registry: Registry, report: Report, reference_stats: dict[str, Any], gate: float
+) -> dict[str, Any]:
+    """Live accuracy (labelled rows) and its estimate (unlabelled rows) in each of the report's time
+    buckets, from modelyard.monitoring's ``live_accuracy`` window by window."""
+    from modelyard.monitoring.accuracy import live_accuracy
+
+    count = max(1, len(report.buckets))
+    width = (report.until - report.since) / count
+    windows = [
+        live_accuracy(
+            registry.engine,
+            report.model,
+            since=report.since + width * index,
+            until=report.since + width * (index + 1),
+            reference_stats=reference_stats,
+        )
+        for index in range(count)
+    ]
+    return {
+        "buckets": [(report.since + width * index).isoformat(timespec="minutes") for index in range(count)],
+        "accuracy": [window.accuracy for window in windows],
+        "estimated_accuracy": [window.estimated_accuracy for window in windows],
+        "labelled_rows": [window.labelled_rows for window in windows],
+        "predicted_rows": [window.predicted_rows for window in windows],
+        "gate": gate,
+    }
 
 
 def promote(registry: Registry, name: str, version: int) -> dict[str, Any]:
@@ -325,7 +454,3 @@ def promote(registry: Registry, name: str, version: int) -> dict[str, Any]:
 
 def rollback(registry: Registry, name: str) -> dict[str, Any]:
     return version_summary(registry.rollback(name))
-
-
-def scratch_dir() -> tempfile.TemporaryDirectory[str]:
-    return tempfile.TemporaryDirectory(prefix="modelyard-console-")

@@ -42,6 +42,7 @@ import shutil
 import tempfile
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -298,9 +299,11 @@ def score_to_parquet(
     model_name: str,
     model_version: int,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ScoreOutcome:
     """Score the input with the bundle in ``bundle_dir``; write every input column plus the predictions
-    to ``predictions_path`` (Parquet), ``chunk_rows`` rows at a time."""
+    to ``predictions_path`` (Parquet), ``chunk_rows`` rows at a time. ``progress(done, total)`` is called
+    once the input is checked and after each chunk."""
     if chunk_rows < 1:
         raise InvalidInput(f"chunk_rows must be at least 1, got {chunk_rows}")
     source = parse_input(input_uri)
@@ -320,6 +323,8 @@ def score_to_parquet(
     class_array = np.array(classes, dtype=object if _label_type(classes) == pa.string() else np.int64)
     counts: Counter[str] = Counter()
     predictions_path.parent.mkdir(parents=True, exist_ok=True)
+    if progress is not None:
+        progress(0, len(frame))
     with pq.ParquetWriter(predictions_path, schema) as writer:
         for start in range(0, len(frame), chunk_rows):
             rows = frame.iloc[start : start + chunk_rows].reset_index(drop=True)
@@ -350,6 +355,8 @@ def score_to_parquet(
                     f"{source.describe()}: rows {start + 1} to {start + len(rows)} cannot be written with "
                     f"the column types the input has: {first_line(exc)}"
                 ) from exc
+            if progress is not None:
+                progress(start + len(rows), len(frame))
     return ScoreOutcome(
         model, model_name, model_version, len(frame), dict(sorted(counts.items())), schema.names
     )
@@ -493,9 +500,11 @@ def score(
     output_uri: str,
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ScoringSummary:
     """Score ``input_uri`` with the version ``model_ref`` names and write the predictions to ``output_uri``,
-    in this process: the same steps the pipeline runs as tasks."""
+    in this process: the same steps the pipeline runs as tasks. ``progress(done, total)`` reports rows
+    scored (see :func:`score_to_parquet`)."""
     check_request(model_ref, input_uri, output_uri, chunk_rows)
     with tempfile.TemporaryDirectory(prefix="modelyard-score-") as scratch:
         bundle_dir = Path(scratch) / "bundle"
@@ -509,6 +518,7 @@ def score(
             model_name=record.name,
             model_version=record.version,
             chunk_rows=chunk_rows,
+            progress=progress,
         )
         location = write_predictions(settings, predictions, output_uri, chunk_rows=chunk_rows)
     return summarise(record_json(record), outcome, input_uri, location)

@@ -7,7 +7,6 @@ function showMessage(text, kind) {
   box.textContent = text;
   box.className = "message " + kind;
   box.setAttribute("role", kind === "error" ? "alert" : "status");
-  if (kind === "error") box.focus && box.setAttribute("tabindex", "-1");
 }
 
 async function errorOf(response) {
@@ -66,41 +65,67 @@ function onPredict(form) {
   });
 }
 
+function describeJob(job) {
+  if (job.rows_total === null) return job.model + ": " + job.step + "…";
+  return job.model + ": " + job.step + ", " + job.rows_done + " of " + job.rows_total + " rows scored";
+}
+
+function showJob(job) {
+  const bar = document.getElementById("batch-progress");
+  document.getElementById("batch-status").hidden = false;
+  if (job.rows_total) {
+    bar.max = job.rows_total;
+    bar.value = job.rows_done;
+  } else {
+    bar.removeAttribute("value"); // indeterminate until the file is read
+  }
+  document.getElementById("progress").textContent = describeJob(job);
+}
+
 function onBatch(form) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const file = form.querySelector("input[type=file]").files[0];
     const progress = document.getElementById("progress");
     const result = document.getElementById("result");
+    const button = form.querySelector("button[type=submit]");
     result.textContent = "";
+    showMessage("", "");
     if (!file) {
       showMessage("choose a CSV file first", "error");
       return;
     }
-    progress.textContent = "Uploading and scoring " + file.name + " (" + file.size + " bytes)…";
+    progress.textContent = "Uploading " + file.name + " (" + file.size + " bytes)…";
+    button.disabled = true;
     try {
       const response = await callApi(form.dataset.api, {
         method: "POST",
         headers: { "Content-Type": "text/csv" },
         body: file,
       });
-      const rows = response.headers.get("X-Modelyard-Rows");
-      const disposition = response.headers.get("Content-Disposition") || "";
-      const name = (disposition.match(/filename="([^"]+)"/) || [null, "scored.csv"])[1];
-      const url = URL.createObjectURL(await response.blob());
+      let job = await response.json();
+      showJob(job);
+      while (job.status === "running") {
+        await new Promise((resolve) => setTimeout(resolve, 400));
+        job = await (await callApi("/api/score/" + job.id, {})).json();
+        showJob(job);
+      }
+      if (job.status !== "done") throw new Error(job.message);
       const link = document.createElement("a");
-      link.href = url;
-      link.download = name;
+      link.href = job.download;
+      link.download = job.filename;
       link.id = "download";
-      link.textContent = "Download " + name + " (" + rows + " rows)";
+      link.textContent = "Download " + job.filename + " (" + job.rows_total + " rows)";
       result.appendChild(link);
-      progress.textContent = "Scored " + rows + " rows.";
-      showMessage("Scored " + rows + " rows.", "ok");
+      progress.textContent = "Scored " + job.rows_total + " of " + job.rows_total + " rows.";
+      showMessage("Scored " + job.rows_total + " rows with " + job.model + ".", "ok");
       link.click();
     } catch (error) {
       progress.textContent = "";
+      document.getElementById("batch-status").hidden = true;
       showMessage(error.message, "error");
     }
+    button.disabled = false;
   });
 }
 

@@ -1,0 +1,163 @@
+"""The console beside the operator: a Model resource with a status on a real control plane (the chart's
+CRD), its phase and Ready on the models list, and its conditions, rollout history and last analysis on
+the Monitoring page; and what the pages say when the API server cannot be reached."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelyard.operator.crd import CHART_CRD, CRD_NAME
+from modelyard.settings import load_settings
+from modelyard.workflow import run_training
+
+from ..serving.conftest import free_ports, send
+from .conftest import RUNS, iris_spec, start_console, stop_console
+
+MODEL = {
+    "apiVersion": "modelyard.io/v1alpha1",
+    "kind": "Model",
+    "metadata": {"name": "iris"},
+    "spec": {
+        "data": {"path": "/data/iris.csv"},
+        "target": "species",
+        "features": [
+            {"name": name, "type": "numeric"}
+            for name in ("sepal_length", "sepal_width", "petal_length", "petal_width")
+        ],
+    },
+}
+
+
+def _condition(type_: str, status: str, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": "2026-12-01T10:00:00Z",
+        "observedGeneration": 1,
+    }
+
+
+STATUS = {
+    "observedGeneration": 1,
+    "phase": "RollingOut",
+    "conditions": [
+        _condition("Trained", "True", "Trained", "Job iris-train-2 published iris@2 <b>(staging)</b> & more"),
+        _condition("RolloutProgressing", "True", "CanaryStep", "iris@2 takes 10% of requests"),
+        _condition("Ready", "True", "Ready", "InferenceService iris serves iris@1"),
+    ],
+    "versions": [
+        {"version": 2, "stage": "staging", "storageUri": "s3://b/2", "score": 0.97, "createdAt": "12-01"},
+        {"version": 1, "stage": "production", "storageUri": "s3://b/1", "createdAt": "11-30"},
+    ],
+    "servingVersion": 1,
+    "url": "http://iris.models.example",
+    "inferenceService": "iris",
+    "lastAnalysis": {
+        "verdict": "fail",
+        "at": "2026-12-01T10:06:00Z",
+        "candidate": 2,
+        "checks": [
+            {"name": "error_ratio", "value": 0.5, "threshold": 1.5, "passed": True},
+            {"name": "agreement", "value": 0.62, "threshold": 0.8, "passed": False},
+            {"name": "live_accuracy_delta", "value": None, "threshold": -0.02, "passed": None},
+        ],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def operator_console(
+    control_plane: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """A console with Kubernetes on, over a registry with iris@1 and a namespace with the Model iris."""
+    control_plane.kubectl("apply", "--server-side", "-f", str(CHART_CRD))
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    namespace = f"console-{uuid.uuid4().hex[:8]}"
+    control_plane.create_namespace(namespace)
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(MODEL))
+    control_plane.kubectl(
+        "patch", "model", "iris", "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": STATUS}),
+    )  # fmt: skip
+    root = tmp_path_factory.mktemp("console-operator")
+    outcome = run_training(load_settings(home=root / "home"), iris_spec(RUNS[0]))
+    assert outcome.published is not None, outcome.verdict
+    variables = {"MODELYARD_CONSOLE__KUBERNETES": "true", "MODELYARD_CONSOLE__NAMESPACE": namespace}
+    url, process, _ = start_console(root, variables)
+    yield url, namespace
+    stop_console(process)
+    control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+@pytest.mark.cluster
+def test_the_pages_show_the_model_resources_phase_rollout_and_last_analysis(
+    operator_console: tuple[str, str], control_plane: Any, page: Any, tmp_path: Path
+) -> None:
+    url, namespace = operator_console
+    page.goto(url + "/")
+    assert "Model phase" in page.locator("#models thead").inner_text()
+    row = page.locator("#models tbody tr").first
+    assert row.locator("td.phase").inner_text() == "RollingOut"
+    assert row.locator("td.ready [data-state]").inner_text() == "True"
+    assert page.locator("#operator-note").count() == 0
+    page.screenshot(path=str(tmp_path / "models-with-operator.png"), full_page=True)
+
+    page.goto(url + "/models/iris/monitoring")
+    assert page.locator("#phase").inner_text() == "RollingOut"
+    assert "InferenceService iris serves iris@1" in page.locator("#model-resource").inner_text()
+    conditions = page.locator("#conditions")
+    assert "published iris@2 <b>(staging)</b> & more" in conditions.inner_text()  # text, not markup
+    assert conditions.locator("b").count() == 0
+    history = page.locator("#rollout-history tbody tr").all_inner_texts()
+    assert [line.split("\t")[:2] for line in history] == [["v2", "staging"], ["v1", "production"]]
+    assert page.locator("#last-analysis h3").inner_text() == "Last analysis: fail"
+    assert "Candidate v2" in page.locator("#last-analysis").inner_text()
+    checks = {
+        row.locator("th").inner_text(): row.locator("td").last.inner_text()
+        for row in page.locator("#checks tbody tr").all()
+    }
+    assert checks == {"error_ratio": "passed", "agreement": "failed", "live_accuracy_delta": "no data"}
+    page.screenshot(path=str(tmp_path / "monitoring-with-operator.png"), full_page=True)
+    answer = send("GET", url + "/api/models/iris/monitoring").json()
+    assert answer["operator"]["model"]["last_analysis"]["verdict"] == "fail"
+
+    control_plane.kubectl("delete", "model", "iris", "-n", namespace)
+    page.goto(url + "/models/iris/monitoring")
+    note = page.locator("#operator-note").inner_text()
+    expected = f"No Model resource iris in namespace {namespace}: the operator does not manage this model."
+    assert note == expected
+
+
+def test_an_unreachable_api_server_is_a_note_not_a_failed_page(tmp_path: Path) -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "gone", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+                "users": [{"name": "someone", "user": {"token": "x"}}],
+                "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "someone"}}],
+                "current-context": "gone",
+            }
+        )
+    )
+    variables = {"MODELYARD_CONSOLE__KUBERNETES": "true", "KUBECONFIG": str(kubeconfig)}
+    url, process, _ = start_console(tmp_path, variables)
+    try:
+        operator = send("GET", url + "/api/models").json()["operator"]
+    finally:
+        stop_console(process)
+    assert operator["connected"] is False
+    assert operator["note"].startswith("cannot read Model resources in namespace default: ")
+    assert "Traceback" not in operator["note"]
