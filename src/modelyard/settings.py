@@ -220,6 +220,21 @@ class ConsoleSettings(BaseModel):
         "or the InferenceService's URL)",
     )
     max_upload_mb: float = Field(default=50.0, gt=0, description="largest CSV the Batch page accepts, in MB")
+    allowed_hosts: str = Field(
+        default="127.0.0.1,localhost",
+        description="comma-separated host names the console answers to (the Host header; `*.example.com` "
+        "matches subdomains); any other is a 400, which keeps DNS-rebinding pages out",
+    )
+    actions_enabled: bool = Field(
+        default=True,
+        description="offer promote, roll back and train; false makes the console read-only (a 403 names "
+        "this setting)",
+    )
+    data_root: str = Field(
+        default=".",
+        description="folder, or s3://bucket/prefix, a spec trained from the console may read data.path "
+        "under (relative paths resolve against it); empty: data.dataset only. SQL sources are refused",
+    )
     kubernetes: bool = Field(
         default=False,
         description="show the operator's Model resources (phase, rollout, last analysis): needs the "
@@ -228,6 +243,29 @@ class ConsoleSettings(BaseModel):
     namespace: str = Field(
         default="default", description="namespace of the Model resources the console reads"
     )
+
+    @field_validator("predictor_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _some_host(cls, value: str) -> str:
+        if not [host for host in value.split(",") if host.strip()]:
+            raise ValueError("must name at least one host, e.g. 127.0.0.1,localhost")
+        return value
+
+    @field_validator("data_root")
+    @classmethod
+    def _folder_or_s3(cls, value: str) -> str:
+        scheme = urlparse(value).scheme
+        if scheme not in ("", "s3") or (scheme == "s3" and not urlparse(value).netloc):
+            raise ValueError(f"must be a folder or s3://bucket/prefix, got {value!r}")
+        return value
 
 
 class Settings(BaseSettings):

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from modelyard.bundle import fetch_bundle
+from modelyard.console.security import CONSOLE_HEADER
 from modelyard.registry import Registry
 from modelyard.settings import Settings, load_settings
 from modelyard.spec import parse_spec
@@ -35,6 +36,8 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 # Two versions that differ in algorithm and parameters, so Compare has something to show.
 UPLOAD_LIMIT_MB = 1  # small, so the tests can send a file over it
+# The header console.js sends with every request: without it (or a JSON body) a POST is refused.
+FROM_THE_PAGE = {CONSOLE_HEADER: "1"}
 RUNS = [
     {"algorithms": ["logistic_regression"], "search": {"strategy": "random", "trials": 2}},
     {"algorithms": ["random_forest"], "search": {"strategy": "random", "trials": 2}},

@@ -23,7 +23,7 @@ import yaml
 from modelyard.registry import Stage
 
 from ..serving.conftest import post_json, send
-from .conftest import IRIS_CSV, RUNS, UPLOAD_LIMIT_MB, Console, iris_spec
+from .conftest import FROM_THE_PAGE, IRIS_CSV, RUNS, UPLOAD_LIMIT_MB, Console, iris_spec
 
 ROW = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 
@@ -282,7 +282,7 @@ def test_rollback_from_the_page_and_its_refusal(console: Console, page: Any) -> 
 
 
 def _api(console: Console, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(console.url + path, data=body, method=method)
+    request = urllib.request.Request(console.url + path, data=body, method=method, headers=FROM_THE_PAGE)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -364,7 +364,7 @@ def test_a_scoring_job_reports_rows_done_of_total_then_serves_its_result(console
     lines = IRIS_CSV.read_text().splitlines()
     body = ("\n".join([lines[0], *(lines[1:] * 34)]) + "\n").encode()  # 5100 rows, three progress chunks
     url = console.url + "/api/models/iris/versions/1/score"
-    answer = send("POST", url, body, {"Content-Type": "text/csv"})
+    answer = send("POST", url, body, {"Content-Type": "text/csv", **FROM_THE_PAGE})
     assert answer.status == 202, answer.body
     started = answer.json()
     assert (started["status"], started["download"], started["model"]) == ("running", None, "iris@1")
@@ -379,7 +379,8 @@ def test_a_scoring_job_reports_rows_done_of_total_then_serves_its_result(console
     assert result.headers["x-modelyard-rows"] == "5100"
     assert len(result.body.decode().splitlines()) == 5101
 
-    bad = send("POST", url, b"sepal_length,sepal_width\n1,2\n", {"Content-Type": "text/csv"}).json()
+    bad = send("POST", url, b"sepal_length,sepal_width\n1,2\n", {"Content-Type": "text/csv", **FROM_THE_PAGE})
+    bad = bad.json()
     failed, _ = _wait_for_job(console, bad)
     assert failed["status"] == "failed"
     assert "missing column(s) the model iris@1 needs: petal_length, petal_width" in failed["message"]
@@ -392,13 +393,13 @@ def test_a_file_over_the_upload_limit_is_refused_and_not_read_whole(console: Con
     url = console.url + "/api/models/iris/versions/1/score"
     big = b"sepal_length,sepal_width,petal_length,petal_width\n" + b"5.1,3.5,1.4,0.2\n" * 80_000  # 1.3 MB
     message = f"the file is larger than {UPLOAD_LIMIT_MB} MB (MODELYARD_CONSOLE__MAX_UPLOAD_MB)"
-    declared = send("POST", url, big, {"Content-Type": "text/csv"})
+    declared = send("POST", url, big, {"Content-Type": "text/csv", **FROM_THE_PAGE})
     assert (declared.status, declared.json()["error"]) == (413, message)
     # chunked, with no length declared: counted as it arrives
     parts = [big[i : i + 65_536] for i in range(0, len(big), 65_536)]
-    chunked = send("POST", url, iter(parts), {"Content-Type": "text/csv"})
+    chunked = send("POST", url, iter(parts), {"Content-Type": "text/csv", **FROM_THE_PAGE})
     assert (chunked.status, chunked.json()["error"]) == (413, message)
-    spec = send("POST", console.url + "/api/train", iter([b"#" * 65_536] * 20), {})
+    spec = send("POST", console.url + "/api/train", iter([b"#" * 65_536] * 20), FROM_THE_PAGE)
     assert (spec.status, spec.json()["error"]) == (413, "the spec is larger than 1 MB")
 
 
@@ -412,11 +413,11 @@ def test_actions_sent_from_another_site_are_refused(console: Console) -> None:
         assert "came from another site" in answer.json()["error"]
     with console.registry() as registry:
         assert registry.get_version("iris", 2).stage is before
-    # the console's own page (same origin) and clients that are not browsers get through
+    # the console's own page (same origin, with the header its script sends) and scripts that send it
     predict = console.url + "/api/models/iris/versions/1/predict"
     host = console.url.removeprefix("http://")
     for headers in ({"Origin": console.url, "Host": host}, {"Sec-Fetch-Site": "same-origin"}, {}):
-        answer = send("POST", predict, b"not json", headers)
+        answer = send("POST", predict, b"not json", {**headers, **FROM_THE_PAGE})
         assert answer.status == 400 and "must be a JSON object" in answer.json()["error"], headers
 
 
@@ -448,7 +449,8 @@ def test_names_from_the_address_are_shown_as_text_never_as_markup(console: Conso
 
 
 def test_the_predict_form_works_from_the_keyboard_alone(console: Console, page: Any) -> None:
-    expected = post_json(console.url + "/api/models/iris/versions/1/predict", {"features": ROW}).json()
+    predict = console.url + "/api/models/iris/versions/1/predict"
+    expected = post_json(predict, {"features": ROW}, FROM_THE_PAGE).json()
     page.goto(console.url + "/models/iris/versions/1/predict")
     focused = "document.activeElement.id || document.activeElement.textContent"
     page.keyboard.press("Tab")

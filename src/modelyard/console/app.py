@@ -5,11 +5,8 @@ page's script calls it and shows its answer or its error in place. A ModelyardEr
 and message, as JSON under ``/api`` and as a page elsewhere; anything else is a 500 that names only the
 error's type (the details go to the log), never a stack trace.
 
-A console on loopback answers only requests addressed to loopback (no DNS rebinding). State-changing
-requests a browser sends from another site are refused (``Sec-Fetch-Site``, else ``Origin``
-against ``Host``), so a page elsewhere cannot promote a version through a visitor's browser; clients that
-are not browsers send neither header and are not affected. Request bodies are read up to a limit and no
-further, and every response carries a Content-Security-Policy that allows only the console's own script.
+``security.ConsoleGuard`` refuses the state-changing requests another site could have sent and adds the
+security headers; request bodies are read up to a limit and no further.
 """
 
 from __future__ import annotations
@@ -21,23 +18,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelyard.console import pages, service
+from modelyard.console import pages, security, service
 from modelyard.console.batch import ScoringJobs
 from modelyard.console.operator_view import OperatorView
-from modelyard.console.training import TrainingRuns, parse_spec_text
+from modelyard.console.training import TrainingRuns
 from modelyard.errors import InvalidInput, ModelyardError, NotFound, TooLarge
 from modelyard.registry import Registry
 from modelyard.settings import Settings
@@ -46,70 +38,6 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 KUBE_TIMEOUT_S = 5.0  # a page waits this long for the API server, then says the operator is not connected
 MAX_DOCUMENT_BYTES = 1024 * 1024  # a prediction's JSON or a model spec
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-SECURITY_HEADERS = {
-    # only the console's own script runs; styles are inline, plots inline SVG; no page may frame it
-    "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "same-origin",
-}
-# report.html comes from a bundle: shown in a sandbox (an origin of its own, no script), styles only
-REPORT_POLICY = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
-
-
-def cross_site_refusal(method: str, headers: Headers) -> str | None:
-    """Why a state-changing request must be refused as sent from another site, or None to let it pass."""
-    site = headers.get("sec-fetch-site")
-    if site is not None:
-        if site in ("same-origin", "none"):
-            return None
-        return f"refused: this {method} came from another site (Sec-Fetch-Site: {site}); use the console"
-    origin = headers.get("origin")
-    if origin is None:  # not sent by a browser (curl, a script): nothing rides on a visitor's browser
-        return None
-    if urlsplit(origin).netloc != headers.get("host", ""):
-        return f"refused: this {method} came from another site (Origin: {origin}); use the console"
-    return None
-
-
-class ConsoleGuard:
-    """ASGI middleware: refuses cross-site state changes and adds the security headers to every answer."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        method = scope["method"]
-        if method not in SAFE_METHODS:
-            refusal = cross_site_refusal(method, Headers(scope=scope))
-            if refusal is not None:
-                await JSONResponse({"error": refusal}, status_code=403)(scope, receive, self._secured(send))
-                return
-        await self.app(scope, receive, self._secured(send))
-
-    @staticmethod
-    def _secured(send: Send) -> Send:
-        async def secured(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
-                    headers.setdefault(name, value)
-            await send(message)
-
-        return secured
-
-
-def loopback_only(host: str) -> list[Middleware]:
-    """A console listening on loopback answers only requests addressed to loopback: a page elsewhere
-    whose name is made to resolve to 127.0.0.1 (DNS rebinding) would otherwise be same-origin with it."""
-    if host not in LOOPBACK_HOSTS:
-        return []
-    return [Middleware(TrustedHostMiddleware, allowed_hosts=sorted(LOOPBACK_HOSTS | {"[::1]"}))]
 
 
 async def read_body(request: Request, limit: int, what: str, setting: str = "") -> bytes:
@@ -132,7 +60,7 @@ async def read_body(request: Request, limit: int, what: str, setting: str = "") 
 
 def _version(request: Request) -> int:
     text = str(request.path_params["version"])
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # "²".isdigit() is True
         raise InvalidInput(f"a version is a positive integer, got {text!r}")
     return int(text)
 
@@ -186,7 +114,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         html = await run(
             service.report_html, settings, registry(), request.path_params["name"], _version(request)
         )
-        return HTMLResponse(html, headers={"Content-Security-Policy": REPORT_POLICY})
+        return HTMLResponse(html, headers={"Content-Security-Policy": security.REPORT_POLICY})
 
     async def compare_page(request: Request) -> Response:
         comparison = await _comparison(request)
@@ -300,7 +228,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
 
     async def api_train(request: Request) -> Response:
         text = (await read_body(request, MAX_DOCUMENT_BYTES, "the spec")).decode("utf-8", "replace")
-        spec = parse_spec_text(text, Path.cwd())
+        spec = security.training_spec(text, settings.console)
         return JSONResponse(training_runs.start(spec).to_dict(), status_code=202)
 
     async def api_training_run(request: Request) -> Response:
@@ -317,6 +245,10 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         """The probes' endpoint: the console runs and its registry database answers (nothing heavier)."""
         await run(database_answers)
         return JSONResponse({"status": "ok"})
+
+    async def livez(request: Request) -> Response:
+        """The liveness probe's endpoint: answered on the event loop, so it fails when the loop is stuck."""
+        return JSONResponse({"status": "alive"})
 
     # ---------------------------------------------------------------- errors
 
@@ -337,12 +269,18 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         return HTMLResponse(pages.error_page(message, exc.status_code), status_code=exc.status_code)
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("console request %s failed", request.url.path)
+        identity = security.request_id(request)
+        log.exception("console request %s %s failed (request id %s)", request.method, request.url, identity)
         # The exception's text may hold SQL, paths or addresses: the page names its type, the log the rest.
-        message = f"the console failed on this request ({type(exc).__name__}); the details are in its log"
+        message = (
+            f"the console failed on this request ({type(exc).__name__}); the details are in its log "
+            f"under request id {identity}"
+        )
+        # Starlette answers a 500 outside every middleware: the guard's headers are added here.
+        headers = {**security.SECURITY_HEADERS, "x-request-id": identity}
         if _is_api(request):
-            return JSONResponse({"error": message}, status_code=500)
-        return HTMLResponse(pages.error_page(message, 500), status_code=500)
+            return JSONResponse({"error": message}, status_code=500, headers=headers)
+        return HTMLResponse(pages.error_page(message, 500), status_code=500, headers=headers)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -379,6 +317,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         ("/api/models/{name}/versions/{version}/promote", api_promote, ["POST"]),
         ("/favicon.ico", favicon, ["GET"]),
         ("/healthz", healthz, ["GET"]),
+        ("/livez", livez, ["GET"]),
     ]
     return Starlette(
         routes=[
@@ -390,6 +329,6 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
             HTTPException: http_error,
             Exception: server_error,
         },
-        middleware=[*loopback_only(settings.console.host), Middleware(ConsoleGuard)],
+        middleware=security.middleware(settings.console),
         lifespan=lifespan,
     )

@@ -176,14 +176,22 @@ def accuracy_status(report: Report, gate: float) -> dict[str, Any]:
 
 
 class BundleFiles:
-    """The small files of a registered version's bundle, each checked against metadata.json's sha256."""
+    """The small files of a registered version's bundle: metadata.json checked against the registry's
+    sha256, each other file against metadata.json's."""
 
     def __init__(self, settings: Settings, record: ModelVersionRecord) -> None:
         self._store, self._key = open_store_from_uri(record.storage_uri, settings.s3)
         self.record = record
-        self.metadata = BundleMetadata.model_validate_json(
-            self._store.get_bytes(f"{self._key}/{MANIFEST_NAME}")
-        )
+        manifest = self._store.get_bytes(f"{self._key}/{MANIFEST_NAME}")
+        # metadata.json pins every other file; the registry's digest pins metadata.json (as scoring checks)
+        digest = hashlib.sha256(manifest).hexdigest()
+        if digest != record.sha256:
+            raise BundleIntegrityError(
+                f"bundle {record.storage_uri} is not the one the registry recorded for {record.ref}: its "
+                f"{MANIFEST_NAME} has sha256 {digest}, the registry {record.sha256}",
+                file=MANIFEST_NAME,
+            )
+        self.metadata = BundleMetadata.model_validate_json(manifest)
 
     def read(self, name: str) -> bytes | None:
         """The file's bytes; None when this bundle has no such file (older bundles lack evaluation.json)."""
@@ -253,7 +261,7 @@ def parse_versions(name: str, versions: Sequence[str]) -> list[int]:
             text = part.strip()
             if not text:
                 continue
-            if not text.isdigit() or int(text) < 1:
+            if not (text.isascii() and text.isdigit()) or int(text) < 1:
                 raise InvalidInput(f"compare {name}: a version is a positive integer, got {text!r}")
             if int(text) not in numbers:
                 numbers.append(int(text))

@@ -19,9 +19,11 @@ async function errorOf(response) {
 }
 
 async function callApi(url, options) {
+  // The console refuses a state change without this header: a page of another site cannot send it.
+  const headers = Object.assign({ "X-Modelyard-Console": "1" }, options.headers || {});
   let response;
   try {
-    response = await fetch(url, options);
+    response = await fetch(url, Object.assign({}, options, { headers: headers }));
   } catch (error) {
     throw new Error("cannot reach the console: " + error.message);
   }
