@@ -65,8 +65,12 @@ def rule_groups(thresholds: Thresholds | None = None) -> dict[str, Any]:
         ),
         _alert(
             "ModelyardHighErrorRatio",
-            f'sum by (job, model) (rate(modelyard_requests_total{{status=~"{SERVER_ERROR_STATUS}"}}[5m])) '
-            "/ sum by (job, model) (rate(modelyard_requests_total[5m])) > " + f"{t.error_ratio:g}",
+            # what clients were answered: a shadow candidate's copies (protocol="shadow") are the rollout
+            # analysis's to judge, and answer no client
+            "sum by (job, model) (rate(modelyard_requests_total"
+            f'{{protocol!="shadow",status=~"{SERVER_ERROR_STATUS}"}}[5m])) '
+            '/ sum by (job, model) (rate(modelyard_requests_total{protocol!="shadow"}[5m])) > '
+            + f"{t.error_ratio:g}",
             "5m",
             "critical",
             "{{ $labels.model }}: {{ $value | humanizePercentage }} of requests fail on the server",
