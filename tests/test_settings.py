@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,38 @@ def test_group_flags_name_a_bad_value() -> None:
     add_group_flags(parser, ServingSettings)
     with pytest.raises(ModelyardError, match="--max-batch-size: Input should be greater than or equal to 1"):
         with_group_flags(load_settings(), "serving", parser.parse_args(["--max-batch-size", "0"]))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--rollout-mode", "canary"], "invalid configuration: Value error, a canary needs a candidate"),
+        (["--canary-percent", "5"], "a canary needs a candidate: set MODELYARD_SERVING__CANDIDATE_URI"),
+        (["--candidate-version", "4"], "candidate_version is set but candidate_uri is empty"),
+        (
+            ["--candidate-uri", "/b", "--canary-percent", "-1"],
+            "--canary-percent: Input should be greater than",
+        ),
+        (["--candidate-uri", "/b", "--model-version", "3", "--candidate-version", "3"], "version '3' is the"),
+    ],
+)
+def test_rollout_flags_that_make_no_sense_are_named(flags: list[str], message: str) -> None:
+    import argparse
+
+    from modelyard.settings import ServingSettings, add_group_flags, with_group_flags
+
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    add_group_flags(parser, ServingSettings)
+    with pytest.raises(ModelyardError, match=re.escape(message)):
+        with_group_flags(load_settings(), "serving", parser.parse_args(flags))
+
+
+def test_a_canary_of_a_candidate_is_a_valid_rollout() -> None:
+    from modelyard.settings import ServingSettings
+
+    serving = ServingSettings(candidate_uri="s3://models/iris/4", rollout_mode="canary", canary_percent=12.5)
+    assert (serving.rollout_mode, serving.canary_percent) == ("canary", 12.5)
+    assert ServingSettings().candidate_uri == ""  # no candidate unless one is named
 
 
 def test_an_unknown_variable_names_the_closest_setting(monkeypatch: pytest.MonkeyPatch) -> None:

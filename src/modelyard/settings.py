@@ -107,6 +107,46 @@ class ServingSettings(BaseModel):
     grace_period_s: float = Field(
         default=5.0, ge=0, description="on SIGTERM, how long in-flight requests get to finish"
     )
+    candidate_uri: str = Field(
+        default="",
+        description="a candidate bundle served beside the stable one (s3://..., file://... or a local "
+        "folder), fetched and verified as the stable one is; empty: none",
+    )
+    candidate_version: str = Field(
+        default="",
+        description="the candidate's version in answers, metrics and the prediction log; default: the "
+        "URI's last segment when it is a number, else the bundle's digest",
+    )
+    rollout_mode: Literal["shadow", "canary"] = Field(
+        default="shadow",
+        description="shadow: the stable version answers and the candidate scores the same rows beside it; "
+        "canary: canary_percent of requests (by request id) are answered by the candidate",
+    )
+    canary_percent: float = Field(
+        default=0.0, ge=0, le=100, description="percent of requests the candidate answers in canary mode"
+    )
+
+    @model_validator(mode="after")
+    def _rollout_needs_a_candidate(self) -> ServingSettings:
+        if not self.candidate_uri:
+            if self.rollout_mode == "canary" or self.canary_percent:
+                raise ValueError(
+                    "a canary needs a candidate: set MODELYARD_SERVING__CANDIDATE_URI to the candidate "
+                    "bundle, or leave rollout_mode and canary_percent unset"
+                )
+            if self.candidate_version:
+                raise ValueError("candidate_version is set but candidate_uri is empty: there is no candidate")
+        elif self.rollout_mode == "shadow" and self.canary_percent:
+            raise ValueError(
+                f"canary_percent is {self.canary_percent:g} but rollout_mode is shadow, where the stable "
+                "version answers every request: set rollout_mode to canary, or canary_percent to 0"
+            )
+        if self.candidate_version and self.candidate_version == self.model_version:
+            raise ValueError(
+                f"the candidate's version {self.candidate_version!r} is the stable one's: metrics and the "
+                "prediction log could not tell them apart"
+            )
+        return self
 
 
 class PipelineSettings(BaseModel):
@@ -439,6 +479,8 @@ def with_group_flags(settings: Settings, group: str, namespace: argparse.Namespa
     except ValidationError as exc:
         problems = "; ".join(
             f"--{'.'.join(str(part) for part in err['loc']).replace('_', '-')}: {err['msg']}"
+            if err["loc"]
+            else err["msg"]  # a rule between several fields names them itself
             for err in exc.errors()
         )
         raise ModelyardError(f"invalid configuration: {problems}") from None

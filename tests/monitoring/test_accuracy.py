@@ -37,8 +37,9 @@ def log(
             other = "b" if predicted == "a" else "a"
             connection.execute(
                 insert(Prediction).values(
-                    request_id=request_id, row=0, model="m", version=version, features={}, label=predicted,
-                    probabilities={predicted: confidence, other: 1 - confidence}, latency_ms=1.0,
+                    request_id=request_id, model="m", version=version, rows=1, features={},
+                    labels=[predicted], probabilities={predicted: [confidence], other: [1 - confidence]},
+                    latency_ms=1.0,
                     created_at=NOW - age,
                 )
             )  # fmt: skip
@@ -84,8 +85,8 @@ def test_a_label_grades_only_the_prediction_it_was_given_for_when_the_id_is_reus
         for label, created_at in (("a", first), ("b", reused)):
             connection.execute(
                 insert(Prediction).values(
-                    request_id="again", row=0, model="m", version="1", features={}, label=label,
-                    probabilities={"a": 0.5, "b": 0.5}, latency_ms=1.0, created_at=created_at,
+                    request_id="again", model="m", version="1", rows=1, features={}, labels=[label],
+                    probabilities={"a": [0.5], "b": [0.5]}, latency_ms=1.0, created_at=created_at,
                 )
             )  # fmt: skip
         connection.execute(
@@ -94,6 +95,41 @@ def test_a_label_grades_only_the_prediction_it_was_given_for_when_the_id_is_reus
     window = live_accuracy(engine, "m", since=NOW - timedelta(days=1), until=NOW - timedelta(hours=1))
     assert (window.predicted_rows, window.labelled_rows) == (2, 1)
     assert window.accuracy == 1.0  # the label graded the first prediction ("a"), not the reused id's "b"
+
+
+def test_labels_grade_their_rows_of_a_request_and_each_version_that_scored_it(engine: Engine) -> None:
+    made = NOW - timedelta(hours=3)
+    with engine.begin() as connection:
+        # The served version and a candidate scored the same 4-row request under one id.
+        for version, labels in (("1", ["a", "a", "b", "b"]), ("2", ["a", "b", "b", "b"])):
+            connection.execute(
+                insert(Prediction).values(
+                    request_id="batch", model="m", version=version, rows=4, features={"x": [1, 2, 3, None]},
+                    labels=labels, probabilities={"a": [0.9, 0.6, 0.2, 0.4], "b": [0.1, 0.4, 0.8, 0.6]},
+                    latency_ms=1.0, created_at=made,
+                )
+            )  # fmt: skip
+        truth = {0: "a", 1: "b", 3: "b"}  # row 2 has no label
+        connection.execute(
+            insert(Feedback),
+            [{"request_id": "batch", "row": row, "model": "m", "label": t} for row, t in truth.items()],
+        )
+    since, until = NOW - timedelta(days=1), NOW - timedelta(hours=1)
+    served = live_accuracy(engine, "m", since=since, until=until, version="1")
+    assert (served.predicted_rows, served.labelled_rows) == (4, 3)
+    assert served.accuracy == pytest.approx(2 / 3)  # rows 0 and 3 right, row 1 wrong
+    assert served.label_counts == {"a": 1, "b": 2}
+    candidate = live_accuracy(engine, "m", since=since, until=until, version="2")
+    assert (candidate.predicted_rows, candidate.labelled_rows, candidate.accuracy) == (4, 3, 1.0)
+    both = live_accuracy(engine, "m", since=since, until=until)
+    assert (both.predicted_rows, both.labelled_rows) == (8, 6)
+    # The estimate reads only the unlabelled row 2 (confidence 0.8) of each version.
+    estimated = live_accuracy(
+        engine, "m", since=since, until=until, version="1", reference_stats=reference_stats()
+    )
+    assert estimated.estimated_accuracy == estimate_accuracy(
+        reference_stats()["drift"], [{"a": 0.2, "b": 0.8}]
+    )
 
 
 def test_a_backwards_window_is_refused(engine: Engine) -> None:

@@ -45,8 +45,9 @@ def published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
         for i, row in enumerate(live.to_dict(orient="records")):
             connection.execute(
                 insert(Prediction).values(
-                    request_id=f"r{i}", row=0, model="drifty", version="1", features=row, label="yes",
-                    probabilities={"yes": 0.8, "no": 0.2}, latency_ms=1.0,
+                    request_id=f"r{i}", model="drifty", version="1", rows=1,
+                    features={name: [value] for name, value in row.items()}, labels=["yes"],
+                    probabilities={"yes": [0.8], "no": [0.2]}, latency_ms=1.0,
                     created_at=now - timedelta(minutes=i),
                 )
             )  # fmt: skip

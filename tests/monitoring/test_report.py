@@ -34,32 +34,43 @@ def reference_stats(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return write_drift_bundle(tmp_path_factory.mktemp("bundle") / "b").reference_stats
 
 
-def log_rows(engine: Engine, shift: float = 3.0, rows: int = 600) -> None:
+def log_rows(engine: Engine, shift: float = 3.0, rows: int = 600, per_request: int = 1) -> None:
+    """``rows`` logged rows, ``per_request`` to a request; the first 100 rows have feedback."""
     live, _ = frame(rows, 21)
     live["f2"] = live["f2"] + shift
     rng = np.random.default_rng(0)
     with engine.begin() as connection:
-        for i, row in enumerate(live.to_dict(orient="records")):
-            yes = float(rng.uniform(0.5, 1.0))
-            label = "yes" if i % 3 else "no"
-            probabilities = {"yes": yes, "no": 1 - yes} if label == "yes" else {"yes": 1 - yes, "no": yes}
+        for start in range(0, rows, per_request):
+            request = live.iloc[start : start + per_request].to_dict(orient="list")
+            labels, probabilities = [], {"yes": [], "no": []}  # type: ignore[var-annotated]
+            for i in range(start, start + len(request["f2"])):
+                yes = float(rng.uniform(0.5, 1.0))
+                labels.append("yes" if i % 3 else "no")
+                probabilities["yes"].append(yes if i % 3 else 1 - yes)
+                probabilities["no"].append(1 - yes if i % 3 else yes)
             connection.execute(
                 insert(Prediction).values(
-                    request_id=f"r{i}", row=0, model="drifty", version="1", features=row, label=label,
-                    probabilities=probabilities, latency_ms=1.0,
-                    created_at=NOW - timedelta(minutes=2 * i + 1),
+                    request_id=f"r{start}", model="drifty", version="1", rows=len(labels), features=request,
+                    labels=labels, probabilities=probabilities, latency_ms=1.0,
+                    created_at=NOW - timedelta(minutes=2 * start + 1),
                 )
             )  # fmt: skip
-            if i < 100:
+            labelled = [row for row in range(len(labels)) if start + row < 100]
+            if labelled:
                 connection.execute(
-                    insert(Feedback).values(request_id=f"r{i}", row=0, model="drifty", label="yes")
+                    insert(Feedback),
+                    [
+                        {"request_id": f"r{start}", "row": row, "model": "drifty", "label": "yes"}
+                        for row in labelled
+                    ],
                 )
 
 
+@pytest.mark.parametrize("per_request", [1, 8], ids=["single-rows", "8-row-requests"])
 def test_the_report_finds_the_shifted_feature_and_counts_the_mix_and_labels(
-    engine: Engine, reference_stats: dict
+    engine: Engine, reference_stats: dict, per_request: int
 ) -> None:
-    log_rows(engine)
+    log_rows(engine, per_request=per_request)
     report = build_report(
         engine, "drifty", since=timedelta(hours=24), reference_stats=reference_stats, now=NOW
     )
@@ -79,6 +90,16 @@ def test_the_report_finds_the_shifted_feature_and_counts_the_mix_and_labels(
     assert "ESTIMATED accuracy" in page
     document = json.loads(json.dumps(report.to_dict()))
     assert document["drift"][0]["name"] == "f2" and document["accuracy"]["labelled_rows"] == 100
+
+
+def test_the_report_reads_at_most_max_rows_newest_first(engine: Engine, reference_stats: dict) -> None:
+    log_rows(engine, per_request=8)
+    report = build_report(
+        engine, "drifty", since=timedelta(hours=24), reference_stats=reference_stats, now=NOW, max_rows=20
+    )
+    # 20 rows: the two newest requests whole, and the first 4 rows of the third
+    assert report.rows == 20 and sum(sum(counts) for counts in report.mix.values()) == 20
+    assert {d.name: d for d in report.drift}["f2"].rows == 20
 
 
 def test_without_a_reference_the_report_says_drift_is_off(engine: Engine) -> None:

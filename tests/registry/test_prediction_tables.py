@@ -1,12 +1,15 @@
-"""The predictions and feedback tables (migration 0002): upgrade from 0001, keys, round trip, downgrade."""
+"""The predictions and feedback tables: migrations 0002, 0004 and 0005 (one row per request) with data on
+both backends, keys, round trip, downgrade."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
-from sqlalchemy import Engine, insert, inspect, select, text
+from sqlalchemy import Engine, func, insert, inspect, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
 from modelyard.registry import create_engine_for, upgrade
@@ -23,18 +26,48 @@ def _migrate(engine: Engine, direction: str, revision: str) -> None:
             getattr(command, direction)(_alembic_config(connection), revision)
 
 
-def _prediction(request_id: str = "req-1", row: int = 0, model: str = "iris") -> dict[str, object]:
+MOMENT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+_JSON = sa.JSON().with_variant(JSONB(), "postgresql")
+# The predictions table as migrations 0002 to 0004 made it: one row per predicted row.
+PER_ROW = sa.table(
+    "predictions",
+    *(sa.column(name) for name in ("id", "request_id", "row", "model", "version", "label", "latency_ms")),
+    sa.column("created_at", sa.DateTime(timezone=True)),
+    sa.column("features", _JSON),
+    sa.column("probabilities", _JSON),
+)
+
+
+def _prediction(request_id: str = "req-1", model: str = "iris", version: str = "3") -> dict[str, object]:
+    """A logged request of two rows."""
     return {
         "request_id": request_id,
-        "row": row,
         "model": model,
+        "version": version,
+        "rows": 2,
+        "features": {"sepal_length": [5.1, 4.9], "color": ["red", None]},
+        "labels": ["setosa", "virginica"],
+        "probabilities": {"setosa": [0.9, 0.1], "versicolor": [0.07, 0.1], "virginica": [0.03, 0.8]},
+        "latency_ms": 1.25,
+        "created_at": MOMENT,
+    }
+
+
+def _row(request_id: str = "req-1", row: int = 0, **overrides: object) -> dict[str, object]:
+    """A logged row, as 0002 to 0004 stored it."""
+    fields: dict[str, object] = {
+        "request_id": request_id,
+        "row": row,
+        "model": "iris",
         "version": "3",
-        "features": {"sepal_length": 5.1, "color": "red", "missing": None},
+        "features": {"sepal_length": 5.1 + row, "color": "red", "missing": None},
         "label": "setosa",
         "probabilities": {"setosa": 0.9, "versicolor": 0.07, "virginica": 0.03},
         "latency_ms": 1.25,
-        "created_at": datetime(2026, 11, 23, 12, 0, tzinfo=UTC),
+        "created_at": MOMENT,
     }
+    fields.update(overrides)
+    return fields
 
 
 def test_0002_upgrades_a_0001_database_and_keeps_its_rows_and_downgrades_cleanly(settings: Settings) -> None:
@@ -52,7 +85,7 @@ def test_0002_upgrades_a_0001_database_and_keeps_its_rows_and_downgrades_cleanly
             )
         assert "predictions" not in inspect(engine).get_table_names()
 
-        assert upgrade(settings.database_url) == "0004"
+        assert upgrade(settings.database_url) == "0005"
         tables = set(inspect(engine).get_table_names())
         assert {"predictions", "feedback"} <= tables
         indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("predictions")}
@@ -69,27 +102,33 @@ def test_0002_upgrades_a_0001_database_and_keeps_its_rows_and_downgrades_cleanly
         engine.dispose()
 
 
-def test_a_prediction_round_trips_and_its_key_is_unique_per_model(settings: Settings) -> None:
+def test_a_prediction_round_trips_and_its_key_is_unique_per_model_and_version(settings: Settings) -> None:
     upgrade(settings.database_url)
     engine = create_engine_for(settings.database_url)
     try:
         with engine.begin() as connection:
-            connection.execute(insert(Prediction), [_prediction(row=0), _prediction(row=1)])
-            # The same request id may name a prediction of another model.
-            connection.execute(insert(Prediction), [_prediction(model="wine")])
+            connection.execute(insert(Prediction), [_prediction()])
+            # The same request id may name a prediction of another model, or of another version
+            # (a candidate scoring the same request).
+            connection.execute(insert(Prediction), [_prediction(model="wine"), _prediction(version="4")])
         with engine.connect() as connection:
             stored = connection.execute(
-                select(Prediction.__table__).where(Prediction.model == "iris", Prediction.row == 0)
+                select(Prediction.__table__).where(Prediction.model == "iris", Prediction.version == "3")
             ).one()
-        assert stored.features == {"sepal_length": 5.1, "color": "red", "missing": None}
-        assert stored.probabilities == {"setosa": 0.9, "versicolor": 0.07, "virginica": 0.03}
-        assert (stored.request_id, stored.label, stored.latency_ms) == ("req-1", "setosa", 1.25)
-        assert stored.created_at.replace(tzinfo=UTC) == datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+        assert stored.features == {"sepal_length": [5.1, 4.9], "color": ["red", None]}
+        assert stored.labels == ["setosa", "virginica"]
+        assert stored.probabilities == {
+            "setosa": [0.9, 0.1],
+            "versicolor": [0.07, 0.1],
+            "virginica": [0.03, 0.8],
+        }
+        assert (stored.request_id, stored.rows, stored.latency_ms) == ("req-1", 2, 1.25)
+        assert stored.created_at.replace(tzinfo=UTC) == MOMENT
 
         with pytest.raises(IntegrityError, match=r"(?i)unique"), engine.begin() as connection:
-            connection.execute(insert(Prediction), [_prediction(row=1)])
+            connection.execute(insert(Prediction), [_prediction()])
         with pytest.raises(IntegrityError, match=r"(?i)check"), engine.begin() as connection:
-            connection.execute(insert(Prediction), [_prediction(row=-1)])
+            connection.execute(insert(Prediction), [{**_prediction("empty"), "rows": 0}])
     finally:
         engine.dispose()
 
@@ -118,24 +157,112 @@ def test_0004_keeps_the_log_and_lets_a_reused_id_be_logged_twice_then_downgrades
     try:
         _migrate(engine, "upgrade", "0003")
         with engine.begin() as connection:
-            connection.execute(insert(Prediction), [_prediction("a"), _prediction("b")])
+            connection.execute(insert(PER_ROW), [_row("a"), _row("b")])
         _migrate(engine, "upgrade", "0004")
         with engine.begin() as connection:
-            connection.execute(insert(Prediction).values(**{**_prediction("a"), "created_at": later}))
+            connection.execute(insert(PER_ROW).values(**{**_row("a"), "created_at": later}))
         with pytest.raises(IntegrityError), engine.begin() as connection:  # a replay: same key, same time
-            connection.execute(insert(Prediction).values(**_prediction("a")))
+            connection.execute(insert(PER_ROW).values(**_row("a")))
         with engine.connect() as connection:
-            logged = connection.execute(select(Prediction.request_id, Prediction.created_at)).all()
+            logged = connection.execute(select(PER_ROW.c.request_id, PER_ROW.c.created_at)).all()
         assert sorted(r.request_id for r in logged) == ["a", "a", "b"]
 
         _migrate(engine, "downgrade", "0003")
         with engine.connect() as connection:
-            kept = connection.execute(select(Prediction.request_id, Prediction.created_at)).all()
+            kept = connection.execute(select(PER_ROW.c.request_id, PER_ROW.c.created_at)).all()
         assert sorted((r.request_id, as_utc(r.created_at)) for r in kept) == [
             ("a", datetime(2026, 11, 23, 12, 0, tzinfo=UTC)),
             ("b", datetime(2026, 11, 23, 12, 0, tzinfo=UTC)),
         ]  # the first prediction of the duplicated key stays
         _migrate(engine, "upgrade", "0004")
         assert current_revision(engine) == "0004"
+    finally:
+        engine.dispose()
+
+
+def test_0005_turns_logged_rows_into_one_row_per_request_losing_nothing_and_downgrades_back(
+    settings: Settings,
+) -> None:
+    engine = create_engine_for(settings.database_url)
+    reused = MOMENT + timedelta(minutes=5)
+    old_rows = [
+        # req-1: three rows, written out of order; row 1 lacks a feature and has no probabilities
+        _row(
+            "req-1", 2, label="virginica", probabilities={"setosa": 0.1, "versicolor": 0.1, "virginica": 0.8}
+        ),
+        _row("req-1", 0),
+        _row("req-1", 1, features={"sepal_length": 6.0, "color": "blue"}, probabilities={}),
+        # req-1 again, reused by the client later: a request of its own
+        _row("req-1", 0, label="versicolor", created_at=reused, latency_ms=3.0),
+        # the same id under another model, and a request whose row 1 the database once refused
+        _row("req-1", 0, model="wine", version="7"),
+        _row("gap", 0),
+        _row("gap", 2, label="versicolor"),
+    ]
+    try:
+        _migrate(engine, "upgrade", "0004")
+        with engine.begin() as connection:
+            connection.execute(insert(PER_ROW), old_rows)
+            feedback = {"request_id": "req-1", "row": 2, "model": "iris", "label": "virginica"}
+            connection.execute(insert(Feedback), [feedback])
+        _migrate(engine, "upgrade", "0005")
+        assert current_revision(engine) == "0005"
+        with engine.connect() as connection:
+            logged = {
+                (row.request_id, row.model, as_utc(row.created_at)): row
+                for row in connection.execute(select(Prediction.__table__)).all()
+            }
+            assert connection.execute(select(Feedback.request_id, Feedback.row)).all() == [("req-1", 2)]
+        assert len(logged) == 4
+        first = logged["req-1", "iris", MOMENT]
+        assert (first.version, first.rows, first.latency_ms) == ("3", 3, 1.25)
+        assert first.labels == ["setosa", "setosa", "virginica"]
+        assert first.features == {
+            "sepal_length": [5.1, 6.0, 7.1],
+            "color": ["red", "blue", "red"],
+            "missing": [None, None, None],
+        }
+        assert first.probabilities == {
+            "setosa": [0.9, None, 0.1],
+            "versicolor": [0.07, None, 0.1],
+            "virginica": [0.03, None, 0.8],
+        }
+        again = logged["req-1", "iris", reused]
+        assert (again.rows, again.labels, again.latency_ms) == (1, ["versicolor"], 3.0)
+        assert logged["req-1", "wine", MOMENT].version == "7"
+        gap = logged["gap", "iris", MOMENT]
+        assert (gap.rows, gap.labels, gap.features["sepal_length"]) == (
+            3,
+            ["setosa", None, "versicolor"],
+            [5.1, None, 7.1],
+        )
+        indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("predictions")}
+        assert indexes["ix_predictions_model_created_at"] == ["model", "created_at"]
+        assert not {"predictions_0005_old"} & set(inspect(engine).get_table_names())
+
+        # New predictions go in, and then the way back gives every old row again.
+        with engine.begin() as connection:
+            connection.execute(insert(Prediction), [_prediction("new")])
+        _migrate(engine, "downgrade", "0004")
+        assert current_revision(engine) == "0004"
+        with engine.connect() as connection:
+            restored = connection.execute(select(PER_ROW)).all()
+        by_key = {(r.request_id, r.row, r.model, as_utc(r.created_at)): r for r in restored}
+        assert len(by_key) == len(old_rows) + 2
+        for old in old_rows:
+            back = by_key[old["request_id"], old["row"], old["model"], old["created_at"]]
+            expected_features = {"missing": None, **old["features"]}  # type: ignore[dict-item]
+            assert back.features == expected_features
+            assert (back.label, back.version, back.probabilities, back.latency_ms) == (
+                old["label"],
+                old["version"],
+                old["probabilities"],
+                old["latency_ms"],
+            )
+        assert by_key["new", 1, "iris", MOMENT].label == "virginica"
+        # and up again
+        _migrate(engine, "upgrade", "0005")
+        with engine.connect() as connection:
+            assert connection.execute(select(func.count()).select_from(Prediction)).scalar_one() == 5
     finally:
         engine.dispose()

@@ -216,15 +216,19 @@ def test_predictions_reach_the_log_and_the_metrics(bundles: dict[str, Path], tmp
     model.close()
     engine = create_engine(database)
     with engine.connect() as connection:
-        rows = connection.execute(select(PredictionRow).order_by(PredictionRow.row)).all()
+        rows = connection.execute(select(PredictionRow)).all()
     engine.dispose()
-    assert [(r.request_id, r.row, r.model, r.version) for r in rows] == [
-        ("req-1", i, "churn", "7") for i in range(3)
-    ]
-    assert rows[0].features == frame.iloc[0].to_dict()
-    assert set(rows[0].probabilities) == {"0", "1"} and rows[0].label in ("0", "1")
+    # One row for the request, its values column by column.
+    assert [(r.request_id, r.rows, r.model, r.version) for r in rows] == [("req-1", 3, "churn", "7")]
+    [logged] = rows
+    assert {name: values[0] for name, values in logged.features.items()} == frame.iloc[0].to_dict()
+    assert all(len(values) == 3 for values in logged.features.values())
+    assert set(logged.probabilities) == {"0", "1"} and all(len(p) == 3 for p in logged.probabilities.values())
+    assert len(logged.labels) == 3 and set(logged.labels) <= {"0", "1"}
     exposition = metrics.render()[0].decode()
-    assert 'modelyard_request_stage_seconds_count{stage="predict"} 1.0' in exposition
+    assert (
+        'modelyard_request_stage_seconds_count{model="churn",stage="predict",version="7"} 1.0' in exposition
+    )
     assert "modelyard_batch_rows_count 1.0" in exposition
     assert 'modelyard_model_info{algorithm="logistic_regression",model="churn"' in exposition
 

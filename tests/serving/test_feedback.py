@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,15 +21,19 @@ from modelyard.settings import Settings
 CLASSES = ["setosa", "versicolor", "virginica"]
 
 
-def _prediction(request_id: str, row: int = 0, label: str = "setosa", model: str = "iris") -> dict[str, Any]:
+def _prediction(
+    request_id: str, labels: Sequence[str] = ("setosa",), model: str = "iris", version: str = "4"
+) -> dict[str, Any]:
+    """A logged request: one row per label."""
+    rows = len(labels)
     return {
         "request_id": request_id,
-        "row": row,
         "model": model,
-        "version": "4",
-        "features": {"sepal_length": 5.1},
-        "label": label,
-        "probabilities": {"setosa": 0.8, "versicolor": 0.15, "virginica": 0.05},
+        "version": version,
+        "rows": rows,
+        "features": {"sepal_length": [5.1] * rows},
+        "labels": list(labels),
+        "probabilities": {"setosa": [0.8] * rows, "versicolor": [0.15] * rows, "virginica": [0.05] * rows},
         "latency_ms": 1.0,
         "created_at": datetime(2026, 11, 23, tzinfo=UTC),
     }
@@ -43,7 +47,7 @@ def engine(settings: Settings) -> Iterator[Engine]:
     with engine.begin() as connection:
         connection.execute(
             insert(Prediction),
-            [_prediction("req-a", 0), _prediction("req-a", 1, label="virginica"), _prediction("req-b")],
+            [_prediction("req-a", ["setosa", "virginica"]), _prediction("req-b")],
         )
     yield engine
     engine.dispose()
@@ -90,7 +94,7 @@ def test_feedback_accepts_the_database_url_too(settings: Settings, engine: Engin
 
 def test_integer_classes_match_labels_given_as_text_or_number(engine: Engine) -> None:
     with engine.begin() as connection:
-        connection.execute(insert(Prediction), [_prediction("digit-1", label="3", model="digits")])
+        connection.execute(insert(Prediction), [_prediction("digit-1", ["3"], model="digits")])
     stored = record_feedback(engine, model="digits", request_id="digit-1", label=3, classes=list(range(10)))
     assert (stored.label, stored.correct) == ("3", True)
     with pytest.raises(
@@ -100,7 +104,7 @@ def test_integer_classes_match_labels_given_as_text_or_number(engine: Engine) ->
 
 
 def test_feedback_on_a_request_id_logged_twice_is_refused_as_ambiguous(engine: Engine) -> None:
-    again = {**_prediction("req-b", label="virginica"), "created_at": datetime(2026, 11, 24, tzinfo=UTC)}
+    again = {**_prediction("req-b", ["virginica"]), "created_at": datetime(2026, 11, 24, tzinfo=UTC)}
     with engine.begin() as connection:
         connection.execute(insert(Prediction), [again])
     with pytest.raises(Conflict, match=r"request id 'req-b' of model 'iris' names more than one logged"):
@@ -109,6 +113,25 @@ def test_feedback_on_a_request_id_logged_twice_is_refused_as_ambiguous(engine: E
         record_feedback(engine, model="iris", request_id="req-b", label="setosa", row=1)
     assert stored_feedback(engine) == []
     assert Conflict("x").status_code == 409
+
+
+def test_a_request_scored_by_two_versions_is_not_ambiguous_and_one_label_grades_both(engine: Engine) -> None:
+    # A candidate (shadow or canary) logged its own prediction of req-a, under its version.
+    with engine.begin() as connection:
+        connection.execute(insert(Prediction), [_prediction("req-a", ["virginica", "setosa"], version="5")])
+    stored = record_feedback(engine, model="iris", request_id="req-a", label="setosa", row=0)
+    # The result reports the version logged first; the one label is the truth for both versions.
+    assert (stored.version, stored.predicted_label, stored.correct) == ("4", "setosa", True)
+    assert stored_feedback(engine) == [("req-a", 0, "iris", "setosa")]
+    # A reused id is still ambiguous within one version.
+    again = {
+        **_prediction("req-a", ["setosa", "setosa"], version="5"),
+        "created_at": datetime(2026, 11, 24, tzinfo=UTC),
+    }
+    with engine.begin() as connection:
+        connection.execute(insert(Prediction), [again])
+    with pytest.raises(Conflict, match=r"request id 'req-a' of model 'iris' names more than one logged"):
+        record_feedback(engine, model="iris", request_id="req-a", label="setosa", row=1)
 
 
 def test_an_unlogged_request_id_is_not_found_and_named(engine: Engine) -> None:
@@ -207,7 +230,7 @@ def test_feedback_right_after_a_prediction_succeeds_once_the_log_is_flushed(
         spool_max_bytes=1 << 20,
     )
     upgrade(settings.database_url)
-    fields = _prediction("fresh", label="versicolor")
+    fields = _prediction("fresh", ["versicolor"])
 
     async def main() -> tuple[str, bool]:
         await log.start()

@@ -82,28 +82,33 @@ def test_unknown_protocols_stages_and_drop_reasons_are_refused_by_name() -> None
     with pytest.raises(ValueError, match=r"unknown protocol 'v3': use one of v1, v2-rest, v2-grpc"):
         metrics.observe_request("v3", "iris", "1", 200)
     with pytest.raises(ValueError, match=r"unknown stage 'decoding': use one of decode, queue"):
-        metrics.observe_stage("decoding", 0.1)
+        metrics.observe_stage("decoding", 0.1, "iris", "1")
     with pytest.raises(ValueError, match=r"unknown drop reason 'lost': use one of queue_full"):
         metrics.count_log_dropped(1, "lost")
 
 
 def test_stage_latency_buckets_span_a_tenth_of_a_millisecond_to_ten_seconds() -> None:
     metrics = ServingMetrics()
-    # Every stage is exported from the start, at zero.
+    metrics.set_model_info("iris", "1", "logistic_regression", "onnx", ready=True)
+    # Every stage of a described model is exported from the start, at zero.
     for stage in STAGES:
-        assert value(metrics, "modelyard_request_stage_seconds_count", stage=stage) == 0
-    metrics.observe_stage("predict", 0.00008)
-    metrics.observe_stage("predict", 0.0002)
-    metrics.observe_stage("predict", 7.0)
-    metrics.observe_stage("predict", 30.0)
+        assert (
+            value(metrics, "modelyard_request_stage_seconds_count", stage=stage, model="iris", version="1")
+            == 0
+        )
+    for seconds in (0.00008, 0.0002, 7.0, 30.0):
+        metrics.observe_stage("predict", seconds, "iris", "1")
+    metrics.observe_stage("predict", 0.3, "iris", "2")  # another version: a series of its own
     bucket = "modelyard_request_stage_seconds_bucket"
-    assert value(metrics, bucket, stage="predict", le="0.0001") == 1
-    assert value(metrics, bucket, stage="predict", le="0.00025") == 2
-    assert value(metrics, bucket, stage="predict", le="5.0") == 2
-    assert value(metrics, bucket, stage="predict", le="10.0") == 3
-    assert value(metrics, bucket, stage="predict", le="+Inf") == 4
-    assert value(metrics, "modelyard_request_stage_seconds_sum", stage="predict") == pytest.approx(37.00028)
-    assert value(metrics, "modelyard_request_stage_seconds_count", stage="decode") == 0
+    one = {"stage": "predict", "model": "iris", "version": "1"}
+    assert value(metrics, bucket, **one, le="0.0001") == 1
+    assert value(metrics, bucket, **one, le="0.00025") == 2
+    assert value(metrics, bucket, **one, le="5.0") == 2
+    assert value(metrics, bucket, **one, le="10.0") == 3
+    assert value(metrics, bucket, **one, le="+Inf") == 4
+    assert value(metrics, "modelyard_request_stage_seconds_sum", **one) == pytest.approx(37.00028)
+    assert value(metrics, "modelyard_request_stage_seconds_count", **{**one, "version": "2"}) == 1
+    assert value(metrics, "modelyard_request_stage_seconds_count", **{**one, "stage": "decode"}) == 0
 
 
 def test_batch_sizes_are_a_histogram_of_rows_per_model_call() -> None:
@@ -171,6 +176,37 @@ def test_model_info_describes_the_served_model_and_a_reload_replaces_it() -> Non
         ("iris", "3", 1.0),
         ("wine", "1", 1.0),
     ]
+
+
+def test_a_candidate_is_described_beside_the_stable_version() -> None:
+    metrics = ServingMetrics()
+    metrics.set_model_info("iris", "1", "logistic_regression", "onnx", ready=True)
+    metrics.set_model_info("iris", "2", "random_forest", "sklearn", ready=True, role="candidate")
+    ready = families(metrics)["modelyard_model_ready"]
+    assert sorted((sample.labels["version"], sample.value) for sample in ready) == [("1", 1.0), ("2", 1.0)]
+    metrics.set_model_info("iris", "3", "random_forest", "sklearn", ready=True, role="candidate")
+    info = families(metrics)["modelyard_model_info"]
+    assert sorted(sample.labels["version"] for sample in info) == ["1", "3"]
+
+
+def test_shadow_rows_are_counted_by_the_candidate_version_from_zero() -> None:
+    metrics = ServingMetrics()
+    metrics.start_shadow("iris", "2")
+    for name in ("compared", "agreed", "skipped"):
+        assert value(metrics, f"modelyard_shadow_{name}_total", model="iris", version="2") == 0
+    metrics.observe_shadow("iris", "2", compared=10, agreed=7)
+    metrics.observe_shadow("iris", "2", compared=5, agreed=5)
+    metrics.count_shadow_skipped("iris", "2")
+    metrics.observe_request("shadow", "iris", "2", 500)
+    assert value(metrics, "modelyard_shadow_compared_total", model="iris", version="2") == 15
+    assert value(metrics, "modelyard_shadow_agreed_total", model="iris", version="2") == 12
+    assert value(metrics, "modelyard_shadow_skipped_total", model="iris", version="2") == 1
+    assert (
+        value(metrics, "modelyard_requests_total", protocol="shadow", model="iris", version="2", status="500")
+        == 1
+    )
+    with pytest.raises(ValueError, match=r"3 agreed row\(s\) of 2 compared: at most all of them agree"):
+        metrics.observe_shadow("iris", "2", compared=2, agreed=3)
 
 
 def test_prediction_log_gauges_and_counters() -> None:

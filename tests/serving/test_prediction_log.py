@@ -29,6 +29,7 @@ from modelyard.registry.db import redact
 from modelyard.registry.tables import Prediction
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.prediction_log import DatabaseState, PredictionLog, PredictionRecord
+from modelyard.serving.prediction_log.records import spool_line, table_row
 from modelyard.serving.sink import PredictionSink
 from modelyard.settings import Settings
 
@@ -37,15 +38,16 @@ from ..conftest import PostgresService
 MOMENT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
-def record(request_id: str, row: int = 0, **overrides: Any) -> PredictionRecord:
+def record(request_id: str, rows: int = 1, **overrides: Any) -> PredictionRecord:
+    """One answered request of ``rows`` alike rows."""
     fields: dict[str, Any] = {
         "request_id": request_id,
-        "row": row,
         "model": "iris",
         "version": "3",
-        "features": {"sepal_length": 5.1, "petal_width": 0.2, "color": "red"},
-        "label": "setosa",
-        "probabilities": {"setosa": 0.9, "versicolor": 0.07, "virginica": 0.03},
+        "rows": rows,
+        "features": {"sepal_length": [5.1] * rows, "petal_width": [0.2] * rows, "color": ["red"] * rows},
+        "labels": ["setosa"] * rows,
+        "probabilities": {"setosa": [0.9] * rows, "versicolor": [0.07] * rows, "virginica": [0.03] * rows},
         "latency_ms": 0.8,
         "created_at": MOMENT,
     }
@@ -132,22 +134,24 @@ def test_records_land_in_the_table_with_every_field(database_url: str, tmp_path:
     metrics = ServingMetrics()
     log = new_log(database_url, tmp_path / "spool", metrics=metrics)
     naive_moment = datetime(2026, 11, 23, 13, 30)  # naive timestamps are taken as UTC
+    numeric = np.array([[5.1, np.nan], [np.inf, 1.5]])  # the data plane hands strided column views
 
     async def main() -> bool:
         await log.start()
         log.submit(
             [
-                record("req-1", 0),
+                record("req-1"),
                 record(
-                    "req-1",
-                    1,
+                    "req-2",
+                    2,
                     features={
-                        "sepal_length": np.float64("nan"),
-                        "petal_width": np.float32(1.5),
-                        "n": np.int64(3),
+                        "sepal_length": numeric[:, 0],
+                        "petal_width": numeric[:, 1],
+                        "n": np.array([3, 4]),
+                        "color": np.array(["red", None], dtype=object),
                     },
-                    label=np.int64(2),
-                    probabilities={"0": 0.1, "1": float("inf"), "2": 0.9},
+                    labels=np.array([2, 0]),
+                    probabilities={"0": np.array([0.1, 0.9]), "2": np.array([0.9, 0.1])},
                     latency_ms=np.float64(2.5),
                     created_at=naive_moment,
                 ),
@@ -159,20 +163,53 @@ def test_records_land_in_the_table_with_every_field(database_url: str, tmp_path:
 
     assert asyncio.run(main()) is True
     rows = stored(database_url)
-    assert [(row.request_id, row.row, row.model, row.version, row.label) for row in rows] == [
-        ("req-1", 0, "iris", "3", "setosa"),
-        ("req-1", 1, "iris", "3", "2"),
+    assert [(row.request_id, row.model, row.version, row.rows, row.labels) for row in rows] == [
+        ("req-1", "iris", "3", 1, ["setosa"]),
+        ("req-2", "iris", "3", 2, ["2", "0"]),
     ]
-    assert rows[0].features == {"sepal_length": 5.1, "petal_width": 0.2, "color": "red"}
-    assert rows[0].probabilities == {"setosa": 0.9, "versicolor": 0.07, "virginica": 0.03}
+    assert rows[0].features == {"sepal_length": [5.1], "petal_width": [0.2], "color": ["red"]}
+    assert rows[0].probabilities == {"setosa": [0.9], "versicolor": [0.07], "virginica": [0.03]}
     assert rows[0].latency_ms == 0.8
     assert rows[0].created_at.replace(tzinfo=UTC) == MOMENT
     # NaN and infinity are stored as null (JSON has neither); numpy values as plain numbers.
-    assert rows[1].features == {"sepal_length": None, "petal_width": 1.5, "n": 3}
-    assert rows[1].probabilities == {"0": 0.1, "1": None, "2": 0.9}
+    assert rows[1].features == {
+        "sepal_length": [5.1, None],
+        "petal_width": [None, 1.5],
+        "n": [3, 4],
+        "color": ["red", None],
+    }
+    assert rows[1].probabilities == {"0": [0.1, 0.9], "2": [0.9, 0.1]}
     assert rows[1].latency_ms == 2.5
     assert rows[1].created_at.replace(tzinfo=UTC) == naive_moment.replace(tzinfo=UTC)
     assert (log.written, log.dropped, log.spooled, log.queue_depth) == (2, 0, 0, 0)
+
+
+def test_a_256_row_request_is_one_row_of_the_table(database_url: str, tmp_path: Path) -> None:
+    log = new_log(database_url, tmp_path / "spool")
+    numeric = np.random.default_rng(1).normal(size=(256, 2))
+
+    async def main() -> None:
+        await log.start()
+        log.submit(
+            [
+                record(
+                    "big",
+                    256,
+                    features={"sepal_length": numeric[:, 0], "petal_width": numeric[:, 1]},
+                    labels=np.array(["setosa", "virginica"] * 128, dtype=object),
+                    probabilities={"setosa": np.full(256, 0.5), "virginica": np.full(256, 0.5)},
+                )
+            ]
+        )
+        assert await log.flush()
+        await log.stop()
+
+    asyncio.run(main())
+    [row] = stored(database_url)
+    assert (row.request_id, row.rows, len(row.labels)) == ("big", 256, 256)
+    assert row.features["petal_width"] == numeric[:, 1].tolist()
+    assert row.labels[:3] == ["setosa", "virginica", "setosa"]
+    assert (log.written, log.dropped) == (1, 0)
 
 
 def test_invalid_records_are_dropped_by_name_and_the_rest_are_written(
@@ -187,10 +224,11 @@ def test_invalid_records_are_dropped_by_name_and_the_rest_are_written(
             [
                 record("good-1"),
                 record("x" * 300),
-                record("bad-row", row=-1),
+                record("bad-rows", rows=0),
+                record("bad-labels", labels=["setosa", "setosa"]),
                 record("bad-latency", latency_ms=float("nan")),
                 record("bad-features", features=[1, 2]),
-                record("", row=0),
+                record(""),
                 "not a record",  # type: ignore[list-item]
                 record("good-2"),
             ]
@@ -201,8 +239,8 @@ def test_invalid_records_are_dropped_by_name_and_the_rest_are_written(
     with caplog.at_level("WARNING", logger="modelyard.serving.prediction_log"):
         asyncio.run(main())
     assert [row.request_id for row in stored(database_url)] == ["good-1", "good-2"]
-    assert log.dropped == 6
-    assert dropped_metric(metrics, "invalid") == 6
+    assert log.dropped == 7
+    assert dropped_metric(metrics, "invalid") == 7
     # Warnings are rate-limited per reason: the first one names the record and the problem.
     assert "request_id is longer than 256 characters" in caplog.text
 
@@ -291,27 +329,31 @@ def test_the_same_record_is_written_once_and_a_reused_request_id_twice(
     async def main() -> list[int]:
         written = []
         await log.start()
-        log.submit([record("req-1"), record("req-1", 1)])
+        log.submit([record("req-1", 2)])
         assert await log.flush()
         written.append(log.written)
         # a replay of req-1 (same key and moment) is ignored, and not counted as written
-        log.submit([record("req-1", label="virginica"), record("req-2")])
+        log.submit([record("req-1", 2, labels=["virginica"] * 2), record("req-2")])
         assert await log.flush()
         written.append(log.written)
         # the client sent req-1 again: a second prediction, logged beside the first
-        log.submit([record("req-1", label="versicolor", created_at=later)])
+        log.submit([record("req-1", labels=["versicolor"], created_at=later)])
+        assert await log.flush()
+        written.append(log.written)
+        # a candidate version scored the same request at the same moment: logged under its version
+        log.submit([record("req-1", 2, version="4", labels=["virginica"] * 2)])
         assert await log.flush()
         written.append(log.written)
         await log.stop()
         return written
 
-    assert asyncio.run(main()) == [2, 3, 4]
+    assert asyncio.run(main()) == [1, 2, 3, 4]
     rows = stored(database_url)
-    assert [(row.request_id, row.row, row.label) for row in rows] == [
-        ("req-1", 0, "setosa"),
-        ("req-1", 1, "setosa"),
-        ("req-2", 0, "setosa"),
-        ("req-1", 0, "versicolor"),
+    assert [(row.request_id, row.version, row.rows, row.labels) for row in rows] == [
+        ("req-1", "3", 2, ["setosa", "setosa"]),
+        ("req-2", "3", 1, ["setosa"]),
+        ("req-1", "3", 1, ["versicolor"]),
+        ("req-1", "4", 2, ["virginica", "virginica"]),
     ]
     assert log.dropped == 0
 
@@ -417,6 +459,33 @@ def test_a_spool_left_by_an_earlier_run_is_replayed_at_start_once(database_url: 
     assert log.replayed == 5 + log.spooled
     assert spool.read_bytes() == b""
     assert log.dropped == 0  # the torn line was never a whole record
+
+
+def test_a_bad_spooled_line_is_dropped_by_name_and_the_rest_replays_once(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    good = json.loads(spool_line(table_row(record("good", 2))))
+    short = {**good, "request_id": "short", "labels": ["setosa"]}  # one label for two rows
+    lines = [good, short, {**good, "request_id": "after"}, good]  # "good" twice: a replay of a replay
+    (spool_dir / "predictions.jsonl").write_bytes(
+        b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    )
+    metrics = ServingMetrics()
+    log = new_log(database_url, spool_dir, metrics=metrics)
+
+    async def main() -> None:
+        await log.start()
+        assert await log.flush()
+        await log.stop()
+
+    with caplog.at_level("WARNING", logger="modelyard.serving.prediction_log"):
+        asyncio.run(main())
+    assert [(row.request_id, row.rows) for row in stored(database_url)] == [("good", 2), ("after", 2)]
+    assert (log.replayed, log.written, log.dropped) == (3, 2, 1)
+    assert dropped_metric(metrics, "invalid") == 1
+    assert "labels has 1 values, but the request has 2 rows" in caplog.text
 
 
 def test_servers_sharing_a_spool_folder_use_separate_files(tmp_path: Path) -> None:
@@ -527,7 +596,7 @@ def test_a_row_the_database_refuses_is_dropped_and_the_batch_still_lands(
     metrics = ServingMetrics()
     log = new_log(database_url, tmp_path / "spool", metrics=metrics)
     # Postgres text cannot hold NUL: the database itself refuses this row (SQLite takes it).
-    records = [record("before"), record("nul", features={"comment": "a\x00b"}), record("after")]
+    records = [record("before"), record("nul", features={"comment": ["a\x00b"]}), record("after")]
 
     async def main() -> None:
         await log.start()

@@ -1,11 +1,11 @@
 """Live accuracy: logged predictions joined to their feedback by request id, over matured windows.
 
 Labels arrive late, so a window is judged only once it has *matured*: it ends ``maturity`` before now.
-:func:`live_accuracy` reads one window from the registry database (predictions and feedback joined on
-request id, row and model) and returns accuracy and macro-F1 of the labelled rows, the label counts
-and the label coverage. Where rows have no label, a confidence-based estimate (CBPE) is computed from
-the logged probabilities and the holdout calibration of the bundle's drift reference, and named as an
-estimate everywhere it appears.
+:func:`live_accuracy` reads one window from the registry database (each label joined to the logged request
+by request id and model, then to its row's predicted class) and returns accuracy and macro-F1 of the
+labelled rows, the label counts and the label coverage. Where rows have no label, a confidence-based
+estimate (CBPE) is computed from the logged probabilities and the holdout calibration of the bundle's
+drift reference, and named as an estimate everywhere it appears.
 
 :class:`AccuracyCollector` refreshes that window on a thread of its own and exports it to Prometheus,
 so a scrape never waits for the database.
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, select
 
 from modelyard.bundle import BundleMetadata
 from modelyard.monitoring.drift import drift_reference_of
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # Rows of unlabelled probabilities read for the estimate: a sample, newest first, bounds the query.
 ESTIMATE_SAMPLE_ROWS = 50_000
+# Logged requests fetched per round trip while that sample is gathered.
+ESTIMATE_CHUNK_REQUESTS = 500
 
 
 @dataclass(frozen=True)
@@ -125,31 +127,42 @@ def live_accuracy(
         conditions.append(Prediction.version == version)
     joined = and_(
         Feedback.request_id == Prediction.request_id,
-        Feedback.row == Prediction.row,
         Feedback.model == Prediction.model,
         # a label grades the prediction it was given for: a later one that reused the id is not graded
         Feedback.created_at >= Prediction.created_at,
     )
     with engine.connect() as connection:
         predicted_rows = int(
-            connection.execute(select(func.count()).select_from(Prediction).where(*conditions)).scalar_one()
+            connection.execute(
+                select(func.coalesce(func.sum(Prediction.rows), 0)).where(*conditions)
+            ).scalar_one()
         )
-        pairs = connection.execute(
-            select(Prediction.label, Feedback.label).join(Feedback, joined).where(*conditions)
+        # Each label names a row of a logged request (of every version that logged it); the row's
+        # predicted class is read from the request's labels, fetched once per labelled request.
+        graded = connection.execute(
+            select(Prediction.id, Feedback.row, Feedback.label).join(Feedback, joined).where(*conditions)
         ).all()
+        labelled_ids = {prediction_id for prediction_id, _, _ in graded}
+        predicted_labels: dict[int, list[Any]] = {}
+        if labelled_ids:
+            labelled = select(Feedback.id).where(joined).exists()
+            for prediction_id, labels in connection.execute(
+                select(Prediction.id, Prediction.labels).where(*conditions, labelled)
+            ):
+                predicted_labels[prediction_id] = labels if isinstance(labels, list) else []
+        pairs: list[tuple[str, str]] = []
+        labelled_rows: dict[int, set[int]] = {}
+        for prediction_id, row, true_label in graded:
+            labels = predicted_labels.get(prediction_id, [])
+            if row < len(labels) and labels[row] is not None:
+                pairs.append((str(labels[row]), str(true_label)))
+                labelled_rows.setdefault(prediction_id, set()).add(row)
         unlabelled: list[Mapping[str, float]] = []
         reference = drift_reference_of(reference_stats)
         if reference is not None and predicted_rows > len(pairs):
-            rows = connection.execute(
-                select(Prediction.probabilities)
-                .outerjoin(Feedback, joined)
-                .where(*conditions, Feedback.id.is_(None))
-                .order_by(Prediction.created_at.desc())
-                .limit(ESTIMATE_SAMPLE_ROWS)
-            ).scalars()
-            unlabelled = [row for row in rows if isinstance(row, dict)]
-    predicted = [str(p) for p, _ in pairs]
-    truth = [str(t) for _, t in pairs]
+            unlabelled = _unlabelled_probabilities(connection, conditions, labelled_rows)
+    predicted = [p for p, _ in pairs]
+    truth = [t for _, t in pairs]
     counts: dict[str, int] = {}
     for label in truth:
         counts[label] = counts.get(label, 0) + 1
@@ -166,6 +179,35 @@ def live_accuracy(
         label_counts=dict(sorted(counts.items())),
         estimated_accuracy=estimate_accuracy(reference, unlabelled) if reference is not None else None,
     )
+
+
+def _unlabelled_probabilities(
+    connection: Connection, conditions: Sequence[ColumnElement[bool]], labelled: Mapping[int, set[int]]
+) -> list[Mapping[str, float]]:
+    """``{class: probability}`` of each row without a label, newest request first, at most
+    ESTIMATE_SAMPLE_ROWS rows; requests are read a chunk at a time, and no further than needed."""
+    found: list[Mapping[str, float]] = []
+    requests = connection.execute(
+        select(Prediction.id, Prediction.rows, Prediction.probabilities)
+        .where(*conditions)
+        .order_by(Prediction.created_at.desc())
+        .execution_options(yield_per=ESTIMATE_CHUNK_REQUESTS)
+    )
+    for prediction_id, rows, probabilities in requests:
+        if not isinstance(probabilities, dict) or not probabilities:
+            continue
+        skip = labelled.get(prediction_id, set())
+        classes = list(probabilities)
+        for row in range(rows):
+            if row in skip:
+                continue
+            values = {c: probabilities[c][row] for c in classes if probabilities[c][row] is not None}
+            if values:
+                found.append(values)
+        if len(found) >= ESTIMATE_SAMPLE_ROWS:
+            requests.close()
+            return found[:ESTIMATE_SAMPLE_ROWS]
+    return found
 
 
 class AccuracyCollector(Collector):
@@ -318,7 +360,8 @@ def start_accuracy_collector(
     metadata: BundleMetadata,
     settings: MonitoringSettings | None = None,
 ) -> AccuracyCollector:
-    """Register and start the live accuracy of a served bundle on a server's Prometheus ``registry``."""
+    """Register and start the live accuracy of a served bundle on a server's Prometheus ``registry`` (None:
+    the caller registers it, e.g. with another version's, as one exposition may hold a family once)."""
     config = settings or load_settings().monitoring
     collector = AccuracyCollector(
         engine,
@@ -331,7 +374,8 @@ def start_accuracy_collector(
         maturity=timedelta(hours=config.accuracy_maturity_h),
         refresh_seconds=config.accuracy_refresh_s,
     )
-    registry.register(collector)
+    if registry is not None:
+        registry.register(collector)
     collector.start()
     return collector
 

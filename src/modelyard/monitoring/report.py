@@ -1,7 +1,7 @@
 """The monitoring report of one model over a recent window, built from the prediction log.
 
-:func:`build_report` reads the window's logged predictions (newest ``max_rows`` at most), bins their
-features like the bundle's drift reference, and gathers: a drift table per feature (PSI, Jensen-Shannon
+:func:`build_report` reads the window's logged requests (newest first, ``max_rows`` rows at most), bins
+their features like the bundle's drift reference, and gathers: a drift table per feature (PSI, Jensen-Shannon
 distance, the reference and current share of every bin), the prediction mix per time bucket, and the
 live accuracy of the window with its counts (plus the confidence-based estimate for unlabelled rows).
 :func:`render_html` turns it into one self-contained HTML page; :meth:`Report.to_dict` is the JSON form.
@@ -10,7 +10,7 @@ live accuracy of the window with its counts (plus the confidence-based estimate 
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -90,16 +90,25 @@ def build_report(
     if version is not None:
         conditions.append(Prediction.version == version)
     with engine.connect() as connection:
-        logged = connection.execute(
-            select(Prediction.features, Prediction.label, Prediction.probabilities, Prediction.created_at)
-            .where(*conditions)
-            .order_by(Prediction.created_at.desc())
-            .limit(max_rows)
-        ).all()
+        logged = _logged(
+            connection.execute(
+                select(
+                    Prediction.rows,
+                    Prediction.features,
+                    Prediction.labels,
+                    Prediction.probabilities,
+                    Prediction.created_at,
+                )
+                .where(*conditions)
+                .order_by(Prediction.created_at.desc())
+                .execution_options(yield_per=500)
+            ),
+            max_rows,
+        )
     reference = drift_reference_of(reference_stats)
-    report = Report(model, version, start, until, len(logged), drift_enabled=reference is not None)
+    report = Report(model, version, start, until, logged.rows, drift_enabled=reference is not None)
     report.buckets, report.mix = _prediction_mix(logged, start, since)
-    if reference is not None and logged:
+    if reference is not None and logged.rows:
         report.drift = _drift_table(reference, logged, numeric_columns)
     report.accuracy = live_accuracy(
         engine, model, since=start, until=until, version=version, reference_stats=reference_stats
@@ -107,39 +116,85 @@ def build_report(
     return report
 
 
+@dataclass
+class _Logged:
+    """The window's logged rows, column by column (newest request first), as the report needs them."""
+
+    rows: int = 0
+    features: dict[str, list[Any]] = field(default_factory=dict)
+    labels: list[Any] = field(default_factory=list)
+    probabilities: dict[str, list[Any]] = field(default_factory=dict)
+    created_at: list[datetime] = field(default_factory=list)
+
+
+def _logged(requests: Iterable[Any], max_rows: int) -> _Logged:
+    """The rows of ``requests`` (logged requests, newest first), at most ``max_rows`` of them."""
+    logged = _Logged()
+    for request in requests:
+        take = min(request.rows, max_rows - logged.rows)
+        for into, columns in (
+            (logged.features, request.features),
+            (logged.probabilities, request.probabilities),
+        ):
+            for name, values in (columns or {}).items():
+                into.setdefault(name, [None] * logged.rows).extend(values[:take])
+        for into in (logged.features, logged.probabilities):
+            for values in into.values():
+                values.extend([None] * (logged.rows + take - len(values)))  # absent from this request
+        logged.labels.extend((request.labels or [])[:take])
+        logged.labels.extend([None] * (logged.rows + take - len(logged.labels)))
+        created = request.created_at if request.created_at.tzinfo else request.created_at.replace(tzinfo=UTC)
+        logged.created_at.extend([created] * take)
+        logged.rows += take
+        if logged.rows >= max_rows:
+            break
+    return logged
+
+
 def _prediction_mix(
-    logged: Sequence[Any], start: datetime, since: timedelta
+    logged: _Logged, start: datetime, since: timedelta
 ) -> tuple[list[str], dict[str, list[int]]]:
     width = since / TIME_BUCKETS
     buckets = [(start + width * i).isoformat(timespec="minutes") for i in range(TIME_BUCKETS)]
     mix: dict[str, list[int]] = {}
-    for row in logged:
-        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    for label, created in zip(logged.labels, logged.created_at, strict=True):
+        if label is None:
+            continue  # a row the log never held (only in a log migrated from per-row predictions)
         index = min(TIME_BUCKETS - 1, max(0, int((created - start) / width)))
-        mix.setdefault(str(row.label), [0] * TIME_BUCKETS)[index] += 1
+        mix.setdefault(str(label), [0] * TIME_BUCKETS)[index] += 1
     return buckets, dict(sorted(mix.items()))
 
 
 def _drift_table(
-    reference: dict[str, Any], logged: Sequence[Any], numeric_columns: list[str] | None
+    reference: dict[str, Any], logged: _Logged, numeric_columns: list[str] | None
 ) -> list[FeatureDrift]:
     features: dict[str, Any] = reference.get("features", {})
     numeric = numeric_columns or [name for name, d in features.items() if d.get("type") == "numeric"]
     binning = Binning(reference, numeric)
-    matrix = np.array(
-        [[_number(row.features.get(name)) for name in numeric] for row in logged], dtype="float64"
-    ).reshape(len(logged), len(numeric))
+    absent = [None] * logged.rows
+    matrix = (
+        np.array(
+            [[_number(value) for value in logged.features.get(name, absent)] for name in numeric],
+            dtype="float64",
+        )
+        .reshape(len(numeric), logged.rows)
+        .T
+    )
     other = {
-        name: np.array([_text(row.features.get(name)) for row in logged], dtype=object)
+        name: np.array([_text(value) for value in logged.features.get(name, absent)], dtype=object)
         for name, described in features.items()
         if described.get("type") != "numeric"
     }
     classes = [str(c) for c in reference.get("outputs", {}).get("class", {}).get("values", [])]
     probabilities = None
     if classes:
-        probabilities = np.array(
-            [[float((row.probabilities or {}).get(c, np.nan)) for c in classes] for row in logged],
-            dtype="float64",
+        probabilities = (
+            np.array(
+                [[_number(value) for value in logged.probabilities.get(c, absent)] for c in classes],
+                dtype="float64",
+            )
+            .reshape(len(classes), logged.rows)
+            .T
         )
         probabilities = probabilities[~np.isnan(probabilities).any(axis=1)]
     counts = binning.count(matrix, other, probabilities)

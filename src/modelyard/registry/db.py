@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,16 +77,20 @@ def normalize_url(url: str | URL) -> URL:
     )
 
 
-def create_engine_for(url: str | URL) -> Engine:
-    """An Engine for the registry: SQLite (folder created, WAL, busy timeout, FKs) or Postgres (psycopg 3)."""
+def create_engine_for(url: str | URL, *, json_serializer: Callable[[Any], str] | None = None) -> Engine:
+    """An Engine for the registry: SQLite (folder created, WAL, busy timeout, FKs) or Postgres (psycopg 3).
+
+    ``json_serializer`` writes its JSON columns (default: ``json.dumps``).
+    """
     parsed = normalize_url(url)
+    options: dict[str, Any] = {} if json_serializer is None else {"json_serializer": json_serializer}
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True)
+        return create_engine(parsed, pool_pre_ping=True, **options)
 
     database = Path(parsed.database or "")
     if not str(database).startswith("file:"):
         database.expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+    engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, **options)
 
     @event.listens_for(engine, "connect")
     def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

@@ -179,43 +179,47 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Prediction(Base):
-    """One row answered by the model server (a request of N rows gives N rows here).
+    """One request answered by the model server, its rows column by column (a request of N rows is one row
+    here, with N values in each column).
 
     Written asynchronously and in batches by ``modelyard.serving.prediction_log``. The unique key
-    (request_id, row, model, created_at) makes writes idempotent: a batch whose commit outcome was
+    (request_id, model, version, created_at) makes writes idempotent: a batch whose commit outcome was
     unknown (the connection dropped) is spooled and replayed, and the replay's duplicates are ignored.
     A client that sends one request id twice gets two predictions logged, told apart by ``created_at``;
-    feedback on such an id is refused as ambiguous.
+    feedback on such an id is refused as ambiguous. A candidate version scoring the same request beside
+    the served one (shadow or canary) is logged under its own version and the same request id.
     """
 
     __tablename__ = "predictions"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     request_id: Mapped[str] = mapped_column(String(REQUEST_ID_LENGTH), nullable=False)
-    row: Mapped[int] = mapped_column(Integer, nullable=False)
     model: Mapped[str] = mapped_column(String(NAME_LENGTH), nullable=False)
     version: Mapped[str] = mapped_column(String(MODEL_VERSION_LENGTH), nullable=False)
-    # {feature name: value} as the request sent it (null where a value was missing).
-    features: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False)
-    # The predicted class, as text whatever the class type (digits' 3 is "3").
-    label: Mapped[str] = mapped_column(Text, nullable=False)
-    # {class: probability}; empty when the model gave labels only.
-    probabilities: Mapped[dict[str, float]] = mapped_column(JsonType, nullable=False)
+    # The request's number of rows: every list below holds this many values, row 0 first.
+    rows: Mapped[int] = mapped_column(Integer, nullable=False)
+    # {feature name: [value per row]} as the request sent them (null where a value was missing).
+    features: Mapped[dict[str, list[Any]]] = mapped_column(JsonType, nullable=False)
+    # [predicted class per row], as text whatever the class type (digits' 3 is "3").
+    labels: Mapped[list[str]] = mapped_column(JsonType, nullable=False)
+    # {class: [probability per row]}; empty when the model gave labels only.
+    probabilities: Mapped[dict[str, list[float]]] = mapped_column(JsonType, nullable=False)
     latency_ms: Mapped[float] = mapped_column(Float, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
     __table_args__ = (
-        UniqueConstraint("request_id", "row", "model", "created_at"),
+        UniqueConstraint("request_id", "model", "version", "created_at"),
         # Drift and live-accuracy queries read one model's recent window.
         Index("ix_predictions_model_created_at", "model", "created_at"),
-        CheckConstraint('"row" >= 0', name="row_not_negative"),
+        CheckConstraint('"rows" >= 1', name="rows_positive"),
     )
 
 
 class Feedback(Base):
     """The true label of one logged prediction, given later by a client (POST .../feedback).
 
-    Linked to its prediction by (request_id, row, model). ``record_feedback`` checks that the
+    Linked to its prediction by (request_id, row, model): row ``row`` of the logged request. It grades
+    that row as every version that scored the request predicted it. ``record_feedback`` checks that the
     prediction is logged; there is no foreign key, so the prediction log can be pruned by age
     (retention) without touching ground truth. At most one label per prediction: a newer label
     replaces the older one (upsert), and ``created_at`` is when the current label was given.

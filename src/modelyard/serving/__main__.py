@@ -77,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a port in use, an address we cannot bind
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ModelyardError as exc:  # a rollout candidate that cannot be served beside the stable version
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -11,7 +11,9 @@ overflow its arithmetic, whether the model then raises or answers NaN. No answer
 holds a non-finite probability.
 
 After a prediction the metrics and the prediction sink are fed in a callback scheduled on the event loop,
-not while the caller waits.
+not while the caller waits. A model may have a candidate version beside it (``rollout.py``): in canary
+mode it answers its share of requests; in shadow mode it scores the stable version's rows once the caller
+has the stable answer, and its failures are counted, never answered.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from modelyard.serving.features import (
     output_tensors,
     select_outputs,
 )
-from modelyard.serving.metrics import ServingMetrics
+from modelyard.serving.metrics import SHADOW, ServingMetrics
 from modelyard.serving.model import ServedModel
+from modelyard.serving.rollout import MAX_SHADOW_BACKLOG, Rollout, check_candidate
 from modelyard.serving.sink import PredictionRecord, PredictionSink
 from modelyard.serving.types import (
     SERVER_EXTENSIONS,
@@ -81,6 +84,8 @@ class DataPlane:
         self.prediction_log = prediction_log
         self._feedback_store = feedback_store
         self._models: dict[str, ServedModel] = {}
+        self._rollouts: dict[str, Rollout] = {}
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._last_logged_at = datetime.min.replace(tzinfo=UTC)
 
     # ------------------------------------------------------------ models
@@ -97,9 +102,27 @@ class DataPlane:
                 reference = model.metadata.reference_stats
                 self.metrics.drift.attach(model.name, model.version, reference, model.schema.numeric_names)
 
+    def add_candidate(self, rollout: Rollout) -> None:
+        """Serve ``rollout.candidate`` beside the stable model of its name, added before; ModelyardError
+        naming the problem when the candidate did not load or does not fit the stable model."""
+        candidate = rollout.candidate
+        check_candidate(self.model(candidate.name), candidate)
+        self._rollouts[candidate.name] = rollout
+        if self.metrics is not None:
+            algorithm = candidate.metadata.algorithm if candidate.metadata is not None else ""
+            self.metrics.set_model_info(
+                candidate.name, candidate.version, algorithm, candidate.runtime_kind, True, role="candidate"
+            )
+            if rollout.mode == SHADOW:
+                self.metrics.start_shadow(candidate.name, candidate.version)
+
     @property
     def models(self) -> Mapping[str, ServedModel]:
         return self._models
+
+    @property
+    def rollouts(self) -> Mapping[str, Rollout]:
+        return self._rollouts
 
     def model(self, name: str, version: str | None = None) -> ServedModel:
         """The model served as ``name`` (and ``version`` when given), ready or not; NotFound otherwise."""
@@ -108,6 +131,9 @@ class DataPlane:
             served = ", ".join(sorted(self._models)) or "none"
             raise NotFound(f"model {name!r} is not served here (served: {served})")
         if version is not None and version != model.version:
+            rollout = self._rollouts.get(name)
+            if rollout is not None and version == rollout.candidate.version:
+                return rollout.candidate
             serving = f"version {model.version!r}" if model.version else "an unversioned bundle"
             raise NotFound(f"model {name!r} has no version {version!r} here: this server serves {serving}")
         return model
@@ -124,7 +150,11 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return bool(self._models) and all(model.ready for model in self._models.values())
+        return (
+            bool(self._models)
+            and all(model.ready for model in self._models.values())
+            and all(rollout.candidate.ready for rollout in self._rollouts.values())
+        )
 
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata(SERVER_NAME, __version__, list(SERVER_EXTENSIONS))
@@ -175,11 +205,12 @@ class DataPlane:
     ) -> InferenceResponse:
         """V2 inference (REST or gRPC)."""
         started = time.perf_counter()
-        model = self.ready_model(name, version)
+        model = self.answering_model(name, request_id, version)
         outputs = select_outputs(request)
         batch = features_from_tensors(request.inputs, model.schema, self.max_request_rows)
-        self._observe("decode", decode_seconds + time.perf_counter() - started)
-        prediction = await self._predict(model, batch, request_id, started)
+        decoded = decode_seconds + time.perf_counter() - started
+        self._observe("decode", decoded, model)
+        prediction = await self._predict(model, batch, request_id, started, decoded)
         tensors = output_tensors(prediction, model.schema, outputs)
         default_binary = request.binary_data_output
         binary = [default_binary if output.binary is None else output.binary for output in outputs]
@@ -197,15 +228,26 @@ class DataPlane:
     ) -> Prediction:
         """V1 predict: rows as lists (feature order) or objects keyed by feature name."""
         started = time.perf_counter()
-        model = self.ready_model(name)
+        model = self.answering_model(name, request_id)
         batch = features_from_instances(
             instances, model.schema, self.max_request_rows, may_hold_booleans=may_hold_booleans
         )
-        self._observe("decode", decode_seconds + time.perf_counter() - started)
-        return await self._predict(model, batch, request_id, started)
+        decoded = decode_seconds + time.perf_counter() - started
+        self._observe("decode", decoded, model)
+        return await self._predict(model, batch, request_id, started, decoded)
+
+    def answering_model(self, name: str, request_id: str, version: str | None = None) -> ServedModel:
+        """The ready model that answers ``request_id``: the version asked for; else, in canary mode, the
+        candidate for its share of request ids; else the stable version."""
+        model = self.ready_model(name, version)
+        if version is None and self._rollouts:
+            rollout = self._rollouts.get(model.name)
+            if rollout is not None and rollout.answers(request_id):
+                return rollout.candidate
+        return model
 
     async def _predict(
-        self, model: ServedModel, batch: FeatureBatch, request_id: str, started: float
+        self, model: ServedModel, batch: FeatureBatch, request_id: str, started: float, decoded: float
     ) -> Prediction:
         # Bounded values only, in the model and in the prediction log.
         batch.check_text_length(self.max_text_length, "MODELYARD_SERVING__MAX_TEXT_LENGTH")
@@ -227,9 +269,14 @@ class DataPlane:
             await self._refuse_unscorable(model, batch, first, None)
             raise RuntimeError(f"the model answered non-finite probabilities for row {first}")
         latency_ms = (time.perf_counter() - started) * 1000.0
-        asyncio.get_running_loop().call_soon(
+        loop = asyncio.get_running_loop()
+        loop.call_soon(
             self._after_prediction, model, batch, outcome, request_id, latency_ms, self._logged_at()
         )
+        if self._rollouts:
+            rollout = self._rollouts.get(model.name)
+            if rollout is not None and rollout.mode == SHADOW and rollout.candidate is not model:
+                self._shadow(rollout, batch, outcome.prediction, request_id, decoded, loop)
         return outcome.prediction
 
     @staticmethod
@@ -258,20 +305,23 @@ class DataPlane:
         request_id: str,
         latency_ms: float,
         created_at: datetime,
+        *,
+        drift: bool = True,
     ) -> None:
-        """Metrics and prediction log, once the caller has its answer. Never raises."""
+        """Metrics and prediction log, once the caller has its answer. Never raises. Drift is watched on
+        the rows the stable version answers (``drift``), not again on a shadow candidate's copies."""
         try:
             prediction = outcome.prediction
             if self.metrics is not None:
-                self.metrics.observe_stage("queue", outcome.queue_seconds)
-                self.metrics.observe_stage("predict", outcome.predict_seconds)
+                self.metrics.observe_stage("queue", outcome.queue_seconds, model.name, model.version)
+                self.metrics.observe_stage("predict", outcome.predict_seconds, model.name, model.version)
                 self.metrics.observe_predictions(
                     model.name,
                     model.version,
                     prediction.label_names,
                     prediction.probabilities.max(axis=1),
                 )
-                if self.metrics.drift is not None:
+                if drift and self.metrics.drift is not None:
                     probabilities = prediction.probabilities
                     self.metrics.drift.observe(model.name, batch.numeric, batch.other, probabilities)
             if self.prediction_log is not None:
@@ -281,27 +331,121 @@ class DataPlane:
         except Exception:
             log.exception("could not record the prediction of request %s", request_id)
 
+    # ------------------------------------------------------------ the shadow candidate
+
+    def _shadow(
+        self,
+        rollout: Rollout,
+        batch: FeatureBatch,
+        stable: Prediction,
+        request_id: str,
+        decoded: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """Have the candidate score ``batch`` once the caller has the stable answer (a task of its own)."""
+        candidate = rollout.candidate
+        if rollout.backlog >= MAX_SHADOW_BACKLOG:
+            if self.metrics is not None:
+                self.metrics.count_shadow_skipped(candidate.name, candidate.version)
+            return
+        rollout.backlog += 1
+        task = loop.create_task(self._score_shadow(rollout, batch, stable, request_id, decoded))
+        self._shadow_tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def finish_shadows(self, timeout_s: float) -> None:
+        """Wait, at most ``timeout_s``, for the shadow candidate to score the requests it was handed: on
+        shutdown, before the prediction log writes what it holds."""
+        if self._shadow_tasks:
+            await asyncio.wait(set(self._shadow_tasks), timeout=timeout_s)
+
+    async def _score_shadow(
+        self, rollout: Rollout, batch: FeatureBatch, stable: Prediction, request_id: str, decoded: float
+    ) -> None:
+        """Score the stable version's rows with the candidate; count, export and log it. Never raises."""
+        candidate = rollout.candidate
+        metrics = self.metrics
+        started = time.perf_counter()
+        try:
+            outcome = await candidate.predict(batch)
+            if not np.isfinite(outcome.prediction.probabilities).all():
+                raise RuntimeError("the candidate answered non-finite probabilities")
+        except Exception as exc:
+            rollout.failed(exc)
+            if metrics is not None:
+                metrics.observe_request(SHADOW, candidate.name, candidate.version, 500)
+            return
+        finally:
+            rollout.backlog -= 1
+        # the time the candidate would have taken to answer: the request's decoding, then its own queue
+        seconds = decoded + time.perf_counter() - started
+        prediction = outcome.prediction
+        try:
+            if metrics is not None:
+                metrics.observe_request(SHADOW, candidate.name, candidate.version, 200)
+                metrics.observe_stage("total", seconds, candidate.name, candidate.version)
+                agreed = int(np.count_nonzero(prediction.label_names == stable.label_names))
+                metrics.observe_shadow(candidate.name, candidate.version, batch.n_rows, agreed)
+            self._after_prediction(
+                candidate, batch, outcome, request_id, seconds * 1000.0, self._logged_at(), drift=False
+            )
+        except Exception:
+            log.exception("could not record the shadow prediction of request %s", request_id)
+
     def _logged_at(self) -> datetime:
         """The prediction's time in the log; the event loop's thread is the only caller."""
         self._last_logged_at = strictly_after(self._last_logged_at, datetime.now(UTC))
         return self._last_logged_at
 
-    def _observe(self, stage: str, seconds: float) -> None:
+    def _observe(self, stage: str, seconds: float, model: ServedModel) -> None:
         if self.metrics is not None:
-            self.metrics.observe_stage(stage, seconds)
+            self.metrics.observe_stage(stage, seconds, model.name, model.version)
 
-    def observe_stage(self, stage: str, seconds: float) -> None:
-        """For the transports: their encode and total times."""
-        self._observe(stage, seconds)
-
-    def observe_request(self, protocol: str, name: str, status: int | str) -> None:
-        """Count a finished request. The model label is only ever a served model's name."""
+    def observe_stage(
+        self,
+        stage: str,
+        seconds: float,
+        name: str,
+        *,
+        request_id: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        """For the transports: their encode and total times, under the version that answered."""
         if self.metrics is None:
             return
+        model = self._answered_by(name, request_id, version)
+        if model is not None:  # an unknown name in a URL must not mint a new series
+            self.metrics.observe_stage(stage, seconds, model.name, model.version)
+
+    def observe_request(
+        self,
+        protocol: str,
+        name: str,
+        status: int | str,
+        *,
+        request_id: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        """Count a finished request under the version that answered it. The model label is only ever a
+        served model's name."""
+        if self.metrics is None:
+            return
+        model = self._answered_by(name, request_id, version)
+        if model is not None:
+            self.metrics.observe_request(protocol, model.name, model.version, status)
+
+    def _answered_by(self, name: str, request_id: str | None, version: str | None) -> ServedModel | None:
+        """The served model a request's metrics belong to, as :meth:`answering_model` chose it (or would
+        have, for a request refused before); None for a name not served here."""
         model = self._models.get(name)
-        if model is None:
-            return  # an unknown name in a URL must not mint a new series
-        self.metrics.observe_request(protocol, model.name, model.version, status)
+        if model is None or not self._rollouts:
+            return model
+        rollout = self._rollouts.get(name)
+        if rollout is None:
+            return model
+        if version is not None:
+            return rollout.candidate if version == rollout.candidate.version else model
+        return rollout.candidate if request_id is not None and rollout.answers(request_id) else model
 
     # ------------------------------------------------------------ feedback
 
@@ -368,26 +512,27 @@ def prediction_records(
     latency_ms: float,
     created_at: datetime,
 ) -> list[PredictionRecord]:
+    """The request's one log record: references to its columns, whatever its rows (the log converts them
+    on its own thread)."""
     schema = model.schema
-    names = schema.class_names
-    records = []
-    for row, (label, probabilities) in enumerate(
-        zip(prediction.labels, prediction.probabilities.tolist(), strict=True)
-    ):
-        records.append(
-            PredictionRecord(
-                request_id=request_id,
-                row=row,
-                model=model.name,
-                version=model.version,
-                features=batch.row(schema, row),
-                label=label,
-                probabilities=dict(zip(names, probabilities, strict=True)),
-                latency_ms=latency_ms,
-                created_at=created_at,
-            )
-        )
-    return records
+    features: dict[str, Any] = {}
+    for name in schema.names:
+        column = schema.numeric_index.get(name)
+        features[name] = batch.other[name] if column is None else batch.numeric[:, column]
+    probabilities = prediction.probabilities
+    by_class = {name: probabilities[:, index] for index, name in enumerate(schema.class_names)}
+    record = PredictionRecord(
+        request_id=request_id,
+        model=model.name,
+        version=model.version,
+        rows=batch.n_rows,
+        features=features,
+        labels=prediction.label_names,
+        probabilities=by_class,
+        latency_ms=latency_ms,
+        created_at=created_at,
+    )
+    return [record]
 
 
 __all__ = ["DataPlane", "FeedbackStore", "class_label", "prediction_records", "strictly_after"]

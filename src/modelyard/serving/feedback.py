@@ -13,15 +13,22 @@ is NotReady, naming the command.
 One label per prediction. Feedback again for the same prediction replaces the label (a correction is
 normal: labellers make mistakes), and the result reports the label it replaced. A request id the client
 used for several requests names several logged predictions: feedback on it is a Conflict (409), never a
-guess at which one it grades.
+guess at which one it grades. A request scored by two versions (the served one and a shadow or canary
+candidate) is no such ambiguity: each version logged it under the same id, and the one label grades
+that row for both (live accuracy counts it per version). The answer the client had, which the result
+reports, is the served version's: a shadow candidate's rows are never it.
+
+The log holds one row per request (``rows`` values in each column), so a prediction is found by request
+id and then by row number within it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, func, inspect, select
+from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, inspect, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -68,13 +75,15 @@ def record_feedback(
     label: str | int,
     row: int = 0,
     classes: Sequence[str | int] | None = None,
+    shadow_version: str | None = None,
 ) -> FeedbackResult:
     """Store the true ``label`` of row ``row`` of request ``request_id`` answered by ``model``.
 
     InvalidInput names a bad argument (or a label outside ``classes``, when given); NotFound names the
     request id when no such prediction is logged; NotReady when the database cannot be reached, or
     lacks the tables (nobody ran `modelyard db upgrade`). Pass the server's Engine: a URL makes (and
-    disposes) an engine per call, which is fine for scripts.
+    disposes) an engine per call, which is fine for scripts. ``shadow_version`` is the version of a
+    shadow candidate the server runs: its logged rows are not the answer the label is checked against.
     """
     text = _check(model, request_id, label, row, classes)
     if isinstance(database_url_or_engine, Engine):
@@ -85,7 +94,9 @@ def record_feedback(
         with engine.connect() as connection:
             connection.execution_options(**{WRITE_OPTION: True})
             with connection.begin():
-                return _store(connection, model=model, request_id=request_id, row=row, label=text)
+                return _store(
+                    connection, model=model, request_id=request_id, row=row, label=text, shadow=shadow_version
+                )
     except DBAPIError as exc:
         # Tell the caller's answers (503: try later; 404: nothing is logged here) from a bug (500).
         # The answer says what is wrong; where the database is, and the driver's words, go to the log.
@@ -115,22 +126,39 @@ def _key(table: Table, model: str, request_id: str, row: int) -> ColumnElement[b
     return and_(table.c.request_id == request_id, table.c.row == row, table.c.model == model)
 
 
-def _store(connection: Connection, *, model: str, request_id: str, row: int, label: str) -> FeedbackResult:
+def _store(
+    connection: Connection, *, model: str, request_id: str, row: int, label: str, shadow: str | None = None
+) -> FeedbackResult:
     predictions, feedback = _table(Prediction), _table(Feedback)
-    matches = connection.execute(
-        select(predictions.c.version, predictions.c.label)
-        .where(_key(predictions, model, request_id, row))
-        .limit(2)
+    logged_by = [predictions.c.request_id == request_id, predictions.c.model == model]
+    if shadow is not None:
+        logged_by.append(predictions.c.version != shadow)
+    logged = connection.execute(
+        select(predictions.c.version, predictions.c.rows, predictions.c.labels)
+        .where(*logged_by)
+        .order_by(predictions.c.id)
     ).all()
+    if not logged:
+        raise NotFound(
+            f"no logged prediction of model {model!r} has request id {request_id!r}; predictions are "
+            "written asynchronously, so a request answered a moment ago may not be logged yet: retry shortly"
+        )
+    matches = [p for p in logged if row < p.rows and _label_of(p.labels, row) is not None]
     if not matches:
-        raise NotFound(_not_found_message(connection, model=model, request_id=request_id, row=row))
-    if len(matches) > 1:
+        rows = max(p.rows for p in logged)
+        raise NotFound(
+            f"request id {request_id!r} of model {model!r} has {rows} logged row(s) (0 to {rows - 1}), "
+            f"not row {row}"
+        )
+    versions = [p.version for p in matches]
+    if len(set(versions)) < len(versions):
         raise Conflict(
             f"request id {request_id!r} of model {model!r} names more than one logged prediction (the "
             "client sent it with several requests), so feedback cannot tell which one it grades; send "
             "each request with an id of its own, or none (the server then makes one)"
         )
     predicted = matches[0]
+    predicted_label = str(_label_of(predicted.labels, row))
     replaced = connection.execute(
         select(feedback.c.label).where(_key(feedback, model, request_id, row))
     ).scalar_one_or_none()
@@ -150,29 +178,16 @@ def _store(connection: Connection, *, model: str, request_id: str, row: int, lab
         request_id=request_id,
         row=row,
         label=label,
-        predicted_label=predicted.label,
-        correct=predicted.label == label,
+        predicted_label=predicted_label,
+        correct=predicted_label == label,
         replaced=replaced,
         created_at=created_at,
     )
 
 
-def _not_found_message(connection: Connection, *, model: str, request_id: str, row: int) -> str:
-    predictions = _table(Prediction)
-    rows = connection.execute(
-        select(func.count(predictions.c.row.distinct())).where(
-            predictions.c.request_id == request_id, predictions.c.model == model
-        )
-    ).scalar_one()
-    if rows:
-        return (
-            f"request id {request_id!r} of model {model!r} has {rows} logged row(s) (0 to {rows - 1}), "
-            f"not row {row}"
-        )
-    return (
-        f"no logged prediction of model {model!r} has request id {request_id!r}; predictions are "
-        "written asynchronously, so a request answered a moment ago may not be logged yet: retry shortly"
-    )
+def _label_of(labels: Any, row: int) -> Any:
+    """Row ``row``'s predicted label in a logged request's labels (None where the log holds none)."""
+    return labels[row] if isinstance(labels, list) and row < len(labels) else None
 
 
 def _reachable(engine: Engine) -> bool:

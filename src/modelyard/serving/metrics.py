@@ -7,12 +7,16 @@ servers in one test process never collide) and every name starts with ``modelyar
 name                                           type       labels
 =============================================  =========  ==========================================
 ``modelyard_requests_total``                   counter    protocol, model, version, status
-``modelyard_request_stage_seconds``            histogram  stage: decode, queue, predict, encode, total
+``modelyard_request_stage_seconds``            histogram  stage (decode, queue, predict, encode, total),
+                                                          model, version
 ``modelyard_batch_rows``                       histogram  (rows in one model call)
 ``modelyard_predictions_total``                counter    model, version, class
 ``modelyard_prediction_confidence``            histogram  model, version (max probability of a row)
 ``modelyard_model_info``                       gauge = 1  model, version, algorithm, runtime
 ``modelyard_model_ready``                      gauge 0/1  model, version
+``modelyard_shadow_compared_total``            counter    model, version (rows a shadow candidate scored)
+``modelyard_shadow_agreed_total``              counter    model, version (... predicting the stable class)
+``modelyard_shadow_skipped_total``             counter    model, version (requests not shadowed: backlog)
 ``modelyard_prediction_log_queue_depth``       gauge
 ``modelyard_prediction_log_dropped_total``     counter    reason
 ``modelyard_prediction_log_written_total``     counter    (rows inserted into the database)
@@ -23,8 +27,10 @@ name                                           type       labels
 =============================================  =========  ==========================================
 
 Label values must come from the server, never straight from a request: ``model`` is the served model's
-name (not the name in an unknown URL), ``status`` an HTTP code or gRPC code name. Unknown protocols and
-stages are refused, so a caller's typo cannot mint new series.
+name (not the name in an unknown URL), ``version`` the version that answered (or, for a shadow candidate,
+scored), ``status`` an HTTP code or gRPC code name. Unknown protocols and stages are refused, so a caller's
+typo cannot mint new series. A shadow candidate's copies of requests are counted under the protocol
+``shadow``, so they never pass for client traffic.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import threading
 from collections import Counter as Tally
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from prometheus_client import (
@@ -49,7 +56,8 @@ from prometheus_client.registry import Collector
 
 from modelyard.monitoring.drift import DriftMonitor
 
-PROTOCOLS = ("v1", "v2-rest", "v2-grpc")
+SHADOW = "shadow"
+PROTOCOLS = ("v1", "v2-rest", "v2-grpc", SHADOW)
 STAGES = ("decode", "queue", "predict", "encode", "total")
 # 0.1 ms .. 10 s: a LogisticRegression row takes ~0.2 ms, a cold RandomForest batch seconds.
 LATENCY_BUCKETS_S = (
@@ -107,6 +115,27 @@ class _BulkHistogram(Collector):
         yield family
 
 
+class Together(Collector):
+    """Collectors of one kind (the live accuracy of the stable and the candidate version) as one: an
+    exposition may describe each metric family once, so their samples are merged by family."""
+
+    def __init__(self, collectors: Sequence[Collector]) -> None:
+        self.collectors = list(collectors)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # collected lazily, as each collector is
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for collector in self.collectors:
+            for family in collector.collect():
+                if family.name in families:
+                    families[family.name].samples.extend(family.samples)
+                else:
+                    families[family.name] = family
+        yield from families.values()
+
+
 class ServingMetrics:
     """The server's metrics. Cheap to call on the request path; thread-safe."""
 
@@ -128,12 +157,13 @@ class ServingMetrics:
         )
         self._stage_seconds = Histogram(
             "modelyard_request_stage_seconds",
-            "Time spent per request stage: decode, queue (waiting for a batch), predict, encode, total.",
-            ["stage"],
+            "Time spent per request stage: decode, queue (waiting for a batch), predict, encode, total; "
+            "by the model and version that answered.",
+            ["stage", "model", "version"],
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
-        self._stage_children = {stage: self._stage_seconds.labels(stage) for stage in STAGES}
+        self._stage_children: dict[tuple[str, str, str], Any] = {}
         self._batch_rows = Histogram(
             "modelyard_batch_rows",
             "Rows passed to the model in one call (after micro-batching).",
@@ -165,17 +195,36 @@ class ServingMetrics:
             ["model", "version"],
             registry=self.registry,
         )
-        self._model_labels: dict[str, tuple[str, str, str, str]] = {}
+        self._model_labels: dict[tuple[str, str], tuple[str, str, str, str]] = {}
+        self._shadow_compared = Counter(
+            "modelyard_shadow_compared",
+            "Rows a shadow candidate scored beside the stable version, by the candidate's version.",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self._shadow_agreed = Counter(
+            "modelyard_shadow_agreed",
+            "Rows a shadow candidate predicted as the stable version did, by the candidate's version.",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self._shadow_skipped = Counter(
+            "modelyard_shadow_skipped",
+            "Requests the shadow candidate did not score because too many waited for it already.",
+            ["model", "version"],
+            registry=self.registry,
+        )
         self._model_lock = threading.Lock()
         self._log_queue = Gauge(
             "modelyard_prediction_log_queue_depth",
-            "Prediction-log records held in memory, waiting to be written.",
+            "Prediction-log records (one per answered request, whatever its rows) held in memory, waiting to "
+            "be written.",
             registry=self.registry,
         )
         self._log_dropped = Counter(
             "modelyard_prediction_log_dropped",
-            "Prediction-log records given up: queue_full, spool_full, rejected (by the database), "
-            "invalid, stopped (submitted after stop).",
+            "Prediction-log records (one per request) given up: queue_full, spool_full, rejected (by the "
+            "database), invalid, stopped (submitted after stop).",
             ["reason"],
             registry=self.registry,
         )
@@ -183,17 +232,19 @@ class ServingMetrics:
         self._log_dropped_children = {reason: self._log_dropped.labels(reason) for reason in DROP_REASONS}
         self._log_written = Counter(
             "modelyard_prediction_log_written",
-            "Prediction-log records inserted into the database (replayed ones included).",
+            "Prediction-log records (one per answered request, whatever its rows) inserted into the database "
+            "(replayed ones included).",
             registry=self.registry,
         )
         self._log_spooled = Counter(
             "modelyard_prediction_log_spooled",
-            "Prediction-log records written to the local spool because the database was unreachable.",
+            "Prediction-log records (one per request) written to the local spool because the database was "
+            "unreachable.",
             registry=self.registry,
         )
         self._log_replayed = Counter(
             "modelyard_prediction_log_replayed",
-            "Spooled prediction-log records inserted into the database once it came back.",
+            "Spooled prediction-log records (one per request) inserted into the database once it came back.",
             registry=self.registry,
         )
         self._log_spool_bytes = Gauge(
@@ -210,12 +261,21 @@ class ServingMetrics:
             raise ValueError(f"unknown protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
         self._requests.labels(protocol, model, version, str(status)).inc()
 
-    def observe_stage(self, stage: str, seconds: float) -> None:
-        """Record how long one request spent in ``stage`` (decode, queue, predict, encode or total)."""
-        child = self._stage_children.get(stage)
+    def observe_stage(self, stage: str, seconds: float, model: str, version: str) -> None:
+        """Record how long one request to ``model`` at ``version`` spent in ``stage`` (decode, queue,
+        predict, encode or total)."""
+        child = self._stage_children.get((stage, model, version))
         if child is None:
-            raise ValueError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
+            child = self._stage_child(stage, model, version)
         child.observe(seconds)
+
+    def _stage_child(self, stage: str, model: str, version: str) -> Any:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
+        child = self._stage_children[(stage, model, version)] = self._stage_seconds.labels(
+            stage, model, version
+        )
+        return child
 
     def observe_batch(self, rows: int) -> None:
         """Record the rows of one model call."""
@@ -242,20 +302,43 @@ class ServingMetrics:
             self._predictions.labels(model, version, str(label)).inc(count)
         self._confidence.observe((model, version), values)
 
+    # ------------------------------------------------------------ shadow candidate
+
+    def start_shadow(self, model: str, version: str) -> None:
+        """Export the shadow counters of a candidate at 0, so the first rows it scores show in rate()."""
+        self._shadow_compared.labels(model, version)
+        self._shadow_agreed.labels(model, version)
+        self._shadow_skipped.labels(model, version)
+
+    def observe_shadow(self, model: str, version: str, compared: int, agreed: int) -> None:
+        """Count rows the candidate ``version`` scored beside the stable one, and those it agreed on."""
+        if agreed > compared:
+            raise ValueError(f"{agreed} agreed row(s) of {compared} compared: at most all of them agree")
+        self._shadow_compared.labels(model, version).inc(compared)
+        self._shadow_agreed.labels(model, version).inc(agreed)
+
+    def count_shadow_skipped(self, model: str, version: str) -> None:
+        self._shadow_skipped.labels(model, version).inc()
+
     # ------------------------------------------------------------ model
 
-    def set_model_info(self, model: str, version: str, algorithm: str, runtime: str, ready: bool) -> None:
-        """Describe the served model; a later call for the same model replaces its series."""
+    def set_model_info(
+        self, model: str, version: str, algorithm: str, runtime: str, ready: bool, *, role: str = "stable"
+    ) -> None:
+        """Describe the served model; a later call for the same model and ``role`` (``stable``, or
+        ``candidate`` for a version rolled out beside it) replaces its series."""
         labels = (model, version, algorithm, runtime)
         with self._model_lock:
-            previous = self._model_labels.get(model)
+            previous = self._model_labels.get((model, role))
             if previous is not None and previous != labels:
                 self._model_info.remove(*previous)
                 if previous[:2] != labels[:2]:
                     self._model_ready.remove(*previous[:2])
-            self._model_labels[model] = labels
+            self._model_labels[(model, role)] = labels
             self._model_info.labels(*labels).set(1)
             self._model_ready.labels(model, version).set(1 if ready else 0)
+        for stage in STAGES:  # exported from the start, at zero, so rate() sees the first request
+            self._stage_child(stage, model, version)
 
     # ------------------------------------------------------------ prediction log
 

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from modelyard.bundle import MANIFEST_NAME, manifest_digest
 from modelyard.errors import ModelyardError
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # imported when assembling, after the cheap checks of the ent
 
     from modelyard.monitoring.accuracy import AccuracyCollector
     from modelyard.serving.dataplane import DataPlane
+    from modelyard.serving.model import ServedModel
     from modelyard.serving.prediction_log import PredictionLog
     from modelyard.serving.probes import ProbeServer
 
@@ -71,6 +73,23 @@ def bundle_name(model_dir: Path) -> str:
     except (OSError, ValueError, AttributeError):
         return "model"
     return name if isinstance(name, str) and name else "model"
+
+
+def candidate_dir(settings: Settings) -> Path:
+    """The local folder of ``serving.candidate_uri``: a folder as it is (loading verifies it, as it does
+    the stable one), a ``file://`` bundle verified where it is, an ``s3://`` one fetched and verified into
+    HOME/candidates/BUCKET/KEY. ModelyardError naming the URI when it cannot be had."""
+    from modelyard.bundle import fetch_bundle
+
+    uri = settings.serving.candidate_uri
+    if "://" not in uri:
+        return Path(uri)
+    try:
+        parsed = urlparse(uri)
+        destination = settings.home / "candidates" / parsed.netloc / parsed.path.strip("/")
+        return fetch_bundle(uri, destination, s3=settings.s3)
+    except ModelyardError as exc:
+        raise ModelyardError(f"cannot serve the candidate {uri}: {exc.message}") from None
 
 
 # ---------------------------------------------------------------- logging
@@ -118,19 +137,32 @@ class ModelServer:
         serving = settings.serving
         self.metrics = ServingMetrics(drift=settings.monitoring.drift)
         metrics = self.metrics
-        self.model = ServedModel(
-            serving.model_name or bundle_name(serving.model_dir),
-            serving.model_dir,
-            version=serving.model_version or bundle_version(serving.model_dir),
-            prefer_onnx=serving.prefer_onnx,
-            onnx_threads=serving.onnx_threads,
-            max_batch_size=serving.max_batch_size,
-            max_batch_wait_s=serving.max_batch_wait_ms / 1000.0,
-            batch_observer=lambda rows, _seconds: metrics.observe_batch(rows),
-        )
+        name = serving.model_name or bundle_name(serving.model_dir)
+
+        def served(model_dir: Path, version: str) -> ServedModel:
+            return ServedModel(
+                name,
+                model_dir,
+                version=version or bundle_version(model_dir),
+                prefer_onnx=serving.prefer_onnx,
+                onnx_threads=serving.onnx_threads,
+                max_batch_size=serving.max_batch_size,
+                max_batch_wait_s=serving.max_batch_wait_ms / 1000.0,
+                batch_observer=lambda rows, _seconds: metrics.observe_batch(rows),
+            )
+
+        self.model = served(serving.model_dir, serving.model_version)
         self.model.load()
+        self.candidate: ServedModel | None = None
+        if serving.candidate_uri:
+            from modelyard.serving.rollout import check_candidate
+
+            # A candidate that cannot be served stops the start: the pods serving now keep serving.
+            self.candidate = served(candidate_dir(settings), serving.candidate_version)
+            self.candidate.load()
+            check_candidate(self.model, self.candidate)
         self.prediction_log: PredictionLog | None = None
-        self.accuracy: AccuracyCollector | None = None
+        self.accuracy: list[AccuracyCollector] = []
         feedback_store = None
         if serving.prediction_log and settings.database_url:
             from modelyard.serving.feedback import record_feedback
@@ -146,20 +178,21 @@ class ModelServer:
                 metrics=metrics,
             )
             engine = self.prediction_log.engine
-            if self.model.metadata is not None:
-                from modelyard.monitoring.accuracy import start_accuracy_collector
+            from modelyard.monitoring.accuracy import start_accuracy_collector
+            from modelyard.serving.metrics import Together
 
-                self.accuracy = start_accuracy_collector(
-                    metrics.registry,
-                    engine,
-                    self.model.name,
-                    self.model.version,
-                    self.model.metadata,
-                    settings.monitoring,
+            self.accuracy = [
+                start_accuracy_collector(
+                    None, engine, model.name, model.version, model.metadata, settings.monitoring
                 )
+                for model in (self.model, self.candidate)
+                if model is not None and model.metadata is not None
+            ]
+            metrics.registry.register(Together(self.accuracy))
+            shadow = self.candidate.version if self.candidate and serving.rollout_mode == "shadow" else None
 
             def feedback_store(**kwargs: Any) -> Any:
-                return record_feedback(engine, **kwargs)
+                return record_feedback(engine, shadow_version=shadow, **kwargs)
 
         self.dataplane: DataPlane = DataPlane(
             max_request_rows=serving.max_request_rows,
@@ -169,6 +202,12 @@ class ModelServer:
             feedback_store=feedback_store,
         )
         self.dataplane.add_model(self.model)
+        if self.candidate is not None:
+            from modelyard.serving.rollout import Rollout
+
+            self.dataplane.add_candidate(
+                Rollout(self.candidate, serving.rollout_mode, serving.canary_percent)
+            )
         self.probes: ProbeServer | None = None
         self.grpc_server: grpc.aio.Server | None = None
 
@@ -258,16 +297,20 @@ class ModelServer:
             await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Stop gRPC (in-flight calls get the grace period), write the log, stop the model and probes."""
+        """Stop gRPC (in-flight calls get the grace period), let a shadow candidate score what it was
+        handed (within the grace period too), write the log, stop the models and probes."""
         grace = self.settings.serving.grace_period_s
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
             self.grpc_server = None
-        if self.accuracy is not None:
-            self.accuracy.stop()
+        await self.dataplane.finish_shadows(grace)
+        for collector in self.accuracy:
+            collector.stop()
         if self.prediction_log is not None:
             await self.prediction_log.stop()
         self.model.close()
+        if self.candidate is not None:
+            self.candidate.close()
         if self.probes is not None:
             self.probes.stop()
             self.probes = None

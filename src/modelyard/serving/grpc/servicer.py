@@ -87,9 +87,10 @@ class InferenceServicer:
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802 (proto names)
         started = time.perf_counter()
         name = request.model_name
+        version = request.model_version or None
         request_id: str | None = None
         try:
-            self._dataplane.ready_model(name, request.model_version or None)
+            self._dataplane.ready_model(name, version)
             decoded = decode_grpc_request(request)
             request_id = resolve_request_id(
                 decoded.id, _metadata_value(context, REQUEST_ID_METADATA), f"{REQUEST_ID_METADATA} metadata"
@@ -98,24 +99,32 @@ class InferenceServicer:
                 name,
                 decoded,
                 request_id=request_id,
-                version=request.model_version or None,
+                version=version,
                 decode_seconds=time.perf_counter() - started,
             )
             encoding = time.perf_counter()
             reply = encode_grpc_response(response)
-            self._dataplane.observe_stage("encode", time.perf_counter() - encoding)
+            self._dataplane.observe_stage(
+                "encode", time.perf_counter() - encoding, name, request_id=request_id, version=version
+            )
         except asyncio.CancelledError:
             # The client cancelled or its deadline passed: counted as what REST counts as 499 (the
             # one map's gRPC code for it), in one INFO line, and the cancellation goes on.
             gone = ClientGone("the client cancelled the call, or its deadline passed")
-            self._dataplane.observe_request("v2-grpc", name, codes(gone)[1])
+            self._dataplane.observe_request(
+                "v2-grpc", name, codes(gone)[1], request_id=request_id, version=version
+            )
             failure(gone, request_id)  # logs it
             raise
         except Exception as exc:
-            self._dataplane.observe_request("v2-grpc", name, codes(exc)[1])
+            self._dataplane.observe_request(
+                "v2-grpc", name, codes(exc)[1], request_id=request_id, version=version
+            )
             await self._abort(context, exc, request_id)
-        self._dataplane.observe_stage("total", time.perf_counter() - started)
-        self._dataplane.observe_request("v2-grpc", name, "OK")
+        self._dataplane.observe_stage(
+            "total", time.perf_counter() - started, name, request_id=request_id, version=version
+        )
+        self._dataplane.observe_request("v2-grpc", name, "OK", request_id=request_id, version=version)
         return reply
 
 

@@ -1,10 +1,12 @@
-"""The prediction log: every answered row goes to the registry's ``predictions`` table, off the request path.
+"""The prediction log: each answered request goes to the registry's ``predictions`` table, off the hot path.
 
-``records`` turns a PredictionRecord into a checked table row (and a spool line), ``spool`` keeps rows
-in a bounded fsync'ed file while the database cannot take them, and ``writer`` holds the PredictionLog:
-the bounded queue, the writer thread that batches, retries and replays, and the event its ``flush``
-waits on. The PredictionLog is the data plane's PredictionSink (``modelyard.serving.sink``). It never
-migrates the database: ``modelyard db upgrade`` does, and until then the log spools.
+A request is one table row however many rows it predicted: its features, labels and probabilities are
+stored column by column. ``records`` turns a PredictionRecord into a checked table row (and a spool
+line), ``spool`` keeps rows in a bounded fsync'ed file while the database cannot take them, and
+``writer`` holds the PredictionLog: the bounded queue, the writer thread that batches, retries and
+replays, and the event its ``flush`` waits on. The PredictionLog is the data plane's PredictionSink
+(``modelyard.serving.sink``). It never migrates the database: ``modelyard db upgrade`` does, and until
+then the log spools.
 """
 
 from modelyard.serving.prediction_log.writer import DatabaseState, PredictionLog

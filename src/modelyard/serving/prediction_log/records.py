@@ -1,51 +1,64 @@
 """Prediction records as table rows and spool lines: every field checked, every value made JSON-safe.
 
-A record (or a line read back from the spool) becomes the row the ``predictions`` table takes, or an
-InvalidRecord naming the bad field. Values are cleaned on the way: numpy scalars and arrays become plain
-numbers and lists, NaN and infinities become null (JSON has neither), and a naive timestamp is taken as
-UTC. The spool holds the same rows as JSON lines, so a replayed row is checked exactly like a new one.
+A record describes one request column by column (``modelyard.serving.sink``). It (or a line read back
+from the spool) becomes the row the ``predictions`` table takes, or an InvalidRecord naming the bad
+field. Checking a record costs a few steps per column, plus one per label: the feature and probability
+columns stay as the data plane handed them (numpy arrays, or lists) until :func:`json_text` serialises
+them, on the log's own thread, with orjson. That is also where values are cleaned: numpy scalars and
+arrays become plain numbers and lists, NaN and infinities become null (JSON has neither), anything else
+becomes its text. A naive timestamp is taken as UTC. The spool holds the same rows as JSON lines, so a
+replayed row is checked exactly like a new one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import operator
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+import orjson
+
 from modelyard.registry.tables import MODEL_VERSION_LENGTH, NAME_LENGTH, REQUEST_ID_LENGTH
 from modelyard.serving.sink import PredictionRecord
+
+# orjson writes NaN and infinities as null, numpy arrays natively (C-contiguous ones; others go through
+# ``_plain``), and dictionary keys that are numbers as their text.
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+_SEQUENCES = (list, tuple)
 
 
 class InvalidRecord(ValueError):
     """A record that can never be stored; the message names the field."""
 
 
-def json_value(value: Any) -> Any:
-    """A JSON-safe copy: numpy values unwrapped, NaN and infinities as null (JSON has neither)."""
-    if value is None or isinstance(value, bool | str | int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(key): json_value(inner) for key, inner in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_value(inner) for inner in value]
-    tolist = getattr(value, "tolist", None)  # numpy scalars and arrays
+def _plain(value: Any) -> Any:
+    """What orjson cannot write itself: arrays it does not take (strided, object) as lists, else text."""
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars
     if callable(tolist):
-        with contextlib.suppress(TypeError, ValueError):
-            return json_value(tolist())
-    if isinstance(value, datetime):
-        return value.isoformat()
+        return tolist()
     return str(value)
 
 
+def json_text(value: Any) -> str:
+    """``value`` as JSON text: numpy values unwrapped, NaN and infinities as null, anything else as text.
+
+    The prediction log's engine serialises its JSON columns with this.
+    """
+    return orjson.dumps(value, default=_plain, option=_JSON_OPTIONS).decode()
+
+
 def _text(value: Any, *, field: str, limit: int | None) -> str:
-    value = json_value(value)
-    if not isinstance(value, str | int) or isinstance(value, bool):
+    if type(value) is str and value and (limit is None or len(value) <= limit):
+        return value  # the common case, at once
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        tolist = getattr(value, "tolist", None)  # a numpy scalar
+        value = tolist() if callable(tolist) else value
+    if isinstance(value, bool) or not isinstance(value, str | int):
         raise InvalidRecord(f"{field} must be a string, got {type(value).__name__}")
     text = str(value)
     if not text:
@@ -55,13 +68,13 @@ def _text(value: Any, *, field: str, limit: int | None) -> str:
     return text
 
 
-def _row_number(value: Any) -> int:
+def _row_count(value: Any) -> int:
     try:
         number = operator.index(value)
     except TypeError:
-        raise InvalidRecord(f"row must be an integer >= 0, got {value!r}") from None
-    if number < 0 or isinstance(value, bool):
-        raise InvalidRecord(f"row must be an integer >= 0, got {value!r}")
+        raise InvalidRecord(f"rows must be an integer >= 1, got {value!r}") from None
+    if number < 1 or isinstance(value, bool):
+        raise InvalidRecord(f"rows must be an integer >= 1, got {value!r}")
     return number
 
 
@@ -86,11 +99,52 @@ def _moment(value: Any) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _mapping(value: Any, *, field: str) -> dict[str, Any]:
+def _length(column: Any) -> int | None:
+    """The number of values of a list, tuple or one-dimensional array; None for anything else."""
+    kind = type(column)
+    if kind is np.ndarray:  # the data plane's columns: checked first, as the log checks many
+        return len(column) if column.ndim == 1 else None
+    if kind is list or kind is tuple or isinstance(column, _SEQUENCES):
+        return len(column)
+    if getattr(column, "ndim", None) == 1 and callable(getattr(column, "tolist", None)):
+        return len(column)
+    return None
+
+
+def _columns(value: Any, *, field: str, rows: int) -> dict[str, Any]:
+    """``{name: column}`` with every column ``rows`` values long; the columns are kept as they are."""
     if not isinstance(value, Mapping):
         raise InvalidRecord(f"{field} must be a mapping, got {type(value).__name__}")
-    cleaned: dict[str, Any] = json_value(value)
-    return cleaned
+    columns: dict[str, Any] = {}
+    for name, column in value.items():
+        length = _length(column)
+        if length is None:
+            raise InvalidRecord(
+                f"{field}[{str(name)!r}] must be a list of {rows} values, got {type(column).__name__}"
+            )
+        if length != rows:
+            raise InvalidRecord(
+                f"{field}[{str(name)!r}] has {length} values, but the request has {rows} rows"
+            )
+        columns[str(name)] = column
+    return columns
+
+
+def _labels(value: Any, *, rows: int) -> list[str]:
+    """The predicted class of each row, as text whatever the class type (digits' 3 is "3")."""
+    length = _length(value)
+    if length is None:
+        raise InvalidRecord(f"labels must be a list of {rows} classes, got {type(value).__name__}")
+    if length != rows:
+        raise InvalidRecord(f"labels has {length} values, but the request has {rows} rows")
+    labels = value if isinstance(value, _SEQUENCES) else value.tolist()
+    texts = []
+    for index, label in enumerate(labels):
+        if type(label) is str and label:  # the data plane's labels: no further checks
+            texts.append(label)
+        else:
+            texts.append(_text(label, field=f"labels[{index}]", limit=None))
+    return texts
 
 
 def table_row(record: Any) -> dict[str, Any]:
@@ -102,14 +156,15 @@ def table_row(record: Any) -> dict[str, Any]:
     else:
         raise InvalidRecord(f"expected a PredictionRecord, got {type(record).__name__}")
     try:
+        rows = _row_count(fields["rows"])
         return {
             "request_id": _text(fields["request_id"], field="request_id", limit=REQUEST_ID_LENGTH),
-            "row": _row_number(fields["row"]),
             "model": _text(fields["model"], field="model", limit=NAME_LENGTH),
             "version": _text(fields["version"], field="version", limit=MODEL_VERSION_LENGTH),
-            "features": _mapping(fields["features"], field="features"),
-            "label": _text(fields["label"], field="label", limit=None),
-            "probabilities": _mapping(fields["probabilities"], field="probabilities"),
+            "rows": rows,
+            "features": _columns(fields["features"], field="features", rows=rows),
+            "labels": _labels(fields["labels"], rows=rows),
+            "probabilities": _columns(fields["probabilities"], field="probabilities", rows=rows),
             "latency_ms": _latency(fields["latency_ms"]),
             "created_at": _moment(fields["created_at"]),
         }
@@ -118,16 +173,20 @@ def table_row(record: Any) -> dict[str, Any]:
 
 
 def spool_line(row: dict[str, Any]) -> bytes:
-    """A table row as one JSON line of the spool."""
-    text = json.dumps(row, allow_nan=False, separators=(",", ":"), default=json_value)
-    return text.encode() + b"\n"
+    """A table row as one JSON line of the spool; InvalidRecord when a value cannot be written."""
+    try:
+        return orjson.dumps(row, default=_plain, option=_JSON_OPTIONS | orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRecord(
+            f"the record of request {row.get('request_id')!r} cannot be written: {exc}"
+        ) from None
 
 
 def row_from_spool_line(line: bytes) -> dict[str, Any]:
     """The table row a spool line holds; InvalidRecord when the line is no JSON or no valid record."""
     try:
-        document = json.loads(line)
-    except ValueError as exc:  # JSONDecodeError, or bytes that are no UTF-8
+        document = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:  # no JSON, or bytes that are no UTF-8
         raise InvalidRecord(f"not a JSON line: {exc}") from None
     return table_row(document)
 
@@ -135,7 +194,7 @@ def row_from_spool_line(line: bytes) -> dict[str, Any]:
 __all__ = [
     "InvalidRecord",
     "PredictionRecord",
-    "json_value",
+    "json_text",
     "row_from_spool_line",
     "spool_line",
     "table_row",

@@ -1,8 +1,10 @@
-"""The PredictionLog: every answered row goes to the registry's ``predictions`` table, off the request path.
+"""The PredictionLog: each answered request goes to the registry's ``predictions`` table, off the hot path.
 
 ``submit`` only appends to a bounded in-memory queue; it never waits on the database, never blocks and
-never raises. A writer thread drains the queue in batches (``batch_size`` rows, or whatever waited
-``flush_interval_s``) with one executemany INSERT per batch. ``flush`` wakes the writer and waits for
+never raises. A record is one request, however many rows it has, and becomes one table row (its values
+column by column). A writer thread drains the queue in batches (``batch_size`` records, or whatever
+waited ``flush_interval_s``), checks them and serialises their columns (orjson, on this thread, never on
+the event loop), and writes each batch with one executemany INSERT. ``flush`` wakes the writer and waits for
 it to signal that it is done with what was submitted before; it does not poll.
 
 When the database cannot take rows (it is unreachable, or it has no ``predictions`` table because
@@ -11,9 +13,9 @@ spool and retries the database with exponential backoff. Once the database takes
 replayed in order before any newer record; records arriving meanwhile join the end of the spool, so the
 order holds. A spool left by a crashed server is replayed when the next one starts.
 
-Nothing is written twice: every INSERT ignores rows whose (request_id, row, model, created_at) is
+Nothing is written twice: every INSERT ignores rows whose (request_id, model, version, created_at) is
 already stored. That is what makes a replay after a crash (or after a commit whose answer was lost with
-the connection) safe, and ``written`` counts only the rows the database took. A client that sends one
+the connection) safe, and ``written`` counts only the records the database took. A client that sends one
 request id twice gets both predictions logged, told apart by ``created_at``; feedback refuses such an
 id as ambiguous (``feedback.py``).
 
@@ -50,6 +52,7 @@ from modelyard.registry.tables import Prediction
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.prediction_log.records import (
     InvalidRecord,
+    json_text,
     row_from_spool_line,
     spool_line,
     table_row,
@@ -63,7 +66,7 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5
 # At most one warning per reason this often: a full queue must not flood the log from the hot path.
 WARNING_INTERVAL_S = 10.0
-_UNIQUE_KEY = ["request_id", "row", "model", "created_at"]
+_UNIQUE_KEY = ["request_id", "model", "version", "created_at"]
 
 
 class DatabaseState(enum.Enum):
@@ -132,7 +135,7 @@ class PredictionLog:
         url = normalize_url(database_url)
         if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
             url = url.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT_S)})
-        self.engine: Engine = create_engine_for(url)
+        self.engine: Engine = create_engine_for(url, json_serializer=json_text)
         self._where = redact(url)
         table = cast(Table, Prediction.__table__)
         self._table_name = table.name
@@ -190,17 +193,17 @@ class PredictionLog:
 
     @property
     def written(self) -> int:
-        """Rows inserted into the database so far (replayed ones included)."""
+        """Records (requests) inserted into the database so far (replayed ones included)."""
         return self._written
 
     @property
     def spooled(self) -> int:
-        """Rows written to the spool so far."""
+        """Records written to the spool so far."""
         return self._spooled
 
     @property
     def replayed(self) -> int:
-        """Spooled rows inserted into the database so far."""
+        """Spooled records inserted into the database so far."""
         return self._replayed
 
     @property
@@ -535,9 +538,14 @@ class PredictionLog:
         self._retry_delay_s = self._retry_initial_s
 
     def _to_spool(self, rows: list[dict[str, Any]]) -> None:
-        if not rows:
+        lines = []
+        for row in rows:
+            try:
+                lines.append(spool_line(row))
+            except InvalidRecord as exc:
+                self._give_up(1, "invalid", str(exc))
+        if not lines:
             return
-        lines = [spool_line(row) for row in rows]
         spooled = 0
         if self._spool is not None:
             try:
@@ -547,9 +555,9 @@ class PredictionLog:
         self._spooled += spooled
         if self._metrics is not None:
             self._metrics.count_log_spooled(spooled)
-        if spooled < len(rows):
+        if spooled < len(lines):
             self._give_up(
-                len(rows) - spooled, "spool_full", f"the spool is full ({self._spool_max_bytes} bytes)"
+                len(lines) - spooled, "spool_full", f"the spool is full ({self._spool_max_bytes} bytes)"
             )
         self._update_spool_gauge()
 
@@ -571,7 +579,7 @@ class PredictionLog:
         if self._metrics is not None:
             self._metrics.count_log_replayed(len(rows))
         if not spool.pending:
-            logger.info("prediction log: the spool is replayed (%d rows in all)", self._replayed)
+            logger.info("prediction log: the spool is replayed (%d records in all)", self._replayed)
         self._update_spool_gauge()
 
     def _update_spool_gauge(self) -> None:

@@ -188,7 +188,9 @@ class RestEndpoints:
             )
             encoding = time.perf_counter()
             content, json_length = encode_v2_rest(response)
-            self.dataplane.observe_stage("encode", time.perf_counter() - encoding)
+            self.dataplane.observe_stage(
+                "encode", time.perf_counter() - encoding, name, request_id=request_id, version=version
+            )
             if json_length is None:
                 result = json_response(content, headers=headers)
             else:
@@ -196,8 +198,11 @@ class RestEndpoints:
                 result = Response(content, media_type="application/octet-stream", headers=headers)
         except Exception as exc:
             result = error_response(exc, request_id, headers)
-        self.dataplane.observe_stage("total", time.perf_counter() - started)
-        self.dataplane.observe_request("v2-rest", name, result.status_code)
+        seconds = time.perf_counter() - started
+        self.dataplane.observe_stage("total", seconds, name, request_id=request_id, version=version)
+        self.dataplane.observe_request(
+            "v2-rest", name, result.status_code, request_id=request_id, version=version
+        )
         return result
 
     async def v1_predict(self, request: Request) -> Response:
@@ -221,11 +226,13 @@ class RestEndpoints:
             )
             encoding = time.perf_counter()
             result = json_response(encode_v1(prediction), headers=headers)
-            self.dataplane.observe_stage("encode", time.perf_counter() - encoding)
+            self.dataplane.observe_stage(
+                "encode", time.perf_counter() - encoding, name, request_id=request_id
+            )
         except Exception as exc:
             result = error_response(exc, request_id, headers)
-        self.dataplane.observe_stage("total", time.perf_counter() - started)
-        self.dataplane.observe_request("v1", name, result.status_code)
+        self.dataplane.observe_stage("total", time.perf_counter() - started, name, request_id=request_id)
+        self.dataplane.observe_request("v1", name, result.status_code, request_id=request_id)
         return result
 
     async def v1_feedback(self, request: Request) -> Response:
