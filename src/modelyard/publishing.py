@@ -130,6 +130,7 @@ def publish_version(
                 dataset_id=dataset_id,
                 dataset_fingerprint=metadata.dataset_fingerprint or None,
                 stage=stage,
+                run_id=settings.pipeline.run_id or None,
             )
     finally:
         if owned:

@@ -159,7 +159,10 @@ class PipelineSettings(BaseModel):
     namespace: str = Field(default="kubeflow", description="namespace of runs and InferenceServices")
     s3_secret: str = Field(default="modelyard-s3", description="Secret with AWS_* keys, injected as env")
     database_secret: str = Field(
-        default="modelyard-database", description="Secret with MODELYARD_DATABASE_URL, injected as env"
+        default="modelyard-database", description="Secret with the registry's URL, injected as env"
+    )
+    database_secret_key: str = Field(
+        default="MODELYARD_DATABASE_URL", description="the key of the registry's URL in that Secret"
     )
     config_map: str = Field(
         default="modelyard-config",
@@ -175,6 +178,11 @@ class PipelineSettings(BaseModel):
         default="",
         description="file each step appends its start and end to, one JSON line; set by `modelyard train` "
         "and `modelyard score` for their local runs, empty on a cluster",
+    )
+    run_id: str = Field(
+        default="",
+        description="the run that publishes, recorded with the version it registers (the operator sets "
+        "its Job's name, and finds the run's version by it)",
     )
 
 
@@ -197,6 +205,43 @@ class MonitoringSettings(BaseModel):
     retrain_cooldown_h: float = Field(default=6.0, ge=0, description="hours between retrains of one model")
 
 
+# The Pod Security "restricted" profile, as the chart's podSecurityContext and containerSecurityContext
+# helpers write it: the defaults of the pods the operator makes outside the chart.
+RESTRICTED_POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+class PodSettings(BaseModel):
+    """What every pod of one kind the operator makes gets (a JSON object in the environment); the chart
+    sets it from the values and helpers of its own pods of that kind, so the two cannot differ."""
+
+    service_account: str = Field(default="default", description="the pod's serviceAccountName")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="pod labels; the chart's NetworkPolicies admit its release's"
+    )
+    security_context: dict[str, Any] = Field(
+        default_factory=lambda: dict(RESTRICTED_POD_SECURITY), description="the pod's securityContext"
+    )
+    container_security_context: dict[str, Any] = Field(
+        default_factory=dict, description="the container's securityContext (none: the runtime's own)"
+    )
+    resources: dict[str, Any] = Field(
+        default_factory=dict, description="the container's requests and limits (a Model's own win)"
+    )
+
+
 class OperatorSettings(BaseModel):
     """`modelyard operator`, the Model resource's controller (MODELYARD_OPERATOR__<NAME>)."""
 
@@ -204,8 +249,18 @@ class OperatorSettings(BaseModel):
         default=10.0, gt=0, description="seconds between two looks at each Model's runs and services"
     )
     runtime: str = Field(default="modelyard", description="the ServingRuntime every InferenceService names")
-    training_service_account: str = Field(
-        default="default", description="service account of the training Jobs the operator starts"
+    prometheus_url: str = Field(
+        default="",
+        description="Prometheus the rollout's analyses query; empty: a new version waits in staging",
+    )
+    predictor: PodSettings = Field(
+        default_factory=PodSettings,
+        description="JSON: the predictor pod of every InferenceService (service_account, labels, "
+        "security_context, container_security_context, resources)",
+    )
+    training: PodSettings = Field(
+        default_factory=lambda: PodSettings(container_security_context=dict(RESTRICTED_CONTAINER_SECURITY)),
+        description="JSON: the pod of every training Job and CronJob, the same fields",
     )
 
 

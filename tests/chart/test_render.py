@@ -456,10 +456,14 @@ def test_the_operator_runs_for_the_release_namespace_with_a_role_of_its_own() ->
     assert container["args"][:2] == ["operator", f"--namespace={deployment['metadata']['namespace']}"]
     env = {item["name"]: item for item in container["env"]}
     assert env["MODELYARD_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"]
-    assert env["MODELYARD_OPERATOR__TRAINING_SERVICE_ACCOUNT"]["value"] == "modelyard-jobs"
+    assert json.loads(env["MODELYARD_OPERATOR__TRAINING"]["value"])["service_account"] == "modelyard-jobs"
+    assert env["MODELYARD_OPERATOR__PROMETHEUS_URL"]["value"] == "http://modelyard-prometheus.ml.svc:9090"
     role = named(objects, "Role", "modelyard-operator")
     resources = {resource for rule in role["rules"] for resource in rule["resources"]}
     assert "secrets" not in resources
+    verbs = {resource: set(rule["verbs"]) for rule in role["rules"] for resource in rule["resources"]}
+    assert verbs["models/finalizers"] == {"update"}  # ownerReferences with blockOwnerDeletion
+    assert verbs["models/status"] == {"get", "update"}
     assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
 
 

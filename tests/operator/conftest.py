@@ -1,15 +1,23 @@
 """Fixtures for the operator's tests: the Model CRD (the chart's checked-in copy) on the session's control
-plane, and a fresh namespace per test."""
+plane, a fresh namespace per test, and a real Prometheus scraping what two versions of three models
+("good", "bad", "quiet") export. The series are the predictor's names and labels (and the shadow counters
+and version-labelled request times a shadowing predictor exports), served by prometheus_client."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from modelyard.operator.analysis import Prometheus
 from modelyard.operator.crd import CHART_CRD, CRD_NAME
+
+from ..monitoring.conftest import free_ports, start_prometheus
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +35,80 @@ def namespace(model_crd: Any) -> Iterator[str]:
     model_crd.create_namespace(name)
     yield name
     model_crd.kubectl("delete", "namespace", name, "--wait=false")
+
+
+CLASSES = ("setosa", "versicolor", "virginica")
+
+
+class Predictors:
+    """What the stable and candidate predictors of each model would export, advanced every 0.1 s."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "modelyard_requests", "", ["protocol", "model", "version", "status"], registry=r
+        )
+        self.predictions = Counter("modelyard_predictions", "", ["model", "version", "class"], registry=r)
+        self.compared = Counter("modelyard_shadow_compared", "", ["model", "version"], registry=r)
+        self.agreed = Counter("modelyard_shadow_agreed", "", ["model", "version"], registry=r)
+        self.seconds = Histogram(
+            "modelyard_request_stage_seconds", "", ["stage", "model", "version"], registry=r
+        )
+        self.accuracy = Gauge("modelyard_live_accuracy", "", ["model", "version"], registry=r)
+        self.labelled = Gauge("modelyard_live_labelled_rows", "", ["model", "version"], registry=r)
+        self.stop = threading.Event()
+
+    def serve(
+        self, version: str, model: str, *, errors: int, mix: tuple[int, int, int], latency: float
+    ) -> None:
+        self.requests.labels("v2", model, version, "200").inc(10 - errors)
+        if errors:
+            self.requests.labels("v2", model, version, "500").inc(errors)
+        for name, count in zip(CLASSES, mix, strict=True):
+            self.predictions.labels(model, version, name).inc(count)
+        for _ in range(10):
+            self.seconds.labels("total", model, version).observe(latency)
+
+    def tick(self) -> None:
+        balanced = (3, 3, 4)
+        self.serve("1", "good", errors=0, mix=balanced, latency=0.012)
+        self.serve("2", "good", errors=0, mix=balanced, latency=0.013)  # one bucket
+        self.compared.labels("good", "2").inc(10)
+        self.agreed.labels("good", "2").inc(10)
+        self.serve("1", "bad", errors=0, mix=balanced, latency=0.012)
+        self.serve("2", "bad", errors=3, mix=(10, 0, 0), latency=0.200)  # labels shuffled in training
+        self.compared.labels("bad", "2").inc(10)
+        self.agreed.labels("bad", "2").inc(4)
+        self.serve("1", "quiet", errors=0, mix=balanced, latency=0.010)
+
+    def run(self) -> None:
+        for model, version, accuracy in (("good", "1", 0.95), ("good", "2", 0.96), ("bad", "1", 0.95)):
+            self.accuracy.labels(model, version).set(accuracy)
+            self.labelled.labels(model, version).set(500)
+        self.accuracy.labels("bad", "2").set(0.41)
+        self.labelled.labels("bad", "2").set(500)
+        while not self.stop.wait(0.1):
+            self.tick()
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    predictors = Predictors()
+    (port,) = free_ports(1)
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=predictors.registry)
+    thread = threading.Thread(target=predictors.run, daemon=True)
+    thread.start()
+    started = start_prometheus(tmp_path_factory.mktemp("prometheus"), [f"127.0.0.1:{port}"])
+    try:
+        client = Prometheus(started.url)
+        deadline = time.monotonic() + 60
+        expr = 'count_over_time(modelyard_requests_total{model="good",version="2",status="200"}[1m])'
+        while (client.scalar(expr) or 0) < 6:  # rates need several scrapes of the same series
+            assert time.monotonic() < deadline, "Prometheus scraped too few samples"
+            time.sleep(0.5)
+        yield client
+    finally:
+        predictors.stop.set()
+        started.process.stop()
+        server.shutdown()

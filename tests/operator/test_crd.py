@@ -118,3 +118,89 @@ def test_a_model_without_data_is_refused(model_crd: Any, namespace: str) -> None
     del body["spec"]["data"]
     result = model_crd.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(body), check=False)
     assert "spec.data: Required value" in result.stderr, result.stderr
+
+
+def every_status_field() -> dict[str, Any]:
+    """A status with every field the controller writes, a rollout and an analysis among them."""
+    condition = {
+        "type": "Ready",
+        "status": "True",
+        "reason": "Ready",
+        "message": "InferenceService iris serves iris@1",
+        "lastTransitionTime": "2026-12-02T05:00:00Z",
+        "observedGeneration": 2,
+    }
+    return {
+        "observedGeneration": 2,
+        "phase": "RollingOut",
+        "conditions": [condition],
+        "latestRun": {
+            "kind": "Job",
+            "name": "iris-alert-0123456789",
+            "generation": 2,
+            "trigger": "alert",
+            "specHash": "abcdef0123",
+            "startedAt": "2026-12-02T05:00:00Z",
+            "request": "2026-12-02T04:59:00.000000+00:00",
+        },
+        "versions": [
+            {
+                "version": 2,
+                "stage": "staging",
+                "storageUri": "s3://b/iris/2",
+                "score": 0.95,
+                "createdAt": "2026-12-02T05:00:00Z",
+            }
+        ],
+        "servingVersion": 1,
+        "url": "http://iris.example",
+        "inferenceService": "iris",
+        "lastAnalysis": {
+            "verdict": "fail",
+            "at": "2026-12-02T05:01:00Z",
+            "stable": 1,
+            "candidate": 2,
+            "summary": "agreement 40.0% of 100 shadowed rows (minimum 80%)",
+            "checks": [
+                {"name": "agreement", "value": 0.4, "threshold": 0.8, "passed": False},
+                {"name": "live_accuracy_delta", "value": None, "threshold": -0.02, "passed": None},
+            ],
+        },
+        "rollout": {
+            "candidate": 2,
+            "stable": 1,
+            "candidateUri": "s3://b/iris/2",
+            "state": "RolledBack",
+            "step": 1,
+            "mode": "canary",
+            "percent": 10,
+            "passes": 0,
+            "failures": 1,
+            "startedAt": "2026-12-02T05:00:00Z",
+            "lastAnalysisAt": "2026-12-02T05:01:00Z",
+            "failedChecks": ["agreement"],
+            "message": "agreement failed",
+        },
+    }
+
+
+def test_the_status_model_holds_every_field_the_controller_writes() -> None:
+    from modelyard.operator.crd import ModelStatus
+
+    ModelStatus.model_validate(every_status_field())
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        ModelStatus.model_validate({**every_status_field(), "analysis": {}})
+
+
+@pytest.mark.cluster
+def test_the_api_server_keeps_every_status_field_the_controller_writes(
+    model_crd: Any, namespace: str
+) -> None:
+    model_crd.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(model()))
+    found = json.loads(model_crd.kubectl("get", "model", "iris", "-n", namespace, "-o", "json").stdout)
+    status = every_status_field()
+    found["status"] = status
+    # replaced, as the controller writes it (a merge patch would read a null as "remove")
+    model_crd.kubectl("replace", "-n", namespace, "--subresource=status", "-f", "-", stdin=json.dumps(found))
+    found = json.loads(model_crd.kubectl("get", "model", "iris", "-n", namespace, "-o", "json").stdout)
+    assert found["status"] == status, "the CRD's schema pruned a status field"

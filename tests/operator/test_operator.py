@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,13 +124,15 @@ class Harness:
         )
         self.apply(SERVING_RUNTIME)
 
-    def start_operator(self, kubeconfig: Path | None = None) -> None:
+    def start_operator(self, kubeconfig: Path | None = None, **settings: str) -> None:
+        """The operator, with ``settings`` (MODELYARD_ variables) beside the test's own."""
         env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig or self.plane.kubeconfig),
             "MODELYARD_DATABASE_URL": self.database_url,
             "MODELYARD_HOME": str(self.tmp / "operator-home"),
             "MODELYARD_OPERATOR__INTERVAL_S": "1",
+            **settings,
         }
         log = self.operator_log.open("ab")
         self.operator = subprocess.Popen(
@@ -180,8 +183,23 @@ class Harness:
         items: list[dict[str, Any]] = json.loads(found.stdout)["items"]
         return items
 
-    def run_pod(self, pod_spec: dict[str, Any], workdir: Path) -> subprocess.CompletedProcess[str]:
-        """Run the pod's one container here, as kubelet would: its volumes as folders, its env resolved."""
+    def run_job(
+        self, job: dict[str, Any], workdir: Path, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the Job's pod here, labelled as the Job controller labels it (with the Job's name); ``env``
+        overrides what the pod's own env says."""
+        template = job["spec"]["template"]
+        labels = {
+            **template["metadata"].get("labels", {}),
+            "batch.kubernetes.io/job-name": job["metadata"]["name"],
+        }
+        return self.run_pod(template["spec"], workdir, labels, env or {})
+
+    def run_pod(
+        self, pod_spec: dict[str, Any], workdir: Path, labels: dict[str, str], overrides: dict[str, str]
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the pod's one container here, as kubelet would: its volumes as folders, its env resolved
+        (a Secret, ConfigMap or key it names that is missing fails it, as CreateContainerConfigError)."""
         (container,) = pod_spec["containers"]
         volumes = {volume["name"]: volume for volume in pod_spec.get("volumes", [])}
         mounts: dict[str, Path] = {}
@@ -203,11 +221,21 @@ class Harness:
             return value
 
         env = {"PATH": os.environ["PATH"]}
+        for source in container.get("envFrom", []):
+            name = source["configMapRef"]["name"]
+            found_map = self.get("configmap", name)
+            assert found_map is not None, f"CreateContainerConfigError: configmap {name} not found"
+            env.update(found_map.get("data", {}))
         for variable in container.get("env", []):
             if "value" in variable:
                 env[variable["name"]] = local_path(variable["value"])
                 continue
             source = variable["valueFrom"]
+            if "fieldRef" in source:
+                label = re.fullmatch(r"metadata\.labels\['(.+)'\]", source["fieldRef"]["fieldPath"])
+                assert label is not None, f"no downward API here for {source['fieldRef']['fieldPath']}"
+                env[variable["name"]] = labels[label[1]]
+                continue
             if "secretKeyRef" in source:
                 ref, kind = source["secretKeyRef"], "secret"
             else:
@@ -215,10 +243,13 @@ class Harness:
             found = self.get(kind, ref["name"])
             data = (found or {}).get("data", {})
             if ref["key"] not in data:
-                assert ref.get("optional"), f"{kind} {ref['name']} lacks {ref['key']}"
+                assert ref.get("optional"), (
+                    f"CreateContainerConfigError: {kind} {ref['name']} lacks {ref['key']}"
+                )
                 continue
             value = data[ref["key"]]
             env[variable["name"]] = base64.b64decode(value).decode() if kind == "secret" else value
+        env.update(overrides)
         command = [MODELYARD if part == "modelyard" else part for part in container["command"]]
         args = [local_path(part) for part in container.get("args", [])]
         return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=300)
@@ -251,7 +282,7 @@ def test_a_model_is_trained_by_a_job_published_and_served_and_survives_an_operat
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["modelyard"]
     assert container["args"][:1] == ["train"]
-    result = harness.run_pod(job["spec"]["template"]["spec"], tmp_path / "pod")
+    result = harness.run_job(job, tmp_path / "pod")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["published"]["version"] == 1
 
@@ -401,7 +432,7 @@ def test_the_charts_role_is_all_the_operator_needs(harness: Harness, tmp_path: P
 
     harness.apply(iris_model())
     (job,) = wait_until("the training Job", lambda: harness.jobs("iris"))
-    result = harness.run_pod(job["spec"]["template"]["spec"], tmp_path / "pod")
+    result = harness.run_job(job, tmp_path / "pod")
     assert result.returncode == 0, result.stderr[-3000:]
     wait_until(
         "Ready=True",
@@ -419,7 +450,7 @@ def test_a_spec_change_retrains_and_a_serving_change_only_reshapes_the_inference
 ) -> None:
     harness.apply(iris_model())
     (first,) = wait_until("the training Job", lambda: harness.jobs("iris"))
-    assert harness.run_pod(first["spec"]["template"]["spec"], tmp_path / "first").returncode == 0
+    assert harness.run_job(first, tmp_path / "first").returncode == 0
     wait_until(
         "Ready", lambda: (c := harness.condition("iris", "Ready")) is not None and c["status"] == "True"
     )
@@ -437,11 +468,29 @@ def test_a_spec_change_retrains_and_a_serving_change_only_reshapes_the_inference
     )
     assert len(harness.jobs("iris")) == 1
 
+    # Server-side apply: resources the Model stops asking for leave the InferenceService too.
+    harness.kubectl(
+        "patch",
+        "model",
+        "iris",
+        "--type=merge",
+        "-p",
+        '{"spec": {"serving": {"resources": {"limits": {"memory": "1234Mi"}}}}}',
+    )
+    wait_until("the limit", lambda: "1234Mi" in json.dumps(harness.get("inferenceservice", "iris")))
+    harness.kubectl(
+        "patch", "model", "iris", "--type=json", "-p", '[{"op": "remove", "path": "/spec/serving/resources"}]'
+    )
+    wait_until("the limit to go", lambda: "1234Mi" not in json.dumps(harness.get("inferenceservice", "iris")))
+    shown = harness.kubectl("get", "inferenceservice", "iris", "-o", "json", "--show-managed-fields")
+    managers = {entry["manager"] for entry in json.loads(shown.stdout)["metadata"]["managedFields"]}
+    assert "modelyard-operator" in managers
+
     # The model spec: a second run; its version waits in staging while production keeps serving.
     harness.kubectl("patch", "model", "iris", "--type=merge", "-p", '{"spec": {"cv_folds": 3}}')
     jobs = wait_until("the second Job", lambda: (found := harness.jobs("iris")) and len(found) == 2 and found)
     (second,) = [job for job in jobs if job["metadata"]["name"] != first["metadata"]["name"]]
-    assert harness.run_pod(second["spec"]["template"]["spec"], tmp_path / "second").returncode == 0
+    assert harness.run_job(second, tmp_path / "second").returncode == 0
     rollout = wait_until(
         "RolloutProgressing CandidateWaiting",
         lambda: (
@@ -539,3 +588,116 @@ def _answers(url: str) -> bool:
             return bool(answer.status == 200)
     except OSError:
         return False
+
+
+def test_a_version_another_run_published_is_not_taken_for_the_jobs(harness: Harness, tmp_path: Path) -> None:
+    """The run's version is the one registered under its Job's name, not whatever came after it started."""
+    harness.apply(iris_model())
+    (job,) = wait_until("the training Job", lambda: harness.jobs("iris"))
+    by_hand = harness.run_job(job, tmp_path / "by-hand", env={"MODELYARD_PIPELINE__RUN_ID": "by-hand"})
+    assert by_hand.returncode == 0, by_hand.stderr[-3000:]
+    time.sleep(3)  # several timer rounds
+    trained = harness.condition("iris", "Trained")
+    assert trained is not None and trained["status"] == "Unknown"  # kwok may have finished the Job
+    assert trained["reason"] in ("Training", "AwaitingVersion")
+    assert harness.model("iris")["status"]["servingVersion"] is None
+
+    assert harness.run_job(job, tmp_path / "pod").returncode == 0
+    wait_until(
+        "Ready",
+        lambda: (c := harness.condition("iris", "Ready")) is not None and c["status"] == "True",
+        timeout=120,
+    )
+    assert harness.model("iris")["status"]["servingVersion"] == 2
+    with Registry(harness.database_url) as registry:
+        runs = {record.version: record.run_id for record in registry.list_versions("iris")}
+    assert runs == {2: job["metadata"]["name"], 1: "by-hand"}
+
+
+def test_a_run_whose_job_is_gone_stays_the_run_and_the_loop_goes_on(harness: Harness, tmp_path: Path) -> None:
+    harness.apply(iris_model())
+    (job,) = wait_until("the training Job", lambda: harness.jobs("iris"))
+    assert harness.run_job(job, tmp_path / "pod").returncode == 0
+    wait_until(
+        "Ready", lambda: (c := harness.condition("iris", "Ready")) is not None and c["status"] == "True"
+    )
+    harness.kubectl("delete", "job", job["metadata"]["name"])  # as its TTL would
+    harness.kubectl(
+        "patch", "model", "iris", "--type=merge", "-p", '{"spec": {"serving": {"max_replicas": 3}}}'
+    )
+    wait_until(
+        "maxReplicas 3",
+        lambda: (harness.get("inferenceservice", "iris") or {})["spec"]["predictor"]["maxReplicas"] == 3,
+    )
+    assert harness.condition("iris", "Trained")["status"] == "True"  # type: ignore[index]
+    assert harness.jobs("iris") == []
+    assert "IndexError" not in harness.operator_log.read_text()
+
+
+def test_a_job_deleted_before_it_published_says_so_and_is_not_restarted(harness: Harness) -> None:
+    harness.apply(iris_model())
+    (job,) = wait_until("the training Job", lambda: harness.jobs("iris"))
+    name = job["metadata"]["name"]
+    harness.kubectl("delete", "job", name)
+    trained = wait_until(
+        "Trained=False RunGone",
+        lambda: (c := harness.condition("iris", "Trained")) is not None and c["reason"] == "RunGone" and c,
+    )
+    assert trained["status"] == "False"
+    assert trained["message"].startswith(f"Job {name} is gone and published no version")
+    time.sleep(3)
+    assert harness.jobs("iris") == []
+    assert harness.operator_alive()
+    assert "RunGone" in {event["reason"] for event in harness.events("iris")}
+
+
+def test_objects_of_a_childs_name_that_are_not_the_models_are_neither_adopted_nor_deleted(
+    harness: Harness,
+) -> None:
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "iris-spec"},
+        "data": {"spec.yaml": "mine"},
+    }
+    schedule = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "iris-retrain"},
+        "spec": {
+            "schedule": "0 0 * * *",
+            "jobTemplate": {
+                "spec": {
+                    "template": {
+                        "spec": {"restartPolicy": "Never", "containers": [{"name": "x", "image": "busybox"}]}
+                    }
+                }
+            },
+        },
+    }
+    harness.apply(theirs)
+    harness.apply(schedule)
+    harness.apply(iris_model())
+    ready = wait_until(
+        "Ready=False NameTaken",
+        lambda: (c := harness.condition("iris", "Ready")) is not None and c["reason"] == "NameTaken" and c,
+    )
+    assert ready["message"].startswith(
+        f"ConfigMap {harness.namespace}/iris-spec exists and is not this Model's"
+    )
+    assert harness.model("iris")["status"]["phase"] == "Failed"
+    assert harness.get("configmap", "iris-spec")["data"] == {"spec.yaml": "mine"}  # type: ignore[index]
+    assert harness.jobs("iris") == []
+    harness.kubectl("delete", "model", "iris", "--timeout=60s")
+    assert harness.get("cronjob", "iris-retrain") is not None, (
+        "the finalizer deleted a CronJob it does not own"
+    )
+    assert harness.get("configmap", "iris-spec") is not None
+
+
+def test_auto_trains_in_a_job_even_with_a_kfp_host_set(harness: Harness) -> None:
+    harness.stop_operator()
+    harness.start_operator(MODELYARD_PIPELINE__HOST="http://127.0.0.1:9")
+    harness.apply(iris_model(training={"runner": "auto"}))
+    wait_until("the training Job", lambda: harness.jobs("iris"))
+    assert harness.condition("iris", "Trained")["reason"] != "RunnerNotBuilt"  # type: ignore[index]

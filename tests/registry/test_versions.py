@@ -52,7 +52,14 @@ def test_a_record_holds_what_was_published(registry: Registry, publish) -> None:
         "dataset_fingerprint": FINGERPRINT,
         "created_at": record.created_at.isoformat(),
         "promoted_at": None,
+        "run_id": None,
     }
+
+
+def test_a_record_keeps_the_run_that_published_it(registry: Registry, publish) -> None:
+    record = publish("iris", run_id="iris-train-0123456789")
+    assert registry.get_version("iris", record.version).run_id == "iris-train-0123456789"
+    assert publish("iris").run_id is None
 
 
 def test_a_version_trained_on_a_loaded_dataset_names_it(registry: Registry, publish) -> None:
@@ -137,6 +144,8 @@ def test_undefined_metrics_are_stored_as_null(registry: Registry, publish) -> No
         ({"params": {"C": object()}}, r"params must be plain JSON .*not JSON serializable"),
         ({"params": {"C": float("nan")}}, r"params must be plain JSON .*Out of range float"),
         ({"stage": "retired"}, "unknown stage 'retired': use one of none, staging, production, archived"),
+        ({"run_id": ""}, "run_id must be 1 to 253 characters, got ''"),
+        ({"run_id": "r" * 254}, "run_id must be 1 to 253 characters"),
     ],
 )
 def test_bad_record_fields_are_named(registry: Registry, publish, fields: dict, message: str) -> None:

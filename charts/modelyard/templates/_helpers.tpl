@@ -177,6 +177,29 @@ seccompProfile:
 {{- printf "%s-serving" (include "modelyard.fullname" .) }}
 {{- end }}
 
+{{/* The labels of every predictor pod: the release's selector labels, which the NetworkPolicies admit. */}}
+{{- define "modelyard.predictorLabels" -}}
+{{ include "modelyard.selectorLabels" . }}
+app.kubernetes.io/part-of: modelyard
+{{- end }}
+
+{{/*
+MODELYARD_OPERATOR__PREDICTOR and __TRAINING: what the operator gives the predictors and training pods it
+makes, from the helpers and values of the chart's own (its InferenceServices, and its training CronJobs).
+*/}}
+{{- define "modelyard.operatorPredictorSettings" -}}
+{{- $labels := include "modelyard.predictorLabels" . | fromYaml }}
+{{- $security := include "modelyard.podSecurityContext" 1000 | fromYaml }}
+{{- dict "service_account" (include "modelyard.servingServiceAccountName" .) "labels" $labels "security_context" $security "resources" .Values.serving.resources | toJson }}
+{{- end }}
+
+{{- define "modelyard.operatorTrainingSettings" -}}
+{{- $labels := include "modelyard.componentSelectorLabels" (dict "ctx" . "component" "training") | fromYaml }}
+{{- $security := include "modelyard.podSecurityContext" 1000 | fromYaml }}
+{{- $container := include "modelyard.containerSecurityContext" . | fromYaml }}
+{{- dict "service_account" (printf "%s-jobs" (include "modelyard.fullname" .)) "labels" $labels "security_context" $security "container_security_context" $container "resources" .Values.pipelines.training.resources | toJson }}
+{{- end }}
+
 {{/* The ServiceAccount of the pipeline's Jobs and CronJobs: it may patch InferenceServices, nothing more. */}}
 {{- define "modelyard.pipelineServiceAccountName" -}}
 {{- printf "%s-pipeline" (include "modelyard.fullname" .) }}

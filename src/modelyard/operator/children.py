@@ -1,10 +1,16 @@
 """The objects a Model owns, as plain manifests: its spec's ConfigMap, a training Job (and the CronJob of
 its schedule), and its InferenceService.
 
-Names are derived from the Model and what they run, so creating one twice finds the first (a 409) rather
-than a duplicate: a handler may run again after a crash and do no harm. The training pod mirrors the
-pipeline's components: the same image, the registry and object-store settings from the same Secrets and
-ConfigMap, and the restricted Pod Security profile.
+Names are derived from the Model and what they run, so creating one twice finds the first rather than
+a duplicate: a handler may run again after a crash and do no harm. A name cut to fit Kubernetes' limits
+carries a hash of the whole Model name, so two long names that share a beginning do not share a child.
+What a pod gets beyond its work (service account, labels, security contexts, default resources) comes
+from ``settings.operator.predictor`` and ``.training``, which the chart sets from its own pods' values
+and helpers: a predictor or training pod the operator makes is the chart's, down to the labels its
+NetworkPolicies admit. The training pod takes the registry and object-store settings from the same
+Secrets and ConfigMap as the pipeline's components, none of them optional: a missing one stops the pod
+visibly (CreateContainerConfigError) instead of training against no registry. Its run id is its Job's
+name (the label Kubernetes puts on a Job's pods), recorded with the version it publishes.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ RETRAIN_ANNOTATION = f"{GROUP}/retrain-requested"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modelyard-operator"}
 SPEC_MOUNT = "/etc/modelyard/spec"
 SPEC_FILE = "spec.yaml"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # what the Job controller labels each of its pods with
+NAME_LIMIT = 63  # a Job's name is a label value of its pods
+CRON_JOB_NAME_LIMIT = 52  # the CronJob controller appends 11 characters to name each Job
+NAME_HASH_LENGTH = 6
 
 
 def spec_hash(spec: ModelSpec) -> str:
@@ -40,8 +50,17 @@ def _labels(model: str, **extra: str) -> dict[str, str]:
     return {**MANAGED_BY, MODEL_LABEL: model, **extra}
 
 
+def child_name(model: str, suffix: str, limit: int = NAME_LIMIT) -> str:
+    """``<model>-<suffix>`` within ``limit`` characters; a Model name cut to fit keeps a hash of all of it."""
+    name = f"{model}-{suffix}"
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(model.encode()).hexdigest()[:NAME_HASH_LENGTH]
+    return f"{model[: limit - len(suffix) - NAME_HASH_LENGTH - 2].rstrip('-')}-{digest}-{suffix}"
+
+
 def spec_config_map_name(model: str) -> str:
-    return f"{model[:50]}-spec"
+    return child_name(model, "spec")
 
 
 def spec_config_map(model: str, spec: ModelSpec) -> dict[str, Any]:
@@ -61,53 +80,45 @@ def spec_config_map(model: str, spec: ModelSpec) -> dict[str, Any]:
 def _env(settings: Settings) -> list[dict[str, Any]]:
     pipeline = settings.pipeline
 
-    def from_secret(variable: str, secret: str) -> dict[str, Any]:
-        ref = {"name": secret, "key": variable, "optional": True}
-        return {"name": variable, "valueFrom": {"secretKeyRef": ref}}
+    def from_secret(variable: str, secret: str, key: str) -> dict[str, Any]:
+        return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
-    def from_config(variable: str) -> dict[str, Any]:
-        ref = {"name": pipeline.config_map, "key": variable, "optional": True}
-        return {"name": variable, "valueFrom": {"configMapKeyRef": ref}}
-
+    run_id = {"fieldRef": {"fieldPath": f"metadata.labels['{JOB_NAME_LABEL}']"}}
     return [
-        from_secret("MODELYARD_DATABASE_URL", pipeline.database_secret),
-        from_secret("AWS_ACCESS_KEY_ID", pipeline.s3_secret),
-        from_secret("AWS_SECRET_ACCESS_KEY", pipeline.s3_secret),
-        from_config("MODELYARD_STORE_URI"),
-        from_config("AWS_ENDPOINT_URL"),
-        from_config("AWS_REGION"),
+        from_secret("MODELYARD_DATABASE_URL", pipeline.database_secret, pipeline.database_secret_key),
+        from_secret("AWS_ACCESS_KEY_ID", pipeline.s3_secret, "AWS_ACCESS_KEY_ID"),
+        from_secret("AWS_SECRET_ACCESS_KEY", pipeline.s3_secret, "AWS_SECRET_ACCESS_KEY"),
+        {"name": "MODELYARD_PIPELINE__RUN_ID", "valueFrom": run_id},
         {"name": "MODELYARD_HOME", "value": "/tmp/modelyard"},  # the emptyDir: the only writable path
     ]
 
 
-def _pod_template(model: str, settings: Settings, policies: Policies, trigger: str) -> dict[str, Any]:
-    container = {
+def _pod_template(model: str, settings: Settings, trigger: str) -> dict[str, Any]:
+    pod = settings.operator.training
+    container: dict[str, Any] = {
         "name": "train",
         "image": settings.pipeline.image,
         "command": ["modelyard"],
         "args": ["train", "--spec", f"{SPEC_MOUNT}/{SPEC_FILE}", "--in-process", "--json"],
+        # the chart's ConfigMap (store, endpoint, region), as its own Jobs take it
+        "envFrom": [{"configMapRef": {"name": settings.pipeline.config_map}}],
         "env": _env(settings),
         "volumeMounts": [
             {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
             {"name": "scratch", "mountPath": "/tmp"},
         ],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
     }
+    if pod.container_security_context:
+        container["securityContext"] = pod.container_security_context
+    if pod.resources:
+        container["resources"] = pod.resources
     return {
-        "metadata": {"labels": _labels(model, **{TRIGGER_LABEL: trigger})},
+        "metadata": {"labels": {**pod.labels, **_labels(model, **{TRIGGER_LABEL: trigger})}},
         "spec": {
             "restartPolicy": "Never",
-            "serviceAccountName": settings.operator.training_service_account,
+            "serviceAccountName": pod.service_account,
             "automountServiceAccountToken": False,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": 1000,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": pod.security_context,
             "containers": [container],
             "volumes": [
                 {"name": "spec", "configMap": {"name": spec_config_map_name(model)}},
@@ -118,11 +129,11 @@ def _pod_template(model: str, settings: Settings, policies: Policies, trigger: s
 
 
 def training_job_name(model: str, hash_: str) -> str:
-    return f"{model[:44]}-train-{hash_}"
+    return child_name(model, f"train-{hash_}")
 
 
 def retrain_job_name(model: str, request: str) -> str:
-    return f"{model[:44]}-alert-{hashlib.sha256(request.encode()).hexdigest()[:10]}"
+    return child_name(model, f"alert-{hashlib.sha256(request.encode()).hexdigest()[:10]}")
 
 
 def training_job(
@@ -146,13 +157,13 @@ def training_job(
         "spec": {
             "backoffLimit": 0,  # a failed run is reported, not repeated: the gate's verdict does not change
             "activeDeadlineSeconds": policies.training.timeout_seconds,
-            "template": _pod_template(model, settings, policies, trigger),
+            "template": _pod_template(model, settings, trigger),
         },
     }
 
 
 def schedule_name(model: str) -> str:
-    return f"{model[:44]}-retrain"
+    return child_name(model, "retrain", CRON_JOB_NAME_LIMIT)
 
 
 def training_cron_job(model: str, schedule: str, settings: Settings, policies: Policies) -> dict[str, Any]:
@@ -169,7 +180,7 @@ def training_cron_job(model: str, schedule: str, settings: Settings, policies: P
                 "spec": {
                     "backoffLimit": 0,
                     "activeDeadlineSeconds": policies.training.timeout_seconds,
-                    "template": _pod_template(model, settings, policies, "schedule"),
+                    "template": _pod_template(model, settings, "schedule"),
                 },
             },
         },
@@ -177,11 +188,19 @@ def training_cron_job(model: str, schedule: str, settings: Settings, policies: P
 
 
 def inference_service(
-    model: str, version: int, storage_uri: str, settings: Settings, policies: Policies
+    model: str,
+    version: int,
+    storage_uri: str,
+    settings: Settings,
+    policies: Policies,
+    *,
+    env: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """The model's InferenceService on the modelyard ServingRuntime, serving ``storage_uri``."""
+    """The model's InferenceService on the modelyard ServingRuntime, serving ``storage_uri``; ``env`` is
+    what the predictor is told of a candidate being rolled out."""
     serving = policies.serving
-    resources = serving.resources.model_dump(exclude_defaults=True)
+    pod = settings.operator.predictor
+    resources = {**pod.resources, **serving.resources.model_dump(exclude_defaults=True)}
     model_block: dict[str, Any] = {
         "modelFormat": {"name": "modelyard", "version": "1"},
         "runtime": settings.operator.runtime,
@@ -190,6 +209,22 @@ def inference_service(
     }
     if resources:
         model_block["resources"] = resources
+    if pod.container_security_context:
+        model_block["securityContext"] = pod.container_security_context
+    if env:
+        model_block["env"] = env
+    predictor: dict[str, Any] = {
+        "serviceAccountName": pod.service_account,
+        "minReplicas": serving.min_replicas,
+        "maxReplicas": serving.max_replicas,
+        "scaleMetric": serving.scale_metric.value,
+        "scaleTarget": serving.scale_target,
+        "securityContext": pod.security_context,
+        "automountServiceAccountToken": False,
+        "model": model_block,
+    }
+    if pod.labels:
+        predictor["labels"] = pod.labels
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
@@ -202,16 +237,7 @@ def inference_service(
                 "serving.kserve.io/enable-prometheus-scraping": "true",
             },
         },
-        "spec": {
-            "predictor": {
-                "minReplicas": serving.min_replicas,
-                "maxReplicas": serving.max_replicas,
-                "scaleMetric": serving.scale_metric.value,
-                "scaleTarget": serving.scale_target,
-                "automountServiceAccountToken": False,
-                "model": model_block,
-            }
-        },
+        "spec": {"predictor": predictor},
     }
 
 

@@ -1,16 +1,20 @@
 """The Model controller: one level-triggered ``reconcile`` that the kopf handlers run on every create, spec
-change and resume, and on a timer.
+change and resume, on a timer, and when KServe reports on an InferenceService the Model owns.
 
 What it knows it reads again each time, from the API server (the Model, its Jobs and InferenceService)
 and the registry (its versions): nothing lives only in the operator's memory, so an operator killed at
 any moment carries on where it was when it starts again. Each step is safe to repeat: children have
-derived names, a create that finds its object keeps it, and status is rewritten only where it changed.
+derived names and are applied, and status is replaced only from the resourceVersion it was computed
+from (a conflict computes it again from a fresh read).
 
 The loop: a spec the model spec refuses gets a condition naming the field (and no retry: only a new spec
-can fix it). A spec whose hash has no run yet starts a training Job; the run's version is found in the
-registry (a version of the model registered since the run started). The first version has nothing to be
-compared with: it is promoted and served. The production version is served through the Model's
-InferenceService, and its readiness is the Model's.
+can fix it). A spec whose hash has no run yet starts a training Job; the run's version is the one the
+registry records under the Job's name as its run id. The first version has nothing to be compared with:
+it is promoted and served. A later version that passed the gate is rolled out through the
+InferenceService: shadow (the predictor scores it beside the stable one), then each canary step (it
+answers that percent of requests), then full (promoted in the registry, and the storageUri). Each step
+takes ``analyses_per_step`` passing analyses, one every ``interval_seconds``; ``failure_limit`` failed
+ones roll it back, the registry untouched. The rollout's state is in ``status.rollout``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any, cast
 import kopf
 
 from modelyard.operator import children
+from modelyard.operator.analysis import FAIL, PASS, Analysis, Prometheus, PrometheusError, Verdict
 from modelyard.operator.conditions import (
     PUBLISHED,
     READY,
@@ -32,14 +37,25 @@ from modelyard.operator.conditions import (
     TRAINED,
     Conditions,
 )
-from modelyard.operator.crd import MAX_VERSIONS
-from modelyard.operator.kube import CONFIG_MAP, CRON_JOB, INFERENCE_SERVICE, JOB, MODEL, Cluster
+from modelyard.operator.crd import MAX_VERSIONS, ModelStatus
+from modelyard.operator.kube import (
+    CONFIG_MAP,
+    CRON_JOB,
+    INFERENCE_SERVICE,
+    JOB,
+    MODEL,
+    Cluster,
+    KindMissing,
+    NotOurs,
+    owned_by,
+)
 from modelyard.operator.resource import (
     GROUP,
     PLURAL,
     VERSION,
     Policies,
     ResourceSpecError,
+    RolloutPolicy,
     Runner,
     parse_resource_spec,
 )
@@ -50,6 +66,13 @@ from modelyard.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
+STATUS_ATTEMPTS = 5  # status writes that lost a race to another writer, before kopf retries the handler
+PROGRESSING, PROMOTED, ROLLED_BACK = "Progressing", "Promoted", "RolledBack"
+SHADOW, CANARY, FULL = "shadow", "canary", "full"
+CANDIDATE_URI_ENV = "MODELYARD_SERVING__CANDIDATE_URI"
+ROLLOUT_MODE_ENV = "MODELYARD_SERVING__ROLLOUT_MODE"
+CANARY_PERCENT_ENV = "MODELYARD_SERVING__CANARY_PERCENT"
+
 
 @dataclass
 class Controller:
@@ -57,176 +80,187 @@ class Controller:
     cluster: Cluster
     registry: Registry
     # kopf runs a Model's timer beside its change handlers: one reconcile of a Model at a time, and an
-    # event said once, though the second reconcile still reads the status the first is about to change.
+    # event said once.
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _said: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def _say(self, body: kopf.Body, reason: str, message: str, *, warning: bool = False) -> None:
+    def _say(self, body: dict[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
         key = (body["metadata"]["uid"], reason)
         if self._said.get(key) == message:
             return
         self._said[key] = message
-        (kopf.warn if warning else kopf.info)(body, reason=reason, message=message)
+        (kopf.warn if warning else kopf.info)(
+            kopf.Body(cast(kopf.RawBody, body)), reason=reason, message=message
+        )
 
     # ------------------------------------------------------------------ the loop
 
-    def reconcile(self, body: kopf.Body, patch: kopf.Patch) -> None:
-        lock = self._locks.setdefault(body["metadata"]["uid"], threading.Lock())
-        with lock:
-            self._reconcile(body, patch)
+    def reconcile(self, namespace: str, name: str) -> None:
+        """Bring the Model ``namespace/name`` and its children to its spec, and write its status: from a
+        fresh read each attempt, so a write that raced another is computed again, not lost."""
+        lock = self._locks.setdefault(f"{namespace}/{name}", threading.Lock())
+        for _ in range(STATUS_ATTEMPTS):
+            with lock:
+                raw = self.cluster.get(MODEL, name, namespace)
+                if raw is None or raw["metadata"].get("deletionTimestamp"):
+                    return
+                status = self._status(raw)
+                if status == (raw.get("status") or {}):
+                    return
+                if self.cluster.replace_status(MODEL, raw, status):
+                    return
+        raise kopf.TemporaryError(f"Model {namespace}/{name}: status changed under every write", delay=1)
 
-    def _reconcile(self, body: kopf.Body, patch: kopf.Patch) -> None:
+    def _status(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The Model's new status; every field the CRD's schema declares (ModelStatus checks it)."""
         meta = body["metadata"]
-        name, namespace, generation = meta["name"], meta["namespace"], int(meta.get("generation", 1))
-        status: dict[str, Any] = dict(body.get("status") or {})
-        conditions = Conditions(status.get("conditions"), generation)
-        new: dict[str, Any] = {"observedGeneration": generation}
+        name, generation = meta["name"], int(meta.get("generation", 1))
+        old: dict[str, Any] = dict(body.get("status") or {})
+        conditions = Conditions(old.get("conditions"), generation)
+        new: dict[str, Any] = {**old, "observedGeneration": generation}
         try:
             spec, policies = parse_resource_spec(name, dict(body["spec"]))
         except ResourceSpecError as exc:
             if conditions.set(READY, False, "InvalidSpec", exc.message):
                 self._say(body, "InvalidSpec", exc.message, warning=True)
             new.update(phase="Invalid", conditions=conditions.as_list())
-            self._write(status, new, patch)
-            return
-        owner = children.owner_reference(body)
-        if self._runner(policies) is Runner.KFP:
-            message = "training through KFP (runner kfp, or auto with a KFP host set) is not built yet"
+            return _checked(new)
+        if policies.training.runner is Runner.KFP:
+            message = "runner kfp: training through KFP is not built yet; use runner job (or auto)"
             if conditions.set(TRAINED, False, "RunnerNotBuilt", message):
                 self._say(body, "RunnerNotBuilt", message, warning=True)
             new.update(phase="Failed", conditions=conditions.as_list())
-            self._write(status, new, patch)
-            return
-        self._ensure_inputs(name, namespace, spec, policies, owner)
-        run = self._current_run(body, status, spec, policies, owner)
-        new["latestRun"] = run
-        version = self._observe_run(body, run, conditions)
-        serving = self._serve(body, name, namespace, version, policies, owner, conditions)
+            return _checked(new)
+        try:
+            self._ensure_inputs(body, spec, policies)
+            run = self._current_run(body, old, spec, policies)
+            new["latestRun"] = run
+            published = self._observe_run(body, run, conditions)
+            new.update(self._serve(body, old, published, policies, conditions))
+        except (NotOurs, KindMissing) as exc:
+            reason = "NameTaken" if isinstance(exc, NotOurs) else "KindMissing"
+            if conditions.set(READY, False, reason, exc.message):
+                self._say(body, reason, exc.message, warning=True)
+            new.update(phase="Failed", conditions=conditions.as_list())
+            return _checked(new)
         new.update(self._versions(name, spec))
-        new.update(serving)
         new["conditions"] = conditions.as_list()
         new["phase"] = _phase(conditions)
-        self._write(status, new, patch)
-
-    def refresh(self, namespace: str, name: str) -> None:
-        """Reconcile the Model ``name`` now, outside its own handlers: a child it owns changed (KServe
-        reports its InferenceService Ready), and its status should say so before the next interval."""
-        raw = self.cluster.get(MODEL, name, namespace)
-        if raw is None or raw["metadata"].get("deletionTimestamp"):
-            return
-        patch = kopf.Patch()
-        self.reconcile(kopf.Body(cast(kopf.RawBody, raw)), patch)
-        status = dict(patch.get("status") or {})
-        if status:
-            self.cluster.patch_status(MODEL, name, namespace, status)
+        return _checked(new)
 
     def cleanup(self, body: kopf.Body) -> None:
-        """Before the Model goes: remove what serves and schedules it; the registry keeps its history."""
+        """Before the Model goes: remove what serves and schedules it (what it owns, nothing of the same
+        name that is not); the registry keeps its history."""
         meta = body["metadata"]
-        name, namespace = meta["name"], meta["namespace"]
+        name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
         removed = [
             f"{kind.kind}/{object_name}"
-            for kind, object_name in (
-                (INFERENCE_SERVICE, name),
-                (CRON_JOB, children.schedule_name(name)),
-            )
-            if self.cluster.delete(kind, object_name, namespace)
+            for kind, object_name in ((INFERENCE_SERVICE, name), (CRON_JOB, children.schedule_name(name)))
+            if self.cluster.delete(kind, object_name, namespace, uid)
         ]
-        uid = meta["uid"]
-        self._locks.pop(uid, None)
+        self._locks.pop(f"{namespace}/{name}", None)
         for key in [key for key in self._said if key[0] == uid]:
             del self._said[key]
         if removed:
-            self._say(body, "CleanedUp", f"deleted {', '.join(removed)}")
+            kopf.info(body, reason="CleanedUp", message=f"deleted {', '.join(removed)}")
 
-    # ------------------------------------------------------------------ the steps
+    # ------------------------------------------------------------------ training
 
-    def _runner(self, policies: Policies) -> Runner:
-        runner = policies.training.runner
-        if runner is Runner.AUTO:
-            return Runner.KFP if self.settings.pipeline.host else Runner.JOB
-        return runner
-
-    def _ensure_inputs(
-        self, name: str, namespace: str, spec: ModelSpec, policies: Policies, owner: dict[str, Any]
-    ) -> None:
-        config_map = _owned(children.spec_config_map(name, spec), owner)
-        self.cluster.ensure(CONFIG_MAP, namespace, config_map)
+    def _ensure_inputs(self, body: dict[str, Any], spec: ModelSpec, policies: Policies) -> None:
+        meta = body["metadata"]
+        name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+        owner = children.owner_reference(body)
+        self.cluster.ensure(CONFIG_MAP, namespace, _owned(children.spec_config_map(name, spec), owner), uid)
         schedule = policies.training.schedule
         if schedule:
             cron = _owned(children.training_cron_job(name, schedule, self.settings, policies), owner)
-            self.cluster.ensure(CRON_JOB, namespace, cron)
+            self.cluster.ensure(CRON_JOB, namespace, cron, uid)
         else:
-            self.cluster.delete(CRON_JOB, children.schedule_name(name), namespace)
+            self.cluster.delete(CRON_JOB, children.schedule_name(name), namespace, uid)
+
+    def _jobs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The Model's runs: the Jobs it owns, and those its schedule's CronJob does, oldest first."""
+        meta = body["metadata"]
+        name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+        owners = {uid}
+        cron = self.cluster.get(CRON_JOB, children.schedule_name(name), namespace)
+        if cron is not None and owned_by(cron, uid):
+            owners.add(cron["metadata"]["uid"])
+        jobs = [
+            job
+            for job in self.cluster.list(JOB, namespace, {children.MODEL_LABEL: name})
+            if any(owned_by(job, owner) for owner in owners)
+        ]
+        return sorted(jobs, key=lambda job: job["metadata"]["creationTimestamp"])
 
     def _current_run(
-        self,
-        body: kopf.Body,
-        status: dict[str, Any],
-        spec: ModelSpec,
-        policies: Policies,
-        owner: dict[str, Any],
+        self, body: dict[str, Any], status: dict[str, Any], spec: ModelSpec, policies: Policies
     ) -> dict[str, Any]:
         """The run that trains the current spec: the newest Job of this Model, or a new one when the spec
-        changed since the last run."""
+        changed since the last run. A run whose Job is gone (its TTL, or by hand) stays the run."""
         meta = body["metadata"]
-        name, namespace = meta["name"], meta["namespace"]
+        name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+        owner = children.owner_reference(body)
         hash_ = children.spec_hash(spec)
-        jobs = self.cluster.list(JOB, namespace, {children.MODEL_LABEL: name})
-        jobs.sort(key=lambda job: job["metadata"]["creationTimestamp"])
+        jobs = self._jobs(body)
         recorded = status.get("latestRun") or {}
+
+        def start(job: dict[str, Any], reason: str, message: str) -> None:
+            if self.cluster.ensure(JOB, namespace, _owned(job, owner), uid, update=False):
+                self._say(body, reason, message)
+            jobs.append(self.cluster.get(JOB, job["metadata"]["name"], namespace) or job)
+
         if recorded.get("specHash") != hash_ and not any(
-            job["metadata"].get("annotations", {}).get(children.SPEC_HASH_ANNOTATION) == hash_ for job in jobs
+            _annotation(job, children.SPEC_HASH_ANNOTATION) == hash_ for job in jobs
         ):
-            job = _owned(children.training_job(name, hash_, self.settings, policies), owner)
-            if self.cluster.ensure(JOB, namespace, job, patch=False):
-                message = f"Job {job['metadata']['name']} trains {name}"
-                self._say(body, "TrainingStarted", message)
-            created = self.cluster.get(JOB, job["metadata"]["name"], namespace)
-            jobs.append(created or job)
+            job = children.training_job(name, hash_, self.settings, policies)
+            start(job, "TrainingStarted", f"Job {job['metadata']['name']} trains {name}")
         request = (meta.get("annotations") or {}).get(children.RETRAIN_ANNOTATION)
-        if request and not any(
-            job["metadata"].get("annotations", {}).get(children.RETRAIN_ANNOTATION) == request for job in jobs
-        ):
+        if request and not any(_annotation(job, children.RETRAIN_ANNOTATION) == request for job in jobs):
             if not policies.training.retrain_on_alert:
                 message = f"retraining requested ({request}), but spec.training.retrain_on_alert is false"
                 self._say(body, "RetrainIgnored", message)
-            else:
-                job = _owned(
-                    children.training_job(name, hash_, self.settings, policies, request=request), owner
-                )
-                if self.cluster.ensure(JOB, namespace, job, patch=False):
-                    message = f"Job {job['metadata']['name']} retrains {name}: requested {request}"
-                    self._say(body, "RetrainingStarted", message)
-                created = self.cluster.get(JOB, job["metadata"]["name"], namespace)
-                jobs.append(created or job)
-        newest = jobs[-1]
-        job_meta = newest["metadata"]
-        return {
+            elif recorded.get("request") != request:
+                job = children.training_job(name, hash_, self.settings, policies, request=request)
+                message = f"Job {job['metadata']['name']} retrains {name}: requested {request}"
+                start(job, "RetrainingStarted", message)
+        if not jobs:
+            return dict(recorded)
+        job_meta = jobs[-1]["metadata"]
+        run = {
             "kind": "Job",
             "name": job_meta["name"],
             "generation": int(meta.get("generation", 1)),
             "trigger": job_meta.get("labels", {}).get(children.TRIGGER_LABEL, "spec"),
-            "specHash": job_meta.get("annotations", {}).get(children.SPEC_HASH_ANNOTATION, hash_),
+            "specHash": _annotation(jobs[-1], children.SPEC_HASH_ANNOTATION) or hash_,
             "startedAt": job_meta.get("creationTimestamp") or _now(),
         }
+        if _annotation(jobs[-1], children.RETRAIN_ANNOTATION):
+            run["request"] = _annotation(jobs[-1], children.RETRAIN_ANNOTATION)
+        return run
 
     def _observe_run(
-        self, body: kopf.Body, run: dict[str, Any], conditions: Conditions
+        self, body: dict[str, Any], run: dict[str, Any], conditions: Conditions
     ) -> ModelVersionRecord | None:
         """The version the run published, if any; Trained and Published say how the run stands."""
         meta = body["metadata"]
         name, namespace = meta["name"], meta["namespace"]
-        published = self._published_since(name, _parse_time(run["startedAt"]))
-        job = self.cluster.get(JOB, run["name"], namespace) or {}
-        job_conditions = {c["type"]: c for c in (job.get("status") or {}).get("conditions") or []}
-        failed = job_conditions.get("Failed", {}).get("status") == "True"
+        published = self._published_by(name, run["name"])
+        job = self.cluster.get(JOB, run["name"], namespace)
+        job_conditions = {c["type"]: c for c in ((job or {}).get("status") or {}).get("conditions") or []}
         if published is not None:
             message = f"Job {run['name']} published {published.ref} ({published.stage.value})"
             if conditions.set(TRAINED, True, "Trained", message):
                 self._say(body, "Trained", message)
             conditions.set(PUBLISHED, True, "Published", f"{published.ref} at {published.storage_uri}")
-        elif failed:
+        elif job is None:
+            message = (
+                f"Job {run['name']} is gone and published no version; change the spec, or ask for a "
+                f"retraining (annotation {children.RETRAIN_ANNOTATION})"
+            )
+            if conditions.set(TRAINED, False, "RunGone", message):
+                self._say(body, "RunGone", message, warning=True)
+        elif job_conditions.get("Failed", {}).get("status") == "True":
             why = job_conditions["Failed"].get("message") or job_conditions["Failed"].get("reason", "")
             message = f"Job {run['name']} failed: {why}; the gate may have refused the model (see its log)"
             if conditions.set(TRAINED, False, "TrainingFailed", message):
@@ -238,22 +272,24 @@ class Controller:
             conditions.set(TRAINED, None, "Training", f"Job {run['name']} is running")
         return published
 
-    def _published_since(self, name: str, since: datetime) -> ModelVersionRecord | None:
+    def _published_by(self, name: str, run_id: str) -> ModelVersionRecord | None:
         for record in self.registry.list_versions(name):  # newest first
-            if record.created_at >= since:
+            if record.run_id == run_id:
                 return record
         return None
 
+    # ------------------------------------------------------------------ serving and rollout
+
     def _serve(
         self,
-        body: kopf.Body,
-        name: str,
-        namespace: str,
+        body: dict[str, Any],
+        status: dict[str, Any],
         published: ModelVersionRecord | None,
         policies: Policies,
-        owner: dict[str, Any],
         conditions: Conditions,
     ) -> dict[str, Any]:
+        meta = body["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
         production = self._production(name)
         if production is None and published is not None:
             production = self.registry.promote(name, published.version)
@@ -263,21 +299,21 @@ class Controller:
             conditions.set(SERVING, False, "NothingPublished", f"no version of {name} is published yet")
             conditions.set(READY, False, "NothingPublished", f"no version of {name} is published yet")
             return {"servingVersion": None, "url": None}
-        if published is not None and published.version > production.version:
-            conditions.set(
-                ROLLOUT,
-                None,
-                "CandidateWaiting",
-                f"{published.ref} passed the gate; {production.ref} keeps serving until the candidate's "
-                "analysed rollout promotes it",
-            )
-        else:
-            conditions.set(ROLLOUT, False, "NoCandidate", f"{production.ref} is the newest version")
+        result: dict[str, Any] = {}
+        rollout = self._rollout(body, status, production, published, policies, conditions, result)
+        if rollout is not None and rollout["state"] == PROMOTED:
+            production = self.registry.get_version(name, rollout["candidate"])
         manifest = children.inference_service(
-            name, production.version, production.storage_uri, self.settings, policies
+            name,
+            production.version,
+            production.storage_uri,
+            self.settings,
+            policies,
+            env=_rollout_env(rollout),
         )
-        service = _owned(manifest, owner)
-        if self.cluster.ensure(INFERENCE_SERVICE, namespace, service):
+        if self.cluster.ensure(
+            INFERENCE_SERVICE, namespace, _owned(manifest, children.owner_reference(body)), meta["uid"]
+        ):
             self._say(body, "Serving", f"InferenceService {name} created for {production.ref}")
         found = self.cluster.get(INFERENCE_SERVICE, name, namespace) or {}
         ready, why = _inference_service_ready(found, production.storage_uri)
@@ -286,7 +322,128 @@ class Controller:
         if conditions.set(READY, ready, "Ready" if ready else "NotReady", serving_message) and ready:
             self._say(body, "Ready", serving_message)
         url = (found.get("status") or {}).get("url")
-        return {"servingVersion": production.version, "url": url, "inferenceService": name}
+        return {
+            **result,
+            "servingVersion": production.version,
+            "url": url,
+            "inferenceService": name,
+            "rollout": rollout,
+        }
+
+    def _rollout(
+        self,
+        body: dict[str, Any],
+        status: dict[str, Any],
+        production: ModelVersionRecord,
+        published: ModelVersionRecord | None,
+        policies: Policies,
+        conditions: Conditions,
+        result: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        """The rollout's state after this look (None: there is no candidate, nor was one); an analysis
+        that is due is run, and its verdict recorded in ``result["lastAnalysis"]``."""
+        name = body["metadata"]["name"]
+        policy = policies.rollout
+        rollout: dict[str, Any] | None = status.get("rollout")
+        candidate = published if published is not None and published.version > production.version else None
+        if candidate is not None and (rollout is None or rollout["candidate"] != candidate.version):
+            if not self.settings.operator.prometheus_url:
+                conditions.set(
+                    ROLLOUT,
+                    None,
+                    "CandidateWaiting",
+                    f"{candidate.ref} passed the gate; {production.ref} keeps serving: no Prometheus to "
+                    "analyse a rollout (MODELYARD_OPERATOR__PROMETHEUS_URL)",
+                )
+                return rollout
+            rollout = _start(candidate, production, policy)
+            self._say(body, "RolloutStarted", rollout["message"])
+        if rollout is None:
+            conditions.set(ROLLOUT, False, "NoCandidate", f"{production.ref} is the newest version")
+            return None
+        if rollout["state"] == PROGRESSING and production.version == rollout["candidate"]:
+            rollout = {**rollout, "state": PROMOTED, "mode": FULL, "percent": 100}  # promoted by a write lost
+        if rollout["state"] == PROGRESSING and rollout["mode"] == FULL:
+            promoted = self.registry.promote(name, rollout["candidate"])
+            message = f"the rollout policy has no steps: {promoted.ref} promoted without analysis"
+            self._say(body, "Promoted", message)
+            rollout = {**rollout, "state": PROMOTED, "percent": 100, "message": message}
+        if rollout["state"] == PROGRESSING and _due(rollout, policy):
+            rollout = self._analyse(body, rollout, policy, result)
+        ref = f"{name}@{rollout['candidate']}"
+        if rollout["state"] == PROGRESSING:
+            conditions.set(ROLLOUT, True, "Progressing", rollout["message"])
+        elif rollout["state"] == PROMOTED:
+            conditions.set(ROLLOUT, False, "Promoted", f"{ref} was promoted: {rollout['message']}")
+        else:
+            conditions.set(ROLLOUT, False, "RolledBack", f"{ref} was rolled back: {rollout['message']}")
+        return rollout
+
+    def _analyse(
+        self, body: dict[str, Any], rollout: dict[str, Any], policy: RolloutPolicy, result: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One analysis of the candidate; the rollout after its verdict."""
+        name = body["metadata"]["name"]
+        stable, candidate = rollout["stable"], rollout["candidate"]
+        analysis = Analysis(
+            Prometheus(self.settings.operator.prometheus_url), name, f"{policy.interval_seconds}s"
+        )
+        try:
+            verdict = analysis.run(stable, candidate, policy.thresholds)
+        except PrometheusError as exc:
+            self._say(body, "AnalysisError", exc.message, warning=True)
+            return {**rollout, "message": f"no analysis: {exc.message}"}
+        at = _now()
+        result["lastAnalysis"] = _analysis_status(verdict, at, stable, candidate)
+        rollout = {**rollout, "lastAnalysisAt": at}
+        plan = _plan(policy)
+        ref = f"{name}@{candidate}"
+        if verdict.verdict == FAIL:
+            failures = rollout["failures"] + 1
+            failed = [check.name for check in verdict.failed]
+            summary = verdict.summary()
+            if failures >= policy.failure_limit:
+                message = f"{', '.join(failed)} failed: {summary}; {name}@{stable} keeps serving"
+                self._say(body, "RolledBack", f"{ref}: {message}", warning=True)
+                return {
+                    **rollout,
+                    "state": ROLLED_BACK,
+                    "failures": failures,
+                    "failedChecks": failed,
+                    "message": message,
+                }
+            self._say(body, "AnalysisFailed", f"{ref}: {summary}", warning=True)
+            return {**rollout, "failures": failures, "failedChecks": failed, "message": summary}
+        if verdict.verdict != PASS:
+            return {
+                **rollout,
+                "message": f"{_describe(rollout)}: analysis inconclusive ({verdict.summary()})",
+            }
+        passes = rollout["passes"] + 1
+        if passes < policy.analyses_per_step:
+            rollout = {**rollout, "passes": passes}
+            return {
+                **rollout,
+                "message": f"{_describe(rollout)}: {passes} of {policy.analyses_per_step} passed",
+            }
+        step = rollout["step"] + 1
+        if step < len(plan):
+            mode, percent = plan[step]
+            rollout = {**rollout, "step": step, "mode": mode, "percent": percent, "passes": 0}
+            message = f"{_describe(rollout)}: the last step's analyses passed"
+            self._say(body, "RolloutStep", f"{ref}: {message}")
+            return {**rollout, "message": message}
+        promoted = self.registry.promote(name, candidate)
+        message = f"every step's analyses passed; {promoted.ref} is production"
+        self._say(body, "Promoted", f"{ref}: {message}")
+        return {
+            **rollout,
+            "state": PROMOTED,
+            "mode": FULL,
+            "percent": 100,
+            "passes": passes,
+            "message": message,
+        }
 
     def _production(self, name: str) -> ModelVersionRecord | None:
         for record in self.registry.list_versions(name):
@@ -309,16 +466,83 @@ class Controller:
             ]
         }
 
-    @staticmethod
-    def _write(status: dict[str, Any], new: dict[str, Any], patch: kopf.Patch) -> None:
-        for key, value in new.items():
-            if status.get(key) != value:
-                patch.status[key] = value
+
+def _plan(policy: RolloutPolicy) -> list[tuple[str, int]]:
+    """The rollout's steps: shadow (the candidate answers none), then each canary percent."""
+    return ([(SHADOW, 0)] if policy.shadow else []) + [(CANARY, percent) for percent in policy.canary_steps]
+
+
+def _start(
+    candidate: ModelVersionRecord, stable: ModelVersionRecord, policy: RolloutPolicy
+) -> dict[str, Any]:
+    plan = _plan(policy)
+    mode, percent = plan[0] if plan else (FULL, 100)
+    rollout = {
+        "candidate": candidate.version,
+        "stable": stable.version,
+        "candidateUri": candidate.storage_uri,
+        "state": PROGRESSING,
+        "step": 0,
+        "mode": mode,
+        "percent": percent,
+        "passes": 0,
+        "failures": 0,
+        "startedAt": _now(),
+        "lastAnalysisAt": None,
+        "failedChecks": [],
+    }
+    rollout["message"] = f"{candidate.ref} passed the gate: {_describe(rollout)} beside {stable.ref}"
+    return rollout
+
+
+def _describe(rollout: dict[str, Any]) -> str:
+    if rollout["mode"] == SHADOW:
+        return f"shadow (version {rollout['candidate']} scored on every request, answering none)"
+    return f"canary (version {rollout['candidate']} answers {rollout['percent']}% of requests)"
+
+
+def _due(rollout: dict[str, Any], policy: RolloutPolicy) -> bool:
+    since = rollout.get("lastAnalysisAt") or rollout["startedAt"]
+    return (datetime.now(UTC) - _parse_time(since)).total_seconds() >= policy.interval_seconds
+
+
+def _rollout_env(rollout: dict[str, Any] | None) -> list[dict[str, str]]:
+    """What the predictor is told of a candidate in progress; nothing once the rollout has ended."""
+    if rollout is None or rollout["state"] != PROGRESSING or rollout["mode"] == FULL:
+        return []
+    return [
+        {"name": CANDIDATE_URI_ENV, "value": rollout["candidateUri"]},
+        {"name": ROLLOUT_MODE_ENV, "value": rollout["mode"]},
+        {"name": CANARY_PERCENT_ENV, "value": str(rollout["percent"])},
+    ]
+
+
+def _analysis_status(verdict: Verdict, at: str, stable: int, candidate: int) -> dict[str, Any]:
+    return {
+        "verdict": verdict.verdict,
+        "at": at,
+        "stable": stable,
+        "candidate": candidate,
+        "summary": verdict.summary(),
+        "checks": [check.to_status() for check in verdict.checks],
+    }
+
+
+def _checked(status: dict[str, Any]) -> dict[str, Any]:
+    """``status`` as written, once ModelStatus (the CRD's schema) holds every field of it: a field the API
+    server would prune fails here, in every test, rather than vanishing."""
+    ModelStatus.model_validate(status)
+    return status
 
 
 def _owned(manifest: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
     manifest["metadata"]["ownerReferences"] = [owner]
     return manifest
+
+
+def _annotation(obj: dict[str, Any], key: str) -> str | None:
+    value = (obj["metadata"].get("annotations") or {}).get(key)
+    return None if value is None else str(value)
 
 
 def _inference_service_ready(service: dict[str, Any], storage_uri: str) -> tuple[bool, str]:
@@ -381,12 +605,14 @@ def build_registry(controller: Controller, *, clusterwide: bool) -> kopf.Operato
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
-    def on_spec(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        controller.reconcile(body, patch)
+    def on_spec(name: str, namespace: str | None, **_: Any) -> None:
+        if namespace:  # Models are namespaced: always
+            controller.reconcile(namespace, name)
 
     @kopf.timer(GROUP, VERSION, PLURAL, interval=controller.settings.operator.interval_s, registry=registry)
-    def observe(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        controller.reconcile(body, patch)
+    def observe(name: str, namespace: str | None, **_: Any) -> None:
+        if namespace:
+            controller.reconcile(namespace, name)
 
     @kopf.on.event(
         "serving.kserve.io",
@@ -397,7 +623,7 @@ def build_registry(controller: Controller, *, clusterwide: bool) -> kopf.Operato
     )
     def on_inference_service(type: str, labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
         if type in ("ADDED", "MODIFIED") and namespace:
-            controller.refresh(namespace, labels[children.MODEL_LABEL])
+            controller.reconcile(namespace, labels[children.MODEL_LABEL])
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
     def on_delete(body: kopf.Body, **_: Any) -> None:

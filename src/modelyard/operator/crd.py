@@ -47,6 +47,7 @@ class Run(_Status):
     trigger: str = Field(description="spec, schedule or alert")
     spec_hash: str = Field(description="the hash of the model spec it trains")
     started_at: str
+    request: str | None = Field(default=None, description="the retraining request it answers")
 
 
 class VersionEntry(_Status):
@@ -59,16 +60,36 @@ class VersionEntry(_Status):
 
 class Check(_Status):
     name: str
-    value: float | None
+    value: float | None = None
     threshold: float
-    passed: bool | None = Field(description="None: the check had no data")
+    passed: bool | None = Field(default=None, description="None: the check had no data")
 
 
 class Analysis(_Status):
     verdict: str = Field(pattern="^(pass|fail|inconclusive)$")
     at: str
     candidate: int = Field(ge=1)
+    stable: int = Field(ge=1)
+    summary: str = Field(description="each check's value, or each failed check's")
     checks: list[Check]
+
+
+class Rollout(_Status):
+    """One candidate's rollout; kept when it ends, so a restarted operator neither repeats nor forgets it."""
+
+    candidate: int = Field(ge=1)
+    stable: int = Field(ge=1)
+    candidate_uri: str
+    state: str = Field(pattern="^(Progressing|Promoted|RolledBack)$")
+    step: int = Field(ge=0, description="index into the plan: shadow (if any), each canary step")
+    mode: str = Field(pattern="^(shadow|canary|full)$")
+    percent: int = Field(ge=0, le=100, description="requests the candidate answers")
+    passes: int = Field(ge=0, description="passing analyses in this step")
+    failures: int = Field(ge=0, description="failed analyses in this rollout")
+    started_at: str
+    last_analysis_at: str | None = None
+    failed_checks: list[str] = Field(default_factory=list, description="what rolled the candidate back")
+    message: str
 
 
 class ModelStatus(_Status):
@@ -83,6 +104,7 @@ class ModelStatus(_Status):
     url: str | None = None
     inference_service: str | None = None
     last_analysis: Analysis | None = None
+    rollout: Rollout | None = None
 
 
 _DROPPED = {"title", "default", "additionalProperties", "$defs"}

@@ -1,25 +1,27 @@
 """The operator's reads and writes of Kubernetes objects, through the kubernetes client's DynamicClient.
 
-Every write is safe to repeat: an object that exists is merge-patched only where it differs from the
-manifest (or left alone when it cannot change, a Job), and a create that finds the object (409
-AlreadyExists: created meanwhile) is treated as finding it. A conflict the API server reports for
-another reason (a write racing another writer) becomes ``kopf.TemporaryError``, so kopf runs the handler
-again a moment later.
+Children are written by server-side apply under the field manager ``modelyard-operator``: repeating an
+apply changes nothing, and a field the manifest no longer sets is removed (a merge patch could not).
+Only an object whose ownerReferences name the Model as its controller is applied to or deleted; one of
+the same name that is not the Model's is reported (``NotOurs``), never adopted. A kind the API server
+does not serve (KServe not installed) has no objects: reading or deleting one finds nothing, and writing
+one says which CRD is missing. Status is replaced with the resourceVersion it was computed from, so a
+write that raced another is refused (409) and computed again from a fresh read, never lost.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
 from modelyard.deploy.kube import custom_objects_api
-from modelyard.errors import NotFound
+from modelyard.errors import ModelyardError, NotFound
 
 RETRY_DELAY_S = 2.0
 MERGE_PATCH = "application/merge-patch+json"
+FIELD_MANAGER = "modelyard-operator"
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,26 @@ INFERENCE_SERVICE = Kind("serving.kserve.io/v1beta1", "InferenceService")
 MODEL = Kind("modelyard.io/v1alpha1", "Model")
 
 
+class NotOurs(ModelyardError):
+    """An object of a child's name exists and is not the Model's: it is neither adopted nor deleted."""
+
+    status_code = 409
+
+
+class KindMissing(ModelyardError):
+    """The API server serves no such kind: its CRD (KServe's, for an InferenceService) is not installed."""
+
+    status_code = 404
+
+
+def owned_by(obj: dict[str, Any], owner_uid: str) -> bool:
+    """Whether ``obj``'s controlling owner is the object whose uid is ``owner_uid``."""
+    references = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == owner_uid and ref.get("controller") for ref in references)
+
+
 class Cluster:
-    """Objects of one API server; a thin layer that turns the client's errors into kopf's retry rules."""
+    """Objects of one API server; a thin layer that turns the client's errors into the operator's."""
 
     def __init__(self, api_client: Any | None = None) -> None:
         from kubernetes.dynamic import DynamicClient
@@ -44,45 +64,82 @@ class Cluster:
         self.client = DynamicClient(api_client or custom_objects_api().api_client)
 
     def _resource(self, kind: Kind) -> Any:
-        return self.client.resources.get(api_version=kind.api_version, kind=kind.kind)
+        from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+        try:
+            return self.client.resources.get(api_version=kind.api_version, kind=kind.kind)
+        except ResourceNotFoundError as exc:
+            raise KindMissing(
+                f"the API server serves no {kind.kind} ({kind.api_version}): is its CRD installed?"
+            ) from exc
 
     def get(self, kind: Kind, name: str, namespace: str) -> dict[str, Any] | None:
         from kubernetes.dynamic.exceptions import NotFoundError
 
         try:
             found: dict[str, Any] = self._resource(kind).get(name=name, namespace=namespace).to_dict()
-        except NotFoundError:
+        except (NotFoundError, KindMissing):
             return None
         return found
 
-    def list(self, kind: Kind, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+    def list(
+        self, kind: Kind, namespace: str, labels: dict[str, str], *, owner_uid: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Objects with ``labels``; with ``owner_uid``, only those that owner controls."""
         selector = ",".join(f"{key}={value}" for key, value in labels.items())
-        found = self._resource(kind).get(namespace=namespace, label_selector=selector).to_dict()
+        try:
+            found = self._resource(kind).get(namespace=namespace, label_selector=selector).to_dict()
+        except KindMissing:
+            return []
         items: list[dict[str, Any]] = found.get("items", [])
-        return items
+        return [item for item in items if owner_uid is None or owned_by(item, owner_uid)]
 
-    def ensure(self, kind: Kind, namespace: str, manifest: dict[str, Any], *, patch: bool = True) -> bool:
-        """Create ``manifest``, or bring the object to it: a merge patch when a field differs (``patch``),
-        nothing when it already holds every field. True if created."""
+    def ensure(
+        self, kind: Kind, namespace: str, manifest: dict[str, Any], owner_uid: str, *, update: bool = True
+    ) -> bool:
+        """Create ``manifest``, or (``update``) apply it to the object the owner already has; True if
+        created. NotOurs when an object of its name is not the owner's. Without ``update`` (a Job, which
+        cannot change) the object is only ever created."""
+        from kubernetes.dynamic.exceptions import ConflictError
+
+        name = manifest["metadata"]["name"]
+        existing = self.get(kind, name, namespace)
+        if existing is None and not update:
+            try:
+                self._resource(kind).create(body=manifest, namespace=namespace)
+            except ConflictError as exc:  # created meanwhile: whose it is decides, as below
+                existing = self.get(kind, name, namespace)
+                if existing is None:
+                    raise _retry(kind, name, exc) from exc
+            else:
+                return True
+        if existing is not None:
+            if not owned_by(existing, owner_uid):
+                raise NotOurs(
+                    f"{kind.kind} {namespace}/{name} exists and is not this Model's (no controlling "
+                    "ownerReference to it): the operator neither adopts nor deletes it; rename or remove it"
+                )
+            if not update:
+                return False
+        self.apply(kind, namespace, manifest)
+        return existing is None
+
+    def apply(self, kind: Kind, namespace: str, manifest: dict[str, Any]) -> None:
+        """Server-side apply, taking over fields another manager set (the operator's children are its)."""
         from kubernetes.dynamic.exceptions import ConflictError
 
         resource = self._resource(kind)
         name = manifest["metadata"]["name"]
-        existing = self.get(kind, name, namespace)
-        if existing is None:
-            try:
-                resource.create(body=manifest, namespace=namespace)
-            except ConflictError as exc:  # created meanwhile, by a handler running beside this one
-                if not _already_exists(exc):
-                    raise _retry(kind, name, exc) from exc
-            else:
-                return True
-        if patch and (existing is None or not holds(existing, manifest)):
-            try:
-                resource.patch(body=manifest, name=name, namespace=namespace, content_type=MERGE_PATCH)
-            except ConflictError as exc:
-                raise _retry(kind, name, exc) from exc
-        return False
+        try:
+            resource.server_side_apply(
+                body=manifest,
+                name=name,
+                namespace=namespace,
+                field_manager=FIELD_MANAGER,
+                force_conflicts=True,
+            )
+        except ConflictError as exc:
+            raise _retry(kind, name, exc) from exc
 
     def patch(self, kind: Kind, name: str, namespace: str, body: dict[str, Any]) -> None:
         """Merge-patch one object; NotFound when it does not exist."""
@@ -95,53 +152,37 @@ class Cluster:
         except ConflictError as exc:
             raise _retry(kind, name, exc) from exc
 
-    def patch_status(self, kind: Kind, name: str, namespace: str, status: dict[str, Any]) -> None:
-        """Merge-patch the status subresource; a Model deleted meanwhile is no error."""
-        from kubernetes.dynamic.exceptions import NotFoundError
+    def replace_status(self, kind: Kind, obj: dict[str, Any], status: dict[str, Any]) -> bool:
+        """Replace ``obj``'s status, on condition that it is still at the resourceVersion it was read at.
+        False when it changed meanwhile (409: read it again); True when written, or when it is gone."""
+        from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
-        body = {"status": status}
+        meta = obj["metadata"]
         try:
-            self._resource(kind).status.patch(
-                body=body, name=name, namespace=namespace, content_type=MERGE_PATCH
+            self._resource(kind).status.replace(
+                body={**obj, "status": status}, name=meta["name"], namespace=meta["namespace"]
             )
+        except ConflictError:
+            return False
         except NotFoundError:
-            return
+            return True
+        return True
 
-    def delete(self, kind: Kind, name: str, namespace: str) -> bool:
-        """Delete one object; False when it was already gone."""
-        from kubernetes.dynamic.exceptions import NotFoundError
+    def delete(self, kind: Kind, name: str, namespace: str, owner_uid: str) -> bool:
+        """Delete one object the owner controls; False when it is gone, or is not the owner's (left be)."""
+        from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
+        existing = self.get(kind, name, namespace)
+        if existing is None or not owned_by(existing, owner_uid):
+            return False
+        # the uid precondition: an object replaced since it was read (another one now) is left alone
+        preconditions = {"preconditions": {"uid": existing["metadata"]["uid"]}}
         try:
-            self._resource(kind).delete(name=name, namespace=namespace)
-        except NotFoundError:
+            self._resource(kind).delete(name=name, namespace=namespace, body=preconditions)
+        except (NotFoundError, ConflictError, KindMissing):
             return False
         return True
 
 
-def holds(existing: Any, wanted: Any) -> bool:
-    """Whether ``existing`` already has every field of ``wanted`` (what a merge patch of it would set);
-    fields the API server or a webhook added (defaults) do not count as differences."""
-    if isinstance(wanted, dict):
-        return isinstance(existing, dict) and all(
-            key in existing and holds(existing[key], value) for key, value in wanted.items()
-        )
-    if isinstance(wanted, list):
-        return (
-            isinstance(existing, list)
-            and len(existing) == len(wanted)
-            and all(holds(have, want) for have, want in zip(existing, wanted, strict=True))
-        )
-    return bool(existing == wanted)
-
-
 def _retry(kind: Kind, name: str, exc: Any) -> kopf.TemporaryError:
     return kopf.TemporaryError(f"{kind.kind} {name}: {exc.summary()}", delay=RETRY_DELAY_S)
-
-
-def _already_exists(exc: Any) -> bool:
-    """A 409 is AlreadyExists (a repeated create) or Conflict (a stale write); the Status body says which."""
-    try:
-        reason = json.loads(exc.body or "{}").get("reason")
-    except (TypeError, ValueError):
-        return False
-    return bool(reason == "AlreadyExists")

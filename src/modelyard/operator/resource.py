@@ -35,13 +35,15 @@ class _Policy(BaseModel):
 
 
 class Runner(StrEnum):
-    AUTO = "auto"  # KFP when a KFP host is configured, else a Job
+    AUTO = "auto"  # what is built: a Job (KFP runs are not built yet)
     JOB = "job"
-    KFP = "kfp"
+    KFP = "kfp"  # refused with a condition until it is built
 
 
 class TrainingPolicy(_Policy):
-    runner: Runner = Field(default=Runner.AUTO, description="auto: KFP when a KFP host is set, else a Job")
+    runner: Runner = Field(
+        default=Runner.AUTO, description="auto and job: a Job; kfp: not built yet (a condition says so)"
+    )
     schedule: str | None = Field(
         default=None, pattern=CRON_PATTERN, description="retrain on this cron schedule (5 fields)"
     )

@@ -89,6 +89,7 @@ class ModelVersionRecord:
     dataset_fingerprint: str | None
     created_at: datetime
     promoted_at: datetime | None
+    run_id: str | None = None  # the run that published it, when one said so
 
     @property
     def ref(self) -> str:
@@ -112,6 +113,7 @@ class ModelVersionRecord:
             dataset_fingerprint=row.dataset_fingerprint,
             created_at=as_utc(row.created_at),
             promoted_at=None if row.promoted_at is None else as_utc(row.promoted_at),
+            run_id=row.run_id,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,4 +130,5 @@ class ModelVersionRecord:
             "dataset_fingerprint": self.dataset_fingerprint,
             "created_at": _iso(self.created_at),
             "promoted_at": _iso(self.promoted_at),
+            "run_id": self.run_id,
         }

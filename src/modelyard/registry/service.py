@@ -30,6 +30,7 @@ from modelyard.registry.db import create_engine_for, read_session, redact, write
 from modelyard.registry.records import DatasetColumn, DatasetRecord, ModelVersionRecord
 from modelyard.registry.refs import ModelRef
 from modelyard.registry.tables import (
+    RUN_ID_LENGTH,
     CounterKind,
     Dataset,
     ModelVersion,
@@ -144,6 +145,7 @@ class VersionReservation:
         dataset_id: int | None = None,
         dataset_fingerprint: str | None = None,
         stage: str | Stage = Stage.STAGING,
+        run_id: str | None = None,
     ) -> ModelVersionRecord:
         if not self._open:
             raise Conflict(
@@ -155,6 +157,8 @@ class VersionReservation:
             raise InvalidInput("storage_uri must name where the bundle is stored, got an empty value")
         if not isinstance(algorithm, str) or not 0 < len(algorithm) <= 64:
             raise InvalidInput(f"algorithm must be a name of 1 to 64 characters, got {algorithm!r}")
+        if run_id is not None and not 0 < len(run_id) <= RUN_ID_LENGTH:
+            raise InvalidInput(f"run_id must be 1 to {RUN_ID_LENGTH} characters, got {run_id!r}")
         target_stage = parse_stage(stage)
         row = ModelVersion(
             name=self.name,
@@ -171,6 +175,7 @@ class VersionReservation:
             ),
             created_at=utc_now(),
             stage=Stage.NONE.value if target_stage is Stage.PRODUCTION else target_stage.value,
+            run_id=run_id,
         )
         if dataset_id is not None:
             dataset = self._session.get(Dataset, dataset_id)

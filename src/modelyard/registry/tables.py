@@ -31,6 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Dataset and model names follow spec.NAME_PATTERN: a DNS label, at most 63 characters.
 NAME_LENGTH = 63
+RUN_ID_LENGTH = 253  # a Kubernetes object name at most
 SHA256_HEX_LENGTH = 64
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
@@ -130,6 +131,8 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utc_now)
     stage: Mapped[str] = mapped_column(String(16), nullable=False, default=Stage.NONE.value)
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The run that published it (MODELYARD_PIPELINE__RUN_ID: the operator's Job name), when one said so.
+    run_id: Mapped[str | None] = mapped_column(String(RUN_ID_LENGTH), nullable=True)
 
     # Loaded with the version in the same query: records show the dataset as name@version.
     dataset: Mapped[Dataset | None] = relationship(lazy="joined")
