@@ -65,7 +65,9 @@ STATUS = {
     "lastAnalysis": {
         "verdict": "fail",
         "at": "2026-12-01T10:06:00Z",
+        "stable": 1,
         "candidate": 2,
+        "summary": "failed: agreement 0.62 < 0.8",
         "checks": [
             {"name": "error_ratio", "value": 0.5, "threshold": 1.5, "passed": True},
             {"name": "agreement", "value": 0.62, "threshold": 0.8, "passed": False},

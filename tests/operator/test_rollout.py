@@ -75,6 +75,9 @@ def test_a_good_candidate_goes_through_shadow_and_canary_to_production_across_a_
     env = predictor_env(harness, "good")
     assert env["MODELYARD_SERVING__CANDIDATE_URI"] == candidate.storage_uri
     assert env["MODELYARD_SERVING__CANARY_PERCENT"] == "0"
+    # the versions the predictor labels its metrics with, which the analysis selects by
+    assert env["MODELYARD_SERVING__MODEL_VERSION"] == "1"
+    assert env["MODELYARD_SERVING__CANDIDATE_VERSION"] == "2"
     service = harness.get("inferenceservice", "good")
     assert service["spec"]["predictor"]["model"]["storageUri"] == stable.storage_uri  # type: ignore[index]
     assert harness.model("good")["status"]["phase"] == "RollingOut"
@@ -94,7 +97,7 @@ def test_a_good_candidate_goes_through_shadow_and_canary_to_production_across_a_
     wait_until("Promoted", lambda: rollout_of(harness, "good").get("state") == "Promoted", timeout=90)
     service = harness.get("inferenceservice", "good")
     assert service["spec"]["predictor"]["model"]["storageUri"] == candidate.storage_uri  # type: ignore[index]
-    assert predictor_env(harness, "good") == {}
+    assert predictor_env(harness, "good") == {"MODELYARD_SERVING__MODEL_VERSION": "2"}
     with Registry(harness.database_url) as registry:
         assert registry.production("good").version == 2  # type: ignore[union-attr]
     wait_until("servingVersion 2", lambda: harness.model("good")["status"]["servingVersion"] == 2)
@@ -123,7 +126,9 @@ def test_a_bad_candidate_is_rolled_back_naming_the_failed_checks(analysed: Harne
         "live_accuracy_delta",
     }
     assert harness.model("bad")["status"]["lastAnalysis"]["verdict"] == "fail"
-    wait_until("the env to go", lambda: predictor_env(harness, "bad") == {})
+    wait_until(
+        "the env to go", lambda: predictor_env(harness, "bad") == {"MODELYARD_SERVING__MODEL_VERSION": "1"}
+    )
     with Registry(harness.database_url) as registry:
         production = registry.production("bad")
         assert production is not None and production.version == 1

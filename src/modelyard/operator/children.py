@@ -187,6 +187,9 @@ def training_cron_job(model: str, schedule: str, settings: Settings, policies: P
     }
 
 
+MODEL_VERSION_ENV = "MODELYARD_SERVING__MODEL_VERSION"
+
+
 def inference_service(
     model: str,
     version: int,
@@ -211,8 +214,8 @@ def inference_service(
         model_block["resources"] = resources
     if pod.container_security_context:
         model_block["securityContext"] = pod.container_security_context
-    if env:
-        model_block["env"] = env
+    # the registry's version number labels the predictor's metrics, which the rollout analysis selects by
+    model_block["env"] = [{"name": MODEL_VERSION_ENV, "value": str(version)}, *(env or [])]
     predictor: dict[str, Any] = {
         "serviceAccountName": pod.service_account,
         "minReplicas": serving.min_replicas,

@@ -72,6 +72,7 @@ SHADOW, CANARY, FULL = "shadow", "canary", "full"
 CANDIDATE_URI_ENV = "MODELYARD_SERVING__CANDIDATE_URI"
 ROLLOUT_MODE_ENV = "MODELYARD_SERVING__ROLLOUT_MODE"
 CANARY_PERCENT_ENV = "MODELYARD_SERVING__CANARY_PERCENT"
+CANDIDATE_VERSION_ENV = "MODELYARD_SERVING__CANDIDATE_VERSION"
 
 
 @dataclass
@@ -512,6 +513,7 @@ def _rollout_env(rollout: dict[str, Any] | None) -> list[dict[str, str]]:
         return []
     return [
         {"name": CANDIDATE_URI_ENV, "value": rollout["candidateUri"]},
+        {"name": CANDIDATE_VERSION_ENV, "value": str(rollout["candidate"])},
         {"name": ROLLOUT_MODE_ENV, "value": rollout["mode"]},
         {"name": CANARY_PERCENT_ENV, "value": str(rollout["percent"])},
     ]
