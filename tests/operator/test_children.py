@@ -37,7 +37,7 @@ def operator_settings(objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyP
 def admitted_by_the_network_policies(objects: list[dict[str, Any]]) -> dict[str, str]:
     """The labels a client pod needs to reach Postgres and the object store."""
     selectors = [
-        peer["podSelector"]["matchLabels"]
+        peer["podSelector"].get("matchLabels", {})  # an empty selector admits every pod of the namespace
         for policy in of_kind(objects, "NetworkPolicy")
         for rule in policy["spec"]["ingress"]
         for peer in rule["from"]
