@@ -106,6 +106,18 @@ def test_a_good_candidate_goes_through_shadow_and_canary_to_production_across_a_
     reasons = [event["reason"] for event in harness.events("good")]
     assert {"RolloutStarted", "RolloutStep", "Promoted"} <= set(reasons)
 
+    # A rollback in the registry afterwards (the CLI's, the console's) wins over the finished rollout.
+    with Registry(harness.database_url) as registry:
+        assert registry.rollback("good").version == 1
+    wait_until(
+        "the stable bundle again",
+        lambda: (
+            harness.get("inferenceservice", "good")["spec"]["predictor"]["model"]["storageUri"]  # type: ignore[index]
+            == stable.storage_uri
+        ),
+        timeout=60,
+    )
+
 
 def test_a_bad_candidate_is_rolled_back_naming_the_failed_checks(analysed: Harness, tmp_path: Path) -> None:
     harness = analysed

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
 from modelyard.registry import create_engine_for, upgrade
-from modelyard.registry.db import WRITE_OPTION, _alembic_config, current_revision
+from modelyard.registry.db import SCHEMA_HEAD, WRITE_OPTION, _alembic_config, current_revision
 from modelyard.registry.records import as_utc
 from modelyard.registry.tables import Feedback, Prediction
 from modelyard.settings import Settings
@@ -85,7 +85,7 @@ def test_0002_upgrades_a_0001_database_and_keeps_its_rows_and_downgrades_cleanly
             )
         assert "predictions" not in inspect(engine).get_table_names()
 
-        assert upgrade(settings.database_url) == "0005"
+        assert upgrade(settings.database_url) == SCHEMA_HEAD
         tables = set(inspect(engine).get_table_names())
         assert {"predictions", "feedback"} <= tables
         indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("predictions")}

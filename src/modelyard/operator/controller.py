@@ -303,7 +303,9 @@ class Controller:
         result: dict[str, Any] = {}
         rollout = self._rollout(body, status, production, published, policies, conditions, result)
         if rollout is not None and rollout["state"] == PROMOTED:
-            production = self.registry.get_version(name, rollout["candidate"])
+            # the registry is the truth: the rollout promoted there, and a later rollback (the CLI, the
+            # console) must win over a rollout that ended long ago
+            production = self._production(name) or production
         manifest = children.inference_service(
             name,
             production.version,
