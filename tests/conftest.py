@@ -262,6 +262,9 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
     ports = {name: base + offset for offset, name in enumerate(names)}
     args = [weed, "mini", f"-dir={root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={config}"]
     args += ["-admin.ui=false", "-webdav=false"] + [f"-{name}={port}" for name, port in ports.items()]
+    # Every test's bucket is a collection with volumes of its own: with the defaults (volumes sized and
+    # counted from the free disk) the session runs out of volumes after a few dozen buckets.
+    args += ["-master.volumeSizeLimitMB=16", "-volume.max=2000"]
     log = (root / "weed.log").open("wb")
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     service = S3Service(endpoint_url=f"http://127.0.0.1:{ports['s3.port']}", process=process)
