@@ -39,9 +39,9 @@ from modelyard.serving.features import (
     output_tensors,
     select_outputs,
 )
-from modelyard.serving.metrics import SHADOW, ServingMetrics
+from modelyard.serving.metrics import SHADOW_PROTOCOL, ServingMetrics
 from modelyard.serving.model import ServedModel
-from modelyard.serving.rollout import MAX_SHADOW_BACKLOG, Rollout, check_candidate
+from modelyard.serving.rollout import MAX_SHADOW_BACKLOG, SHADOW, Rollout, check_candidate
 from modelyard.serving.sink import PredictionRecord, PredictionSink
 from modelyard.serving.types import (
     SERVER_EXTENSIONS,
@@ -388,7 +388,7 @@ class DataPlane:
         except Exception as exc:
             rollout.failed(exc)
             if metrics is not None:
-                metrics.observe_request(SHADOW, candidate.name, candidate.version, 500)
+                metrics.observe_request(SHADOW_PROTOCOL, candidate.name, candidate.version, 500)
             return
         finally:
             rollout.backlog -= 1
@@ -397,7 +397,7 @@ class DataPlane:
         prediction = outcome.prediction
         try:
             if metrics is not None:
-                metrics.observe_request(SHADOW, candidate.name, candidate.version, 200)
+                metrics.observe_request(SHADOW_PROTOCOL, candidate.name, candidate.version, 200)
                 metrics.observe_stage("total", seconds, candidate.name, candidate.version)
                 agreed = int(np.count_nonzero(prediction.label_names == stable.label_names))
                 metrics.observe_shadow(candidate.name, candidate.version, batch.n_rows, agreed)

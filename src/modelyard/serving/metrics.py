@@ -56,8 +56,8 @@ from prometheus_client.registry import Collector
 
 from modelyard.monitoring.drift import DriftMonitor
 
-SHADOW = "shadow"
-PROTOCOLS = ("v1", "v2-rest", "v2-grpc", SHADOW)
+SHADOW_PROTOCOL = "shadow"  # the protocol label of the copies a shadow candidate scores
+PROTOCOLS = ("v1", "v2-rest", "v2-grpc", SHADOW_PROTOCOL)
 STAGES = ("decode", "queue", "predict", "encode", "total")
 # 0.1 ms .. 10 s: a LogisticRegression row takes ~0.2 ms, a cold RandomForest batch seconds.
 LATENCY_BUCKETS_S = (

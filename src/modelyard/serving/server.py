@@ -180,6 +180,7 @@ class ModelServer:
             engine = self.prediction_log.engine
             from modelyard.monitoring.accuracy import start_accuracy_collector
             from modelyard.serving.metrics import Together
+            from modelyard.serving.rollout import SHADOW
 
             self.accuracy = [
                 start_accuracy_collector(
@@ -189,7 +190,7 @@ class ModelServer:
                 if model is not None and model.metadata is not None
             ]
             metrics.registry.register(Together(self.accuracy))
-            shadow = self.candidate.version if self.candidate and serving.rollout_mode == "shadow" else None
+            shadow = self.candidate.version if self.candidate and serving.rollout_mode == SHADOW else None
 
             def feedback_store(**kwargs: Any) -> Any:
                 return record_feedback(engine, shadow_version=shadow, **kwargs)
