@@ -13,7 +13,7 @@ import pytest
 
 from modelyard.operator import children
 from modelyard.operator.resource import Policies
-from modelyard.settings import Settings, load_settings
+from modelyard.settings import ServingSettings, Settings, load_settings
 
 from ..chart.conftest import named, of_kind, rendered
 
@@ -135,3 +135,16 @@ def test_long_model_names_that_share_a_beginning_keep_distinct_children() -> Non
         assert len(ours) <= limit and len(theirs) <= limit
     assert children.spec_config_map_name("iris") == "iris-spec"
     assert children.schedule_name("iris") == "iris-retrain"
+
+
+def test_the_env_the_operator_gives_the_predictor_names_serving_settings() -> None:
+    names = [
+        children.MODEL_VERSION_ENV,
+        children.CANDIDATE_URI_ENV,
+        children.CANDIDATE_VERSION_ENV,
+        children.ROLLOUT_MODE_ENV,
+        children.CANARY_PERCENT_ENV,
+    ]
+    for name in names:
+        assert name.startswith("MODELYARD_SERVING__"), name
+        assert name.removeprefix("MODELYARD_SERVING__").lower() in ServingSettings.model_fields, name

@@ -187,7 +187,12 @@ def training_cron_job(model: str, schedule: str, settings: Settings, policies: P
     }
 
 
+# What the predictor is told (ServingSettings): the registry's version, and a candidate being rolled out.
 MODEL_VERSION_ENV = "MODELYARD_SERVING__MODEL_VERSION"
+CANDIDATE_URI_ENV = "MODELYARD_SERVING__CANDIDATE_URI"
+CANDIDATE_VERSION_ENV = "MODELYARD_SERVING__CANDIDATE_VERSION"
+ROLLOUT_MODE_ENV = "MODELYARD_SERVING__ROLLOUT_MODE"
+CANARY_PERCENT_ENV = "MODELYARD_SERVING__CANARY_PERCENT"
 
 
 def inference_service(

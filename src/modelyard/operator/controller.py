@@ -69,10 +69,6 @@ log = logging.getLogger(__name__)
 STATUS_ATTEMPTS = 5  # status writes that lost a race to another writer, before kopf retries the handler
 PROGRESSING, PROMOTED, ROLLED_BACK = "Progressing", "Promoted", "RolledBack"
 SHADOW, CANARY, FULL = "shadow", "canary", "full"
-CANDIDATE_URI_ENV = "MODELYARD_SERVING__CANDIDATE_URI"
-ROLLOUT_MODE_ENV = "MODELYARD_SERVING__ROLLOUT_MODE"
-CANARY_PERCENT_ENV = "MODELYARD_SERVING__CANARY_PERCENT"
-CANDIDATE_VERSION_ENV = "MODELYARD_SERVING__CANDIDATE_VERSION"
 
 
 @dataclass
@@ -514,10 +510,10 @@ def _rollout_env(rollout: dict[str, Any] | None) -> list[dict[str, str]]:
     if rollout is None or rollout["state"] != PROGRESSING or rollout["mode"] == FULL:
         return []
     return [
-        {"name": CANDIDATE_URI_ENV, "value": rollout["candidateUri"]},
-        {"name": CANDIDATE_VERSION_ENV, "value": str(rollout["candidate"])},
-        {"name": ROLLOUT_MODE_ENV, "value": rollout["mode"]},
-        {"name": CANARY_PERCENT_ENV, "value": str(rollout["percent"])},
+        {"name": children.CANDIDATE_URI_ENV, "value": rollout["candidateUri"]},
+        {"name": children.CANDIDATE_VERSION_ENV, "value": str(rollout["candidate"])},
+        {"name": children.ROLLOUT_MODE_ENV, "value": rollout["mode"]},
+        {"name": children.CANARY_PERCENT_ENV, "value": str(rollout["percent"])},
     ]
 
 
