@@ -112,6 +112,15 @@ def test_a_spool_line_reads_back_as_the_same_row() -> None:
     assert row_from_spool_line(line.rstrip(b"\n")) == row
 
 
+def test_a_shadow_record_is_not_answered_and_a_spool_line_from_before_0007_was() -> None:
+    assert table_row(PredictionRecord(**fields()))["answered"] is True
+    shadow = table_row(PredictionRecord(**fields(answered=False)))
+    assert shadow["answered"] is False and row_from_spool_line(spool_line(shadow))["answered"] is False
+    older = spool_line(table_row(PredictionRecord(**fields()))).replace(b',"answered":true', b"")
+    assert b"answered" not in older
+    assert row_from_spool_line(older)["answered"] is True
+
+
 def test_a_spooled_record_of_arrays_reads_back_as_lists_with_null_for_nan() -> None:
     matrix = np.array([[1.0, np.nan], [2.0, 3.0]])
     row = table_row(
@@ -158,6 +167,8 @@ def test_a_spooled_record_of_arrays_reads_back_as_lists_with_null_for_nan() -> N
         ({"latency_ms": float("nan")}, "latency_ms must be finite, got nan"),
         ({"created_at": "yesterday"}, "created_at is not an ISO timestamp: 'yesterday'"),
         ({"created_at": 1700000000}, "created_at must be a datetime, got int"),
+        ({"answered": "no"}, "answered must be true or false, got 'no'"),
+        ({"answered": 1}, "answered must be true or false, got 1"),
     ],
 )
 def test_a_bad_field_is_named(overrides: dict[str, Any], message: str) -> None:

@@ -52,6 +52,7 @@ from .conftest import (
     start_server,
     write_tiny_bundle,
 )
+from .test_dataplane import RecordingSink
 
 COLUMNS = [feature.name for feature in NUMERIC_FEATURES]
 MISSING_ROW = [5.1, None, 1.4, 0.2]  # the stable pipeline imputes it; the bad candidate cannot
@@ -248,6 +249,9 @@ def test_shadow_answers_with_the_stable_version_and_scores_the_candidate_under_i
             return int(connection.execute(query).scalar_one())
 
     wait_for(lambda: logged("1") == 62 and logged("2") == 60, "the prediction log")
+    with engine.connect() as connection:
+        answered = select(PredictionRow.version, PredictionRow.answered).distinct()
+        assert sorted(tuple(row) for row in connection.execute(answered)) == [("1", True), ("2", False)]
     url = f"{shadow_server.url}/v1/models/iris/feedback"
     graded = post_json(url, {"request_id": ids[0], "label": stable[0], "row": 0})
     assert graded.status == 200, graded.body
@@ -338,6 +342,41 @@ def test_a_request_is_not_shadowed_while_the_candidate_is_behind(versions: dict[
     finally:
         stable.close()
         candidate.close()
+
+
+def test_a_shadow_candidates_record_is_not_answered_and_has_the_stable_records_time(
+    versions: dict[str, Path],
+) -> None:
+    stable, candidate = (
+        ServedModel("iris", versions["stable"], version="1"),
+        ServedModel("iris", versions["bad"], version="2"),
+    )
+    assert stable.load() and candidate.load()
+    sink = RecordingSink()
+    dataplane = DataPlane(max_request_rows=10, prediction_log=sink)
+    dataplane.add_model(stable)
+    dataplane.add_candidate(Rollout(candidate, "shadow"))
+
+    async def predict() -> None:
+        for index in range(3):
+            await dataplane.predict_v1("iris", [[5.1, 3.5, 1.4, 0.2]] * 2, request_id=f"r{index}")
+        await dataplane.finish_shadows(10.0)
+
+    try:
+        asyncio.run(predict())
+    finally:
+        stable.close()
+        candidate.close()
+    by_version = {
+        version: {record.request_id: record for record in sink.records if record.version == version}
+        for version in ("1", "2")
+    }
+    assert sorted(by_version["1"]) == sorted(by_version["2"]) == ["r0", "r1", "r2"]
+    for request_id, answer in by_version["1"].items():
+        shadow = by_version["2"][request_id]
+        assert answer.answered and not shadow.answered
+        # feedback given before the shadow finished grades the candidate's row too (created_at <= label)
+        assert shadow.created_at == answer.created_at
 
 
 # ---------------------------------------------------------------- canary

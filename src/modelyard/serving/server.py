@@ -180,7 +180,6 @@ class ModelServer:
             engine = self.prediction_log.engine
             from modelyard.monitoring.accuracy import start_accuracy_collector
             from modelyard.serving.metrics import Together
-            from modelyard.serving.rollout import SHADOW
 
             self.accuracy = [
                 start_accuracy_collector(
@@ -190,10 +189,9 @@ class ModelServer:
                 if model is not None and model.metadata is not None
             ]
             metrics.registry.register(Together(self.accuracy))
-            shadow = self.candidate.version if self.candidate and serving.rollout_mode == SHADOW else None
 
             def feedback_store(**kwargs: Any) -> Any:
-                return record_feedback(engine, shadow_version=shadow, **kwargs)
+                return record_feedback(engine, **kwargs)
 
         self.dataplane: DataPlane = DataPlane(
             max_request_rows=serving.max_request_rows,

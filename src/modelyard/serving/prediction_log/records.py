@@ -147,6 +147,12 @@ def _labels(value: Any, *, rows: int) -> list[str]:
     return texts
 
 
+def _answered(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRecord(f"answered must be true or false, got {value!r}")
+    return value
+
+
 def table_row(record: Any) -> dict[str, Any]:
     """The table row of a PredictionRecord (or of a spooled row); InvalidRecord names a bad field."""
     if isinstance(record, PredictionRecord):
@@ -167,6 +173,8 @@ def table_row(record: Any) -> dict[str, Any]:
             "probabilities": _columns(fields["probabilities"], field="probabilities", rows=rows),
             "latency_ms": _latency(fields["latency_ms"]),
             "created_at": _moment(fields["created_at"]),
+            # a spool line written before 0007 has no such field: every row was an answer then
+            "answered": _answered(fields.get("answered", True)),
         }
     except KeyError as missing:
         raise InvalidRecord(f"{missing.args[0]} is missing") from None
