@@ -231,10 +231,15 @@ def test_shadow_answers_with_the_stable_version_and_scores_the_candidate_under_i
             )
             assert predictions == count, (version, label)
         seconds = "modelyard_request_stage_seconds_count"
+        # clients' requests take stage total; the shadow's copies, stage shadow
         assert total(samples, seconds, stage="total", **iris, version=version) == (
-            12 if version == "1" else 10
+            12 if version == "1" else 0
         )
-    assert {sample.labels["version"] for sample in samples["modelyard_model_info"]} == {"1", "2"}
+        assert total(samples, seconds, stage="shadow", **iris, version=version) == (
+            0 if version == "1" else 10
+        )
+    roles = {(sample.labels["version"], sample.labels["role"]) for sample in samples["modelyard_model_info"]}
+    assert roles == {("1", "stable"), ("2", "candidate")}
     assert shadow_server.log().count("the shadow candidate iris@2 failed") == 1
 
     # Both versions' rows are logged under their version; the label grades the stable answer.

@@ -39,7 +39,7 @@ from modelyard.serving.features import (
     output_tensors,
     select_outputs,
 )
-from modelyard.serving.metrics import SHADOW_PROTOCOL, ServingMetrics
+from modelyard.serving.metrics import SHADOW_PROTOCOL, SHADOW_STAGE, ServingMetrics
 from modelyard.serving.model import ServedModel
 from modelyard.serving.rollout import MAX_SHADOW_BACKLOG, SHADOW, Rollout, check_candidate
 from modelyard.serving.sink import PredictionRecord, PredictionSink
@@ -408,7 +408,7 @@ class DataPlane:
         try:
             if metrics is not None:
                 metrics.observe_request(SHADOW_PROTOCOL, candidate.name, candidate.version, 200)
-                metrics.observe_stage("total", seconds, candidate.name, candidate.version)
+                metrics.observe_stage(SHADOW_STAGE, seconds, candidate.name, candidate.version)
                 agreed = int(np.count_nonzero(prediction.label_names == stable.label_names))
                 metrics.observe_shadow(candidate.name, candidate.version, batch.n_rows, agreed)
             self._after_prediction(
