@@ -215,11 +215,11 @@ def test_shadow_rows_are_counted_by_the_candidate_version_from_zero() -> None:
     assert value(metrics, "modelyard_request_stage_seconds_count", **shadow_time) == 1
     metrics.observe_shadow("iris", "2", compared=10, agreed=7)
     metrics.observe_shadow("iris", "2", compared=5, agreed=5)
-    metrics.count_shadow_skipped("iris", "2")
+    metrics.count_shadow_skipped("iris", "2", rows=3)
     metrics.observe_request("shadow", "iris", "2", 500)
     assert value(metrics, "modelyard_shadow_compared_total", model="iris", version="2") == 15
     assert value(metrics, "modelyard_shadow_agreed_total", model="iris", version="2") == 12
-    assert value(metrics, "modelyard_shadow_skipped_total", model="iris", version="2") == 1
+    assert value(metrics, "modelyard_shadow_skipped_total", model="iris", version="2") == 3
     assert (
         value(metrics, "modelyard_requests_total", protocol="shadow", model="iris", version="2", status="500")
         == 1

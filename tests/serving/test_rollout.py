@@ -35,7 +35,7 @@ from modelyard.registry.tables import Prediction as PredictionRow
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.model import ServedModel
-from modelyard.serving.rollout import MAX_SHADOW_BACKLOG, Rollout, canary_share
+from modelyard.serving.rollout import MAX_SHADOW_BACKLOG_ROWS, Rollout, canary_share
 from modelyard.settings import S3Settings
 from modelyard.storage import open_store
 
@@ -143,6 +143,14 @@ def total(samples: dict[str, list[Any]], name: str, **labels: str) -> float:
         if sample.name == name and labels.items() <= sample.labels.items()
     ]
     return sum(values)
+
+
+def sample_total(metrics: ServingMetrics, name: str, **labels: str) -> float:
+    """:func:`total` of an in-process server's metrics."""
+    body = metrics.render()[0].decode()
+    return total(
+        {family.name: family.samples for family in text_string_to_metric_families(body)}, name, **labels
+    )
 
 
 def wait_for(condition: Any, what: str, timeout: float = 60.0) -> None:
@@ -314,40 +322,73 @@ def test_a_candidate_in_s3_is_fetched_and_versioned_by_its_key(
     assert (tmp_path / "home" / "candidates" / bucket / "models" / "iris" / "4" / "metadata.json").is_file()
 
 
-def test_a_request_is_not_shadowed_while_the_candidate_is_behind(versions: dict[str, Path]) -> None:
+def test_a_request_is_not_shadowed_while_the_candidate_is_behind_by_too_many_rows(
+    versions: dict[str, Path],
+) -> None:
     metrics = ServingMetrics()
     stable, candidate = (
         ServedModel("iris", versions["stable"], version="1"),
         ServedModel("iris", versions["good"], version="2"),
     )
     assert stable.load() and candidate.load()
-    dataplane = DataPlane(max_request_rows=10, metrics=metrics)
+    dataplane = DataPlane(max_request_rows=MAX_SHADOW_BACKLOG_ROWS + 10, metrics=metrics)
     dataplane.add_model(stable)
     rollout = Rollout(candidate, "shadow")
     dataplane.add_candidate(rollout)
+    row = [5.1, 3.5, 1.4, 0.2]
 
     def counted(name: str) -> float:
-        body = metrics.render()[0].decode()
-        samples = {family.name: family.samples for family in text_string_to_metric_families(body)}
-        return total(samples, f"modelyard_shadow_{name}_total", model="iris", version="2")
+        return sample_total(metrics, f"modelyard_shadow_{name}_total", model="iris", version="2")
 
-    async def predict(request_id: str) -> None:
-        await dataplane.predict_v1("iris", [[5.1, 3.5, 1.4, 0.2]], request_id=request_id)
-        for _ in range(500):  # a shadow task, if one was made, finishes
-            await asyncio.sleep(0.01)
-            if rollout.backlog in (0, MAX_SHADOW_BACKLOG):
-                break
+    async def predict(request_id: str, rows: int) -> None:
+        await dataplane.predict_v1("iris", [row] * rows, request_id=request_id)
+        await dataplane.finish_shadows(30.0)
 
     try:
-        rollout.backlog = MAX_SHADOW_BACKLOG  # as if that many requests waited for the candidate
-        asyncio.run(predict("behind"))
-        assert (counted("skipped"), counted("compared")) == (1, 0)
-        rollout.backlog = 0
-        asyncio.run(predict("caught-up"))
-        assert (counted("skipped"), counted("compared"), counted("agreed")) == (1, 1, 1)
+        rollout.backlog_rows = MAX_SHADOW_BACKLOG_ROWS - 2  # as if that many rows waited for the candidate
+        asyncio.run(predict("fits", 2))
+        assert (counted("skipped"), counted("compared")) == (0, 2)
+        rollout.backlog_rows = MAX_SHADOW_BACKLOG_ROWS - 2
+        asyncio.run(predict("behind", 3))  # one row too many: skipped, counted in rows
+        assert (counted("skipped"), counted("compared")) == (3, 2)
+        rollout.backlog_rows = 0
+        # a request larger than the bound is shadowed when nothing else waits
+        asyncio.run(predict("large", MAX_SHADOW_BACKLOG_ROWS + 10))
+        assert (counted("skipped"), counted("compared")) == (3, MAX_SHADOW_BACKLOG_ROWS + 12)
+        assert counted("agreed") == counted("compared") and rollout.backlog_rows == 0
     finally:
         stable.close()
         candidate.close()
+
+
+def test_shadow_requests_left_at_the_deadline_are_cancelled_and_counted_skipped(
+    versions: dict[str, Path], tmp_path: Path
+) -> None:
+    metrics = ServingMetrics()
+    stable = ServedModel("iris", versions["stable"], version="1")
+    slow = ServedModel("iris", sleepy_bundle(versions["good"], tmp_path / "slow", 1.0), version="2")
+    assert stable.load() and slow.load()
+    dataplane = DataPlane(max_request_rows=10, metrics=metrics)
+    dataplane.add_model(stable)
+    rollout = Rollout(slow, "shadow")
+    dataplane.add_candidate(rollout)
+
+    async def stop_early() -> set[asyncio.Task[Any]]:
+        await dataplane.predict_v1("iris", [[5.1, 3.5, 1.4, 0.2]] * 3, request_id="cut-short")
+        await asyncio.sleep(0)  # the shadow task starts and waits for the sleeping candidate
+        await dataplane.finish_shadows(0.05)
+        return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+    try:
+        # no shadow task is left pending for the loop's teardown; the model's own batcher stops with it
+        left = asyncio.run(stop_early())
+        assert {task.get_name() for task in left} <= {"modelyard-batcher"}
+    finally:
+        stable.close()
+        slow.close()
+    assert sample_total(metrics, "modelyard_shadow_skipped_total", model="iris", version="2") == 3
+    assert sample_total(metrics, "modelyard_shadow_compared_total", model="iris", version="2") == 0
+    assert rollout.backlog_rows == 0
 
 
 def test_a_shadow_candidates_record_is_not_answered_and_has_the_stable_records_time(

@@ -41,7 +41,7 @@ from modelyard.serving.features import (
 )
 from modelyard.serving.metrics import SHADOW_PROTOCOL, SHADOW_STAGE, ServingMetrics
 from modelyard.serving.model import ServedModel
-from modelyard.serving.rollout import MAX_SHADOW_BACKLOG, SHADOW, Rollout, check_candidate
+from modelyard.serving.rollout import SHADOW, Rollout, check_candidate
 from modelyard.serving.sink import PredictionRecord, PredictionSink
 from modelyard.serving.types import (
     SERVER_EXTENSIONS,
@@ -361,20 +361,26 @@ class DataPlane:
     ) -> None:
         """Have the candidate score ``batch`` once the caller has the stable answer (a task of its own)."""
         candidate = rollout.candidate
-        if rollout.backlog >= MAX_SHADOW_BACKLOG:
+        if not rollout.takes_shadow(batch.n_rows):
             if self.metrics is not None:
-                self.metrics.count_shadow_skipped(candidate.name, candidate.version)
+                self.metrics.count_shadow_skipped(candidate.name, candidate.version, batch.n_rows)
             return
-        rollout.backlog += 1
+        rollout.backlog_rows += batch.n_rows
         task = loop.create_task(self._score_shadow(rollout, batch, stable, request_id, decoded, created_at))
         self._shadow_tasks.add(task)  # the loop keeps only a weak reference
         task.add_done_callback(self._shadow_tasks.discard)
 
     async def finish_shadows(self, timeout_s: float) -> None:
         """Wait, at most ``timeout_s``, for the shadow candidate to score the requests it was handed: on
-        shutdown, before the prediction log writes what it holds."""
-        if self._shadow_tasks:
-            await asyncio.wait(set(self._shadow_tasks), timeout=timeout_s)
+        shutdown, before the prediction log writes what it holds. What is left then is cancelled (its
+        rows counted as skipped), so no shadow task outlives the models."""
+        if not self._shadow_tasks:
+            return
+        _, pending = await asyncio.wait(set(self._shadow_tasks), timeout=max(0.0, timeout_s))
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
 
     async def _score_shadow(
         self,
@@ -395,13 +401,17 @@ class DataPlane:
             outcome = await candidate.predict(batch)
             if not np.isfinite(outcome.prediction.probabilities).all():
                 raise RuntimeError("the candidate answered non-finite probabilities")
+        except asyncio.CancelledError:
+            if metrics is not None:  # the server stopped before the candidate scored it
+                metrics.count_shadow_skipped(candidate.name, candidate.version, batch.n_rows)
+            raise
         except Exception as exc:
             rollout.failed(exc)
             if metrics is not None:
                 metrics.observe_request(SHADOW_PROTOCOL, candidate.name, candidate.version, 500)
             return
         finally:
-            rollout.backlog -= 1
+            rollout.backlog_rows -= batch.n_rows
         # the time the candidate would have taken to answer: the request's decoding, then its own queue
         seconds = decoded + time.perf_counter() - started
         prediction = outcome.prediction

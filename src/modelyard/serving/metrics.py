@@ -16,7 +16,7 @@ name                                           type       labels
 ``modelyard_model_ready``                      gauge 0/1  model, version
 ``modelyard_shadow_compared_total``            counter    model, version (rows a shadow candidate scored)
 ``modelyard_shadow_agreed_total``              counter    model, version (... predicting the stable class)
-``modelyard_shadow_skipped_total``             counter    model, version (requests not shadowed: backlog)
+``modelyard_shadow_skipped_total``             counter    model, version (rows not shadowed: backlog, stop)
 ``modelyard_prediction_log_queue_depth``       gauge
 ``modelyard_prediction_log_dropped_total``     counter    reason
 ``modelyard_prediction_log_written_total``     counter    (rows inserted into the database)
@@ -217,7 +217,8 @@ class ServingMetrics:
         )
         self._shadow_skipped = Counter(
             "modelyard_shadow_skipped",
-            "Requests the shadow candidate did not score because too many waited for it already.",
+            "Rows the shadow candidate did not score: too many waited for it already, or the server "
+            "stopped first.",
             ["model", "version"],
             registry=self.registry,
         )
@@ -325,8 +326,8 @@ class ServingMetrics:
         self._shadow_compared.labels(model, version).inc(compared)
         self._shadow_agreed.labels(model, version).inc(agreed)
 
-    def count_shadow_skipped(self, model: str, version: str) -> None:
-        self._shadow_skipped.labels(model, version).inc()
+    def count_shadow_skipped(self, model: str, version: str, rows: int) -> None:
+        self._shadow_skipped.labels(model, version).inc(rows)
 
     # ------------------------------------------------------------ model
 

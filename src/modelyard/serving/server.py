@@ -296,13 +296,14 @@ class ModelServer:
             await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Stop gRPC (in-flight calls get the grace period), let a shadow candidate score what it was
-        handed (within the grace period too), write the log, stop the models and probes."""
-        grace = self.settings.serving.grace_period_s
+        """Stop gRPC and let a shadow candidate score what it was handed, both within one grace period
+        (a shadow request left then is cancelled), write the log, stop the models and probes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.serving.grace_period_s
         if self.grpc_server is not None:
-            await self.grpc_server.stop(grace)
+            await self.grpc_server.stop(self.settings.serving.grace_period_s)
             self.grpc_server = None
-        await self.dataplane.finish_shadows(grace)
+        await self.dataplane.finish_shadows(deadline - loop.time())
         for collector in self.accuracy:
             collector.stop()
         if self.prediction_log is not None:
