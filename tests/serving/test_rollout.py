@@ -361,6 +361,37 @@ def test_a_request_is_not_shadowed_while_the_candidate_is_behind_by_too_many_row
         candidate.close()
 
 
+def test_a_candidates_rows_that_overflow_together_are_rescored_alone_as_the_stable_versions_are(
+    versions: dict[str, Path],
+) -> None:
+    metrics = ServingMetrics()
+    stable, candidate = (
+        ServedModel("iris", versions["stable"], version="1"),
+        ServedModel("iris", versions["good"], version="2"),
+    )
+    assert stable.load() and candidate.load()
+    dataplane = DataPlane(max_request_rows=10, metrics=metrics)
+    dataplane.add_model(stable)
+    dataplane.add_candidate(Rollout(candidate, "shadow"))
+    # the second row's probabilities are NaN when scored with the first, finite alone
+    rows = [[1e308, 1e308, 1e308, -1e308], [1e308, 1e308, 1.7976931348623157e308, -1e308]]
+
+    async def predict() -> Any:
+        answer = await dataplane.predict_v1("iris", rows, request_id="overflow")
+        await dataplane.finish_shadows(30.0)
+        return answer
+
+    try:
+        answer = asyncio.run(predict())
+    finally:
+        stable.close()
+        candidate.close()
+    assert np.isfinite(answer.probabilities).all()
+    shadow = {"model": "iris", "version": "2"}
+    assert sample_total(metrics, "modelyard_shadow_compared_total", **shadow) == 2
+    assert sample_total(metrics, "modelyard_requests_total", protocol="shadow", status="500", **shadow) == 0
+
+
 def test_shadow_requests_left_at_the_deadline_are_cancelled_and_counted_skipped(
     versions: dict[str, Path], tmp_path: Path
 ) -> None:

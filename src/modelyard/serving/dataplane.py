@@ -399,8 +399,11 @@ class DataPlane:
         started = time.perf_counter()
         try:
             outcome = await candidate.predict(batch)
-            if not np.isfinite(outcome.prediction.probabilities).all():
-                raise RuntimeError("the candidate answered non-finite probabilities")
+            finite = np.isfinite(outcome.prediction.probabilities).all(axis=1)
+            if not finite.all():  # judged as the stable version is: rows that overflow together, alone
+                outcome = await self._rescore_alone(candidate, batch, outcome, np.flatnonzero(~finite))
+                if not np.isfinite(outcome.prediction.probabilities).all():
+                    raise RuntimeError("the candidate answered non-finite probabilities")
         except asyncio.CancelledError:
             if metrics is not None:  # the server stopped before the candidate scored it
                 metrics.count_shadow_skipped(candidate.name, candidate.version, batch.n_rows)

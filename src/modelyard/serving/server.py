@@ -155,12 +155,10 @@ class ModelServer:
         self.model.load()
         self.candidate: ServedModel | None = None
         if serving.candidate_uri:
-            from modelyard.serving.rollout import check_candidate
-
-            # A candidate that cannot be served stops the start: the pods serving now keep serving.
+            # A candidate that cannot be served stops the start (DataPlane.add_candidate says why): the
+            # pods serving now keep serving.
             self.candidate = served(candidate_dir(settings), serving.candidate_version)
             self.candidate.load()
-            check_candidate(self.model, self.candidate)
         self.prediction_log: PredictionLog | None = None
         self.accuracy: list[AccuracyCollector] = []
         feedback_store = None
