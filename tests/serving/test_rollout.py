@@ -46,6 +46,7 @@ from .conftest import (
     NUMERIC_FEATURES,
     ServerProcess,
     free_ports,
+    http_status,
     numeric_frame,
     post_json,
     server_env,
@@ -457,6 +458,34 @@ def test_a_shadow_candidates_record_is_not_answered_and_has_the_stable_records_t
         assert shadow.created_at == answer.created_at
 
 
+def test_the_probes_say_live_but_not_ready_while_the_candidate_loads(
+    versions: dict[str, Path], tmp_path: Path
+) -> None:
+    slow = sleepy_bundle(versions["good"], tmp_path / "slow-to-load", 0.0, load_seconds=6.0)
+    home = tmp_path / "home"
+    home.mkdir()
+    http_port, metrics_port = free_ports(2)
+    command = [
+        sys.executable, "-m", "modelyard.serving", "--model-dir", str(versions["stable"]),
+        "--model-version", "1", "--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", "0",
+        "--metrics-port", str(metrics_port), "--no-prediction-log", "--candidate-uri", str(slow),
+        "--candidate-version", "2",
+    ]  # fmt: skip
+    environment = server_env(home, PYTHONPATH=str(ROOT))
+    probes = f"http://127.0.0.1:{metrics_port}"
+    with (home / "server.log").open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=environment)
+    try:
+        wait_for(lambda: http_status(f"{probes}/v2/health/live", timeout=0.5) == 200, "the liveness probe")
+        # the candidate is still loading: not ready, and REST does not listen yet
+        assert http_status(f"{probes}/v2/health/ready", timeout=0.5) == 503
+        assert http_status(f"http://127.0.0.1:{http_port}/v2/health/live", timeout=0.5) is None
+        wait_for(lambda: http_status(f"{probes}/v2/health/ready", timeout=0.5) == 200, "readiness")
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0, (home / "server.log").read_text()
+
+
 # ---------------------------------------------------------------- canary
 
 
@@ -628,11 +657,12 @@ ROOT = Path(__file__).resolve().parents[2]
 STABLE_SECONDS, SLOW_SECONDS = 0.015, 0.7
 
 
-def sleepy_bundle(source: Path, dest: Path, seconds: float) -> Path:
-    """``source``'s model and metadata, each call ``seconds`` late (served by scikit-learn)."""
+def sleepy_bundle(source: Path, dest: Path, seconds: float, load_seconds: float = 0.0) -> Path:
+    """``source``'s model and metadata, each call ``seconds`` late (served by scikit-learn), loading in
+    ``load_seconds``."""
     bundle = load_bundle(source)
     metadata = bundle.metadata.model_copy(update={"onnx": None})
-    model = SleepyClassifier(bundle.model, seconds)
+    model = SleepyClassifier(bundle.model, seconds, load_seconds)
     write_bundle(dest, model=model, metadata=metadata, model_card="# sleepy\n", report_html="<p>sleepy</p>")
     return dest
 
