@@ -29,6 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sqlalchemy import create_engine, func, select
 
 from modelyard.bundle import BundleMetadata, load_bundle, publish_bundle, write_bundle
+from modelyard.errors import ModelyardError
 from modelyard.operator.analysis import FAIL, PASS, Analysis, Prometheus
 from modelyard.operator.resource import Thresholds
 from modelyard.registry.tables import Prediction as PredictionRow
@@ -36,11 +37,12 @@ from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.model import ServedModel
 from modelyard.serving.rollout import MAX_SHADOW_BACKLOG_ROWS, Rollout, canary_share
+from modelyard.serving.server import bundle_version
 from modelyard.settings import S3Settings
 from modelyard.storage import open_store
 
 from ..conftest import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, S3Service
-from ..monitoring.conftest import start_prometheus
+from ..monitoring.conftest import start_prometheus, wait_until
 from .conftest import (
     NUMERIC_CLASSES,
     NUMERIC_FEATURES,
@@ -55,6 +57,7 @@ from .conftest import (
 )
 from .sleepy import SleepyClassifier
 from .test_dataplane import RecordingSink
+from .test_metrics import families
 
 COLUMNS = [feature.name for feature in NUMERIC_FEATURES]
 MISSING_ROW = [5.1, None, 1.4, 0.2]  # the stable pipeline imputes it; the bad candidate cannot
@@ -148,17 +151,10 @@ def total(samples: dict[str, list[Any]], name: str, **labels: str) -> float:
 
 def sample_total(metrics: ServingMetrics, name: str, **labels: str) -> float:
     """:func:`total` of an in-process server's metrics."""
-    body = metrics.render()[0].decode()
-    return total(
-        {family.name: family.samples for family in text_string_to_metric_families(body)}, name, **labels
-    )
+    return total(families(metrics), name, **labels)
 
 
-def wait_for(condition: Any, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+WAIT_S = 60.0
 
 
 def serve_with_candidate(
@@ -221,7 +217,7 @@ def test_shadow_answers_with_the_stable_version_and_scores_the_candidate_under_i
         samples = scrape(shadow_server)
         return total(samples, "modelyard_requests_total", protocol="shadow", model="iris") == 12
 
-    wait_for(shadowed, "the candidate to score every request")
+    wait_until(shadowed, "the candidate to score every request", WAIT_S)
     samples = scrape(shadow_server)
     iris = {"model": "iris"}
     agreed = sum(a == b for a, b in zip(stable, candidate, strict=True))
@@ -263,7 +259,7 @@ def test_shadow_answers_with_the_stable_version_and_scores_the_candidate_under_i
             )
             return int(connection.execute(query).scalar_one())
 
-    wait_for(lambda: logged("1") == 62 and logged("2") == 60, "the prediction log")
+    wait_until(lambda: logged("1") == 62 and logged("2") == 60, "the prediction log", WAIT_S)
     with engine.connect() as connection:
         answered = select(PredictionRow.version, PredictionRow.answered).distinct()
         assert sorted(tuple(row) for row in connection.execute(answered)) == [("1", True), ("2", False)]
@@ -314,9 +310,10 @@ def test_a_candidate_in_s3_is_fetched_and_versioned_by_its_key(
     )
     try:
         assert v2_rest(server, [[5.1, 3.5, 1.4, 0.2]])["model_version"] == "1"
-        wait_for(
+        wait_until(
             lambda: total(scrape(server), "modelyard_shadow_compared_total", model="iris", version="4") == 1,
             "the candidate fetched from S3 to score the request",
+            WAIT_S,
         )
     finally:
         server.stop()
@@ -476,11 +473,13 @@ def test_the_probes_say_live_but_not_ready_while_the_candidate_loads(
     with (home / "server.log").open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=environment)
     try:
-        wait_for(lambda: http_status(f"{probes}/v2/health/live", timeout=0.5) == 200, "the liveness probe")
+        wait_until(
+            lambda: http_status(f"{probes}/v2/health/live", timeout=0.5) == 200, "the liveness probe", WAIT_S
+        )
         # the candidate is still loading: not ready, and REST does not listen yet
         assert http_status(f"{probes}/v2/health/ready", timeout=0.5) == 503
         assert http_status(f"http://127.0.0.1:{http_port}/v2/health/live", timeout=0.5) is None
-        wait_for(lambda: http_status(f"{probes}/v2/health/ready", timeout=0.5) == 200, "readiness")
+        wait_until(lambda: http_status(f"{probes}/v2/health/ready", timeout=0.5) == 200, "readiness", WAIT_S)
     finally:
         process.terminate()
         assert process.wait(timeout=30) == 0, (home / "server.log").read_text()
@@ -510,12 +509,14 @@ def test_canary_answers_its_percent_of_requests_by_request_id(
     expected = {"1": predicted(versions["stable"], frame), "2": predicted(versions["bad"], frame)}
     rows = frame[COLUMNS].to_numpy().tolist()
     over_rest: Counter[str] = Counter()
-    for index, row in enumerate(rows):  # ids minted by the server
-        answer = v2_rest(canary_server, [row])
+    for index, row in enumerate(rows):
+        answer = v2_rest(canary_server, [row], request_id=f"canary-{index}")
         version = answer["model_version"]
         assert labels_of(answer) == [expected[version][index]]
         over_rest[version] += 1
-    assert 0.2 < over_rest["2"] / len(rows) < 0.4, over_rest
+    # the candidate's share is exactly the ids whose share falls below its 30 percent
+    assert over_rest["2"] == sum(canary_share(f"canary-{index}") < 30 for index in range(len(rows)))
+    assert 0.2 < over_rest["2"] / len(rows) < 0.4, over_rest  # and the hash spreads them as it should
     over_grpc: Counter[str] = Counter()
 
     # A request id always reaches the same version, over REST and gRPC alike.
@@ -549,7 +550,7 @@ def test_canary_answers_its_percent_of_requests_by_request_id(
         assert total(samples, "modelyard_predictions_total", **iris, version=version) == answered
         stage = "modelyard_request_stage_seconds_count"
         assert total(samples, stage, stage="total", **iris, version=version) == answered
-    assert total(samples, "modelyard_shadow_compared_total") == 0  # no shadow in canary mode
+    assert samples["modelyard_shadow_compared"] == []  # no shadow in canary mode: the family has no series
 
 
 # ---------------------------------------------------------------- candidates the server refuses
@@ -586,7 +587,7 @@ def run_server(stable: Path, home: Path, **variables: str) -> subprocess.Complet
         ("good", "", "has the stable version's version '1'"),  # in a folder named 1: version 1 too
     ],
 )
-def test_a_candidate_that_cannot_stand_beside_the_stable_version_stops_the_start(
+def test_a_candidate_that_cannot_stand_beside_the_stable_version_is_refused_by_name(
     candidate: str,
     version: str,
     message: str,
@@ -611,10 +612,32 @@ def test_a_candidate_that_cannot_stand_beside_the_stable_version_stops_the_start
             (path / item.name).write_bytes(item.read_bytes())
     else:
         path = bundles[candidate] if candidate == "mixed" else versions[candidate]
-    variables = {"candidate_uri": str(path), **({"candidate_version": version} if version else {})}
-    finished = run_server(versions["stable"], tmp_path / "home", **variables)
+    # as the server builds them: a version not given is the bundle's folder name (or digest)
+    stable = ServedModel("iris", versions["stable"], version="1")
+    refused = ServedModel("iris", path, version=version or bundle_version(path))
+    stable.load()
+    refused.load()
+    dataplane = DataPlane(max_request_rows=10)
+    dataplane.add_model(stable)
+    try:
+        with pytest.raises(ModelyardError) as caught:
+            dataplane.add_candidate(Rollout(refused, "shadow"))
+    finally:
+        stable.close()
+        refused.close()
+    assert message in caught.value.message and str(path) in caught.value.message
+    assert dataplane.rollouts == {}
+
+
+def test_a_refused_candidate_stops_the_server_with_status_1_naming_it(
+    versions: dict[str, Path], tmp_path: Path
+) -> None:
+    path = versions["two-classes"]
+    finished = run_server(
+        versions["stable"], tmp_path / "home", candidate_uri=str(path), candidate_version="2"
+    )
     assert finished.returncode == 1, finished.stderr
-    assert "error: " in finished.stderr and message in finished.stderr, finished.stderr
+    assert "error: " in finished.stderr and "predicts the classes ['setosa', 'versicolor']" in finished.stderr
     assert str(path) in finished.stderr
 
 
