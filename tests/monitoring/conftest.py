@@ -8,12 +8,10 @@ refreshed every second; Debian's Prometheus scrapes it every second.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +37,7 @@ from modelyard.spec import FeatureSpec, FeatureType
 from modelyard.training.preprocessing import build_preprocessor
 
 from ..conftest import unavailable
+from ..serving.conftest import free_ports
 
 FEATURES = [FeatureSpec(name=f"f{i}", type=FeatureType.NUMERIC) for i in range(4)]
 CLASSES = ["no", "yes"]
@@ -77,14 +76,6 @@ def write_drift_bundle(dest: Path) -> BundleMetadata:
         reference_stats={"format": "modelyard.reference/v1", "drift": reference},
     )
     return write_bundle(dest, model=model, metadata=metadata, model_card="# drifty\n", report_html="<p/>")
-
-
-def free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
 
 
 def wait_until(

@@ -34,8 +34,12 @@ def reference_stats(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return write_drift_bundle(tmp_path_factory.mktemp("bundle") / "b").reference_stats
 
 
-def log_rows(engine: Engine, shift: float = 3.0, rows: int = 600, per_request: int = 1) -> None:
-    """``rows`` logged rows, ``per_request`` to a request; the first 100 rows have feedback."""
+def log_rows(
+    engine: Engine, shift: float = 3.0, rows: int = 600, per_request: int = 1, shadow: str | None = None
+) -> None:
+    """``rows`` logged rows, ``per_request`` to a request; the first 100 rows have feedback. With
+    ``shadow``, a shadow candidate of that version scored every request too, predicting "no" for every
+    row (the stable version predicts "yes" for two rows in three)."""
     live, _ = frame(rows, 21)
     live["f2"] = live["f2"] + shift
     rng = np.random.default_rng(0)
@@ -55,6 +59,15 @@ def log_rows(engine: Engine, shift: float = 3.0, rows: int = 600, per_request: i
                     created_at=NOW - timedelta(minutes=2 * start + 1),
                 )
             )  # fmt: skip
+            if shadow is not None:
+                connection.execute(
+                    insert(Prediction).values(
+                        request_id=f"r{start}", model="drifty", version=shadow, rows=len(labels),
+                        features=request, labels=["no"] * len(labels),
+                        probabilities={"yes": [0.1] * len(labels), "no": [0.9] * len(labels)},
+                        latency_ms=1.0, created_at=NOW - timedelta(minutes=2 * start + 1), answered=False,
+                    )
+                )  # fmt: skip
             labelled = [row for row in range(len(labels)) if start + row < 100]
             if labelled:
                 connection.execute(
@@ -90,6 +103,28 @@ def test_the_report_finds_the_shifted_feature_and_counts_the_mix_and_labels(
     assert "ESTIMATED accuracy" in page
     document = json.loads(json.dumps(report.to_dict()))
     assert document["drift"][0]["name"] == "f2" and document["accuracy"]["labelled_rows"] == 100
+
+
+def test_a_shadow_candidates_rows_count_only_in_its_own_versions_report(
+    engine: Engine, reference_stats: dict
+) -> None:
+    log_rows(engine, per_request=8, shadow="2")
+    every = build_report(
+        engine, "drifty", since=timedelta(hours=24), reference_stats=reference_stats, now=NOW
+    )
+    # What the clients got: each request once, the stable version's classes, its labels graded once.
+    assert every.rows == 600 and sum(sum(counts) for counts in every.mix.values()) == 600
+    assert sum(every.mix["yes"]) == 400
+    assert every.accuracy is not None
+    assert (every.accuracy.predicted_rows, every.accuracy.labelled_rows) == (600, 100)
+    assert every.accuracy.accuracy == pytest.approx(66 / 100)  # rows 0..99: "yes" but for every third
+    # The candidate's own report still grades its rows.
+    candidate = build_report(
+        engine, "drifty", since=timedelta(hours=24), version="2", reference_stats=reference_stats, now=NOW
+    )
+    assert candidate.rows == 600 and sum(candidate.mix["no"]) == 600
+    assert candidate.accuracy is not None
+    assert (candidate.accuracy.labelled_rows, candidate.accuracy.accuracy) == (100, 0.0)
 
 
 def test_the_report_reads_at_most_max_rows_newest_first(engine: Engine, reference_stats: dict) -> None:

@@ -68,7 +68,7 @@ class Predictors:
         for name, count in zip(CLASSES, mix, strict=True):
             self.predictions.labels(model, version, name).inc(count)
         for _ in range(10):
-            self.seconds.labels("total", model, version).observe(latency)
+            self.seconds.labels("predict", model, version).observe(latency)
 
     def tick(self) -> None:
         balanced = (3, 3, 4)

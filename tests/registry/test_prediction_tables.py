@@ -1,5 +1,5 @@
-"""The predictions and feedback tables: migrations 0002, 0004 and 0005 (one row per request) with data on
-both backends, keys, round trip, downgrade."""
+"""The predictions and feedback tables: migrations 0002, 0004, 0005 (one row per request) and 0007 (answered)
+with data on both backends, keys, round trip, downgrade."""
 
 from __future__ import annotations
 
@@ -35,6 +35,12 @@ PER_ROW = sa.table(
     sa.column("created_at", sa.DateTime(timezone=True)),
     sa.column("features", _JSON),
     sa.column("probabilities", _JSON),
+)
+
+
+# The predictions table as migrations 0005 and 0006 made it: one row per request, no ``answered``.
+AT_0005 = sa.table(
+    "predictions", *(sa.column(c.name, c.type) for c in Prediction.__table__.c if c.name != "answered")
 )
 
 
@@ -210,7 +216,7 @@ def test_0005_turns_logged_rows_into_one_row_per_request_losing_nothing_and_down
         with engine.connect() as connection:
             logged = {
                 (row.request_id, row.model, as_utc(row.created_at)): row
-                for row in connection.execute(select(Prediction.__table__)).all()
+                for row in connection.execute(select(*AT_0005.c)).all()
             }
             assert connection.execute(select(Feedback.request_id, Feedback.row)).all() == [("req-1", 2)]
         assert len(logged) == 4
@@ -264,5 +270,40 @@ def test_0005_turns_logged_rows_into_one_row_per_request_losing_nothing_and_down
         _migrate(engine, "upgrade", "0005")
         with engine.connect() as connection:
             assert connection.execute(select(func.count()).select_from(Prediction)).scalar_one() == 5
+    finally:
+        engine.dispose()
+
+
+def test_0007_marks_every_logged_request_answered_takes_shadow_rows_and_downgrades_back(
+    settings: Settings,
+) -> None:
+    engine = create_engine_for(settings.database_url)
+    try:
+        _migrate(engine, "upgrade", "0006")
+        with engine.begin() as connection:
+            connection.execute(insert(AT_0005), [_prediction("old")])
+        _migrate(engine, "upgrade", "0007")
+        assert current_revision(engine) == "0007"
+        shadow = {**_prediction("old", version="4"), "answered": False}
+        with engine.begin() as connection:
+            connection.execute(insert(Prediction), [_prediction("new")])
+            connection.execute(insert(Prediction), [shadow])
+        with engine.connect() as connection:
+            answered = connection.execute(
+                select(Prediction.request_id, Prediction.version, Prediction.answered).order_by(Prediction.id)
+            ).all()
+        assert answered == [("old", "3", True), ("new", "3", True), ("old", "4", False)]
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.execute(insert(Prediction).values(**_prediction("null"), answered=None))
+
+        _migrate(engine, "downgrade", "0006")
+        assert current_revision(engine) == "0006"
+        assert "answered" not in {c["name"] for c in inspect(engine).get_columns("predictions")}
+        with engine.connect() as connection:
+            kept = connection.execute(select(AT_0005.c.request_id, AT_0005.c.version)).all()
+        assert sorted(kept) == [("new", "3"), ("old", "3"), ("old", "4")]
+        _migrate(engine, "upgrade", "0007")
+        with engine.connect() as connection:
+            assert connection.execute(select(func.count()).where(Prediction.answered)).scalar_one() == 3
     finally:
         engine.dispose()

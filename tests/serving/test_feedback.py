@@ -115,15 +115,32 @@ def test_feedback_on_a_request_id_logged_twice_is_refused_as_ambiguous(engine: E
     assert Conflict("x").status_code == 409
 
 
-def test_a_request_scored_by_two_versions_is_not_ambiguous_and_one_label_grades_both(engine: Engine) -> None:
-    # A candidate (shadow or canary) logged its own prediction of req-a, under its version.
+def test_a_shadowed_request_is_graded_against_the_answered_row_and_its_shadow_copy_is_no_ambiguity(
+    settings: Settings,
+) -> None:
+    upgrade(settings.database_url)
+    engine = create_engine_for(settings.database_url)
+    # The shadow candidate's copy is logged first (lower id) and is not what the client got.
+    shadow = {**_prediction("req-s", ["virginica", "setosa"], version="5"), "answered": False}
     with engine.begin() as connection:
-        connection.execute(insert(Prediction), [_prediction("req-a", ["virginica", "setosa"], version="5")])
-    stored = record_feedback(engine, model="iris", request_id="req-a", label="setosa", row=0)
-    # The result reports the version logged first; the one label is the truth for both versions.
-    assert (stored.version, stored.predicted_label, stored.correct) == ("4", "setosa", True)
-    assert stored_feedback(engine) == [("req-a", 0, "iris", "setosa")]
-    # A reused id is still ambiguous within one version.
+        connection.execute(insert(Prediction), [shadow])
+        connection.execute(insert(Prediction), [_prediction("req-s", ["setosa", "virginica"])])
+    try:
+        stored = record_feedback(engine, model="iris", request_id="req-s", label="setosa", row=0)
+        assert (stored.version, stored.predicted_label, stored.correct) == ("4", "setosa", True)
+        assert stored_feedback(engine) == [("req-s", 0, "iris", "setosa")]
+        # Feedback on a request only a shadow logged (its answer is not logged yet) is not found,
+        # not graded against the candidate's row.
+        with engine.begin() as connection:
+            connection.execute(insert(Prediction), [{**shadow, "request_id": "req-t"}])
+        with pytest.raises(NotFound, match=r"no logged prediction of model 'iris' has request id 'req-t'"):
+            record_feedback(engine, model="iris", request_id="req-t", label="setosa")
+    finally:
+        engine.dispose()
+
+
+def test_two_answered_requests_under_one_id_are_ambiguous_whatever_their_versions(engine: Engine) -> None:
+    # A canary answered req-a again under another version: two answers, so the label grades neither.
     again = {
         **_prediction("req-a", ["setosa", "setosa"], version="5"),
         "created_at": datetime(2026, 11, 24, tzinfo=UTC),
@@ -132,6 +149,18 @@ def test_a_request_scored_by_two_versions_is_not_ambiguous_and_one_label_grades_
         connection.execute(insert(Prediction), [again])
     with pytest.raises(Conflict, match=r"request id 'req-a' of model 'iris' names more than one logged"):
         record_feedback(engine, model="iris", request_id="req-a", label="setosa", row=1)
+
+
+def test_an_id_reused_for_many_requests_is_refused_without_reading_them_all(engine: Engine) -> None:
+    reused = [
+        {**_prediction("req-r"), "created_at": datetime(2026, 11, 23, minute=n, tzinfo=UTC)}
+        for n in range(40)
+    ]
+    with engine.begin() as connection:
+        connection.execute(insert(Prediction), reused)
+    with pytest.raises(Conflict, match=r"request id 'req-r' of model 'iris' names more than one logged"):
+        record_feedback(engine, model="iris", request_id="req-r", label="setosa")
+    assert stored_feedback(engine) == []
 
 
 def test_an_unlogged_request_id_is_not_found_and_named(engine: Engine) -> None:

@@ -167,8 +167,17 @@ def test_model_info_describes_the_served_model_and_a_reload_replaces_it() -> Non
     metrics.set_model_info("wine", "1", "svm", "sklearn", ready=True)
     info = families(metrics)["modelyard_model_info"]
     assert sorted(((sample.labels, sample.value) for sample in info), key=lambda pair: pair[0]["model"]) == [
-        ({"model": "iris", "version": "2", "algorithm": "random_forest", "runtime": "onnx"}, 1.0),
-        ({"model": "wine", "version": "1", "algorithm": "svm", "runtime": "sklearn"}, 1.0),
+        (
+            {
+                "model": "iris",
+                "version": "2",
+                "algorithm": "random_forest",
+                "runtime": "onnx",
+                "role": "stable",
+            },
+            1.0,
+        ),
+        ({"model": "wine", "version": "1", "algorithm": "svm", "runtime": "sklearn", "role": "stable"}, 1.0),
     ]
     metrics.set_model_info("iris", "3", "random_forest", "onnx", ready=True)
     ready = families(metrics)["modelyard_model_ready"]
@@ -186,7 +195,12 @@ def test_a_candidate_is_described_beside_the_stable_version() -> None:
     assert sorted((sample.labels["version"], sample.value) for sample in ready) == [("1", 1.0), ("2", 1.0)]
     metrics.set_model_info("iris", "3", "random_forest", "sklearn", ready=True, role="candidate")
     info = families(metrics)["modelyard_model_info"]
-    assert sorted(sample.labels["version"] for sample in info) == ["1", "3"]
+    assert sorted((sample.labels["version"], sample.labels["role"]) for sample in info) == [
+        ("1", "stable"),
+        ("3", "candidate"),
+    ]
+    with pytest.raises(ValueError, match=r"^unknown role 'canary': use one of stable, candidate$"):
+        metrics.set_model_info("iris", "4", "svm", "sklearn", ready=True, role="canary")
 
 
 def test_shadow_rows_are_counted_by_the_candidate_version_from_zero() -> None:
@@ -194,13 +208,18 @@ def test_shadow_rows_are_counted_by_the_candidate_version_from_zero() -> None:
     metrics.start_shadow("iris", "2")
     for name in ("compared", "agreed", "skipped"):
         assert value(metrics, f"modelyard_shadow_{name}_total", model="iris", version="2") == 0
+    # the shadow's time per request is its own stage, exported from zero; never the clients' total
+    shadow_time = {"stage": "shadow", "model": "iris", "version": "2"}
+    assert value(metrics, "modelyard_request_stage_seconds_count", **shadow_time) == 0
+    metrics.observe_stage("shadow", 0.01, "iris", "2")
+    assert value(metrics, "modelyard_request_stage_seconds_count", **shadow_time) == 1
     metrics.observe_shadow("iris", "2", compared=10, agreed=7)
     metrics.observe_shadow("iris", "2", compared=5, agreed=5)
-    metrics.count_shadow_skipped("iris", "2")
+    metrics.count_shadow_skipped("iris", "2", rows=3)
     metrics.observe_request("shadow", "iris", "2", 500)
     assert value(metrics, "modelyard_shadow_compared_total", model="iris", version="2") == 15
     assert value(metrics, "modelyard_shadow_agreed_total", model="iris", version="2") == 12
-    assert value(metrics, "modelyard_shadow_skipped_total", model="iris", version="2") == 1
+    assert value(metrics, "modelyard_shadow_skipped_total", model="iris", version="2") == 3
     assert (
         value(metrics, "modelyard_requests_total", protocol="shadow", model="iris", version="2", status="500")
         == 1

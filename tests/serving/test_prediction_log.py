@@ -781,6 +781,39 @@ def test_flush_returns_once_the_records_are_spooled_while_the_database_is_down(t
     assert (log.spooled, log.written, log.dropped) == (4, 0, 0)
 
 
+def test_an_insert_blocked_by_a_migrations_lock_spools_and_replays_once_the_lock_is_gone(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    upgrade(postgres_url)
+    migration = create_engine_for(postgres_url)
+    log = new_log(postgres_url, tmp_path / "spool", retry_initial_s=0.2, retry_max_s=0.5)
+    locked = migration.connect()
+    transaction = locked.begin()
+    locked.exec_driver_sql("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")  # as a table rewrite holds it
+
+    async def main() -> tuple[bool, bool]:
+        await log.start()
+        log.submit([record(f"locked-{index}") for index in range(3)])
+        # the writer gives the insert up after its lock timeout, not after the migration
+        while_locked = await asyncio.wait_for(log.flush(timeout_s=30), 15)
+        transaction.rollback()
+        locked.close()
+        deadline = time.monotonic() + 30
+        while log.replayed < 3 and time.monotonic() < deadline:  # the writer's next retry replays
+            await asyncio.sleep(0.05)
+        after = await log.flush(timeout_s=30)
+        await log.stop()
+        return while_locked, after
+
+    try:
+        assert asyncio.run(main()) == (False, True)
+    finally:
+        locked.close()
+        migration.dispose()
+    assert (log.spooled, log.replayed, log.dropped) == (3, 3, 0)
+    assert sorted(row.request_id for row in stored(postgres_url)) == ["locked-0", "locked-1", "locked-2"]
+
+
 def test_flush_waits_for_the_replay_while_the_database_takes_rows(database_url: str, tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     earlier = new_log(unreachable_url(tmp_path), spool_dir)

@@ -4,7 +4,7 @@ bad field named."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -112,6 +112,35 @@ def test_a_spool_line_reads_back_as_the_same_row() -> None:
     assert row_from_spool_line(line.rstrip(b"\n")) == row
 
 
+def test_a_shadow_record_is_not_answered_and_a_spool_line_from_before_0007_was() -> None:
+    assert table_row(PredictionRecord(**fields()))["answered"] is True
+    shadow = table_row(PredictionRecord(**fields(answered=False)))
+    assert shadow["answered"] is False and row_from_spool_line(spool_line(shadow))["answered"] is False
+    older = spool_line(table_row(PredictionRecord(**fields()))).replace(b',"answered":true', b"")
+    assert b"answered" not in older
+    assert row_from_spool_line(older)["answered"] is True
+
+
+def test_a_spool_line_from_the_per_row_log_is_replayed_as_a_one_row_request() -> None:
+    old = (
+        b'{"request_id":"old-1","row":2,"model":"iris","version":"3","features":{"sepal_length":5.1,'
+        b'"color":null},"label":"setosa","probabilities":{"setosa":0.9,"virginica":0.1},"latency_ms":1.5,'
+        b'"created_at":"2026-11-23T12:00:00+00:00"}'
+    )
+    row = row_from_spool_line(old)
+    assert (row["request_id"], row["model"], row["version"], row["rows"]) == ("old-1", "iris", "3", 1)
+    assert row["features"] == {"sepal_length": [5.1], "color": [None]}
+    assert (row["labels"], row["probabilities"]) == (["setosa"], {"setosa": [0.9], "virginica": [0.1]})
+    assert row["latency_ms"] == 1.5 and row["answered"] is True
+    assert row["created_at"] == MOMENT + timedelta(microseconds=2)  # apart from the request's row 0
+    first = row_from_spool_line(old.replace(b'"row":2', b'"row":0'))
+    assert first["created_at"] == MOMENT
+    with pytest.raises(InvalidRecord, match=r"^row must be an integer >= 0, got -1$"):
+        row_from_spool_line(old.replace(b'"row":2', b'"row":-1'))
+    with pytest.raises(InvalidRecord, match=r"^labels\[0\] must be a string, got NoneType$"):
+        row_from_spool_line(old.replace(b'"label":"setosa"', b'"label":null'))
+
+
 def test_a_spooled_record_of_arrays_reads_back_as_lists_with_null_for_nan() -> None:
     matrix = np.array([[1.0, np.nan], [2.0, 3.0]])
     row = table_row(
@@ -158,6 +187,8 @@ def test_a_spooled_record_of_arrays_reads_back_as_lists_with_null_for_nan() -> N
         ({"latency_ms": float("nan")}, "latency_ms must be finite, got nan"),
         ({"created_at": "yesterday"}, "created_at is not an ISO timestamp: 'yesterday'"),
         ({"created_at": 1700000000}, "created_at must be a datetime, got int"),
+        ({"answered": "no"}, "answered must be true or false, got 'no'"),
+        ({"answered": 1}, "answered must be true or false, got 1"),
     ],
 )
 def test_a_bad_field_is_named(overrides: dict[str, Any], message: str) -> None:

@@ -124,7 +124,9 @@ def live_accuracy(
         )
     conditions = [Prediction.model == model, Prediction.created_at >= since, Prediction.created_at < until]
     if version is not None:
-        conditions.append(Prediction.version == version)
+        conditions.append(Prediction.version == version)  # a shadow candidate's rows included
+    else:
+        conditions.append(Prediction.answered.is_(True))  # what clients got: a shadowed request once
     joined = and_(
         Feedback.request_id == Prediction.request_id,
         Feedback.model == Prediction.model,

@@ -88,7 +88,9 @@ def build_report(
     start = until - since
     conditions = [Prediction.model == model, Prediction.created_at >= start, Prediction.created_at < until]
     if version is not None:
-        conditions.append(Prediction.version == version)
+        conditions.append(Prediction.version == version)  # a shadow candidate's rows included
+    else:
+        conditions.append(Prediction.answered.is_(True))  # what clients got: a shadowed request once
     with engine.connect() as connection:
         logged = _logged(
             connection.execute(

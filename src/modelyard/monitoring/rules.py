@@ -19,6 +19,8 @@ RULES_PATH = Path("charts/modelyard/rules/modelyard.rules.yaml")
 RUNBOOK_URL = "https://github.com/modelyard/modelyard/blob/main/docs/runbooks.md"
 # The status values that are the server's fault: HTTP 5xx, and the gRPC codes a server error maps to.
 SERVER_ERROR_STATUS = "5..|INTERNAL|UNKNOWN|UNAVAILABLE|DATA_LOSS|DEADLINE_EXCEEDED"
+# Drops the series of a version some predictor serves as a rollout's candidate (shadow or canary).
+NOT_A_CANDIDATE = 'unless on (model, version) modelyard_model_info{role="candidate"}'
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,11 @@ def rule_groups(thresholds: Thresholds | None = None) -> dict[str, Any]:
     service = [
         _alert(
             "ModelyardHighLatencyP99",
+            # the stable versions' answers: a candidate's time is the rollout analysis's to judge (a shadow
+            # candidate's is not even stage total)
             "histogram_quantile(0.99, sum by (job, le) "
-            '(rate(modelyard_request_stage_seconds_bucket{stage="total"}[5m]))) > ' + f"{t.p99_seconds:g}",
+            '(rate(modelyard_request_stage_seconds_bucket{stage="total"}[5m]) '
+            f"{NOT_A_CANDIDATE})) > " + f"{t.p99_seconds:g}",
             "10m",
             "warning",
             "p99 latency of {{ $labels.job }} is {{ $value | humanizeDuration }}",
@@ -138,7 +143,8 @@ def rule_groups(thresholds: Thresholds | None = None) -> dict[str, Any]:
         ),
         _alert(
             "ModelyardAccuracyBelowGate",
-            "min by (model, version) (modelyard_live_accuracy) "
+            # a candidate's accuracy is the rollout analysis's to judge: its alert would retrain the model
+            f"(min by (model, version) (modelyard_live_accuracy) {NOT_A_CANDIDATE}) "
             "< on (model, version) min by (model, version) (modelyard_accuracy_gate)",
             "15m",
             "critical",

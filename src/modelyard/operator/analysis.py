@@ -163,8 +163,10 @@ class Analysis:
         return Check("error_ratio", value, limit, passed, detail)
 
     def _p95(self, version: int) -> float | None:
-        total = 'stage="total"'
-        buckets = f"modelyard_request_stage_seconds_bucket{{{self._selector(version, total)}}}"
+        # The model's own time, measured alike for both versions: a shadow candidate's total would hold
+        # no encoding and start after the stable answer, a canary's would not.
+        predict = 'stage="predict"'
+        buckets = f"modelyard_request_stage_seconds_bucket{{{self._selector(version, predict)}}}"
         return self.prometheus.scalar(
             f"histogram_quantile(0.95, sum by (le) (rate({buckets}[{self.window}])))"
         )

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -186,8 +188,9 @@ class Prediction(Base):
     (request_id, model, version, created_at) makes writes idempotent: a batch whose commit outcome was
     unknown (the connection dropped) is spooled and replayed, and the replay's duplicates are ignored.
     A client that sends one request id twice gets two predictions logged, told apart by ``created_at``;
-    feedback on such an id is refused as ambiguous. A candidate version scoring the same request beside
-    the served one (shadow or canary) is logged under its own version and the same request id.
+    feedback on such an id is refused as ambiguous. A shadow candidate scoring the same request beside
+    the served one is logged under its own version, the same request id and the same ``created_at``, not
+    ``answered``.
     """
 
     __tablename__ = "predictions"
@@ -206,6 +209,9 @@ class Prediction(Base):
     probabilities: Mapped[dict[str, list[float]]] = mapped_column(JsonType, nullable=False)
     latency_ms: Mapped[float] = mapped_column(Float, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # False for a shadow candidate's copy of a request the stable version answered: readers of every
+    # version count answered rows only, so a shadowed request is not counted twice.
+    answered: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=true())
 
     __table_args__ = (
         UniqueConstraint("request_id", "model", "version", "created_at"),

@@ -39,9 +39,9 @@ from modelyard.serving.features import (
     output_tensors,
     select_outputs,
 )
-from modelyard.serving.metrics import SHADOW_PROTOCOL, ServingMetrics
+from modelyard.serving.metrics import SHADOW_PROTOCOL, SHADOW_STAGE, ServingMetrics
 from modelyard.serving.model import ServedModel
-from modelyard.serving.rollout import MAX_SHADOW_BACKLOG, SHADOW, Rollout, check_candidate
+from modelyard.serving.rollout import SHADOW, Rollout, check_candidate
 from modelyard.serving.sink import PredictionRecord, PredictionSink
 from modelyard.serving.types import (
     SERVER_EXTENSIONS,
@@ -276,13 +276,12 @@ class DataPlane:
             raise RuntimeError(f"the model answered non-finite probabilities for row {first}")
         latency_ms = (time.perf_counter() - started) * 1000.0
         loop = asyncio.get_running_loop()
-        loop.call_soon(
-            self._after_prediction, model, batch, outcome, request_id, latency_ms, self._logged_at()
-        )
+        created_at = self._logged_at()
+        loop.call_soon(self._after_prediction, model, batch, outcome, request_id, latency_ms, created_at)
         if self._rollouts:
             rollout = self._rollouts.get(model.name)
             if rollout is not None and rollout.mode == SHADOW and rollout.candidate is not model:
-                self._shadow(rollout, batch, outcome.prediction, request_id, decoded, loop)
+                self._shadow(rollout, batch, outcome.prediction, request_id, decoded, created_at, loop)
         return outcome.prediction
 
     @staticmethod
@@ -321,10 +320,10 @@ class DataPlane:
         latency_ms: float,
         created_at: datetime,
         *,
-        drift: bool = True,
+        answered: bool = True,
     ) -> None:
         """Metrics and prediction log, once the caller has its answer. Never raises. Drift is watched on
-        the rows the stable version answers (``drift``), not again on a shadow candidate's copies."""
+        the rows a client got (``answered``), not again on a shadow candidate's copies."""
         try:
             prediction = outcome.prediction
             if self.metrics is not None:
@@ -336,12 +335,14 @@ class DataPlane:
                     prediction.label_names,
                     prediction.probabilities.max(axis=1),
                 )
-                if drift and self.metrics.drift is not None:
+                if answered and self.metrics.drift is not None:
                     probabilities = prediction.probabilities
                     self.metrics.drift.observe(model.name, batch.numeric, batch.other, probabilities)
             if self.prediction_log is not None:
                 self.prediction_log.submit(
-                    prediction_records(model, batch, prediction, request_id, latency_ms, created_at)
+                    prediction_records(
+                        model, batch, prediction, request_id, latency_ms, created_at, answered=answered
+                    )
                 )
         except Exception:
             log.exception("could not record the prediction of request %s", request_id)
@@ -355,54 +356,76 @@ class DataPlane:
         stable: Prediction,
         request_id: str,
         decoded: float,
+        created_at: datetime,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         """Have the candidate score ``batch`` once the caller has the stable answer (a task of its own)."""
         candidate = rollout.candidate
-        if rollout.backlog >= MAX_SHADOW_BACKLOG:
+        if not rollout.takes_shadow(batch.n_rows):
             if self.metrics is not None:
-                self.metrics.count_shadow_skipped(candidate.name, candidate.version)
+                self.metrics.count_shadow_skipped(candidate.name, candidate.version, batch.n_rows)
             return
-        rollout.backlog += 1
-        task = loop.create_task(self._score_shadow(rollout, batch, stable, request_id, decoded))
+        rollout.backlog_rows += batch.n_rows
+        task = loop.create_task(self._score_shadow(rollout, batch, stable, request_id, decoded, created_at))
         self._shadow_tasks.add(task)  # the loop keeps only a weak reference
         task.add_done_callback(self._shadow_tasks.discard)
 
     async def finish_shadows(self, timeout_s: float) -> None:
         """Wait, at most ``timeout_s``, for the shadow candidate to score the requests it was handed: on
-        shutdown, before the prediction log writes what it holds."""
-        if self._shadow_tasks:
-            await asyncio.wait(set(self._shadow_tasks), timeout=timeout_s)
+        shutdown, before the prediction log writes what it holds. What is left then is cancelled (its
+        rows counted as skipped), so no shadow task outlives the models."""
+        if not self._shadow_tasks:
+            return
+        _, pending = await asyncio.wait(set(self._shadow_tasks), timeout=max(0.0, timeout_s))
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
 
     async def _score_shadow(
-        self, rollout: Rollout, batch: FeatureBatch, stable: Prediction, request_id: str, decoded: float
+        self,
+        rollout: Rollout,
+        batch: FeatureBatch,
+        stable: Prediction,
+        request_id: str,
+        decoded: float,
+        created_at: datetime,
     ) -> None:
-        """Score the stable version's rows with the candidate; count, export and log it. Never raises."""
+        """Score the stable version's rows with the candidate; count, export and log it. Never raises.
+        The log row has the stable row's ``created_at`` (feedback given before the shadow finished
+        grades it too) and is not ``answered``."""
         candidate = rollout.candidate
         metrics = self.metrics
         started = time.perf_counter()
         try:
             outcome = await candidate.predict(batch)
-            if not np.isfinite(outcome.prediction.probabilities).all():
-                raise RuntimeError("the candidate answered non-finite probabilities")
+            finite = np.isfinite(outcome.prediction.probabilities).all(axis=1)
+            if not finite.all():  # judged as the stable version is: rows that overflow together, alone
+                outcome = await self._rescore_alone(candidate, batch, outcome, np.flatnonzero(~finite))
+                if not np.isfinite(outcome.prediction.probabilities).all():
+                    raise RuntimeError("the candidate answered non-finite probabilities")
+        except asyncio.CancelledError:
+            if metrics is not None:  # the server stopped before the candidate scored it
+                metrics.count_shadow_skipped(candidate.name, candidate.version, batch.n_rows)
+            raise
         except Exception as exc:
             rollout.failed(exc)
             if metrics is not None:
                 metrics.observe_request(SHADOW_PROTOCOL, candidate.name, candidate.version, 500)
             return
         finally:
-            rollout.backlog -= 1
+            rollout.backlog_rows -= batch.n_rows
         # the time the candidate would have taken to answer: the request's decoding, then its own queue
         seconds = decoded + time.perf_counter() - started
         prediction = outcome.prediction
         try:
             if metrics is not None:
                 metrics.observe_request(SHADOW_PROTOCOL, candidate.name, candidate.version, 200)
-                metrics.observe_stage("total", seconds, candidate.name, candidate.version)
+                metrics.observe_stage(SHADOW_STAGE, seconds, candidate.name, candidate.version)
                 agreed = int(np.count_nonzero(prediction.label_names == stable.label_names))
                 metrics.observe_shadow(candidate.name, candidate.version, batch.n_rows, agreed)
             self._after_prediction(
-                candidate, batch, outcome, request_id, seconds * 1000.0, self._logged_at(), drift=False
+                candidate, batch, outcome, request_id, seconds * 1000.0, created_at, answered=False
             )
         except Exception:
             log.exception("could not record the shadow prediction of request %s", request_id)
@@ -530,9 +553,11 @@ def prediction_records(
     request_id: str,
     latency_ms: float,
     created_at: datetime,
+    *,
+    answered: bool = True,
 ) -> list[PredictionRecord]:
     """The request's one log record: references to its columns, whatever its rows (the log converts them
-    on its own thread)."""
+    on its own thread). ``answered`` is False for a shadow candidate's."""
     schema = model.schema
     features: dict[str, Any] = {}
     for name in schema.names:
@@ -550,6 +575,7 @@ def prediction_records(
         probabilities=by_class,
         latency_ms=latency_ms,
         created_at=created_at,
+        answered=answered,
     )
     return [record]
 

@@ -13,10 +13,11 @@ is NotReady, naming the command.
 One label per prediction. Feedback again for the same prediction replaces the label (a correction is
 normal: labellers make mistakes), and the result reports the label it replaced. A request id the client
 used for several requests names several logged predictions: feedback on it is a Conflict (409), never a
-guess at which one it grades. A request scored by two versions (the served one and a shadow or canary
-candidate) is no such ambiguity: each version logged it under the same id, and the one label grades
-that row for both (live accuracy counts it per version). The answer the client had, which the result
-reports, is the served version's: a shadow candidate's rows are never it.
+guess at which one it grades. A request scored by two versions (the served one and a shadow candidate)
+is no such ambiguity: each version logged it under the same id, and the one label grades that row for
+both (live accuracy counts it per version). The answer the client had, which the result reports, is
+the logged row that was ``answered``: a shadow candidate's rows never are, whatever the server runs
+now.
 
 The log holds one row per request (``rows`` values in each column), so a prediction is found by request
 id and then by row number within it.
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 _KEY = ["request_id", "row", "model"]
 MAX_ROW = 2**31 - 1
 """The largest row number the tables' INTEGER column holds."""
+LOOKUP_LIMIT = 16
+"""Logged requests read for one feedback: two answered ones under an id already make it ambiguous."""
 
 
 def _check(
@@ -75,15 +78,14 @@ def record_feedback(
     label: str | int,
     row: int = 0,
     classes: Sequence[str | int] | None = None,
-    shadow_version: str | None = None,
 ) -> FeedbackResult:
     """Store the true ``label`` of row ``row`` of request ``request_id`` answered by ``model``.
 
     InvalidInput names a bad argument (or a label outside ``classes``, when given); NotFound names the
     request id when no such prediction is logged; NotReady when the database cannot be reached, or
     lacks the tables (nobody ran `modelyard db upgrade`). Pass the server's Engine: a URL makes (and
-    disposes) an engine per call, which is fine for scripts. ``shadow_version`` is the version of a
-    shadow candidate the server runs: its logged rows are not the answer the label is checked against.
+    disposes) an engine per call, which is fine for scripts. The label is checked against the answer
+    the client got: a shadow candidate's logged rows are not it.
     """
     text = _check(model, request_id, label, row, classes)
     if isinstance(database_url_or_engine, Engine):
@@ -94,9 +96,7 @@ def record_feedback(
         with engine.connect() as connection:
             connection.execution_options(**{WRITE_OPTION: True})
             with connection.begin():
-                return _store(
-                    connection, model=model, request_id=request_id, row=row, label=text, shadow=shadow_version
-                )
+                return _store(connection, model=model, request_id=request_id, row=row, label=text)
     except DBAPIError as exc:
         # Tell the caller's answers (503: try later; 404: nothing is logged here) from a bug (500).
         # The answer says what is wrong; where the database is, and the driver's words, go to the log.
@@ -126,17 +126,18 @@ def _key(table: Table, model: str, request_id: str, row: int) -> ColumnElement[b
     return and_(table.c.request_id == request_id, table.c.row == row, table.c.model == model)
 
 
-def _store(
-    connection: Connection, *, model: str, request_id: str, row: int, label: str, shadow: str | None = None
-) -> FeedbackResult:
+def _store(connection: Connection, *, model: str, request_id: str, row: int, label: str) -> FeedbackResult:
     predictions, feedback = _table(Prediction), _table(Feedback)
-    logged_by = [predictions.c.request_id == request_id, predictions.c.model == model]
-    if shadow is not None:
-        logged_by.append(predictions.c.version != shadow)
     logged = connection.execute(
         select(predictions.c.version, predictions.c.rows, predictions.c.labels)
-        .where(*logged_by)
+        .where(
+            predictions.c.request_id == request_id,
+            predictions.c.model == model,
+            predictions.c.answered.is_(True),
+        )
         .order_by(predictions.c.id)
+        # enough to tell an ambiguous id, without reading every request a client sent under one id
+        .limit(LOOKUP_LIMIT)
     ).all()
     if not logged:
         raise NotFound(
@@ -150,8 +151,7 @@ def _store(
             f"request id {request_id!r} of model {model!r} has {rows} logged row(s) (0 to {rows - 1}), "
             f"not row {row}"
         )
-    versions = [p.version for p in matches]
-    if len(set(versions)) < len(versions):
+    if len(matches) > 1:  # each request has one answered row: two mean two requests under one id
         raise Conflict(
             f"request id {request_id!r} of model {model!r} names more than one logged prediction (the "
             "client sent it with several requests), so feedback cannot tell which one it grades; send "

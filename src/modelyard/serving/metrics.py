@@ -7,16 +7,16 @@ servers in one test process never collide) and every name starts with ``modelyar
 name                                           type       labels
 =============================================  =========  ==========================================
 ``modelyard_requests_total``                   counter    protocol, model, version, status
-``modelyard_request_stage_seconds``            histogram  stage (decode, queue, predict, encode, total),
-                                                          model, version
+``modelyard_request_stage_seconds``            histogram  stage (decode, queue, predict, encode, total,
+                                                          shadow), model, version
 ``modelyard_batch_rows``                       histogram  (rows in one model call)
 ``modelyard_predictions_total``                counter    model, version, class
 ``modelyard_prediction_confidence``            histogram  model, version (max probability of a row)
-``modelyard_model_info``                       gauge = 1  model, version, algorithm, runtime
+``modelyard_model_info``                       gauge = 1  model, version, algorithm, runtime, role
 ``modelyard_model_ready``                      gauge 0/1  model, version
 ``modelyard_shadow_compared_total``            counter    model, version (rows a shadow candidate scored)
 ``modelyard_shadow_agreed_total``              counter    model, version (... predicting the stable class)
-``modelyard_shadow_skipped_total``             counter    model, version (requests not shadowed: backlog)
+``modelyard_shadow_skipped_total``             counter    model, version (rows not shadowed: backlog, stop)
 ``modelyard_prediction_log_queue_depth``       gauge
 ``modelyard_prediction_log_dropped_total``     counter    reason
 ``modelyard_prediction_log_written_total``     counter    (rows inserted into the database)
@@ -30,7 +30,9 @@ Label values must come from the server, never straight from a request: ``model``
 name (not the name in an unknown URL), ``version`` the version that answered (or, for a shadow candidate,
 scored), ``status`` an HTTP code or gRPC code name. Unknown protocols and stages are refused, so a caller's
 typo cannot mint new series. A shadow candidate's copies of requests are counted under the protocol
-``shadow``, so they never pass for client traffic.
+``shadow`` and timed under the stage ``shadow`` (not ``total``), so they never pass for client traffic;
+``role`` on ``modelyard_model_info`` (``stable`` or ``candidate``) lets alerts leave a candidate to the
+rollout analysis.
 """
 
 from __future__ import annotations
@@ -58,7 +60,11 @@ from modelyard.monitoring.drift import DriftMonitor
 
 SHADOW_PROTOCOL = "shadow"  # the protocol label of the copies a shadow candidate scores
 PROTOCOLS = ("v1", "v2-rest", "v2-grpc", SHADOW_PROTOCOL)
-STAGES = ("decode", "queue", "predict", "encode", "total")
+STAGES = ("decode", "queue", "predict", "encode", "total")  # of every request a version answers
+SHADOW_STAGE = (
+    "shadow"  # a shadow candidate's time to score a request: the request's decoding, queue, predict
+)
+ROLES = ("stable", "candidate")
 # 0.1 ms .. 10 s: a LogisticRegression row takes ~0.2 ms, a cold RandomForest batch seconds.
 LATENCY_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -158,7 +164,8 @@ class ServingMetrics:
         self._stage_seconds = Histogram(
             "modelyard_request_stage_seconds",
             "Time spent per request stage: decode, queue (waiting for a batch), predict, encode, total; "
-            "by the model and version that answered.",
+            "by the model and version that answered. A shadow candidate's time per request is its stage "
+            "shadow (decode, queue and predict), never total.",
             ["stage", "model", "version"],
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
@@ -186,7 +193,7 @@ class ServingMetrics:
         self._model_info = Gauge(
             "modelyard_model_info",
             "The served model: always 1, the labels carry the information.",
-            ["model", "version", "algorithm", "runtime"],
+            ["model", "version", "algorithm", "runtime", "role"],
             registry=self.registry,
         )
         self._model_ready = Gauge(
@@ -195,7 +202,7 @@ class ServingMetrics:
             ["model", "version"],
             registry=self.registry,
         )
-        self._model_labels: dict[tuple[str, str], tuple[str, str, str, str]] = {}
+        self._model_labels: dict[tuple[str, str], tuple[str, str, str, str, str]] = {}
         self._shadow_compared = Counter(
             "modelyard_shadow_compared",
             "Rows a shadow candidate scored beside the stable version, by the candidate's version.",
@@ -210,7 +217,8 @@ class ServingMetrics:
         )
         self._shadow_skipped = Counter(
             "modelyard_shadow_skipped",
-            "Requests the shadow candidate did not score because too many waited for it already.",
+            "Rows the shadow candidate did not score: too many waited for it already, or the server "
+            "stopped first.",
             ["model", "version"],
             registry=self.registry,
         )
@@ -263,15 +271,15 @@ class ServingMetrics:
 
     def observe_stage(self, stage: str, seconds: float, model: str, version: str) -> None:
         """Record how long one request to ``model`` at ``version`` spent in ``stage`` (decode, queue,
-        predict, encode or total)."""
+        predict, encode or total; shadow for a shadow candidate's whole scoring)."""
         child = self._stage_children.get((stage, model, version))
         if child is None:
             child = self._stage_child(stage, model, version)
         child.observe(seconds)
 
     def _stage_child(self, stage: str, model: str, version: str) -> Any:
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
+        if stage not in STAGES and stage != SHADOW_STAGE:
+            raise ValueError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}, {SHADOW_STAGE}")
         child = self._stage_children[(stage, model, version)] = self._stage_seconds.labels(
             stage, model, version
         )
@@ -309,6 +317,7 @@ class ServingMetrics:
         self._shadow_compared.labels(model, version)
         self._shadow_agreed.labels(model, version)
         self._shadow_skipped.labels(model, version)
+        self._stage_child(SHADOW_STAGE, model, version)
 
     def observe_shadow(self, model: str, version: str, compared: int, agreed: int) -> None:
         """Count rows the candidate ``version`` scored beside the stable one, and those it agreed on."""
@@ -317,8 +326,8 @@ class ServingMetrics:
         self._shadow_compared.labels(model, version).inc(compared)
         self._shadow_agreed.labels(model, version).inc(agreed)
 
-    def count_shadow_skipped(self, model: str, version: str) -> None:
-        self._shadow_skipped.labels(model, version).inc()
+    def count_shadow_skipped(self, model: str, version: str, rows: int) -> None:
+        self._shadow_skipped.labels(model, version).inc(rows)
 
     # ------------------------------------------------------------ model
 
@@ -327,7 +336,9 @@ class ServingMetrics:
     ) -> None:
         """Describe the served model; a later call for the same model and ``role`` (``stable``, or
         ``candidate`` for a version rolled out beside it) replaces its series."""
-        labels = (model, version, algorithm, runtime)
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+        labels = (model, version, algorithm, runtime, role)
         with self._model_lock:
             previous = self._model_labels.get((model, role))
             if previous is not None and previous != labels:

@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 RolloutMode = Literal["shadow", "canary"]
 SHADOW, CANARY = "shadow", "canary"
 SHARES = 10_000  # the canary split's resolution: 0.01 percent
-MAX_SHADOW_BACKLOG = 256
-"""Requests that may wait for the shadow candidate at once; beyond it a request is not shadowed (and is
-counted as skipped), so a slow candidate never holds more than this much work and memory."""
+MAX_SHADOW_BACKLOG_ROWS = 8192
+"""Rows that may wait for the shadow candidate at once: a request that would take the backlog beyond it
+is not shadowed (its rows are counted as skipped), so a slow candidate holds at most this many rows, or
+one request's when it is larger and nothing else waits."""
 
 
 def canary_share(request_id: str) -> float:
@@ -88,9 +89,13 @@ class Rollout:
     candidate: ServedModel
     mode: RolloutMode
     canary_percent: float = 0.0
-    backlog: int = 0
-    """Shadow requests handed to the candidate and not yet scored."""
+    backlog_rows: int = 0
+    """Rows of the shadow requests handed to the candidate and not yet scored."""
     failures: int = 0
+
+    def takes_shadow(self, rows: int) -> bool:
+        """Whether the candidate may take a shadow request of ``rows`` rows now (see the backlog's bound)."""
+        return self.backlog_rows == 0 or self.backlog_rows + rows <= MAX_SHADOW_BACKLOG_ROWS
 
     def answers(self, request_id: str) -> bool:
         """Whether the candidate answers this request (canary mode only)."""
@@ -111,7 +116,7 @@ class Rollout:
 
 __all__ = [
     "CANARY",
-    "MAX_SHADOW_BACKLOG",
+    "MAX_SHADOW_BACKLOG_ROWS",
     "SHADOW",
     "Rollout",
     "RolloutMode",

@@ -151,16 +151,11 @@ class ModelServer:
                 batch_observer=lambda rows, _seconds: metrics.observe_batch(rows),
             )
 
+        self._served = served
         self.model = served(serving.model_dir, serving.model_version)
         self.model.load()
+        # Fetched and loaded by load_candidate(), once the probes answer (live, not ready yet).
         self.candidate: ServedModel | None = None
-        if serving.candidate_uri:
-            from modelyard.serving.rollout import check_candidate
-
-            # A candidate that cannot be served stops the start: the pods serving now keep serving.
-            self.candidate = served(candidate_dir(settings), serving.candidate_version)
-            self.candidate.load()
-            check_candidate(self.model, self.candidate)
         self.prediction_log: PredictionLog | None = None
         self.accuracy: list[AccuracyCollector] = []
         feedback_store = None
@@ -180,20 +175,23 @@ class ModelServer:
             engine = self.prediction_log.engine
             from modelyard.monitoring.accuracy import start_accuracy_collector
             from modelyard.serving.metrics import Together
-            from modelyard.serving.rollout import SHADOW
 
-            self.accuracy = [
-                start_accuracy_collector(
-                    None, engine, model.name, model.version, model.metadata, settings.monitoring
+            if self.model.metadata is not None:
+                self.accuracy.append(
+                    start_accuracy_collector(
+                        None,
+                        engine,
+                        self.model.name,
+                        self.model.version,
+                        self.model.metadata,
+                        settings.monitoring,
+                    )
                 )
-                for model in (self.model, self.candidate)
-                if model is not None and model.metadata is not None
-            ]
-            metrics.registry.register(Together(self.accuracy))
-            shadow = self.candidate.version if self.candidate and serving.rollout_mode == SHADOW else None
+            self._accuracy_family = Together(self.accuracy)
+            metrics.registry.register(self._accuracy_family)
 
             def feedback_store(**kwargs: Any) -> Any:
-                return record_feedback(engine, shadow_version=shadow, **kwargs)
+                return record_feedback(engine, **kwargs)
 
         self.dataplane: DataPlane = DataPlane(
             max_request_rows=serving.max_request_rows,
@@ -203,16 +201,37 @@ class ModelServer:
             feedback_store=feedback_store,
         )
         self.dataplane.add_model(self.model)
-        if self.candidate is not None:
-            from modelyard.serving.rollout import Rollout
-
-            self.dataplane.add_candidate(
-                Rollout(self.candidate, serving.rollout_mode, serving.canary_percent)
-            )
         self.probes: ProbeServer | None = None
         self.grpc_server: grpc.aio.Server | None = None
 
     # ------------------------------------------------------------ parts
+
+    def load_candidate(self) -> None:
+        """Fetch, load and roll out ``serving.candidate_uri`` beside the stable model, if set. A candidate
+        that cannot be served stops the start (ModelyardError naming why): the pods serving now keep
+        serving."""
+        serving = self.settings.serving
+        if not serving.candidate_uri or self.candidate is not None:
+            return
+        from modelyard.serving.rollout import Rollout
+
+        candidate = self._served(candidate_dir(self.settings), serving.candidate_version)
+        self.candidate = candidate
+        candidate.load()
+        self.dataplane.add_candidate(Rollout(candidate, serving.rollout_mode, serving.canary_percent))
+        if self.prediction_log is not None and candidate.metadata is not None:
+            from modelyard.monitoring.accuracy import start_accuracy_collector
+
+            collector = start_accuracy_collector(
+                None,
+                self.prediction_log.engine,
+                candidate.name,
+                candidate.version,
+                candidate.metadata,
+                self.settings.monitoring,
+            )
+            self.accuracy.append(collector)
+            self._accuracy_family.collectors.append(collector)
 
     def uvicorn_config(self) -> uvicorn.Config:
         import uvicorn
@@ -298,13 +317,14 @@ class ModelServer:
             await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Stop gRPC (in-flight calls get the grace period), let a shadow candidate score what it was
-        handed (within the grace period too), write the log, stop the models and probes."""
-        grace = self.settings.serving.grace_period_s
+        """Stop gRPC and let a shadow candidate score what it was handed, both within one grace period
+        (a shadow request left then is cancelled), write the log, stop the models and probes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.serving.grace_period_s
         if self.grpc_server is not None:
-            await self.grpc_server.stop(grace)
+            await self.grpc_server.stop(self.settings.serving.grace_period_s)
             self.grpc_server = None
-        await self.dataplane.finish_shadows(grace)
+        await self.dataplane.finish_shadows(deadline - loop.time())
         for collector in self.accuracy:
             collector.stop()
         if self.prediction_log is not None:
@@ -338,6 +358,8 @@ class ModelServer:
                     serving=lambda: server.started and not server.should_exit,
                 )
                 self.probes.start()
+            # after the probes: a candidate's download and load may outlast the liveness probe's patience
+            self.load_candidate()
             with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
                 runner.run(self._serve(server, listener))
         finally:

@@ -27,6 +27,7 @@ class PredictionRecord:
     array; None or NaN where a value was missing), ``labels`` holds the predicted class of each row, and
     ``probabilities`` maps each class to its ``rows`` probabilities (empty when the model gave labels
     only). The sink must treat all three as read-only: they may be the data plane's own arrays.
+    ``answered`` is False for a shadow candidate's scoring of a request the stable version answered.
     """
 
     request_id: str
@@ -38,6 +39,7 @@ class PredictionRecord:
     probabilities: Mapping[str, Any]  # class -> list or 1-d numpy array of ``rows`` floats
     latency_ms: float
     created_at: datetime
+    answered: bool = True
 
 
 @runtime_checkable

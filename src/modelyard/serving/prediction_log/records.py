@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -147,6 +147,12 @@ def _labels(value: Any, *, rows: int) -> list[str]:
     return texts
 
 
+def _answered(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRecord(f"answered must be true or false, got {value!r}")
+    return value
+
+
 def table_row(record: Any) -> dict[str, Any]:
     """The table row of a PredictionRecord (or of a spooled row); InvalidRecord names a bad field."""
     if isinstance(record, PredictionRecord):
@@ -167,6 +173,8 @@ def table_row(record: Any) -> dict[str, Any]:
             "probabilities": _columns(fields["probabilities"], field="probabilities", rows=rows),
             "latency_ms": _latency(fields["latency_ms"]),
             "created_at": _moment(fields["created_at"]),
+            # a spool line written before 0007 has no such field: every row was an answer then
+            "answered": _answered(fields.get("answered", True)),
         }
     except KeyError as missing:
         raise InvalidRecord(f"{missing.args[0]} is missing") from None
@@ -183,12 +191,36 @@ def spool_line(row: dict[str, Any]) -> bytes:
 
 
 def row_from_spool_line(line: bytes) -> dict[str, Any]:
-    """The table row a spool line holds; InvalidRecord when the line is no JSON or no valid record."""
+    """The table row a spool line holds; InvalidRecord when the line is no JSON or no valid record.
+
+    A line spooled before the log held one row per request (one predicted row, with ``row`` and
+    ``label``) becomes a request of that one row. Its time moves on by ``row`` microseconds, so the rows
+    of one old request stay apart under the table's unique key (each is its own one-row request then)."""
     try:
         document = orjson.loads(line)
     except orjson.JSONDecodeError as exc:  # no JSON, or bytes that are no UTF-8
         raise InvalidRecord(f"not a JSON line: {exc}") from None
+    if isinstance(document, dict) and "label" in document and "rows" not in document:
+        document = _one_row_request(document)
     return table_row(document)
+
+
+def _one_row_request(old: dict[str, Any]) -> dict[str, Any]:
+    """An old spool line's predicted row as a request of one row (fields checked by table_row)."""
+    row = old.get("row", 0)
+    if isinstance(row, bool) or not isinstance(row, int) or row < 0:
+        raise InvalidRecord(f"row must be an integer >= 0, got {row!r}")
+    features, probabilities = old.get("features"), old.get("probabilities")
+    converted = {key: value for key, value in old.items() if key not in ("row", "label")}
+    converted["rows"] = 1
+    converted["labels"] = [old["label"]]
+    if isinstance(features, dict):
+        converted["features"] = {name: [value] for name, value in features.items()}
+    if isinstance(probabilities, dict):
+        converted["probabilities"] = {name: [value] for name, value in probabilities.items()}
+    if row and "created_at" in old:
+        converted["created_at"] = _moment(old["created_at"]) + timedelta(microseconds=row)
+    return converted
 
 
 __all__ = [

@@ -64,6 +64,8 @@ logger = logging.getLogger(__name__)
 
 # Longest a Postgres connection attempt may hang (a black-holed host), so retries keep their pace.
 CONNECT_TIMEOUT_S = 5
+# Longest an insert waits for a lock on the table (a migration rewriting it): then its batch spools.
+LOCK_TIMEOUT_MS = 2000
 # At most one warning per reason this often: a full queue must not flood the log from the hot path.
 WARNING_INTERVAL_S = 10.0
 _UNIQUE_KEY = ["request_id", "model", "version", "created_at"]
@@ -135,6 +137,8 @@ class PredictionLog:
         url = normalize_url(database_url)
         if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
             url = url.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT_S)})
+        if url.get_backend_name() == "postgresql" and "options" not in url.query:
+            url = url.update_query_dict({"options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"})
         self.engine: Engine = create_engine_for(url, json_serializer=json_text)
         self._where = redact(url)
         table = cast(Table, Prediction.__table__)
