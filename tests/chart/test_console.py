@@ -16,7 +16,7 @@ def _env(objects: list[dict[str, Any]]) -> dict[str, str]:
     return {item["name"]: item.get("value", "") for item in pod["containers"][0]["env"]}
 
 
-def test_it_is_deployed_with_a_service_and_posts_to_the_first_models_predictor() -> None:
+def test_it_is_deployed_with_a_service_and_posts_to_each_models_predictor() -> None:
     objects = rendered("01-bundled")
     service = named(objects, "Service", NAME)
     assert service["spec"]["ports"] == [{"name": "http", "port": 8088, "targetPort": "http"}]
@@ -30,7 +30,7 @@ def test_it_is_deployed_with_a_service_and_posts_to_the_first_models_predictor()
     assert readiness["timeoutSeconds"] == liveness["timeoutSeconds"] == 5
     env = _env(objects)
     assert env["MODELYARD_CONSOLE__HOST"] == "0.0.0.0"
-    assert env["MODELYARD_CONSOLE__PREDICTOR_URL"].startswith("http://iris-predictor.")
+    assert env["MODELYARD_CONSOLE__PREDICTOR_URL"] == f"http://{{name}}-predictor.{NAMESPACE}.svc"
     assert not [o for o in objects if o["kind"] == "Ingress"]
     assert "MODELYARD_CONSOLE__KUBERNETES" not in env  # off by default: no token, no Role
     assert not [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == NAME]
@@ -38,7 +38,7 @@ def test_it_is_deployed_with_a_service_and_posts_to_the_first_models_predictor()
 
 def test_the_ingress_routes_its_host_to_the_console_service() -> None:
     objects = rendered("02-external")
-    assert _env(objects)["MODELYARD_CONSOLE__PREDICTOR_URL"] == "http://iris-predictor.models.svc"
+    assert _env(objects)["MODELYARD_CONSOLE__PREDICTOR_URL"] == "http://{name}-predictor.models.svc"
     ingress = named(objects, "Ingress", NAME)["spec"]
     assert ingress["ingressClassName"] == "nginx"
     rule = ingress["rules"][0]

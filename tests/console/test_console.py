@@ -22,8 +22,17 @@ import yaml
 
 from modelyard.registry import Stage
 
-from ..serving.conftest import post_json, send
-from .conftest import FROM_THE_PAGE, IRIS_CSV, RUNS, UPLOAD_LIMIT_MB, Console, iris_spec
+from ..serving.conftest import free_ports, post_json, send
+from .conftest import (
+    FROM_THE_PAGE,
+    IRIS_CSV,
+    RUNS,
+    UPLOAD_LIMIT_MB,
+    Console,
+    iris_spec,
+    start_console,
+    stop_console,
+)
 
 ROW = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 
@@ -117,7 +126,15 @@ def test_predict_form_returns_the_label_tritonclient_gets(
     shot(page, tmp_path, "predict")
 
 
-def test_predict_shows_the_predictors_error(console: Console, page: Any) -> None:
+def _predict_message(page: Any, url: str) -> str:
+    page.goto(url)
+    page.get_by_role("button", name="Predict").click()  # the form starts at the training medians
+    message = page.locator("#message.error")
+    message.wait_for()
+    return str(message.inner_text())
+
+
+def test_predict_shows_the_consoles_and_the_predictors_errors(console: Console, page: Any) -> None:
     page.goto(console.url + "/models/iris/versions/1/predict")
     page.get_by_label("sepal_length").fill("")
     page.get_by_label("sepal_length").evaluate("element => element.removeAttribute('required')")
@@ -125,6 +142,31 @@ def test_predict_shows_the_predictors_error(console: Console, page: Any) -> None
     message = page.locator("#message.error")
     message.wait_for()
     assert "missing sepal_length" in message.inner_text()
+    # the fixture's predictor serves v1: asked for v2 by its version's route, it says so
+    infer = f"{console.predictor.url}/v2/models/iris/versions/2/infer"
+    assert _predict_message(page, console.url + "/models/iris/versions/2/predict") == (
+        f"the predictor at {infer} answered 404: model 'iris' has no version '2' here: this server "
+        "serves version '1'"
+    )
+
+
+def test_predict_against_a_stopped_predictor_says_it_cannot_reach_it(
+    console: Console, page: Any, tmp_path: Path
+) -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    variables = {
+        "MODELYARD_DATABASE_URL": console.settings.database_url,
+        "MODELYARD_CONSOLE__PREDICTOR_URL": f"http://127.0.0.1:{port}",
+    }
+    url, process, _ = start_console(tmp_path, variables)
+    try:
+        message = _predict_message(page, url + "/models/iris/versions/1/predict")
+    finally:
+        stop_console(process)
+    assert message.startswith(
+        f"cannot reach the predictor at http://127.0.0.1:{port}/v2/models/iris/versions/1/infer: "
+    )
+    assert "Connection refused" in message
 
 
 def test_csv_upload_downloads_a_scored_file(console: Console, page: Any, tmp_path: Path) -> None:

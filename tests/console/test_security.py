@@ -279,6 +279,8 @@ def test_liveness_answers_without_the_database_and_readiness_asks_it(tmp_path: P
             "must be an http:// or https:// URL, got 'file:///etc/passwd'",
         ),
         ("MODELYARD_CONSOLE__PREDICTOR_URL", "predictor:8080", "must be an http:// or https:// URL"),
+        ("MODELYARD_CONSOLE__PREDICTOR_URL", "file:///etc/{name}", "must be an http:// or https:// URL"),
+        ("MODELYARD_CONSOLE__PREDICTOR_URL", "http://{model}-predictor", "may hold only the placeholder"),
         ("MODELYARD_CONSOLE__ALLOWED_HOSTS", " , ", "must name at least one host"),
         ("MODELYARD_CONSOLE__DATA_ROOT", "ftp://files/data", "must be a folder or s3://bucket/prefix"),
     ],

@@ -124,7 +124,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         detail = await run(
             service.version_detail, settings, registry(), request.path_params["name"], _version(request)
         )
-        return HTMLResponse(pages.predict_page(detail, settings.console.predictor_url))
+        return HTMLResponse(pages.predict_page(detail, service.infer_url(settings, detail["name"])))
 
     async def batch_page(request: Request) -> Response:
         detail = await run(

@@ -439,12 +439,12 @@ def _field(field: dict[str, Any]) -> str:
     return f'{label}<input id="{ident}" name="{_e(name)}" type="text" required>'
 
 
-def predict_page(detail: dict[str, Any], predictor_url: str) -> str:
+def predict_page(detail: dict[str, Any], infer_url: str) -> str:
     name, number = detail["name"], detail["version"]
     api = f"/api/models/{quote(name)}/versions/{number}/predict"
     fields = "".join(_field(field) for field in detail["form"])
     body = (
-        f"<p>Posts one row to the V2 endpoint <code>{_e(predictor_url)}/v2/models/{_e(name)}/infer</code> "
+        f"<p>Posts one row to the V2 endpoint <code>{_e(infer_url)}/versions/{number}/infer</code> "
         f"through <code>POST {_e(api)}</code>.</p>"
         f'<form id="predict" data-api="{_e(api)}">{fields}'
         '<p><button type="submit">Predict</button></p></form>'

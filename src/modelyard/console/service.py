@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from modelyard.bundle import EVALUATION_FILE, MANIFEST_NAME, MODEL_CARD_FILE, REPORT_FILE, BundleMetadata
 from modelyard.errors import (
@@ -34,7 +35,8 @@ from modelyard.storage import open_store_from_uri
 
 log = logging.getLogger(__name__)
 
-PREDICT_TIMEOUT_S = 30.0
+# A predictor answers one row in milliseconds: a slow one is reported soon, and holds a worker briefly.
+PREDICT_TIMEOUT_S = 5.0
 # Rows scored between two progress reports of a batch job (the pipeline's default chunk is 10,000).
 SCORE_CHUNK_ROWS = 2_000
 # The newest logged rows binned for each model's drift status on the models list (the Monitoring page
@@ -303,6 +305,11 @@ def _coerce(feature_type: FeatureType, name: str, value: Any) -> Any:
     return str(value)
 
 
+def infer_url(settings: Settings, name: str) -> str:
+    """The V2 path of model ``name`` at its predictor (MODELYARD_CONSOLE__PREDICTOR_URL with its name)."""
+    return f"{settings.console.predictor_for(name)}/v2/models/{quote(name)}"
+
+
 def predict(
     settings: Settings, registry: Registry, ref_name: str, version: int, row: dict[str, Any]
 ) -> dict[str, Any]:
@@ -319,7 +326,8 @@ def predict(
         value = _coerce(feature.type, feature.name, row[feature.name])
         datatype = "FP64" if feature.type is FeatureType.NUMERIC else "BYTES"
         inputs.append({"name": feature.name, "shape": [1], "datatype": datatype, "data": [value]})
-    url = f"{settings.console.predictor_url.rstrip('/')}/v2/models/{record.name}/infer"
+    # The version's own route: a predictor serving another version answers 404 naming the one it serves.
+    url = f"{infer_url(settings, record.name)}/versions/{record.version}/infer"
     answer = _post_json(url, {"inputs": inputs})
     outputs = {output["name"]: output for output in answer.get("outputs", [])}
     if "label" not in outputs:
@@ -328,7 +336,12 @@ def predict(
     probabilities: dict[str, float] = {}
     if "probabilities" in outputs:
         values = outputs["probabilities"]["data"]
-        probabilities = {str(c): float(p) for c, p in zip(metadata.classes, values, strict=False)}
+        if len(values) != len(metadata.classes):
+            raise NotReady(
+                f"the predictor at {url} answered {len(values)} probabilities, but {record.ref} has "
+                f"{len(metadata.classes)} classes ({', '.join(map(str, metadata.classes))})"
+            )
+        probabilities = {str(c): float(p) for c, p in zip(metadata.classes, values, strict=True)}
     return {
         "model": record.name,
         "version": record.version,
