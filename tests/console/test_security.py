@@ -11,7 +11,9 @@ import hashlib
 import json
 import logging
 import shutil
+import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -20,7 +22,8 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from modelyard.console.app import create_app
+from modelyard.console.app import PREDICT_CONCURRENCY, create_app
+from modelyard.console.batch import MAX_RUNNING
 from modelyard.console.security import training_spec
 from modelyard.errors import ModelyardError, SpecError
 from modelyard.registry import Registry, Stage
@@ -291,3 +294,49 @@ def test_bad_console_settings_name_the_variable(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ModelyardError, match=f"{variable}: Value error, {message}"):
         load_settings()
+
+
+def test_predictions_and_scoring_beyond_their_slots_are_busy_and_a_hung_predictor_times_out(
+    settings: Settings,
+) -> None:
+    hung = socket.socket()  # accepts connections and never answers
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)
+    base = f"http://127.0.0.1:{hung.getsockname()[1]}"
+    predict = "/api/models/iris/versions/1/predict"
+    row = {"features": {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}}
+    app = create_app(with_console(settings, predictor_url=base))
+    accepted = []
+    with (
+        hung,
+        TestClient(app, base_url="http://127.0.0.1:8088") as client,
+        ThreadPoolExecutor(PREDICT_CONCURRENCY) as threads,
+    ):
+        waiting = [threads.submit(client.post, predict, json=row) for _ in range(PREDICT_CONCURRENCY)]
+        hung.settimeout(30)
+        accepted = [hung.accept()[0] for _ in range(PREDICT_CONCURRENCY)]  # every slot waits on it now
+        refused = client.post(predict, json=row)
+        assert (refused.status_code, refused.json()["error"]) == (
+            503,
+            f"the console is busy: {PREDICT_CONCURRENCY} predictions are running already; try again shortly",
+        )
+        assert client.get("/api/models").status_code == 200  # the pages' threads are free meanwhile
+        for answer in (future.result() for future in waiting):
+            assert (answer.status_code, answer.json()["error"]) == (
+                503,
+                f"cannot reach the predictor at {base}/v2/models/iris/versions/1/infer: timed out",
+            )
+        for connection in accepted:
+            connection.close()
+
+        lines = IRIS_CSV.read_text().splitlines()
+        body = ("\n".join([lines[0], *(lines[1:] * 100)]) + "\n").encode()  # 15,000 rows
+        score = "/api/models/iris/versions/1/score"
+        started = [client.post(score, content=body, headers=FROM_THE_PAGE) for _ in range(MAX_RUNNING)]
+        assert [answer.status_code for answer in started] == [202] * MAX_RUNNING
+        busy = client.post(score, content=body, headers=FROM_THE_PAGE)
+        assert (busy.status_code, busy.json()["error"]) == (
+            503,
+            "the console is busy: 2 files are being scored already (iris@1, iris@1); try again when one "
+            "has finished",
+        )
