@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import pytest
+
 from modelyard.deploy import chart
+from modelyard.errors import ModelyardError
 
 from .conftest import NAMESPACE, RELEASE, case_values, named, rendered
 
@@ -79,9 +83,12 @@ def test_its_service_account_reads_model_resources_only_when_asked() -> None:
     assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == (NAME, False)
     assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding") and o["metadata"]["name"] == NAME]
     reading = _render("01-bundled", {"kubernetes": {"enabled": True}})
+    # patch: the Train page asks the operator for a run through the Model's retrain annotation
     assert named(reading, "Role", NAME)["rules"] == [
-        {"apiGroups": ["modelyard.io"], "resources": ["models"], "verbs": ["get", "list"]}
+        {"apiGroups": ["modelyard.io"], "resources": ["models"], "verbs": ["get", "list", "patch"]}
     ]
+    read_only = _render("01-bundled", {"kubernetes": {"enabled": True}, "actionsEnabled": False})
+    assert named(read_only, "Role", NAME)["rules"][0]["verbs"] == ["get", "list"]
     binding = named(reading, "RoleBinding", NAME)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]
     pod = named(reading, "Deployment", NAME)["spec"]["template"]["spec"]
@@ -129,3 +136,13 @@ def test_its_network_policy_admits_the_ingress_controller_and_this_namespace_onl
     egress = named(listed, "NetworkPolicy", NAME)["spec"]["egress"]
     assert egress[-1] == database
     assert {"ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]} in egress
+
+
+def test_more_than_one_replica_needs_training_outside_the_console() -> None:
+    with pytest.raises(
+        ModelyardError, match=re.escape("console.replicas above 1 needs console.kubernetes.enabled")
+    ):
+        _render("01-bundled", {"replicas": 2})
+    for allowed in ({"kubernetes": {"enabled": True}}, {"actionsEnabled": False}):
+        objects = _render("01-bundled", {"replicas": 2, **allowed})
+        assert named(objects, "Deployment", NAME)["spec"]["replicas"] == 2

@@ -31,7 +31,7 @@ from modelyard.console import pages, security, service
 from modelyard.console.batch import ScoringJobs
 from modelyard.console.operator_view import OperatorView
 from modelyard.console.training import TrainingRuns
-from modelyard.errors import Busy, InvalidInput, ModelyardError, NotFound, TooLarge
+from modelyard.errors import Busy, Conflict, InvalidInput, ModelyardError, NotFound, TooLarge
 from modelyard.registry import Registry
 from modelyard.settings import Settings
 
@@ -257,9 +257,23 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         return JSONResponse(await run(service.rollback, registry(), request.path_params["name"]))
 
     async def train_page(request: Request) -> Response:
+        if settings.console.kubernetes:
+            return HTMLResponse(pages.retrain_page(await ask_operator(operator.models)))
         return HTMLResponse(pages.train_page())
 
+    async def api_retrain(request: Request) -> Response:
+        answer = await asyncio.wait_for(
+            asyncio.to_thread(operator.request_retrain, request.path_params["name"]), KUBE_TIMEOUT_S
+        )
+        return JSONResponse(answer, status_code=202)
+
     async def api_train(request: Request) -> Response:
+        if settings.console.kubernetes:
+            raise Conflict(
+                "this console runs beside the operator (MODELYARD_CONSOLE__KUBERNETES=true): a run trains "
+                "as the operator's Job, not in the console's pod; retrain a Model from this page (POST "
+                "/api/models/NAME/retrain), or change its spec with kubectl"
+            )
         text = (await read_body(request, MAX_DOCUMENT_BYTES, "the spec")).decode("utf-8", "replace")
         spec = security.training_spec(text, settings.console)
         return JSONResponse(training_runs.start(spec).to_dict(), status_code=202)
@@ -343,6 +357,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         ("/api/models/{name}/compare", api_compare, ["GET"]),
         ("/api/models/{name}/monitoring", api_monitoring, ["GET"]),
         ("/api/models/{name}/rollback", api_rollback, ["POST"]),
+        ("/api/models/{name}/retrain", api_retrain, ["POST"]),
         ("/api/models/{name}/versions/{version}", api_version, ["GET"]),
         ("/api/models/{name}/versions/{version}/predict", api_predict, ["POST"]),
         ("/api/models/{name}/versions/{version}/score", api_score, ["POST"]),

@@ -667,6 +667,30 @@ gate: {min_score: 0.9}
 """
 
 
+def retrain_page(resources: dict[str, Any]) -> str:
+    """The Train page beside the operator: a run is the operator's Job, asked of a Model resource."""
+    if not resources["connected"]:
+        listing = _operator_note(resources)
+    elif not resources["models"]:
+        listing = f"<p>No Model resources in namespace {_e(resources['namespace'])}.</p>"
+    else:
+        buttons = "".join(
+            f'<li><button type="button" data-action="/api/models/{quote(name)}/retrain" '
+            f'data-confirm="Ask the operator to retrain {_e(name)}? A version that passes the gate is '
+            f'published to the registry.">Retrain {_e(name)}</button></li>'
+            for name in sorted(resources["models"])
+        )
+        listing = f'<ul id="retrain">{buttons}</ul>'
+    body = (
+        "<p>On the cluster a run trains as the operator's Job, not in the console's pod: each button sets "
+        "the Model's <code>modelyard.io/retrain-requested</code> annotation (<code>POST "
+        "/api/models/NAME/retrain</code>), as the retrain webhook does; the run shows as the Model's latest "
+        "run on its Monitoring page. To change what a Model trains, change its spec with kubectl.</p>"
+        f"{listing}"
+    )
+    return layout("Retrain a model on the cluster", body)
+
+
 def train_page() -> str:
     body = (
         "<p>Paste a model spec (YAML, as for <code>modelyard train --spec</code>; a relative data path is "

@@ -37,6 +37,11 @@ function onAction(button) {
     button.disabled = true;
     try {
       const answer = await (await callApi(button.dataset.action, { method: "POST" })).json();
+      if (answer.message) {  // a retraining asked of the operator: nothing on this page changes
+        showMessage(answer.message + ".", "ok");
+        button.disabled = false;
+        return;
+      }
       showMessage(answer.ref + " is now " + answer.stage + ".", "ok");
       setTimeout(() => window.location.reload(), 800);
     } catch (error) {
