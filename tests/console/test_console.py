@@ -87,7 +87,14 @@ def test_compare_shows_two_versions(console: Console, page: Any, tmp_path: Path)
     page.get_by_role("button", name="Compare").click()
     page.wait_for_url("**/compare?v=*")
     assert page.locator("figure.confusion-matrix").count() == 2
-    assert page.locator("#roc polyline").count() == 6
+    lines = page.locator("#roc polyline")
+    assert lines.count() == 6
+    looks = [
+        (lines.nth(i).get_attribute("stroke"), lines.nth(i).get_attribute("stroke-dasharray"))
+        for i in range(6)
+    ]
+    assert [dash for _, dash in looks] == [None] * 3 + ["8 4"] * 3  # a line style per version
+    assert [colour for colour, _ in looks[:3]] == [colour for colour, _ in looks[3:]]  # a colour per class
     header = page.locator("#compare-metrics thead").inner_text()
     assert "v1" in header and "v2" in header
     algorithms = page.locator("#compare-metrics tr", has_text="algorithm").inner_text()
@@ -340,6 +347,7 @@ def _api(console: Console, method: str, path: str, body: bytes | None = None) ->
         ("GET", "/api/models/iris/versions/99", None, 404, "99"),
         ("GET", "/api/models/iris/compare?v=1&v=x", None, 400, "a version is a positive integer, got 'x'"),
         ("GET", "/api/models/iris/compare?v=2", None, 400, "choose at least two different versions"),
+        ("GET", "/api/models/iris/compare?v=1,2,3,4,5,6,7,8,9", None, 400, "at most 8 versions at once"),
         ("GET", "/api/models/iris/monitoring?hours=0", None, 400, "hours must be between 0 and"),
         ("GET", "/api/models/nope/monitoring", None, 404, "model 'nope' is not in the registry"),
         ("POST", "/api/models/iris/versions/1/predict", b"not json", 400, "must be a JSON object"),

@@ -406,14 +406,18 @@ def compare_page(comparison: dict[str, Any]) -> str:
     )
     matrices = []
     all_curves: list[tuple[str, list[float], list[float]]] = []
-    for detail in details:
+    styles: list[plots.Style] = []
+    for index, detail in enumerate(details):
         figure, curves = _evaluation_plots(detail, f"{name}@{detail['version']}")
         matrices.append(figure)
         all_curves.extend(curves)
+        # one colour per class, one line style per version: no two curves differ by colour alone
+        dash = plots.DASHES[index % len(plots.DASHES)]
+        styles.extend(plots.Style(plots.PALETTE[c % len(plots.PALETTE)], dash) for c in range(len(curves)))
     roc_title = f"ROC curves of {name} versions {', '.join(labels)}"
     roc = (
-        f'<figure id="roc"><figcaption>ROC curves of every version</figcaption>'
-        f"{plots.roc_curves(all_curves, title=roc_title)}</figure>"
+        f'<figure id="roc"><figcaption>ROC curves of every version: a colour per class, a line style per '
+        f"version</figcaption>{plots.roc_curves(all_curves, title=roc_title, styles=styles)}</figure>"
         if all_curves
         else ""
     )

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # A predictor answers one row in milliseconds: a slow one is reported soon, and holds a worker briefly.
 PREDICT_TIMEOUT_S = 5.0
+# Versions one Compare page reads (each bundle's files come from the store); one line style each.
+MAX_COMPARED = 8
 # Rows scored between two progress reports of a batch job (the pipeline's default chunk is 10,000).
 SCORE_CHUNK_ROWS = 2_000
 # The newest logged rows binned for each model's drift status on the models list (the Monitoring page
@@ -269,6 +271,11 @@ def parse_versions(name: str, versions: Sequence[str]) -> list[int]:
                 numbers.append(int(text))
     if len(numbers) < 2:
         raise InvalidInput(f"compare {name}: choose at least two different versions, got {numbers or 'none'}")
+    if len(numbers) > MAX_COMPARED:
+        raise InvalidInput(
+            f"compare {name}: at most {MAX_COMPARED} versions at once (each is read from the store), got "
+            f"{len(numbers)}"
+        )
     return sorted(numbers)
 
 
