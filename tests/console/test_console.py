@@ -1,4 +1,5 @@
-"""The console in Debian's Chromium, against a real registry (SQLite, then PostgreSQL) and a real predictor.
+"""The console in Debian's Chromium, against a real registry (SQLite; PostgreSQL too for the tests that read
+or change it, ON_BOTH_REGISTRIES) and a real predictor.
 
 Each test saves a screenshot of its page into its tmp dir (two of them are committed under docs/).
 """
@@ -27,6 +28,7 @@ from ..serving.conftest import free_ports, post_json, send
 from .conftest import (
     FROM_THE_PAGE,
     IRIS_CSV,
+    ON_BOTH_REGISTRIES,
     RUNS,
     UPLOAD_LIMIT_MB,
     Console,
@@ -78,6 +80,7 @@ def model_row(page: Any, name: str) -> Any:
     return page.locator("#models tbody tr").filter(has=page.get_by_role("rowheader", name=name, exact=True))
 
 
+@ON_BOTH_REGISTRIES
 def test_models_list_shows_the_trained_model(console: Console, page: Any, tmp_path: Path) -> None:
     no_production(console)
     page.goto(console.url + "/")
@@ -98,6 +101,7 @@ def test_models_list_shows_the_trained_model(console: Console, page: Any, tmp_pa
     shot(page, tmp_path, "model")
 
 
+@ON_BOTH_REGISTRIES
 def test_version_page_shows_its_confusion_matrix_and_roc(console: Console, page: Any, tmp_path: Path) -> None:
     page.goto(console.url + "/models/iris/versions/1")
     matrix = page.locator("figure.confusion-matrix svg")
@@ -118,6 +122,7 @@ def test_version_page_shows_its_confusion_matrix_and_roc(console: Console, page:
     page.locator('img[alt="confusion matrix"]').wait_for()  # the bundle's report, not an error page
 
 
+@ON_BOTH_REGISTRIES
 def test_compare_shows_two_versions(console: Console, page: Any, tmp_path: Path) -> None:
     page.goto(console.url + "/models/iris")
     page.get_by_label("v1").check()
@@ -297,6 +302,7 @@ def _send_labelled_traffic(console: Console, rows: int, labelled: int) -> None:
         assert sent.status == 200, sent.body
 
 
+@ON_BOTH_REGISTRIES
 def test_monitoring_shows_drift_live_accuracy_over_time_and_the_prediction_mix(
     console: Console, page: Any, tmp_path: Path
 ) -> None:
@@ -338,6 +344,7 @@ def test_monitoring_shows_drift_live_accuracy_over_time_and_the_prediction_mix(
     assert "hours must be a number" in page.locator("#message").inner_text()
 
 
+@ON_BOTH_REGISTRIES
 def test_promote_changes_the_registry(console: Console, page: Any, tmp_path: Path) -> None:
     model = own_model(console, "promoted")
     page.on("dialog", lambda dialog: dialog.accept())
