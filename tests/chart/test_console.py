@@ -26,7 +26,7 @@ def test_it_is_deployed_with_a_service_and_posts_to_each_models_predictor() -> N
     assert service["spec"]["ports"] == [{"name": "http", "port": 8088, "targetPort": "http"}]
     pod = named(objects, "Deployment", NAME)["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
-    assert pod["containers"][0]["command"] == ["modelyard", "console"]
+    assert pod["containers"][0]["command"] == ["modelyard", "console", "--no-ensure-schema"]
     probe_host = [{"name": "Host", "value": "localhost"}]  # the kubelet's own Host, the pod IP, is refused
     readiness, liveness = pod["containers"][0]["readinessProbe"], pod["containers"][0]["livenessProbe"]
     assert readiness["httpGet"] == {"path": "/healthz", "port": "http", "httpHeaders": probe_host}

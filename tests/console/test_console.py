@@ -115,6 +115,8 @@ def test_version_page_shows_its_confusion_matrix_and_roc(console: Console, page:
     with console.registry() as registry:
         fingerprint = registry.get_version("iris", 1).dataset_fingerprint
     assert fingerprint and fingerprint in page.locator("#lineage").inner_text()
+    card = page.locator("#model-card").inner_text()
+    assert "logistic_regression" in card and "&quot;" not in card and "&amp;" not in card  # escaped once
     shot(page, tmp_path, "version")
     with page.expect_response("**/report.html") as caught:
         page.get_by_role("link", name="Full report (report.html)").click()
@@ -349,11 +351,13 @@ def test_promote_changes_the_registry(console: Console, page: Any, tmp_path: Pat
     model = own_model(console, "promoted")
     page.on("dialog", lambda dialog: dialog.accept())
     page.goto(f"{console.url}/models/{model}/versions/1")
-    page.get_by_role("button", name=f"Promote {model}@1 to production").click()
-    page.locator("#message.ok").wait_for()
+    with page.expect_event("load", timeout=10_000):  # the page reloads to show the new stage
+        page.get_by_role("button", name=f"Promote {model}@1 to production").click()
+        page.locator("#message.ok").wait_for()
+    # the message is shown again after the reload, so a screen reader still gets to read it
+    assert page.locator("#message.ok").inner_text() == f"{model}@1 is now production."
     with console.registry() as registry:
         assert registry.get_version(model, 1).stage is Stage.PRODUCTION
-    page.wait_for_load_state()
     page.goto(console.url + "/")
     assert model_row(page, model).locator("td").first.inner_text() == "v1"
     shot(page, tmp_path, "promoted")

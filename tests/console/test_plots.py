@@ -51,3 +51,12 @@ def test_a_long_legend_widens_the_plot() -> None:
     short = ET.fromstring(plots.roc_curves([("a", [0, 1], [0, 1])], title="short"))
     long = ET.fromstring(plots.roc_curves([("a" * 80, [0, 1], [0, 1])], title="long"))
     assert int(long.get("width", "0")) >= int(short.get("width", "0")) + 70 * 7
+
+
+def test_a_long_category_keeps_its_whole_name_as_a_tooltip() -> None:
+    bins = ["category-with-a-long-common-prefix-a", "category-with-a-long-common-prefix-b"]
+    svg = ET.fromstring(plots.paired_histogram(bins, [0.5, 0.5], [0.4, 0.6], title="long"))
+    labels = [t for t in svg.iter(f"{SVG}text") if t.find(f"{SVG}title") is not None]
+    assert [t.find(f"{SVG}title").text for t in labels] == bins  # type: ignore[union-attr]
+    shown = [t.find(f"{SVG}title").tail or "" for t in labels]  # type: ignore[union-attr]
+    assert shown == ["category-with-a…", "category-with-a…"]

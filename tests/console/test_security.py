@@ -424,3 +424,22 @@ def test_hostile_feature_and_class_names_are_shown_as_text(
     detail = client.get(f"/models/hostile/versions/{version}").text
     assert "&lt;script&gt;alert(&#x27;feature&#x27;)&lt;/script&gt;" in detail
     assert "&lt;img src=x onerror=alert(1)&gt;" in detail
+
+
+def test_a_metric_that_is_not_a_number_is_null_in_the_api(settings: Settings, client: TestClient) -> None:
+    with Registry(settings.database_url, ensure_schema=False) as registry:
+        source = registry.get_version("iris", 1)
+        with registry.reserve_version("not-a-number") as reservation:
+            reservation.record(
+                storage_uri=source.storage_uri,
+                sha256=source.sha256,
+                metrics={"accuracy": float("nan"), "f1_macro": float("inf"), "roc_auc": 0.9},
+                params=source.params,
+                algorithm=source.algorithm,
+            )
+    answer = client.get("/api/models/not-a-number/versions/1")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["metrics"] == {"accuracy": None, "f1_macro": None, "roc_auc": 0.9}
+    models = {m["name"]: m for m in client.get("/api/models").json()["models"]}
+    assert models["not-a-number"]["latest_metrics"]["accuracy"] is None
+    assert client.get("/models/not-a-number").status_code == 200

@@ -190,16 +190,16 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         models, resources = await asyncio.gather(
             run(models_with_health, registry()), ask_operator(operator.models)
         )
-        return JSONResponse({"models": models, "operator": resources})
+        return JSONResponse(service.finite({"models": models, "operator": resources}))
 
     async def api_version(request: Request) -> Response:
         detail = await run(
             service.version_detail, settings, registry(), request.path_params["name"], _version(request)
         )
-        return JSONResponse(detail)
+        return JSONResponse(service.finite(detail))
 
     async def api_compare(request: Request) -> Response:
-        return JSONResponse(await _comparison(request))
+        return JSONResponse(service.finite(await _comparison(request)))
 
     async def api_predict(request: Request) -> Response:
         body = await read_body(request, MAX_DOCUMENT_BYTES, "the request body")
@@ -247,7 +247,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
 
     async def api_monitoring(request: Request) -> Response:
         _, _, report, resource = await _monitoring(request)
-        return JSONResponse({**report, "operator": resource})
+        return JSONResponse(service.finite({**report, "operator": resource}))
 
     async def api_promote(request: Request) -> Response:
         name = request.path_params["name"]

@@ -42,6 +42,15 @@ def _text(x: float, y: float, content: str, *, anchor: str = "middle", extra: st
     return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" {_FONT} {extra}>{escape(content)}</text>'
 
 
+def _label(x: float, y: float, content: str, limit: int, *, anchor: str = "middle", extra: str = "") -> str:
+    """A text of at most ``limit`` characters (cut ones end in an ellipsis) with the whole as its tooltip."""
+    shown = content if len(content) <= limit else content[: limit - 1] + "…"
+    return (
+        f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" {_FONT} {extra}>'
+        f"<title>{escape(content)}</title>{escape(shown)}</text>"
+    )
+
+
 def _open(width: int, height: int, title: str) -> str:
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
@@ -109,7 +118,8 @@ def _unit_ticks(left: float, top: float, width: float, height: float, *, x: bool
 
 def probability_bars(probabilities: dict[str, float], *, title: str = "Class probabilities") -> str:
     """Horizontal bars, one per class, on a 0 to 1 probability axis."""
-    left, top, width = 140, 20, 360
+    longest = max((len(label) for label in probabilities), default=0)
+    left, top, width = min(320, max(140, 16 + _CHAR_WIDTH * longest)), 20, 360
     row = 26
     height = row * len(probabilities)
     parts = [_open(left + width + 60, top + height + 60, title)]
@@ -119,7 +129,7 @@ def probability_bars(probabilities: dict[str, float], *, title: str = "Class pro
             f'<rect x="{left}" y="{y}" width="{max(0.0, min(1.0, value)) * width:.1f}" height="{row - 8}" '
             f'fill="{PALETTE[0]}"><title>{escape(label)}: {value:.3f}</title></rect>'
         )
-        parts.append(_text(left - 8, y + row / 2, label, anchor="end"))
+        parts.append(_label(left - 8, y + row / 2, label, 44, anchor="end"))
         parts.append(_text(left + min(1.0, value) * width + 6, y + row / 2, f"{value:.3f}", anchor="start"))
     bottom = top + height
     parts.append(f'<line x1="{left}" y1="{bottom}" x2="{left + width}" y2="{bottom}" stroke="#222"/>')
@@ -227,13 +237,9 @@ def paired_histogram(
                 f'height="{bar:.1f}" fill="{PALETTE[series]}">'
                 f"<title>{escape(label)}: {value:.3f}</title></rect>"
             )
+        x = left + index * group + group / 2
         parts.append(
-            _text(
-                left + index * group + group / 2,
-                top + height + 14,
-                label[:10],
-                extra=f'transform="rotate(30 {left + index * group + group / 2} {top + height + 14})"',
-            )
+            _label(x, top + height + 14, label, 16, extra=f'transform="rotate(30 {x} {top + height + 14})"')
         )
     bars = [("reference", Style(PALETTE[0], None)), ("current", Style(PALETTE[1], None))]
     parts.append(_legend(bars, left + width + 16, top + 10))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -51,21 +52,19 @@ MIN_LABELS = 30
 
 
 def version_summary(record: ModelVersionRecord) -> dict[str, Any]:
-    return {
-        "name": record.name,
-        "version": record.version,
-        "ref": record.ref,
-        "stage": record.stage.value,
-        "algorithm": record.algorithm,
-        "metrics": record.metrics,
-        "params": record.params,
-        "dataset": record.dataset,
-        "dataset_fingerprint": record.dataset_fingerprint,
-        "storage_uri": record.storage_uri,
-        "sha256": record.sha256,
-        "created_at": record.created_at.isoformat(),
-        "promoted_at": record.promoted_at.isoformat() if record.promoted_at else None,
-    }
+    return {**record.to_dict(), "ref": record.ref}
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity, at any depth, replaced by None: JSON has no such numbers (a
+    metric or score can be NaN, and the JSON API must still answer)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
 
 
 def list_models(

@@ -7,6 +7,10 @@ function showMessage(text, kind) {
   box.textContent = text;
   box.className = "message " + kind;
   box.setAttribute("role", kind === "error" ? "alert" : "status");
+  if (kind === "error") {  // keyboard and screen-reader users land on what went wrong
+    box.setAttribute("tabindex", "-1");
+    box.focus();
+  }
 }
 
 async function errorOf(response) {
@@ -42,7 +46,10 @@ function onAction(button) {
         button.disabled = false;
         return;
       }
-      showMessage(answer.ref + " is now " + answer.stage + ".", "ok");
+      // shown again after the reload that shows its effect, so a screen reader still gets to read it
+      const done = answer.ref + " is now " + answer.stage + ".";
+      showMessage(done, "ok");
+      window.sessionStorage.setItem("modelyard-done", done);
       setTimeout(() => window.location.reload(), 800);
     } catch (error) {
       showMessage(error.message, "error");
@@ -171,6 +178,11 @@ function onTrain(form) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  const done = window.sessionStorage.getItem("modelyard-done");
+  if (done) {
+    window.sessionStorage.removeItem("modelyard-done");
+    showMessage(done, "ok");
+  }
   const train = document.getElementById("train");
   if (train) onTrain(train);
   document.querySelectorAll("button[data-action]").forEach(onAction);
