@@ -11,8 +11,6 @@ import io
 import json
 import re
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -386,15 +384,6 @@ def test_rollback_from_the_page_and_its_refusal(console: Console, page: Any) -> 
         assert registry.get_version(model, 2).stage is Stage.ARCHIVED
 
 
-def _api(console: Console, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(console.url + path, data=body, method=method, headers=FROM_THE_PAGE)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "message"),
     [
@@ -430,7 +419,8 @@ def _api(console: Console, method: str, path: str, body: bytes | None = None) ->
 def test_api_errors_name_the_problem(
     console: Console, method: str, path: str, body: bytes | None, status: int, message: str
 ) -> None:
-    found_status, document = _api(console, method, path, body)
+    answer = send(method, console.url + path, body, FROM_THE_PAGE, timeout=60)
+    found_status, document = answer.status, answer.json()
     assert (found_status, message in document["error"]) == (status, True), document
 
 
