@@ -97,6 +97,12 @@ class NotReady(ModelyardError):
     status_code = 503
 
 
+class Busy(ModelyardError):
+    """As many requests of one kind run as the service allows: the message names the limit; try again."""
+
+    status_code = 503
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message, or its type's name when the message is empty."""
     text = str(error).strip()

@@ -271,8 +271,8 @@ class ConsoleSettings(BaseModel):
     port: int = Field(default=8088, ge=1, le=65535, description="the console's HTTP port")
     predictor_url: str = Field(
         default="http://127.0.0.1:8080",
-        description="base URL of the V2 predictor the Predict page posts to (a local `modelyard serve`, "
-        "or the InferenceService's URL)",
+        description="base URL of the V2 predictor the Predict page posts to (a local `modelyard serve`); "
+        "`{name}` is replaced by the model's name, e.g. http://{name}-predictor.NAMESPACE.svc on a cluster",
     )
     max_upload_mb: float = Field(default=50.0, gt=0, description="largest CSV the Batch page accepts, in MB")
     allowed_hosts: str = Field(
@@ -302,10 +302,18 @@ class ConsoleSettings(BaseModel):
     @field_validator("predictor_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parsed = urlparse(value)
+        try:
+            example = value.format(name="model")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(f"may hold only the placeholder {{name}}, got {value!r}") from None
+        parsed = urlparse(example)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
         return value
+
+    def predictor_for(self, model: str) -> str:
+        """The base URL of the predictor that serves ``model``: predictor_url with its name filled in."""
+        return self.predictor_url.format(name=model).rstrip("/")
 
     @field_validator("allowed_hosts")
     @classmethod

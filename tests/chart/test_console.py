@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import pytest
+
 from modelyard.deploy import chart
+from modelyard.errors import ModelyardError
 
 from .conftest import NAMESPACE, RELEASE, case_values, named, rendered
 
@@ -16,13 +20,13 @@ def _env(objects: list[dict[str, Any]]) -> dict[str, str]:
     return {item["name"]: item.get("value", "") for item in pod["containers"][0]["env"]}
 
 
-def test_it_is_deployed_with_a_service_and_posts_to_the_first_models_predictor() -> None:
+def test_it_is_deployed_with_a_service_and_posts_to_each_models_predictor() -> None:
     objects = rendered("01-bundled")
     service = named(objects, "Service", NAME)
     assert service["spec"]["ports"] == [{"name": "http", "port": 8088, "targetPort": "http"}]
     pod = named(objects, "Deployment", NAME)["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
-    assert pod["containers"][0]["command"] == ["modelyard", "console"]
+    assert pod["containers"][0]["command"] == ["modelyard", "console", "--no-ensure-schema"]
     probe_host = [{"name": "Host", "value": "localhost"}]  # the kubelet's own Host, the pod IP, is refused
     readiness, liveness = pod["containers"][0]["readinessProbe"], pod["containers"][0]["livenessProbe"]
     assert readiness["httpGet"] == {"path": "/healthz", "port": "http", "httpHeaders": probe_host}
@@ -30,7 +34,7 @@ def test_it_is_deployed_with_a_service_and_posts_to_the_first_models_predictor()
     assert readiness["timeoutSeconds"] == liveness["timeoutSeconds"] == 5
     env = _env(objects)
     assert env["MODELYARD_CONSOLE__HOST"] == "0.0.0.0"
-    assert env["MODELYARD_CONSOLE__PREDICTOR_URL"].startswith("http://iris-predictor.")
+    assert env["MODELYARD_CONSOLE__PREDICTOR_URL"] == f"http://{{name}}-predictor.{NAMESPACE}.svc"
     assert not [o for o in objects if o["kind"] == "Ingress"]
     assert "MODELYARD_CONSOLE__KUBERNETES" not in env  # off by default: no token, no Role
     assert not [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == NAME]
@@ -38,7 +42,7 @@ def test_it_is_deployed_with_a_service_and_posts_to_the_first_models_predictor()
 
 def test_the_ingress_routes_its_host_to_the_console_service() -> None:
     objects = rendered("02-external")
-    assert _env(objects)["MODELYARD_CONSOLE__PREDICTOR_URL"] == "http://iris-predictor.models.svc"
+    assert _env(objects)["MODELYARD_CONSOLE__PREDICTOR_URL"] == "http://{name}-predictor.models.svc"
     ingress = named(objects, "Ingress", NAME)["spec"]
     assert ingress["ingressClassName"] == "nginx"
     rule = ingress["rules"][0]
@@ -79,9 +83,12 @@ def test_its_service_account_reads_model_resources_only_when_asked() -> None:
     assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == (NAME, False)
     assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding") and o["metadata"]["name"] == NAME]
     reading = _render("01-bundled", {"kubernetes": {"enabled": True}})
+    # patch: the Train page asks the operator for a run through the Model's retrain annotation
     assert named(reading, "Role", NAME)["rules"] == [
-        {"apiGroups": ["modelyard.io"], "resources": ["models"], "verbs": ["get", "list"]}
+        {"apiGroups": ["modelyard.io"], "resources": ["models"], "verbs": ["get", "list", "patch"]}
     ]
+    read_only = _render("01-bundled", {"kubernetes": {"enabled": True}, "actionsEnabled": False})
+    assert named(read_only, "Role", NAME)["rules"][0]["verbs"] == ["get", "list"]
     binding = named(reading, "RoleBinding", NAME)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]
     pod = named(reading, "Deployment", NAME)["spec"]["template"]["spec"]
@@ -129,3 +136,13 @@ def test_its_network_policy_admits_the_ingress_controller_and_this_namespace_onl
     egress = named(listed, "NetworkPolicy", NAME)["spec"]["egress"]
     assert egress[-1] == database
     assert {"ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]} in egress
+
+
+def test_more_than_one_replica_needs_training_outside_the_console() -> None:
+    with pytest.raises(
+        ModelyardError, match=re.escape("console.replicas above 1 needs console.kubernetes.enabled")
+    ):
+        _render("01-bundled", {"replicas": 2})
+    for allowed in ({"kubernetes": {"enabled": True}}, {"actionsEnabled": False}):
+        objects = _render("01-bundled", {"replicas": 2, **allowed})
+        assert named(objects, "Deployment", NAME)["spec"]["replicas"] == 2

@@ -1,4 +1,5 @@
-"""The console in Debian's Chromium, against a real registry (SQLite, then PostgreSQL) and a real predictor.
+"""The console in Debian's Chromium, against a real registry (SQLite; PostgreSQL too for the tests that read
+or change it, ON_BOTH_REGISTRIES) and a real predictor.
 
 Each test saves a screenshot of its page into its tmp dir (two of them are committed under docs/).
 """
@@ -10,8 +11,7 @@ import io
 import json
 import re
 import time
-import urllib.error
-import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,18 @@ import yaml
 
 from modelyard.registry import Stage
 
-from ..serving.conftest import post_json, send
-from .conftest import FROM_THE_PAGE, IRIS_CSV, RUNS, UPLOAD_LIMIT_MB, Console, iris_spec
+from ..serving.conftest import free_ports, post_json, send
+from .conftest import (
+    FROM_THE_PAGE,
+    IRIS_CSV,
+    ON_BOTH_REGISTRIES,
+    RUNS,
+    UPLOAD_LIMIT_MB,
+    Console,
+    iris_spec,
+    start_console,
+    stop_console,
+)
 
 ROW = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 
@@ -35,13 +45,48 @@ def shot(page: Any, tmp_path: Path, name: str) -> Path:
     return path
 
 
+# Each test sets the stage state it needs (or registers a model of its own), so none depends on which ran
+# before it on the module's shared registry.
+def no_production(console: Console) -> None:
+    """Every iris version back in staging, as training left them."""
+    with console.registry() as registry:
+        for record in registry.list_versions("iris"):
+            if record.stage is not Stage.STAGING:
+                registry.set_stage("iris", record.version, Stage.STAGING)
+
+
+def own_model(console: Console, name: str) -> str:
+    """A model ``name`` of its own, with no stage history: iris@1 and iris@2's bundles registered again under
+    a fresh name (``name`` and a random suffix), both in staging; returns the name."""
+    model = f"{name}-{uuid.uuid4().hex[:6]}"
+    with console.registry() as registry:
+        for version in (1, 2):
+            source = registry.get_version("iris", version)
+            with registry.reserve_version(model) as reservation:
+                reservation.record(
+                    storage_uri=source.storage_uri,
+                    sha256=source.sha256,
+                    metrics=source.metrics,
+                    params=source.params,
+                    algorithm=source.algorithm,
+                    dataset_fingerprint=source.dataset_fingerprint,
+                )
+    return model
+
+
+def model_row(page: Any, name: str) -> Any:
+    return page.locator("#models tbody tr").filter(has=page.get_by_role("rowheader", name=name, exact=True))
+
+
+@ON_BOTH_REGISTRIES
 def test_models_list_shows_the_trained_model(console: Console, page: Any, tmp_path: Path) -> None:
+    no_production(console)
     page.goto(console.url + "/")
     table = page.locator("#models")
-    assert table.locator("th[scope=row]").all_inner_texts() == ["iris"]
-    cells = table.locator("tbody tr").first.locator("td").all_inner_texts()
+    assert "iris" in table.locator("th[scope=row]").all_inner_texts()
+    row = model_row(page, "iris")
+    cells = row.locator("td").all_inner_texts()
     assert cells[:4] == ["—", "v2", "v2", "2"]  # no production yet; v2 is the latest staging version
-    row = table.locator("tbody tr").first
     assert row.locator("td.drift").inner_text() == "no predictions"
     assert row.locator("td.accuracy").inner_text() == "no predictions"
     # Kubernetes is off by default: the page says so instead of a phase column
@@ -54,6 +99,7 @@ def test_models_list_shows_the_trained_model(console: Console, page: Any, tmp_pa
     shot(page, tmp_path, "model")
 
 
+@ON_BOTH_REGISTRIES
 def test_version_page_shows_its_confusion_matrix_and_roc(console: Console, page: Any, tmp_path: Path) -> None:
     page.goto(console.url + "/models/iris/versions/1")
     matrix = page.locator("figure.confusion-matrix svg")
@@ -64,13 +110,19 @@ def test_version_page_shows_its_confusion_matrix_and_roc(console: Console, page:
     assert page.locator("#roc polyline").count() == 3  # one-vs-rest, three classes
     assert page.locator("#candidates tbody tr").count() == 1
     assert "logistic_regression" in page.locator("#candidates").inner_text()
-    assert len(page.locator("#lineage").inner_text()) > 64  # the fingerprint is shown
+    with console.registry() as registry:
+        fingerprint = registry.get_version("iris", 1).dataset_fingerprint
+    assert fingerprint and fingerprint in page.locator("#lineage").inner_text()
+    card = page.locator("#model-card").inner_text()
+    assert "logistic_regression" in card and "&quot;" not in card and "&amp;" not in card  # escaped once
     shot(page, tmp_path, "version")
-    page.get_by_role("link", name="Full report (report.html)").click()
-    page.wait_for_url("**/report.html")
-    assert "iris" in page.content()
+    with page.expect_response("**/report.html") as caught:
+        page.get_by_role("link", name="Full report (report.html)").click()
+    assert caught.value.status == 200
+    page.locator('img[alt="confusion matrix"]').wait_for()  # the bundle's report, not an error page
 
 
+@ON_BOTH_REGISTRIES
 def test_compare_shows_two_versions(console: Console, page: Any, tmp_path: Path) -> None:
     page.goto(console.url + "/models/iris")
     page.get_by_label("v1").check()
@@ -78,7 +130,14 @@ def test_compare_shows_two_versions(console: Console, page: Any, tmp_path: Path)
     page.get_by_role("button", name="Compare").click()
     page.wait_for_url("**/compare?v=*")
     assert page.locator("figure.confusion-matrix").count() == 2
-    assert page.locator("#roc polyline").count() == 6
+    lines = page.locator("#roc polyline")
+    assert lines.count() == 6
+    looks = [
+        (lines.nth(i).get_attribute("stroke"), lines.nth(i).get_attribute("stroke-dasharray"))
+        for i in range(6)
+    ]
+    assert [dash for _, dash in looks] == [None] * 3 + ["8 4"] * 3  # a line style per version
+    assert [colour for colour, _ in looks[:3]] == [colour for colour, _ in looks[3:]]  # a colour per class
     header = page.locator("#compare-metrics thead").inner_text()
     assert "v1" in header and "v2" in header
     algorithms = page.locator("#compare-metrics tr", has_text="algorithm").inner_text()
@@ -117,7 +176,15 @@ def test_predict_form_returns_the_label_tritonclient_gets(
     shot(page, tmp_path, "predict")
 
 
-def test_predict_shows_the_predictors_error(console: Console, page: Any) -> None:
+def _predict_message(page: Any, url: str) -> str:
+    page.goto(url)
+    page.get_by_role("button", name="Predict").click()  # the form starts at the training medians
+    message = page.locator("#message.error")
+    message.wait_for()
+    return str(message.inner_text())
+
+
+def test_predict_shows_the_consoles_and_the_predictors_errors(console: Console, page: Any) -> None:
     page.goto(console.url + "/models/iris/versions/1/predict")
     page.get_by_label("sepal_length").fill("")
     page.get_by_label("sepal_length").evaluate("element => element.removeAttribute('required')")
@@ -125,6 +192,31 @@ def test_predict_shows_the_predictors_error(console: Console, page: Any) -> None
     message = page.locator("#message.error")
     message.wait_for()
     assert "missing sepal_length" in message.inner_text()
+    # the fixture's predictor serves v1: asked for v2 by its version's route, it says so
+    infer = f"{console.predictor.url}/v2/models/iris/versions/2/infer"
+    assert _predict_message(page, console.url + "/models/iris/versions/2/predict") == (
+        f"the predictor at {infer} answered 404: model 'iris' has no version '2' here: this server "
+        "serves version '1'"
+    )
+
+
+def test_predict_against_a_stopped_predictor_says_it_cannot_reach_it(
+    console: Console, page: Any, tmp_path: Path
+) -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    variables = {
+        "MODELYARD_DATABASE_URL": console.settings.database_url,
+        "MODELYARD_CONSOLE__PREDICTOR_URL": f"http://127.0.0.1:{port}",
+    }
+    url, process, _ = start_console(tmp_path, variables)
+    try:
+        message = _predict_message(page, url + "/models/iris/versions/1/predict")
+    finally:
+        stop_console(process)
+    assert message.startswith(
+        f"cannot reach the predictor at http://127.0.0.1:{port}/v2/models/iris/versions/1/infer: "
+    )
+    assert "Connection refused" in message
 
 
 def test_csv_upload_downloads_a_scored_file(console: Console, page: Any, tmp_path: Path) -> None:
@@ -210,9 +302,11 @@ def _send_labelled_traffic(console: Console, rows: int, labelled: int) -> None:
         assert sent.status == 200, sent.body
 
 
+@ON_BOTH_REGISTRIES
 def test_monitoring_shows_drift_live_accuracy_over_time_and_the_prediction_mix(
     console: Console, page: Any, tmp_path: Path
 ) -> None:
+    no_production(console)
     _send_labelled_traffic(console, rows=300, labelled=40)
     page.goto(console.url + "/models/iris/monitoring?hours=24")
     logged = int(page.locator("#logged").inner_text().split()[0])
@@ -243,51 +337,51 @@ def test_monitoring_shows_drift_live_accuracy_over_time_and_the_prediction_mix(
     assert "Operator not connected" in page.locator("#operator-note").inner_text()
     shot(page, tmp_path, "monitoring")
     page.goto(console.url + "/")
-    row = page.locator("#models tbody tr").first
+    row = model_row(page, "iris")
     assert row.locator("td.drift [data-state]").get_attribute("data-state") == "drift"
     assert row.locator("td.accuracy [data-state]").get_attribute("data-state") == "ok"
     page.goto(console.url + "/models/iris/monitoring?hours=abc")
     assert "hours must be a number" in page.locator("#message").inner_text()
 
 
+@ON_BOTH_REGISTRIES
 def test_promote_changes_the_registry(console: Console, page: Any, tmp_path: Path) -> None:
+    model = own_model(console, "promoted")
     page.on("dialog", lambda dialog: dialog.accept())
-    page.goto(console.url + "/models/iris/versions/1")
-    page.get_by_role("button", name="Promote iris@1 to production").click()
-    page.locator("#message.ok").wait_for()
+    page.goto(f"{console.url}/models/{model}/versions/1")
+    with page.expect_event("load", timeout=10_000):  # the page reloads to show the new stage
+        page.get_by_role("button", name=f"Promote {model}@1 to production").click()
+        page.locator("#message.ok").wait_for()
+    # the message is shown again after the reload, so a screen reader still gets to read it
+    assert page.locator("#message.ok").inner_text() == f"{model}@1 is now production."
     with console.registry() as registry:
-        assert registry.get_version("iris", 1).stage is Stage.PRODUCTION
-    page.wait_for_load_state()
+        assert registry.get_version(model, 1).stage is Stage.PRODUCTION
     page.goto(console.url + "/")
-    assert page.locator("#models tbody tr").first.locator("td").first.inner_text() == "v1"
+    assert model_row(page, model).locator("td").first.inner_text() == "v1"
     shot(page, tmp_path, "promoted")
 
 
 def test_rollback_from_the_page_and_its_refusal(console: Console, page: Any) -> None:
+    model = own_model(console, "rolled-back")
+    with console.registry() as registry:
+        registry.promote(model, 1)
     page.on("dialog", lambda dialog: dialog.accept())
-    page.goto(console.url + "/models/iris")
+    page.goto(f"{console.url}/models/{model}")
     page.get_by_role("button", name="Roll back production").click()
     refusal = page.locator("#message.error")
     refusal.wait_for()
-    assert "iris" in refusal.inner_text() and "roll" in refusal.inner_text().lower()
+    assert refusal.inner_text() == (
+        f"cannot roll back model '{model}': no version was in production before {model}@1"
+    )
     page.get_by_role("button", name="Promote v2").click()
-    page.get_by_text("iris@2 is now production").wait_for()
+    page.get_by_text(f"{model}@2 is now production").wait_for()
     page.wait_for_load_state()
-    page.goto(console.url + "/models/iris")
+    page.goto(f"{console.url}/models/{model}")
     page.get_by_role("button", name="Roll back production").click()
-    page.get_by_text("iris@1 is now production").wait_for()
+    page.get_by_text(f"{model}@1 is now production").wait_for()
     with console.registry() as registry:
-        assert registry.get_version("iris", 1).stage is Stage.PRODUCTION
-        assert registry.get_version("iris", 2).stage is Stage.ARCHIVED
-
-
-def _api(console: Console, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(console.url + path, data=body, method=method, headers=FROM_THE_PAGE)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        assert registry.get_version(model, 1).stage is Stage.PRODUCTION
+        assert registry.get_version(model, 2).stage is Stage.ARCHIVED
 
 
 @pytest.mark.parametrize(
@@ -298,6 +392,7 @@ def _api(console: Console, method: str, path: str, body: bytes | None = None) ->
         ("GET", "/api/models/iris/versions/99", None, 404, "99"),
         ("GET", "/api/models/iris/compare?v=1&v=x", None, 400, "a version is a positive integer, got 'x'"),
         ("GET", "/api/models/iris/compare?v=2", None, 400, "choose at least two different versions"),
+        ("GET", "/api/models/iris/compare?v=1,2,3,4,5,6,7,8,9", None, 400, "at most 8 versions at once"),
         ("GET", "/api/models/iris/monitoring?hours=0", None, 400, "hours must be between 0 and"),
         ("GET", "/api/models/nope/monitoring", None, 404, "model 'nope' is not in the registry"),
         ("POST", "/api/models/iris/versions/1/predict", b"not json", 400, "must be a JSON object"),
@@ -312,6 +407,7 @@ def _api(console: Console, method: str, path: str, body: bytes | None = None) ->
         ("POST", "/api/models/iris/versions/1/score", b"\xff\xfe\x00", 400, "not UTF-8 text"),
         ("POST", "/api/models/iris/versions/1/score", b" \n", 400, "the uploaded file is empty"),
         ("POST", "/api/models/iris/versions/99/score", b"a\n1\n", 404, "99"),
+        ("POST", "/api/models/nope/versions/1/score", b"a\n1\n", 404, "nope"),
         ("GET", "/api/score/nope", None, 404, "no scoring job 'nope'"),
         ("GET", "/api/score/../result", None, 404, "no scoring job '..'"),
         ("GET", "/api/score/..%2F..%2Fetc%2Fpasswd/result", None, 404, "no such page"),
@@ -323,14 +419,16 @@ def _api(console: Console, method: str, path: str, body: bytes | None = None) ->
 def test_api_errors_name_the_problem(
     console: Console, method: str, path: str, body: bytes | None, status: int, message: str
 ) -> None:
-    found_status, document = _api(console, method, path, body)
+    answer = send(method, console.url + path, body, FROM_THE_PAGE, timeout=60)
+    found_status, document = answer.status, answer.json()
     assert (found_status, message in document["error"]) == (status, True), document
 
 
 def test_training_started_from_the_page_publishes_a_version(
     console: Console, page: Any, tmp_path: Path
 ) -> None:
-    spec = iris_spec(RUNS[0]).model_dump(mode="json", exclude_none=True)
+    model = f"trained-{uuid.uuid4().hex[:6]}"  # its own name: the run publishes its version 1
+    spec = iris_spec(RUNS[0]).model_dump(mode="json", exclude_none=True) | {"name": model}
     page.on("dialog", lambda dialog: dialog.accept())
     page.goto(console.url + "/train")
     page.get_by_label("Model spec (YAML)").fill("")
@@ -344,9 +442,9 @@ def test_training_started_from_the_page_publishes_a_version(
     page.get_by_role("button", name="Start training").click()
     message = page.locator("#message.ok")
     message.wait_for(timeout=300_000)
-    assert "published iris@3 (staging)" in message.inner_text()
+    assert f"published {model}@1 (staging)" in message.inner_text()
     with console.registry() as registry:
-        assert registry.get_version("iris", 3).algorithm == "logistic_regression"
+        assert registry.get_version(model, 1).algorithm == "logistic_regression"
     shot(page, tmp_path, "train")
 
 
@@ -518,6 +616,8 @@ def test_every_field_and_button_has_an_accessible_name_and_text_has_contrast(
 ) -> None:
     from playwright.sync_api import expect
 
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
     for path in PAGES:
         page.goto(console.url + path)
         controls = page.locator(
@@ -527,3 +627,5 @@ def test_every_field_and_button_has_an_accessible_name_and_text_has_contrast(
             expect(controls.nth(index)).to_have_accessible_name(re.compile(r"\S"))
         assert page.evaluate(CONTRAST) == [], path
         assert page.locator("main h1").count() == 1, path
+    # nothing is fetched from anywhere but the console: no CDN, no font, no tracker
+    assert requested and [url for url in requested if not url.startswith(console.url + "/")] == []

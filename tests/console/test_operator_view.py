@@ -145,6 +145,51 @@ def test_the_pages_show_the_model_resources_phase_rollout_and_last_analysis(
     assert note == expected
 
 
+def _annotations(control_plane: Any, namespace: str, name: str) -> dict[str, str]:
+    found = control_plane.kubectl("get", "model", name, "-n", namespace, "-o", "json")
+    return dict(json.loads(found.stdout)["metadata"].get("annotations") or {})
+
+
+@pytest.mark.cluster
+def test_training_from_the_console_asks_the_operator_and_never_runs_in_its_pod(
+    operator_console: tuple[str, str], control_plane: Any, page: Any
+) -> None:
+    from modelyard.operator.children import RETRAIN_ANNOTATION
+
+    url, namespace = operator_console
+    wine = {**MODEL, "metadata": {"name": "wine"}}
+    frozen = {
+        **MODEL,
+        "metadata": {"name": "frozen"},
+        "spec": {**MODEL["spec"], "training": {"retrain_on_alert": False}},
+    }
+    for resource in (wine, frozen):
+        control_plane.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(resource))
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(url + "/train")
+    assert page.locator("#spec").count() == 0  # no spec to paste: runs are the operator's Jobs
+    page.get_by_role("button", name="Retrain wine").click()
+    page.locator("#message.ok").wait_for()
+    assert f"asked the operator to retrain wine ({namespace}/wine@" in page.locator("#message").inner_text()
+    requested = _annotations(control_plane, namespace, "wine")[RETRAIN_ANNOTATION]
+    assert f"{namespace}/wine@{requested}" in page.locator("#message").inner_text()
+
+    headers = {"X-Modelyard-Console": "1"}
+    refusals = [
+        (
+            "/api/models/frozen/retrain",
+            409,
+            f"Model {namespace}/frozen has spec.training.retrain_on_alert: false",
+        ),
+        ("/api/models/nope/retrain", 404, f"no Model resource nope in namespace {namespace}"),
+        ("/api/train", 409, "this console runs beside the operator (MODELYARD_CONSOLE__KUBERNETES=true)"),
+    ]
+    for path, status, message in refusals:
+        answer = send("POST", url + path, b"name: iris", headers)
+        assert (answer.status, answer.json()["error"].startswith(message)) == (status, True), answer.body
+    assert RETRAIN_ANNOTATION not in _annotations(control_plane, namespace, "frozen")
+
+
 def test_an_unreachable_api_server_is_a_note_not_a_failed_page(tmp_path: Path) -> None:
     (port,) = free_ports(1)  # nothing listens there
     kubeconfig = tmp_path / "kubeconfig"

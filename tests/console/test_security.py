@@ -11,7 +11,10 @@ import hashlib
 import json
 import logging
 import shutil
+import socket
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -20,11 +23,13 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from modelyard.console.app import create_app
+from modelyard.console.app import PREDICT_CONCURRENCY, create_app
+from modelyard.console.batch import MAX_RUNNING
 from modelyard.console.security import training_spec
 from modelyard.errors import ModelyardError, SpecError
 from modelyard.registry import Registry, Stage
 from modelyard.settings import ConsoleSettings, Settings, load_settings
+from modelyard.spec import parse_spec
 from modelyard.workflow import run_training
 
 from ..serving.conftest import free_ports
@@ -196,7 +201,9 @@ def test_the_data_root_decides_which_paths_a_spec_may_read(settings: Settings, t
             training_spec(_spec({"path": path}), bucket)
 
 
-def _register_copy(settings: Settings, name: str, change: dict[str, bytes], *, keep_digest: bool) -> None:
+def _register_copy(
+    settings: Settings, name: str, change: dict[str, bytes | None], *, keep_digest: bool
+) -> None:
     """Register iris@1's bundle, copied with some files changed and metadata.json's hashes updated to
     match; ``keep_digest`` records iris@1's sha256 (a bundle changed in the store) instead of the copy's."""
     with Registry(settings.database_url, ensure_schema=False) as registry:
@@ -205,6 +212,10 @@ def _register_copy(settings: Settings, name: str, change: dict[str, bytes], *, k
         shutil.copytree(urlparse(original.storage_uri).path, copy)
         metadata = json.loads((copy / "metadata.json").read_text())
         for file, content in change.items():
+            if content is None:  # a bundle without this file
+                (copy / file).unlink()
+                del metadata["files"][file]
+                continue
             (copy / file).write_bytes(content)
             metadata["files"][file] = hashlib.sha256(content).hexdigest()
         manifest = json.dumps(metadata).encode()
@@ -279,6 +290,8 @@ def test_liveness_answers_without_the_database_and_readiness_asks_it(tmp_path: P
             "must be an http:// or https:// URL, got 'file:///etc/passwd'",
         ),
         ("MODELYARD_CONSOLE__PREDICTOR_URL", "predictor:8080", "must be an http:// or https:// URL"),
+        ("MODELYARD_CONSOLE__PREDICTOR_URL", "file:///etc/{name}", "must be an http:// or https:// URL"),
+        ("MODELYARD_CONSOLE__PREDICTOR_URL", "http://{model}-predictor", "may hold only the placeholder"),
         ("MODELYARD_CONSOLE__ALLOWED_HOSTS", " , ", "must name at least one host"),
         ("MODELYARD_CONSOLE__DATA_ROOT", "ftp://files/data", "must be a folder or s3://bucket/prefix"),
     ],
@@ -289,3 +302,144 @@ def test_bad_console_settings_name_the_variable(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ModelyardError, match=f"{variable}: Value error, {message}"):
         load_settings()
+
+
+def test_predictions_and_scoring_beyond_their_slots_are_busy_and_a_hung_predictor_times_out(
+    settings: Settings,
+) -> None:
+    hung = socket.socket()  # accepts connections and never answers
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)
+    base = f"http://127.0.0.1:{hung.getsockname()[1]}"
+    predict = "/api/models/iris/versions/1/predict"
+    row = {"features": {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}}
+    app = create_app(with_console(settings, predictor_url=base))
+    accepted = []
+    with (
+        hung,
+        TestClient(app, base_url="http://127.0.0.1:8088") as client,
+        ThreadPoolExecutor(PREDICT_CONCURRENCY) as threads,
+    ):
+        waiting = [threads.submit(client.post, predict, json=row) for _ in range(PREDICT_CONCURRENCY)]
+        hung.settimeout(30)
+        accepted = [hung.accept()[0] for _ in range(PREDICT_CONCURRENCY)]  # every slot waits on it now
+        refused = client.post(predict, json=row)
+        assert (refused.status_code, refused.json()["error"]) == (
+            503,
+            f"the console is busy: {PREDICT_CONCURRENCY} predictions are running already; try again shortly",
+        )
+        assert client.get("/api/models").status_code == 200  # the pages' threads are free meanwhile
+        for answer in (future.result() for future in waiting):
+            assert (answer.status_code, answer.json()["error"]) == (
+                503,
+                f"cannot reach the predictor at {base}/v2/models/iris/versions/1/infer: timed out",
+            )
+        for connection in accepted:
+            connection.close()
+
+        lines = IRIS_CSV.read_text().splitlines()
+        body = ("\n".join([lines[0], *(lines[1:] * 100)]) + "\n").encode()  # 15,000 rows
+        score = "/api/models/iris/versions/1/score"
+        started = [client.post(score, content=body, headers=FROM_THE_PAGE) for _ in range(MAX_RUNNING)]
+        assert [answer.status_code for answer in started] == [202] * MAX_RUNNING
+        busy = client.post(score, content=body, headers=FROM_THE_PAGE)
+        assert (busy.status_code, busy.json()["error"]) == (
+            503,
+            "the console is busy: 2 files are being scored already (iris@1, iris@1); try again when one "
+            "has finished",
+        )
+
+
+def test_bundles_without_a_report_or_an_evaluation_say_so(settings: Settings, client: TestClient) -> None:
+    _register_copy(settings, "no-report", {"report.html": None}, keep_digest=False)
+    answer = client.get("/models/no-report/versions/1/report.html")
+    assert answer.status_code == 404
+    assert "no-report@1 has no report.html" in answer.text
+    _register_copy(settings, "no-evaluation", {"evaluation.json": None}, keep_digest=False)
+    page = client.get("/models/no-evaluation/versions/1")
+    assert page.status_code == 200
+    assert "This bundle has no evaluation data (it predates evaluation.json); see its report." in page.text
+    assert client.get("/api/models/no-evaluation/versions/1").json()["evaluation"] is None
+
+
+def test_a_second_training_start_while_one_runs_is_a_conflict(settings: Settings, client: TestClient) -> None:
+    spec = yaml.safe_dump(
+        {
+            "name": "twice",
+            "data": {"path": "iris.csv"},
+            "target": "species",
+            "algorithms": ["logistic_regression"],
+            "search": {"strategy": "random", "trials": 2},
+            "cv_folds": 2,
+        }
+    )
+    first = client.post("/api/train", content=spec, headers=FROM_THE_PAGE)
+    assert first.status_code == 202, first.text
+    run = first.json()["id"]
+    second = client.post("/api/train", content=spec, headers=FROM_THE_PAGE)
+    assert (second.status_code, second.json()["error"]) == (
+        409,
+        f"training run {run} of twice is still running: wait for it",
+    )
+    deadline = time.monotonic() + 300  # let it finish inside this test: it publishes twice@1
+    while client.get(f"/api/train/{run}").json()["status"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
+HOSTILE_FEATURE = "<script>alert('feature')</script>"
+HOSTILE_CLASS = "<img src=x onerror=alert(1)>"
+
+
+def test_hostile_feature_and_class_names_are_shown_as_text(
+    settings: Settings, client: TestClient, tmp_path: Path
+) -> None:
+    rows = ["x,<b>y</b>,label".replace("x", json.dumps(HOSTILE_FEATURE)).replace("<b>y</b>", "other")]
+    rows += [f"{i % 7},{i % 3},{HOSTILE_CLASS if i % 2 else 'plain'}" for i in range(60)]
+    data = tmp_path / "hostile.csv"
+    data.write_text("\n".join(rows) + "\n")
+    raw = {
+        "name": "hostile",
+        "data": {"path": str(data)},
+        "target": "label",
+        "features": [{"name": HOSTILE_FEATURE, "type": "numeric"}, {"name": "other", "type": "numeric"}],
+        "algorithms": ["logistic_regression"],
+        "search": {"strategy": "random", "trials": 1},
+        "cv_folds": 2,
+        "gate": {"min_score": 0.0, "compare_to_production": False},
+    }
+    outcome = run_training(settings, parse_spec(raw, base_dir=tmp_path))
+    assert outcome.published is not None, outcome.verdict
+    version = outcome.published.version
+    for path in (
+        "/",
+        f"/models/hostile/versions/{version}",
+        f"/models/hostile/versions/{version}/predict",
+        f"/models/hostile/versions/{version}/batch",
+        "/models/hostile/monitoring",
+    ):
+        page = client.get(path)
+        assert page.status_code == 200, (path, page.text[:300])
+        assert "<script>alert" not in page.text and "<img src=x" not in page.text, path
+    detail = client.get(f"/models/hostile/versions/{version}").text
+    assert "&lt;script&gt;alert(&#x27;feature&#x27;)&lt;/script&gt;" in detail
+    assert "&lt;img src=x onerror=alert(1)&gt;" in detail
+
+
+def test_a_metric_that_is_not_a_number_is_null_in_the_api(settings: Settings, client: TestClient) -> None:
+    with Registry(settings.database_url, ensure_schema=False) as registry:
+        source = registry.get_version("iris", 1)
+        with registry.reserve_version("not-a-number") as reservation:
+            reservation.record(
+                storage_uri=source.storage_uri,
+                sha256=source.sha256,
+                metrics={"accuracy": float("nan"), "f1_macro": float("inf"), "roc_auc": 0.9},
+                params=source.params,
+                algorithm=source.algorithm,
+            )
+    answer = client.get("/api/models/not-a-number/versions/1")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["metrics"] == {"accuracy": None, "f1_macro": None, "roc_auc": 0.9}
+    models = {m["name"]: m for m in client.get("/api/models").json()["models"]}
+    assert models["not-a-number"]["latest_metrics"]["accuracy"] is None
+    assert client.get("/models/not-a-number").status_code == 200

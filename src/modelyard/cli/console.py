@@ -22,6 +22,14 @@ def console_command(
             help="Base URL of the V2 predictor the Predict page posts to (MODELYARD_CONSOLE__PREDICTOR_URL).",
         ),
     ] = None,
+    ensure_schema: Annotated[
+        bool,
+        typer.Option(
+            "--ensure-schema/--no-ensure-schema",
+            help="Migrate the registry's database at start (a laptop); a cluster migrates with "
+            "`modelyard db upgrade` (the chart's job) and passes --no-ensure-schema.",
+        ),
+    ] = True,
 ) -> None:
     """Serve the web console over the registry (MODELYARD_DATABASE_URL) until interrupted."""
     import uvicorn
@@ -38,7 +46,7 @@ def console_command(
     current = current.model_copy(update={"console": console})
     err.print(f"console: http://{console.host}:{console.port}/ (predictor {console.predictor_url})")
     config = uvicorn.Config(
-        create_app(current, ensure_schema=True),
+        create_app(current, ensure_schema=ensure_schema),
         host=console.host,
         port=console.port,
         log_level="warning",

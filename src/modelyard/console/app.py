@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from modelyard.console import pages, security, service
 from modelyard.console.batch import ScoringJobs
 from modelyard.console.operator_view import OperatorView
 from modelyard.console.training import TrainingRuns
-from modelyard.errors import InvalidInput, ModelyardError, NotFound, TooLarge
+from modelyard.errors import Busy, Conflict, InvalidInput, ModelyardError, NotFound, TooLarge
 from modelyard.registry import Registry
 from modelyard.settings import Settings
 
@@ -38,6 +39,30 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 KUBE_TIMEOUT_S = 5.0  # a page waits this long for the API server, then says the operator is not connected
 MAX_DOCUMENT_BYTES = 1024 * 1024  # a prediction's JSON or a model spec
+# Predictions wait on a predictor (up to service.PREDICT_TIMEOUT_S) in threads of their own, so a hung
+# predictor holds these few and never the pool the pages share; uploads hold their bodies in memory.
+PREDICT_CONCURRENCY = 4
+UPLOAD_CONCURRENCY = 2
+
+
+class Slots:
+    """At most ``size`` requests of one kind at once; one more is refused with Busy, never queued (a
+    queue behind a hung predictor only grows). Used from the event loop alone, so it needs no lock."""
+
+    def __init__(self, what: str, size: int) -> None:
+        self._what, self._size, self._taken = what, size, 0
+
+    @contextmanager
+    def take(self) -> Iterator[None]:
+        if self._taken >= self._size:
+            raise Busy(
+                f"the console is busy: {self._size} {self._what} are running already; try again shortly"
+            )
+        self._taken += 1
+        try:
+            yield
+        finally:
+            self._taken -= 1
 
 
 async def read_body(request: Request, limit: int, what: str, setting: str = "") -> bytes:
@@ -72,6 +97,9 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
     training_runs = TrainingRuns(settings)
     scoring_jobs = ScoringJobs(settings)
     operator = OperatorView(settings.console)
+    predict_slots = Slots("predictions", PREDICT_CONCURRENCY)
+    predict_threads = ThreadPoolExecutor(PREDICT_CONCURRENCY, thread_name_prefix="console-predict")
+    upload_slots = Slots("uploads", UPLOAD_CONCURRENCY)
 
     def registry() -> Registry:
         return registry_holder["registry"]
@@ -124,7 +152,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         detail = await run(
             service.version_detail, settings, registry(), request.path_params["name"], _version(request)
         )
-        return HTMLResponse(pages.predict_page(detail, settings.console.predictor_url))
+        return HTMLResponse(pages.predict_page(detail, service.infer_url(settings, detail["name"])))
 
     async def batch_page(request: Request) -> Response:
         detail = await run(
@@ -162,16 +190,16 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         models, resources = await asyncio.gather(
             run(models_with_health, registry()), ask_operator(operator.models)
         )
-        return JSONResponse({"models": models, "operator": resources})
+        return JSONResponse(service.finite({"models": models, "operator": resources}))
 
     async def api_version(request: Request) -> Response:
         detail = await run(
             service.version_detail, settings, registry(), request.path_params["name"], _version(request)
         )
-        return JSONResponse(detail)
+        return JSONResponse(service.finite(detail))
 
     async def api_compare(request: Request) -> Response:
-        return JSONResponse(await _comparison(request))
+        return JSONResponse(service.finite(await _comparison(request)))
 
     async def api_predict(request: Request) -> Response:
         body = await read_body(request, MAX_DOCUMENT_BYTES, "the request body")
@@ -185,19 +213,24 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         if not isinstance(features, dict):
             raise InvalidInput('the request body must be a JSON object: {"features": {NAME: VALUE, ...}}')
         name = request.path_params["name"]
-        prediction = await run(service.predict, settings, registry(), name, _version(request), features)
+        version = _version(request)
+        with predict_slots.take():
+            prediction = await asyncio.get_running_loop().run_in_executor(
+                predict_threads, service.predict, settings, registry(), name, version, features
+            )
         return JSONResponse({**prediction, "html": pages.prediction_html(prediction)})
 
     async def api_score(request: Request) -> Response:
         name, version = request.path_params["name"], _version(request)
         await run(registry().get_version, name, version)  # an unknown version is a 404 before the upload
-        content = await read_body(
-            request,
-            int(settings.console.max_upload_mb * 1024 * 1024),
-            "the file",
-            "MODELYARD_CONSOLE__MAX_UPLOAD_MB",
-        )
-        job = scoring_jobs.start(name, version, content)
+        with upload_slots.take():
+            content = await read_body(
+                request,
+                int(settings.console.max_upload_mb * 1024 * 1024),
+                "the file",
+                "MODELYARD_CONSOLE__MAX_UPLOAD_MB",
+            )
+            job = scoring_jobs.start(name, version, content)
         return JSONResponse(job.to_dict(), status_code=202)
 
     async def api_scoring_job(request: Request) -> Response:
@@ -214,7 +247,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
 
     async def api_monitoring(request: Request) -> Response:
         _, _, report, resource = await _monitoring(request)
-        return JSONResponse({**report, "operator": resource})
+        return JSONResponse(service.finite({**report, "operator": resource}))
 
     async def api_promote(request: Request) -> Response:
         name = request.path_params["name"]
@@ -224,9 +257,23 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         return JSONResponse(await run(service.rollback, registry(), request.path_params["name"]))
 
     async def train_page(request: Request) -> Response:
+        if settings.console.kubernetes:
+            return HTMLResponse(pages.retrain_page(await ask_operator(operator.models)))
         return HTMLResponse(pages.train_page())
 
+    async def api_retrain(request: Request) -> Response:
+        answer = await asyncio.wait_for(
+            asyncio.to_thread(operator.request_retrain, request.path_params["name"]), KUBE_TIMEOUT_S
+        )
+        return JSONResponse(answer, status_code=202)
+
     async def api_train(request: Request) -> Response:
+        if settings.console.kubernetes:
+            raise Conflict(
+                "this console runs beside the operator (MODELYARD_CONSOLE__KUBERNETES=true): a run trains "
+                "as the operator's Job, not in the console's pod; retrain a Model from this page (POST "
+                "/api/models/NAME/retrain), or change its spec with kubectl"
+            )
         text = (await read_body(request, MAX_DOCUMENT_BYTES, "the spec")).decode("utf-8", "replace")
         spec = security.training_spec(text, settings.console)
         return JSONResponse(training_runs.start(spec).to_dict(), status_code=202)
@@ -291,6 +338,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         finally:
             registry_holder.pop("registry").close()
             scoring_jobs.close()
+            predict_threads.shutdown(wait=False, cancel_futures=True)
 
     handler = Callable[[Request], Awaitable[Response]]
     routes: list[tuple[str, handler, list[str]]] = [
@@ -309,6 +357,7 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         ("/api/models/{name}/compare", api_compare, ["GET"]),
         ("/api/models/{name}/monitoring", api_monitoring, ["GET"]),
         ("/api/models/{name}/rollback", api_rollback, ["POST"]),
+        ("/api/models/{name}/retrain", api_retrain, ["POST"]),
         ("/api/models/{name}/versions/{version}", api_version, ["GET"]),
         ("/api/models/{name}/versions/{version}/predict", api_predict, ["POST"]),
         ("/api/models/{name}/versions/{version}/score", api_score, ["POST"]),

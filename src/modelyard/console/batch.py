@@ -3,8 +3,8 @@
 scored CSV kept until the job is forgotten.
 
 Jobs live in the console's memory and its scratch folder, under ids the console makes: a download is
-found by id, never by a path the client names. At most ``MAX_RUNNING`` jobs score at once (a Conflict
-beyond, so a double click scores once); the newest ``KEEP_FINISHED`` finished jobs keep their files, and
+found by id, never by a path the client names. At most ``MAX_RUNNING`` jobs score at once (Busy, a 503,
+beyond); the newest ``KEEP_FINISHED`` finished jobs keep their files, and
 older ones are deleted with their folders.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.console import service
-from modelyard.errors import Conflict, ModelyardError, NotFound
+from modelyard.errors import Busy, Conflict, ModelyardError, NotFound
 from modelyard.settings import Settings
 
 MAX_RUNNING = 2
@@ -75,9 +75,9 @@ class ScoringJobs:
         with self._lock:
             running = [job for job in self._jobs.values() if job.status == "running"]
             if len(running) >= MAX_RUNNING:
-                raise Conflict(
-                    f"{len(running)} files are being scored already ({', '.join(j.model for j in running)}): "
-                    "wait for one to finish"
+                raise Busy(
+                    f"the console is busy: {len(running)} files are being scored already "
+                    f"({', '.join(j.model for j in running)}); try again when one has finished"
                 )
             job = ScoringJob(
                 id=uuid.uuid4().hex[:16], model=f"{name}@{version}", filename=f"{name}-v{version}-scored.csv"

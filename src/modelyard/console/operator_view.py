@@ -13,6 +13,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
+from modelyard.errors import Conflict, NotFound, NotReady
 from modelyard.settings import ConsoleSettings
 
 if TYPE_CHECKING:
@@ -107,6 +108,43 @@ class OperatorView:
             return self._unreachable(exc)
         summaries = {item["metadata"]["name"]: resource_summary(item) for item in items}
         return {**self.not_connected(""), "connected": True, "models": summaries}
+
+    def request_retrain(self, name: str) -> dict[str, Any]:
+        """Ask the operator to retrain ``name`` as the retrain webhook does (``ModelResourceLauncher``: the
+        Model's retrain-requested annotation; the operator starts a Job), so a run never takes the
+        console's pod; refused with the reason when the Model cannot be asked or will not retrain."""
+        if not self.enabled:
+            raise Conflict(
+                "retraining on the cluster asks the operator's Model resource: "
+                "set MODELYARD_CONSOLE__KUBERNETES=true (chart: console.kubernetes.enabled)"
+            )
+        from modelyard.operator.kube import MODEL
+        from modelyard.operator.launcher import ModelResourceLauncher
+
+        try:
+            cluster = self._connect()
+            item = cluster.get(MODEL, name, self.namespace)
+        except Exception as exc:  # shown as its reason, as the pages do
+            raise NotReady(f"cannot ask the operator to retrain {name}: {_reason(exc)}") from None
+        if item is None:
+            raise NotFound(
+                f"no Model resource {name} in namespace {self.namespace}: the operator does not train this "
+                "model (apply a Model, or use `modelyard train`)"
+            )
+        training = (item.get("spec") or {}).get("training") or {}
+        if training.get("retrain_on_alert") is False:
+            raise Conflict(
+                f"Model {self.namespace}/{name} has spec.training.retrain_on_alert: false, so the operator "
+                "starts no run on request"
+            )
+        request = ModelResourceLauncher(self.namespace, cluster).start(name)
+        return {
+            "model": name,
+            "namespace": self.namespace,
+            "request": request,
+            "message": f"asked the operator to retrain {name} ({request}): it starts a Job, and the run "
+            "shows as the Model's latest run on the Monitoring page",
+        }
 
     def model(self, name: str) -> dict[str, Any]:
         """The Model ``name``: ``{"connected", "note", "namespace", "model"}``; ``model`` is None when the

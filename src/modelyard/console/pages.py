@@ -7,7 +7,7 @@ and shows its answers and errors in place. Markup is escaped in one place, ``_e`
 from __future__ import annotations
 
 import json
-from html import escape
+from html import escape, unescape
 from typing import Any
 from urllib.parse import quote
 
@@ -22,7 +22,8 @@ main{padding:1rem 1.2rem;max-width:1200px}
 .skip:focus{position:static;display:inline-block;padding:.4rem;background:#fff}
 a{color:#0b4f9c}
 a:focus,button:focus,input:focus,select:focus,textarea:focus,summary:focus{
-  outline:3px solid #e08a00;outline-offset:2px}
+  outline:3px solid #a34f00;outline-offset:2px}
+header a:focus{outline-color:#ffd27a}
 table{border-collapse:collapse;margin:.5rem 0 1rem}
 th,td{border:1px solid #bbb;padding:.25rem .55rem;text-align:left;vertical-align:top}
 th{background:#eef2f7}
@@ -105,7 +106,7 @@ def models_page(models: list[dict[str, Any]], operator: dict[str, Any]) -> str:
         return layout(
             "Models", "<p>No model is registered yet: train one with <code>modelyard train</code>.</p>"
         )
-    metric_names = sorted({key for model in models for key in model["latest_metrics"]})[:4]
+    metric_names = sorted({key for model in models for key in model["latest_metrics"]})
     header = "".join(f'<th scope="col">{_e(name)}</th>' for name in metric_names)
     connected = operator["connected"]
     resources = operator["models"]
@@ -220,11 +221,13 @@ def _action_button(label: str, url: str, confirm: str, *, danger: bool = False) 
 
 
 def model_page(name: str, model: dict[str, Any]) -> str:
+    # every metric, by name: a JSON column's key order differs between SQLite and PostgreSQL
+    metric_names = sorted({key for version in model["versions"] for key in version["metrics"]})
+    metric_header = "".join(f'<th scope="col">{_e(metric)}</th>' for metric in metric_names)
     rows = []
     for version in reversed(model["versions"]):
         number = version["version"]
         stage = version["stage"]
-        primary = next(iter(version["metrics"].items()), ("", None))
         promote = (
             _action_button(
                 f"Promote v{number}",
@@ -240,7 +243,7 @@ def model_page(name: str, model: dict[str, Any]) -> str:
             f'<label for="compare-{number}" style="display:inline">v{number}</label></td>'
             f"<td>{_link(version_path(name, number), f'{name}@{number}')}</td>"
             f'<td class="stage-{_e(stage)}">{_e(stage)}</td><td>{_e(version["algorithm"])}</td>'
-            f"<td>{_e(primary[0])} {_fmt(primary[1])}</td><td>{_e(version['created_at'][:19])}</td>"
+            f"{_metrics_cells(version['metrics'], metric_names)}<td>{_e(version['created_at'][:19])}</td>"
             f"<td>{promote}</td></tr>"
         )
     rollback = _action_button(
@@ -252,8 +255,9 @@ def model_page(name: str, model: dict[str, Any]) -> str:
     body = (
         f'<form id="compare" method="get" action="{_e(model_path(name))}/compare">'
         '<p>Tick two or more versions, then <button type="submit">Compare</button></p></form>'
-        '<table id="versions"><thead><tr><th scope="col">compare</th><th scope="col">version</th>'
-        '<th scope="col">stage</th><th scope="col">algorithm</th><th scope="col">first metric</th>'
+        f'<table id="versions"><caption>Versions of {_e(name)}, newest first (holdout metrics)</caption>'
+        '<thead><tr><th scope="col">compare</th><th scope="col">version</th>'
+        f'<th scope="col">stage</th><th scope="col">algorithm</th>{metric_header}'
         f'<th scope="col">created (UTC)</th><th scope="col">actions</th></tr></thead><tbody>{"".join(rows)}'
         f"</tbody></table><p>{rollback} {_link(model_path(name) + '/monitoring', 'Monitoring')}</p>"
     )
@@ -355,7 +359,8 @@ def version_page(detail: dict[str, Any]) -> str:
     body = (
         f'{actions}<div class="plots">{matrix}{roc}</div><h2>Metrics and parameters</h2>{metrics}{params}'
         f"{candidates}<h2>Lineage</h2>{lineage}<h2>Model card</h2>"
-        f'<pre id="model-card">{_e(detail["model_card"])}</pre>'
+        # the card's Markdown has its HTML escaped already (it renders elsewhere): shown as text, once
+        f'<pre id="model-card">{_e(unescape(detail["model_card"]))}</pre>'
     )
     return layout(f"{label}", body)
 
@@ -406,14 +411,18 @@ def compare_page(comparison: dict[str, Any]) -> str:
     )
     matrices = []
     all_curves: list[tuple[str, list[float], list[float]]] = []
-    for detail in details:
+    styles: list[plots.Style] = []
+    for index, detail in enumerate(details):
         figure, curves = _evaluation_plots(detail, f"{name}@{detail['version']}")
         matrices.append(figure)
         all_curves.extend(curves)
+        # one colour per class, one line style per version: no two curves differ by colour alone
+        dash = plots.DASHES[index % len(plots.DASHES)]
+        styles.extend(plots.Style(plots.PALETTE[c % len(plots.PALETTE)], dash) for c in range(len(curves)))
     roc_title = f"ROC curves of {name} versions {', '.join(labels)}"
     roc = (
-        f'<figure id="roc"><figcaption>ROC curves of every version</figcaption>'
-        f"{plots.roc_curves(all_curves, title=roc_title)}</figure>"
+        f'<figure id="roc"><figcaption>ROC curves of every version: a colour per class, a line style per '
+        f"version</figcaption>{plots.roc_curves(all_curves, title=roc_title, styles=styles)}</figure>"
         if all_curves
         else ""
     )
@@ -439,12 +448,12 @@ def _field(field: dict[str, Any]) -> str:
     return f'{label}<input id="{ident}" name="{_e(name)}" type="text" required>'
 
 
-def predict_page(detail: dict[str, Any], predictor_url: str) -> str:
+def predict_page(detail: dict[str, Any], infer_url: str) -> str:
     name, number = detail["name"], detail["version"]
     api = f"/api/models/{quote(name)}/versions/{number}/predict"
     fields = "".join(_field(field) for field in detail["form"])
     body = (
-        f"<p>Posts one row to the V2 endpoint <code>{_e(predictor_url)}/v2/models/{_e(name)}/infer</code> "
+        f"<p>Posts one row to the V2 endpoint <code>{_e(infer_url)}/versions/{number}/infer</code> "
         f"through <code>POST {_e(api)}</code>.</p>"
         f'<form id="predict" data-api="{_e(api)}">{fields}'
         '<p><button type="submit">Predict</button></p></form>'
@@ -665,6 +674,30 @@ search: {strategy: random, trials: 5}
 metric: f1_macro
 gate: {min_score: 0.9}
 """
+
+
+def retrain_page(resources: dict[str, Any]) -> str:
+    """The Train page beside the operator: a run is the operator's Job, asked of a Model resource."""
+    if not resources["connected"]:
+        listing = _operator_note(resources)
+    elif not resources["models"]:
+        listing = f"<p>No Model resources in namespace {_e(resources['namespace'])}.</p>"
+    else:
+        buttons = "".join(
+            f'<li><button type="button" data-action="/api/models/{quote(name)}/retrain" '
+            f'data-confirm="Ask the operator to retrain {_e(name)}? A version that passes the gate is '
+            f'published to the registry.">Retrain {_e(name)}</button></li>'
+            for name in sorted(resources["models"])
+        )
+        listing = f'<ul id="retrain">{buttons}</ul>'
+    body = (
+        "<p>On the cluster a run trains as the operator's Job, not in the console's pod: each button sets "
+        "the Model's <code>modelyard.io/retrain-requested</code> annotation (<code>POST "
+        "/api/models/NAME/retrain</code>), as the retrain webhook does; the run shows as the Model's latest "
+        "run on its Monitoring page. To change what a Model trains, change its spec with kubectl.</p>"
+        f"{listing}"
+    )
+    return layout("Retrain a model on the cluster", body)
 
 
 def train_page() -> str:

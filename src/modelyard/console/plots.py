@@ -8,14 +8,47 @@ by the browser: the page carries the plot.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from html import escape
 
 PALETTE = ("#1f5fa8", "#b34700", "#2d7a2d", "#8a2be2", "#a3153a", "#006d75", "#5c5c00", "#4b4b4b")
+# Line styles (SVG stroke-dasharray, "" solid): lines are told apart by style as well as colour.
+DASHES = ("", "8 4", "2 3", "8 3 2 3", "14 4", "4 4", "1 6", "12 3 2 3 2 3")
+REFERENCE_GREY = "#777"
+LEGEND_ROW = 18
 _FONT = 'font-family="system-ui, sans-serif" font-size="12"'
+_CHAR_WIDTH = 7  # about a 12 px sans-serif character: room for legend names
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one series is drawn and shown in its legend: a colour, and a dash pattern for a line (None: a
+    filled swatch, for bars)."""
+
+    colour: str
+    dash: str | None = ""
+
+
+def line_style(index: int) -> Style:
+    """The ``index``-th line of a plot: the palette's colours, then each again with the next dash."""
+    return Style(PALETTE[index % len(PALETTE)], DASHES[(index // len(PALETTE)) % len(DASHES)])
+
+
+def _dash(style: Style) -> str:
+    return f' stroke-dasharray="{style.dash}"' if style.dash else ""
 
 
 def _text(x: float, y: float, content: str, *, anchor: str = "middle", extra: str = "") -> str:
     return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" {_FONT} {extra}>{escape(content)}</text>'
+
+
+def _label(x: float, y: float, content: str, limit: int, *, anchor: str = "middle", extra: str = "") -> str:
+    """A text of at most ``limit`` characters (cut ones end in an ellipsis) with the whole as its tooltip."""
+    shown = content if len(content) <= limit else content[: limit - 1] + "…"
+    return (
+        f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" {_FONT} {extra}>'
+        f"<title>{escape(content)}</title>{escape(shown)}</text>"
+    )
 
 
 def _open(width: int, height: int, title: str) -> str:
@@ -25,16 +58,29 @@ def _open(width: int, height: int, title: str) -> str:
     )
 
 
-def _legend(names: Sequence[str], x: float, y: float, *, last_grey: bool = False) -> str:
-    """A swatch and name per series in palette order; ``last_grey``: the last is a grey reference line."""
-    parts = []
-    for index, name in enumerate(names):
-        grey = last_grey and index == len(names) - 1
-        colour = "#777" if grey else PALETTE[index % len(PALETTE)]
-        top = y + index * 18
-        parts.append(f'<rect x="{x:.1f}" y="{top:.1f}" width="12" height="12" fill="{colour}"/>')
-        parts.append(_text(x + 18, top + 10, name, anchor="start"))
+def _legend(entries: Sequence[tuple[str, Style]], x: float, y: float) -> str:
+    """A swatch and name per entry, each drawn with its own style: a short line for a line, a square for
+    bars."""
+    parts = ['<g class="legend">']
+    for index, (name, style) in enumerate(entries):
+        top = y + index * LEGEND_ROW
+        if style.dash is None:
+            swatch = f'<rect x="{x:.1f}" y="{top:.1f}" width="12" height="12" fill="{style.colour}"/>'
+        else:
+            swatch = (
+                f'<line x1="{x - 8:.1f}" y1="{top + 6:.1f}" x2="{x + 14:.1f}" y2="{top + 6:.1f}" '
+                f'stroke="{style.colour}" stroke-width="3"{_dash(style)}/>'
+            )
+        parts.append(swatch)
+        parts.append(_text(x + 20, top + 10, name, anchor="start"))
+    parts.append("</g>")
     return "".join(parts)
+
+
+def _legend_size(names: Sequence[str], top: float) -> tuple[int, int]:
+    """The width and the bottom a legend of ``names`` starting at ``top`` needs."""
+    width = 40 + _CHAR_WIDTH * max((len(name) for name in names), default=0)
+    return width, int(top + len(names) * LEGEND_ROW + 10)
 
 
 def _axes(
@@ -72,7 +118,8 @@ def _unit_ticks(left: float, top: float, width: float, height: float, *, x: bool
 
 def probability_bars(probabilities: dict[str, float], *, title: str = "Class probabilities") -> str:
     """Horizontal bars, one per class, on a 0 to 1 probability axis."""
-    left, top, width = 140, 20, 360
+    longest = max((len(label) for label in probabilities), default=0)
+    left, top, width = min(320, max(140, 16 + _CHAR_WIDTH * longest)), 20, 360
     row = 26
     height = row * len(probabilities)
     parts = [_open(left + width + 60, top + height + 60, title)]
@@ -82,7 +129,7 @@ def probability_bars(probabilities: dict[str, float], *, title: str = "Class pro
             f'<rect x="{left}" y="{y}" width="{max(0.0, min(1.0, value)) * width:.1f}" height="{row - 8}" '
             f'fill="{PALETTE[0]}"><title>{escape(label)}: {value:.3f}</title></rect>'
         )
-        parts.append(_text(left - 8, y + row / 2, label, anchor="end"))
+        parts.append(_label(left - 8, y + row / 2, label, 44, anchor="end"))
         parts.append(_text(left + min(1.0, value) * width + 6, y + row / 2, f"{value:.3f}", anchor="start"))
     bottom = top + height
     parts.append(f'<line x1="{left}" y1="{bottom}" x2="{left + width}" y2="{bottom}" stroke="#222"/>')
@@ -106,10 +153,10 @@ def confusion_matrix(classes: Sequence[str], matrix: Sequence[Sequence[int]], *,
         total = sum(row) or 1
         for j, count in enumerate(row):
             share = count / total
-            # Light to dark blue; the count's colour flips to keep its contrast on dark cells.
+            # Light to mid blue: dark counts keep at least 5:1 contrast on every shade (white would not).
             shade = int(255 - share * 190)
             fill = f"rgb({shade},{shade + (255 - shade) // 3},255)"
-            ink = "#fff" if share > 0.55 else "#111"
+            ink = "#111"
             x, y = left + j * cell, top + i * cell
             parts.append(
                 f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{fill}" stroke="#fff">'
@@ -125,25 +172,38 @@ def confusion_matrix(classes: Sequence[str], matrix: Sequence[Sequence[int]], *,
     return "".join(parts)
 
 
-def roc_curves(curves: Sequence[tuple[str, Sequence[float], Sequence[float]]], *, title: str) -> str:
-    """ROC curves (name, false positive rates, true positive rates) on one plot, with the chance line."""
+def roc_curves(
+    curves: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    styles: Sequence[Style] | None = None,
+) -> str:
+    """ROC curves (name, false positive rates, true positive rates) on one plot, with the chance line;
+    ``styles`` gives each curve's (default: ``line_style`` in order). The plot grows with its legend."""
+    styles = list(styles) if styles is not None else [line_style(i) for i in range(len(curves))]
+    chance = Style(REFERENCE_GREY, "4 4")
+    entries = [
+        *((name, style) for (name, _, _), style in zip(curves, styles, strict=True)),
+        ("chance", chance),
+    ]
     left, top, width, height = 70, 20, 320, 320
-    parts = [_open(left + width + 240, top + height + 60, title)]
+    legend_width, legend_bottom = _legend_size([name for name, _ in entries], top + 10)
+    parts = [_open(left + width + 40 + legend_width, max(top + height + 60, legend_bottom), title)]
     parts.append(_unit_ticks(left, top, width, height, x=True))
     parts.append(_axes(left, top, width, height, "false positive rate", "true positive rate"))
     parts.append(
-        f'<line x1="{left}" y1="{top + height}" x2="{left + width}" y2="{top}" stroke="#777" '
-        'stroke-dasharray="4 4"/>'
+        f'<line x1="{left}" y1="{top + height}" x2="{left + width}" y2="{top}" stroke="{chance.colour}"'
+        f"{_dash(chance)}/>"
     )
-    for index, (_, fpr, tpr) in enumerate(curves):
+    for (name, fpr, tpr), style in zip(curves, styles, strict=True):
         points = " ".join(
             f"{left + x * width:.1f},{top + height - y * height:.1f}" for x, y in zip(fpr, tpr, strict=True)
         )
-        colour = PALETTE[index % len(PALETTE)]
-        parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>')
-    parts.append(
-        _legend([*(name for name, _, _ in curves), "chance"], left + width + 20, top + 10, last_grey=True)
-    )
+        parts.append(
+            f'<polyline points="{points}" fill="none" stroke="{style.colour}" stroke-width="2"{_dash(style)}>'
+            f"<title>{escape(name)}</title></polyline>"
+        )
+    parts.append(_legend(entries, left + width + 30, top + 10))
     parts.append("</svg>")
     return "".join(parts)
 
@@ -177,15 +237,12 @@ def paired_histogram(
                 f'height="{bar:.1f}" fill="{PALETTE[series]}">'
                 f"<title>{escape(label)}: {value:.3f}</title></rect>"
             )
+        x = left + index * group + group / 2
         parts.append(
-            _text(
-                left + index * group + group / 2,
-                top + height + 14,
-                label[:10],
-                extra=f'transform="rotate(30 {left + index * group + group / 2} {top + height + 14})"',
-            )
+            _label(x, top + height + 14, label, 16, extra=f'transform="rotate(30 {x} {top + height + 14})"')
         )
-    parts.append(_legend(["reference", "current"], left + width + 16, top + 10))
+    bars = [("reference", Style(PALETTE[0], None)), ("current", Style(PALETTE[1], None))]
+    parts.append(_legend(bars, left + width + 16, top + 10))
     parts.append("</svg>")
     return "".join(parts)
 
@@ -197,7 +254,8 @@ def counts_over_time(
     left, top, width, height = 70, 20, 560, 200
     peak = max([max(values, default=0) for values in series.values()] + [1])
     step_x = width / max(1, len(buckets) - 1)
-    parts = [_open(left + width + 170, top + height + 70, title)]
+    legend_width, legend_bottom = _legend_size(list(series), top + 10)
+    parts = [_open(left + width + 20 + legend_width, max(top + height + 70, legend_bottom), title)]
     for step in range(5):
         value = peak * step / 4
         y = top + height - step / 4 * height
@@ -210,12 +268,14 @@ def counts_over_time(
             f"{left + i * step_x:.1f},{top + height - value / peak * height:.1f}"
             for i, value in enumerate(values)
         )
-        colour = PALETTE[index % len(PALETTE)]
+        style = line_style(index)
         parts.append(
-            f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2">'
+            f'<polyline points="{points}" fill="none" stroke="{style.colour}" stroke-width="2"{_dash(style)}>'
             f"<title>{escape(name)}</title></polyline>"
         )
-    parts.append(_legend(list(series), left + width + 16, top + 10))
+    parts.append(
+        _legend([(name, line_style(i)) for i, name in enumerate(series)], left + width + 16, top + 10)
+    )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -243,13 +303,16 @@ def rates_over_time(
     (a bucket without one leaves a gap); ``line`` is a labelled dashed level, such as an alert gate."""
     left, top, width, height = 70, 20, 560, 200
     step_x = width / max(1, len(buckets) - 1)
-    parts = [_open(left + width + 330, top + height + 70, title)]  # room for long legend names
+    names = [*series, *([line[0]] if line is not None else [])]
+    legend_width, legend_bottom = _legend_size(names, top + 10)
+    parts = [_open(left + width + 20 + legend_width, max(top + height + 70, legend_bottom), title)]
     parts.append(_unit_ticks(left, top, width, height, x=False))
     parts.append(_axes(left, top, width, height, "bucket start (UTC)", y_label))
     parts.append(_time_ticks(buckets, left, top + height, step_x))
-    names = list(series)
+    entries = [(name, line_style(index)) for index, name in enumerate(series)]
     for index, (name, values) in enumerate(series.items()):
-        colour = PALETTE[index % len(PALETTE)]
+        style = line_style(index)
+        colour = style.colour
         runs: list[list[str]] = [[]]
         for i, value in enumerate(values):
             if value is None:
@@ -266,17 +329,19 @@ def rates_over_time(
         for run in runs:
             if len(run) > 1:
                 parts.append(
-                    f'<polyline points="{" ".join(run)}" fill="none" stroke="{colour}" stroke-width="2">'
-                    f"<title>{escape(name)}</title></polyline>"
+                    f'<polyline points="{" ".join(run)}" fill="none" stroke="{colour}" stroke-width="2"'
+                    f"{_dash(style)}><title>{escape(name)}</title></polyline>"
                 )
     if line is not None:
         label, level = line
         y = top + height - max(0.0, min(1.0, level)) * height
+        level_style = Style(REFERENCE_GREY, "4 4")
         parts.append(
-            f'<line class="level" x1="{left}" y1="{y:.1f}" x2="{left + width}" y2="{y:.1f}" stroke="#777" '
-            f'stroke-dasharray="4 4"><title>{escape(label)}: {level:.3f}</title></line>'
+            f'<line class="level" x1="{left}" y1="{y:.1f}" x2="{left + width}" y2="{y:.1f}" '
+            f'stroke="{level_style.colour}"{_dash(level_style)}>'
+            f"<title>{escape(label)}: {level:.3f}</title></line>"
         )
-        names.append(label)
-    parts.append(_legend(names, left + width + 16, top + 10, last_grey=line is not None))
+        entries.append((label, level_style))
+    parts.append(_legend(entries, left + width + 16, top + 10))
     parts.append("</svg>")
     return "".join(parts)

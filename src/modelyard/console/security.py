@@ -48,7 +48,7 @@ SECURITY_HEADERS = {
 # report.html comes from a bundle: shown in a sandbox (an origin of its own, no script), styles only
 REPORT_POLICY = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 # The requests that change the registry (MODELYARD_CONSOLE__ACTIONS_ENABLED turns them off).
-ACTIONS = re.compile(r"^/api/(train|models/[^/]+/rollback|models/[^/]+/versions/[^/]+/promote)/?$")
+ACTIONS = re.compile(r"^/api/(train|models/[^/]+/(rollback|retrain)|models/[^/]+/versions/[^/]+/promote)/?$")
 
 
 def allowed_hosts(console: ConsoleSettings) -> list[str]:

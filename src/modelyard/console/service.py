@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from modelyard.bundle import EVALUATION_FILE, MANIFEST_NAME, MODEL_CARD_FILE, REPORT_FILE, BundleMetadata
 from modelyard.errors import (
@@ -34,7 +36,10 @@ from modelyard.storage import open_store_from_uri
 
 log = logging.getLogger(__name__)
 
-PREDICT_TIMEOUT_S = 30.0
+# A predictor answers one row in milliseconds: a slow one is reported soon, and holds a worker briefly.
+PREDICT_TIMEOUT_S = 5.0
+# Versions one Compare page reads (each bundle's files come from the store); one line style each.
+MAX_COMPARED = 8
 # Rows scored between two progress reports of a batch job (the pipeline's default chunk is 10,000).
 SCORE_CHUNK_ROWS = 2_000
 # The newest logged rows binned for each model's drift status on the models list (the Monitoring page
@@ -47,21 +52,19 @@ MIN_LABELS = 30
 
 
 def version_summary(record: ModelVersionRecord) -> dict[str, Any]:
-    return {
-        "name": record.name,
-        "version": record.version,
-        "ref": record.ref,
-        "stage": record.stage.value,
-        "algorithm": record.algorithm,
-        "metrics": record.metrics,
-        "params": record.params,
-        "dataset": record.dataset,
-        "dataset_fingerprint": record.dataset_fingerprint,
-        "storage_uri": record.storage_uri,
-        "sha256": record.sha256,
-        "created_at": record.created_at.isoformat(),
-        "promoted_at": record.promoted_at.isoformat() if record.promoted_at else None,
-    }
+    return {**record.to_dict(), "ref": record.ref}
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity, at any depth, replaced by None: JSON has no such numbers (a
+    metric or score can be NaN, and the JSON API must still answer)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
 
 
 def list_models(
@@ -267,6 +270,11 @@ def parse_versions(name: str, versions: Sequence[str]) -> list[int]:
                 numbers.append(int(text))
     if len(numbers) < 2:
         raise InvalidInput(f"compare {name}: choose at least two different versions, got {numbers or 'none'}")
+    if len(numbers) > MAX_COMPARED:
+        raise InvalidInput(
+            f"compare {name}: at most {MAX_COMPARED} versions at once (each is read from the store), got "
+            f"{len(numbers)}"
+        )
     return sorted(numbers)
 
 
@@ -303,6 +311,11 @@ def _coerce(feature_type: FeatureType, name: str, value: Any) -> Any:
     return str(value)
 
 
+def infer_url(settings: Settings, name: str) -> str:
+    """The V2 path of model ``name`` at its predictor (MODELYARD_CONSOLE__PREDICTOR_URL with its name)."""
+    return f"{settings.console.predictor_for(name)}/v2/models/{quote(name)}"
+
+
 def predict(
     settings: Settings, registry: Registry, ref_name: str, version: int, row: dict[str, Any]
 ) -> dict[str, Any]:
@@ -319,7 +332,8 @@ def predict(
         value = _coerce(feature.type, feature.name, row[feature.name])
         datatype = "FP64" if feature.type is FeatureType.NUMERIC else "BYTES"
         inputs.append({"name": feature.name, "shape": [1], "datatype": datatype, "data": [value]})
-    url = f"{settings.console.predictor_url.rstrip('/')}/v2/models/{record.name}/infer"
+    # The version's own route: a predictor serving another version answers 404 naming the one it serves.
+    url = f"{infer_url(settings, record.name)}/versions/{record.version}/infer"
     answer = _post_json(url, {"inputs": inputs})
     outputs = {output["name"]: output for output in answer.get("outputs", [])}
     if "label" not in outputs:
@@ -328,7 +342,12 @@ def predict(
     probabilities: dict[str, float] = {}
     if "probabilities" in outputs:
         values = outputs["probabilities"]["data"]
-        probabilities = {str(c): float(p) for c, p in zip(metadata.classes, values, strict=False)}
+        if len(values) != len(metadata.classes):
+            raise NotReady(
+                f"the predictor at {url} answered {len(values)} probabilities, but {record.ref} has "
+                f"{len(metadata.classes)} classes ({', '.join(map(str, metadata.classes))})"
+            )
+        probabilities = {str(c): float(p) for c, p in zip(metadata.classes, values, strict=True)}
     return {
         "model": record.name,
         "version": record.version,

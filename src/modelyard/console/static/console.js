@@ -7,6 +7,10 @@ function showMessage(text, kind) {
   box.textContent = text;
   box.className = "message " + kind;
   box.setAttribute("role", kind === "error" ? "alert" : "status");
+  if (kind === "error") {  // keyboard and screen-reader users land on what went wrong
+    box.setAttribute("tabindex", "-1");
+    box.focus();
+  }
 }
 
 async function errorOf(response) {
@@ -37,7 +41,15 @@ function onAction(button) {
     button.disabled = true;
     try {
       const answer = await (await callApi(button.dataset.action, { method: "POST" })).json();
-      showMessage(answer.ref + " is now " + answer.stage + ".", "ok");
+      if (answer.message) {  // a retraining asked of the operator: nothing on this page changes
+        showMessage(answer.message + ".", "ok");
+        button.disabled = false;
+        return;
+      }
+      // shown again after the reload that shows its effect, so a screen reader still gets to read it
+      const done = answer.ref + " is now " + answer.stage + ".";
+      showMessage(done, "ok");
+      window.sessionStorage.setItem("modelyard-done", done);
       setTimeout(() => window.location.reload(), 800);
     } catch (error) {
       showMessage(error.message, "error");
@@ -166,6 +178,11 @@ function onTrain(form) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  const done = window.sessionStorage.getItem("modelyard-done");
+  if (done) {
+    window.sessionStorage.removeItem("modelyard-done");
+    showMessage(done, "ok");
+  }
   const train = document.getElementById("train");
   if (train) onTrain(train);
   document.querySelectorAll("button[data-action]").forEach(onAction);
