@@ -31,7 +31,7 @@ EXAMPLE = ROOT / "examples" / "iris-model.yaml"
 
 
 def test_a_pods_container_becomes_a_local_command_with_its_volumes_as_folders(tmp_path: Path) -> None:
-    job = {
+    job: dict[str, Any] = {
         "metadata": {"name": "iris-train-abc"},
         "spec": {
             "template": {
@@ -71,10 +71,11 @@ def test_a_pods_container_becomes_a_local_command_with_its_volumes_as_folders(tm
     }
     maps = {"iris-spec": {"spec.yaml": "name: iris\n"}, "settings": {"STORE": "s3://b"}}
     command = pod_command(
-        job["spec"]["template"]["spec"],  # type: ignore[index]
+        job["spec"]["template"]["spec"],
         tmp_path,
         job_pod_labels(job),
         maps.get,
+        lambda source: maps[source["configMapRef"]["name"]],
         lambda variable: "from-secret" if variable["valueFrom"]["secretKeyRef"]["key"] == "k" else None,
     )
     assert command.argv == [MODELYARD, "train", "--spec", str(tmp_path / "spec" / "spec.yaml")]
@@ -86,7 +87,9 @@ def test_a_pods_container_becomes_a_local_command_with_its_volumes_as_folders(tm
     assert "UNSET" not in command.env
 
     with pytest.raises(ModelyardError, match="CreateContainerConfigError: configmap iris-spec not found"):
-        pod_command(job["spec"]["template"]["spec"], tmp_path, {}, lambda _: None, lambda _: None)  # type: ignore[index]
+        pod_command(
+            job["spec"]["template"]["spec"], tmp_path, {}, lambda _: None, lambda _: {}, lambda _: None
+        )
 
 
 def test_local_mode_refuses_a_control_plane_that_runs_kserve(control_plane: Any, tmp_path: Path) -> None:

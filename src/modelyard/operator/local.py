@@ -103,13 +103,15 @@ def pod_command(
     workdir: Path,
     labels: dict[str, str],
     config_map: Callable[[str], dict[str, str] | None],
-    env_source: Callable[[dict[str, Any]], str | None],
+    env_from: Callable[[dict[str, Any]], dict[str, str]],
+    value_from: Callable[[dict[str, Any]], str | None],
 ) -> PodCommand:
     """The pod's one container as a local command: each volume a folder under ``workdir`` (a ConfigMap's
     keys written as files, read through ``config_map``), paths under a mount moved to its folder, the
-    downward API's labels from ``labels``; an env entry that names a Secret or ConfigMap key is
-    ``env_source``'s to resolve (None leaves it unset). A ConfigMap volume that is missing is a
-    ModelyardError, as kubelet's CreateContainerConfigError."""
+    downward API's labels from ``labels``. What the cluster's objects would give the env is for the
+    caller to say: ``env_from`` the variables of an ``envFrom`` entry, ``value_from`` the value of an
+    ``env`` entry that names a Secret or ConfigMap key (None leaves it unset). A ConfigMap volume that is
+    missing is a ModelyardError, as kubelet's CreateContainerConfigError."""
     (container,) = pod_spec["containers"]
     volumes = {volume["name"]: volume for volume in pod_spec.get("volumes", [])}
     mounts: dict[str, Path] = {}
@@ -134,8 +136,7 @@ def pod_command(
 
     env = {"PATH": os.environ.get("PATH", "")}
     for source in container.get("envFrom", []):
-        for key, value in (config_map(source["configMapRef"]["name"]) or {}).items():
-            env[key] = value
+        env.update(env_from(source))
     for variable in container.get("env", []):
         if "value" in variable:
             env[variable["name"]] = local_path(variable["value"])
@@ -144,7 +145,7 @@ def pod_command(
         if field_path.startswith("metadata.labels['") and field_path.endswith("']"):
             env[variable["name"]] = labels[field_path[len("metadata.labels['") : -2]]
             continue
-        resolved = env_source(variable)
+        resolved = value_from(variable)
         if resolved is not None:
             env[variable["name"]] = resolved
     program = modelyard_program()
@@ -235,7 +236,9 @@ class LocalPods:
                 workdir,
                 job_pod_labels(job),
                 lambda config_map: self._config_map(config_map, namespace),
-                lambda _variable: None,  # the chart's Secrets: the local configuration stands in
+                # the chart's ConfigMap and Secrets: the local configuration (local_env) stands in
+                lambda _source: {},
+                lambda _variable: None,
             )
         except ModelyardError as exc:
             self._finish_job(job, started, False, exc.message)
