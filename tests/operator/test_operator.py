@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,6 @@ import yaml
 
 from modelyard.deploy import chart
 from modelyard.errors import NotFound
-from modelyard.operator.local import job_pod_labels, pod_command
 from modelyard.registry import Registry
 
 from ..conftest import S3Service
@@ -188,43 +188,71 @@ class Harness:
     ) -> subprocess.CompletedProcess[str]:
         """Run the Job's pod here, labelled as the Job controller labels it (with the Job's name); ``env``
         overrides what the pod's own env says."""
-        return self.run_pod(job["spec"]["template"]["spec"], workdir, job_pod_labels(job), env or {})
+        template = job["spec"]["template"]
+        labels = {
+            **template["metadata"].get("labels", {}),
+            "batch.kubernetes.io/job-name": job["metadata"]["name"],
+        }
+        return self.run_pod(template["spec"], workdir, labels, env or {})
 
     def run_pod(
         self, pod_spec: dict[str, Any], workdir: Path, labels: dict[str, str], overrides: dict[str, str]
     ) -> subprocess.CompletedProcess[str]:
-        """Run the pod's one container here, as kubelet would (``pod_command``, as `operator --local`
-        does), its env resolved from the namespace: a Secret, ConfigMap or key it names that is missing
-        fails it, as CreateContainerConfigError."""
+        """Run the pod's one container here, as kubelet would: its volumes as folders, its env resolved
+        (a Secret, ConfigMap or key it names that is missing fails it, as CreateContainerConfigError)."""
+        (container,) = pod_spec["containers"]
+        volumes = {volume["name"]: volume for volume in pod_spec.get("volumes", [])}
+        mounts: dict[str, Path] = {}
+        for mount in container.get("volumeMounts", []):
+            local = workdir / mount["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            volume = volumes[mount["name"]]
+            if "configMap" in volume:
+                config_map = self.get("configmap", volume["configMap"]["name"])
+                assert config_map is not None, f"the pod's ConfigMap {volume['configMap']['name']} is missing"
+                for key, text in config_map["data"].items():
+                    (local / key).write_text(text)
+            mounts[mount["mountPath"]] = local
 
-        def config_map(name: str) -> dict[str, str] | None:
-            found = self.get("configmap", name)
-            return None if found is None else dict(found.get("data", {}))
+        def local_path(value: str) -> str:
+            for mount_path in sorted(mounts, key=len, reverse=True):
+                if value == mount_path or value.startswith(mount_path + "/"):
+                    return str(mounts[mount_path]) + value[len(mount_path) :]
+            return value
 
-        def env_from(source: dict[str, Any]) -> dict[str, str]:
+        env = {"PATH": os.environ["PATH"]}
+        for source in container.get("envFrom", []):
             name = source["configMapRef"]["name"]
-            data = config_map(name)
-            assert data is not None, f"CreateContainerConfigError: configmap {name} not found"
-            return data
-
-        def value_from(variable: dict[str, Any]) -> str | None:
+            found_map = self.get("configmap", name)
+            assert found_map is not None, f"CreateContainerConfigError: configmap {name} not found"
+            env.update(found_map.get("data", {}))
+        for variable in container.get("env", []):
+            if "value" in variable:
+                env[variable["name"]] = local_path(variable["value"])
+                continue
             source = variable["valueFrom"]
+            if "fieldRef" in source:
+                label = re.fullmatch(r"metadata\.labels\['(.+)'\]", source["fieldRef"]["fieldPath"])
+                assert label is not None, f"no downward API here for {source['fieldRef']['fieldPath']}"
+                env[variable["name"]] = labels[label[1]]
+                continue
             if "secretKeyRef" in source:
                 ref, kind = source["secretKeyRef"], "secret"
             else:
                 ref, kind = source["configMapKeyRef"], "configmap"
-            data = (self.get(kind, ref["name"]) or {}).get("data", {})
+            found = self.get(kind, ref["name"])
+            data = (found or {}).get("data", {})
             if ref["key"] not in data:
                 assert ref.get("optional"), (
                     f"CreateContainerConfigError: {kind} {ref['name']} lacks {ref['key']}"
                 )
-                return None
+                continue
             value = data[ref["key"]]
-            return base64.b64decode(value).decode() if kind == "secret" else str(value)
-
-        command = pod_command(pod_spec, workdir, labels, config_map, env_from, value_from)
-        env = {**command.env, **overrides}
-        return subprocess.run(command.argv, env=env, capture_output=True, text=True, timeout=300)
+            env[variable["name"]] = base64.b64decode(value).decode() if kind == "secret" else value
+        env.update(overrides)
+        command = [MODELYARD if part == "modelyard" else part for part in container["command"]]
+        args = [local_path(part) for part in container.get("args", [])]
+        return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture

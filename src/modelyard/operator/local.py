@@ -105,13 +105,15 @@ def pod_command(
     config_map: Callable[[str], dict[str, str] | None],
     env_from: Callable[[dict[str, Any]], dict[str, str]],
     value_from: Callable[[dict[str, Any]], str | None],
+    entrypoint: list[str] | None = None,
 ) -> PodCommand:
     """The pod's one container as a local command: each volume a folder under ``workdir`` (a ConfigMap's
     keys written as files, read through ``config_map``), paths under a mount moved to its folder, the
     downward API's labels from ``labels``. What the cluster's objects would give the env is for the
     caller to say: ``env_from`` the variables of an ``envFrom`` entry, ``value_from`` the value of an
     ``env`` entry that names a Secret or ConfigMap key (None leaves it unset). A ConfigMap volume that is
-    missing is a ModelyardError, as kubelet's CreateContainerConfigError."""
+    missing is a ModelyardError, as kubelet's CreateContainerConfigError. ``entrypoint`` stands for the
+    image's, for a container without a command."""
     (container,) = pod_spec["containers"]
     volumes = {volume["name"]: volume for volume in pod_spec.get("volumes", [])}
     mounts: dict[str, Path] = {}
@@ -149,8 +151,9 @@ def pod_command(
         if resolved is not None:
             env[variable["name"]] = resolved
     program = modelyard_program()
-    command = [program if part == "modelyard" else part for part in container["command"]]
-    return PodCommand([*command, *(local_path(arg) for arg in container.get("args", []))], env)
+    command = [program if part == "modelyard" else part for part in container.get("command", [])]
+    args = [local_path(arg) for arg in container.get("args", [])]
+    return PodCommand([*(command or entrypoint or []), *args], env)
 
 
 def job_pod_labels(job: dict[str, Any]) -> dict[str, str]:
