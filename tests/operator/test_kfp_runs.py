@@ -178,3 +178,18 @@ def test_a_kfp_run_is_started_once_and_its_version_found_by_its_name(tmp_path: P
             assert time.monotonic() < deadline, "the KFP run published nothing in 30 minutes"
             time.sleep(10)
     assert published.run_id == run_name(name, first["specHash"])
+
+
+def test_the_compiled_pipeline_hands_its_run_id_parameter_to_the_publish_step() -> None:
+    """What the registry records for a KFP run: the pipeline's run_id reaches publish (the package the
+    operator submits is compiled from the same definition; test_compile keeps this copy fresh)."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "pipelines" / "training.yaml"
+    package = next(yaml.safe_load_all(path.read_text()))  # the IR, then its platform spec
+    root = package["root"]
+    assert root["inputDefinitions"]["parameters"]["run_id"]["defaultValue"] == ""
+    publish = package["components"]["comp-publish"]["inputDefinitions"]["parameters"]["run_id"]
+    assert publish["defaultValue"] == ""
+    gate = package["components"]["comp-condition-3"]["dag"]["tasks"]["publish"]["inputs"]["parameters"]
+    assert gate["run_id"] == {"componentInputParameter": "pipelinechannel--run_id"}
