@@ -210,6 +210,22 @@ def test_kubectl_apply_of_the_example_trains_here_publishes_and_serves_on_127_0_
         said = log.read_text()
         assert f"training {namespace}/{job['metadata']['name']} finished" in said
         assert f"predictor {namespace}/iris serves" in said
+
+        # A run that fails: its Job says Failed, with the exit and the log's end, and so does the Model.
+        broken = {**model, "metadata": {"name": "broken"}}
+        broken["spec"] = {**model["spec"], "data": {"dataset": "absent"}}
+        bare_control_plane.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(broken))
+
+        def failed() -> dict[str, Any] | None:
+            found = bare_control_plane.kubectl("get", "model", "broken", "-n", namespace, "-o", "json")
+            conditions = (json.loads(found.stdout).get("status") or {}).get("conditions", [])
+            trained = next((c for c in conditions if c["type"] == "Trained"), None)
+            return trained if trained is not None and trained["status"] == "False" else None
+
+        trained = wait_for("the broken Model's Trained=False", failed, 120, log)
+        assert trained["reason"] == "TrainingFailed"
+        assert "the training process exited 1" in trained["message"]
+        assert "absent" in trained["message"]
     finally:
         operator.terminate()
         operator.wait(30)
