@@ -305,7 +305,8 @@ class LocalPods:
                 return
             if self.cluster.replace_status(JOB, fresh, status):
                 return
-        raise kopf.TemporaryError(f"Job {meta['name']}: status changed under every write", delay=1)
+        # a thread of this module, not a handler: nothing would retry an exception, so it is said instead
+        self.say(f"Job {meta['namespace']}/{meta['name']}: its status changed under every write; not set")
 
     def _config_map(self, name: str, namespace: str) -> dict[str, str] | None:
         found = self.cluster.get(CONFIG_MAP, name, namespace)
