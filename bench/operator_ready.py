@@ -85,7 +85,7 @@ def main() -> None:
             )
             api = client.CustomObjectsApi(config.new_client_from_config(config_file=str(kubeconfig)))
             resource = yaml.safe_load((ROOT / "examples" / "iris-model.yaml").read_text())
-            resource["spec"]["data"]["path"] = str(ROOT / "examples" / "data" / "iris.csv")
+            resource["spec"]["data"] = {"path": str(ROOT / "examples" / "data" / "iris.csv")}
             del resource["spec"]["training"]
             runtime = {
                 "apiVersion": "serving.kserve.io/v1alpha1",

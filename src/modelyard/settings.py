@@ -262,6 +262,11 @@ class OperatorSettings(BaseModel):
         default_factory=lambda: PodSettings(container_security_context=dict(RESTRICTED_CONTAINER_SECURITY)),
         description="JSON: the pod of every training Job and CronJob, the same fields",
     )
+    local: bool = Field(
+        default=False,
+        description="run training Jobs and predictors on this machine (`modelyard operator --local`): Jobs "
+        "get spec.managedBy modelyard.io/local, which the Job controller leaves alone",
+    )
 
 
 class ConsoleSettings(BaseModel):

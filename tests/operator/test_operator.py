@@ -381,16 +381,14 @@ def test_a_schedule_becomes_a_cron_job_owned_by_the_model(harness: Harness) -> N
     wait_until("the CronJob to go", lambda: harness.get("cronjob", "iris-retrain") is None)
 
 
-def test_a_kfp_runner_is_refused_in_a_condition_until_it_is_built(harness: Harness) -> None:
+def test_a_kfp_runner_without_a_kfp_host_gets_a_condition_and_no_job(harness: Harness) -> None:
     harness.apply(iris_model(training={"runner": "kfp"}))
     trained = wait_until(
-        "Trained=False RunnerNotBuilt",
-        lambda: (
-            (c := harness.condition("iris", "Trained")) is not None and c["reason"] == "RunnerNotBuilt" and c
-        ),
+        "Trained=False NoKfpHost",
+        lambda: (c := harness.condition("iris", "Trained")) is not None and c["reason"] == "NoKfpHost" and c,
     )
     assert trained["status"] == "False"
-    assert "KFP" in trained["message"]
+    assert "MODELYARD_PIPELINE__HOST" in trained["message"]
     assert harness.jobs("iris") == []
     assert harness.model("iris")["status"]["phase"] == "Failed"
 
@@ -695,9 +693,17 @@ def test_objects_of_a_childs_name_that_are_not_the_models_are_neither_adopted_no
     assert harness.get("configmap", "iris-spec") is not None
 
 
-def test_auto_trains_in_a_job_even_with_a_kfp_host_set(harness: Harness) -> None:
+def test_auto_trains_through_kfp_when_a_kfp_host_is_set(harness: Harness) -> None:
     harness.stop_operator()
     harness.start_operator(MODELYARD_PIPELINE__HOST="http://127.0.0.1:9")
     harness.apply(iris_model(training={"runner": "auto"}))
-    wait_until("the training Job", lambda: harness.jobs("iris"))
-    assert harness.condition("iris", "Trained")["reason"] != "RunnerNotBuilt"  # type: ignore[index]
+    trained = wait_until(
+        "Trained=False KfpUnreachable",
+        lambda: (
+            (c := harness.condition("iris", "Trained")) is not None and c["reason"] == "KfpUnreachable" and c
+        ),
+    )
+    assert trained["message"].startswith(
+        "cannot start a KFP run: cannot reach Kubeflow Pipelines at http://127.0.0.1:9"
+    )
+    assert harness.jobs("iris") == []

@@ -89,8 +89,9 @@ def test_prepare_tune_decide_publish_deploy(settings: Settings, tmp_path: Path) 
     report, card = str(tmp_path / "report.html"), str(tmp_path / "card.md")
     record = steps.publish(spec_yaml, prepared.features_json, summaries, decision.winner_json,
                            str(tmp_path / "w"), decision.evaluation_json, train, holdout, fingerprint,
-                           prepared.dataset, report, card)  # fmt: skip
+                           prepared.dataset, report, card, run_id="iris-train-0123456789")  # fmt: skip
     assert (record.name, record.version, record.stage) == ("iris", 1, Stage.STAGING)
+    assert record.run_id == "iris-train-0123456789"  # the pipeline's run_id parameter (the operator's run)
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
     assert record.storage_uri == f"{settings.store_uri}/iris/1"
     summary = json.loads(steps.run_summary(summaries, decision.winner_json, decision.evaluation_json,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from modelyard.cli.common import err, reports_errors, settings
 from modelyard.errors import InvalidInput
+from modelyard.settings import Settings
 
 
 @reports_errors
@@ -23,6 +24,13 @@ def operator_command(
         str | None,
         typer.Option("--liveness", help="Serve a liveness probe here, e.g. http://0.0.0.0:8080/healthz."),
     ] = None,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local",
+            help="Run training Jobs and predictors on this machine (the local control plane runs no pods).",
+        ),
+    ] = False,
 ) -> None:
     """Train, serve and roll out every Model resource (models.modelyard.io) it watches."""
     if bool(namespaces) == all_namespaces:
@@ -34,14 +42,36 @@ def operator_command(
     from modelyard.registry import Registry
 
     current = settings()
+    local = local or current.operator.local
+    if local:
+        current = current.model_copy(update={"operator": current.operator.model_copy(update={"local": True})})
     with Registry(current.database_url) as registry:
-        controller = Controller(settings=current, cluster=Cluster(), registry=registry)
+        cluster = Cluster()
+        controller = Controller(settings=current, cluster=cluster, registry=registry)
+        kopf_registry = build_registry(controller, clusterwide=all_namespaces)
+        pods = start_local(current, cluster, kopf_registry) if local else None
         watched = "every namespace" if all_namespaces else ", ".join(namespaces or [])
-        err.print(f"modelyard operator: watching Models in {watched}", highlight=False)
-        kopf.run(
-            registry=build_registry(controller, clusterwide=all_namespaces),
-            standalone=True,
-            clusterwide=all_namespaces,
-            namespaces=namespaces or [],
-            liveness_endpoint=liveness,
-        )
+        where = "; training and predictors run on this machine" if local else ""
+        err.print(f"modelyard operator: watching Models in {watched}{where}", highlight=False)
+        try:
+            kopf.run(
+                registry=kopf_registry,
+                standalone=True,
+                clusterwide=all_namespaces,
+                namespaces=namespaces or [],
+                liveness_endpoint=liveness,
+            )
+        finally:
+            if pods is not None:
+                pods.stop()
+
+
+def start_local(current: Settings, cluster: Any, kopf_registry: Any) -> Any:
+    """The local pods' runner, its handlers added to ``kopf_registry``; KServeRunning when KServe's
+    manager would fight it for the InferenceServices' status."""
+    from modelyard.operator.local import LocalPods, check_no_kserve, register
+
+    check_no_kserve(cluster.client.client)
+    pods = LocalPods(current, cluster, lambda line: err.print(line, highlight=False))
+    register(kopf_registry, pods)
+    return pods

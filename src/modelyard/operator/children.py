@@ -38,6 +38,8 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # what the Job controller label
 NAME_LIMIT = 63  # a Job's name is a label value of its pods
 CRON_JOB_NAME_LIMIT = 52  # the CronJob controller appends 11 characters to name each Job
 NAME_HASH_LENGTH = 6
+# spec.managedBy of a Job under `modelyard operator --local`: the Job controller leaves it alone
+LOCAL_JOB_MANAGER = "modelyard.io/local"
 
 
 def spec_hash(spec: ModelSpec) -> str:
@@ -158,8 +160,13 @@ def training_job(
             "backoffLimit": 0,  # a failed run is reported, not repeated: the gate's verdict does not change
             "activeDeadlineSeconds": policies.training.timeout_seconds,
             "template": _pod_template(model, settings, trigger),
+            **_managed_by(settings),
         },
     }
+
+
+def _managed_by(settings: Settings) -> dict[str, str]:
+    return {"managedBy": LOCAL_JOB_MANAGER} if settings.operator.local else {}
 
 
 def schedule_name(model: str) -> str:
@@ -181,6 +188,7 @@ def training_cron_job(model: str, schedule: str, settings: Settings, policies: P
                     "backoffLimit": 0,
                     "activeDeadlineSeconds": policies.training.timeout_seconds,
                     "template": _pod_template(model, settings, "schedule"),
+                    **_managed_by(settings),
                 },
             },
         },

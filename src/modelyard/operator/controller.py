@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import kopf
 
-from modelyard.operator import children
+from modelyard.operator import children, kfp_runs
 from modelyard.operator.analysis import FAIL, PASS, Analysis, Prometheus, PrometheusError, Verdict
 from modelyard.operator.conditions import (
     PUBLISHED,
@@ -56,7 +56,6 @@ from modelyard.operator.resource import (
     Policies,
     ResourceSpecError,
     RolloutPolicy,
-    Runner,
     parse_resource_spec,
 )
 from modelyard.registry import Registry, Stage
@@ -122,17 +121,16 @@ class Controller:
                 self._say(body, "InvalidSpec", exc.message, warning=True)
             new.update(phase="Invalid", conditions=conditions.as_list())
             return _checked(new)
-        if policies.training.runner is Runner.KFP:
-            message = "runner kfp: training through KFP is not built yet; use runner job (or auto)"
-            if conditions.set(TRAINED, False, "RunnerNotBuilt", message):
-                self._say(body, "RunnerNotBuilt", message, warning=True)
-            new.update(phase="Failed", conditions=conditions.as_list())
-            return _checked(new)
         try:
             self._ensure_inputs(body, spec, policies)
-            run = self._current_run(body, old, spec, policies)
+            if kfp_runs.uses_kfp(policies.training.runner, self.settings):
+                kfp = kfp_runs.KfpRuns(self.settings)
+                run = kfp.current_run(body, old.get("latestRun"), spec, policies, conditions, self._say)
+                published = kfp.observe(body, run, conditions, self._published_by, self._say)
+            else:
+                run = self._current_run(body, old, spec, policies)
+                published = self._observe_run(body, run, conditions)
             new["latestRun"] = run
-            published = self._observe_run(body, run, conditions)
             new.update(self._serve(body, old, published, policies, conditions))
         except (NotOurs, KindMissing) as exc:
             reason = "NameTaken" if isinstance(exc, NotOurs) else "KindMissing"

@@ -35,14 +35,16 @@ class _Policy(BaseModel):
 
 
 class Runner(StrEnum):
-    AUTO = "auto"  # what is built: a Job (KFP runs are not built yet)
+    AUTO = "auto"  # a KFP run when MODELYARD_PIPELINE__HOST is set, else a Job
     JOB = "job"
-    KFP = "kfp"  # refused with a condition until it is built
+    KFP = "kfp"
 
 
 class TrainingPolicy(_Policy):
     runner: Runner = Field(
-        default=Runner.AUTO, description="auto and job: a Job; kfp: not built yet (a condition says so)"
+        default=Runner.AUTO,
+        description="job: a Job running `modelyard train`; kfp: a run of the training pipeline on "
+        "MODELYARD_PIPELINE__HOST; auto: kfp when that host is set, else job",
     )
     schedule: str | None = Field(
         default=None, pattern=CRON_PATTERN, description="retrain on this cron schedule (5 fields)"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,12 +80,15 @@ def _client(host: str) -> Any:
         raise ModelyardError(f"cannot reach Kubeflow Pipelines at {host}: {exc}") from exc
 
 
-def _arguments(spec: ModelSpec, auto_deploy: bool, inference_service: str, namespace: str) -> dict[str, Any]:
+def _arguments(
+    spec: ModelSpec, auto_deploy: bool, inference_service: str, namespace: str, run_id: str = ""
+) -> dict[str, Any]:
     return {
         "spec_yaml": spec_to_yaml(spec),
         "auto_deploy": auto_deploy,
         "inference_service": inference_service,
         "namespace": namespace,
+        "run_id": run_id,
     }
 
 
@@ -108,20 +112,59 @@ def upload(host: str, name: str, description: str = "") -> Submitted:
 
 
 def run(
-    host: str, spec: ModelSpec, *, auto_deploy: bool, inference_service: str, namespace: str
+    host: str,
+    spec: ModelSpec,
+    *,
+    auto_deploy: bool,
+    inference_service: str,
+    namespace: str,
+    run_name: str = "",
 ) -> Submitted:
-    """Start one run of the training pipeline for ``spec``."""
+    """Start one run of the training pipeline for ``spec``; a ``run_name`` given is also the run id its
+    version is registered under (the operator finds the run's version by it)."""
     client = _client(host)
     with tempfile.TemporaryDirectory() as scratch:
         package = compile_pipelines(Path(scratch))[0]
         result = client.create_run_from_pipeline_package(
             str(package),
-            arguments=_arguments(spec, auto_deploy, inference_service, namespace),
-            run_name=f"{spec.name}-{_stamp()}",
+            arguments=_arguments(spec, auto_deploy, inference_service, namespace, run_name),
+            run_name=run_name or f"{spec.name}-{_stamp()}",
             experiment_name=EXPERIMENT,
             namespace=None,
         )
     return Submitted("run", result.run_id, f"{host}/#/runs/details/{result.run_id}")
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A KFP run as `kfp.Client.get_run` reports it: its state (V2beta1RuntimeState's names) and error."""
+
+    id: str
+    state: str
+    error: str
+
+
+def find_run(host: str, run_name: str) -> str | None:
+    """The id of the newest run named ``run_name``, if KFP has one."""
+    import json
+
+    client = _client(host)
+    predicate = {"operation": "EQUALS", "key": "display_name", "stringValue": run_name}
+    with _reaching(host):
+        found = client.list_runs(
+            page_size=1, sort_by="created_at desc", filter=json.dumps({"predicates": [predicate]})
+        )
+    runs = found.runs or []
+    return str(runs[0].run_id) if runs else None
+
+
+def run_state(host: str, run_id: str) -> RunState:
+    """How the run ``run_id`` stands."""
+    client = _client(host)
+    with _reaching(host):
+        found = client.get_run(run_id)
+    error = found.error.message if found.error is not None and found.error.message else ""
+    return RunState(run_id, str(found.state or "RUNTIME_STATE_UNSPECIFIED"), error)
 
 
 def schedule(
@@ -150,6 +193,18 @@ def schedule(
     return Submitted(
         "recurring run", job.recurring_run_id, f"{host}/#/recurringrun/details/{job.recurring_run_id}"
     )
+
+
+@contextmanager
+def _reaching(host: str) -> Iterator[None]:
+    """KFP's API and transport errors as a ModelyardError naming the host."""
+    import kfp_server_api  # type: ignore[import-untyped]
+    import urllib3
+
+    try:
+        yield
+    except (kfp_server_api.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise ModelyardError(f"Kubeflow Pipelines at {host}: {exc}") from exc
 
 
 def _stamp() -> str:

@@ -145,8 +145,10 @@ def publish(
     dataset_ref: str,
     report: Output[HTML],
     model_card: Output[Markdown],
+    run_id: str = "",
 ) -> NamedTuple("PublishOutputs", [("name", str), ("version", int), ("summary", str)]):
-    """Write the bundle, publish it to the object store, record it in the registry (stage staging)."""
+    """Write the bundle, publish it to the object store, record it in the registry (stage staging), under
+    ``run_id`` when one is given (the operator's name for the run)."""
     import json
     from collections import namedtuple
 
@@ -166,6 +168,7 @@ def publish(
         dataset_ref,
         report.path,
         model_card.path,
+        run_id=run_id,
     )
     report.metadata.update({"model": record.ref, "storage_uri": record.storage_uri})
     model_card.metadata.update({"model": record.ref})

@@ -238,8 +238,11 @@ def publish(
     dataset: str,
     report_path: str,
     card_path: str,
+    *,
+    run_id: str = "",
 ) -> ModelVersionRecord:
-    """Write the bundle, publish it (files first, verified, registry row last) in stage staging."""
+    """Write the bundle, publish it (files first, verified, registry row last) in stage staging; ``run_id``
+    (else MODELYARD_PIPELINE__RUN_ID) is recorded with the version."""
     import joblib
     import pandas as pd
 
@@ -270,6 +273,10 @@ def publish(
     Path(report_path).write_text(result.report_html, encoding="utf-8")
     Path(card_path).write_text(result.model_card_md, encoding="utf-8")
     settings = _settings()
+    if run_id:
+        settings = settings.model_copy(
+            update={"pipeline": settings.pipeline.model_copy(update={"run_id": run_id})}
+        )
     name, version = parse_dataset_ref(dataset)
     with Registry(settings.database_url) as registry, tempfile.TemporaryDirectory() as scratch:
         dataset_record = registry.get_dataset(name, version)

@@ -90,6 +90,7 @@ def training_pipeline(
     auto_deploy: bool = False,
     inference_service: str = "",
     namespace: str = "kubeflow",
+    run_id: str = "",
 ) -> str:
     # Never cached: the fingerprint of the data as it is now is what keys every cached step below, so a
     # file changed in place is read again while an unchanged one reuses the earlier run's work.
@@ -118,6 +119,7 @@ def training_pipeline(
                 holdout=prepare.outputs["holdout"],
                 fingerprint=fingerprint.output,
                 dataset_ref=prepare.outputs["dataset_ref"],
+                run_id=run_id,
             )
         )
         publish.set_caching_options(False)

@@ -1,0 +1,179 @@
+"""Training through Kubeflow Pipelines: `spec.training.runner: kfp` (or `auto` with
+``MODELYARD_PIPELINE__HOST`` set) starts a run of the training pipeline through ``kfp.Client``
+(modelyard.pipeline.client) instead of a Job, and follows it with ``get_run``.
+
+A run is named as its Job would be (``<model>-train-<hash>``, ``<model>-alert-<hash>``), and that name is
+the run id the pipeline's publish step records with the version, so the run's version is found in the
+registry as a Job's is. Before a run is created, KFP is asked for one of that name: a handler repeated
+after a crash finds the first run instead of starting a second. ``status.latestRun.name`` holds KFP's own
+run id. A retraining request whose run exists already was answered before; it is not taken up again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from modelyard.errors import ModelyardError
+from modelyard.operator import children
+from modelyard.operator.conditions import PUBLISHED, TRAINED, Conditions
+from modelyard.operator.resource import Policies, Runner
+from modelyard.registry.records import ModelVersionRecord
+from modelyard.settings import Settings
+from modelyard.spec import ModelSpec
+
+KIND = "KFP"
+SUCCEEDED, FAILED, CANCELED, SKIPPED = "SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"
+
+Say = Callable[..., None]
+
+
+def uses_kfp(runner: Runner, settings: Settings) -> bool:
+    """Whether a Model with this runner trains through KFP: kfp always, auto when a KFP host is set."""
+    return runner is Runner.KFP or (runner is Runner.AUTO and bool(settings.pipeline.host))
+
+
+def run_name(model: str, spec_hash: str, request: str | None = None) -> str:
+    """The run's name in KFP and its run id in the registry: its Job's name."""
+    if request is None:
+        return children.training_job_name(model, spec_hash)
+    return children.retrain_job_name(model, request)
+
+
+def registry_run_id(model: str, run: dict[str, Any]) -> str:
+    """The run id the version of ``run`` (a status.latestRun of kind KFP) is registered under."""
+    return run_name(model, run["specHash"], run.get("request"))
+
+
+def trained_condition(name: str, state: str, error: str) -> tuple[bool | None, str, str]:
+    """Trained's status, reason and message for a run in ``state`` that published no version (yet)."""
+    if state == SUCCEEDED:
+        return (
+            False,
+            "NothingPublished",
+            f"KFP run {name} finished and published no version: the gate refused the model (see the run)",
+        )
+    if state == FAILED:
+        return False, "TrainingFailed", f"KFP run {name} failed: {error or 'no error given'}"
+    if state in (CANCELED, SKIPPED):
+        return False, "RunCanceled", f"KFP run {name} was {state.lower()}"
+    return None, "Training", f"KFP run {name} is {state.lower().replace('_', ' ')}"
+
+
+@dataclass
+class KfpRuns:
+    """Starts and follows the KFP runs of Models, against ``settings.pipeline.host``."""
+
+    settings: Settings
+
+    def current_run(
+        self,
+        body: dict[str, Any],
+        recorded: dict[str, Any] | None,
+        spec: ModelSpec,
+        policies: Policies,
+        conditions: Conditions,
+        say: Say,
+    ) -> dict[str, Any] | None:
+        """The run that trains the current spec (started here if there is none), or None when KFP cannot
+        be reached and nothing was recorded; Trained says why."""
+        meta = body["metadata"]
+        name = meta["name"]
+        hash_ = children.spec_hash(spec)
+        run = dict(recorded) if recorded and recorded.get("kind") == KIND else None
+        if not self.settings.pipeline.host:
+            message = "runner kfp needs a KFP host: set MODELYARD_PIPELINE__HOST where the operator runs"
+            if conditions.set(TRAINED, False, "NoKfpHost", message):
+                say(body, "NoKfpHost", message, warning=True)
+            return run
+        try:
+            if run is None or run.get("specHash") != hash_:
+                run = self._start(body, spec, hash_, None, say)
+            request = (meta.get("annotations") or {}).get(children.RETRAIN_ANNOTATION)
+            if request and run.get("request") != request:
+                if not policies.training.retrain_on_alert:
+                    message = f"retraining requested ({request}), but spec.training.retrain_on_alert is false"
+                    say(body, "RetrainIgnored", message)
+                elif self._find(run_name(name, hash_, request)) is None:
+                    run = self._start(body, spec, hash_, request, say)
+        except ModelyardError as exc:
+            message = f"cannot start a KFP run: {exc.message}"
+            if conditions.set(TRAINED, False, "KfpUnreachable", message):
+                say(body, "KfpUnreachable", message, warning=True)
+        return run
+
+    def observe(
+        self,
+        body: dict[str, Any],
+        run: dict[str, Any] | None,
+        conditions: Conditions,
+        published_by: Callable[[str, str], ModelVersionRecord | None],
+        say: Say,
+    ) -> ModelVersionRecord | None:
+        """The version the run published, if any; Trained and Published say how the run stands."""
+        if run is None:
+            return None
+        model = body["metadata"]["name"]
+        name = registry_run_id(model, run)
+        published = published_by(model, name)
+        if published is not None:
+            message = f"KFP run {name} published {published.ref} ({published.stage.value})"
+            if conditions.set(TRAINED, True, "Trained", message):
+                say(body, "Trained", message)
+            conditions.set(PUBLISHED, True, "Published", f"{published.ref} at {published.storage_uri}")
+            return published
+        from modelyard.pipeline.client import run_state
+
+        try:
+            state = run_state(self.settings.pipeline.host, run["name"])
+        except ModelyardError as exc:
+            conditions.set(TRAINED, None, "KfpUnreachable", f"cannot follow KFP run {name}: {exc.message}")
+            return None
+        status, reason, message = trained_condition(name, state.state, state.error)
+        if conditions.set(TRAINED, status, reason, message) and status is False:
+            say(body, reason, message, warning=True)
+        return None
+
+    def _find(self, name: str) -> str | None:
+        from modelyard.pipeline.client import find_run
+
+        return find_run(self.settings.pipeline.host, name)
+
+    def _start(
+        self, body: dict[str, Any], spec: ModelSpec, hash_: str, request: str | None, say: Say
+    ) -> dict[str, Any]:
+        from modelyard.pipeline.client import run
+
+        meta = body["metadata"]
+        name = run_name(meta["name"], hash_, request)
+        run_id = self._find(name)
+        if run_id is None:
+            submitted = run(
+                self.settings.pipeline.host,
+                spec,
+                auto_deploy=False,
+                inference_service="",
+                namespace=meta["namespace"],
+                run_name=name,
+            )
+            run_id = submitted.id
+            reason = "TrainingStarted" if request is None else "RetrainingStarted"
+            say(body, reason, f"KFP run {name} ({run_id}) trains {meta['name']}: {submitted.url}")
+        started: dict[str, Any] = {
+            "kind": KIND,
+            "name": run_id,
+            "generation": int(meta.get("generation", 1)),
+            "trigger": "spec" if request is None else "alert",
+            "specHash": hash_,
+            "startedAt": _now(),
+        }
+        if request is not None:
+            started["request"] = request
+        return started
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

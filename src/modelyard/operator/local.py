@@ -1,0 +1,491 @@
+"""`modelyard operator --local`: the work of the pods the local control plane never runs, done on this
+machine. kwok runs no containers, so a training Job the operator makes is run here as a process (its
+command, arguments, literal env and volumes, as kubelet would start its one container) and its status set
+from the process's exit, and an InferenceService is served by a local predictor (``python -m
+modelyard.serving`` with its env, its storageUri fetched to a local bundle) whose URL on 127.0.0.1 the
+InferenceService's status reports.
+
+The local configuration stands in for the cluster's: the registry and object store are this machine's
+(``MODELYARD_DATABASE_URL``, ``MODELYARD_STORE_URI``), not the chart's Secrets the pod names. Jobs made
+in local mode carry ``spec.managedBy: modelyard.io/local``, so the Job controller leaves them (and their
+status) to this module; the InferenceService's status is this module's too, so KServe's manager must not
+run beside it (``check_no_kserve``). A Job that has not finished when the operator starts is run again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from modelyard.errors import ModelyardError
+from modelyard.operator import children
+from modelyard.operator.kube import CONFIG_MAP, INFERENCE_SERVICE, JOB, Cluster
+from modelyard.settings import Settings
+
+KSERVE_WEBHOOK = "inferenceservice.serving.kserve.io"  # what KServe's manager registers
+LOCAL_HOST = "127.0.0.1"
+READY_TIMEOUT_S = 120.0
+STATUS_ATTEMPTS = 5
+LOG_TAIL_CHARS = 2000
+
+
+class KServeRunning(ModelyardError):
+    """KServe's manager serves the control plane: it, not the local predictors, would own the status."""
+
+    status_code = 409
+
+
+def check_no_kserve(api_client: Any) -> None:
+    """KServeRunning when KServe's InferenceService webhook is registered on the API server."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    try:
+        client.AdmissionregistrationV1Api(api_client).read_mutating_webhook_configuration(KSERVE_WEBHOOK)
+    except ApiException as exc:
+        if exc.status == 404:
+            return
+        raise
+    raise KServeRunning(
+        "KServe's manager runs on this control plane (its webhook "
+        f"{KSERVE_WEBHOOK} is registered) and would own the InferenceServices' status that the local "
+        "predictors report: start the control plane without it (scripts/cluster.py up --no-kserve)"
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOCAL_HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def modelyard_program() -> str:
+    """The `modelyard` of this interpreter's environment (the one running the operator)."""
+    beside = Path(sys.executable).parent / "modelyard"
+    return str(beside) if beside.exists() else shutil.which("modelyard") or "modelyard"
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-LOG_TAIL_CHARS:].strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class PodCommand:
+    """What kubelet would start for a pod's one container, as a local process."""
+
+    argv: list[str]
+    env: dict[str, str]
+
+
+def pod_command(
+    pod_spec: dict[str, Any],
+    workdir: Path,
+    labels: dict[str, str],
+    config_map: Callable[[str], dict[str, str] | None],
+    env_from: Callable[[dict[str, Any]], dict[str, str]],
+    value_from: Callable[[dict[str, Any]], str | None],
+    entrypoint: list[str] | None = None,
+) -> PodCommand:
+    """The pod's one container as a local command: each volume a folder under ``workdir`` (a ConfigMap's
+    keys written as files, read through ``config_map``), paths under a mount moved to its folder, the
+    downward API's labels from ``labels``. What the cluster's objects would give the env is for the
+    caller to say: ``env_from`` the variables of an ``envFrom`` entry, ``value_from`` the value of an
+    ``env`` entry that names a Secret or ConfigMap key (None leaves it unset). A ConfigMap volume that is
+    missing is a ModelyardError, as kubelet's CreateContainerConfigError. ``entrypoint`` stands for the
+    image's, for a container without a command."""
+    (container,) = pod_spec["containers"]
+    volumes = {volume["name"]: volume for volume in pod_spec.get("volumes", [])}
+    mounts: dict[str, Path] = {}
+    for mount in container.get("volumeMounts", []):
+        local = workdir / mount["name"]
+        local.mkdir(parents=True, exist_ok=True)
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            name = volume["configMap"]["name"]
+            data = config_map(name)
+            if data is None:
+                raise ModelyardError(f"CreateContainerConfigError: configmap {name} not found")
+            for key, text in data.items():
+                (local / key).write_text(text)
+        mounts[mount["mountPath"]] = local
+
+    def local_path(value: str) -> str:
+        for mount_path in sorted(mounts, key=len, reverse=True):
+            if value == mount_path or value.startswith(mount_path + "/"):
+                return str(mounts[mount_path]) + value[len(mount_path) :]
+        return value
+
+    env = {"PATH": os.environ.get("PATH", "")}
+    for source in container.get("envFrom", []):
+        env.update(env_from(source))
+    for variable in container.get("env", []):
+        if "value" in variable:
+            env[variable["name"]] = local_path(variable["value"])
+            continue
+        field_path = variable["valueFrom"].get("fieldRef", {}).get("fieldPath", "")
+        if field_path.startswith("metadata.labels['") and field_path.endswith("']"):
+            env[variable["name"]] = labels[field_path[len("metadata.labels['") : -2]]
+            continue
+        resolved = value_from(variable)
+        if resolved is not None:
+            env[variable["name"]] = resolved
+    program = modelyard_program()
+    command = [program if part == "modelyard" else part for part in container.get("command", [])]
+    args = [local_path(arg) for arg in container.get("args", [])]
+    return PodCommand([*(command or entrypoint or []), *args], env)
+
+
+def job_pod_labels(job: dict[str, Any]) -> dict[str, str]:
+    """The labels the Job controller gives the Job's pods (its name among them)."""
+    template = job["spec"]["template"]
+    return {**template["metadata"].get("labels", {}), children.JOB_NAME_LABEL: job["metadata"]["name"]}
+
+
+def _finished(job: dict[str, Any]) -> bool:
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
+
+
+def _condition(type_: str, reason: str, message: str, at: str) -> dict[str, str]:
+    return {
+        "type": type_,
+        "status": "True",
+        "reason": reason,
+        "message": message,
+        "lastProbeTime": at,
+        "lastTransitionTime": at,
+    }
+
+
+@dataclass
+class _Predictor:
+    key: tuple[str, tuple[tuple[str, str], ...]]
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+
+class LocalPods:
+    """Runs the training Jobs and predictors of the Models the operator manages, on this machine."""
+
+    def __init__(self, settings: Settings, cluster: Cluster, say: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.say = say
+        self.workdir = settings.home / "operator-local"
+        self._lock = threading.Lock()
+        self._jobs: dict[str, subprocess.Popen[bytes] | None] = {}  # by uid; None: starting
+        self._predictors: dict[tuple[str, str], _Predictor] = {}
+        self._service_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._stopping = threading.Event()
+
+    def local_env(self, pod_env: dict[str, str]) -> dict[str, str]:
+        """A process's env: this machine's, the pod's own, and this machine's registry and store in place
+        of the Secrets and ConfigMap a pod would read."""
+        passed = {key: value for key, value in os.environ.items() if key != "KUBECONFIG"}
+        return {
+            **passed,
+            **pod_env,
+            "MODELYARD_DATABASE_URL": self.settings.database_url,
+            "MODELYARD_STORE_URI": self.settings.store_uri,
+        }
+
+    # ------------------------------------------------------------------ training Jobs
+
+    def on_job(self, job: dict[str, Any]) -> None:
+        """Run ``job`` here if it is a local Job that has not finished and is not running already."""
+        if job["spec"].get("managedBy") != children.LOCAL_JOB_MANAGER or _finished(job):
+            return
+        uid = job["metadata"]["uid"]
+        with self._lock:
+            if uid in self._jobs or self._stopping.is_set():
+                return
+            self._jobs[uid] = None
+        threading.Thread(target=self._run_job, args=(job,), name=f"job-{uid}", daemon=True).start()
+
+    def _run_job(self, job: dict[str, Any]) -> None:
+        meta = job["metadata"]
+        name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+        workdir = self.workdir / namespace / name
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        log = workdir / "pod.log"
+        started = (job.get("status") or {}).get("startTime") or _now()
+        self._write_job_status(job, {"startTime": started, "active": 1})
+        try:
+            command = pod_command(
+                job["spec"]["template"]["spec"],
+                workdir,
+                job_pod_labels(job),
+                lambda config_map: self._config_map(config_map, namespace),
+                # the chart's ConfigMap and Secrets: the local configuration (local_env) stands in
+                lambda _source: {},
+                lambda _variable: None,
+            )
+        except ModelyardError as exc:
+            self._finish_job(job, started, False, exc.message)
+            return
+        env = self.local_env(command.env)
+        self.say(f"training {namespace}/{name} started (log: {log})")
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                command.argv, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=workdir
+            )
+            with self._lock:
+                self._jobs[uid] = process
+            deadline = job["spec"].get("activeDeadlineSeconds")
+            try:
+                code = process.wait(timeout=deadline)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                self._finish_job(job, started, False, f"DeadlineExceeded: ran longer than {deadline} s")
+                return
+        if self._stopping.is_set():
+            return  # stopped with the operator: the Job is run again when it starts
+        if code == 0:
+            self.say(f"training {namespace}/{name} finished")
+            self._finish_job(job, started, True, "the training process exited 0")
+        else:
+            why = f"the training process exited {code}: {_tail(log)[-500:]}"
+            self.say(f"training {namespace}/{name} failed: exit {code} (log: {log})")
+            self._finish_job(job, started, False, why)
+
+    def _finish_job(self, job: dict[str, Any], started: str, succeeded: bool, message: str) -> None:
+        at = _now()
+        if succeeded:
+            status: dict[str, Any] = {
+                "startTime": started,
+                "completionTime": at,
+                "active": 0,
+                "succeeded": 1,
+                "conditions": [
+                    _condition("SuccessCriteriaMet", "CompletionsReached", message, at),
+                    _condition("Complete", "CompletionsReached", message, at),
+                ],
+            }
+        else:
+            status = {
+                "startTime": started,
+                "active": 0,
+                "failed": 1,
+                "conditions": [
+                    _condition("FailureTarget", "BackoffLimitExceeded", message, at),
+                    _condition("Failed", "BackoffLimitExceeded", message, at),
+                ],
+            }
+        self._write_job_status(job, status)
+
+    def _write_job_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = job["metadata"]
+        for _ in range(STATUS_ATTEMPTS):
+            fresh = self.cluster.get(JOB, meta["name"], meta["namespace"])
+            if fresh is None or fresh["metadata"]["uid"] != meta["uid"]:
+                return
+            if self.cluster.replace_status(JOB, fresh, status):
+                return
+        # a thread of this module, not a handler: nothing would retry an exception, so it is said instead
+        self.say(f"Job {meta['namespace']}/{meta['name']}: its status changed under every write; not set")
+
+    def _config_map(self, name: str, namespace: str) -> dict[str, str] | None:
+        found = self.cluster.get(CONFIG_MAP, name, namespace)
+        return None if found is None else dict(found.get("data") or {})
+
+    # ------------------------------------------------------------------ predictors
+
+    def on_inference_service(self, service: dict[str, Any]) -> None:
+        """Serve ``service`` with a local predictor (a new one when its storageUri or env changed)."""
+        meta = service["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            lock = self._service_locks.setdefault(key, threading.Lock())
+        threading.Thread(target=self._serve, args=(service, lock), daemon=True).start()
+
+    def _serve(self, service: dict[str, Any], lock: threading.Lock) -> None:
+        meta = service["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        model = (service.get("spec") or {}).get("predictor", {}).get("model", {})
+        storage_uri = model.get("storageUri", "")
+        env = tuple((variable["name"], str(variable.get("value", ""))) for variable in model.get("env") or [])
+        wanted = (storage_uri, env)
+        with lock:
+            current = self._predictors.get((namespace, name))
+            if current is not None and current.key == wanted and current.process.poll() is None:
+                self._report(
+                    namespace, name, True, current.url, f"the local predictor serves at {current.url}"
+                )
+                return
+            if current is not None:
+                self._stop_predictor(current)
+                del self._predictors[(namespace, name)]
+            try:
+                predictor = self._start_predictor(namespace, name, storage_uri, dict(env), wanted)
+            except ModelyardError as exc:
+                self.say(f"predictor {namespace}/{name} failed: {exc.message}")
+                self._report(namespace, name, False, None, exc.message)
+                return
+            self._predictors[(namespace, name)] = predictor
+            self.say(f"predictor {namespace}/{name} serves {storage_uri} at {predictor.url}")
+            self._report(
+                namespace, name, True, predictor.url, f"the local predictor serves at {predictor.url}"
+            )
+
+    def _start_predictor(
+        self,
+        namespace: str,
+        name: str,
+        storage_uri: str,
+        env: dict[str, str],
+        key: tuple[str, tuple[tuple[str, str], ...]],
+    ) -> _Predictor:
+        from modelyard.bundle import fetch_bundle
+
+        version = env.get(children.MODEL_VERSION_ENV, "model")
+        folder = self.workdir / namespace / f"{name}-predictor"
+        folder.mkdir(parents=True, exist_ok=True)
+        bundle = fetch_bundle(storage_uri, folder / "bundles" / version, s3=self.settings.s3)
+        http_port, metrics_port = free_port(), free_port()
+        log = folder / f"predictor-{version}.log"
+        argv = [
+            sys.executable,
+            "-m",
+            "modelyard.serving",
+            f"--model-dir={bundle}",
+            f"--model-name={name}",
+            f"--host={LOCAL_HOST}",
+            f"--http-port={http_port}",
+            "--grpc-port=0",
+            f"--metrics-port={metrics_port}",
+        ]
+        process_env = self.local_env({"MODELYARD_HOME": str(folder / "home"), **env})
+        with log.open("ab") as output:
+            process = subprocess.Popen(argv, env=process_env, stdout=output, stderr=subprocess.STDOUT)
+        predictor = _Predictor(key, process, f"http://{LOCAL_HOST}:{http_port}", log)
+        ready = f"http://{LOCAL_HOST}:{metrics_port}/v2/health/ready"
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not _answers(ready):
+            if process.poll() is not None or time.monotonic() > deadline or self._stopping.is_set():
+                self._stop_predictor(predictor)
+                raise ModelyardError(f"the local predictor did not become ready: {_tail(log)[-500:]}")
+            time.sleep(0.2)
+        return predictor
+
+    def _report(self, namespace: str, name: str, ready: bool, url: str | None, message: str) -> None:
+        """Write the InferenceService's status as KServe would: Ready, and the URL it answers on."""
+        for _ in range(STATUS_ATTEMPTS):
+            service = self.cluster.get(INFERENCE_SERVICE, name, namespace)
+            if service is None:
+                return
+            old = service.get("status") or {}
+            ready_condition: dict[str, Any] = next(
+                (c for c in old.get("conditions") or [] if c.get("type") == "Ready"), {}
+            )
+            state = "True" if ready else "False"
+            if old.get("url") == url and ready_condition.get("status") == state:
+                return
+            at = _now()
+            conditions = [
+                {"type": kind, "status": state, "message": message, "lastTransitionTime": at}
+                for kind in ("PredictorReady", "Ready")
+            ]
+            status: dict[str, Any] = {**old, "conditions": conditions}
+            if url is None:
+                status.pop("url", None)
+                status.pop("address", None)
+            else:
+                status.update(url=url, address={"url": url})
+            if self.cluster.replace_status(INFERENCE_SERVICE, service, status):
+                return
+
+    def forget_inference_service(self, namespace: str, name: str) -> None:
+        with self._lock:
+            predictor = self._predictors.pop((namespace, name), None)
+        if predictor is not None:
+            self._stop_predictor(predictor)
+            self.say(f"predictor {namespace}/{name} stopped")
+
+    @staticmethod
+    def _stop_predictor(predictor: _Predictor) -> None:
+        if predictor.process.poll() is None:
+            predictor.process.terminate()
+            try:
+                predictor.process.wait(15)
+            except subprocess.TimeoutExpired:
+                predictor.process.kill()
+                predictor.process.wait()
+
+    def stop(self) -> None:
+        """Stop every predictor and training process this operator started."""
+        self._stopping.set()
+        with self._lock:
+            predictors = list(self._predictors.values())
+            self._predictors.clear()
+            processes = [process for process in self._jobs.values() if process is not None]
+        for predictor in predictors:
+            self._stop_predictor(predictor)
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+def register(registry: kopf.OperatorRegistry, pods: LocalPods) -> None:
+    """kopf's handlers that hand the operator's Jobs and InferenceServices to ``pods``."""
+
+    @kopf.on.event("batch", "v1", "jobs", labels=children.MANAGED_BY, registry=registry)
+    def on_job(type: str | None, body: kopf.Body, **_: Any) -> None:
+        if type != "DELETED":
+            pods.on_job(dict(body))
+
+    @kopf.on.event(
+        "serving.kserve.io",
+        "v1beta1",
+        "inferenceservices",
+        labels={children.MODEL_LABEL: kopf.PRESENT, **children.MANAGED_BY},
+        registry=registry,
+    )
+    def on_inference_service(type: str | None, body: kopf.Body, **_: Any) -> None:
+        meta = body["metadata"]
+        if type == "DELETED":
+            pods.forget_inference_service(meta["namespace"], meta["name"])
+        else:
+            pods.on_inference_service(dict(body))
+
+    @kopf.on.cleanup(registry=registry)
+    def stop(**_: Any) -> None:
+        pods.stop()

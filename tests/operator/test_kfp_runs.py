@@ -1,0 +1,195 @@
+"""`spec.training.runner: kfp`: which Models train through KFP, how a run is named and found again, and how
+a KFP run's state reads as the Trained condition. A real Kubeflow Pipelines is needed for the end-to-end
+test (`kfp` marker, TEST_KFP=1 and MODELYARD_PIPELINE__HOST)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelyard.operator import children
+from modelyard.operator.conditions import TRAINED, Conditions
+from modelyard.operator.kfp_runs import KfpRuns, registry_run_id, run_name, trained_condition, uses_kfp
+from modelyard.operator.resource import Runner, parse_resource_spec
+from modelyard.registry import Registry
+from modelyard.settings import Settings, load_settings
+
+IRIS = Path(__file__).resolve().parents[2] / "examples" / "data" / "iris.csv"
+
+
+def settings_with_host(host: str) -> Settings:
+    current = load_settings()
+    return current.model_copy(update={"pipeline": current.pipeline.model_copy(update={"host": host})})
+
+
+@pytest.mark.parametrize(
+    ("runner", "host", "expected"),
+    [
+        (Runner.KFP, "http://kfp:8888", True),
+        (Runner.KFP, "", True),
+        (Runner.AUTO, "http://kfp:8888", True),
+        (Runner.AUTO, "", False),
+        (Runner.JOB, "http://kfp:8888", False),
+    ],
+)
+def test_kfp_trains_with_runner_kfp_and_with_auto_when_a_host_is_set(
+    runner: Runner, host: str, expected: bool
+) -> None:
+    assert uses_kfp(runner, settings_with_host(host)) is expected
+
+
+def test_a_run_is_named_as_its_job_would_be_and_its_registry_run_id_follows_from_its_status() -> None:
+    assert run_name("iris", "abc123") == children.training_job_name("iris", "abc123") == "iris-train-abc123"
+    requested = "2026-01-01T00:00:00.000000+00:00"
+    assert run_name("iris", "abc123", requested) == children.retrain_job_name("iris", requested)
+    assert run_name("iris", "abc123", requested) == run_name("iris", "abc123", requested)
+    run = {"kind": "KFP", "name": "0b5e-uuid", "specHash": "abc123", "request": requested}
+    assert registry_run_id("iris", run) == children.retrain_job_name("iris", requested)
+    assert registry_run_id("iris", {**run, "request": None}) == "iris-train-abc123"
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "expected"),
+    [
+        ("PENDING", "", (None, "Training", "KFP run r is pending")),
+        ("RUNNING", "", (None, "Training", "KFP run r is running")),
+        ("PAUSED", "", (None, "Training", "KFP run r is paused")),
+        ("RUNTIME_STATE_UNSPECIFIED", "", (None, "Training", "KFP run r is runtime state unspecified")),
+        ("CANCELING", "", (None, "Training", "KFP run r is canceling")),
+        ("FAILED", "tune-3 OOMKilled", (False, "TrainingFailed", "KFP run r failed: tune-3 OOMKilled")),
+        ("FAILED", "", (False, "TrainingFailed", "KFP run r failed: no error given")),
+        ("CANCELED", "", (False, "RunCanceled", "KFP run r was canceled")),
+        ("SKIPPED", "", (False, "RunCanceled", "KFP run r was skipped")),
+    ],
+)
+def test_a_kfp_runs_state_reads_as_trained(state: str, error: str, expected: tuple[Any, str, str]) -> None:
+    assert trained_condition("r", state, error) == expected
+
+
+def test_a_run_that_succeeded_without_a_version_was_refused_by_the_gate() -> None:
+    status, reason, message = trained_condition("r", "SUCCEEDED", "")
+    assert (status, reason) == (False, "NothingPublished")
+    assert message.startswith("KFP run r finished and published no version: the gate refused the model")
+
+
+def model_body(name: str = "iris", **annotations: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "uid": str(uuid.uuid4()),
+            "generation": 1,
+            "annotations": annotations,
+        },
+        "spec": {
+            "data": {"path": str(IRIS)},
+            "target": "species",
+            "algorithms": ["logistic_regression"],
+            "search": {"strategy": "random", "trials": 2},
+            "cv_folds": 2,
+            "gate": {"min_score": 0.5},
+            "training": {"runner": "kfp"},
+        },
+    }
+
+
+def test_a_kfp_host_that_does_not_answer_is_a_condition_naming_it_and_no_run() -> None:
+    body = model_body()
+    spec, policies = parse_resource_spec("iris", body["spec"])
+    conditions = Conditions(None, 1)
+    said: list[tuple[str, str]] = []
+    runs = KfpRuns(settings_with_host("http://127.0.0.1:9"))
+    run = runs.current_run(
+        body,
+        None,
+        spec,
+        policies,
+        conditions,
+        lambda _body, reason, message, **_: said.append((reason, message)),
+    )
+    assert run is None
+    trained = conditions.get(TRAINED)
+    assert trained is not None and trained["status"] == "False" and trained["reason"] == "KfpUnreachable"
+    assert trained["message"].startswith("cannot start a KFP run: ")
+    assert trained["message"].startswith(
+        "cannot start a KFP run: cannot reach Kubeflow Pipelines at http://127.0.0.1:9"
+    )
+    assert [reason for reason, _ in said] == ["KfpUnreachable"]
+
+
+def test_runner_kfp_without_a_host_says_where_to_set_one() -> None:
+    body = model_body()
+    spec, policies = parse_resource_spec("iris", body["spec"])
+    conditions = Conditions(None, 1)
+    said: list[str] = []
+    runs = KfpRuns(settings_with_host(""))
+    run = runs.current_run(
+        body, None, spec, policies, conditions, lambda _b, reason, _m, **_: said.append(reason)
+    )
+    assert run is None
+    trained = conditions.get(TRAINED)
+    assert trained is not None and (trained["status"], trained["reason"]) == ("False", "NoKfpHost")
+    assert (
+        trained["message"]
+        == "runner kfp needs a KFP host: set MODELYARD_PIPELINE__HOST where the operator runs"
+    )
+    assert said == ["NoKfpHost"]
+
+
+@pytest.mark.kfp
+def test_a_kfp_run_is_started_once_and_its_version_found_by_its_name(tmp_path: Path) -> None:
+    """Against a real KFP whose pipeline pods reach the same registry (MODELYARD_DATABASE_URL)."""
+    host = os.environ["MODELYARD_PIPELINE__HOST"]
+    settings = settings_with_host(host)
+    name = f"kfp{uuid.uuid4().hex[:6]}"
+    body = model_body(name)
+    spec, policies = parse_resource_spec(name, body["spec"])
+    runs = KfpRuns(settings)
+
+    def say(*_: Any, **__: Any) -> None:
+        return None
+
+    first = runs.current_run(body, None, spec, policies, Conditions(None, 1), say)
+    assert first is not None and first["kind"] == "KFP"
+    again = runs.current_run(body, None, spec, policies, Conditions(None, 1), say)
+    assert again is not None and again["name"] == first["name"], "a repeated start made a second run"
+    with Registry(settings.database_url) as registry:
+        deadline = time.monotonic() + 1800
+        while True:
+            conditions = Conditions(None, 1)
+            published = runs.observe(
+                body,
+                first,
+                conditions,
+                lambda model, run_id: next(
+                    (r for r in registry.list_versions(model) if r.run_id == run_id), None
+                ),
+                say,
+            )
+            if published is not None:
+                break
+            trained = conditions.get(TRAINED)
+            assert trained is None or trained["status"] != "False", trained
+            assert time.monotonic() < deadline, "the KFP run published nothing in 30 minutes"
+            time.sleep(10)
+    assert published.run_id == run_name(name, first["specHash"])
+
+
+def test_the_compiled_pipeline_hands_its_run_id_parameter_to_the_publish_step() -> None:
+    """What the registry records for a KFP run: the pipeline's run_id reaches publish (the package the
+    operator submits is compiled from the same definition; test_compile keeps this copy fresh)."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "pipelines" / "training.yaml"
+    package = next(yaml.safe_load_all(path.read_text()))  # the IR, then its platform spec
+    root = package["root"]
+    assert root["inputDefinitions"]["parameters"]["run_id"]["defaultValue"] == ""
+    publish = package["components"]["comp-publish"]["inputDefinitions"]["parameters"]["run_id"]
+    assert publish["defaultValue"] == ""
+    gate = package["components"]["comp-condition-3"]["dag"]["tasks"]["publish"]["inputs"]["parameters"]
+    assert gate["run_id"] == {"componentInputParameter": "pipelinechannel--run_id"}
