@@ -237,6 +237,11 @@ their Secrets, the store and pipeline settings from the ConfigMap.
     secretKeyRef:
       name: {{ include "modelyard.databaseSecretName" . }}
       key: {{ include "modelyard.databaseSecretKey" . }}
+{{ include "modelyard.s3KeysEnv" . }}
+{{- end }}
+
+{{/* The S3 keys, from the chart's S3 Secret (the endpoint and region come from the ConfigMap). */}}
+{{- define "modelyard.s3KeysEnv" -}}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:
