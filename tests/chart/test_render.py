@@ -475,6 +475,7 @@ def test_the_operator_runs_for_the_release_namespace_with_a_role_of_its_own() ->
     assert env["MODELYARD_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"]
     assert json.loads(env["MODELYARD_OPERATOR__TRAINING"]["value"])["service_account"] == "modelyard-jobs"
     assert env["MODELYARD_OPERATOR__PROMETHEUS_URL"]["value"] == "http://modelyard-prometheus.ml.svc:9090"
+    assert env["MODELYARD_OPERATOR__SCRAPE_INTERVAL_S"]["value"] == "15"
     role = named(objects, "Role", "modelyard-operator")
     resources = {resource for rule in role["rules"] for resource in rule["resources"]}
     assert "secrets" not in resources
@@ -482,6 +483,22 @@ def test_the_operator_runs_for_the_release_namespace_with_a_role_of_its_own() ->
     assert verbs["models/finalizers"] == {"update"}  # ownerReferences with blockOwnerDeletion
     assert verbs["models/status"] == {"get", "update"}
     assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+
+
+@pytest.mark.parametrize(
+    ("values", "seconds"),
+    [
+        ({"prometheus": {"scrapeInterval": "500ms"}}, "0.5"),
+        ({"prometheus": {"scrapeInterval": "2m"}}, "120"),
+        ({"prometheusOperator": {"podMonitor": {"enabled": True, "interval": "30s"}}}, "30"),
+    ],
+)
+def test_the_operator_knows_the_scrape_interval_its_analyses_span(
+    values: dict[str, Any], seconds: str
+) -> None:
+    deployment = named(chart.render(values), "Deployment", "modelyard-operator")
+    env = {item["name"]: item for item in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELYARD_OPERATOR__SCRAPE_INTERVAL_S"]["value"] == seconds
 
 
 def test_the_operator_can_be_left_out() -> None:

@@ -268,3 +268,15 @@ their Secrets, the store and pipeline settings from the ConfigMap.
 - name: tmp
   mountPath: /tmp
 {{- end }}
+
+{{/*
+The predictors' scrape interval in seconds (MODELYARD_OPERATOR__SCRAPE_INTERVAL_S): the PodMonitor's when
+the Prometheus Operator scrapes them, else the bundled Prometheus'. A rollout's analysis looks at least
+four scrapes back.
+*/}}
+{{- define "modelyard.scrapeIntervalSeconds" -}}
+{{- $interval := ternary .Values.prometheusOperator.podMonitor.interval .Values.prometheus.scrapeInterval .Values.prometheusOperator.podMonitor.enabled }}
+{{- $unit := regexFind "(ms|s|m|h)$" $interval }}
+{{- $factor := get (dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0) $unit }}
+{{- mulf (regexFind "^[0-9]+" $interval | float64) $factor }}
+{{- end }}
