@@ -699,14 +699,14 @@ def test_a_job_deleted_before_it_published_says_so_and_is_not_restarted(harness:
     name = "deleted"
     harness.apply(iris_model(name))
     (job,) = wait_until("the training Job", lambda: harness.jobs(name))
-    name = job["metadata"]["name"]
-    harness.kubectl("delete", "job", name)
+    job_name = job["metadata"]["name"]
+    harness.kubectl("delete", "job", job_name)
     trained = wait_until(
         "Trained=False RunGone",
         lambda: (c := harness.condition(name, "Trained")) is not None and c["reason"] == "RunGone" and c,
     )
     assert trained["status"] == "False"
-    assert trained["message"].startswith(f"Job {name} is gone and published no version")
+    assert trained["message"].startswith(f"Job {job_name} is gone and published no version")
     harness.wait_reconciled(name)
     assert harness.jobs(name) == []
     assert harness.operator_alive()
