@@ -253,6 +253,12 @@ class OperatorSettings(BaseModel):
         default="",
         description="Prometheus the rollout's analyses query; empty: a new version waits in staging",
     )
+    scrape_interval_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="how often Prometheus scrapes the predictors; an analysis looks back over at least four "
+        "scrapes (the chart's prometheus.scrapeInterval)",
+    )
     predictor: PodSettings = Field(
         default_factory=PodSettings,
         description="JSON: the predictor pod of every InferenceService (service_account, labels, "

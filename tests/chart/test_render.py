@@ -198,6 +198,23 @@ def test_the_runtime_probes_and_scrapes_the_servers_own_port() -> None:
     }
 
 
+def test_the_runtime_can_fetch_a_rollouts_candidate_from_the_store() -> None:
+    """KServe gives the S3 Secret to its storage initializer only; the server fetches a candidate itself."""
+    for case in ("01-bundled", "02-external"):
+        objects = rendered(case)
+        runtime = next(o for o in objects if o["kind"] in ("ServingRuntime", "ClusterServingRuntime"))
+        container = runtime["spec"]["containers"][0]
+        config = named(objects, "ConfigMap", "modelyard-config")
+        assert container["envFrom"] == [{"configMapRef": {"name": "modelyard-config"}}]
+        assert {"AWS_ENDPOINT_URL", "AWS_REGION"} <= set(config["data"])
+        # the Secret the storage initializer reads, through the predictors' ServiceAccount
+        keys = named(objects, "ServiceAccount", "modelyard-serving")["secrets"][0]["name"]
+        assert keys == {"01-bundled": "modelyard-s3", "02-external": "models-s3"}[case]
+        env = {e["name"]: e for e in container["env"]}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert env[key]["valueFrom"]["secretKeyRef"] == {"name": keys, "key": key}
+
+
 def test_every_serving_setting_in_the_schema_is_a_real_setting() -> None:
     """The chart sets MODELYARD_SERVING__<KEY>; a key the server lacks would fail its start."""
     schema = json.loads((chart.CHART_DIR / "values.schema.json").read_text())
@@ -458,6 +475,7 @@ def test_the_operator_runs_for_the_release_namespace_with_a_role_of_its_own() ->
     assert env["MODELYARD_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"]
     assert json.loads(env["MODELYARD_OPERATOR__TRAINING"]["value"])["service_account"] == "modelyard-jobs"
     assert env["MODELYARD_OPERATOR__PROMETHEUS_URL"]["value"] == "http://modelyard-prometheus.ml.svc:9090"
+    assert env["MODELYARD_OPERATOR__SCRAPE_INTERVAL_S"]["value"] == "15"
     role = named(objects, "Role", "modelyard-operator")
     resources = {resource for rule in role["rules"] for resource in rule["resources"]}
     assert "secrets" not in resources
@@ -465,6 +483,22 @@ def test_the_operator_runs_for_the_release_namespace_with_a_role_of_its_own() ->
     assert verbs["models/finalizers"] == {"update"}  # ownerReferences with blockOwnerDeletion
     assert verbs["models/status"] == {"get", "update"}
     assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+
+
+@pytest.mark.parametrize(
+    ("values", "seconds"),
+    [
+        ({"prometheus": {"scrapeInterval": "500ms"}}, "0.5"),
+        ({"prometheus": {"scrapeInterval": "2m"}}, "120"),
+        ({"prometheusOperator": {"podMonitor": {"enabled": True, "interval": "30s"}}}, "30"),
+    ],
+)
+def test_the_operator_knows_the_scrape_interval_its_analyses_span(
+    values: dict[str, Any], seconds: str
+) -> None:
+    deployment = named(chart.render(values), "Deployment", "modelyard-operator")
+    env = {item["name"]: item for item in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELYARD_OPERATOR__SCRAPE_INTERVAL_S"]["value"] == seconds
 
 
 def test_the_operator_can_be_left_out() -> None:

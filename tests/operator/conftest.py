@@ -1,7 +1,9 @@
 """Fixtures for the operator's tests: the Model CRD (the chart's checked-in copy) on the session's control
-plane, a fresh namespace per test, and a real Prometheus scraping what two versions of three models
-("good", "bad", "quiet") export. The series are the predictor's names and labels (and the shadow counters
-and version-labelled request times a shadowing predictor exports), served by prometheus_client."""
+plane, a fresh namespace per test, and a real Prometheus scraping what two versions of four models export:
+"good" (and "overtaken", the same) and "bad" candidates with traffic, a "quiet" one that is served but
+gets none, and a "broken" one its predictor failed to load. The series are the predictor's names and
+labels (readiness, the shadow counters and version-labelled request times a shadowing predictor exports),
+served by prometheus_client."""
 
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ def namespace(model_crd: Any) -> Iterator[str]:
 
 
 CLASSES = ("setosa", "versicolor", "virginica")
+GOOD = ("good", "overtaken")  # models whose candidate is as good as the stable version
 
 
 class Predictors:
@@ -57,6 +60,7 @@ class Predictors:
         )
         self.accuracy = Gauge("modelyard_live_accuracy", "", ["model", "version"], registry=r)
         self.labelled = Gauge("modelyard_live_labelled_rows", "", ["model", "version"], registry=r)
+        self.ready = Gauge("modelyard_model_ready", "", ["model", "version"], registry=r)
         self.stop = threading.Event()
 
     def serve(
@@ -72,21 +76,29 @@ class Predictors:
 
     def tick(self) -> None:
         balanced = (3, 3, 4)
-        self.serve("1", "good", errors=0, mix=balanced, latency=0.012)
-        self.serve("2", "good", errors=0, mix=balanced, latency=0.013)  # one bucket
-        self.compared.labels("good", "2").inc(10)
-        self.agreed.labels("good", "2").inc(10)
+        for good in GOOD:
+            self.serve("1", good, errors=0, mix=balanced, latency=0.012)
+            self.serve("2", good, errors=0, mix=balanced, latency=0.013)  # one bucket
+            self.compared.labels(good, "2").inc(10)
+            self.agreed.labels(good, "2").inc(10)
         self.serve("1", "bad", errors=0, mix=balanced, latency=0.012)
         self.serve("2", "bad", errors=3, mix=(10, 0, 0), latency=0.200)  # labels shuffled in training
         self.compared.labels("bad", "2").inc(10)
         self.agreed.labels("bad", "2").inc(4)
         self.serve("1", "quiet", errors=0, mix=balanced, latency=0.010)
+        self.serve("1", "broken", errors=0, mix=balanced, latency=0.010)
 
     def run(self) -> None:
-        for model, version, accuracy in (("good", "1", 0.95), ("good", "2", 0.96), ("bad", "1", 0.95)):
+        for model, version, accuracy in (
+            *((good, version, accuracy) for good in GOOD for version, accuracy in (("1", 0.95), ("2", 0.96))),
+            ("bad", "1", 0.95),
+        ):
             self.accuracy.labels(model, version).set(accuracy)
             self.labelled.labels(model, version).set(500)
         self.accuracy.labels("bad", "2").set(0.41)
+        for model in (*GOOD, "bad", "quiet", "broken"):
+            self.ready.labels(model, "1").set(1)
+            self.ready.labels(model, "2").set(0 if model == "broken" else 1)
         self.labelled.labels("bad", "2").set(500)
         while not self.stop.wait(0.1):
             self.tick()

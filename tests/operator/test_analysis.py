@@ -74,6 +74,12 @@ def test_a_candidate_without_traffic_is_inconclusive(prometheus: Prometheus) -> 
     assert verdict.summary() == "no check had data yet"
 
 
+def test_a_candidate_is_served_only_while_its_predictor_reports_it_ready(prometheus: Prometheus) -> None:
+    assert Analysis(prometheus, "good", "1m").candidate_served(2)
+    assert not Analysis(prometheus, "broken", "1m").candidate_served(2)  # modelyard_model_ready 0
+    assert not Analysis(prometheus, "good", "1m").candidate_served(7)  # no such series
+
+
 def test_a_query_prometheus_refuses_names_the_query(prometheus: Prometheus) -> None:
     with pytest.raises(
         PrometheusError, match=r"Prometheus refused 'sum\(\(': 400 .*unclosed left parenthesis"

@@ -4,6 +4,7 @@ server; what the schema cannot say is caught by parse_resource_spec, naming the 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,12 @@ def test_the_example_model_parses() -> None:
             "'gpu': only cpu and memory",
         ),
         ("iris", {"features": [{"name": "species", "type": "numeric"}]}, "spec", "cannot also be a feature"),
+        (
+            "iris",
+            {"rollout": {"interval_seconds": 60, "analyses_per_step": 3, "progress_deadline_seconds": 120}},
+            "spec.rollout",
+            r"progress_deadline_seconds 120 is shorter than the 180 s a step's analyses take",
+        ),
     ],
 )
 def test_what_the_schema_cannot_say_names_the_field(
@@ -99,6 +106,11 @@ def test_the_api_server_accepts_a_valid_model_and_prints_its_columns(model_crd: 
         ({"data": {"path": "a.csv", "format": "json"}}, "spec.data.format in body should match"),
         ({"serving": {"max_replicas": 0}}, "spec.serving.max_replicas: Invalid value: 0"),
         ({"rollout": {"strategy": "blue-green"}}, 'unknown field "spec.rollout.strategy"'),
+        ({"rollout": {"inconclusive_limit": 0}}, "spec.rollout.inconclusive_limit: Invalid value: 0"),
+        (
+            {"rollout": {"progress_deadline_seconds": 5}},
+            "spec.rollout.progress_deadline_seconds: Invalid value: 5",
+        ),
         ({"training": {"schedule": "every day"}}, "spec.training.schedule in body should match"),
     ],
 )
@@ -180,6 +192,13 @@ def every_status_field() -> dict[str, Any]:
             "lastAnalysisAt": "2026-12-02T05:01:00Z",
             "failedChecks": ["agreement"],
             "message": "agreement failed",
+            "steps": [{"mode": "shadow", "percent": 0}, {"mode": "canary", "percent": 10}],
+            "stepStartedAt": "2026-12-02T05:00:30Z",
+            "inconclusive": 0,
+            "evidence": "Fail",
+            "specHash": "abcdef0123",
+            "paused": False,
+            "reason": "RolledBack",
         },
     }
 
@@ -190,6 +209,34 @@ def test_the_status_model_holds_every_field_the_controller_writes() -> None:
     ModelStatus.model_validate(every_status_field())
     with pytest.raises(ValueError, match="Extra inputs are not permitted"):
         ModelStatus.model_validate({**every_status_field(), "analysis": {}})
+
+
+def test_a_status_field_this_operator_refuses_is_dropped_with_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What an operator of another version wrote is no crash loop: the rest of the status is kept."""
+    from modelyard.operator.controller import readable_status
+
+    status = every_status_field()
+    status["rollout"]["evidence"] = "Maybe"
+    status["rollout"]["strategy"] = "blue-green"
+    status["conditions"].append({"type": "Trained"})  # lacks the rest
+    status["lastAnalysis"]["verdict"] = "maybe"  # a required field: the analysis goes
+    with caplog.at_level(logging.WARNING, logger="modelyard.operator.controller"):
+        kept = readable_status(status, "Model ns/iris")
+    expected = every_status_field()
+    del expected["rollout"]["evidence"]
+    del expected["lastAnalysis"]
+    assert kept == expected
+    lines = caplog.messages
+    assert any(
+        line.startswith("Model ns/iris: status.rollout.evidence dropped: String should match pattern")
+        for line in lines
+    )
+    assert any("status.rollout.strategy dropped: Extra inputs are not permitted" in line for line in lines)
+    assert any("status.conditions.1 dropped" in line for line in lines)
+    assert any("status.lastAnalysis dropped" in line for line in lines)
+    assert readable_status(every_status_field(), "Model ns/iris") == every_status_field()
 
 
 @pytest.mark.cluster

@@ -12,11 +12,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import yaml
 
 from modelyard.deploy import chart
 from modelyard.errors import NotFound
+from modelyard.operator.local import pod_command
 from modelyard.registry import Registry
 
 from ..conftest import S3Service
@@ -132,6 +133,8 @@ class Harness:
             "MODELYARD_DATABASE_URL": self.database_url,
             "MODELYARD_HOME": str(self.tmp / "operator-home"),
             "MODELYARD_OPERATOR__INTERVAL_S": "1",
+            "MODELYARD_OPERATOR__SCRAPE_INTERVAL_S": "1",  # the test Prometheus' (monitoring/conftest.py)
+            "MODELYARD_LOG_LEVEL": "DEBUG",  # a line per reconcile, which wait_reconciled counts
             **settings,
         }
         log = self.operator_log.open("ab")
@@ -161,6 +164,21 @@ class Harness:
 
     def operator_alive(self) -> bool:
         return self.operator is not None and self.operator.poll() is None
+
+    def reconciles(self, name: str) -> int:
+        """How many reconciles of the Model ``name`` the operators of this test have finished."""
+        if not self.operator_log.exists():
+            return 0
+        return self.operator_log.read_text(errors="replace").count(
+            f"reconciled Model {self.namespace}/{name}"
+        )
+
+    def wait_reconciled(self, name: str, times: int = 3) -> None:
+        """Wait for ``times`` more finished reconciles of ``name``: what must not happen had its chances."""
+        start = self.reconciles(name)
+        wait_until(
+            f"{times} more reconciles of {name}", lambda: self.reconciles(name) >= start + times, poll=0.2
+        )
 
     def model(self, name: str) -> dict[str, Any]:
         found = self.get("model", name)
@@ -198,65 +216,54 @@ class Harness:
     def run_pod(
         self, pod_spec: dict[str, Any], workdir: Path, labels: dict[str, str], overrides: dict[str, str]
     ) -> subprocess.CompletedProcess[str]:
-        """Run the pod's one container here, as kubelet would: its volumes as folders, its env resolved
-        (a Secret, ConfigMap or key it names that is missing fails it, as CreateContainerConfigError)."""
-        (container,) = pod_spec["containers"]
-        volumes = {volume["name"]: volume for volume in pod_spec.get("volumes", [])}
-        mounts: dict[str, Path] = {}
-        for mount in container.get("volumeMounts", []):
-            local = workdir / mount["name"]
-            local.mkdir(parents=True, exist_ok=True)
-            volume = volumes[mount["name"]]
-            if "configMap" in volume:
-                config_map = self.get("configmap", volume["configMap"]["name"])
-                assert config_map is not None, f"the pod's ConfigMap {volume['configMap']['name']} is missing"
-                for key, text in config_map["data"].items():
-                    (local / key).write_text(text)
-            mounts[mount["mountPath"]] = local
+        """Run the pod's one container here, as kubelet would, to its end."""
+        argv, env = self.container_process(pod_spec, workdir, labels, overrides)
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
 
-        def local_path(value: str) -> str:
-            for mount_path in sorted(mounts, key=len, reverse=True):
-                if value == mount_path or value.startswith(mount_path + "/"):
-                    return str(mounts[mount_path]) + value[len(mount_path) :]
-            return value
+    def container_process(
+        self,
+        pod_spec: dict[str, Any],
+        workdir: Path,
+        labels: dict[str, str],
+        overrides: dict[str, str],
+        entrypoint: list[str] | None = None,
+    ) -> tuple[list[str], dict[str, str]]:
+        """The command and environment of the pod's one container, as kubelet would start it: its volumes
+        as folders, its env resolved (a Secret, ConfigMap or key it names that is missing fails it, as
+        CreateContainerConfigError). ``entrypoint`` stands for the image's, for a container without a
+        command."""
 
-        env = {"PATH": os.environ["PATH"]}
-        for source in container.get("envFrom", []):
+        def config_map(name: str) -> dict[str, str] | None:
+            found = self.get("configmap", name)
+            return None if found is None else found.get("data", {})
+
+        def env_from(source: dict[str, Any]) -> dict[str, str]:
             name = source["configMapRef"]["name"]
-            found_map = self.get("configmap", name)
-            assert found_map is not None, f"CreateContainerConfigError: configmap {name} not found"
-            env.update(found_map.get("data", {}))
-        for variable in container.get("env", []):
-            if "value" in variable:
-                env[variable["name"]] = local_path(variable["value"])
-                continue
+            data = config_map(name)
+            assert data is not None, f"CreateContainerConfigError: configmap {name} not found"
+            return data
+
+        def value_from(variable: dict[str, Any]) -> str | None:
             source = variable["valueFrom"]
-            if "fieldRef" in source:
-                label = re.fullmatch(r"metadata\.labels\['(.+)'\]", source["fieldRef"]["fieldPath"])
-                assert label is not None, f"no downward API here for {source['fieldRef']['fieldPath']}"
-                env[variable["name"]] = labels[label[1]]
-                continue
             if "secretKeyRef" in source:
                 ref, kind = source["secretKeyRef"], "secret"
             else:
                 ref, kind = source["configMapKeyRef"], "configmap"
-            found = self.get(kind, ref["name"])
-            data = (found or {}).get("data", {})
+            data = (self.get(kind, ref["name"]) or {}).get("data", {})
             if ref["key"] not in data:
-                assert ref.get("optional"), (
-                    f"CreateContainerConfigError: {kind} {ref['name']} lacks {ref['key']}"
-                )
-                continue
+                missing = f"CreateContainerConfigError: {kind} {ref['name']} lacks {ref['key']}"
+                assert ref.get("optional"), missing
+                return None
             value = data[ref["key"]]
-            env[variable["name"]] = base64.b64decode(value).decode() if kind == "secret" else value
-        env.update(overrides)
-        command = [MODELYARD if part == "modelyard" else part for part in container["command"]]
-        args = [local_path(part) for part in container.get("args", [])]
-        return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=300)
+            return base64.b64decode(value).decode() if kind == "secret" else str(value)
+
+        command = pod_command(pod_spec, workdir, labels, config_map, env_from, value_from, entrypoint)
+        return command.argv, {**command.env, **overrides}
 
 
 @pytest.fixture
-def harness(model_crd: Any, namespace: str, tmp_path: Path, s3: S3Service) -> Iterator[Harness]:
+def own_harness(model_crd: Any, namespace: str, tmp_path: Path, s3: S3Service) -> Iterator[Harness]:
+    """A namespace and an operator of the test's own: for a test that restarts it, or with other settings."""
     found = Harness(model_crd, namespace, tmp_path, s3)
     found.install_settings()
     found.start_operator()
@@ -267,9 +274,32 @@ def harness(model_crd: Any, namespace: str, tmp_path: Path, s3: S3Service) -> It
     print(found.operator_log.read_text()[-4000:])
 
 
+@pytest.fixture(scope="module")
+def shared_harness(
+    model_crd: Any, tmp_path_factory: pytest.TempPathFactory, s3: S3Service
+) -> Iterator[Harness]:
+    """One namespace, registry and running operator for the module's tests that need none of their own;
+    each of them names its Model after itself, so nothing of one test is another's."""
+    name = f"op-{uuid.uuid4().hex[:8]}"
+    model_crd.create_namespace(name)
+    found = Harness(model_crd, name, tmp_path_factory.mktemp("shared"), s3)
+    found.install_settings()
+    found.start_operator()
+    yield found
+    found.stop_operator()
+    model_crd.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+def harness(shared_harness: Harness) -> Harness:
+    assert shared_harness.operator_alive(), shared_harness.operator_log.read_text()[-4000:]
+    return shared_harness
+
+
 def test_a_model_is_trained_by_a_job_published_and_served_and_survives_an_operator_killed_mid_run(
-    harness: Harness, tmp_path: Path
+    own_harness: Harness, tmp_path: Path
 ) -> None:
+    harness = own_harness
     harness.apply(iris_model())
     (job,) = wait_until("the training Job", lambda: harness.jobs("iris"))
     trained = wait_until("Trained=Unknown", lambda: harness.condition("iris", "Trained"))
@@ -329,28 +359,29 @@ def test_a_model_is_trained_by_a_job_published_and_served_and_survives_an_operat
 def test_a_spec_the_model_spec_refuses_gets_a_condition_naming_the_field_and_a_fix_trains(
     harness: Harness,
 ) -> None:
-    harness.apply(iris_model(data={"path": str(IRIS), "table": "iris"}))
+    name = "refused"
+    harness.apply(iris_model(name, data={"path": str(IRIS), "table": "iris"}))
     ready = wait_until(
         "Ready=False InvalidSpec",
-        lambda: (c := harness.condition("iris", "Ready")) is not None and c["reason"] == "InvalidSpec" and c,
+        lambda: (c := harness.condition(name, "Ready")) is not None and c["reason"] == "InvalidSpec" and c,
     )
     assert ready["status"] == "False"
     assert ready["message"].startswith("spec.data: give exactly one of path, table, query or dataset")
-    assert harness.model("iris")["status"]["phase"] == "Invalid"
-    warnings = [event for event in harness.events("iris") if event["reason"] == "InvalidSpec"]
+    assert harness.model(name)["status"]["phase"] == "Invalid"
+    warnings = [event for event in harness.events(name) if event["reason"] == "InvalidSpec"]
     assert warnings and warnings[0]["type"] == "Warning"
-    time.sleep(3)  # several timer rounds: no Job, no crash, one event
-    assert harness.jobs("iris") == []
+    harness.wait_reconciled(name)  # no Job, no crash, one event
+    assert harness.jobs(name) == []
     assert harness.operator_alive()
-    assert len([e for e in harness.events("iris") if e["reason"] == "InvalidSpec"]) == 1
+    assert len([e for e in harness.events(name) if e["reason"] == "InvalidSpec"]) == 1
 
     harness.kubectl(
-        "patch", "model", "iris", "--type=json", "-p", '[{"op": "remove", "path": "/spec/data/table"}]'
+        "patch", "model", name, "--type=json", "-p", '[{"op": "remove", "path": "/spec/data/table"}]'
     )
-    wait_until("the training Job of the fixed spec", lambda: harness.jobs("iris"))
-    trained = wait_until("Trained", lambda: harness.condition("iris", "Trained"))
+    wait_until("the training Job of the fixed spec", lambda: harness.jobs(name))
+    trained = wait_until("Trained", lambda: harness.condition(name, "Trained"))
     assert trained["status"] == "Unknown"
-    assert harness.condition("iris", "Ready")["reason"] != "InvalidSpec"  # type: ignore[index]
+    assert harness.condition(name, "Ready")["reason"] != "InvalidSpec"  # type: ignore[index]
 
 
 def test_a_name_that_is_no_model_name_is_reported_on_metadata_name(harness: Harness) -> None:
@@ -365,32 +396,34 @@ def test_a_name_that_is_no_model_name_is_reported_on_metadata_name(harness: Harn
 
 
 def test_a_schedule_becomes_a_cron_job_owned_by_the_model(harness: Harness) -> None:
-    harness.apply(iris_model(training={"schedule": "0 3 * * 0"}))
-    cron = wait_until("the CronJob", lambda: harness.get("cronjob", "iris-retrain"))
+    name = "scheduled"
+    harness.apply(iris_model(name, training={"schedule": "0 3 * * 0"}))
+    cron = wait_until("the CronJob", lambda: harness.get("cronjob", f"{name}-retrain"))
     assert cron["spec"]["schedule"] == "0 3 * * 0"
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["args"][:3] == ["train", "--spec", "/etc/modelyard/spec/spec.yaml"]
-    assert cron["metadata"]["ownerReferences"][0]["name"] == "iris"
-    spec_file = yaml.safe_load(harness.get("configmap", "iris-spec")["data"]["spec.yaml"])  # type: ignore[index]
-    assert spec_file["name"] == "iris"
+    assert cron["metadata"]["ownerReferences"][0]["name"] == name
+    spec_file = yaml.safe_load(harness.get("configmap", f"{name}-spec")["data"]["spec.yaml"])  # type: ignore[index]
+    assert spec_file["name"] == name
     assert spec_file["cv_folds"] == 2
 
     harness.kubectl(
-        "patch", "model", "iris", "--type=json", "-p", '[{"op": "remove", "path": "/spec/training"}]'
+        "patch", "model", name, "--type=json", "-p", '[{"op": "remove", "path": "/spec/training"}]'
     )
-    wait_until("the CronJob to go", lambda: harness.get("cronjob", "iris-retrain") is None)
+    wait_until("the CronJob to go", lambda: harness.get("cronjob", f"{name}-retrain") is None)
 
 
 def test_a_kfp_runner_without_a_kfp_host_gets_a_condition_and_no_job(harness: Harness) -> None:
-    harness.apply(iris_model(training={"runner": "kfp"}))
+    name = "kfp-runner"
+    harness.apply(iris_model(name, training={"runner": "kfp"}))
     trained = wait_until(
         "Trained=False NoKfpHost",
-        lambda: (c := harness.condition("iris", "Trained")) is not None and c["reason"] == "NoKfpHost" and c,
+        lambda: (c := harness.condition(name, "Trained")) is not None and c["reason"] == "NoKfpHost" and c,
     )
     assert trained["status"] == "False"
     assert "MODELYARD_PIPELINE__HOST" in trained["message"]
-    assert harness.jobs("iris") == []
-    assert harness.model("iris")["status"]["phase"] == "Failed"
+    assert harness.jobs(name) == []
+    assert harness.model(name)["status"]["phase"] == "Failed"
 
 
 def service_account_kubeconfig(harness: Harness, account: str) -> Path:
@@ -405,7 +438,8 @@ def service_account_kubeconfig(harness: Harness, account: str) -> Path:
     return path
 
 
-def test_the_charts_role_is_all_the_operator_needs(harness: Harness, tmp_path: Path) -> None:
+def test_the_charts_role_is_all_the_operator_needs(own_harness: Harness, tmp_path: Path) -> None:
+    harness = own_harness
     """The chart's ServiceAccount, Role and RoleBinding for the operator, and nothing else: the whole loop
     runs as that ServiceAccount (a request its Role does not allow would leave the Model unready)."""
     harness.stop_operator()
@@ -446,67 +480,66 @@ def test_the_charts_role_is_all_the_operator_needs(harness: Harness, tmp_path: P
 def test_a_spec_change_retrains_and_a_serving_change_only_reshapes_the_inference_service(
     harness: Harness, tmp_path: Path
 ) -> None:
-    harness.apply(iris_model())
-    (first,) = wait_until("the training Job", lambda: harness.jobs("iris"))
+    name = "respec"
+    harness.apply(iris_model(name))
+    (first,) = wait_until("the training Job", lambda: harness.jobs(name))
     assert harness.run_job(first, tmp_path / "first").returncode == 0
-    wait_until(
-        "Ready", lambda: (c := harness.condition("iris", "Ready")) is not None and c["status"] == "True"
-    )
-    service = harness.get("inferenceservice", "iris")
+    wait_until("Ready", lambda: (c := harness.condition(name, "Ready")) is not None and c["status"] == "True")
+    service = harness.get("inferenceservice", name)
     assert service is not None
     served_uri = service["spec"]["predictor"]["model"]["storageUri"]
 
     # Serving policy only: the InferenceService changes, no run starts.
     harness.kubectl(
-        "patch", "model", "iris", "--type=merge", "-p", '{"spec": {"serving": {"max_replicas": 4}}}'
+        "patch", "model", name, "--type=merge", "-p", '{"spec": {"serving": {"max_replicas": 4}}}'
     )
     wait_until(
         "maxReplicas 4",
-        lambda: (harness.get("inferenceservice", "iris") or {})["spec"]["predictor"]["maxReplicas"] == 4,
+        lambda: (harness.get("inferenceservice", name) or {})["spec"]["predictor"]["maxReplicas"] == 4,
     )
-    assert len(harness.jobs("iris")) == 1
+    assert len(harness.jobs(name)) == 1
 
     # Server-side apply: resources the Model stops asking for leave the InferenceService too.
     harness.kubectl(
         "patch",
         "model",
-        "iris",
+        name,
         "--type=merge",
         "-p",
         '{"spec": {"serving": {"resources": {"limits": {"memory": "1234Mi"}}}}}',
     )
-    wait_until("the limit", lambda: "1234Mi" in json.dumps(harness.get("inferenceservice", "iris")))
+    wait_until("the limit", lambda: "1234Mi" in json.dumps(harness.get("inferenceservice", name)))
     harness.kubectl(
-        "patch", "model", "iris", "--type=json", "-p", '[{"op": "remove", "path": "/spec/serving/resources"}]'
+        "patch", "model", name, "--type=json", "-p", '[{"op": "remove", "path": "/spec/serving/resources"}]'
     )
-    wait_until("the limit to go", lambda: "1234Mi" not in json.dumps(harness.get("inferenceservice", "iris")))
-    shown = harness.kubectl("get", "inferenceservice", "iris", "-o", "json", "--show-managed-fields")
+    wait_until("the limit to go", lambda: "1234Mi" not in json.dumps(harness.get("inferenceservice", name)))
+    shown = harness.kubectl("get", "inferenceservice", name, "-o", "json", "--show-managed-fields")
     managers = {entry["manager"] for entry in json.loads(shown.stdout)["metadata"]["managedFields"]}
     assert "modelyard-operator" in managers
 
     # The model spec: a second run; its version waits in staging while production keeps serving.
-    harness.kubectl("patch", "model", "iris", "--type=merge", "-p", '{"spec": {"cv_folds": 3}}')
-    jobs = wait_until("the second Job", lambda: (found := harness.jobs("iris")) and len(found) == 2 and found)
+    harness.kubectl("patch", "model", name, "--type=merge", "-p", '{"spec": {"cv_folds": 3}}')
+    jobs = wait_until("the second Job", lambda: (found := harness.jobs(name)) and len(found) == 2 and found)
     (second,) = [job for job in jobs if job["metadata"]["name"] != first["metadata"]["name"]]
     assert harness.run_job(second, tmp_path / "second").returncode == 0
     rollout = wait_until(
         "RolloutProgressing CandidateWaiting",
         lambda: (
-            (c := harness.condition("iris", "RolloutProgressing")) is not None
+            (c := harness.condition(name, "RolloutProgressing")) is not None
             and c["reason"] == "CandidateWaiting"
             and c
         ),
     )
-    assert rollout["message"].startswith("iris@2 passed the gate; iris@1 keeps serving")
+    assert rollout["message"].startswith(f"{name}@2 passed the gate; {name}@1 keeps serving")
     try:
-        wait_until("phase Ready", lambda: harness.model("iris")["status"]["phase"] == "Ready", timeout=30)
+        wait_until("phase Ready", lambda: harness.model(name)["status"]["phase"] == "Ready", timeout=30)
     except AssertionError:
-        raise AssertionError(json.dumps(harness.model("iris")["status"]["conditions"], indent=1)) from None
-    status = harness.model("iris")["status"]
+        raise AssertionError(json.dumps(harness.model(name)["status"]["conditions"], indent=1)) from None
+    status = harness.model(name)["status"]
     assert status["servingVersion"] == 1
     assert [(v["version"], v["stage"]) for v in status["versions"]] == [(2, "staging"), (1, "production")]
     assert status["latestRun"]["name"] == second["metadata"]["name"]
-    assert harness.get("inferenceservice", "iris")["spec"]["predictor"]["model"]["storageUri"] == served_uri  # type: ignore[index]
+    assert harness.get("inferenceservice", name)["spec"]["predictor"]["model"]["storageUri"] == served_uri  # type: ignore[index]
 
 
 ALERT = ROOT / "tests" / "monitoring" / "testdata" / "alertmanager-v4.json"
@@ -527,10 +560,11 @@ def post_alert(url: str, model: str) -> Any:
 def test_a_retraining_alert_through_the_webhook_asks_the_model_and_the_operator_retrains(
     harness: Harness, tmp_path: Path
 ) -> None:
+    name = "alerted"
     from ..monitoring.conftest import free_ports
 
-    harness.apply(iris_model())
-    (first,) = wait_until("the training Job", lambda: harness.jobs("iris"))
+    harness.apply(iris_model(name))
+    (first,) = wait_until("the training Job", lambda: harness.jobs(name))
     (port,) = free_ports(1)
     env = {
         **os.environ,
@@ -545,35 +579,36 @@ def test_a_retraining_alert_through_the_webhook_asks_the_model_and_the_operator_
         wait_until(
             "the webhook", lambda: webhook.poll() is None and _answers(f"http://127.0.0.1:{port}/healthz")
         )
-        decisions = post_alert(f"http://127.0.0.1:{port}/alerts", "iris")
+        decisions = post_alert(f"http://127.0.0.1:{port}/alerts", name)
         assert [d["outcome"] for d in decisions["decisions"]] == ["starting"], decisions
         jobs = wait_until(
-            "the retraining Job", lambda: (found := harness.jobs("iris")) and len(found) == 2 and found
+            "the retraining Job", lambda: (found := harness.jobs(name)) and len(found) == 2 and found
         )
     finally:
         webhook.terminate()
         webhook.wait(10)
     (retrain,) = [job for job in jobs if job["metadata"]["name"] != first["metadata"]["name"]]
     assert retrain["metadata"]["labels"]["modelyard.io/trigger"] == "alert"
-    requested = harness.model("iris")["metadata"]["annotations"]["modelyard.io/retrain-requested"]
+    requested = harness.model(name)["metadata"]["annotations"]["modelyard.io/retrain-requested"]
     assert retrain["metadata"]["annotations"]["modelyard.io/retrain-requested"] == requested
-    wait_until("latestRun alert", lambda: harness.model("iris")["status"]["latestRun"]["trigger"] == "alert")
-    assert "RetrainingStarted" in {event["reason"] for event in harness.events("iris")}
+    wait_until("latestRun alert", lambda: harness.model(name)["status"]["latestRun"]["trigger"] == "alert")
+    assert "RetrainingStarted" in {event["reason"] for event in harness.events(name)}
 
 
 def test_a_model_that_refuses_alerts_is_not_retrained(harness: Harness) -> None:
+    name = "deaf"
     from modelyard.deploy.kube import custom_objects_api
     from modelyard.operator.kube import Cluster
     from modelyard.operator.launcher import ModelResourceLauncher
 
-    harness.apply(iris_model(training={"retrain_on_alert": False}))
-    wait_until("the training Job", lambda: harness.jobs("iris"))
+    harness.apply(iris_model(name, training={"retrain_on_alert": False}))
+    wait_until("the training Job", lambda: harness.jobs(name))
     # the kubeconfig by name: the client reads $KUBECONFIG once, when it is first imported
     api_client = custom_objects_api(Path(harness.plane.kubeconfig)).api_client
     launcher = ModelResourceLauncher(harness.namespace, Cluster(api_client))
-    assert launcher.start("iris").startswith(f"{harness.namespace}/iris@")
-    wait_until("RetrainIgnored", lambda: "RetrainIgnored" in {e["reason"] for e in harness.events("iris")})
-    assert len(harness.jobs("iris")) == 1
+    assert launcher.start(name).startswith(f"{harness.namespace}/{name}@")
+    wait_until("RetrainIgnored", lambda: "RetrainIgnored" in {e["reason"] for e in harness.events(name)})
+    assert len(harness.jobs(name)) == 1
     with pytest.raises(NotFound, match=f"no Model {harness.namespace}/absent: nothing asks the operator"):
         launcher.start("absent")
 
@@ -590,78 +625,80 @@ def _answers(url: str) -> bool:
 
 def test_a_version_another_run_published_is_not_taken_for_the_jobs(harness: Harness, tmp_path: Path) -> None:
     """The run's version is the one registered under its Job's name, not whatever came after it started."""
-    harness.apply(iris_model())
-    (job,) = wait_until("the training Job", lambda: harness.jobs("iris"))
+    name = "by-hand"
+    harness.apply(iris_model(name))
+    (job,) = wait_until("the training Job", lambda: harness.jobs(name))
     by_hand = harness.run_job(job, tmp_path / "by-hand", env={"MODELYARD_PIPELINE__RUN_ID": "by-hand"})
     assert by_hand.returncode == 0, by_hand.stderr[-3000:]
-    time.sleep(3)  # several timer rounds
-    trained = harness.condition("iris", "Trained")
+    harness.wait_reconciled(name)
+    trained = harness.condition(name, "Trained")
     assert trained is not None and trained["status"] == "Unknown"  # kwok may have finished the Job
     assert trained["reason"] in ("Training", "AwaitingVersion")
-    assert harness.model("iris")["status"]["servingVersion"] is None
+    assert harness.model(name)["status"]["servingVersion"] is None
 
     assert harness.run_job(job, tmp_path / "pod").returncode == 0
     wait_until(
         "Ready",
-        lambda: (c := harness.condition("iris", "Ready")) is not None and c["status"] == "True",
+        lambda: (c := harness.condition(name, "Ready")) is not None and c["status"] == "True",
         timeout=120,
     )
-    assert harness.model("iris")["status"]["servingVersion"] == 2
+    assert harness.model(name)["status"]["servingVersion"] == 2
     with Registry(harness.database_url) as registry:
-        runs = {record.version: record.run_id for record in registry.list_versions("iris")}
+        runs = {record.version: record.run_id for record in registry.list_versions(name)}
     assert runs == {2: job["metadata"]["name"], 1: "by-hand"}
 
 
 def test_a_run_whose_job_is_gone_stays_the_run_and_the_loop_goes_on(harness: Harness, tmp_path: Path) -> None:
-    harness.apply(iris_model())
-    (job,) = wait_until("the training Job", lambda: harness.jobs("iris"))
+    name = "gone"
+    harness.apply(iris_model(name))
+    (job,) = wait_until("the training Job", lambda: harness.jobs(name))
     assert harness.run_job(job, tmp_path / "pod").returncode == 0
-    wait_until(
-        "Ready", lambda: (c := harness.condition("iris", "Ready")) is not None and c["status"] == "True"
-    )
+    wait_until("Ready", lambda: (c := harness.condition(name, "Ready")) is not None and c["status"] == "True")
     harness.kubectl("delete", "job", job["metadata"]["name"])  # as its TTL would
     harness.kubectl(
-        "patch", "model", "iris", "--type=merge", "-p", '{"spec": {"serving": {"max_replicas": 3}}}'
+        "patch", "model", name, "--type=merge", "-p", '{"spec": {"serving": {"max_replicas": 3}}}'
     )
     wait_until(
         "maxReplicas 3",
-        lambda: (harness.get("inferenceservice", "iris") or {})["spec"]["predictor"]["maxReplicas"] == 3,
+        lambda: (harness.get("inferenceservice", name) or {})["spec"]["predictor"]["maxReplicas"] == 3,
     )
-    assert harness.condition("iris", "Trained")["status"] == "True"  # type: ignore[index]
-    assert harness.jobs("iris") == []
+    assert harness.condition(name, "Trained")["status"] == "True"  # type: ignore[index]
+    assert harness.jobs(name) == []
     assert "IndexError" not in harness.operator_log.read_text()
 
 
 def test_a_job_deleted_before_it_published_says_so_and_is_not_restarted(harness: Harness) -> None:
-    harness.apply(iris_model())
-    (job,) = wait_until("the training Job", lambda: harness.jobs("iris"))
-    name = job["metadata"]["name"]
-    harness.kubectl("delete", "job", name)
+    name = "deleted"
+    harness.apply(iris_model(name))
+    (job,) = wait_until("the training Job", lambda: harness.jobs(name))
+    job_name = job["metadata"]["name"]
+    harness.kubectl("delete", "job", job_name)
     trained = wait_until(
         "Trained=False RunGone",
-        lambda: (c := harness.condition("iris", "Trained")) is not None and c["reason"] == "RunGone" and c,
+        lambda: (c := harness.condition(name, "Trained")) is not None and c["reason"] == "RunGone" and c,
     )
     assert trained["status"] == "False"
-    assert trained["message"].startswith(f"Job {name} is gone and published no version")
-    time.sleep(3)
-    assert harness.jobs("iris") == []
+    assert trained["message"].startswith(f"Job {job_name} is gone and published no version")
+    harness.wait_reconciled(name)
+    assert harness.jobs(name) == []
     assert harness.operator_alive()
-    assert "RunGone" in {event["reason"] for event in harness.events("iris")}
+    assert "RunGone" in {event["reason"] for event in harness.events(name)}
 
 
 def test_objects_of_a_childs_name_that_are_not_the_models_are_neither_adopted_nor_deleted(
     harness: Harness,
 ) -> None:
+    name = "taken"
     theirs = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": "iris-spec"},
+        "metadata": {"name": f"{name}-spec"},
         "data": {"spec.yaml": "mine"},
     }
     schedule = {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
-        "metadata": {"name": "iris-retrain"},
+        "metadata": {"name": f"{name}-retrain"},
         "spec": {
             "schedule": "0 0 * * *",
             "jobTemplate": {
@@ -675,25 +712,26 @@ def test_objects_of_a_childs_name_that_are_not_the_models_are_neither_adopted_no
     }
     harness.apply(theirs)
     harness.apply(schedule)
-    harness.apply(iris_model())
+    harness.apply(iris_model(name))
     ready = wait_until(
         "Ready=False NameTaken",
-        lambda: (c := harness.condition("iris", "Ready")) is not None and c["reason"] == "NameTaken" and c,
+        lambda: (c := harness.condition(name, "Ready")) is not None and c["reason"] == "NameTaken" and c,
     )
     assert ready["message"].startswith(
-        f"ConfigMap {harness.namespace}/iris-spec exists and is not this Model's"
+        f"ConfigMap {harness.namespace}/{name}-spec exists and is not this Model's"
     )
-    assert harness.model("iris")["status"]["phase"] == "Failed"
-    assert harness.get("configmap", "iris-spec")["data"] == {"spec.yaml": "mine"}  # type: ignore[index]
-    assert harness.jobs("iris") == []
-    harness.kubectl("delete", "model", "iris", "--timeout=60s")
-    assert harness.get("cronjob", "iris-retrain") is not None, (
+    assert harness.model(name)["status"]["phase"] == "Failed"
+    assert harness.get("configmap", f"{name}-spec")["data"] == {"spec.yaml": "mine"}  # type: ignore[index]
+    assert harness.jobs(name) == []
+    harness.kubectl("delete", "model", name, "--timeout=60s")
+    assert harness.get("cronjob", f"{name}-retrain") is not None, (
         "the finalizer deleted a CronJob it does not own"
     )
-    assert harness.get("configmap", "iris-spec") is not None
+    assert harness.get("configmap", f"{name}-spec") is not None
 
 
-def test_auto_trains_through_kfp_when_a_kfp_host_is_set(harness: Harness) -> None:
+def test_auto_trains_through_kfp_when_a_kfp_host_is_set(own_harness: Harness) -> None:
+    harness = own_harness
     harness.stop_operator()
     harness.start_operator(MODELYARD_PIPELINE__HOST="http://127.0.0.1:9")
     harness.apply(iris_model(training={"runner": "auto"}))

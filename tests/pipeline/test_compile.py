@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,28 @@ def test_credentials_come_from_kubernetes_secrets_and_config_map() -> None:
             "AWS_REGION",
         }
     assert "exec-tune" not in executors, "tuning needs no credentials"
+
+
+def test_the_database_url_is_read_under_the_secret_key_the_settings_name(tmp_path: Path) -> None:
+    """An external database's Secret (the chart's externalDatabase.urlKey) may hold the URL under any key.
+    The pipeline reads its settings when it is defined, at import: so a process of its own compiles it."""
+    env = {
+        **os.environ,
+        "MODELYARD_PIPELINE__DATABASE_SECRET": "acme-db",
+        "MODELYARD_PIPELINE__DATABASE_SECRET_KEY": "url",
+    }
+    modelyard = str(Path(sys.executable).parent / "modelyard")
+    done = subprocess.run(
+        [modelyard, "pipeline", "compile", "--output-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    executors = _platform_executors(tmp_path / "training.yaml")
+    for task in CREDENTIAL_TASKS:
+        secrets = {entry["secretName"]: entry for entry in executors[f"exec-{task}"]["secretAsEnv"]}
+        assert secrets["acme-db"]["keyToEnv"] == [{"secretKey": "url", "envVar": "MODELYARD_DATABASE_URL"}]
 
 
 def test_components_run_in_the_project_image_without_installing_packages() -> None:

@@ -237,6 +237,11 @@ their Secrets, the store and pipeline settings from the ConfigMap.
     secretKeyRef:
       name: {{ include "modelyard.databaseSecretName" . }}
       key: {{ include "modelyard.databaseSecretKey" . }}
+{{ include "modelyard.s3KeysEnv" . }}
+{{- end }}
+
+{{/* The S3 keys, from the chart's S3 Secret (the endpoint and region come from the ConfigMap). */}}
+{{- define "modelyard.s3KeysEnv" -}}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:
@@ -262,4 +267,16 @@ their Secrets, the store and pipeline settings from the ConfigMap.
   mountPath: /var/lib/modelyard
 - name: tmp
   mountPath: /tmp
+{{- end }}
+
+{{/*
+The predictors' scrape interval in seconds (MODELYARD_OPERATOR__SCRAPE_INTERVAL_S): the PodMonitor's when
+the Prometheus Operator scrapes them, else the bundled Prometheus'. A rollout's analysis looks at least
+four scrapes back.
+*/}}
+{{- define "modelyard.scrapeIntervalSeconds" -}}
+{{- $interval := ternary .Values.prometheusOperator.podMonitor.interval .Values.prometheus.scrapeInterval .Values.prometheusOperator.podMonitor.enabled }}
+{{- $unit := regexFind "(ms|s|m|h)$" $interval }}
+{{- $factor := get (dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0) $unit }}
+{{- mulf (regexFind "^[0-9]+" $interval | float64) $factor }}
 {{- end }}

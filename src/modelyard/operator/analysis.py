@@ -13,7 +13,8 @@ Kayenta's canary judge: one value per check, one threshold, and a combined verdi
 
 A check without data (no traffic yet, no labels, a metric the predictor does not export) is neither
 passed nor failed. The verdict fails when any check fails, passes when none fails and at least one had
-data, and is inconclusive otherwise; the rollout counts passes and failures against its policy.
+data, and is inconclusive otherwise; the rollout counts passes, failures and inconclusive analyses against
+its policy. Before any check, ``candidate_served`` asks whether a predictor reports the candidate ready.
 The series read are the predictor's (``modelyard.serving.metrics``, ``modelyard.monitoring.accuracy``);
 ``modelyard_shadow_compared_total`` and ``modelyard_shadow_agreed_total`` are what a predictor scoring a
 shadow candidate counts, by ``model`` and the candidate's ``version``.
@@ -135,6 +136,11 @@ class Analysis:
             self.live_accuracy,
         ]
         return combine([step(stable, candidate, thresholds) for step in steps])
+
+    def candidate_served(self, candidate: int) -> bool:
+        """Whether a predictor reports the candidate loaded and ready (``modelyard_model_ready`` is 1)."""
+        ready = self.prometheus.scalar(f"max(modelyard_model_ready{{{self._selector(candidate)}}})")
+        return ready == 1
 
     def _selector(self, version: int, extra: str = "") -> str:
         return f'model="{self.model}",version="{version}"' + (f",{extra}" if extra else "")

@@ -14,18 +14,24 @@ it is promoted and served. A later version that passed the gate is rolled out th
 InferenceService: shadow (the predictor scores it beside the stable one), then each canary step (it
 answers that percent of requests), then full (promoted in the registry, and the storageUri). Each step
 takes ``analyses_per_step`` passing analyses, one every ``interval_seconds``; ``failure_limit`` failed
-ones roll it back, the registry untouched. The rollout's state is in ``status.rollout``.
+ones roll it back, the registry untouched. A rollout without evidence ends too: a candidate no predictor
+serves by the step's deadline, ``inconclusive_limit`` analyses in a row without a verdict, or a step past
+its deadline roll it back. A newer version supersedes it; a new model spec pauses it until that spec's
+run publishes. The rollout's state, and the plan it started with, are in ``status.rollout``.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
+from pydantic import ValidationError
 
 from modelyard.operator import children, kfp_runs
 from modelyard.operator.analysis import FAIL, PASS, Analysis, Prometheus, PrometheusError, Verdict
@@ -67,6 +73,14 @@ log = logging.getLogger(__name__)
 
 STATUS_ATTEMPTS = 5  # status writes that lost a race to another writer, before kopf retries the handler
 PROGRESSING, PROMOTED, ROLLED_BACK = "Progressing", "Promoted", "RolledBack"
+# why a rollout without a verdict ended (each also the Warning Event's reason)
+NO_EVIDENCE, ANALYSIS_UNAVAILABLE, CANDIDATE_NOT_SERVED = (
+    "NoEvidence",
+    "AnalysisUnavailable",
+    "CandidateNotServed",
+)
+# what the last look at a candidate found, short of a verdict (status.rollout.evidence)
+NOT_SERVED, UNAVAILABLE, INCONCLUSIVE_EVIDENCE = "NotServed", "Unavailable", "Inconclusive"
 SHADOW, CANARY, FULL = "shadow", "canary", "full"
 
 
@@ -101,9 +115,8 @@ class Controller:
                 if raw is None or raw["metadata"].get("deletionTimestamp"):
                     return
                 status = self._status(raw)
-                if status == (raw.get("status") or {}):
-                    return
-                if self.cluster.replace_status(MODEL, raw, status):
+                if status == (raw.get("status") or {}) or self.cluster.replace_status(MODEL, raw, status):
+                    log.debug("reconciled Model %s/%s", namespace, name)  # tests count these
                     return
         raise kopf.TemporaryError(f"Model {namespace}/{name}: status changed under every write", delay=1)
 
@@ -111,7 +124,7 @@ class Controller:
         """The Model's new status; every field the CRD's schema declares (ModelStatus checks it)."""
         meta = body["metadata"]
         name, generation = meta["name"], int(meta.get("generation", 1))
-        old: dict[str, Any] = dict(body.get("status") or {})
+        old = readable_status(dict(body.get("status") or {}), f"Model {meta.get('namespace')}/{name}")
         conditions = Conditions(old.get("conditions"), generation)
         new: dict[str, Any] = {**old, "observedGeneration": generation}
         try:
@@ -131,7 +144,7 @@ class Controller:
                 run = self._current_run(body, old, spec, policies)
                 published = self._observe_run(body, run, conditions)
             new["latestRun"] = run
-            new.update(self._serve(body, old, published, policies, conditions))
+            new.update(self._serve(body, old, published, run, policies, conditions))
         except (NotOurs, KindMissing) as exc:
             reason = "NameTaken" if isinstance(exc, NotOurs) else "KindMissing"
             if conditions.set(READY, False, reason, exc.message):
@@ -280,6 +293,7 @@ class Controller:
         body: dict[str, Any],
         status: dict[str, Any],
         published: ModelVersionRecord | None,
+        run: dict[str, Any],
         policies: Policies,
         conditions: Conditions,
     ) -> dict[str, Any]:
@@ -295,7 +309,7 @@ class Controller:
             conditions.set(READY, False, "NothingPublished", f"no version of {name} is published yet")
             return {"servingVersion": None, "url": None}
         result: dict[str, Any] = {}
-        rollout = self._rollout(body, status, production, published, policies, conditions, result)
+        rollout = self._rollout(body, status, production, published, run, policies, conditions, result)
         if rollout is not None and rollout["state"] == PROMOTED:
             # the registry is the truth: the rollout promoted there, and a later rollback (the CLI, the
             # console) must win over a rollout that ended long ago
@@ -333,6 +347,7 @@ class Controller:
         status: dict[str, Any],
         production: ModelVersionRecord,
         published: ModelVersionRecord | None,
+        run: dict[str, Any],
         policies: Policies,
         conditions: Conditions,
         result: dict[str, Any],
@@ -353,7 +368,15 @@ class Controller:
                     "analyse a rollout (MODELYARD_OPERATOR__PROMETHEUS_URL)",
                 )
                 return rollout
-            rollout = _start(candidate, production, policy)
+            superseded = rollout
+            rollout = _start(candidate, production, policy, run.get("specHash"))
+            if superseded is not None and superseded["state"] == PROGRESSING:
+                message = (
+                    f"{name}@{superseded['candidate']} is superseded by {candidate.ref} at step "
+                    f"{superseded['step'] + 1} of {len(_steps(superseded, policy))}, "
+                    f"{_describe(superseded)}; its rollout ends unjudged"
+                )
+                self._say(body, "RolloutSuperseded", message, warning=True)
             self._say(body, "RolloutStarted", rollout["message"])
         if rollout is None:
             conditions.set(ROLLOUT, False, "NoCandidate", f"{production.ref} is the newest version")
@@ -365,58 +388,90 @@ class Controller:
             message = f"the rollout policy has no steps: {promoted.ref} promoted without analysis"
             self._say(body, "Promoted", message)
             rollout = {**rollout, "state": PROMOTED, "percent": 100, "message": message}
-        if rollout["state"] == PROGRESSING and _due(rollout, policy):
-            rollout = self._analyse(body, rollout, policy, result)
+        if rollout["state"] == PROGRESSING:
+            rollout = self._pause_for_a_new_spec(body, rollout, run)
+        if rollout["state"] == PROGRESSING and not rollout.get("paused"):
+            if _due(rollout, policy):
+                rollout = self._analyse(body, rollout, policy, result)
+            if rollout["state"] == PROGRESSING and _step_age(rollout) > policy.step_deadline_seconds:
+                rollout = self._past_deadline(body, rollout, policy)
         ref = f"{name}@{rollout['candidate']}"
         if rollout["state"] == PROGRESSING:
-            conditions.set(ROLLOUT, True, "Progressing", rollout["message"])
+            conditions.set(
+                ROLLOUT, True, "Paused" if rollout.get("paused") else "Progressing", rollout["message"]
+            )
         elif rollout["state"] == PROMOTED:
             conditions.set(ROLLOUT, False, "Promoted", f"{ref} was promoted: {rollout['message']}")
         else:
-            conditions.set(ROLLOUT, False, "RolledBack", f"{ref} was rolled back: {rollout['message']}")
+            reason = rollout.get("reason") or ROLLED_BACK
+            conditions.set(ROLLOUT, False, reason, f"{ref} was rolled back: {rollout['message']}")
         return rollout
+
+    def _pause_for_a_new_spec(
+        self, body: dict[str, Any], rollout: dict[str, Any], run: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A candidate of an older spec is neither served nor judged while the new spec's run trains: it
+        would be promoted for a spec the Model no longer has. Its own spec's run again resumes it."""
+        name = body["metadata"]["name"]
+        started_for, current = rollout.get("specHash"), run.get("specHash")
+        paused = bool(started_for and current and current != started_for)
+        if paused == bool(rollout.get("paused")):
+            return rollout
+        ref = f"{name}@{rollout['candidate']}"
+        if paused:
+            message = (
+                f"{ref} was trained for an older spec: paused, the predictor told nothing of it, until run "
+                f"{run.get('name')} publishes the new spec's version"
+            )
+            self._say(body, "RolloutPaused", message, warning=True)
+            return {**rollout, "paused": True, "message": message}
+        message = f"{_describe(rollout)}: resumed, the spec is its own again"
+        self._say(body, "RolloutResumed", f"{ref}: {message}")
+        return {**rollout, "paused": False, "stepStartedAt": _now(), "message": message}
 
     def _analyse(
         self, body: dict[str, Any], rollout: dict[str, Any], policy: RolloutPolicy, result: dict[str, Any]
     ) -> dict[str, Any]:
-        """One analysis of the candidate; the rollout after its verdict."""
+        """One look at the candidate: served yet, then its analysis; the rollout after the verdict."""
         name = body["metadata"]["name"]
         stable, candidate = rollout["stable"], rollout["candidate"]
-        analysis = Analysis(
-            Prometheus(self.settings.operator.prometheus_url), name, f"{policy.interval_seconds}s"
-        )
+        prometheus = Prometheus(self.settings.operator.prometheus_url)
+        # a window of a few scrapes at least, or rate() and increase() see a single sample and give nothing
+        window_s = max(float(policy.interval_seconds), 4 * self.settings.operator.scrape_interval_s)
+        analysis = Analysis(prometheus, name, f"{math.ceil(window_s)}s")
+        at = _now()
+        rollout = {**rollout, "lastAnalysisAt": at}
         try:
-            verdict = analysis.run(stable, candidate, policy.thresholds)
+            served = analysis.candidate_served(candidate)
+            verdict = analysis.run(stable, candidate, policy.thresholds) if served else None
         except PrometheusError as exc:
             self._say(body, "AnalysisError", exc.message, warning=True)
-            return {**rollout, "message": f"no analysis: {exc.message}"}
-        at = _now()
+            return self._inconclusive(body, rollout, policy, UNAVAILABLE, f"no analysis: {exc.message}")
+        if verdict is None:
+            message = (
+                f"{_describe(rollout)}: waiting for the predictor to serve version {candidate} "
+                f"(modelyard_model_ready); no analysis until it does"
+            )
+            return {**rollout, "evidence": NOT_SERVED, "message": message}
         result["lastAnalysis"] = _analysis_status(verdict, at, stable, candidate)
-        rollout = {**rollout, "lastAnalysisAt": at}
-        plan = _plan(policy)
+        if verdict.verdict not in (PASS, FAIL):
+            message = f"{_describe(rollout)}: analysis inconclusive ({verdict.summary()})"
+            return self._inconclusive(body, rollout, policy, INCONCLUSIVE_EVIDENCE, message)
+        rollout = {**rollout, "inconclusive": 0}
+        steps = _steps(rollout, policy)
         ref = f"{name}@{candidate}"
         if verdict.verdict == FAIL:
             failures = rollout["failures"] + 1
             failed = [check.name for check in verdict.failed]
             summary = verdict.summary()
+            rollout = {**rollout, "evidence": "Fail", "failures": failures, "failedChecks": failed}
             if failures >= policy.failure_limit:
                 message = f"{', '.join(failed)} failed: {summary}; {name}@{stable} keeps serving"
-                self._say(body, "RolledBack", f"{ref}: {message}", warning=True)
-                return {
-                    **rollout,
-                    "state": ROLLED_BACK,
-                    "failures": failures,
-                    "failedChecks": failed,
-                    "message": message,
-                }
+                return self._roll_back(body, rollout, ROLLED_BACK, message)
             self._say(body, "AnalysisFailed", f"{ref}: {summary}", warning=True)
-            return {**rollout, "failures": failures, "failedChecks": failed, "message": summary}
-        if verdict.verdict != PASS:
-            return {
-                **rollout,
-                "message": f"{_describe(rollout)}: analysis inconclusive ({verdict.summary()})",
-            }
+            return {**rollout, "message": summary}
         passes = rollout["passes"] + 1
+        rollout = {**rollout, "evidence": "Pass"}
         if passes < policy.analyses_per_step:
             rollout = {**rollout, "passes": passes}
             return {
@@ -424,9 +479,16 @@ class Controller:
                 "message": f"{_describe(rollout)}: {passes} of {policy.analyses_per_step} passed",
             }
         step = rollout["step"] + 1
-        if step < len(plan):
-            mode, percent = plan[step]
-            rollout = {**rollout, "step": step, "mode": mode, "percent": percent, "passes": 0}
+        if step < len(steps):
+            mode, percent = steps[step]
+            rollout = {
+                **rollout,
+                "step": step,
+                "mode": mode,
+                "percent": percent,
+                "passes": 0,
+                "stepStartedAt": at,
+            }
             message = f"{_describe(rollout)}: the last step's analyses passed"
             self._say(body, "RolloutStep", f"{ref}: {message}")
             return {**rollout, "message": message}
@@ -439,8 +501,67 @@ class Controller:
             "mode": FULL,
             "percent": 100,
             "passes": passes,
+            "reason": PROMOTED,
             "message": message,
         }
+
+    def _inconclusive(
+        self,
+        body: dict[str, Any],
+        rollout: dict[str, Any],
+        policy: RolloutPolicy,
+        evidence: str,
+        message: str,
+    ) -> dict[str, Any]:
+        """An analysis without a verdict; ``inconclusive_limit`` of them in a row roll the candidate back."""
+        count = int(rollout.get("inconclusive") or 0) + 1
+        rollout = {**rollout, "inconclusive": count, "evidence": evidence, "message": message}
+        if count < policy.inconclusive_limit:
+            return rollout
+        name = body["metadata"]["name"]
+        reason = ANALYSIS_UNAVAILABLE if evidence == UNAVAILABLE else NO_EVIDENCE
+        why = (
+            f"{count} analyses in a row without a verdict (inconclusive_limit {policy.inconclusive_limit}), "
+            f"the last: {message}; {name}@{rollout['stable']} keeps serving"
+        )
+        return self._roll_back(body, rollout, reason, why)
+
+    def _past_deadline(
+        self, body: dict[str, Any], rollout: dict[str, Any], policy: RolloutPolicy
+    ) -> dict[str, Any]:
+        """A step that has not passed its analyses within ``step_deadline_seconds``: rolled back, and the
+        reason says whether the candidate was never served, Prometheus never answered, or data was short."""
+        meta = body["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        deadline = policy.step_deadline_seconds
+        evidence = rollout.get("evidence")
+        stable = f"{name}@{rollout['stable']} keeps serving"
+        if evidence == NOT_SERVED:
+            service = self.cluster.get(INFERENCE_SERVICE, name, namespace) or {}
+            served_uri = (
+                (service.get("spec") or {}).get("predictor", {}).get("model", {}).get("storageUri", "")
+            )
+            ready, why = _inference_service_ready(service, served_uri)
+            said = "the InferenceService is ready" if ready else f"the InferenceService says: {why}"
+            message = (
+                f"the predictor did not serve version {rollout['candidate']} within {deadline} s of the step "
+                f'(modelyard_model_ready{{model="{name}",version="{rollout["candidate"]}"}} is not 1; '
+                f"{said}); {stable}"
+            )
+            return self._roll_back(body, rollout, CANDIDATE_NOT_SERVED, message)
+        reason = ANALYSIS_UNAVAILABLE if evidence == UNAVAILABLE else NO_EVIDENCE
+        message = (
+            f"{_describe(rollout)} did not pass {policy.analyses_per_step} analyses within its {deadline} s "
+            f"deadline ({rollout['passes']} passed; the last look: {rollout['message']}); {stable}"
+        )
+        return self._roll_back(body, rollout, reason, message)
+
+    def _roll_back(
+        self, body: dict[str, Any], rollout: dict[str, Any], reason: str, message: str
+    ) -> dict[str, Any]:
+        ref = f"{body['metadata']['name']}@{rollout['candidate']}"
+        self._say(body, reason, f"{ref}: {message}", warning=True)
+        return {**rollout, "state": ROLLED_BACK, "reason": reason, "message": message}
 
     def _production(self, name: str) -> ModelVersionRecord | None:
         for record in self.registry.list_versions(name):
@@ -470,10 +591,11 @@ def _plan(policy: RolloutPolicy) -> list[tuple[str, int]]:
 
 
 def _start(
-    candidate: ModelVersionRecord, stable: ModelVersionRecord, policy: RolloutPolicy
+    candidate: ModelVersionRecord, stable: ModelVersionRecord, policy: RolloutPolicy, spec_hash: str | None
 ) -> dict[str, Any]:
     plan = _plan(policy)
     mode, percent = plan[0] if plan else (FULL, 100)
+    now = _now()
     rollout = {
         "candidate": candidate.version,
         "stable": stable.version,
@@ -484,12 +606,28 @@ def _start(
         "percent": percent,
         "passes": 0,
         "failures": 0,
-        "startedAt": _now(),
+        "startedAt": now,
         "lastAnalysisAt": None,
         "failedChecks": [],
+        # the plan is the rollout's own: a policy edit mid-rollout neither skips nor repeats a step
+        "steps": [{"mode": step_mode, "percent": step_percent} for step_mode, step_percent in plan],
+        "stepStartedAt": now,
+        "inconclusive": 0,
+        "evidence": None,
+        "specHash": spec_hash,
+        "paused": False,
+        "reason": None,
     }
     rollout["message"] = f"{candidate.ref} passed the gate: {_describe(rollout)} beside {stable.ref}"
     return rollout
+
+
+def _steps(rollout: dict[str, Any], policy: RolloutPolicy) -> list[tuple[str, int]]:
+    """The rollout's plan, as it started (a rollout an older operator started has none: the policy's)."""
+    steps = rollout.get("steps")
+    if steps is None:
+        return _plan(policy)
+    return [(step["mode"], int(step["percent"])) for step in steps]
 
 
 def _describe(rollout: dict[str, Any]) -> str:
@@ -503,9 +641,15 @@ def _due(rollout: dict[str, Any], policy: RolloutPolicy) -> bool:
     return (datetime.now(UTC) - _parse_time(since)).total_seconds() >= policy.interval_seconds
 
 
+def _step_age(rollout: dict[str, Any]) -> float:
+    since = rollout.get("stepStartedAt") or rollout["startedAt"]
+    return (datetime.now(UTC) - _parse_time(since)).total_seconds()
+
+
 def _rollout_env(rollout: dict[str, Any] | None) -> list[dict[str, str]]:
-    """What the predictor is told of a candidate in progress; nothing once the rollout has ended."""
-    if rollout is None or rollout["state"] != PROGRESSING or rollout["mode"] == FULL:
+    """What the predictor is told of a candidate in progress; nothing once the rollout has ended, nor
+    while it is paused."""
+    if rollout is None or rollout["state"] != PROGRESSING or rollout["mode"] == FULL or rollout.get("paused"):
         return []
     return [
         {"name": children.CANDIDATE_URI_ENV, "value": rollout["candidateUri"]},
@@ -524,6 +668,30 @@ def _analysis_status(verdict: Verdict, at: str, stable: int, candidate: int) -> 
         "summary": verdict.summary(),
         "checks": [check.to_status() for check in verdict.checks],
     }
+
+
+def readable_status(status: dict[str, Any], where: str) -> dict[str, Any]:
+    """``status`` less each field ModelStatus refuses (one an operator of another version wrote): dropped
+    with a log line, so the Model is reconciled on from what is left rather than failing every time. A
+    required field that is missing drops the object that lacks it."""
+    status = copy.deepcopy(status)
+    for _ in range(1000):  # each round drops one field
+        try:
+            ModelStatus.model_validate(status)
+            return status
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            path = list(error["loc"])[:-1] if error["type"] == "missing" else list(error["loc"])
+            if not path:
+                break
+            parent: Any = status
+            for key in path[:-1]:
+                parent = parent[key]
+            dropped = parent.pop(path[-1])  # a dict's key, or a list's index
+            field_path = ".".join(str(part) for part in path)
+            log.warning("%s: status.%s dropped: %s (it held %r)", where, field_path, error["msg"], dropped)
+    log.warning("%s: the status could not be read; it is written anew", where)
+    return {}
 
 
 def _checked(status: dict[str, Any]) -> dict[str, Any]:

@@ -74,6 +74,11 @@ class Analysis(_Status):
     checks: list[Check]
 
 
+class Step(_Status):
+    mode: str = Field(pattern="^(shadow|canary)$")
+    percent: int = Field(ge=0, le=99, description="requests the candidate answers in this step")
+
+
 class Rollout(_Status):
     """One candidate's rollout; kept when it ends, so a restarted operator neither repeats nor forgets it."""
 
@@ -90,6 +95,31 @@ class Rollout(_Status):
     last_analysis_at: str | None = None
     failed_checks: list[str] = Field(default_factory=list, description="what rolled the candidate back")
     message: str
+    steps: list[Step] | None = Field(
+        default=None,
+        description="the plan, fixed when the rollout started: a policy edit applies to the next",
+    )
+    step_started_at: str | None = Field(
+        default=None, description="when this step began (its deadline's start)"
+    )
+    inconclusive: int = Field(default=0, ge=0, description="analyses in a row without a verdict")
+    evidence: str | None = Field(
+        default=None,
+        pattern="^(NotServed|Unavailable|Inconclusive|Pass|Fail)$",
+        description="what the last look found: the candidate unserved, Prometheus unavailable, or a verdict",
+    )
+    spec_hash: str | None = Field(
+        default=None, description="the spec hash of the run that published the candidate"
+    )
+    paused: bool = Field(
+        default=False,
+        description="the spec changed: the candidate waits, unserved, for the new run's version",
+    )
+    reason: str | None = Field(
+        default=None,
+        description="why it ended: Promoted, RolledBack (failed checks), NoEvidence, AnalysisUnavailable, "
+        "CandidateNotServed",
+    )
 
 
 class ModelStatus(_Status):

@@ -110,7 +110,36 @@ class RolloutPolicy(_Policy):
     interval_seconds: int = Field(default=60, ge=5, le=24 * 3600, description="seconds between analyses")
     analyses_per_step: int = Field(default=3, ge=1, le=100, description="passing analyses to take a step")
     failure_limit: int = Field(default=1, ge=1, le=100, description="failed analyses that roll back")
+    inconclusive_limit: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="analyses in a row without a verdict (no data, or Prometheus unreachable) that roll back",
+    )
+    progress_deadline_seconds: int | None = Field(
+        default=None,
+        ge=10,
+        le=7 * 24 * 3600,
+        description="seconds a step may take to pass its analyses (the candidate served first) before it "
+        "rolls back; default: twice analyses_per_step x interval_seconds",
+    )
     thresholds: Thresholds = Field(default_factory=Thresholds)
+
+    @property
+    def step_deadline_seconds(self) -> int:
+        if self.progress_deadline_seconds is not None:
+            return self.progress_deadline_seconds
+        return 2 * self.analyses_per_step * self.interval_seconds
+
+    @model_validator(mode="after")
+    def _deadline_leaves_room_for_the_analyses(self) -> RolloutPolicy:
+        needed = self.analyses_per_step * self.interval_seconds
+        if self.progress_deadline_seconds is not None and self.progress_deadline_seconds < needed:
+            raise ValueError(
+                f"progress_deadline_seconds {self.progress_deadline_seconds} is shorter than the "
+                f"{needed} s a step's analyses take (analyses_per_step x interval_seconds)"
+            )
+        return self
 
     @field_validator("canary_steps")
     @classmethod

@@ -22,7 +22,8 @@ def with_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
     k8s.use_secret_as_env(
         task,
         secret_name=settings.database_secret,
-        secret_key_to_env={"MODELYARD_DATABASE_URL": "MODELYARD_DATABASE_URL"},
+        # the key the operator's Jobs read too: an external database's Secret may name it otherwise
+        secret_key_to_env={settings.database_secret_key: "MODELYARD_DATABASE_URL"},
     )
     k8s.use_secret_as_env(
         task,
