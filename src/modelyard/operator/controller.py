@@ -144,7 +144,8 @@ class Controller:
                 run = self._current_run(body, old, spec, policies)
                 published = self._observe_run(body, run, conditions)
             new["latestRun"] = run
-            new.update(self._serve(body, old, published, run, policies, conditions))
+            # no run at all (KFP unreachable before its first run): no spec to pause a rollout for
+            new.update(self._serve(body, old, published, run or {}, policies, conditions))
         except (NotOurs, KindMissing) as exc:
             reason = "NameTaken" if isinstance(exc, NotOurs) else "KindMissing"
             if conditions.set(READY, False, reason, exc.message):
