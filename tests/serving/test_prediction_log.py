@@ -26,10 +26,12 @@ from sqlalchemy import event, inspect, select
 
 from modelyard.registry import create_engine_for, upgrade
 from modelyard.registry.db import redact
+from modelyard.registry.packed import logged_columns
 from modelyard.registry.tables import Prediction
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.prediction_log import DatabaseState, PredictionLog, PredictionRecord
 from modelyard.serving.prediction_log.records import spool_line, table_row
+from modelyard.serving.prediction_log.writer import PACK_MIN_ROWS
 from modelyard.serving.sink import PredictionSink
 from modelyard.settings import Settings
 
@@ -207,9 +209,58 @@ def test_a_256_row_request_is_one_row_of_the_table(database_url: str, tmp_path: 
     asyncio.run(main())
     [row] = stored(database_url)
     assert (row.request_id, row.rows, len(row.labels)) == ("big", 256, 256)
-    assert row.features["petal_width"] == numeric[:, 1].tolist()
+    # the float columns are packed as binary, not JSON numbers, and read back through one function
+    assert (row.features, row.probabilities) == ({}, {})
+    assert row.packed_features is not None and row.packed_probabilities is not None
+    features = logged_columns(row.features, row.packed_features)
+    assert features == {"sepal_length": numeric[:, 0].tolist(), "petal_width": numeric[:, 1].tolist()}
+    assert logged_columns(row.probabilities, row.packed_probabilities) == {
+        "setosa": [0.5] * 256,
+        "virginica": [0.5] * 256,
+    }
     assert row.labels[:3] == ["setosa", "virginica", "setosa"]
     assert (log.written, log.dropped) == (1, 0)
+
+
+def test_only_float_arrays_of_larger_requests_are_packed_and_every_value_reads_back(
+    database_url: str, tmp_path: Path
+) -> None:
+    log = new_log(database_url, tmp_path / "spool")
+    rows = PACK_MIN_ROWS
+    numeric = np.arange(rows * 2, dtype="float64").reshape(rows, 2)
+    numeric[0, 0], numeric[1, 1] = np.nan, np.inf  # missing, and not finite: None as in JSON
+    colours = np.array(["red", None] * (rows // 2), dtype=object)
+    features = {"sepal_length": numeric[:, 0], "petal_width": numeric[:, 1], "color": colours}
+    probabilities = {"setosa": np.full(rows, 0.25, dtype="float32"), "virginica": [0.75] * rows}
+
+    async def main() -> None:
+        await log.start()
+        log.submit(
+            [
+                record("packed", rows, features=features, probabilities=probabilities),
+                record("small", rows - 1, features={"sepal_length": numeric[1:, 0]}, probabilities={}),
+            ]
+        )
+        assert await log.flush()
+        await log.stop()
+
+    asyncio.run(main())
+    packed, small = stored(database_url)
+    expected_lengths = [None, *numeric[1:, 0].tolist()]
+    assert packed.features == {"color": colours.tolist()}  # object columns stay JSON
+    assert logged_columns(packed.features, packed.packed_features) == {
+        "color": colours.tolist(),
+        "sepal_length": expected_lengths,
+        "petal_width": [1.0, None, *numeric[2:, 1].tolist()],
+    }
+    assert packed.probabilities == {"virginica": [0.75] * rows}  # a list stays JSON
+    assert logged_columns(packed.probabilities, packed.packed_probabilities) == {
+        "virginica": [0.75] * rows,
+        "setosa": [0.25] * rows,
+    }
+    # below PACK_MIN_ROWS rows a request is cheaper as JSON
+    assert (small.packed_features, small.packed_probabilities) == (None, None)
+    assert logged_columns(small.features, small.packed_features) == {"sepal_length": expected_lengths[1:]}
 
 
 def test_invalid_records_are_dropped_by_name_and_the_rest_are_written(

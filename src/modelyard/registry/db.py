@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest migration in MIGRATIONS_DIR (a test checks it against Alembic's own reading). A database
 # already there is recognised without importing Alembic, which most commands and pipeline tasks never need.
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0008"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 # Execution option marking a connection whose transaction will write (SQLite: BEGIN IMMEDIATE).
 WRITE_OPTION = "modelyard_write"
