@@ -7,7 +7,14 @@ import struct
 import numpy as np
 import pytest
 
-from modelyard.registry.packed import MAGIC, PackedError, logged_columns, pack_columns, unpack_columns
+from modelyard.registry.packed import (
+    MAGIC,
+    PackedError,
+    logged_columns,
+    pack_columns,
+    pack_matrix,
+    unpack_columns,
+)
 
 
 def test_columns_round_trip_whatever_their_float_type_and_layout() -> None:
@@ -59,3 +66,12 @@ def header(names: bytes) -> bytes:
 def test_bytes_that_are_no_packed_columns_are_refused_with_the_reason(data: bytes, message: str) -> None:
     with pytest.raises(PackedError, match=message):
         unpack_columns(data)
+
+
+def test_a_matrix_packs_in_one_copy_like_its_columns() -> None:
+    matrix = np.arange(6, dtype="float32").reshape(3, 2)
+    assert pack_matrix(["a", "b"], matrix) == pack_columns({"a": matrix[:, 0], "b": matrix[:, 1]}, 3)
+    with pytest.raises(PackedError, match=r"a matrix of shape \(3, 2\) has no 3 columns"):
+        pack_matrix(["a", "b", "c"], matrix)
+    with pytest.raises(PackedError, match=r"a matrix of shape \(3,\) has no 1 columns"):
+        pack_matrix(["a"], np.zeros(3))

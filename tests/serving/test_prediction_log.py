@@ -28,6 +28,7 @@ from modelyard.registry import create_engine_for, upgrade
 from modelyard.registry.db import redact
 from modelyard.registry.packed import logged_columns
 from modelyard.registry.tables import Prediction
+from modelyard.serving.features import MatrixColumns
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.prediction_log import DatabaseState, PredictionLog, PredictionRecord
 from modelyard.serving.prediction_log.records import spool_line, table_row
@@ -261,6 +262,58 @@ def test_only_float_arrays_of_larger_requests_are_packed_and_every_value_reads_b
     # below PACK_MIN_ROWS rows a request is cheaper as JSON
     assert (small.packed_features, small.packed_probabilities) == (None, None)
     assert logged_columns(small.features, small.packed_features) == {"sepal_length": expected_lengths[1:]}
+
+
+def test_the_data_planes_matrix_columns_are_packed_whole_or_written_as_json_and_spooled(
+    database_url: str, tmp_path: Path
+) -> None:
+    log = new_log(database_url, tmp_path / "spool")
+
+    def matrix_record(request_id: str, rows: int) -> PredictionRecord:
+        numeric = np.arange(rows * 2, dtype="float64").reshape(rows, 2)
+        numeric[0, 1] = np.nan
+        colours = np.array(["red"] * rows, dtype=object)
+        probabilities = np.full((rows, 2), 0.5, dtype="float32")
+        return record(
+            request_id,
+            rows,
+            features=MatrixColumns(["sepal_length", "petal_width"], numeric, {"color": colours}),
+            probabilities=MatrixColumns(["setosa", "virginica"], probabilities),
+        )
+
+    def expected(rows: int) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+        numeric = np.arange(rows * 2, dtype="float64").reshape(rows, 2).T.tolist()
+        numeric[1][0] = None
+        features = {"sepal_length": numeric[0], "petal_width": numeric[1], "color": ["red"] * rows}
+        return features, {"setosa": [0.5] * rows, "virginica": [0.5] * rows}
+
+    async def main() -> None:
+        await log.start()
+        log.submit([matrix_record("large", PACK_MIN_ROWS), matrix_record("single", 1)])
+        assert await log.flush()
+        await log.stop()
+
+    asyncio.run(main())
+    large, single = stored(database_url)
+    assert large.features == {"color": ["red"] * PACK_MIN_ROWS}  # the matrix went packed, whole
+    assert (single.packed_features, single.packed_probabilities) == (None, None)
+    for row in (large, single):
+        features = logged_columns(row.features, row.packed_features)
+        probabilities = logged_columns(row.probabilities, row.packed_probabilities)
+        assert (features, probabilities) == expected(row.rows)
+    # the spool (while the database is down) holds the same columns as JSON lists
+    spooled = json.loads(spool_line(table_row(matrix_record("spooled", 3))))
+    assert (spooled["features"], spooled["probabilities"]) == expected(3)
+
+
+def test_matrix_columns_read_like_a_mapping() -> None:
+    matrix = np.array([[1.0, 2.0], [3.0, 4.0]])
+    columns = MatrixColumns(["a", "b"], matrix, {"c": np.array(["x", None], dtype=object)})
+    assert list(columns) == ["a", "b", "c"] and len(columns) == 3
+    assert columns["b"].tolist() == [2.0, 4.0] and columns["c"].tolist() == ["x", None]
+    assert columns.tolist() == {"a": [1.0, 3.0], "b": [2.0, 4.0], "c": ["x", None]}
+    with pytest.raises(KeyError):
+        columns["d"]
 
 
 def test_invalid_records_are_dropped_by_name_and_the_rest_are_written(

@@ -51,6 +51,13 @@ def pack_columns(columns: Mapping[str, np.ndarray], rows: int) -> bytes:
     return _header(names) + values.tobytes()
 
 
+def pack_matrix(names: Sequence[str], matrix: np.ndarray) -> bytes:
+    """The columns of ``matrix`` [rows, len(names)], named ``names``, packed in one copy."""
+    if np.ndim(matrix) != 2 or np.shape(matrix)[1] != len(names):
+        raise PackedError(f"a matrix of shape {np.shape(matrix)} has no {len(names)} columns")
+    return _header(tuple(names)) + np.asarray(matrix, dtype=_FLOAT64).T.tobytes()
+
+
 def unpack_columns(packed: bytes) -> dict[str, np.ndarray]:
     """``{name: float64 column}`` of a packed value; PackedError when the bytes are no such value."""
     data = bytes(packed)  # Postgres drivers may hand a memoryview
@@ -86,4 +93,4 @@ def logged_columns(
     return columns
 
 
-__all__ = ["MAGIC", "PackedError", "logged_columns", "pack_columns", "unpack_columns"]
+__all__ = ["MAGIC", "PackedError", "logged_columns", "pack_columns", "pack_matrix", "unpack_columns"]

@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 
 from modelyard.registry.tables import MODEL_VERSION_LENGTH, NAME_LENGTH, REQUEST_ID_LENGTH
+from modelyard.serving.features import MatrixColumns
 from modelyard.serving.sink import PredictionRecord
 
 # orjson writes NaN and infinities as null, numpy arrays natively (C-contiguous ones; others go through
@@ -111,8 +112,11 @@ def _length(column: Any) -> int | None:
     return None
 
 
-def _columns(value: Any, *, field: str, rows: int) -> dict[str, Any]:
+def _columns(value: Any, *, field: str, rows: int) -> Mapping[str, Any]:
     """``{name: column}`` with every column ``rows`` values long; the columns are kept as they are."""
+    if type(value) is MatrixColumns and value.matrix.shape == (rows, len(value.names)):
+        _columns(value.other, field=field, rows=rows)
+        return value  # the data plane's matrix, kept whole for the writer to pack
     if not isinstance(value, Mapping):
         raise InvalidRecord(f"{field} must be a mapping, got {type(value).__name__}")
     columns: dict[str, Any] = {}

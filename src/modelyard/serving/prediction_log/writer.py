@@ -37,7 +37,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -50,8 +50,9 @@ from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
 from modelyard.errors import database_reason
 from modelyard.registry.db import WRITE_OPTION, create_engine_for, normalize_url, redact
-from modelyard.registry.packed import pack_columns
+from modelyard.registry.packed import pack_columns, pack_matrix
 from modelyard.registry.tables import Prediction
+from modelyard.serving.features import MatrixColumns
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.prediction_log.records import (
     InvalidRecord,
@@ -110,10 +111,12 @@ def _is_rejection(exc: BaseException) -> bool:
 PACK_MIN_ROWS = 8
 
 
-def _packed(columns: dict[str, Any], rows: int) -> tuple[dict[str, Any], bytes | None]:
+def _packed(columns: Mapping[str, Any], rows: int) -> tuple[Mapping[str, Any], bytes | None]:
     """(the columns left for JSON, the float arrays among them packed); lists stay JSON."""
     if rows < PACK_MIN_ROWS:
         return columns, None
+    if type(columns) is MatrixColumns and columns.matrix.dtype.kind == "f":
+        return columns.other, pack_matrix(columns.names, columns.matrix)
     numeric = {
         name: column
         for name, column in columns.items()
