@@ -2,9 +2,10 @@
 
 A record describes one request column by column (``modelyard.serving.sink``). It (or a line read back
 from the spool) becomes the row the ``predictions`` table takes, or an InvalidRecord naming the bad
-field. Checking a record costs a few steps per column, plus one per label: the feature and probability
-columns stay as the data plane handed them (numpy arrays, or lists) until :func:`json_text` serialises
-them, on the log's own thread, with orjson. That is also where values are cleaned: numpy scalars and
+field. Checking a record costs a few steps per column, plus one pass over its labels: the feature and
+probability columns stay as the data plane handed them (its whole matrix as a ``MatrixColumns``, numpy
+arrays, or lists) until the writer packs them or :func:`json_text` serialises them, on the log's own
+thread, with orjson. That is also where values are cleaned: numpy scalars and
 arrays become plain numbers and lists, NaN and infinities become null (JSON has neither), anything else
 becomes its text. A naive timestamp is taken as UTC. The spool holds the same rows as JSON lines, so a
 replayed row is checked exactly like a new one.
