@@ -13,7 +13,13 @@ from sqlalchemy.exc import IntegrityError
 
 from modelyard.errors import InvalidInput, ModelyardError
 from modelyard.registry import Registry, create_engine_for, upgrade
-from modelyard.registry.db import SCHEMA_HEAD, current_revision, head_revision, normalize_url
+from modelyard.registry.db import (
+    SCHEMA_HEAD,
+    SQLITE_PAGE_SIZE,
+    current_revision,
+    head_revision,
+    normalize_url,
+)
 from modelyard.registry.tables import Base
 from modelyard.settings import Settings
 
@@ -27,7 +33,7 @@ TABLES = {
     "retrain_triggers",
     "version_counters",
 }
-HEAD = "0007"
+HEAD = "0008"
 
 
 def test_upgrade_creates_the_schema_on_an_empty_database_and_is_idempotent(settings: Settings) -> None:
@@ -134,6 +140,7 @@ def test_sqlite_creates_the_folder_and_uses_wal(tmp_path: Path) -> None:
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+            assert connection.exec_driver_sql("PRAGMA page_size").scalar() == SQLITE_PAGE_SIZE
     finally:
         engine.dispose()
 

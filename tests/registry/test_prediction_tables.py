@@ -1,10 +1,12 @@
-"""The predictions and feedback tables: migrations 0002, 0004, 0005 (one row per request) and 0007 (answered)
-with data on both backends, keys, round trip, downgrade."""
+"""The predictions and feedback tables: migrations 0002, 0004, 0005 (one row per request), 0007 (answered)
+and 0008 (packed columns) with data on both backends, keys, round trip, downgrade."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -14,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from modelyard.registry import create_engine_for, upgrade
 from modelyard.registry.db import SCHEMA_HEAD, WRITE_OPTION, _alembic_config, current_revision
+from modelyard.registry.packed import logged_columns, pack_columns
 from modelyard.registry.records import as_utc
 from modelyard.registry.tables import Feedback, Prediction
 from modelyard.settings import Settings
@@ -38,9 +41,11 @@ PER_ROW = sa.table(
 )
 
 
-# The predictions table as migrations 0005 and 0006 made it: one row per request, no ``answered``.
+# The predictions table as migrations 0005 and 0006 made it: one row per request, no ``answered`` (0007)
+# and no packed columns (0008).
+LATER_COLUMNS = {"answered", "packed_features", "packed_probabilities"}
 AT_0005 = sa.table(
-    "predictions", *(sa.column(c.name, c.type) for c in Prediction.__table__.c if c.name != "answered")
+    "predictions", *(sa.column(c.name, c.type) for c in Prediction.__table__.c if c.name not in LATER_COLUMNS)
 )
 
 
@@ -305,5 +310,64 @@ def test_0007_marks_every_logged_request_answered_takes_shadow_rows_and_downgrad
         _migrate(engine, "upgrade", "0007")
         with engine.connect() as connection:
             assert connection.execute(select(func.count()).where(Prediction.answered)).scalar_one() == 3
+    finally:
+        engine.dispose()
+
+
+def test_0008_adds_packed_columns_keeping_older_rows_and_downgrades_them_back_into_json(
+    settings: Settings,
+) -> None:
+    engine = create_engine_for(settings.database_url)
+    # A request logged before packing: its JSON columns alone hold it.
+    before = _prediction("before")
+    packed = {
+        **_prediction("packed"),
+        "features": {"color": ["red", None]},
+        "probabilities": {},
+        "packed_features": pack_columns({"sepal_length": np.array([5.1, np.nan])}, 2),
+        "packed_probabilities": pack_columns(
+            {"setosa": np.array([0.9, 0.1]), "virginica": np.array([0.1, 0.9])}, 2
+        ),
+    }
+    try:
+        _migrate(engine, "upgrade", "0007")
+        with engine.begin() as connection:
+            connection.execute(insert(Prediction), [before])
+        _migrate(engine, "upgrade", "0008")
+        assert current_revision(engine) == "0008"
+        with engine.begin() as connection:
+            connection.execute(insert(Prediction), [packed])
+        with engine.connect() as connection:
+            rows = connection.execute(select(Prediction.__table__).order_by(Prediction.id)).all()
+        old, new = rows
+        assert (old.packed_features, old.packed_probabilities) == (None, None)
+        assert logged_columns(old.features, old.packed_features) == before["features"]
+        assert logged_columns(new.features, new.packed_features) == {
+            "color": ["red", None],
+            "sepal_length": [5.1, None],
+        }
+
+        _migrate(engine, "downgrade", "0007")
+        assert current_revision(engine) == "0007"
+        columns = {column["name"] for column in inspect(engine).get_columns("predictions")}
+        assert not {"packed_features", "packed_probabilities"} & columns
+        with engine.connect() as connection:
+            back = connection.execute(
+                text("SELECT request_id, features, probabilities FROM predictions ORDER BY id")
+            ).all()
+        decoded = [
+            (request_id, *(value if isinstance(value, dict) else json.loads(value) for value in pair))
+            for request_id, *pair in back
+        ]
+        assert decoded == [
+            ("before", before["features"], before["probabilities"]),
+            (
+                "packed",
+                {"color": ["red", None], "sepal_length": [5.1, None]},
+                {"setosa": [0.9, 0.1], "virginica": [0.1, 0.9]},
+            ),
+        ]
+        _migrate(engine, "upgrade", "head")
+        assert current_revision(engine) == SCHEMA_HEAD
     finally:
         engine.dispose()

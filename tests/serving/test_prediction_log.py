@@ -26,10 +26,13 @@ from sqlalchemy import event, inspect, select
 
 from modelyard.registry import create_engine_for, upgrade
 from modelyard.registry.db import redact
+from modelyard.registry.packed import logged_columns
 from modelyard.registry.tables import Prediction
+from modelyard.serving.features import MatrixColumns
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.prediction_log import DatabaseState, PredictionLog, PredictionRecord
 from modelyard.serving.prediction_log.records import spool_line, table_row
+from modelyard.serving.prediction_log.writer import PACK_MIN_ROWS
 from modelyard.serving.sink import PredictionSink
 from modelyard.settings import Settings
 
@@ -207,9 +210,110 @@ def test_a_256_row_request_is_one_row_of_the_table(database_url: str, tmp_path: 
     asyncio.run(main())
     [row] = stored(database_url)
     assert (row.request_id, row.rows, len(row.labels)) == ("big", 256, 256)
-    assert row.features["petal_width"] == numeric[:, 1].tolist()
+    # the float columns are packed as binary, not JSON numbers, and read back through one function
+    assert (row.features, row.probabilities) == ({}, {})
+    assert row.packed_features is not None and row.packed_probabilities is not None
+    features = logged_columns(row.features, row.packed_features)
+    assert features == {"sepal_length": numeric[:, 0].tolist(), "petal_width": numeric[:, 1].tolist()}
+    assert logged_columns(row.probabilities, row.packed_probabilities) == {
+        "setosa": [0.5] * 256,
+        "virginica": [0.5] * 256,
+    }
     assert row.labels[:3] == ["setosa", "virginica", "setosa"]
     assert (log.written, log.dropped) == (1, 0)
+
+
+def test_only_float_arrays_of_larger_requests_are_packed_and_every_value_reads_back(
+    database_url: str, tmp_path: Path
+) -> None:
+    log = new_log(database_url, tmp_path / "spool")
+    rows = PACK_MIN_ROWS
+    numeric = np.arange(rows * 2, dtype="float64").reshape(rows, 2)
+    numeric[0, 0], numeric[1, 1] = np.nan, np.inf  # missing, and not finite: None as in JSON
+    colours = np.array(["red", None] * (rows // 2), dtype=object)
+    features = {"sepal_length": numeric[:, 0], "petal_width": numeric[:, 1], "color": colours}
+    probabilities = {"setosa": np.full(rows, 0.25, dtype="float32"), "virginica": [0.75] * rows}
+
+    async def main() -> None:
+        await log.start()
+        log.submit(
+            [
+                record("packed", rows, features=features, probabilities=probabilities),
+                record("small", rows - 1, features={"sepal_length": numeric[1:, 0]}, probabilities={}),
+            ]
+        )
+        assert await log.flush()
+        await log.stop()
+
+    asyncio.run(main())
+    packed, small = stored(database_url)
+    expected_lengths = [None, *numeric[1:, 0].tolist()]
+    assert packed.features == {"color": colours.tolist()}  # object columns stay JSON
+    assert logged_columns(packed.features, packed.packed_features) == {
+        "color": colours.tolist(),
+        "sepal_length": expected_lengths,
+        "petal_width": [1.0, None, *numeric[2:, 1].tolist()],
+    }
+    assert packed.probabilities == {"virginica": [0.75] * rows}  # a list stays JSON
+    assert logged_columns(packed.probabilities, packed.packed_probabilities) == {
+        "virginica": [0.75] * rows,
+        "setosa": [0.25] * rows,
+    }
+    # below PACK_MIN_ROWS rows a request is cheaper as JSON
+    assert (small.packed_features, small.packed_probabilities) == (None, None)
+    assert logged_columns(small.features, small.packed_features) == {"sepal_length": expected_lengths[1:]}
+
+
+def test_the_data_planes_matrix_columns_are_packed_whole_or_written_as_json_and_spooled(
+    database_url: str, tmp_path: Path
+) -> None:
+    log = new_log(database_url, tmp_path / "spool")
+
+    def matrix_record(request_id: str, rows: int) -> PredictionRecord:
+        numeric = np.arange(rows * 2, dtype="float64").reshape(rows, 2)
+        numeric[0, 1] = np.nan
+        colours = np.array(["red"] * rows, dtype=object)
+        probabilities = np.full((rows, 2), 0.5, dtype="float32")
+        return record(
+            request_id,
+            rows,
+            features=MatrixColumns(["sepal_length", "petal_width"], numeric, {"color": colours}),
+            probabilities=MatrixColumns(["setosa", "virginica"], probabilities),
+        )
+
+    def expected(rows: int) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+        numeric = np.arange(rows * 2, dtype="float64").reshape(rows, 2).T.tolist()
+        numeric[1][0] = None
+        features = {"sepal_length": numeric[0], "petal_width": numeric[1], "color": ["red"] * rows}
+        return features, {"setosa": [0.5] * rows, "virginica": [0.5] * rows}
+
+    async def main() -> None:
+        await log.start()
+        log.submit([matrix_record("large", PACK_MIN_ROWS), matrix_record("single", 1)])
+        assert await log.flush()
+        await log.stop()
+
+    asyncio.run(main())
+    large, single = stored(database_url)
+    assert large.features == {"color": ["red"] * PACK_MIN_ROWS}  # the matrix went packed, whole
+    assert (single.packed_features, single.packed_probabilities) == (None, None)
+    for row in (large, single):
+        features = logged_columns(row.features, row.packed_features)
+        probabilities = logged_columns(row.probabilities, row.packed_probabilities)
+        assert (features, probabilities) == expected(row.rows)
+    # the spool (while the database is down) holds the same columns as JSON lists
+    spooled = json.loads(spool_line(table_row(matrix_record("spooled", 3))))
+    assert (spooled["features"], spooled["probabilities"]) == expected(3)
+
+
+def test_matrix_columns_read_like_a_mapping() -> None:
+    matrix = np.array([[1.0, 2.0], [3.0, 4.0]])
+    columns = MatrixColumns(["a", "b"], matrix, {"c": np.array(["x", None], dtype=object)})
+    assert list(columns) == ["a", "b", "c"] and len(columns) == 3
+    assert columns["b"].tolist() == [2.0, 4.0] and columns["c"].tolist() == ["x", None]
+    assert columns.tolist() == {"a": [1.0, 3.0], "b": [2.0, 4.0], "c": ["x", None]}
+    with pytest.raises(KeyError):
+        columns["d"]
 
 
 def test_invalid_records_are_dropped_by_name_and_the_rest_are_written(

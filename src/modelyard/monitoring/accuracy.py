@@ -28,6 +28,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, and_, func, select
 from modelyard.bundle import BundleMetadata
 from modelyard.monitoring.drift import drift_reference_of
 from modelyard.monitoring.reference import CONFIDENCE_OUTPUT, Binning
+from modelyard.registry.packed import logged_columns
 from modelyard.registry.tables import Feedback, Prediction
 from modelyard.settings import MonitoringSettings, load_settings
 
@@ -190,13 +191,14 @@ def _unlabelled_probabilities(
     ESTIMATE_SAMPLE_ROWS rows; requests are read a chunk at a time, and no further than needed."""
     found: list[Mapping[str, float]] = []
     requests = connection.execute(
-        select(Prediction.id, Prediction.rows, Prediction.probabilities)
+        select(Prediction.id, Prediction.rows, Prediction.probabilities, Prediction.packed_probabilities)
         .where(*conditions)
         .order_by(Prediction.created_at.desc())
         .execution_options(yield_per=ESTIMATE_CHUNK_REQUESTS)
     )
-    for prediction_id, rows, probabilities in requests:
-        if not isinstance(probabilities, dict) or not probabilities:
+    for prediction_id, rows, stored, packed in requests:
+        probabilities = logged_columns(stored if isinstance(stored, dict) else None, packed)
+        if not probabilities:
             continue
         skip = labelled.get(prediction_id, set())
         classes = list(probabilities)

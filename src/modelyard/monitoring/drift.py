@@ -27,7 +27,9 @@ reference, never by the traffic):
 =============================================  =======  ====================================================
 
 Under heavy traffic a uniform sample of the rows is binned: every stride-th row, the stride chosen from the
-previous slot's rows so that a slot bins about ``target_rows_per_slot`` rows. Shares, and so distances,
+previous slot's rows so that a slot bins about ``target_rows_per_slot`` rows, and raised within a slot as
+soon as it has seen target x stride rows (a burst, or a server's first slot, has no previous slot to go
+by). Shares, and so distances,
 are unbiased; the bin counters count binned rows. Distances are exported only once the window has binned
 ``min_rows`` rows; with fewer, sampling noise alone would look like drift. The counters let Prometheus
 compare all replicas' traffic with the reference (the model dashboard's bin panel does).
@@ -121,6 +123,14 @@ class _Tracked:
 
     def _slot_now(self) -> int:
         return int(time.monotonic() // self.slot_seconds)
+
+    def speed_up(self, seen: int) -> None:
+        """The current slot has seen ``seen`` rows, target x stride already: grow the stride to the rows
+        the slot is on course to see over the target, so a burst (or a server's first slot) is sampled
+        like steady traffic. Call with the lock held."""
+        elapsed = max(time.monotonic() - self.current * self.slot_seconds, 1e-3)
+        on_course = seen * self.slot_seconds / elapsed
+        self.stride = max(self.stride + 1, int(on_course // self.target_rows))
 
     def advance(self) -> int:
         """Clear the slots the clock moved past; the index of the current slot. Call with the lock held."""
@@ -222,6 +232,9 @@ class DriftMonitor(Collector):
         with tracked.lock:
             slot = tracked.advance()
             tracked.seen[slot] += rows
+            seen = int(tracked.seen[slot])
+            if seen >= tracked.target_rows * tracked.stride:
+                tracked.speed_up(seen)
             stride = tracked.stride
             first = -tracked.offset % stride
             tracked.offset += rows

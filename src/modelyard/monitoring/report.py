@@ -21,6 +21,7 @@ from sqlalchemy import Engine, select
 from modelyard.monitoring.accuracy import AccuracyWindow, live_accuracy
 from modelyard.monitoring.drift import drift_reference_of, js_distance, psi
 from modelyard.monitoring.reference import Binning
+from modelyard.registry.packed import logged_columns
 from modelyard.registry.tables import Prediction
 
 DEFAULT_MAX_ROWS = 200_000
@@ -99,6 +100,8 @@ def build_report(
                     Prediction.features,
                     Prediction.labels,
                     Prediction.probabilities,
+                    Prediction.packed_features,
+                    Prediction.packed_probabilities,
                     Prediction.created_at,
                 )
                 .where(*conditions)
@@ -135,10 +138,10 @@ def _logged(requests: Iterable[Any], max_rows: int) -> _Logged:
     for request in requests:
         take = min(request.rows, max_rows - logged.rows)
         for into, columns in (
-            (logged.features, request.features),
-            (logged.probabilities, request.probabilities),
+            (logged.features, logged_columns(request.features, request.packed_features)),
+            (logged.probabilities, logged_columns(request.probabilities, request.packed_probabilities)),
         ):
-            for name, values in (columns or {}).items():
+            for name, values in columns.items():
                 into.setdefault(name, [None] * logged.rows).extend(values[:take])
         for into in (logged.features, logged.probabilities):
             for values in into.values():

@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -207,6 +208,10 @@ class Prediction(Base):
     labels: Mapped[list[str]] = mapped_column(JsonType, nullable=False)
     # {class: [probability per row]}; empty when the model gave labels only.
     probabilities: Mapped[dict[str, list[float]]] = mapped_column(JsonType, nullable=False)
+    # The numeric columns of ``features`` and ``probabilities`` as binary float64 (``registry.packed``);
+    # NULL when none was packed. Read both through ``registry.packed.logged_columns``.
+    packed_features: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    packed_probabilities: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     latency_ms: Mapped[float] = mapped_column(Float, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     # False for a shadow candidate's copy of a request the stable version answered: readers of every

@@ -34,6 +34,7 @@ from modelyard.errors import InvalidInput, ModelyardError, NotFound, NotReady
 from modelyard.serving.batching import BatchOutcome
 from modelyard.serving.features import (
     FeatureBatch,
+    MatrixColumns,
     features_from_instances,
     features_from_tensors,
     output_tensors,
@@ -559,20 +560,14 @@ def prediction_records(
     """The request's one log record: references to its columns, whatever its rows (the log converts them
     on its own thread). ``answered`` is False for a shadow candidate's."""
     schema = model.schema
-    features: dict[str, Any] = {}
-    for name in schema.names:
-        column = schema.numeric_index.get(name)
-        features[name] = batch.other[name] if column is None else batch.numeric[:, column]
-    probabilities = prediction.probabilities
-    by_class = {name: probabilities[:, index] for index, name in enumerate(schema.class_names)}
     record = PredictionRecord(
         request_id=request_id,
         model=model.name,
         version=model.version,
         rows=batch.n_rows,
-        features=features,
+        features=MatrixColumns(schema.numeric_names, batch.numeric, batch.other),
         labels=prediction.label_names,
-        probabilities=by_class,
+        probabilities=MatrixColumns(schema.class_names, prediction.probabilities),
         latency_ms=latency_ms,
         created_at=created_at,
         answered=answered,

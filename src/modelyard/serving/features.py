@@ -29,7 +29,7 @@ feature name.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +83,42 @@ class FeatureSchema:
 
 
 # ---------------------------------------------------------------- features, ready for the model
+
+
+class MatrixColumns(Mapping[str, Any]):
+    """The columns of a [rows, len(names)] matrix by name, plus ``other`` columns, sliced only when read.
+
+    The data plane hands the prediction log its request's columns this way: building it costs nothing
+    per column on the event loop, and the log packs ``matrix`` whole or writes :meth:`tolist`.
+    """
+
+    def __init__(
+        self, names: Sequence[str], matrix: np.ndarray, other: Mapping[str, Any] | None = None
+    ) -> None:
+        self.names = names
+        self.matrix = matrix
+        self.other: Mapping[str, Any] = other if other is not None else {}
+        self._index: dict[str, int] | None = None
+
+    def __getitem__(self, name: str) -> Any:
+        if self._index is None:
+            self._index = {column: i for i, column in enumerate(self.names)}
+        column = self._index.get(name)
+        return self.matrix[:, column] if column is not None else self.other[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.names
+        yield from self.other
+
+    def __len__(self) -> int:
+        return len(self.names) + len(self.other)
+
+    def tolist(self) -> dict[str, list[Any]]:
+        """Every column as a plain list (as numpy's ``tolist``), in one conversion of the matrix."""
+        columns: dict[str, list[Any]] = dict(zip(self.names, self.matrix.T.tolist(), strict=True))
+        for name, column in self.other.items():
+            columns[name] = column.tolist() if isinstance(column, np.ndarray) else list(column)
+        return columns
 
 
 @dataclass(frozen=True)
@@ -457,6 +493,7 @@ def output_tensors(
 __all__ = [
     "FeatureBatch",
     "FeatureSchema",
+    "MatrixColumns",
     "features_from_instances",
     "features_from_tensors",
     "output_tensors",

@@ -2,9 +2,10 @@
 
 A record describes one request column by column (``modelyard.serving.sink``). It (or a line read back
 from the spool) becomes the row the ``predictions`` table takes, or an InvalidRecord naming the bad
-field. Checking a record costs a few steps per column, plus one per label: the feature and probability
-columns stay as the data plane handed them (numpy arrays, or lists) until :func:`json_text` serialises
-them, on the log's own thread, with orjson. That is also where values are cleaned: numpy scalars and
+field. Checking a record costs a few steps per column, plus one pass over its labels: the feature and
+probability columns stay as the data plane handed them (its whole matrix as a ``MatrixColumns``, numpy
+arrays, or lists) until the writer packs them or :func:`json_text` serialises them, on the log's own
+thread, with orjson. That is also where values are cleaned: numpy scalars and
 arrays become plain numbers and lists, NaN and infinities become null (JSON has neither), anything else
 becomes its text. A naive timestamp is taken as UTC. The spool holds the same rows as JSON lines, so a
 replayed row is checked exactly like a new one.
@@ -22,6 +23,7 @@ import numpy as np
 import orjson
 
 from modelyard.registry.tables import MODEL_VERSION_LENGTH, NAME_LENGTH, REQUEST_ID_LENGTH
+from modelyard.serving.features import MatrixColumns
 from modelyard.serving.sink import PredictionRecord
 
 # orjson writes NaN and infinities as null, numpy arrays natively (C-contiguous ones; others go through
@@ -111,8 +113,11 @@ def _length(column: Any) -> int | None:
     return None
 
 
-def _columns(value: Any, *, field: str, rows: int) -> dict[str, Any]:
+def _columns(value: Any, *, field: str, rows: int) -> Mapping[str, Any]:
     """``{name: column}`` with every column ``rows`` values long; the columns are kept as they are."""
+    if type(value) is MatrixColumns and value.matrix.shape == (rows, len(value.names)):
+        _columns(value.other, field=field, rows=rows)
+        return value  # the data plane's matrix, kept whole for the writer to pack
     if not isinstance(value, Mapping):
         raise InvalidRecord(f"{field} must be a mapping, got {type(value).__name__}")
     columns: dict[str, Any] = {}
@@ -138,6 +143,8 @@ def _labels(value: Any, *, rows: int) -> list[str]:
     if length != rows:
         raise InvalidRecord(f"labels has {length} values, but the request has {rows} rows")
     labels = value if isinstance(value, _SEQUENCES) else value.tolist()
+    if set(map(type, labels)) == {str} and "" not in labels:  # the data plane's: all text, at C speed
+        return list(labels)
     texts = []
     for index, label in enumerate(labels):
         if type(label) is str and label:  # the data plane's labels: no further checks
