@@ -1,7 +1,9 @@
 """The console in Debian's Chromium, against a real registry (SQLite; PostgreSQL too for the tests that read
 or change it, ON_BOTH_REGISTRIES) and a real predictor.
 
-Each test saves a screenshot of its page into its tmp dir (two of them are committed under docs/).
+Each test saves a screenshot of its page into its tmp dir. The README shows two of them, copied by hand
+from a run: docs/console-compare.png is compare.png, docs/console-version.png is version.png cut above
+its Lineage table (which names the run's temporary store).
 """
 
 from __future__ import annotations
