@@ -1,6 +1,6 @@
 """The console beside the operator: a Model resource with a status on a real control plane (the chart's
-CRD), its phase and Ready on the models list, and its conditions, rollout history and last analysis on
-the Monitoring page; and what the pages say when the API server cannot be reached."""
+CRD), its phase and Ready on the models list, and its conditions, current rollout, rollout history and last
+analysis on the Monitoring page; and what the pages say when the API server cannot be reached."""
 
 from __future__ import annotations
 
@@ -60,6 +60,22 @@ STATUS = {
         {"version": 1, "stage": "production", "storageUri": "s3://b/1", "createdAt": "11-30"},
     ],
     "servingVersion": 1,
+    "rollout": {
+        "candidate": 2,
+        "stable": 1,
+        "candidateUri": "s3://b/2",
+        "state": "Progressing",
+        "step": 1,
+        "mode": "canary",
+        "percent": 10,
+        "passes": 0,
+        "failures": 1,
+        "startedAt": "2026-12-01T10:00:00Z",
+        "failedChecks": ["agreement"],
+        "message": "iris@2 takes 10% of requests <i>now</i>",
+        "steps": [{"mode": "shadow", "percent": 0}, {"mode": "canary", "percent": 10}],
+        "paused": False,
+    },
     "url": "http://iris.models.example",
     "inferenceService": "iris",
     "lastAnalysis": {
@@ -127,6 +143,22 @@ def test_the_pages_show_the_model_resources_phase_rollout_and_last_analysis(
     assert conditions.locator("b").count() == 0
     history = page.locator("#rollout-history tbody tr").all_inner_texts()
     assert [line.split("\t")[:2] for line in history] == [["v2", "staging"], ["v1", "production"]]
+    rollout = {
+        row.locator("th").inner_text(): row.locator("td").inner_text()
+        for row in page.locator("#current-rollout tbody tr").all()
+    }
+    assert rollout == {
+        "state": "Progressing",
+        "candidate": "v2 (stable v1)",
+        "mode": "canary, 10% of requests to the candidate",
+        "step": "2 of 2",
+        "paused": "no",
+        "analyses": "0 passed in this step, 1 failed",
+        "failed checks": "agreement",
+        "reason it ended": "still in progress",
+        "message": "iris@2 takes 10% of requests <i>now</i>",  # text, not markup
+        "started (UTC)": "2026-12-01T10:00:00Z",
+    }
     assert page.locator("#last-analysis h3").inner_text() == "Last analysis: fail"
     assert "Candidate v2" in page.locator("#last-analysis").inner_text()
     checks = {
@@ -137,6 +169,21 @@ def test_the_pages_show_the_model_resources_phase_rollout_and_last_analysis(
     page.screenshot(path=str(tmp_path / "monitoring-with-operator.png"), full_page=True)
     answer = send("GET", url + "/api/models/iris/monitoring").json()
     assert answer["operator"]["model"]["last_analysis"]["verdict"] == "fail"
+    assert answer["operator"]["model"]["rollout"]["state"] == "Progressing"
+
+    # a rollout that ended without a verdict, paused by a spec change: the page names why it ended
+    ended = {"state": "RolledBack", "reason": "NoEvidence", "paused": True, "failedChecks": []}
+    patch = [{"op": "add", "path": f"/status/rollout/{key}", "value": value} for key, value in ended.items()]
+    control_plane.kubectl(
+        "patch", "model", "iris", "-n", namespace, "--subresource=status", "--type=json",
+        "-p", json.dumps(patch),
+    )  # fmt: skip
+    page.goto(url + "/models/iris/monitoring")
+    assert page.locator("#rollout-state").inner_text() == "RolledBack"
+    table = page.locator("#current-rollout").inner_text()
+    assert "reason it ended\tNoEvidence" in table
+    assert "failed checks\tnone" in table
+    assert "paused\tyes: the spec changed" in table
 
     control_plane.kubectl("delete", "model", "iris", "-n", namespace)
     page.goto(url + "/models/iris/monitoring")

@@ -1,5 +1,5 @@
 """The operator's Model resources as the console shows them: phase, Ready, the versions the operator
-records, its conditions and the last analysis's checks.
+records, its conditions, the current (or last) rollout and the last analysis's checks.
 
 They are read through the operator's own client (``modelyard.operator.kube.Cluster``) and only when
 ``MODELYARD_CONSOLE__KUBERNETES`` is on. Kubernetes is optional for the console: when the API server
@@ -43,6 +43,7 @@ def resource_summary(item: dict[str, Any]) -> dict[str, Any]:
         "conditions": conditions,
         "versions": list(status.get("versions") or []),
         "last_analysis": status.get("lastAnalysis"),
+        "rollout": status.get("rollout"),
     }
 
 

@@ -637,7 +637,35 @@ def _operator_section(name: str, operator: dict[str, Any]) -> str:
         if version_rows
         else '<p id="rollout-history">No version recorded by the operator yet.</p>'
     )
-    return heading + summary + conditions + history + _analysis(resource["last_analysis"])
+    rollout = _rollout(resource["rollout"])
+    return heading + summary + conditions + rollout + history + _analysis(resource["last_analysis"])
+
+
+def _rollout(rollout: dict[str, Any] | None) -> str:
+    """The operator's status.rollout: the candidate's rollout now, or how the last one ended."""
+    if not rollout:
+        return '<p id="current-rollout">No rollout yet: the operator has rolled out no candidate.</p>'
+    steps = rollout.get("steps")
+    step = int(rollout.get("step") or 0) + 1
+    progressing = rollout.get("state") == "Progressing"
+    paused = (
+        "yes: the spec changed, so the candidate waits, unserved, for the new run's version"
+        if rollout.get("paused")
+        else "no"
+    )
+    rows = [
+        ("state", f'<span id="rollout-state">{_e(rollout.get("state"))}</span>'),
+        ("candidate", f"v{_e(rollout.get('candidate'))} (stable v{_e(rollout.get('stable'))})"),
+        ("mode", _e(f"{rollout.get('mode')}, {rollout.get('percent')}% of requests to the candidate")),
+        ("step", _e(f"{step} of {len(steps)}" if steps else step)),
+        ("paused", _e(paused)),
+        ("analyses", _e(f"{rollout.get('passes')} passed in this step, {rollout.get('failures')} failed")),
+        ("failed checks", _e(", ".join(rollout.get("failedChecks") or []) or "none")),
+        ("reason it ended", _e("still in progress" if progressing else rollout.get("reason") or "—")),
+        ("message", _e(rollout.get("message"))),
+        ("started (UTC)", _e(rollout.get("startedAt"))),
+    ]
+    return _table(rows, "Current rollout (the operator's status.rollout)", "current-rollout")
 
 
 def _analysis(analysis: dict[str, Any] | None) -> str:
