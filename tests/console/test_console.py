@@ -23,6 +23,7 @@ import tritonclient.http as httpclient
 import yaml
 
 from modelyard.registry import Stage
+from modelyard.workflow import run_training
 
 from ..serving.conftest import free_ports, post_json, send
 from .conftest import (
@@ -631,3 +632,37 @@ def test_every_field_and_button_has_an_accessible_name_and_text_has_contrast(
         assert page.locator("main h1").count() == 1, path
     # nothing is fetched from anywhere but the console: no CDN, no font, no tracker
     assert requested and [url for url in requested if not url.startswith(console.url + "/")] == []
+
+
+def test_compare_says_what_changed_in_the_data(console: Console, page: Any, tmp_path: Path) -> None:
+    # iris@1's bundle as v1 and v2 of a model of its own, then a v3 trained on the first 100 rows (two of
+    # the three classes) and without petal_width
+    model = own_model(console, "subset")
+    subset = tmp_path / "iris-subset.csv"
+    subset.write_text("".join(IRIS_CSV.read_text().splitlines(keepends=True)[:101]))
+    features = [{"name": name, "type": "numeric"} for name in ("sepal_length", "sepal_width", "petal_length")]
+    overrides = {"name": model, "data": {"path": str(subset)}, "features": features}
+    outcome = run_training(console.settings, iris_spec({**RUNS[0], **overrides}))
+    assert outcome.published is not None, outcome.verdict
+    assert outcome.published.version == 3
+
+    page.goto(f"{console.url}/models/{model}/compare?v=1&v=3")
+    verdict = page.locator("main p", has_text="The training data differ").inner_text()
+    assert verdict == (
+        "The training data differ: dataset fingerprint, rows profiled at training, features, class shares."
+    )
+    rows = {
+        row.locator("th").inner_text(): row.locator("td").all_inner_texts()
+        for row in page.locator("#changed-data tbody tr").all()
+    }
+    assert rows["dataset"] == ["not a registry dataset"] * 2
+    assert rows["rows profiled at training (differs)"] == ["150", "100"]
+    assert rows["class shares (differs)"] == [
+        "setosa 33%, versicolor 33%, virginica 33%",
+        "setosa 50%, versicolor 50%",
+    ]
+    assert "petal_width (numeric)" in rows["features (differs)"][0]
+    assert "petal_width" not in rows["features (differs)"][1]
+    with console.registry() as registry:
+        fingerprints = [registry.get_version(model, v).dataset_fingerprint for v in (1, 3)]
+    assert rows["dataset fingerprint (differs)"] == fingerprints

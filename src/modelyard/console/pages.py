@@ -380,7 +380,6 @@ def compare_page(comparison: dict[str, Any]) -> str:
     summary = {
         "stage": [_e(d["stage"]) for d in details],
         "algorithm": [_e(d["algorithm"]) for d in details],
-        "dataset fingerprint": [f"<code>{_e((d['dataset_fingerprint'] or '')[:12])}</code>" for d in details],
     }
     summary_rows = "".join(
         f'<tr><th scope="row">{_e(title)}</th>{"".join(f"<td>{cell}</td>" for cell in cells)}</tr>'
@@ -404,11 +403,7 @@ def compare_page(comparison: dict[str, Any]) -> str:
         if param_rows
         else "<p>The versions have the same parameters.</p>"
     )
-    data = (
-        "<p>All versions were trained on the same data (same fingerprint).</p>"
-        if comparison["same_data"]
-        else "<p><strong>The training data differ</strong> (different dataset fingerprints).</p>"
-    )
+    data = _data_changes(comparison, header)
     matrices = []
     all_curves: list[tuple[str, list[float], list[float]]] = []
     styles: list[plots.Style] = []
@@ -431,6 +426,24 @@ def compare_page(comparison: dict[str, Any]) -> str:
         f'<div class="plots">{"".join(matrices)}</div><h2>ROC</h2>{roc}'
     )
     return layout(f"Compare {name} {', '.join(labels)}", body)
+
+
+def _data_changes(comparison: dict[str, Any], header: str) -> str:
+    """What each version was trained on, the rows that differ marked in words."""
+    differing = [row["name"] for row in comparison["data"] if row["differs"]]
+    if comparison["same_data"]:
+        verdict = "<p>All versions were trained on the same data (same fingerprint).</p>"
+    else:
+        verdict = f"<p><strong>The training data differ</strong>: {_e(', '.join(differing))}.</p>"
+    rows = []
+    for row in comparison["data"]:
+        marker = " <small>(differs)</small>" if row["differs"] else ""
+        cells = "".join(f"<td>{_e(value)}</td>" for value in row["values"])
+        rows.append(f'<tr><th scope="row">{_e(row["name"])}{marker}</th>{cells}</tr>')
+    return (
+        f'{verdict}<table id="changed-data"><caption>The data each version was trained on</caption>'
+        f'<thead><tr><th scope="col"></th>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
 
 
 def _field(field: dict[str, Any]) -> str:

@@ -230,6 +230,8 @@ def version_detail(settings: Settings, registry: Registry, name: str, version: i
         "model_card": card.decode("utf-8") if card is not None else "",
         "files": sorted(metadata.files),
         "form": form_fields(metadata),
+        "training_rows": metadata.reference_stats.get("rows"),
+        "class_shares": (metadata.reference_stats.get("target") or {}).get("classes", {}),
     }
 
 
@@ -279,7 +281,8 @@ def parse_versions(name: str, versions: Sequence[str]) -> list[int]:
 
 
 def compare(settings: Settings, registry: Registry, name: str, versions: Sequence[int]) -> dict[str, Any]:
-    """Versions side by side, and the parameters and data that differ between them."""
+    """Versions side by side, and the parameters and data (source, fingerprint, rows, features, class
+    shares) that differ between them."""
     details = [version_detail(settings, registry, name, version) for version in versions]
     param_names = sorted({key for detail in details for key in detail["params"]})
     changed_params = {
@@ -288,12 +291,29 @@ def compare(settings: Settings, registry: Registry, name: str, versions: Sequenc
         if len({json.dumps(detail["params"].get(key), sort_keys=True) for detail in details}) > 1
     }
     metric_names = sorted({key for detail in details for key in detail["metrics"]})
+    data = {
+        "dataset": [detail["dataset"] or "not a registry dataset" for detail in details],
+        "dataset fingerprint": [detail["dataset_fingerprint"] or "—" for detail in details],
+        "rows profiled at training": [str(detail["training_rows"] or "—") for detail in details],
+        "features": [
+            ", ".join(f"{f['name']} ({f['type']})" for f in detail["features"]) for detail in details
+        ],
+        "class shares": [
+            ", ".join(f"{label} {share:.0%}" for label, share in sorted(detail["class_shares"].items()))
+            or "—"
+            for detail in details
+        ],
+    }
     return {
         "name": name,
         "versions": details,
         "metrics": {key: [detail["metrics"].get(key) for detail in details] for key in metric_names},
         "changed_params": changed_params,
         "same_data": len({detail["dataset_fingerprint"] for detail in details}) == 1,
+        # what each version was trained on, and which of those differ between them
+        "data": [
+            {"name": key, "values": values, "differs": len(set(values)) > 1} for key, values in data.items()
+        ],
         "changed_algorithm": len({detail["algorithm"] for detail in details}) > 1,
     }
 
