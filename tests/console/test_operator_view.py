@@ -5,6 +5,7 @@ analysis on the Monitoring page; and what the pages say when the API server cann
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -237,8 +238,8 @@ def test_training_from_the_console_asks_the_operator_and_never_runs_in_its_pod(
     assert RETRAIN_ANNOTATION not in _annotations(control_plane, namespace, "frozen")
 
 
-def test_an_unreachable_api_server_is_a_note_not_a_failed_page(tmp_path: Path) -> None:
-    (port,) = free_ports(1)  # nothing listens there
+def _kubeconfig(tmp_path: Path, port: int) -> Path:
+    """A kubeconfig whose API server is https://127.0.0.1:``port``."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(
@@ -252,6 +253,12 @@ def test_an_unreachable_api_server_is_a_note_not_a_failed_page(tmp_path: Path) -
             }
         )
     )
+    return kubeconfig
+
+
+def test_an_unreachable_api_server_is_a_note_not_a_failed_page(tmp_path: Path) -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    kubeconfig = _kubeconfig(tmp_path, port)
     variables = {"MODELYARD_CONSOLE__KUBERNETES": "true", "KUBECONFIG": str(kubeconfig)}
     url, process, _ = start_console(tmp_path, variables)
     notes = []
@@ -268,3 +275,21 @@ def test_an_unreachable_api_server_is_a_note_not_a_failed_page(tmp_path: Path) -
         stop_console(process)
     assert notes[-1].startswith("cannot read Model resources in namespace default: "), notes
     assert "Traceback" not in notes[-1]
+
+
+def test_a_retrain_the_api_server_does_not_answer_is_a_503_that_says_to_look_first(tmp_path: Path) -> None:
+    # a socket that accepts connections and never answers: the console's client waits on it
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        kubeconfig = _kubeconfig(tmp_path, silent.getsockname()[1])
+        variables = {"MODELYARD_CONSOLE__KUBERNETES": "true", "KUBECONFIG": str(kubeconfig)}
+        url, process, _ = start_console(tmp_path, variables)
+        try:
+            answer = send("POST", url + "/api/models/iris/retrain", b"", {"X-Modelyard-Console": "1"})
+        finally:
+            silent.close()  # the waiting client's connection is reset, so the console can stop
+            stop_console(process)
+    assert (answer.status, answer.json()["error"]) == (
+        503,
+        "cannot ask the operator to retrain iris: the API server did not answer within 5 s; the request may "
+        "still reach it, so look at the Model's latest run on the Monitoring page before asking again",
+    )

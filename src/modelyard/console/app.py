@@ -31,7 +31,7 @@ from modelyard.console import pages, security, service
 from modelyard.console.batch import ScoringJobs
 from modelyard.console.operator_view import OperatorView
 from modelyard.console.training import TrainingRuns
-from modelyard.errors import Busy, Conflict, InvalidInput, ModelyardError, NotFound, TooLarge
+from modelyard.errors import Busy, Conflict, InvalidInput, ModelyardError, NotFound, NotReady, TooLarge
 from modelyard.registry import Registry
 from modelyard.settings import Settings
 
@@ -262,9 +262,16 @@ def create_app(settings: Settings, *, ensure_schema: bool = False) -> Starlette:
         return HTMLResponse(pages.train_page())
 
     async def api_retrain(request: Request) -> Response:
-        answer = await asyncio.wait_for(
-            asyncio.to_thread(operator.request_retrain, request.path_params["name"]), KUBE_TIMEOUT_S
-        )
+        name = request.path_params["name"]
+        try:
+            answer = await asyncio.wait_for(asyncio.to_thread(operator.request_retrain, name), KUBE_TIMEOUT_S)
+        except TimeoutError:
+            # the thread may still set the annotation: say so, so nobody asks twice without looking
+            raise NotReady(
+                f"cannot ask the operator to retrain {name}: the API server did not answer within "
+                f"{KUBE_TIMEOUT_S:g} s; the request may still reach it, so look at the Model's latest run "
+                "on the Monitoring page before asking again"
+            ) from None
         return JSONResponse(answer, status_code=202)
 
     async def api_train(request: Request) -> Response:

@@ -138,7 +138,12 @@ class OperatorView:
                 f"Model {self.namespace}/{name} has spec.training.retrain_on_alert: false, so the operator "
                 "starts no run on request"
             )
-        request = ModelResourceLauncher(self.namespace, cluster).start(name)
+        try:
+            request = ModelResourceLauncher(self.namespace, cluster).start(name)
+        except NotFound:
+            raise
+        except Exception as exc:  # e.g. a Role without patch: the reason, not a failed page
+            raise NotReady(f"cannot ask the operator to retrain {name}: {_reason(exc)}") from None
         return {
             "model": name,
             "namespace": self.namespace,
