@@ -47,6 +47,7 @@ pre{background:#f5f5f5;padding:.6rem;overflow:auto;white-space:pre-wrap}
 .badge-none{color:#333;background:#f2f2f2}
 .stage-staging{font-weight:700;color:#6b3a00}
 code{font-size:.9em}
+#changed-data td{overflow-wrap:anywhere}
 """
 
 
@@ -437,7 +438,7 @@ def _data_changes(comparison: dict[str, Any], header: str) -> str:
         verdict = f"<p><strong>The training data differ</strong>: {_e(', '.join(differing))}.</p>"
     rows = []
     for row in comparison["data"]:
-        marker = " <small>(differs)</small>" if row["differs"] else ""
+        marker = " <strong>(differs)</strong>" if row["differs"] else ""
         cells = "".join(f"<td>{_e(value)}</td>" for value in row["values"])
         rows.append(f'<tr><th scope="row">{_e(row["name"])}{marker}</th>{cells}</tr>')
     return (
