@@ -7,6 +7,7 @@ other. One run at a time: a second start while one runs is a Conflict, so a doub
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -19,6 +20,8 @@ import yaml
 from modelyard.errors import Conflict, ModelyardError, NotFound, SpecError
 from modelyard.settings import Settings
 from modelyard.spec import ModelSpec, parse_spec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,7 +88,10 @@ class TrainingRuns:
         except ModelyardError as exc:
             run.status, run.message = "failed", exc.message
         except Exception as exc:  # a thread's failure must reach the page, not vanish into the log
-            run.status, run.message = "failed", f"{type(exc).__name__}: {exc}"
+            # its text can name hosts and users (a database error's does): the log has it, the page the type
+            log.exception("training run %s failed", run.id)
+            run.status = "failed"
+            run.message = f"training failed ({type(exc).__name__}); the details are in the console's log"
         else:
             if outcome.published is not None:
                 run.status, run.version = "published", outcome.published.version
