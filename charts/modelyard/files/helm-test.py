@@ -39,7 +39,12 @@ while True:
 _, metadata = call(f"/v2/models/{name}")
 values = {"FP64": 0.0, "FP32": 0.0, "INT64": 0, "INT32": 0, "BOOL": False, "BYTES": "a"}
 inputs = [
-    {"name": tensor["name"], "datatype": tensor["datatype"], "shape": [1], "data": [values[tensor["datatype"]]]}
+    {
+        "name": tensor["name"],
+        "datatype": tensor["datatype"],
+        "shape": [1],
+        "data": [values[tensor["datatype"]]],
+    }
     for tensor in metadata["inputs"]
 ]
 status, answer = call(f"/v2/models/{name}/infer", {"inputs": inputs})
