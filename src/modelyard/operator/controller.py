@@ -145,7 +145,9 @@ class Controller:
                 published = self._observe_run(body, run, conditions)
             new["latestRun"] = run
             # no run at all (KFP unreachable before its first run): no spec to pause a rollout for
-            new.update(self._serve(body, old, published, run or {}, policies, conditions))
+            new.update(
+                self._serve(body, old, published, run or {}, children.spec_hash(spec), policies, conditions)
+            )
         except (NotOurs, KindMissing) as exc:
             reason = "NameTaken" if isinstance(exc, NotOurs) else "KindMissing"
             if conditions.set(READY, False, reason, exc.message):
@@ -182,8 +184,10 @@ class Controller:
         self.cluster.ensure(CONFIG_MAP, namespace, _owned(children.spec_config_map(name, spec), owner), uid)
         schedule = policies.training.schedule
         if schedule:
-            cron = _owned(children.training_cron_job(name, schedule, self.settings, policies), owner)
-            self.cluster.ensure(CRON_JOB, namespace, cron, uid)
+            manifest = children.training_cron_job(
+                name, schedule, children.spec_hash(spec), self.settings, policies
+            )
+            self.cluster.ensure(CRON_JOB, namespace, _owned(manifest, owner), uid)
         else:
             self.cluster.delete(CRON_JOB, children.schedule_name(name), namespace, uid)
 
@@ -205,8 +209,9 @@ class Controller:
     def _current_run(
         self, body: dict[str, Any], status: dict[str, Any], spec: ModelSpec, policies: Policies
     ) -> dict[str, Any]:
-        """The run that trains the current spec: the newest Job of this Model, or a new one when the spec
-        changed since the last run. A run whose Job is gone (its TTL, or by hand) stays the run."""
+        """The run that trains the current spec: the newest Job of this Model for the spec's hash (after a
+        revert A to B to A, A's Job, not B's), or a new one when no Job has that hash. A run whose Job is
+        gone (its TTL, or by hand) stays the run."""
         meta = body["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
         owner = children.owner_reference(body)
@@ -233,19 +238,20 @@ class Controller:
                 job = children.training_job(name, hash_, self.settings, policies, request=request)
                 message = f"Job {job['metadata']['name']} retrains {name}: requested {request}"
                 start(job, "RetrainingStarted", message)
-        if not jobs:
+        current = current_job(jobs, hash_)
+        if current is None:
             return dict(recorded)
-        job_meta = jobs[-1]["metadata"]
+        job_meta = current["metadata"]
         run = {
             "kind": "Job",
             "name": job_meta["name"],
             "generation": int(meta.get("generation", 1)),
             "trigger": job_meta.get("labels", {}).get(children.TRIGGER_LABEL, "spec"),
-            "specHash": _annotation(jobs[-1], children.SPEC_HASH_ANNOTATION) or hash_,
+            "specHash": _annotation(current, children.SPEC_HASH_ANNOTATION) or hash_,
             "startedAt": job_meta.get("creationTimestamp") or _now(),
         }
-        if _annotation(jobs[-1], children.RETRAIN_ANNOTATION):
-            run["request"] = _annotation(jobs[-1], children.RETRAIN_ANNOTATION)
+        if _annotation(current, children.RETRAIN_ANNOTATION):
+            run["request"] = _annotation(current, children.RETRAIN_ANNOTATION)
         return run
 
     def _observe_run(
@@ -295,6 +301,7 @@ class Controller:
         status: dict[str, Any],
         published: ModelVersionRecord | None,
         run: dict[str, Any],
+        spec_hash: str,
         policies: Policies,
         conditions: Conditions,
     ) -> dict[str, Any]:
@@ -310,7 +317,9 @@ class Controller:
             conditions.set(READY, False, "NothingPublished", f"no version of {name} is published yet")
             return {"servingVersion": None, "url": None}
         result: dict[str, Any] = {}
-        rollout = self._rollout(body, status, production, published, run, policies, conditions, result)
+        rollout = self._rollout(
+            body, status, production, published, run, spec_hash, policies, conditions, result
+        )
         if rollout is not None and rollout["state"] == PROMOTED:
             # the registry is the truth: the rollout promoted there, and a later rollback (the CLI, the
             # console) must win over a rollout that ended long ago
@@ -349,6 +358,7 @@ class Controller:
         production: ModelVersionRecord,
         published: ModelVersionRecord | None,
         run: dict[str, Any],
+        spec_hash: str,
         policies: Policies,
         conditions: Conditions,
         result: dict[str, Any],
@@ -358,7 +368,9 @@ class Controller:
         name = body["metadata"]["name"]
         policy = policies.rollout
         rollout: dict[str, Any] | None = status.get("rollout")
-        candidate = published if published is not None and published.version > production.version else None
+        # a version of a run for another spec (the current spec's run could not start) is not rolled out
+        newer = published is not None and published.version > production.version
+        candidate = published if newer and run.get("specHash") == spec_hash else None
         if candidate is not None and (rollout is None or rollout["candidate"] != candidate.version):
             if not self.settings.operator.prometheus_url:
                 conditions.set(
@@ -370,7 +382,7 @@ class Controller:
                 )
                 return rollout
             superseded = rollout
-            rollout = _start(candidate, production, policy, run.get("specHash"))
+            rollout = _start(candidate, production, policy, spec_hash)
             if superseded is not None and superseded["state"] == PROGRESSING:
                 message = (
                     f"{name}@{superseded['candidate']} is superseded by {candidate.ref} at step "
@@ -390,7 +402,7 @@ class Controller:
             self._say(body, "Promoted", message)
             rollout = {**rollout, "state": PROMOTED, "percent": 100, "message": message}
         if rollout["state"] == PROGRESSING:
-            rollout = self._pause_for_a_new_spec(body, rollout, run)
+            rollout = self._pause_for_a_new_spec(body, rollout, run, spec_hash)
         if rollout["state"] == PROGRESSING and not rollout.get("paused"):
             if _due(rollout, policy):
                 rollout = self._analyse(body, rollout, policy, result)
@@ -409,13 +421,12 @@ class Controller:
         return rollout
 
     def _pause_for_a_new_spec(
-        self, body: dict[str, Any], rollout: dict[str, Any], run: dict[str, Any]
+        self, body: dict[str, Any], rollout: dict[str, Any], run: dict[str, Any], spec_hash: str
     ) -> dict[str, Any]:
         """A candidate of an older spec is neither served nor judged while the new spec's run trains: it
         would be promoted for a spec the Model no longer has. Its own spec's run again resumes it."""
         name = body["metadata"]["name"]
-        started_for, current = rollout.get("specHash"), run.get("specHash")
-        paused = bool(started_for and current and current != started_for)
+        paused = paused_for_spec(rollout, spec_hash)
         if paused == bool(rollout.get("paused")):
             return rollout
         ref = f"{name}@{rollout['candidate']}"
@@ -629,6 +640,21 @@ def _steps(rollout: dict[str, Any], policy: RolloutPolicy) -> list[tuple[str, in
     if steps is None:
         return _plan(policy)
     return [(step["mode"], int(step["percent"])) for step in steps]
+
+
+def current_job(jobs: list[dict[str, Any]], spec_hash: str) -> dict[str, Any] | None:
+    """The newest of ``jobs`` (oldest first) that trains the spec whose hash is ``spec_hash``: a spec
+    change's or a retraining's. A Job without the annotation (a schedule's, from an operator whose
+    CronJob template did not carry it) counts as the current spec's."""
+    ours = [job for job in jobs if _annotation(job, children.SPEC_HASH_ANNOTATION) in (spec_hash, None)]
+    return ours[-1] if ours else None
+
+
+def paused_for_spec(rollout: dict[str, Any], spec_hash: str) -> bool:
+    """Whether ``rollout`` waits because its candidate was trained for a spec other than the Model's
+    current one (``spec_hash``): the current spec, not the latest run, decides."""
+    started_for = rollout.get("specHash")
+    return bool(started_for) and started_for != spec_hash
 
 
 def _describe(rollout: dict[str, Any]) -> str:
