@@ -71,7 +71,8 @@ def test_the_example_model_parses() -> None:
             "iris",
             {"rollout": {"interval_seconds": 60, "analyses_per_step": 3, "progress_deadline_seconds": 120}},
             "spec.rollout",
-            r"progress_deadline_seconds 120 is shorter than the 180 s a step's analyses take",
+            r"progress_deadline_seconds 120 is shorter than the 240 s a step needs \(\(analyses_per_step "
+            r"\+ 1\) x interval_seconds: its analyses, and one look that may find the candidate not served",
         ),
     ],
 )

@@ -27,7 +27,7 @@ import logging
 import math
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import kopf
@@ -404,6 +404,8 @@ class Controller:
         if rollout["state"] == PROGRESSING:
             rollout = self._pause_for_a_new_spec(body, rollout, run, spec_hash)
         if rollout["state"] == PROGRESSING and not rollout.get("paused"):
+            slack_s = 2 * self.settings.operator.interval_s  # how late the timer's look may normally be
+            rollout = step_clock(rollout, policy, datetime.now(UTC), slack_s)
             if _due(rollout, policy):
                 rollout = self._analyse(body, rollout, policy, result)
             if rollout["state"] == PROGRESSING and _step_age(rollout) > policy.step_deadline_seconds:
@@ -668,9 +670,26 @@ def _due(rollout: dict[str, Any], policy: RolloutPolicy) -> bool:
     return (datetime.now(UTC) - _parse_time(since)).total_seconds() >= policy.interval_seconds
 
 
+def step_clock(
+    rollout: dict[str, Any], policy: RolloutPolicy, now: datetime, slack_s: float
+) -> dict[str, Any]:
+    """``rollout`` with its step's clock counting only while an operator looks: started ``now`` for a
+    rollout an older operator started (it has no stepStartedAt), and moved forward by the time no
+    operator looked (a look later than ``interval_seconds`` + ``slack_s`` after the last), so a restart
+    or an upgrade does not spend the step's deadline and turn a passing rollout into a rollback."""
+    if not rollout.get("stepStartedAt"):
+        return {**rollout, "stepStartedAt": _format_time(now)}
+    last_look = _parse_time(rollout.get("lastAnalysisAt") or rollout["startedAt"])
+    unobserved_s = (now - last_look).total_seconds() - policy.interval_seconds - slack_s
+    if unobserved_s <= 0:
+        return rollout
+    started = min(now, _parse_time(rollout["stepStartedAt"]) + timedelta(seconds=unobserved_s))
+    log.info("rollout of version %s: %.0f s unobserved, not counted", rollout["candidate"], unobserved_s)
+    return {**rollout, "stepStartedAt": _format_time(started)}
+
+
 def _step_age(rollout: dict[str, Any]) -> float:
-    since = rollout.get("stepStartedAt") or rollout["startedAt"]
-    return (datetime.now(UTC) - _parse_time(since)).total_seconds()
+    return (datetime.now(UTC) - _parse_time(rollout["stepStartedAt"])).total_seconds()
 
 
 def _rollout_env(rollout: dict[str, Any] | None) -> list[dict[str, str]]:
@@ -763,7 +782,11 @@ def _phase(conditions: Conditions) -> str:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _format_time(datetime.now(UTC))
+
+
+def _format_time(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_time(text: str) -> datetime:
