@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from modelyard.operator import children
-from modelyard.operator.controller import current_job, paused_for_spec, step_clock
+from modelyard.operator.controller import current_job, paused_for_spec, spec_run_failed, step_clock
 from modelyard.operator.resource import RolloutPolicy
 
 
@@ -67,3 +67,16 @@ def test_a_look_on_time_leaves_the_steps_clock_alone_and_it_never_starts_in_the_
     assert step_clock(on_time, POLICY, NOW, 2) == on_time
     resumed = {"candidate": 2, "startedAt": ago(900), "lastAnalysisAt": ago(800), "stepStartedAt": ago(5)}
     assert step_clock(resumed, POLICY, NOW, 2)["stepStartedAt"] == ago(0)  # resumed from a pause
+
+
+def test_a_paused_rollout_ends_when_its_new_specs_run_fails_not_while_it_trains_or_cannot_start() -> None:
+    paused = {"candidate": 2, "specHash": "a", "paused": True}
+    run_b = {"name": "iris-train-b", "specHash": "b"}
+    failed = {"type": "Trained", "status": "False", "reason": "TrainingFailed", "message": "exit 1"}
+    training = {**failed, "status": "Unknown", "reason": "Training"}
+    assert spec_run_failed(paused, run_b, "b", failed) is True
+    assert spec_run_failed(paused, run_b, "b", training) is False
+    assert spec_run_failed(paused, run_b, "b", None) is False
+    # KFP unreachable: the run is still spec A's, and Trained False says the new one could not start
+    assert spec_run_failed(paused, {"name": "kfp-a", "specHash": "a"}, "b", failed) is False
+    assert spec_run_failed({**paused, "paused": False}, run_b, "b", failed) is False

@@ -17,7 +17,8 @@ takes ``analyses_per_step`` passing analyses, one every ``interval_seconds``; ``
 ones roll it back, the registry untouched. A rollout without evidence ends too: a candidate no predictor
 serves by the step's deadline, ``inconclusive_limit`` analyses in a row without a verdict, or a step past
 its deadline roll it back. A newer version supersedes it; a new model spec pauses it until that spec's
-run publishes. The rollout's state, and the plan it started with, are in ``status.rollout``.
+run publishes, and ends it (SpecChanged) if that run fails. The rollout's state, and the plan it started
+with, are in ``status.rollout``.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ NO_EVIDENCE, ANALYSIS_UNAVAILABLE, CANDIDATE_NOT_SERVED = (
     "AnalysisUnavailable",
     "CandidateNotServed",
 )
+# a paused rollout whose new spec's run failed ends: its older version is not served
+SPEC_CHANGED = "SpecChanged"
 # what the last look at a candidate found, short of a verdict (status.rollout.evidence)
 NOT_SERVED, UNAVAILABLE, INCONCLUSIVE_EVIDENCE = "NotServed", "Unavailable", "Inconclusive"
 SHADOW, CANARY, FULL = "shadow", "canary", "full"
@@ -403,6 +406,14 @@ class Controller:
             rollout = {**rollout, "state": PROMOTED, "percent": 100, "message": message}
         if rollout["state"] == PROGRESSING:
             rollout = self._pause_for_a_new_spec(body, rollout, run, spec_hash)
+            if spec_run_failed(rollout, run, spec_hash, conditions.get(TRAINED)):
+                trained = conditions.get(TRAINED) or {}
+                message = (
+                    f"the spec changed and its run {run.get('name')} failed ({trained.get('message')}): "
+                    f"version {rollout['candidate']}, trained for the older spec, is not rolled out; "
+                    f"{name}@{rollout['stable']} keeps serving"
+                )
+                rollout = self._roll_back(body, rollout, SPEC_CHANGED, message)
         if rollout["state"] == PROGRESSING and not rollout.get("paused"):
             slack_s = 2 * self.settings.operator.interval_s  # how late the timer's look may normally be
             rollout = step_clock(rollout, policy, datetime.now(UTC), slack_s)
@@ -657,6 +668,16 @@ def paused_for_spec(rollout: dict[str, Any], spec_hash: str) -> bool:
     current one (``spec_hash``): the current spec, not the latest run, decides."""
     started_for = rollout.get("specHash")
     return bool(started_for) and started_for != spec_hash
+
+
+def spec_run_failed(
+    rollout: dict[str, Any], run: dict[str, Any], spec_hash: str, trained: dict[str, Any] | None
+) -> bool:
+    """Whether ``rollout``, paused for a new spec, has nothing left to wait for: the current spec's run
+    failed (Trained False for it). A run that could not start (KFP unreachable) is not the current spec's:
+    the pause waits for it."""
+    failed = trained is not None and trained["status"] == "False"
+    return bool(rollout.get("paused")) and run.get("specHash") == spec_hash and failed
 
 
 def _describe(rollout: dict[str, Any]) -> str:

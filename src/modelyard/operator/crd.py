@@ -121,7 +121,7 @@ class Rollout(_Status):
     reason: str | None = Field(
         default=None,
         description="why it ended: Promoted, RolledBack (failed checks), NoEvidence, AnalysisUnavailable, "
-        "CandidateNotServed",
+        "CandidateNotServed, SpecChanged (paused for a new spec whose run failed)",
     )
 
 
