@@ -172,6 +172,7 @@ def test_a_kfp_run_is_started_once_and_its_version_found_by_its_name(tmp_path: P
             published = runs.observe(
                 body,
                 first,
+                first["specHash"],
                 conditions,
                 lambda model, run_id: next(
                     (r for r in registry.list_versions(model) if r.run_id == run_id), None
@@ -244,3 +245,25 @@ def test_an_answered_request_stays_answered_across_a_later_spec_run() -> None:
     assert request_to_answer({**retrained, "request": None}, requested) == requested
     assert request_to_answer(None, requested) == requested
     assert request_to_answer(retrained, None) is None
+
+
+def test_a_spec_change_with_kfp_down_keeps_saying_so_and_the_old_specs_run_is_not_followed() -> None:
+    body = model_body()
+    spec, policies = parse_resource_spec("iris", body["spec"])
+    old_run = {"kind": "KFP", "name": "kfp-run-a", "generation": 1, "trigger": "spec", "specHash": "a"}
+    old_run["startedAt"] = "2026-01-01T00:00:00Z"
+    conditions = Conditions(None, 2)
+    runs = KfpRuns(settings_with_host("http://127.0.0.1:9"))
+
+    def say(*_: Any, **__: Any) -> None:
+        return None
+
+    run = runs.current_run(body, old_run, spec, policies, conditions, say)
+    assert run == old_run  # the new spec's run could not start
+
+    def published_by(model: str, run_id: str) -> None:
+        raise AssertionError(f"the old spec's run {run_id} was followed")
+
+    assert runs.observe(body, run, children.spec_hash(spec), conditions, published_by, say) is None
+    trained = conditions.get(TRAINED)
+    assert trained is not None and (trained["status"], trained["reason"]) == ("False", "KfpUnreachable")

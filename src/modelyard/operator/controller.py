@@ -142,7 +142,8 @@ class Controller:
             if kfp_runs.uses_kfp(policies.training.runner, self.settings):
                 kfp = kfp_runs.KfpRuns(self.settings)
                 run = kfp.current_run(body, old.get("latestRun"), spec, policies, conditions, self._say)
-                published = kfp.observe(body, run, conditions, self._published_by, self._say)
+                hash_ = children.spec_hash(spec)
+                published = kfp.observe(body, run, hash_, conditions, self._published_by, self._say)
             else:
                 run = self._current_run(body, old, spec, policies)
                 published = self._observe_run(body, run, conditions)

@@ -125,12 +125,15 @@ class KfpRuns:
         self,
         body: dict[str, Any],
         run: dict[str, Any] | None,
+        spec_hash: str,
         conditions: Conditions,
         published_by: Callable[[str, str], ModelVersionRecord | None],
         say: Say,
     ) -> ModelVersionRecord | None:
-        """The version the run published, if any; Trained and Published say how the run stands."""
-        if run is None:
+        """The version the run published, if any; Trained and Published say how the run stands. A run of
+        another spec (``spec_hash``'s could not start) is not followed: Trained keeps saying why, and its
+        version is not this spec's."""
+        if run is None or run.get("specHash") != spec_hash:
             return None
         model = body["metadata"]["name"]
         name = registry_run_id(model, run)
