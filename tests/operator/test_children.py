@@ -148,3 +148,9 @@ def test_the_env_the_operator_gives_the_predictor_names_serving_settings() -> No
     for name in names:
         assert name.startswith("MODELYARD_SERVING__"), name
         assert name.removeprefix("MODELYARD_SERVING__").lower() in ServingSettings.model_fields, name
+
+
+def test_the_schedules_jobs_carry_the_spec_hash_the_cron_job_was_written_for() -> None:
+    cron = children.training_cron_job("iris", "0 3 * * *", "abc123", load_settings(), Policies())
+    template = cron["spec"]["jobTemplate"]["metadata"]
+    assert template["annotations"] == {children.SPEC_HASH_ANNOTATION: "abc123"}

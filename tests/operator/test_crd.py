@@ -71,7 +71,8 @@ def test_the_example_model_parses() -> None:
             "iris",
             {"rollout": {"interval_seconds": 60, "analyses_per_step": 3, "progress_deadline_seconds": 120}},
             "spec.rollout",
-            r"progress_deadline_seconds 120 is shorter than the 180 s a step's analyses take",
+            r"progress_deadline_seconds 120 is shorter than the 240 s a step needs \(\(analyses_per_step "
+            r"\+ 1\) x interval_seconds: its analyses, and one look that may find the candidate not served",
         ),
     ],
 )
@@ -154,6 +155,7 @@ def every_status_field() -> dict[str, Any]:
             "specHash": "abcdef0123",
             "startedAt": "2026-12-02T05:00:00Z",
             "request": "2026-12-02T04:59:00.000000+00:00",
+            "answeredRequest": "2026-12-02T04:59:00.000000+00:00",
         },
         "versions": [
             {

@@ -14,7 +14,14 @@ import pytest
 
 from modelyard.operator import children
 from modelyard.operator.conditions import TRAINED, Conditions
-from modelyard.operator.kfp_runs import KfpRuns, registry_run_id, run_name, trained_condition, uses_kfp
+from modelyard.operator.kfp_runs import (
+    KfpRuns,
+    registry_run_id,
+    request_to_answer,
+    run_name,
+    trained_condition,
+    uses_kfp,
+)
 from modelyard.operator.resource import Runner, parse_resource_spec
 from modelyard.registry import Registry
 from modelyard.settings import Settings, load_settings
@@ -165,6 +172,7 @@ def test_a_kfp_run_is_started_once_and_its_version_found_by_its_name(tmp_path: P
             published = runs.observe(
                 body,
                 first,
+                first["specHash"],
                 conditions,
                 lambda model, run_id: next(
                     (r for r in registry.list_versions(model) if r.run_id == run_id), None
@@ -193,3 +201,69 @@ def test_the_compiled_pipeline_hands_its_run_id_parameter_to_the_publish_step() 
     assert publish["defaultValue"] == ""
     gate = package["components"]["comp-condition-3"]["dag"]["tasks"]["publish"]["inputs"]["parameters"]
     assert gate["run_id"] == {"componentInputParameter": "pipelinechannel--run_id"}
+
+
+def test_a_retraining_run_found_after_a_lost_status_write_is_adopted_and_kfp_not_asked_again() -> None:
+    """A pass created the retraining run and its status write was lost (a crash, or a 409): the next pass
+    starts from the spec run, finds the retraining run by its name, and makes it latestRun."""
+    requested = "2026-01-01T00:00:00.000000+00:00"
+    body = model_body(**{children.RETRAIN_ANNOTATION: requested})
+    spec, policies = parse_resource_spec("iris", body["spec"])  # retrain_on_alert: true by default
+    hash_ = children.spec_hash(spec)
+    asked: list[str] = []
+
+    def find_run(host: str, name: str) -> str | None:
+        asked.append(name)
+        return "kfp-run-of-the-alert" if name == run_name("iris", hash_, requested) else None
+
+    runs = KfpRuns(settings_with_host("http://127.0.0.1:9"), find_run=find_run)
+    spec_run = {"kind": "KFP", "name": "kfp-run-of-the-spec", "generation": 1, "trigger": "spec"}
+    spec_run |= {"specHash": hash_, "startedAt": "2026-01-01T00:00:00Z"}
+    said: list[str] = []
+
+    def say(_body: Any, reason: str, _message: str, **_: Any) -> None:
+        said.append(reason)
+
+    adopted = runs.current_run(body, spec_run, spec, policies, Conditions(None, 1), say)
+    assert adopted is not None
+    assert (adopted["name"], adopted["request"], adopted["answeredRequest"]) == (
+        "kfp-run-of-the-alert",
+        requested,
+        requested,
+    )
+    assert registry_run_id("iris", adopted) == children.retrain_job_name("iris", requested)
+    assert asked == [run_name("iris", hash_, requested)] and said == []  # found, not started again
+    again = runs.current_run(body, adopted, spec, policies, Conditions(None, 1), say)
+    assert again == adopted and len(asked) == 1, "an answered request asked KFP again"
+
+
+def test_an_answered_request_stays_answered_across_a_later_spec_run() -> None:
+    requested = "2026-01-01T00:00:00.000000+00:00"
+    retrained = {"kind": "KFP", "name": "r", "specHash": "old", "request": requested}
+    assert request_to_answer(retrained, requested) is None
+    assert request_to_answer({**retrained, "request": None, "answeredRequest": requested}, requested) is None
+    assert request_to_answer({**retrained, "request": None}, requested) == requested
+    assert request_to_answer(None, requested) == requested
+    assert request_to_answer(retrained, None) is None
+
+
+def test_a_spec_change_with_kfp_down_keeps_saying_so_and_the_old_specs_run_is_not_followed() -> None:
+    body = model_body()
+    spec, policies = parse_resource_spec("iris", body["spec"])
+    old_run = {"kind": "KFP", "name": "kfp-run-a", "generation": 1, "trigger": "spec", "specHash": "a"}
+    old_run["startedAt"] = "2026-01-01T00:00:00Z"
+    conditions = Conditions(None, 2)
+    runs = KfpRuns(settings_with_host("http://127.0.0.1:9"))
+
+    def say(*_: Any, **__: Any) -> None:
+        return None
+
+    run = runs.current_run(body, old_run, spec, policies, conditions, say)
+    assert run == old_run  # the new spec's run could not start
+
+    def published_by(model: str, run_id: str) -> None:
+        raise AssertionError(f"the old spec's run {run_id} was followed")
+
+    assert runs.observe(body, run, children.spec_hash(spec), conditions, published_by, say) is None
+    trained = conditions.get(TRAINED)
+    assert trained is not None and (trained["status"], trained["reason"]) == ("False", "KfpUnreachable")

@@ -19,11 +19,14 @@ from typing import Any
 import pytest
 import yaml
 
+from modelyard.deploy.kube import custom_objects_api
 from modelyard.errors import ModelyardError
 from modelyard.operator import children
 from modelyard.operator.crd import CHART_CRD, CRD_NAME
-from modelyard.operator.local import job_pod_labels, pod_command
+from modelyard.operator.kube import JOB, Cluster
+from modelyard.operator.local import LocalPods, job_pod_labels, pod_command
 from modelyard.registry import Registry
+from modelyard.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELYARD = str(Path(sys.executable).parent / "modelyard")
@@ -230,3 +233,46 @@ def test_kubectl_apply_of_the_example_trains_here_publishes_and_serves_on_127_0_
         operator.terminate()
         operator.wait(30)
     assert "predictor" in log.read_text()
+
+
+@pytest.mark.cluster
+def test_a_local_job_whose_program_is_not_there_fails_with_start_error(
+    bare_control_plane: Any, tmp_path: Path
+) -> None:
+    """The training thread raises (Popen: no such program): the Job is Failed with the error, not left
+    active for ever."""
+    namespace = f"local-{uuid.uuid4().hex[:8]}"
+    bare_control_plane.create_namespace(namespace)
+    container = {"name": "train", "image": "modelyard/trainer:test", "command": ["modelyard-no-such-program"]}
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "nothere", "labels": {children.MODEL_LABEL: "nothere"}},
+        "spec": {
+            "backoffLimit": 0,
+            "managedBy": children.LOCAL_JOB_MANAGER,
+            "template": {"metadata": {}, "spec": {"restartPolicy": "Never", "containers": [container]}},
+        },
+    }
+    bare_control_plane.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(job))
+    cluster = Cluster(custom_objects_api(Path(bare_control_plane.kubeconfig)).api_client)
+    settings = load_settings().model_copy(update={"home": tmp_path})
+    said: list[str] = []
+    pods = LocalPods(settings, cluster, said.append)
+    created = cluster.get(JOB, "nothere", namespace)
+    assert created is not None
+    pods.on_job(created)
+
+    def failed() -> dict[str, Any] | None:
+        found = cluster.get(JOB, "nothere", namespace) or {}
+        conditions = {c["type"]: c for c in (found.get("status") or {}).get("conditions") or []}
+        return conditions.get("Failed")
+
+    deadline = time.monotonic() + 30
+    while (condition := failed()) is None:
+        assert time.monotonic() < deadline, f"the Job was not failed; the operator said: {said}"
+        time.sleep(0.2)
+    assert (condition["status"], condition["reason"]) == ("True", "StartError")
+    assert condition["message"].startswith("FileNotFoundError: ")
+    assert "modelyard-no-such-program" in condition["message"]
+    assert said[-1].startswith(f"training {namespace}/nothere could not run: FileNotFoundError: ")

@@ -730,7 +730,7 @@ def test_objects_of_a_childs_name_that_are_not_the_models_are_neither_adopted_no
     assert harness.get("configmap", f"{name}-spec") is not None
 
 
-def test_auto_trains_through_kfp_when_a_kfp_host_is_set(own_harness: Harness) -> None:
+def test_auto_with_a_kfp_host_starts_no_job_and_names_the_unreachable_host(own_harness: Harness) -> None:
     harness = own_harness
     harness.stop_operator()
     harness.start_operator(MODELYARD_PIPELINE__HOST="http://127.0.0.1:9")

@@ -399,8 +399,28 @@ def test_a_spec_change_pauses_the_rollout_and_the_new_version_supersedes_it(
     assert rollout_of(harness, name)["passes"] == passes, "a paused candidate was analysed"
     assert {e["reason"]: e["type"] for e in harness.events(name)}["RolloutPaused"] == "Warning"
 
-    # The new spec's version supersedes it, and its rollout takes the policy as it is now.
+    # Back to the spec version 2 was trained for: it resumes, and its own Job is the run again (not the
+    # newest Job, the other spec's), with no Job started.
+    harness.kubectl("patch", "model", name, "--type=merge", "-p", '{"spec": {"cv_folds": 3}}')
+    wait_until(
+        "Progressing again",
+        lambda: (harness.condition(name, "RolloutProgressing") or {}).get("reason") == "Progressing",
+    )
+    (resumed,) = [e for e in harness.events(name) if e["reason"] == "RolloutResumed"]
+    assert resumed["message"] == (
+        "overtaken@2: shadow (version 2 scored on every request, answering none): resumed, the spec is its "
+        "own again"
+    )
+    assert len(harness.jobs(name)) == 3
+    assert harness.model(name)["status"]["latestRun"]["name"] != third["metadata"]["name"]
+    # The other spec's Job publishes version 3 meanwhile: it is not rolled out for this spec.
     assert harness.run_job(third, tmp_path / "third").returncode == 0
+    harness.wait_reconciled(name)
+    assert rollout_of(harness, name)["candidate"] == 2
+
+    # The spec is the new one again: its version, published already, supersedes version 2, and its
+    # rollout takes the policy as it is now.
+    harness.kubectl("patch", "model", name, "--type=merge", "-p", '{"spec": {"cv_folds": 4}}')
     wait_until("version 3's rollout", lambda: rollout_of(harness, name).get("candidate") == 3)
     (superseded,) = [e for e in harness.events(name) if e["reason"] == "RolloutSuperseded"]
     assert superseded["type"] == "Warning"

@@ -173,8 +173,11 @@ def schedule_name(model: str) -> str:
     return child_name(model, "retrain", CRON_JOB_NAME_LIMIT)
 
 
-def training_cron_job(model: str, schedule: str, settings: Settings, policies: Policies) -> dict[str, Any]:
-    """The schedule's runs: each one trains the spec the ConfigMap holds at that moment."""
+def training_cron_job(
+    model: str, schedule: str, hash_: str, settings: Settings, policies: Policies
+) -> dict[str, Any]:
+    """The schedule's runs: each one trains the spec the ConfigMap holds at that moment, whose hash
+    (``hash_``, the template updated with the ConfigMap) its Jobs carry."""
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
@@ -183,7 +186,10 @@ def training_cron_job(model: str, schedule: str, settings: Settings, policies: P
             "schedule": schedule,
             "concurrencyPolicy": "Forbid",
             "jobTemplate": {
-                "metadata": {"labels": _labels(model, **{TRIGGER_LABEL: "schedule"})},
+                "metadata": {
+                    "labels": _labels(model, **{TRIGGER_LABEL: "schedule"}),
+                    "annotations": {SPEC_HASH_ANNOTATION: hash_},
+                },
                 "spec": {
                     "backoffLimit": 0,
                     "activeDeadlineSeconds": policies.training.timeout_seconds,

@@ -17,7 +17,8 @@ takes ``analyses_per_step`` passing analyses, one every ``interval_seconds``; ``
 ones roll it back, the registry untouched. A rollout without evidence ends too: a candidate no predictor
 serves by the step's deadline, ``inconclusive_limit`` analyses in a row without a verdict, or a step past
 its deadline roll it back. A newer version supersedes it; a new model spec pauses it until that spec's
-run publishes. The rollout's state, and the plan it started with, are in ``status.rollout``.
+run publishes, and ends it (SpecChanged) if that run fails. The rollout's state, and the plan it started
+with, are in ``status.rollout``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import logging
 import math
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import kopf
@@ -79,6 +80,8 @@ NO_EVIDENCE, ANALYSIS_UNAVAILABLE, CANDIDATE_NOT_SERVED = (
     "AnalysisUnavailable",
     "CandidateNotServed",
 )
+# a paused rollout whose new spec's run failed ends: its older version is not served
+SPEC_CHANGED = "SpecChanged"
 # what the last look at a candidate found, short of a verdict (status.rollout.evidence)
 NOT_SERVED, UNAVAILABLE, INCONCLUSIVE_EVIDENCE = "NotServed", "Unavailable", "Inconclusive"
 SHADOW, CANARY, FULL = "shadow", "canary", "full"
@@ -139,13 +142,16 @@ class Controller:
             if kfp_runs.uses_kfp(policies.training.runner, self.settings):
                 kfp = kfp_runs.KfpRuns(self.settings)
                 run = kfp.current_run(body, old.get("latestRun"), spec, policies, conditions, self._say)
-                published = kfp.observe(body, run, conditions, self._published_by, self._say)
+                hash_ = children.spec_hash(spec)
+                published = kfp.observe(body, run, hash_, conditions, self._published_by, self._say)
             else:
                 run = self._current_run(body, old, spec, policies)
                 published = self._observe_run(body, run, conditions)
             new["latestRun"] = run
             # no run at all (KFP unreachable before its first run): no spec to pause a rollout for
-            new.update(self._serve(body, old, published, run or {}, policies, conditions))
+            new.update(
+                self._serve(body, old, published, run or {}, children.spec_hash(spec), policies, conditions)
+            )
         except (NotOurs, KindMissing) as exc:
             reason = "NameTaken" if isinstance(exc, NotOurs) else "KindMissing"
             if conditions.set(READY, False, reason, exc.message):
@@ -182,8 +188,10 @@ class Controller:
         self.cluster.ensure(CONFIG_MAP, namespace, _owned(children.spec_config_map(name, spec), owner), uid)
         schedule = policies.training.schedule
         if schedule:
-            cron = _owned(children.training_cron_job(name, schedule, self.settings, policies), owner)
-            self.cluster.ensure(CRON_JOB, namespace, cron, uid)
+            manifest = children.training_cron_job(
+                name, schedule, children.spec_hash(spec), self.settings, policies
+            )
+            self.cluster.ensure(CRON_JOB, namespace, _owned(manifest, owner), uid)
         else:
             self.cluster.delete(CRON_JOB, children.schedule_name(name), namespace, uid)
 
@@ -205,8 +213,9 @@ class Controller:
     def _current_run(
         self, body: dict[str, Any], status: dict[str, Any], spec: ModelSpec, policies: Policies
     ) -> dict[str, Any]:
-        """The run that trains the current spec: the newest Job of this Model, or a new one when the spec
-        changed since the last run. A run whose Job is gone (its TTL, or by hand) stays the run."""
+        """The run that trains the current spec: the newest Job of this Model for the spec's hash (after a
+        revert A to B to A, A's Job, not B's), or a new one when no Job has that hash. A run whose Job is
+        gone (its TTL, or by hand) stays the run."""
         meta = body["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
         owner = children.owner_reference(body)
@@ -233,19 +242,20 @@ class Controller:
                 job = children.training_job(name, hash_, self.settings, policies, request=request)
                 message = f"Job {job['metadata']['name']} retrains {name}: requested {request}"
                 start(job, "RetrainingStarted", message)
-        if not jobs:
+        current = current_job(jobs, hash_)
+        if current is None:
             return dict(recorded)
-        job_meta = jobs[-1]["metadata"]
+        job_meta = current["metadata"]
         run = {
             "kind": "Job",
             "name": job_meta["name"],
             "generation": int(meta.get("generation", 1)),
             "trigger": job_meta.get("labels", {}).get(children.TRIGGER_LABEL, "spec"),
-            "specHash": _annotation(jobs[-1], children.SPEC_HASH_ANNOTATION) or hash_,
+            "specHash": _annotation(current, children.SPEC_HASH_ANNOTATION) or hash_,
             "startedAt": job_meta.get("creationTimestamp") or _now(),
         }
-        if _annotation(jobs[-1], children.RETRAIN_ANNOTATION):
-            run["request"] = _annotation(jobs[-1], children.RETRAIN_ANNOTATION)
+        if _annotation(current, children.RETRAIN_ANNOTATION):
+            run["request"] = _annotation(current, children.RETRAIN_ANNOTATION)
         return run
 
     def _observe_run(
@@ -295,6 +305,7 @@ class Controller:
         status: dict[str, Any],
         published: ModelVersionRecord | None,
         run: dict[str, Any],
+        spec_hash: str,
         policies: Policies,
         conditions: Conditions,
     ) -> dict[str, Any]:
@@ -310,7 +321,9 @@ class Controller:
             conditions.set(READY, False, "NothingPublished", f"no version of {name} is published yet")
             return {"servingVersion": None, "url": None}
         result: dict[str, Any] = {}
-        rollout = self._rollout(body, status, production, published, run, policies, conditions, result)
+        rollout = self._rollout(
+            body, status, production, published, run, spec_hash, policies, conditions, result
+        )
         if rollout is not None and rollout["state"] == PROMOTED:
             # the registry is the truth: the rollout promoted there, and a later rollback (the CLI, the
             # console) must win over a rollout that ended long ago
@@ -349,6 +362,7 @@ class Controller:
         production: ModelVersionRecord,
         published: ModelVersionRecord | None,
         run: dict[str, Any],
+        spec_hash: str,
         policies: Policies,
         conditions: Conditions,
         result: dict[str, Any],
@@ -358,7 +372,9 @@ class Controller:
         name = body["metadata"]["name"]
         policy = policies.rollout
         rollout: dict[str, Any] | None = status.get("rollout")
-        candidate = published if published is not None and published.version > production.version else None
+        # a version of a run for another spec (the current spec's run could not start) is not rolled out
+        newer = published is not None and published.version > production.version
+        candidate = published if newer and run.get("specHash") == spec_hash else None
         if candidate is not None and (rollout is None or rollout["candidate"] != candidate.version):
             if not self.settings.operator.prometheus_url:
                 conditions.set(
@@ -370,7 +386,7 @@ class Controller:
                 )
                 return rollout
             superseded = rollout
-            rollout = _start(candidate, production, policy, run.get("specHash"))
+            rollout = _start(candidate, production, policy, spec_hash)
             if superseded is not None and superseded["state"] == PROGRESSING:
                 message = (
                     f"{name}@{superseded['candidate']} is superseded by {candidate.ref} at step "
@@ -390,8 +406,18 @@ class Controller:
             self._say(body, "Promoted", message)
             rollout = {**rollout, "state": PROMOTED, "percent": 100, "message": message}
         if rollout["state"] == PROGRESSING:
-            rollout = self._pause_for_a_new_spec(body, rollout, run)
+            rollout = self._pause_for_a_new_spec(body, rollout, run, spec_hash)
+            if spec_run_failed(rollout, run, spec_hash, conditions.get(TRAINED)):
+                trained = conditions.get(TRAINED) or {}
+                message = (
+                    f"the spec changed and its run {run.get('name')} failed ({trained.get('message')}): "
+                    f"version {rollout['candidate']}, trained for the older spec, is not rolled out; "
+                    f"{name}@{rollout['stable']} keeps serving"
+                )
+                rollout = self._roll_back(body, rollout, SPEC_CHANGED, message)
         if rollout["state"] == PROGRESSING and not rollout.get("paused"):
+            slack_s = 2 * self.settings.operator.interval_s  # how late the timer's look may normally be
+            rollout = step_clock(rollout, policy, datetime.now(UTC), slack_s)
             if _due(rollout, policy):
                 rollout = self._analyse(body, rollout, policy, result)
             if rollout["state"] == PROGRESSING and _step_age(rollout) > policy.step_deadline_seconds:
@@ -409,13 +435,12 @@ class Controller:
         return rollout
 
     def _pause_for_a_new_spec(
-        self, body: dict[str, Any], rollout: dict[str, Any], run: dict[str, Any]
+        self, body: dict[str, Any], rollout: dict[str, Any], run: dict[str, Any], spec_hash: str
     ) -> dict[str, Any]:
         """A candidate of an older spec is neither served nor judged while the new spec's run trains: it
         would be promoted for a spec the Model no longer has. Its own spec's run again resumes it."""
         name = body["metadata"]["name"]
-        started_for, current = rollout.get("specHash"), run.get("specHash")
-        paused = bool(started_for and current and current != started_for)
+        paused = paused_for_spec(rollout, spec_hash)
         if paused == bool(rollout.get("paused")):
             return rollout
         ref = f"{name}@{rollout['candidate']}"
@@ -631,6 +656,31 @@ def _steps(rollout: dict[str, Any], policy: RolloutPolicy) -> list[tuple[str, in
     return [(step["mode"], int(step["percent"])) for step in steps]
 
 
+def current_job(jobs: list[dict[str, Any]], spec_hash: str) -> dict[str, Any] | None:
+    """The newest of ``jobs`` (oldest first) that trains the spec whose hash is ``spec_hash``: a spec
+    change's or a retraining's. A Job without the annotation (a schedule's, from an operator whose
+    CronJob template did not carry it) counts as the current spec's."""
+    ours = [job for job in jobs if _annotation(job, children.SPEC_HASH_ANNOTATION) in (spec_hash, None)]
+    return ours[-1] if ours else None
+
+
+def paused_for_spec(rollout: dict[str, Any], spec_hash: str) -> bool:
+    """Whether ``rollout`` waits because its candidate was trained for a spec other than the Model's
+    current one (``spec_hash``): the current spec, not the latest run, decides."""
+    started_for = rollout.get("specHash")
+    return bool(started_for) and started_for != spec_hash
+
+
+def spec_run_failed(
+    rollout: dict[str, Any], run: dict[str, Any], spec_hash: str, trained: dict[str, Any] | None
+) -> bool:
+    """Whether ``rollout``, paused for a new spec, has nothing left to wait for: the current spec's run
+    failed (Trained False for it). A run that could not start (KFP unreachable) is not the current spec's:
+    the pause waits for it."""
+    failed = trained is not None and trained["status"] == "False"
+    return bool(rollout.get("paused")) and run.get("specHash") == spec_hash and failed
+
+
 def _describe(rollout: dict[str, Any]) -> str:
     if rollout["mode"] == SHADOW:
         return f"shadow (version {rollout['candidate']} scored on every request, answering none)"
@@ -642,9 +692,26 @@ def _due(rollout: dict[str, Any], policy: RolloutPolicy) -> bool:
     return (datetime.now(UTC) - _parse_time(since)).total_seconds() >= policy.interval_seconds
 
 
+def step_clock(
+    rollout: dict[str, Any], policy: RolloutPolicy, now: datetime, slack_s: float
+) -> dict[str, Any]:
+    """``rollout`` with its step's clock counting only while an operator looks: started ``now`` for a
+    rollout an older operator started (it has no stepStartedAt), and moved forward by the time no
+    operator looked (a look later than ``interval_seconds`` + ``slack_s`` after the last), so a restart
+    or an upgrade does not spend the step's deadline and turn a passing rollout into a rollback."""
+    if not rollout.get("stepStartedAt"):
+        return {**rollout, "stepStartedAt": _format_time(now)}
+    last_look = _parse_time(rollout.get("lastAnalysisAt") or rollout["startedAt"])
+    unobserved_s = (now - last_look).total_seconds() - policy.interval_seconds - slack_s
+    if unobserved_s <= 0:
+        return rollout
+    started = min(now, _parse_time(rollout["stepStartedAt"]) + timedelta(seconds=unobserved_s))
+    log.info("rollout of version %s: %.0f s unobserved, not counted", rollout["candidate"], unobserved_s)
+    return {**rollout, "stepStartedAt": _format_time(started)}
+
+
 def _step_age(rollout: dict[str, Any]) -> float:
-    since = rollout.get("stepStartedAt") or rollout["startedAt"]
-    return (datetime.now(UTC) - _parse_time(since)).total_seconds()
+    return (datetime.now(UTC) - _parse_time(rollout["stepStartedAt"])).total_seconds()
 
 
 def _rollout_env(rollout: dict[str, Any] | None) -> list[dict[str, str]]:
@@ -737,7 +804,11 @@ def _phase(conditions: Conditions) -> str:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _format_time(datetime.now(UTC))
+
+
+def _format_time(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_time(text: str) -> datetime:

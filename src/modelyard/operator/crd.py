@@ -48,6 +48,9 @@ class Run(_Status):
     spec_hash: str = Field(description="the hash of the model spec it trains")
     started_at: str
     request: str | None = Field(default=None, description="the retraining request it answers")
+    answered_request: str | None = Field(
+        default=None, description="the newest retraining request a run was started or found for (KFP)"
+    )
 
 
 class VersionEntry(_Status):
@@ -118,7 +121,7 @@ class Rollout(_Status):
     reason: str | None = Field(
         default=None,
         description="why it ended: Promoted, RolledBack (failed checks), NoEvidence, AnalysisUnavailable, "
-        "CandidateNotServed",
+        "CandidateNotServed, SpecChanged (paused for a new spec whose run failed)",
     )
 
 

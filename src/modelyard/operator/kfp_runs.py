@@ -6,7 +6,9 @@ A run is named as its Job would be (``<model>-train-<hash>``, ``<model>-alert-<h
 the run id the pipeline's publish step records with the version, so the run's version is found in the
 registry as a Job's is. Before a run is created, KFP is asked for one of that name: a handler repeated
 after a crash finds the first run instead of starting a second. ``status.latestRun.name`` holds KFP's own
-run id. A retraining request whose run exists already was answered before; it is not taken up again.
+run id. ``status.latestRun.answeredRequest`` holds the newest retraining request answered, carried on to
+later spec runs: a request not answered there is started or, when its run exists (a status write lost to
+a crash or a conflict), adopted as the run; an answered one asks KFP nothing more.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ def registry_run_id(model: str, run: dict[str, Any]) -> str:
     return run_name(model, run["specHash"], run.get("request"))
 
 
+def answered_request(run: dict[str, Any] | None) -> str | None:
+    """The newest retraining request ``run`` (a status.latestRun) records as answered."""
+    if not run:
+        return None
+    return run.get("answeredRequest") or run.get("request")
+
+
+def request_to_answer(run: dict[str, Any] | None, request: str | None) -> str | None:
+    """The Model's retraining ``request`` (its annotation), unless the recorded run answered it already."""
+    return request if request and request != answered_request(run) else None
+
+
 def trained_condition(name: str, state: str, error: str) -> tuple[bool | None, str, str]:
     """Trained's status, reason and message for a run in ``state`` that published no version (yet)."""
     if state == SUCCEEDED:
@@ -66,6 +80,8 @@ class KfpRuns:
     """Starts and follows the KFP runs of Models, against ``settings.pipeline.host``."""
 
     settings: Settings
+    # KFP's run id for a run name (host, name); None: modelyard.pipeline.client.find_run
+    find_run: Callable[[str, str], str | None] | None = None
 
     def current_run(
         self,
@@ -79,9 +95,9 @@ class KfpRuns:
         """The run that trains the current spec (started here if there is none), or None when KFP cannot
         be reached and nothing was recorded; Trained says why."""
         meta = body["metadata"]
-        name = meta["name"]
         hash_ = children.spec_hash(spec)
         run = dict(recorded) if recorded and recorded.get("kind") == KIND else None
+        answered = answered_request(run)
         if not self.settings.pipeline.host:
             message = "runner kfp needs a KFP host: set MODELYARD_PIPELINE__HOST where the operator runs"
             if conditions.set(TRAINED, False, "NoKfpHost", message):
@@ -90,13 +106,15 @@ class KfpRuns:
         try:
             if run is None or run.get("specHash") != hash_:
                 run = self._start(body, spec, hash_, None, say)
-            request = (meta.get("annotations") or {}).get(children.RETRAIN_ANNOTATION)
-            if request and run.get("request") != request:
-                if not policies.training.retrain_on_alert:
-                    message = f"retraining requested ({request}), but spec.training.retrain_on_alert is false"
-                    say(body, "RetrainIgnored", message)
-                elif self._find(run_name(name, hash_, request)) is None:
-                    run = self._start(body, spec, hash_, request, say)
+                if answered:
+                    run["answeredRequest"] = answered
+            request = request_to_answer(run, (meta.get("annotations") or {}).get(children.RETRAIN_ANNOTATION))
+            if request and not policies.training.retrain_on_alert:
+                message = f"retraining requested ({request}), but spec.training.retrain_on_alert is false"
+                say(body, "RetrainIgnored", message)
+            elif request:
+                # _start finds before it creates: a run a lost status write left behind is adopted
+                run = {**self._start(body, spec, hash_, request, say), "answeredRequest": request}
         except ModelyardError as exc:
             message = f"cannot start a KFP run: {exc.message}"
             if conditions.set(TRAINED, False, "KfpUnreachable", message):
@@ -107,12 +125,15 @@ class KfpRuns:
         self,
         body: dict[str, Any],
         run: dict[str, Any] | None,
+        spec_hash: str,
         conditions: Conditions,
         published_by: Callable[[str, str], ModelVersionRecord | None],
         say: Say,
     ) -> ModelVersionRecord | None:
-        """The version the run published, if any; Trained and Published say how the run stands."""
-        if run is None:
+        """The version the run published, if any; Trained and Published say how the run stands. A run of
+        another spec (``spec_hash``'s could not start) is not followed: Trained keeps saying why, and its
+        version is not this spec's."""
+        if run is None or run.get("specHash") != spec_hash:
             return None
         model = body["metadata"]["name"]
         name = registry_run_id(model, run)
@@ -138,7 +159,7 @@ class KfpRuns:
     def _find(self, name: str) -> str | None:
         from modelyard.pipeline.client import find_run
 
-        return find_run(self.settings.pipeline.host, name)
+        return (self.find_run or find_run)(self.settings.pipeline.host, name)
 
     def _start(
         self, body: dict[str, Any], spec: ModelSpec, hash_: str, request: str | None, say: Say

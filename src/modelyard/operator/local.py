@@ -225,13 +225,28 @@ class LocalPods:
         threading.Thread(target=self._run_job, args=(job,), name=f"job-{uid}", daemon=True).start()
 
     def _run_job(self, job: dict[str, Any]) -> None:
+        """Run ``job``'s pod here. A thread has no kopf retry: whatever it raises (a program that is not
+        there, a folder it cannot make, a status write refused) fails the Job, as kubelet's StartError."""
+        meta = job["metadata"]
+        where = f"{meta['namespace']}/{meta['name']}"
+        started = (job.get("status") or {}).get("startTime") or _now()
+        try:
+            self._run_pod(job, started)
+        except Exception as exc:  # any error ends this thread: the Job must say it
+            message = f"{type(exc).__name__}: {exc}"
+            self.say(f"training {where} could not run: {message}")
+            try:
+                self._finish_job(job, started, False, message, reason="StartError")
+            except Exception as write_error:  # said: nothing else would report it
+                self.say(f"Job {where}: its Failed status could not be written either: {write_error}")
+
+    def _run_pod(self, job: dict[str, Any], started: str) -> None:
         meta = job["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
         workdir = self.workdir / namespace / name
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
         log = workdir / "pod.log"
-        started = (job.get("status") or {}).get("startTime") or _now()
         self._write_job_status(job, {"startTime": started, "active": 1})
         try:
             command = pod_command(
@@ -272,7 +287,14 @@ class LocalPods:
             self.say(f"training {namespace}/{name} failed: exit {code} (log: {log})")
             self._finish_job(job, started, False, why)
 
-    def _finish_job(self, job: dict[str, Any], started: str, succeeded: bool, message: str) -> None:
+    def _finish_job(
+        self,
+        job: dict[str, Any],
+        started: str,
+        succeeded: bool,
+        message: str,
+        reason: str = "BackoffLimitExceeded",
+    ) -> None:
         at = _now()
         if succeeded:
             status: dict[str, Any] = {
@@ -291,8 +313,8 @@ class LocalPods:
                 "active": 0,
                 "failed": 1,
                 "conditions": [
-                    _condition("FailureTarget", "BackoffLimitExceeded", message, at),
-                    _condition("Failed", "BackoffLimitExceeded", message, at),
+                    _condition("FailureTarget", reason, message, at),
+                    _condition("Failed", reason, message, at),
                 ],
             }
         self._write_job_status(job, status)

@@ -133,11 +133,13 @@ class RolloutPolicy(_Policy):
 
     @model_validator(mode="after")
     def _deadline_leaves_room_for_the_analyses(self) -> RolloutPolicy:
-        needed = self.analyses_per_step * self.interval_seconds
+        # the analyses, and one interval more: a step's first look may find the candidate not served yet
+        needed = (self.analyses_per_step + 1) * self.interval_seconds
         if self.progress_deadline_seconds is not None and self.progress_deadline_seconds < needed:
             raise ValueError(
                 f"progress_deadline_seconds {self.progress_deadline_seconds} is shorter than the "
-                f"{needed} s a step's analyses take (analyses_per_step x interval_seconds)"
+                f"{needed} s a step needs ((analyses_per_step + 1) x interval_seconds: its analyses, and "
+                "one look that may find the candidate not served yet)"
             )
         return self
 

@@ -1,0 +1,82 @@
+"""The controller's decisions that need no control plane: which Job is the current spec's run, when a
+rollout waits for its spec, how the step deadline counts, and what ends a paused rollout."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from modelyard.operator import children
+from modelyard.operator.controller import current_job, paused_for_spec, spec_run_failed, step_clock
+from modelyard.operator.resource import RolloutPolicy
+
+
+def job(name: str, spec_hash: str | None, request: str | None = None) -> dict[str, Any]:
+    annotations = {} if spec_hash is None else {children.SPEC_HASH_ANNOTATION: spec_hash}
+    if request is not None:
+        annotations[children.RETRAIN_ANNOTATION] = request
+    return {"metadata": {"name": name, "annotations": annotations}}
+
+
+def test_after_a_spec_revert_the_run_is_the_newest_job_of_the_current_spec_not_the_newest_job() -> None:
+    jobs = [job("iris-train-a", "a"), job("iris-train-b", "b")]  # oldest first: A, then B, then back to A
+    assert current_job(jobs, "a") == jobs[0]
+    assert current_job(jobs, "b") == jobs[1]
+    assert current_job(jobs, "c") is None
+
+
+def test_a_retraining_is_its_specs_run_and_an_unannotated_schedule_job_counts_as_current() -> None:
+    retrained = job("iris-alert-1", "a", request="2026-01-01")
+    jobs = [job("iris-train-a", "a"), job("iris-train-b", "b"), retrained]
+    assert current_job(jobs, "a") == retrained
+    old_schedule = job("iris-retrain-1", None)
+    assert current_job([*jobs, old_schedule], "b") == old_schedule
+
+
+def test_a_rollout_waits_while_the_spec_is_not_its_own_and_resumes_when_the_spec_is_reverted() -> None:
+    rollout = {"candidate": 2, "specHash": "a"}
+    assert paused_for_spec(rollout, "b") is True
+    assert paused_for_spec(rollout, "a") is False  # reverted: B's run, still the newest, does not matter
+    assert paused_for_spec({"candidate": 2, "specHash": None}, "b") is False  # an older operator's rollout
+
+
+POLICY = RolloutPolicy(interval_seconds=60, analyses_per_step=3)  # the step's deadline: 360 s
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def ago(seconds: int) -> str:
+    return (NOW - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_rollout_an_older_operator_started_starts_its_steps_clock_now_not_at_its_start() -> None:
+    rollout = {"candidate": 2, "startedAt": ago(3600), "lastAnalysisAt": ago(50), "stepStartedAt": None}
+    assert step_clock(rollout, POLICY, NOW, 2)["stepStartedAt"] == ago(0)
+
+
+def test_the_time_no_operator_looked_does_not_count_against_the_steps_deadline() -> None:
+    """An operator away 5 minutes comes back to a step 400 s old, past its 360 s deadline: the 238 s
+    nobody looked (300 s since the last look, less one interval and the slack) are not counted."""
+    rollout = {"candidate": 2, "startedAt": ago(400), "lastAnalysisAt": ago(300), "stepStartedAt": ago(400)}
+    moved = step_clock(rollout, POLICY, NOW, 2)
+    assert moved["stepStartedAt"] == ago(400 - 238)
+    assert POLICY.step_deadline_seconds == 360
+
+
+def test_a_look_on_time_leaves_the_steps_clock_alone_and_it_never_starts_in_the_future() -> None:
+    on_time = {"candidate": 2, "startedAt": ago(400), "lastAnalysisAt": ago(61), "stepStartedAt": ago(400)}
+    assert step_clock(on_time, POLICY, NOW, 2) == on_time
+    resumed = {"candidate": 2, "startedAt": ago(900), "lastAnalysisAt": ago(800), "stepStartedAt": ago(5)}
+    assert step_clock(resumed, POLICY, NOW, 2)["stepStartedAt"] == ago(0)  # resumed from a pause
+
+
+def test_a_paused_rollout_ends_when_its_new_specs_run_fails_not_while_it_trains_or_cannot_start() -> None:
+    paused = {"candidate": 2, "specHash": "a", "paused": True}
+    run_b = {"name": "iris-train-b", "specHash": "b"}
+    failed = {"type": "Trained", "status": "False", "reason": "TrainingFailed", "message": "exit 1"}
+    training = {**failed, "status": "Unknown", "reason": "Training"}
+    assert spec_run_failed(paused, run_b, "b", failed) is True
+    assert spec_run_failed(paused, run_b, "b", training) is False
+    assert spec_run_failed(paused, run_b, "b", None) is False
+    # KFP unreachable: the run is still spec A's, and Trained False says the new one could not start
+    assert spec_run_failed(paused, {"name": "kfp-a", "specHash": "a"}, "b", failed) is False
+    assert spec_run_failed({**paused, "paused": False}, run_b, "b", failed) is False
