@@ -26,7 +26,7 @@ import yaml
 
 from modelyard.deploy import chart
 from modelyard.errors import NotFound
-from modelyard.operator.local import pod_command
+from modelyard.operator.local import answers_ok, pod_command
 from modelyard.registry import Registry
 
 from ..conftest import S3Service
@@ -577,7 +577,7 @@ def test_a_retraining_alert_through_the_webhook_asks_the_model_and_the_operator_
         webhook = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(
-            "the webhook", lambda: webhook.poll() is None and _answers(f"http://127.0.0.1:{port}/healthz")
+            "the webhook", lambda: webhook.poll() is None and answers_ok(f"http://127.0.0.1:{port}/healthz")
         )
         decisions = post_alert(f"http://127.0.0.1:{port}/alerts", name)
         assert [d["outcome"] for d in decisions["decisions"]] == ["starting"], decisions
@@ -611,16 +611,6 @@ def test_a_model_that_refuses_alerts_is_not_retrained(harness: Harness) -> None:
     assert len(harness.jobs(name)) == 1
     with pytest.raises(NotFound, match=f"no Model {harness.namespace}/absent: nothing asks the operator"):
         launcher.start("absent")
-
-
-def _answers(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=2) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
 
 
 def test_a_version_another_run_published_is_not_taken_for_the_jobs(harness: Harness, tmp_path: Path) -> None:

@@ -408,7 +408,7 @@ class LocalPods:
         predictor = _Predictor(key, process, f"http://{LOCAL_HOST}:{http_port}", log)
         ready = f"http://{LOCAL_HOST}:{metrics_port}/v2/health/ready"
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not _answers(ready):
+        while not answers_ok(ready):
             if process.poll() is not None or time.monotonic() > deadline or self._stopping.is_set():
                 self._stop_predictor(predictor)
                 raise ModelyardError(f"the local predictor did not become ready: {_tail(log)[-500:]}")
@@ -478,7 +478,8 @@ class LocalPods:
                     process.wait()
 
 
-def _answers(url: str) -> bool:
+def answers_ok(url: str) -> bool:
+    """Whether a GET of ``url`` answers 200 within two seconds."""
     try:
         with urllib.request.urlopen(url, timeout=2) as answer:
             return bool(answer.status == 200)
