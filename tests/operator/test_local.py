@@ -449,8 +449,8 @@ def test_a_second_version_is_rolled_out_under_local_on_analyses_from_the_prometh
             stderr=subprocess.STDOUT,
         )
     try:
-        said = re.compile(r"Prometheus at (\S+) scrapes")
-        started = wait_for("the local Prometheus", lambda: said.search(log.read_text()), 60, log)
+        announced = re.compile(r"Prometheus at (\S+) scrapes")
+        started = wait_for("the local Prometheus", lambda: announced.search(log.read_text()), 60, log)
         prometheus = Prometheus(started.group(1))
         bare_control_plane.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(model))
 
