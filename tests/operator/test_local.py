@@ -370,7 +370,9 @@ ROLLOUT = {
 
 class Load:
     """Predictions of the iris rows at ``url``, as fast as one thread sends them, until stopped; a request
-    refused while a rollout step restarts the predictor is counted and sent again."""
+    refused while a rollout step restarts the predictor is counted and sent again. Each request holds a
+    row of each species (the file's thirds), so however a canary splits the requests, both versions see
+    the same mix of rows and a good candidate's predicted-class mix is the stable one's."""
 
     def __init__(self, url: str, rows: list[list[float]]) -> None:
         self.url = url
@@ -381,11 +383,12 @@ class Load:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
-        start = 0
+        third = len(self.rows) // 3
+        sent = 0
         while not self.stopped.is_set():
-            batch = [self.rows[(start + i) % len(self.rows)] for i in range(5)]
-            start += 5
-            document = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [5, 4], "data": batch}]}
+            batch = [self.rows[species * third + sent % third] for species in range(3)]
+            sent += 1
+            document = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [3, 4], "data": batch}]}
             request = urllib.request.Request(
                 f"{self.url}/v2/models/iris/infer",
                 data=json.dumps(document).encode(),
@@ -449,7 +452,7 @@ def test_a_second_version_is_rolled_out_under_local_on_analyses_from_the_prometh
             stderr=subprocess.STDOUT,
         )
     try:
-        announced = re.compile(r"Prometheus at (\S+) scrapes")
+        announced = re.compile(r"Prometheus at (\S+)\s+scrapes")
         started = wait_for("the local Prometheus", lambda: announced.search(log.read_text()), 60, log)
         prometheus = Prometheus(started.group(1))
         bare_control_plane.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(model))

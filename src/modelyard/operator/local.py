@@ -3,7 +3,10 @@ machine. kwok runs no containers, so a training Job the operator makes is run he
 command, arguments, literal env and volumes, as kubelet would start its one container) and its status set
 from the process's exit, and an InferenceService is served by a local predictor (``python -m
 modelyard.serving`` with its env, its storageUri fetched to a local bundle) whose URL on 127.0.0.1 the
-InferenceService's status reports.
+InferenceService's status reports. A rollout step's predictor takes the ports of the one it replaces, so
+the URL stays; the running predictors' metrics endpoints are listed in a Prometheus file_sd file, labelled
+as the chart's scrape config labels predictor pods, for the Prometheus the rollout's analyses query (one
+given, or one started here: ``analysis_prometheus``).
 
 The local configuration stands in for the cluster's: the registry and object store are this machine's
 (``MODELYARD_DATABASE_URL``, ``MODELYARD_STORE_URI``), not the chart's Secrets the pod names. Jobs made
