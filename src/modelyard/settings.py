@@ -251,7 +251,8 @@ class OperatorSettings(BaseModel):
     runtime: str = Field(default="modelyard", description="the ServingRuntime every InferenceService names")
     prometheus_url: str = Field(
         default="",
-        description="Prometheus the rollout's analyses query; empty: a new version waits in staging",
+        description="Prometheus the rollout's analyses query; empty: a new version waits in staging "
+        "(`--local` starts a Prometheus of its own when one is installed)",
     )
     scrape_interval_s: float = Field(
         default=15.0,

@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from modelyard.bundle import BundleMetadata, write_bundle
+from modelyard.monitoring.prometheus_server import PROMETHEUS_PROGRAM
+from modelyard.monitoring.prometheus_server import start_prometheus as start_prometheus_server
 from modelyard.monitoring.reference import drift_reference
 from modelyard.registry.db import upgrade
 from modelyard.spec import FeatureSpec, FeatureType
@@ -202,9 +203,10 @@ def start_prometheus(
     rule_files: list[Path] = (),
     alertmanager: str | None = None,  # type: ignore[assignment]
 ) -> Prometheus:
-    if shutil.which("prometheus") is None:
+    """Prometheus (modelyard.monitoring.prometheus_server's) scraping ``targets`` every second as job
+    ``modelyard``, with ``rule_files`` and ``alertmanager`` when given."""
+    if shutil.which(PROMETHEUS_PROGRAM) is None:
         unavailable("the prometheus binary is not installed (Debian: apt-get install prometheus)")
-    root.mkdir(parents=True, exist_ok=True)
     (port,) = free_ports(1)
     config: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -213,19 +215,8 @@ def start_prometheus(
     }
     if alertmanager:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
-    (root / "prometheus.yml").write_text(yaml.safe_dump(config))
-    command = [
-        "prometheus", f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
-    ]  # fmt: skip
-    process = spawn(command, root / "prometheus.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: http_json(f"{url}/-/ready")[0] == 200, "prometheus ready", 60, process.process)
-    except Exception:
-        process.stop()
-        raise RuntimeError(f"prometheus did not start:\n{process.log()}") from None
-    return Prometheus(process, url)
+    server = start_prometheus_server(root, config, port)
+    return Prometheus(Process(server.process, server.log), server.url)
 
 
 def instances(rows: pd.DataFrame) -> list[dict[str, float]]:

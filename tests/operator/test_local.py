@@ -1,15 +1,19 @@
 """`modelyard operator --local`: the README's local story, `kubectl apply -f examples/iris-model.yaml` on a
-control plane without KServe's manager, the training Job run here and the predictor served here; and how
-a pod's container becomes a local command."""
+control plane without KServe's manager, the training Job run here and the predictor served here, and a
+second version rolled out on analyses from the Prometheus `--local` starts; how a pod's container becomes
+a local command; and where `--local`'s analyses come from."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -21,12 +25,22 @@ import yaml
 
 from modelyard.deploy.kube import custom_objects_api
 from modelyard.errors import ModelyardError
+from modelyard.monitoring.prometheus_server import answers_ok
 from modelyard.operator import children
+from modelyard.operator.analysis import Prometheus
 from modelyard.operator.crd import CHART_CRD, CRD_NAME
 from modelyard.operator.kube import JOB, Cluster
-from modelyard.operator.local import LocalPods, job_pod_labels, pod_command
+from modelyard.operator.local import (
+    PREDICTORS_JOB,
+    TARGETS_FILE,
+    LocalPods,
+    analysis_prometheus,
+    job_pod_labels,
+    local_prometheus_config,
+    pod_command,
+)
 from modelyard.registry import Registry
-from modelyard.settings import load_settings
+from modelyard.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELYARD = str(Path(sys.executable).parent / "modelyard")
@@ -276,3 +290,250 @@ def test_a_local_job_whose_program_is_not_there_fails_with_start_error(
     assert condition["message"].startswith("FileNotFoundError: ")
     assert "modelyard-no-such-program" in condition["message"]
     assert said[-1].startswith(f"training {namespace}/nothere could not run: FileNotFoundError: ")
+
+
+# ---------------------------------------------------------------- rollouts under --local
+
+
+def with_operator(settings: Settings, **values: Any) -> Settings:
+    return settings.model_copy(update={"operator": settings.operator.model_copy(update=values)})
+
+
+def test_local_analyses_use_a_given_prometheus_which_is_told_where_the_targets_are(tmp_path: Path) -> None:
+    settings = with_operator(
+        load_settings().model_copy(update={"home": tmp_path}), prometheus_url="http://prometheus.example:9090"
+    )
+    said: list[str] = []
+    used, server = analysis_prometheus(settings, "prometheus", said.append)
+    assert server is None
+    assert used.operator.prometheus_url == "http://prometheus.example:9090"
+    assert said == [
+        "rollouts are analysed from Prometheus at http://prometheus.example:9090, which is to scrape the "
+        f"local predictors listed in {tmp_path / 'operator-local' / TARGETS_FILE} (a file_sd_configs file)"
+    ]
+
+
+def test_local_without_a_prometheus_says_that_later_versions_wait_in_staging(tmp_path: Path) -> None:
+    settings = with_operator(load_settings().model_copy(update={"home": tmp_path}), prometheus_url="")
+    said: list[str] = []
+    used, server = analysis_prometheus(settings, None, said.append)
+    assert (server, used.operator.prometheus_url) == (None, "")
+    assert said == [
+        "rollouts are not analysed: MODELYARD_OPERATOR__PROMETHEUS_URL is unset and no prometheus program is "
+        "on PATH, so every version after the first waits in staging (CandidateWaiting) until promoted by hand"
+    ]
+
+
+def test_a_local_prometheus_that_exits_is_an_error_with_its_log(tmp_path: Path) -> None:
+    settings = with_operator(load_settings().model_copy(update={"home": tmp_path}), prometheus_url="")
+    program = tmp_path / "prometheus"
+    program.write_text("#!/bin/sh\necho 'err=\"parsing YAML file\"'\nexit 3\n")
+    program.chmod(0o755)
+    said: list[str] = []
+    with pytest.raises(ModelyardError) as raised:
+        analysis_prometheus(settings, str(program), said.append)
+    config = tmp_path / "operator-local" / "prometheus" / "prometheus.yml"
+    assert raised.value.message == f'{program} ({config}) exited 3: err="parsing YAML file"'
+    assert said == []
+
+
+def test_the_local_prometheus_config_scrapes_the_targets_file_as_often_as_the_analyses_expect(
+    tmp_path: Path, promtool_binary: str
+) -> None:
+    settings = with_operator(load_settings().model_copy(update={"home": tmp_path}), scrape_interval_s=1.5)
+    targets = tmp_path / TARGETS_FILE
+    config = local_prometheus_config(settings, targets)
+    assert config["global"]["scrape_interval"] == "1500ms"
+    assert config["scrape_configs"] == [
+        {"job_name": PREDICTORS_JOB, "file_sd_configs": [{"files": [str(targets)]}]}
+    ]
+    written = tmp_path / "prometheus.yml"
+    written.write_text(yaml.safe_dump(config))
+    checked = subprocess.run(
+        [promtool_binary, "check", "config", str(written)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+ROLLOUT = {
+    "shadow": True,
+    "canary_steps": [50],
+    "interval_seconds": 5,
+    "analyses_per_step": 1,
+    "failure_limit": 1,
+    "inconclusive_limit": 20,
+    "progress_deadline_seconds": 180,
+    # request times on a busy test machine say nothing of the candidate: not what this test judges
+    "thresholds": {"max_latency_p95_ratio": 50},
+}
+
+
+class Load:
+    """Predictions of the iris rows at ``url``, as fast as one thread sends them, until stopped; a request
+    refused while a rollout step restarts the predictor is counted and sent again. Each request holds a
+    row of each species (the file's thirds), so however a canary splits the requests, both versions see
+    the same mix of rows and a good candidate's predicted-class mix is the stable one's."""
+
+    def __init__(self, url: str, rows: list[list[float]]) -> None:
+        self.url = url
+        self.rows = rows
+        self.answered = 0
+        self.refused = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        third = len(self.rows) // 3
+        sent = 0
+        while not self.stopped.is_set():
+            batch = [self.rows[species * third + sent % third] for species in range(3)]
+            sent += 1
+            document = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [3, 4], "data": batch}]}
+            request = urllib.request.Request(
+                f"{self.url}/v2/models/iris/infer",
+                data=json.dumps(document).encode(),
+                headers={"Content-Type": "application/json", "x-request-id": uuid.uuid4().hex},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    answer.read()
+                self.answered += 1
+            except (urllib.error.URLError, OSError):
+                self.refused += 1
+                self.stopped.wait(0.2)  # the predictor is restarting: not a busy loop meanwhile
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopped.set()
+        self.thread.join(30)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_second_version_is_rolled_out_under_local_on_analyses_from_the_prometheus_it_starts(
+    bare_control_plane: Any, tmp_path: Path, prometheus_binary: str
+) -> None:
+    namespace = f"local-{uuid.uuid4().hex[:8]}"
+    bare_control_plane.create_namespace(namespace)
+    database_url = f"sqlite:///{tmp_path / 'registry.db'}"
+    home = tmp_path / "home"
+    env = {key: value for key, value in os.environ.items() if key != "MODELYARD_OPERATOR__PROMETHEUS_URL"}
+    env.update(
+        KUBECONFIG=str(bare_control_plane.kubeconfig),
+        MODELYARD_HOME=str(home),
+        MODELYARD_DATABASE_URL=database_url,
+        MODELYARD_OPERATOR__INTERVAL_S="1",
+        MODELYARD_OPERATOR__SCRAPE_INTERVAL_S="1",
+        PATH=f"{Path(prometheus_binary).parent}:{os.environ.get('PATH', '')}",
+    )
+    data = ROOT / "examples" / "data" / "iris.csv"
+    subprocess.run([MODELYARD, "data", "load", str(data), "--name", "iris"], env=env, check=True)
+    model = yaml.safe_load(EXAMPLE.read_text())
+    model["spec"].update(
+        algorithms=["logistic_regression"],
+        search={"strategy": "random", "trials": 2},
+        cv_folds=2,
+        gate={"min_score": 0.5, "compare_to_production": False},
+        rollout=ROLLOUT,
+    )
+    rows = [
+        [float(value) for value in line.split(",")[:4]] for line in data.read_text().splitlines()[1:] if line
+    ]
+    targets_file = home / "operator-local" / TARGETS_FILE
+    log = tmp_path / "operator.log"
+    with log.open("wb") as output:
+        operator = subprocess.Popen(
+            [MODELYARD, "operator", "--local", "--namespace", namespace],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        announced = re.compile(r"Prometheus at (\S+)\s+scrapes")
+        started = wait_for("the local Prometheus", lambda: announced.search(log.read_text()), 60, log)
+        prometheus = Prometheus(started.group(1))
+        bare_control_plane.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(model))
+
+        def status() -> dict[str, Any]:
+            found = bare_control_plane.kubectl("get", "model", "iris", "-n", namespace, "-o", "json")
+            return dict(json.loads(found.stdout).get("status") or {})
+
+        def serving(version: int) -> dict[str, Any] | None:
+            now = status()
+            conditions = {c["type"]: c for c in now.get("conditions", [])}
+            assert conditions.get("Trained", {}).get("status") != "False", conditions["Trained"]
+            ready = conditions.get("Ready", {}).get("status") == "True"
+            return now if ready and now.get("servingVersion") == version else None
+
+        first = wait_for("version 1 served", lambda: serving(1), 300, log)
+        url = first["url"]
+        # the predictor's metrics endpoint, labelled as the chart's scrape config labels a predictor pod
+        (target,) = json.loads(targets_file.read_text())
+        assert target["labels"]["namespace"] == namespace
+        assert target["labels"]["inferenceservice"] == "iris"
+        assert target["labels"]["pod"].startswith("iris-predictor-local-")
+        (address,) = target["targets"]
+        assert address.startswith("127.0.0.1:") and address != url.removeprefix("http://")
+        selector = f'job="{PREDICTORS_JOB}",namespace="{namespace}",inferenceservice="iris"'
+        wait_for("the first scrape", lambda: prometheus.scalar(f"max(up{{{selector}}})") == 1, 60, log)
+
+        with Load(url, rows) as load:
+            bare_control_plane.kubectl(
+                "patch", "model", "iris", "-n", namespace, "--type=merge", "-p", '{"spec": {"cv_folds": 3}}'
+            )
+            analyses: dict[str, dict[str, Any]] = {}  # each step's, by when it ran
+
+            def ended() -> dict[str, Any] | None:
+                now = status()
+                if "lastAnalysis" in now:
+                    analyses[now["lastAnalysis"]["at"]] = now["lastAnalysis"]
+                state = (now.get("rollout") or {}).get("state")
+                return now if state in ("Promoted", "RolledBack") else None
+
+            promoted = wait_for("version 2 promoted", ended, 420, log)
+            assert promoted["rollout"]["state"] == "Promoted", promoted["rollout"]
+        assert load.answered > 0
+        assert promoted["lastAnalysis"]["candidate"] == 2
+        seen = list(analyses.values())
+        assert {analysis["verdict"] for analysis in seen} == {"pass"}, seen
+        measured = {
+            check["name"] for analysis in seen for check in analysis["checks"] if check["value"] is not None
+        }
+        # the shadow step's agreement, the canary's class mix: what the predictor exported, as scraped
+        assert {"agreement", "class_mix_js_distance"} <= measured, seen
+        events = json.loads(
+            bare_control_plane.kubectl(
+                "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=iris", "-o", "json"
+            ).stdout
+        )["items"]
+        reasons = {event["reason"] for event in events}
+        assert {"RolloutStarted", "RolloutStep", "Promoted"} <= reasons, reasons
+        with Registry(database_url) as registry:
+            production = registry.production("iris")
+        assert production is not None and production.version == 2
+
+        after = wait_for("version 2 served", lambda: serving(2), 120, log)
+        assert after["url"] == url, "a rollout step moved the predictor to another URL"
+
+        # version 2's predictor alone is scraped now (the canary's series went stale with its target),
+        # and it is the one target listed
+        def version_2_alone() -> list[dict[str, Any]] | None:
+            live = prometheus.query(f"modelyard_model_ready{{{selector}}} == 1")
+            return live if [row["metric"]["version"] for row in live] == ["2"] else None
+
+        (live,) = wait_for("version 2's predictor alone scraped", version_2_alone, 120, log)
+        (last,) = json.loads(targets_file.read_text())
+        assert last["labels"]["pod"] == live["metric"]["pod"] != target["labels"]["pod"]
+        # each step's predictor was a new target
+        ready = prometheus.query(f"max by (pod) (max_over_time(modelyard_model_ready{{{selector}}}[30m]))")
+        pods = {row["metric"]["pod"] for row in ready}
+        assert len(pods) == 4, pods  # version 1's, the shadow step's, the canary's, version 2's
+    finally:
+        operator.terminate()
+        operator.wait(60)
+    said = log.read_text()
+    assert json.loads(targets_file.read_text()) == [], said[-3000:]
+    assert not answers_ok(f"{prometheus.url}/-/ready"), "the local Prometheus outlived the operator"

@@ -26,7 +26,8 @@ import yaml
 
 from modelyard.deploy import chart
 from modelyard.errors import NotFound
-from modelyard.operator.local import answers_ok, pod_command
+from modelyard.monitoring.prometheus_server import answers_ok
+from modelyard.operator.local import pod_command
 from modelyard.registry import Registry
 
 from ..conftest import S3Service

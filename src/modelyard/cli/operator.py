@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import shutil
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from modelyard.cli.common import err, reports_errors, settings
 from modelyard.errors import InvalidInput
 from modelyard.settings import Settings
+
+if TYPE_CHECKING:
+    from modelyard.monitoring.prometheus_server import PrometheusServer
+    from modelyard.operator.kube import Cluster
+    from modelyard.operator.local import LocalPods
 
 
 @reports_errors
@@ -28,7 +34,8 @@ def operator_command(
         bool,
         typer.Option(
             "--local",
-            help="Run training Jobs and predictors on this machine (the local control plane runs no pods).",
+            help="Run training Jobs and predictors on this machine (the local control plane runs no pods), "
+            "and a Prometheus that scrapes them when MODELYARD_OPERATOR__PROMETHEUS_URL is unset.",
         ),
     ] = False,
 ) -> None:
@@ -39,6 +46,7 @@ def operator_command(
 
     from modelyard.operator.controller import Controller, build_registry
     from modelyard.operator.kube import Cluster
+    from modelyard.operator.local import register
     from modelyard.registry import Registry
 
     current = settings()
@@ -47,13 +55,17 @@ def operator_command(
         current = current.model_copy(update={"operator": current.operator.model_copy(update={"local": True})})
     with Registry(current.database_url) as registry:
         cluster = Cluster()
-        controller = Controller(settings=current, cluster=cluster, registry=registry)
-        kopf_registry = build_registry(controller, clusterwide=all_namespaces)
-        pods = start_local(current, cluster, kopf_registry) if local else None
-        watched = "every namespace" if all_namespaces else ", ".join(namespaces or [])
-        where = "; training and predictors run on this machine" if local else ""
-        err.print(f"modelyard operator: watching Models in {watched}{where}", highlight=False)
+        pods, prometheus = None, None
+        if local:
+            pods, current, prometheus = start_local(current, cluster)
         try:
+            controller = Controller(settings=current, cluster=cluster, registry=registry)
+            kopf_registry = build_registry(controller, clusterwide=all_namespaces)
+            if pods is not None:
+                register(kopf_registry, pods)
+            watched = "every namespace" if all_namespaces else ", ".join(namespaces or [])
+            where = "; training and predictors run on this machine" if local else ""
+            say(f"modelyard operator: watching Models in {watched}{where}")
             kopf.run(
                 registry=kopf_registry,
                 standalone=True,
@@ -64,14 +76,22 @@ def operator_command(
         finally:
             if pods is not None:
                 pods.stop()
+            if prometheus is not None:
+                prometheus.stop()
 
 
-def start_local(current: Settings, cluster: Any, kopf_registry: Any) -> Any:
-    """The local pods' runner, its handlers added to ``kopf_registry``; KServeRunning when KServe's
-    manager would fight it for the InferenceServices' status."""
-    from modelyard.operator.local import LocalPods, check_no_kserve, register
+def say(line: str) -> None:
+    err.print(line, highlight=False)
+
+
+def start_local(current: Settings, cluster: Cluster) -> tuple[LocalPods, Settings, PrometheusServer | None]:
+    """The local pods' runner, the settings to run with (a Prometheus started here for the analyses) and
+    that Prometheus; KServeRunning when KServe's manager would fight the runner for the InferenceServices'
+    status."""
+    from modelyard.monitoring.prometheus_server import PROMETHEUS_PROGRAM
+    from modelyard.operator.local import LocalPods, analysis_prometheus, check_no_kserve
 
     check_no_kserve(cluster.client.client)
-    pods = LocalPods(current, cluster, lambda line: err.print(line, highlight=False))
-    register(kopf_registry, pods)
-    return pods
+    pods = LocalPods(current, cluster, say)
+    current, prometheus = analysis_prometheus(current, shutil.which(PROMETHEUS_PROGRAM), say)
+    return pods, current, prometheus

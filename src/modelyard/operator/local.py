@@ -3,7 +3,10 @@ machine. kwok runs no containers, so a training Job the operator makes is run he
 command, arguments, literal env and volumes, as kubelet would start its one container) and its status set
 from the process's exit, and an InferenceService is served by a local predictor (``python -m
 modelyard.serving`` with its env, its storageUri fetched to a local bundle) whose URL on 127.0.0.1 the
-InferenceService's status reports.
+InferenceService's status reports. A rollout step's predictor takes the ports of the one it replaces, so
+the URL stays; the running predictors' metrics endpoints are listed in a Prometheus file_sd file, labelled
+as the chart's scrape config labels predictor pods, for the Prometheus the rollout's analyses query (one
+given, or one started here: ``analysis_prometheus``).
 
 The local configuration stands in for the cluster's: the registry and object store are this machine's
 (``MODELYARD_DATABASE_URL``, ``MODELYARD_STORE_URI``), not the chart's Secrets the pod names. Jobs made
@@ -14,6 +17,7 @@ run beside it (``check_no_kserve``). A Job that has not finished when the operat
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -21,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +34,12 @@ from typing import Any
 import kopf
 
 from modelyard.errors import ModelyardError
+from modelyard.monitoring.prometheus_server import (
+    PrometheusServer,
+    answers_ok,
+    prometheus_duration,
+    start_prometheus,
+)
 from modelyard.operator import children
 from modelyard.operator.kube import CONFIG_MAP, INFERENCE_SERVICE, JOB, Cluster
 from modelyard.settings import Settings
@@ -40,6 +49,8 @@ LOCAL_HOST = "127.0.0.1"
 READY_TIMEOUT_S = 120.0
 STATUS_ATTEMPTS = 5
 LOG_TAIL_CHARS = 2000
+TARGETS_FILE = "prometheus-targets.json"  # under the local work folder
+PREDICTORS_JOB = "kserve-predictors"  # the chart's scrape job for predictor pods
 
 
 class KServeRunning(ModelyardError):
@@ -178,12 +189,26 @@ def _condition(type_: str, reason: str, message: str, at: str) -> dict[str, str]
     }
 
 
+@dataclass(frozen=True)
+class _Ports:
+    http: int
+    metrics: int
+
+
 @dataclass
 class _Predictor:
     key: tuple[str, tuple[tuple[str, str], ...]]
     process: subprocess.Popen[bytes]
     url: str
     log: Path
+    ports: _Ports
+
+    def target(self, namespace: str, name: str) -> dict[str, Any]:
+        """Its metrics endpoint as a file_sd target, labelled as the chart's scrape config labels a
+        predictor pod's (each process a pod of its own, so each rollout step's series are new ones)."""
+        pod = f"{name}-predictor-local-{self.process.pid}"
+        labels = {"namespace": namespace, "pod": pod, "inferenceservice": name}
+        return {"targets": [f"{LOCAL_HOST}:{self.ports.metrics}"], "labels": labels}
 
 
 class LocalPods:
@@ -193,12 +218,16 @@ class LocalPods:
         self.settings = settings
         self.cluster = cluster
         self.say = say
-        self.workdir = settings.home / "operator-local"
+        self.workdir = local_workdir(settings)
         self._lock = threading.Lock()
         self._jobs: dict[str, subprocess.Popen[bytes] | None] = {}  # by uid; None: starting
         self._predictors: dict[tuple[str, str], _Predictor] = {}
+        self._ports: dict[tuple[str, str], _Ports] = {}  # kept across its predictors: one URL
         self._service_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._targets_lock = threading.Lock()
         self._stopping = threading.Event()
+        self.targets_file = self.workdir / TARGETS_FILE
+        self._write_targets()  # a new operator's: the last one's predictors stopped with it
 
     def local_env(self, pod_env: dict[str, str]) -> dict[str, str]:
         """A process's env: this machine's, the pod's own, and this machine's registry and store in place
@@ -362,14 +391,20 @@ class LocalPods:
                 return
             if current is not None:
                 self._stop_predictor(current)
-                del self._predictors[(namespace, name)]
+                with self._lock:
+                    del self._predictors[(namespace, name)]
+                self._write_targets()
             try:
                 predictor = self._start_predictor(namespace, name, storage_uri, dict(env), wanted)
             except ModelyardError as exc:
+                with self._lock:
+                    self._ports.pop((namespace, name), None)  # the next try takes new ones
                 self.say(f"predictor {namespace}/{name} failed: {exc.message}")
                 self._report(namespace, name, False, None, exc.message)
                 return
-            self._predictors[(namespace, name)] = predictor
+            with self._lock:
+                self._predictors[(namespace, name)] = predictor
+            self._write_targets()
             self.say(f"predictor {namespace}/{name} serves {storage_uri} at {predictor.url}")
             self._report(
                 namespace, name, True, predictor.url, f"the local predictor serves at {predictor.url}"
@@ -389,7 +424,8 @@ class LocalPods:
         folder = self.workdir / namespace / f"{name}-predictor"
         folder.mkdir(parents=True, exist_ok=True)
         bundle = fetch_bundle(storage_uri, folder / "bundles" / version, s3=self.settings.s3)
-        http_port, metrics_port = free_port(), free_port()
+        with self._lock:
+            ports = self._ports.setdefault((namespace, name), _Ports(free_port(), free_port()))
         log = folder / f"predictor-{version}.log"
         argv = [
             sys.executable,
@@ -398,15 +434,15 @@ class LocalPods:
             f"--model-dir={bundle}",
             f"--model-name={name}",
             f"--host={LOCAL_HOST}",
-            f"--http-port={http_port}",
+            f"--http-port={ports.http}",
             "--grpc-port=0",
-            f"--metrics-port={metrics_port}",
+            f"--metrics-port={ports.metrics}",
         ]
         process_env = self.local_env({"MODELYARD_HOME": str(folder / "home"), **env})
         with log.open("ab") as output:
             process = subprocess.Popen(argv, env=process_env, stdout=output, stderr=subprocess.STDOUT)
-        predictor = _Predictor(key, process, f"http://{LOCAL_HOST}:{http_port}", log)
-        ready = f"http://{LOCAL_HOST}:{metrics_port}/v2/health/ready"
+        predictor = _Predictor(key, process, f"http://{LOCAL_HOST}:{ports.http}", log, ports)
+        ready = f"http://{LOCAL_HOST}:{ports.metrics}/v2/health/ready"
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not answers_ok(ready):
             if process.poll() is not None or time.monotonic() > deadline or self._stopping.is_set():
@@ -445,9 +481,25 @@ class LocalPods:
     def forget_inference_service(self, namespace: str, name: str) -> None:
         with self._lock:
             predictor = self._predictors.pop((namespace, name), None)
+            self._ports.pop((namespace, name), None)
         if predictor is not None:
+            self._write_targets()
             self._stop_predictor(predictor)
             self.say(f"predictor {namespace}/{name} stopped")
+
+    def _write_targets(self) -> None:
+        """The running predictors' metrics endpoints, as a Prometheus file_sd file: written whole to a
+        temporary file and renamed over the old, so Prometheus never reads half of one."""
+        with self._targets_lock:
+            with self._lock:
+                targets = [
+                    predictor.target(namespace, name)
+                    for (namespace, name), predictor in sorted(self._predictors.items())
+                ]
+            self.targets_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.targets_file.with_name(f".{self.targets_file.name}.partial")
+            partial.write_text(json.dumps(targets, indent=2) + "\n")
+            partial.replace(self.targets_file)
 
     @staticmethod
     def _stop_predictor(predictor: _Predictor) -> None:
@@ -466,6 +518,7 @@ class LocalPods:
             predictors = list(self._predictors.values())
             self._predictors.clear()
             processes = [process for process in self._jobs.values() if process is not None]
+        self._write_targets()
         for predictor in predictors:
             self._stop_predictor(predictor)
         for process in processes:
@@ -478,13 +531,50 @@ class LocalPods:
                     process.wait()
 
 
-def answers_ok(url: str) -> bool:
-    """Whether a GET of ``url`` answers 200 within two seconds."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
+def local_workdir(settings: Settings) -> Path:
+    """Where `--local` keeps the runs' folders and logs, the predictors' bundles and its Prometheus."""
+    return settings.home / "operator-local"
+
+
+def local_prometheus_config(settings: Settings, targets_file: Path) -> dict[str, Any]:
+    """A Prometheus configuration that scrapes the predictors listed in ``targets_file`` as often as the
+    operator's analyses expect (``scrape_interval_s``)."""
+    every = prometheus_duration(settings.operator.scrape_interval_s)
+    return {
+        "global": {"scrape_interval": every, "evaluation_interval": every},
+        "scrape_configs": [{"job_name": PREDICTORS_JOB, "file_sd_configs": [{"files": [str(targets_file)]}]}],
+    }
+
+
+def analysis_prometheus(
+    settings: Settings, program: str | None, say: Callable[[str], None]
+) -> tuple[Settings, PrometheusServer | None]:
+    """The Prometheus `--local`'s rollouts are analysed from: ``MODELYARD_OPERATOR__PROMETHEUS_URL`` when
+    set (it is to scrape the targets file), else one started here from ``program`` (None: there is none,
+    and a later version waits in staging). The settings the operator runs with, and the server started."""
+    workdir = local_workdir(settings)
+    targets_file = workdir / TARGETS_FILE
+    if settings.operator.prometheus_url:
+        say(
+            f"rollouts are analysed from Prometheus at {settings.operator.prometheus_url}, which is to "
+            f"scrape the local predictors listed in {targets_file} (a file_sd_configs file)"
+        )
+        return settings, None
+    if program is None:
+        say(
+            "rollouts are not analysed: MODELYARD_OPERATOR__PROMETHEUS_URL is unset and no prometheus "
+            "program is on PATH, so every version after the first waits in staging (CandidateWaiting) until "
+            "promoted by hand"
+        )
+        return settings, None
+    root = workdir / "prometheus"
+    server = start_prometheus(root, local_prometheus_config(settings, targets_file), free_port(), program)
+    say(
+        f"Prometheus at {server.url} scrapes the local predictors every "
+        f"{settings.operator.scrape_interval_s:g} s (config and log: {root}); rollouts are analysed from it"
+    )
+    operator = settings.operator.model_copy(update={"prometheus_url": server.url})
+    return settings.model_copy(update={"operator": operator}), server
 
 
 def register(registry: kopf.OperatorRegistry, pods: LocalPods) -> None:
