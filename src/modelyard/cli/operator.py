@@ -1,4 +1,5 @@
-"""`modelyard operator`: the Model resource's controller (kopf), in the foreground until stopped."""
+"""`modelyard operator`: the Model resource's controller (kopf), in the foreground until stopped; and
+`modelyard request-run`, which asks it for a run of one Model (what a schedule's CronJob runs)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,17 @@ def start_local(current: Settings, cluster: Any, kopf_registry: Any) -> Any:
     pods = LocalPods(current, cluster, lambda line: err.print(line, highlight=False))
     register(kopf_registry, pods)
     return pods
+
+
+@reports_errors
+def request_run_command(
+    model: Annotated[str, typer.Argument(help="The Model resource's name.")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="The Model's namespace.")],
+) -> None:
+    """Ask the operator for one training run of a Model now, as its schedule does: the operator starts
+    it with the Model's runner (a Job, or a KFP run)."""
+    from modelyard.operator.children import SCHEDULE
+    from modelyard.operator.launcher import ModelResourceLauncher
+
+    request = ModelResourceLauncher(namespace).start(model, SCHEDULE)
+    err.print(f"asked the operator for a run: {request}", highlight=False)
