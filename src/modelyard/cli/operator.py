@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from modelyard.cli.common import err, reports_errors, settings
+from modelyard.cli.common import err, out, reports_errors, settings
 from modelyard.errors import InvalidInput
 from modelyard.settings import Settings
 
@@ -89,4 +89,4 @@ def request_run_command(
     from modelyard.operator.launcher import ModelResourceLauncher
 
     request = ModelResourceLauncher(namespace).start(model, SCHEDULE)
-    err.print(f"asked the operator for a run: {request}", highlight=False)
+    out.print(f"asked the operator for a run: {request}", highlight=False)
