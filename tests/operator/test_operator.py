@@ -458,13 +458,14 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
     )
 
     def ask(
-        cron: dict[str, Any], workdir: Path, model: str | None = None
+        cron: dict[str, Any], workdir: Path, model: str | None = None, as_account: Path = kubeconfig
     ) -> subprocess.CompletedProcess[str]:
-        """Run the CronJob's pod here as its ServiceAccount; ``model`` in place of the one it names."""
+        """Run the CronJob's pod here as its ServiceAccount (or ``as_account``, a kubeconfig); ``model`` in
+        place of the one it names."""
         template = cron["spec"]["jobTemplate"]["spec"]["template"]
         assert template["spec"]["serviceAccountName"] == account
         argv, env = harness.container_process(
-            template["spec"], workdir, template["metadata"]["labels"], {"KUBECONFIG": str(kubeconfig)}
+            template["spec"], workdir, template["metadata"]["labels"], {"KUBECONFIG": str(as_account)}
         )
         if model is not None:
             argv[argv.index("request-run") + 1] = model
@@ -500,9 +501,26 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
     harness.wait_reconciled(name)
     assert len(harness.jobs(name)) == 2, "an answered schedule request started another run"
 
+    # What goes wrong is one line naming it: no such Model, an account without the Role, no API server.
     absent = ask(cron, tmp_path / "absent", "absent")
     assert absent.returncode == 1
-    assert f"no Model {harness.namespace}/absent" in absent.stderr
+    assert f"no Model {harness.namespace}/absent" in " ".join(absent.stderr.split())
+    refused = ask(cron, tmp_path / "refused", as_account=service_account_kubeconfig(harness, "default"))
+    assert refused.returncode == 1
+    assert f"error: cannot ask Model {harness.namespace}/{name} for a run: 403 Forbidden" in " ".join(
+        refused.stderr.split()
+    ), refused.stderr
+    assert "(its ServiceAccount needs get and patch on models.modelyard.io)" in " ".join(
+        refused.stderr.split()
+    )
+    nowhere = harness.tmp / "nowhere.kubeconfig"
+    config = yaml.safe_load(kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:9"
+    nowhere.write_text(json.dumps(config))
+    unreachable = ask(cron, tmp_path / "unreachable", as_account=nowhere)
+    assert unreachable.returncode == 1
+    assert "error: cannot reach the Kubernetes API server: " in " ".join(unreachable.stderr.split())
+    assert "Traceback" not in refused.stderr + unreachable.stderr
 
     # runner kfp (no KFP host here): the request starts no Job; the condition is KFP's runner's
     kfp = "scheduled-kfp"

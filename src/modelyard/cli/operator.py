@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from modelyard.cli.common import err, out, reports_errors, settings
-from modelyard.errors import InvalidInput
+from modelyard.errors import InvalidInput, ModelyardError
 from modelyard.settings import Settings
 
 
@@ -85,8 +85,19 @@ def request_run_command(
 ) -> None:
     """Ask the operator for one training run of a Model now, as its schedule does: the operator starts
     it with the Model's runner (a Job, or a KFP run)."""
+    import urllib3
+    from kubernetes.dynamic.exceptions import DynamicApiError
+
     from modelyard.operator.children import SCHEDULE
     from modelyard.operator.launcher import ModelResourceLauncher
 
-    request = ModelResourceLauncher(namespace).start(model, SCHEDULE)
+    try:
+        request = ModelResourceLauncher(namespace).start(model, SCHEDULE)
+    except DynamicApiError as exc:
+        hint = " (its ServiceAccount needs get and patch on models.modelyard.io)" if exc.status == 403 else ""
+        raise ModelyardError(
+            f"cannot ask Model {namespace}/{model} for a run: {exc.summary()}{hint}"
+        ) from exc
+    except urllib3.exceptions.HTTPError as exc:
+        raise ModelyardError(f"cannot reach the Kubernetes API server: {exc}") from exc
     out.print(f"asked the operator for a run: {request}", highlight=False)
