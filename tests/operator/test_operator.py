@@ -454,7 +454,12 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
     assert can_i(harness, kubeconfig, "patch", "models")
     assert not any(
         can_i(harness, kubeconfig, verb, resource)
-        for verb, resource in (("get", "secrets"), ("create", "jobs"), ("patch", "models/status"))
+        for verb, resource in (
+            ("get", "secrets"),
+            ("create", "jobs"),
+            ("delete", "models"),
+            ("list", "models"),
+        )
     )
 
     def ask(
@@ -507,12 +512,12 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
     assert f"no Model {harness.namespace}/absent" in " ".join(absent.stderr.split())
     refused = ask(cron, tmp_path / "refused", as_account=service_account_kubeconfig(harness, "default"))
     assert refused.returncode == 1
-    assert f"error: cannot ask Model {harness.namespace}/{name} for a run: 403 Forbidden" in " ".join(
-        refused.stderr.split()
-    ), refused.stderr
-    assert "(its ServiceAccount needs get and patch on models.modelyard.io)" in " ".join(
-        refused.stderr.split()
-    )
+    said = " ".join(refused.stderr.split())
+    assert said.startswith(
+        f'error: cannot ask Model {harness.namespace}/{name} for a run: models.modelyard.io "{name}" is '
+        f'forbidden: User "system:serviceaccount:{harness.namespace}:default" cannot get resource "models"'
+    ), said
+    assert said.endswith("(its ServiceAccount needs get and patch on models.modelyard.io)")
     nowhere = harness.tmp / "nowhere.kubeconfig"
     config = yaml.safe_load(kubeconfig.read_text())
     config["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:9"
