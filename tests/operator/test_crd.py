@@ -185,6 +185,7 @@ def every_status_field() -> dict[str, Any]:
             "startedAt": "2026-12-02T05:00:00Z",
             "request": "2026-12-02T04:59:00.000000+00:00",
             "answeredRequest": "2026-12-02T04:59:00.000000+00:00",
+            "answeredSchedule": "2026-12-02T03:00:00.000000+00:00",
         },
         "versions": [
             {
