@@ -267,7 +267,13 @@ class OperatorSettings(BaseModel):
     )
     training: PodSettings = Field(
         default_factory=lambda: PodSettings(container_security_context=dict(RESTRICTED_CONTAINER_SECURITY)),
-        description="JSON: the pod of every training Job and CronJob, the same fields",
+        description="JSON: the pod of every training Job, the same fields (its security contexts also the "
+        "schedule's pods')",
+    )
+    schedule_service_account: str = Field(
+        default="default",
+        description="the ServiceAccount of each schedule's CronJob pods, which ask the operator for a run: "
+        "it may get and patch Models, nothing more (the chart's <release>-schedule)",
     )
     local: bool = Field(
         default=False,

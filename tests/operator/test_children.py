@@ -1,7 +1,8 @@
 """What the operator makes is what the chart makes: an InferenceService and a training Job built from the
 settings the chart gives the operator get the chart's own predictor's and Job's service account, security
-contexts, resources and the release labels its NetworkPolicies admit. The training pod's Secret and
-ConfigMap are required, its database key is the chart's, and long Model names keep distinct children."""
+contexts, resources and the release labels its NetworkPolicies admit; a schedule's pod only asks for a
+run, as the chart's least-privileged account. The training pod's Secret and ConfigMap are required, its
+database key is the chart's, and long Model names keep distinct children."""
 
 from __future__ import annotations
 
@@ -150,7 +151,65 @@ def test_the_env_the_operator_gives_the_predictor_names_serving_settings() -> No
         assert name.removeprefix("MODELYARD_SERVING__").lower() in ServingSettings.model_fields, name
 
 
-def test_the_schedules_jobs_carry_the_spec_hash_the_cron_job_was_written_for() -> None:
-    cron = children.training_cron_job("iris", "0 3 * * *", "abc123", load_settings(), Policies())
-    template = cron["spec"]["jobTemplate"]["metadata"]
-    assert template["annotations"] == {children.SPEC_HASH_ANNOTATION: "abc123"}
+def test_a_schedules_cron_job_asks_the_operator_for_a_run_as_the_charts_least_privileged_account(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    objects = rendered("01-bundled")
+    settings = operator_settings(objects, monkeypatch)
+    cron = children.schedule_cron_job("iris", "models", "0 3 * * *", settings)
+    assert cron["metadata"]["name"] == children.schedule_name("iris")
+    spec = cron["spec"]
+    assert (spec["schedule"], spec["concurrencyPolicy"], spec["startingDeadlineSeconds"]) == (
+        "0 3 * * *",
+        "Forbid",
+        300,
+    )
+    job = spec["jobTemplate"]
+    # not a run of the Model: the operator's runs are the Jobs with its model label
+    assert children.MODEL_LABEL not in job["metadata"]["labels"]
+    assert job["metadata"]["labels"][children.SCHEDULE_LABEL] == "iris"
+    pod = job["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["modelyard"]
+    assert container["args"] == ["request-run", "iris", "--namespace", "models"]
+    assert container["image"] == settings.pipeline.image
+    # it trains nothing: no spec, no Secret, no ConfigMap, no database
+    assert "envFrom" not in container and all("valueFrom" not in variable for variable in container["env"])
+    assert all(set(volume) == {"name", "emptyDir"} for volume in pod["spec"]["volumes"])
+    training = children.training_job("iris", "abc", settings, Policies())["spec"]["template"]["spec"]
+    assert pod["spec"]["securityContext"] == training["securityContext"]
+    assert container["securityContext"] == training["containers"][0]["securityContext"]
+
+    account = pod["spec"]["serviceAccountName"]
+    assert account == "modelyard-schedule" != training["serviceAccountName"]
+    assert pod["spec"]["automountServiceAccountToken"] is True  # its token is how it asks
+    assert named(objects, "ServiceAccount", account)["automountServiceAccountToken"] is False
+    (binding,) = [
+        binding
+        for binding in of_kind(objects, "RoleBinding")
+        if any(subject["name"] == account for subject in binding["subjects"])
+    ]
+    role = named(objects, "Role", binding["roleRef"]["name"])
+    assert role["rules"] == [
+        {"apiGroups": ["modelyard.io"], "resources": ["models"], "verbs": ["get", "patch"]}
+    ]
+
+
+def test_a_requests_job_is_named_for_its_trigger_and_carries_its_annotation() -> None:
+    requested = "2026-12-02T03:00:00.000000+00:00"
+    scheduled = children.training_job(
+        "iris", "abc", load_settings(), Policies(), request=requested, trigger=children.SCHEDULE
+    )
+    meta = scheduled["metadata"]
+    assert meta["name"] == children.retrain_job_name("iris", requested, children.SCHEDULE)
+    assert meta["name"].startswith("iris-schedule-")
+    assert meta["labels"][children.TRIGGER_LABEL] == "schedule"
+    assert meta["annotations"] == {
+        children.SPEC_HASH_ANNOTATION: "abc",
+        children.SCHEDULE_ANNOTATION: requested,
+    }
+    alerted = children.training_job("iris", "abc", load_settings(), Policies(), request=requested)
+    assert (
+        alerted["metadata"]["name"].startswith("iris-alert-") and alerted["metadata"]["name"] != meta["name"]
+    )
+    assert alerted["metadata"]["annotations"][children.RETRAIN_ANNOTATION] == requested

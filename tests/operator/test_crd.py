@@ -69,6 +69,27 @@ def test_the_example_model_parses() -> None:
         ("iris", {"features": [{"name": "species", "type": "numeric"}]}, "spec", "cannot also be a feature"),
         (
             "iris",
+            {"training": {"schedule": "61 3 * * *"}},
+            "spec.training.schedule",
+            "'61 3 \\* \\* \\*': minute 61 is out of range 0-59",
+        ),
+        (
+            "iris",
+            {"training": {"schedule": "0 3 * * 7"}},
+            "spec.training.schedule",
+            "day of week 7 is out of",
+        ),
+        ("iris", {"training": {"schedule": "0 3 * foo *"}}, "spec.training.schedule", "month 'foo' is not a"),
+        (
+            "iris",
+            {"training": {"schedule": "0 3 mon * *"}},
+            "spec.training.schedule",
+            "'mon' is not a number$",
+        ),
+        ("iris", {"training": {"schedule": "0 9-5 * * *"}}, "spec.training.schedule", "'9-5' is not a value"),
+        ("iris", {"training": {"schedule": "*/0 * * * *"}}, "spec.training.schedule", "a step is a positive"),
+        (
+            "iris",
             {"rollout": {"interval_seconds": 60, "analyses_per_step": 3, "progress_deadline_seconds": 120}},
             "spec.rollout",
             r"progress_deadline_seconds 120 is shorter than the 240 s a step needs \(\(analyses_per_step "
@@ -84,6 +105,14 @@ def test_what_the_schema_cannot_say_names_the_field(
         parse_resource_spec(name, body["spec"])
     assert caught.value.field == field
     assert caught.value.message.startswith(field)
+
+
+@pytest.mark.parametrize(
+    "schedule", ["0 3 * * 0", "*/15 9-17 ? JAN-JUN mon-fri", "5/10 0,12 1-31/2 * SAT", "@weekly"]
+)
+def test_a_schedule_the_cron_job_controller_takes_is_taken(schedule: str) -> None:
+    _, policies = parse_resource_spec("iris", model("iris", training={"schedule": schedule})["spec"])
+    assert policies.training.schedule == schedule
 
 
 # ---------------------------------------------------------------- the real API server
@@ -156,6 +185,7 @@ def every_status_field() -> dict[str, Any]:
             "startedAt": "2026-12-02T05:00:00Z",
             "request": "2026-12-02T04:59:00.000000+00:00",
             "answeredRequest": "2026-12-02T04:59:00.000000+00:00",
+            "answeredSchedule": "2026-12-02T03:00:00.000000+00:00",
         },
         "versions": [
             {

@@ -247,6 +247,72 @@ def test_an_answered_request_stays_answered_across_a_later_spec_run() -> None:
     assert request_to_answer(retrained, None) is None
 
 
+def test_a_schedule_request_is_a_kfp_run_of_its_own_that_retrain_on_alert_does_not_stop() -> None:
+    """The schedule's CronJob asked (its annotation) and an alert did, on a Model that refuses alerts: the
+    schedule's run is a KFP run named for it, trigger schedule; the alert is ignored. Found by name here
+    (a stand-in for KFP's lookup), so no KFP is asked to create one."""
+    alerted, scheduled = "2026-01-01T00:00:00.000000+00:00", "2026-01-02T03:00:00.000000+00:00"
+    body = model_body(**{children.RETRAIN_ANNOTATION: alerted, children.SCHEDULE_ANNOTATION: scheduled})
+    body["spec"]["training"]["retrain_on_alert"] = False
+    spec, policies = parse_resource_spec("iris", body["spec"])
+    hash_ = children.spec_hash(spec)
+    asked: list[str] = []
+
+    def find_run(host: str, name: str) -> str | None:
+        asked.append(name)
+        return f"kfp-id-of-{name}"
+
+    runs = KfpRuns(settings_with_host("http://127.0.0.1:9"), find_run=find_run)
+    spec_run = {"kind": "KFP", "name": "kfp-run-of-the-spec", "generation": 1, "trigger": "spec"}
+    spec_run |= {"specHash": hash_, "startedAt": "2026-01-01T00:00:00Z"}
+    said: list[str] = []
+
+    def say(_body: Any, reason: str, _message: str, **_: Any) -> None:
+        said.append(reason)
+
+    run = runs.current_run(body, spec_run, spec, policies, Conditions(None, 1), say)
+    expected = run_name("iris", hash_, scheduled, children.SCHEDULE)
+    assert expected == children.retrain_job_name("iris", scheduled, children.SCHEDULE)
+    assert expected.startswith("iris-schedule-")
+    assert asked == [expected] and said == ["RetrainIgnored"]
+    assert run is not None
+    assert (run["name"], run["trigger"], run["request"]) == (f"kfp-id-of-{expected}", "schedule", scheduled)
+    assert run["answeredSchedule"] == scheduled and "answeredRequest" not in run
+    assert registry_run_id("iris", run) == expected
+    again = runs.current_run(body, run, spec, policies, Conditions(None, 1), say)
+    assert again == run and len(asked) == 1, "an answered schedule request asked KFP again"
+
+
+def test_each_triggers_answered_request_is_carried_across_the_others_runs() -> None:
+    """An alert's run after a schedule's keeps the schedule's request answered, and the other way round: a
+    request is answered once, whichever came last."""
+    alerted, scheduled = "2026-01-01T00:00:00.000000+00:00", "2026-01-02T03:00:00.000000+00:00"
+    body = model_body(**{children.SCHEDULE_ANNOTATION: scheduled})
+    spec, policies = parse_resource_spec("iris", body["spec"])
+    hash_ = children.spec_hash(spec)
+    asked: list[str] = []
+
+    def find_run(host: str, name: str) -> str | None:
+        asked.append(name)
+        return f"id-{len(asked)}"
+
+    runs = KfpRuns(settings_with_host("http://127.0.0.1:9"), find_run=find_run)
+    spec_run = {"kind": "KFP", "name": "s", "generation": 1, "trigger": "spec", "specHash": hash_}
+    spec_run["startedAt"] = "2026-01-01T00:00:00Z"
+
+    def say(*_: Any, **__: Any) -> None:
+        return None
+
+    scheduled_run = runs.current_run(body, spec_run, spec, policies, Conditions(None, 1), say)
+    body["metadata"]["annotations"][children.RETRAIN_ANNOTATION] = alerted
+    alerted_run = runs.current_run(body, scheduled_run, spec, policies, Conditions(None, 1), say)
+    assert alerted_run is not None and alerted_run["trigger"] == "alert"
+    assert (alerted_run["answeredRequest"], alerted_run["answeredSchedule"]) == (alerted, scheduled)
+    assert request_to_answer(alerted_run, scheduled, children.SCHEDULE) is None
+    assert runs.current_run(body, alerted_run, spec, policies, Conditions(None, 1), say) == alerted_run
+    assert len(asked) == 2, asked
+
+
 def test_a_spec_change_with_kfp_down_keeps_saying_so_and_the_old_specs_run_is_not_followed() -> None:
     body = model_body()
     spec, policies = parse_resource_spec("iris", body["spec"])

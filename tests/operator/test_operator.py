@@ -396,24 +396,6 @@ def test_a_name_that_is_no_model_name_is_reported_on_metadata_name(harness: Harn
     assert ready["message"].startswith("metadata.name: String should match pattern")
 
 
-def test_a_schedule_becomes_a_cron_job_owned_by_the_model(harness: Harness) -> None:
-    name = "scheduled"
-    harness.apply(iris_model(name, training={"schedule": "0 3 * * 0"}))
-    cron = wait_until("the CronJob", lambda: harness.get("cronjob", f"{name}-retrain"))
-    assert cron["spec"]["schedule"] == "0 3 * * 0"
-    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    assert pod["containers"][0]["args"][:3] == ["train", "--spec", "/etc/modelyard/spec/spec.yaml"]
-    assert cron["metadata"]["ownerReferences"][0]["name"] == name
-    spec_file = yaml.safe_load(harness.get("configmap", f"{name}-spec")["data"]["spec.yaml"])  # type: ignore[index]
-    assert spec_file["name"] == name
-    assert spec_file["cv_folds"] == 2
-
-    harness.kubectl(
-        "patch", "model", name, "--type=json", "-p", '[{"op": "remove", "path": "/spec/training"}]'
-    )
-    wait_until("the CronJob to go", lambda: harness.get("cronjob", f"{name}-retrain") is None)
-
-
 def test_a_kfp_runner_without_a_kfp_host_gets_a_condition_and_no_job(harness: Harness) -> None:
     name = "kfp-runner"
     harness.apply(iris_model(name, training={"runner": "kfp"}))
@@ -437,6 +419,133 @@ def service_account_kubeconfig(harness: Harness, account: str) -> Path:
     path = harness.tmp / f"{account}.kubeconfig"
     path.write_text(json.dumps(config))
     return path
+
+
+def can_i(harness: Harness, kubeconfig: Path, verb: str, resource: str) -> bool:
+    answer = harness.plane.kubectl(
+        "auth", "can-i", verb, resource, "-n", harness.namespace, "--kubeconfig", str(kubeconfig), check=False
+    )
+    return bool(answer.stdout.strip() == "yes")
+
+
+def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_runner(
+    own_harness: Harness, tmp_path: Path
+) -> None:
+    """The schedule's CronJob trains nothing: its pod, run here as the ServiceAccount it names (the chart's,
+    allowed only to get and patch Models), asks for a run, and the operator starts it with the Model's
+    runner: a Job with trigger schedule (retrain_on_alert false does not stop it), which trains and is
+    the Model's run; for runner kfp no Job at all, and the condition KFP's runner gives."""
+    harness = own_harness
+    harness.stop_operator()
+    for obj in chart.render(namespace=harness.namespace):
+        if obj["kind"] in ("ServiceAccount", "Role", "RoleBinding") and obj["metadata"]["name"].endswith(
+            "-schedule"
+        ):
+            harness.apply(obj)
+    harness.start_operator(MODELYARD_OPERATOR__SCHEDULE_SERVICE_ACCOUNT="modelyard-schedule")
+    name = "scheduled"
+    schedule = "*/15 9-17 ? JAN-JUN mon-fri"  # names, ranges, steps: the CronJob's API takes it
+    harness.apply(iris_model(name, training={"schedule": schedule, "retrain_on_alert": False}))
+    cron = wait_until("the CronJob", lambda: harness.get("cronjob", f"{name}-retrain"))
+    assert cron["spec"]["schedule"] == schedule
+    assert cron["metadata"]["ownerReferences"][0]["name"] == name
+    (first,) = wait_until("the spec's Job", lambda: harness.jobs(name))
+    account = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"]
+    kubeconfig = service_account_kubeconfig(harness, account)
+    assert can_i(harness, kubeconfig, "patch", "models")
+    assert not any(
+        can_i(harness, kubeconfig, verb, resource)
+        for verb, resource in (
+            ("get", "secrets"),
+            ("create", "jobs"),
+            ("delete", "models"),
+            ("list", "models"),
+        )
+    )
+
+    def ask(
+        cron: dict[str, Any], workdir: Path, model: str | None = None, as_account: Path = kubeconfig
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the CronJob's pod here as its ServiceAccount (or ``as_account``, a kubeconfig); ``model`` in
+        place of the one it names."""
+        template = cron["spec"]["jobTemplate"]["spec"]["template"]
+        assert template["spec"]["serviceAccountName"] == account
+        argv, env = harness.container_process(
+            template["spec"], workdir, template["metadata"]["labels"], {"KUBECONFIG": str(as_account)}
+        )
+        if model is not None:
+            argv[argv.index("request-run") + 1] = model
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+
+    asked = ask(cron, tmp_path / "ask")
+    assert asked.returncode == 0, asked.stderr
+    jobs = wait_until(
+        "the scheduled Job", lambda: (found := harness.jobs(name)) and len(found) == 2 and found
+    )
+    (scheduled,) = [job for job in jobs if job["metadata"]["name"] != first["metadata"]["name"]]
+    meta = scheduled["metadata"]
+    assert meta["name"].startswith(f"{name}-schedule-")
+    assert meta["labels"]["modelyard.io/trigger"] == "schedule"
+    assert meta["ownerReferences"][0]["kind"] == "Model"
+    requested = harness.model(name)["metadata"]["annotations"]["modelyard.io/schedule-requested"]
+    assert meta["annotations"]["modelyard.io/schedule-requested"] == requested
+    assert asked.stdout.strip() == f"asked the operator for a run: {harness.namespace}/{name}@{requested}"
+    assert "ScheduledTrainingStarted" in {event["reason"] for event in harness.events(name)}
+    assert "RetrainIgnored" not in {event["reason"] for event in harness.events(name)}
+
+    # The scheduled Job is the Model's run: it trains the current spec, and its version is the run's.
+    result = harness.run_job(scheduled, tmp_path / "train")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = wait_until(
+        "Trained by the scheduled Job",
+        lambda: (c := harness.condition(name, "Trained")) is not None and c["status"] == "True" and c,
+        timeout=120,
+    )
+    assert trained["message"].startswith(f"Job {meta['name']} published {name}@1")
+    run = harness.model(name)["status"]["latestRun"]
+    assert (run["name"], run["trigger"], run["request"]) == (meta["name"], "schedule", requested)
+    harness.wait_reconciled(name)
+    assert len(harness.jobs(name)) == 2, "an answered schedule request started another run"
+
+    # What goes wrong is one line naming it: no such Model, an account without the Role, no API server.
+    absent = ask(cron, tmp_path / "absent", "absent")
+    assert absent.returncode == 1
+    assert f"no Model {harness.namespace}/absent" in " ".join(absent.stderr.split())
+    refused = ask(cron, tmp_path / "refused", as_account=service_account_kubeconfig(harness, "default"))
+    assert refused.returncode == 1
+    said = " ".join(refused.stderr.split())
+    assert said.startswith(
+        f'error: cannot ask Model {harness.namespace}/{name} for a run: models.modelyard.io "{name}" is '
+        f'forbidden: User "system:serviceaccount:{harness.namespace}:default" cannot get resource "models"'
+    ), said
+    assert said.endswith("(its ServiceAccount needs get and patch on models.modelyard.io)")
+    nowhere = harness.tmp / "nowhere.kubeconfig"
+    config = yaml.safe_load(kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:9"
+    nowhere.write_text(json.dumps(config))
+    unreachable = ask(cron, tmp_path / "unreachable", as_account=nowhere)
+    assert unreachable.returncode == 1
+    assert "error: cannot reach the Kubernetes API server: " in " ".join(unreachable.stderr.split())
+    assert "Traceback" not in refused.stderr + unreachable.stderr
+
+    # runner kfp (no KFP host here): the request starts no Job; the condition is KFP's runner's
+    kfp = "scheduled-kfp"
+    harness.apply(iris_model(kfp, training={"schedule": "0 3 * * 0", "runner": "kfp"}))
+    kfp_cron = wait_until("the kfp Model's CronJob", lambda: harness.get("cronjob", f"{kfp}-retrain"))
+    asked = ask(kfp_cron, tmp_path / "ask-kfp")
+    assert asked.returncode == 0, asked.stderr
+    harness.wait_reconciled(kfp)
+    trained = harness.condition(kfp, "Trained")
+    assert trained is not None and (trained["status"], trained["reason"]) == ("False", "NoKfpHost")
+    assert harness.jobs(kfp) == []
+
+    # Cleanup: without a schedule the CronJob goes; with the Model, the rest.
+    harness.kubectl(
+        "patch", "model", name, "--type=json", "-p", '[{"op": "remove", "path": "/spec/training"}]'
+    )
+    wait_until("the CronJob to go", lambda: harness.get("cronjob", f"{name}-retrain") is None)
+    harness.kubectl("delete", "model", kfp, "--timeout=60s")
+    wait_until("the kfp Model's CronJob to go", lambda: harness.get("cronjob", f"{kfp}-retrain") is None)
 
 
 def test_the_charts_role_is_all_the_operator_needs(own_harness: Harness, tmp_path: Path) -> None:

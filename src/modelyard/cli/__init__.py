@@ -1,5 +1,5 @@
 """The `modelyard` command line: one module per command group (db, data, train, score, pipeline, models,
-serve, up, install, deploy, monitor, retrain-webhook, operator, console).
+serve, up, install, deploy, monitor, retrain-webhook, operator, request-run, console).
 
 The CLI only picks files and overrides; everything else comes from Settings (MODELYARD_* variables).
 Results go to stdout (tables, or JSON with --json); progress, log lines and errors go to stderr.
@@ -17,7 +17,7 @@ from modelyard.cli import data, db, models, monitor, pipeline
 from modelyard.cli.common import err, out, reports_errors, settings
 from modelyard.cli.console import console_command
 from modelyard.cli.k8s import deploy_command, install_command
-from modelyard.cli.operator import operator_command
+from modelyard.cli.operator import operator_command, request_run_command
 from modelyard.cli.score import score_command
 from modelyard.cli.serve import PASS_THROUGH, serve_command
 from modelyard.cli.train import train_command
@@ -43,6 +43,7 @@ app.command("install")(install_command)
 app.command("deploy")(deploy_command)
 app.command("retrain-webhook")(monitor.retrain_webhook_command)
 app.command("operator")(operator_command)
+app.command("request-run")(request_run_command)
 app.command("console")(console_command)
 
 

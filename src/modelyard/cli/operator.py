@@ -1,4 +1,5 @@
-"""`modelyard operator`: the Model resource's controller (kopf), in the foreground until stopped."""
+"""`modelyard operator`: the Model resource's controller (kopf), in the foreground until stopped; and
+`modelyard request-run`, which asks it for a run of one Model (what a schedule's CronJob runs)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from modelyard.cli.common import err, reports_errors, settings
-from modelyard.errors import InvalidInput
+from modelyard.cli.common import err, out, reports_errors, settings
+from modelyard.errors import InvalidInput, ModelyardError
 from modelyard.settings import Settings
 
 if TYPE_CHECKING:
@@ -95,3 +96,28 @@ def start_local(current: Settings, cluster: Cluster) -> tuple[LocalPods, Setting
     pods = LocalPods(current, cluster, say)
     current, prometheus = analysis_prometheus(current, shutil.which(PROMETHEUS_PROGRAM), say)
     return pods, current, prometheus
+
+
+@reports_errors
+def request_run_command(
+    model: Annotated[str, typer.Argument(help="The Model resource's name.")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="The Model's namespace.")],
+) -> None:
+    """Ask the operator for one training run of a Model now, as its schedule does: the operator starts
+    it with the Model's runner (a Job, or a KFP run)."""
+    import urllib3
+    from kubernetes.dynamic.exceptions import DynamicApiError
+
+    from modelyard.operator.children import SCHEDULE
+    from modelyard.operator.launcher import ModelResourceLauncher
+
+    try:
+        request = ModelResourceLauncher(namespace).start(model, SCHEDULE)
+    except DynamicApiError as exc:
+        hint = " (its ServiceAccount needs get and patch on models.modelyard.io)" if exc.status == 403 else ""
+        raise ModelyardError(
+            f"cannot ask Model {namespace}/{model} for a run: {exc.summary()}{hint}"
+        ) from exc
+    except urllib3.exceptions.HTTPError as exc:
+        raise ModelyardError(f"cannot reach the Kubernetes API server: {exc}") from exc
+    out.print(f"asked the operator for a run: {request}", highlight=False)

@@ -1,5 +1,5 @@
-"""The objects a Model owns, as plain manifests: its spec's ConfigMap, a training Job (and the CronJob of
-its schedule), and its InferenceService.
+"""The objects a Model owns, as plain manifests: its spec's ConfigMap, a training Job, the CronJob of its
+schedule, and its InferenceService.
 
 Names are derived from the Model and what they run, so creating one twice finds the first rather than
 a duplicate: a handler may run again after a crash and do no harm. A name cut to fit Kubernetes' limits
@@ -29,8 +29,17 @@ from modelyard.spec import ModelSpec
 MODEL_LABEL = f"{GROUP}/model"
 TRIGGER_LABEL = f"{GROUP}/trigger"
 SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
-# Set on a Model (by the retrain webhook, or by hand) to ask for one run; a new value asks again.
+# What starts a run (its TRIGGER_LABEL): a spec with no run yet, a retraining alert, the schedule.
+SPEC, ALERT, SCHEDULE = "spec", "alert", "schedule"
+# Set on a Model to ask for one run; a new value asks again. The retrain webhook (or a person) sets the
+# first, which spec.training.retrain_on_alert may refuse; the schedule's CronJob sets the second.
 RETRAIN_ANNOTATION = f"{GROUP}/retrain-requested"
+SCHEDULE_ANNOTATION = f"{GROUP}/schedule-requested"
+REQUEST_ANNOTATIONS = {ALERT: RETRAIN_ANNOTATION, SCHEDULE: SCHEDULE_ANNOTATION}
+# the Event each trigger's new run is said with
+STARTED_REASONS = {SPEC: "TrainingStarted", ALERT: "RetrainingStarted", SCHEDULE: "ScheduledTrainingStarted"}
+# on a schedule's request Jobs and pods, instead of MODEL_LABEL: they are no training runs of the Model
+SCHEDULE_LABEL = f"{GROUP}/schedule-of"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modelyard-operator"}
 SPEC_MOUNT = "/etc/modelyard/spec"
 SPEC_FILE = "spec.yaml"
@@ -134,20 +143,28 @@ def training_job_name(model: str, hash_: str) -> str:
     return child_name(model, f"train-{hash_}")
 
 
-def retrain_job_name(model: str, request: str) -> str:
-    return child_name(model, f"alert-{hashlib.sha256(request.encode()).hexdigest()[:10]}")
+def retrain_job_name(model: str, request: str, trigger: str = ALERT) -> str:
+    """The run that answers ``request``, the value of the Model's annotation for ``trigger``."""
+    return child_name(model, f"{trigger}-{hashlib.sha256(request.encode()).hexdigest()[:10]}")
 
 
 def training_job(
-    model: str, hash_: str, settings: Settings, policies: Policies, *, request: str | None = None
+    model: str,
+    hash_: str,
+    settings: Settings,
+    policies: Policies,
+    *,
+    request: str | None = None,
+    trigger: str = ALERT,
 ) -> dict[str, Any]:
     """One run of `modelyard train` for the spec whose hash is ``hash_``, for a spec change or for a
-    retraining ``request`` (the Model's RETRAIN_ANNOTATION); it publishes to staging."""
-    trigger = "spec" if request is None else "alert"
+    ``request`` (the value of the Model's REQUEST_ANNOTATIONS[``trigger``]); it publishes to staging."""
     annotations = {SPEC_HASH_ANNOTATION: hash_}
-    if request is not None:
-        annotations[RETRAIN_ANNOTATION] = request
-    name = training_job_name(model, hash_) if request is None else retrain_job_name(model, request)
+    if request is None:
+        trigger, name = SPEC, training_job_name(model, hash_)
+    else:
+        annotations[REQUEST_ANNOTATIONS[trigger]] = request
+        name = retrain_job_name(model, request, trigger)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -173,11 +190,30 @@ def schedule_name(model: str) -> str:
     return child_name(model, "retrain", CRON_JOB_NAME_LIMIT)
 
 
-def training_cron_job(
-    model: str, schedule: str, hash_: str, settings: Settings, policies: Policies
-) -> dict[str, Any]:
-    """The schedule's runs: each one trains the spec the ConfigMap holds at that moment, whose hash
-    (``hash_``, the template updated with the ConfigMap) its Jobs carry."""
+SCHEDULE_STARTING_DEADLINE_S = 300  # a time missed longer ago (the controller down) is skipped, not caught up
+SCHEDULE_REQUEST_DEADLINE_S = 120  # one annotation write; a pod that takes longer is stuck
+
+
+def schedule_cron_job(model: str, namespace: str, schedule: str, settings: Settings) -> dict[str, Any]:
+    """The schedule of ``model``: at each time its pod runs `modelyard request-run`, which sets the Model's
+    SCHEDULE_ANNOTATION, and the operator starts the run with the Model's runner (a Job or a KFP run) for
+    the spec the Model holds then. The pod trains nothing and reads no Secret: its ServiceAccount
+    (``settings.operator.schedule_service_account``) may only get and patch Models."""
+    pod = settings.operator.training
+    labels = {**MANAGED_BY, SCHEDULE_LABEL: model}
+    container: dict[str, Any] = {
+        "name": "request-run",
+        "image": settings.pipeline.image,
+        "command": ["modelyard"],
+        "args": ["request-run", model, "--namespace", namespace],
+        "env": [
+            {"name": "MODELYARD_HOME", "value": "/tmp/modelyard"}
+        ],  # the emptyDir: the only writable path
+        "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
+        "resources": {"requests": {"cpu": "10m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+    }
+    if pod.container_security_context:
+        container["securityContext"] = pod.container_security_context
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
@@ -185,15 +221,26 @@ def training_cron_job(
         "spec": {
             "schedule": schedule,
             "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": SCHEDULE_STARTING_DEADLINE_S,
+            "successfulJobsHistoryLimit": 1,
+            "failedJobsHistoryLimit": 1,
             "jobTemplate": {
-                "metadata": {
-                    "labels": _labels(model, **{TRIGGER_LABEL: "schedule"}),
-                    "annotations": {SPEC_HASH_ANNOTATION: hash_},
-                },
+                "metadata": {"labels": labels},
                 "spec": {
-                    "backoffLimit": 0,
-                    "activeDeadlineSeconds": policies.training.timeout_seconds,
-                    "template": _pod_template(model, settings, "schedule"),
+                    "backoffLimit": 2,  # a request the API server refused for a moment is asked again
+                    "activeDeadlineSeconds": SCHEDULE_REQUEST_DEADLINE_S,
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "serviceAccountName": settings.operator.schedule_service_account,
+                            # its token is how it asks: the API server is all it talks to
+                            "automountServiceAccountToken": True,
+                            "securityContext": pod.security_context,
+                            "containers": [container],
+                            "volumes": [{"name": "scratch", "emptyDir": {}}],
+                        },
+                    },
                     **_managed_by(settings),
                 },
             },

@@ -188,15 +188,15 @@ class Controller:
         self.cluster.ensure(CONFIG_MAP, namespace, _owned(children.spec_config_map(name, spec), owner), uid)
         schedule = policies.training.schedule
         if schedule:
-            manifest = children.training_cron_job(
-                name, schedule, children.spec_hash(spec), self.settings, policies
-            )
+            manifest = children.schedule_cron_job(name, namespace, schedule, self.settings)
             self.cluster.ensure(CRON_JOB, namespace, _owned(manifest, owner), uid)
         else:
             self.cluster.delete(CRON_JOB, children.schedule_name(name), namespace, uid)
 
     def _jobs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        """The Model's runs: the Jobs it owns, and those its schedule's CronJob does, oldest first."""
+        """The Model's runs, oldest first: the Jobs it owns, and the training Jobs its schedule's CronJob
+        started before schedules asked the operator for runs (an upgrade may find one running; its version
+        is still the run's). The CronJob's request Jobs are not runs: they lack MODEL_LABEL."""
         meta = body["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
         owners = {uid}
@@ -233,15 +233,19 @@ class Controller:
         ):
             job = children.training_job(name, hash_, self.settings, policies)
             start(job, "TrainingStarted", f"Job {job['metadata']['name']} trains {name}")
-        request = (meta.get("annotations") or {}).get(children.RETRAIN_ANNOTATION)
-        if request and not any(_annotation(job, children.RETRAIN_ANNOTATION) == request for job in jobs):
-            if not policies.training.retrain_on_alert:
+        for trigger, annotation in children.REQUEST_ANNOTATIONS.items():
+            request = (meta.get("annotations") or {}).get(annotation)
+            if not request or any(_annotation(job, annotation) == request for job in jobs):
+                continue
+            if trigger == children.ALERT and not policies.training.retrain_on_alert:
                 message = f"retraining requested ({request}), but spec.training.retrain_on_alert is false"
                 self._say(body, "RetrainIgnored", message)
-            elif recorded.get("request") != request:
-                job = children.training_job(name, hash_, self.settings, policies, request=request)
-                message = f"Job {job['metadata']['name']} retrains {name}: requested {request}"
-                start(job, "RetrainingStarted", message)
+            elif (recorded.get("trigger"), recorded.get("request")) != (trigger, request):
+                job = children.training_job(
+                    name, hash_, self.settings, policies, request=request, trigger=trigger
+                )
+                message = f"Job {job['metadata']['name']} retrains {name}: {trigger} request {request}"
+                start(job, children.STARTED_REASONS[trigger], message)
         current = current_job(jobs, hash_)
         if current is None:
             return dict(recorded)
@@ -250,12 +254,13 @@ class Controller:
             "kind": "Job",
             "name": job_meta["name"],
             "generation": int(meta.get("generation", 1)),
-            "trigger": job_meta.get("labels", {}).get(children.TRIGGER_LABEL, "spec"),
+            "trigger": job_meta.get("labels", {}).get(children.TRIGGER_LABEL, children.SPEC),
             "specHash": _annotation(current, children.SPEC_HASH_ANNOTATION) or hash_,
             "startedAt": job_meta.get("creationTimestamp") or _now(),
         }
-        if _annotation(current, children.RETRAIN_ANNOTATION):
-            run["request"] = _annotation(current, children.RETRAIN_ANNOTATION)
+        answered = children.REQUEST_ANNOTATIONS.get(run["trigger"])
+        if answered and _annotation(current, answered):
+            run["request"] = _annotation(current, answered)
         return run
 
     def _observe_run(

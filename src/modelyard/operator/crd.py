@@ -47,9 +47,12 @@ class Run(_Status):
     trigger: str = Field(description="spec, schedule or alert")
     spec_hash: str = Field(description="the hash of the model spec it trains")
     started_at: str
-    request: str | None = Field(default=None, description="the retraining request it answers")
+    request: str | None = Field(default=None, description="the retraining or schedule request it answers")
     answered_request: str | None = Field(
         default=None, description="the newest retraining request a run was started or found for (KFP)"
+    )
+    answered_schedule: str | None = Field(
+        default=None, description="the newest schedule request a run was started or found for (KFP)"
     )
 
 

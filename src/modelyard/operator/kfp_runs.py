@@ -2,13 +2,14 @@
 ``MODELYARD_PIPELINE__HOST`` set) starts a run of the training pipeline through ``kfp.Client``
 (modelyard.pipeline.client) instead of a Job, and follows it with ``get_run``.
 
-A run is named as its Job would be (``<model>-train-<hash>``, ``<model>-alert-<hash>``), and that name is
-the run id the pipeline's publish step records with the version, so the run's version is found in the
-registry as a Job's is. Before a run is created, KFP is asked for one of that name: a handler repeated
-after a crash finds the first run instead of starting a second. ``status.latestRun.name`` holds KFP's own
-run id. ``status.latestRun.answeredRequest`` holds the newest retraining request answered, carried on to
-later spec runs: a request not answered there is started or, when its run exists (a status write lost to
-a crash or a conflict), adopted as the run; an answered one asks KFP nothing more.
+A run is named as its Job would be (``<model>-train-<hash>``, ``<model>-alert-<hash>``,
+``<model>-schedule-<hash>``), and that name is the run id the pipeline's publish step records with the
+version, so the run's version is found in the registry as a Job's is. Before a run is created, KFP is
+asked for one of that name: a handler repeated after a crash finds the first run instead of starting a
+second. ``status.latestRun.name`` holds KFP's own run id. ``status.latestRun.answeredRequest`` and
+``.answeredSchedule`` hold the newest retraining and schedule requests answered, carried on to later runs:
+a request not answered there is started or, when its run exists (a status write lost to a crash or a
+conflict), adopted as the run; an answered one asks KFP nothing more.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ KIND = "KFP"
 SUCCEEDED, FAILED, CANCELED, SKIPPED = "SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"
 
 Say = Callable[..., None]
+# where status.latestRun records the newest request of each trigger that a run answered
+ANSWERED_FIELDS = {children.ALERT: "answeredRequest", children.SCHEDULE: "answeredSchedule"}
 
 
 def uses_kfp(runner: Runner, settings: Settings) -> bool:
@@ -36,28 +39,39 @@ def uses_kfp(runner: Runner, settings: Settings) -> bool:
     return runner is Runner.KFP or (runner is Runner.AUTO and bool(settings.pipeline.host))
 
 
-def run_name(model: str, spec_hash: str, request: str | None = None) -> str:
+def run_name(model: str, spec_hash: str, request: str | None = None, trigger: str = children.ALERT) -> str:
     """The run's name in KFP and its run id in the registry: its Job's name."""
     if request is None:
         return children.training_job_name(model, spec_hash)
-    return children.retrain_job_name(model, request)
+    return children.retrain_job_name(model, request, trigger)
 
 
 def registry_run_id(model: str, run: dict[str, Any]) -> str:
     """The run id the version of ``run`` (a status.latestRun of kind KFP) is registered under."""
-    return run_name(model, run["specHash"], run.get("request"))
+    return run_name(model, run["specHash"], run.get("request"), run.get("trigger") or children.ALERT)
 
 
-def answered_request(run: dict[str, Any] | None) -> str | None:
-    """The newest retraining request ``run`` (a status.latestRun) records as answered."""
+def answered_request(run: dict[str, Any] | None, trigger: str = children.ALERT) -> str | None:
+    """The newest request of ``trigger`` (alert or schedule) that ``run`` (a status.latestRun) records as
+    answered: carried from an earlier run, or its own (a run an older operator recorded has no trigger
+    for its request: an alert's)."""
     if not run:
         return None
-    return run.get("answeredRequest") or run.get("request")
+    own = run.get("request") if (run.get("trigger") or children.ALERT) == trigger else None
+    return run.get(ANSWERED_FIELDS[trigger]) or own
 
 
-def request_to_answer(run: dict[str, Any] | None, request: str | None) -> str | None:
-    """The Model's retraining ``request`` (its annotation), unless the recorded run answered it already."""
-    return request if request and request != answered_request(run) else None
+def request_to_answer(
+    run: dict[str, Any] | None, request: str | None, trigger: str = children.ALERT
+) -> str | None:
+    """The Model's ``request`` (its annotation for ``trigger``), unless the recorded run answered it
+    already."""
+    return request if request and request != answered_request(run, trigger) else None
+
+
+def _answering(run: dict[str, Any], answered: dict[str, str]) -> dict[str, Any]:
+    """``run``, recording the requests ``answered`` (by trigger)."""
+    return {**run, **{ANSWERED_FIELDS[trigger]: value for trigger, value in answered.items()}}
 
 
 def trained_condition(name: str, state: str, error: str) -> tuple[bool | None, str, str]:
@@ -97,7 +111,11 @@ class KfpRuns:
         meta = body["metadata"]
         hash_ = children.spec_hash(spec)
         run = dict(recorded) if recorded and recorded.get("kind") == KIND else None
-        answered = answered_request(run)
+        answered = {
+            trigger: value
+            for trigger in ANSWERED_FIELDS
+            if (value := answered_request(run, trigger)) is not None
+        }
         if not self.settings.pipeline.host:
             message = "runner kfp needs a KFP host: set MODELYARD_PIPELINE__HOST where the operator runs"
             if conditions.set(TRAINED, False, "NoKfpHost", message):
@@ -105,16 +123,17 @@ class KfpRuns:
             return run
         try:
             if run is None or run.get("specHash") != hash_:
-                run = self._start(body, spec, hash_, None, say)
-                if answered:
-                    run["answeredRequest"] = answered
-            request = request_to_answer(run, (meta.get("annotations") or {}).get(children.RETRAIN_ANNOTATION))
-            if request and not policies.training.retrain_on_alert:
-                message = f"retraining requested ({request}), but spec.training.retrain_on_alert is false"
-                say(body, "RetrainIgnored", message)
-            elif request:
-                # _start finds before it creates: a run a lost status write left behind is adopted
-                run = {**self._start(body, spec, hash_, request, say), "answeredRequest": request}
+                run = _answering(self._start(body, spec, hash_, None, say), answered)
+            annotations = meta.get("annotations") or {}
+            for trigger, annotation in children.REQUEST_ANNOTATIONS.items():
+                request = request_to_answer(run, annotations.get(annotation), trigger)
+                if request and trigger == children.ALERT and not policies.training.retrain_on_alert:
+                    message = f"retraining requested ({request}), but spec.training.retrain_on_alert is false"
+                    say(body, "RetrainIgnored", message)
+                elif request:
+                    # _start finds before it creates: a run a lost status write left behind is adopted
+                    answered[trigger] = request
+                    run = _answering(self._start(body, spec, hash_, request, say, trigger), answered)
         except ModelyardError as exc:
             message = f"cannot start a KFP run: {exc.message}"
             if conditions.set(TRAINED, False, "KfpUnreachable", message):
@@ -162,12 +181,20 @@ class KfpRuns:
         return (self.find_run or find_run)(self.settings.pipeline.host, name)
 
     def _start(
-        self, body: dict[str, Any], spec: ModelSpec, hash_: str, request: str | None, say: Say
+        self,
+        body: dict[str, Any],
+        spec: ModelSpec,
+        hash_: str,
+        request: str | None,
+        say: Say,
+        trigger: str = children.ALERT,
     ) -> dict[str, Any]:
+        """The run for the spec (``request`` None) or for a ``request`` of ``trigger``: found, or started."""
         from modelyard.pipeline.client import run
 
         meta = body["metadata"]
-        name = run_name(meta["name"], hash_, request)
+        trigger = children.SPEC if request is None else trigger
+        name = run_name(meta["name"], hash_, request, trigger)
         run_id = self._find(name)
         if run_id is None:
             submitted = run(
@@ -179,13 +206,13 @@ class KfpRuns:
                 run_name=name,
             )
             run_id = submitted.id
-            reason = "TrainingStarted" if request is None else "RetrainingStarted"
-            say(body, reason, f"KFP run {name} ({run_id}) trains {meta['name']}: {submitted.url}")
+            message = f"KFP run {name} ({run_id}) trains {meta['name']}: {submitted.url}"
+            say(body, children.STARTED_REASONS[trigger], message)
         started: dict[str, Any] = {
             "kind": KIND,
             "name": run_id,
             "generation": int(meta.get("generation", 1)),
-            "trigger": "spec" if request is None else "alert",
+            "trigger": trigger,
             "specHash": hash_,
             "startedAt": _now(),
         }

@@ -1,8 +1,11 @@
-"""The retrain webhook's launcher where the operator runs: a retraining is asked of the Model resource.
+"""Runs asked of the Model resource, where the operator runs: by the retrain webhook, the console, and a
+schedule's CronJob (`modelyard request-run`).
 
-``start`` sets the Model's ``modelyard.io/retrain-requested`` annotation to the moment of the request; the
-operator starts one Job for each new value (when ``spec.training.retrain_on_alert`` allows it), so the
-webhook needs no access to Jobs' pods, images or Secrets: only to patch Models and read Jobs.
+``start`` sets the Model's annotation for the trigger (``modelyard.io/retrain-requested`` for an alert,
+``modelyard.io/schedule-requested`` for the schedule) to the moment of the request; the operator starts
+one run with the Model's runner for each new value (an alert's when ``spec.training.retrain_on_alert``
+allows it), so the asker needs no access to Jobs' pods, images, Secrets or KFP: only to get and patch
+Models (and the webhook, to read Jobs).
 """
 
 from __future__ import annotations
@@ -15,22 +18,24 @@ from modelyard.operator.kube import JOB, MODEL, Cluster
 
 
 class ModelResourceLauncher:
-    """Asks the Models of one namespace for retraining runs, and sees whether one is in flight."""
+    """Asks the Models of one namespace for runs, and sees whether a retraining is in flight."""
 
     def __init__(self, namespace: str, cluster: Cluster | None = None) -> None:
         self.namespace = namespace
         self.cluster = cluster or Cluster()
 
-    def start(self, model: str) -> str:
+    def start(self, model: str, trigger: str = children.ALERT) -> str:
+        """Ask for one run of ``model`` for ``trigger`` (alert or schedule); the request, as
+        ``namespace/model@moment``."""
         if self.cluster.get(MODEL, model, self.namespace) is None:
             raise NotFound(f"no Model {self.namespace}/{model}: nothing asks the operator to retrain it")
         requested = datetime.now(UTC).isoformat(timespec="microseconds")
-        annotations = {children.RETRAIN_ANNOTATION: requested}
+        annotations = {children.REQUEST_ANNOTATIONS[trigger]: requested}
         self.cluster.patch(MODEL, model, self.namespace, {"metadata": {"annotations": annotations}})
         return f"{self.namespace}/{model}@{requested}"
 
     def running(self, model: str) -> bool:
-        labels = {children.MODEL_LABEL: model, children.TRIGGER_LABEL: "alert"}
+        labels = {children.MODEL_LABEL: model, children.TRIGGER_LABEL: children.ALERT}
         for job in self.cluster.list(JOB, self.namespace, labels):
             conditions = (job.get("status") or {}).get("conditions") or []
             if not any(

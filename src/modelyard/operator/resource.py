@@ -28,6 +28,20 @@ POLICY_FIELDS = ("training", "serving", "rollout")
 _CRON_FIELD = r"[0-9*/,?A-Za-z-]+"
 CRON_PATTERN = rf"^(@(yearly|annually|monthly|weekly|daily|hourly)|{_CRON_FIELD}( {_CRON_FIELD}){{4}})$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
+# what the CronJob controller accepts in each of the five fields (after the pattern): names, ranges, steps
+CRON_BOUNDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 6),
+)
+MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+CRON_NAMES = {
+    3: {name: number for number, name in enumerate(MONTHS, 1)},
+    4: {name: number for number, name in enumerate(WEEKDAYS)},
+}
 
 
 class _Policy(BaseModel):
@@ -51,6 +65,40 @@ class TrainingPolicy(_Policy):
     )
     retrain_on_alert: bool = Field(default=True, description="retrain when a retraining alert fires")
     timeout_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600, description="a run's deadline")
+
+    @field_validator("schedule")
+    @classmethod
+    def _fields_in_range(cls, value: str | None) -> str | None:
+        # the schema's pattern passes "61 * * * *": the CronJob would then be refused, not the Model
+        problem = None if value is None or value.startswith("@") else cron_problem(value)
+        if problem:
+            raise ValueError(f"{value!r}: {problem}")
+        return value
+
+
+def cron_problem(schedule: str) -> str | None:
+    """What the CronJob controller would refuse in ``schedule`` (five fields, as CRON_PATTERN matched), or
+    None: a value out of its field's range, a name where none is, a backward range, a zero step."""
+    for index, (text, (what, low, high)) in enumerate(zip(schedule.split(" "), CRON_BOUNDS, strict=True)):
+        names = CRON_NAMES.get(index, {})
+        for part in text.split(","):
+            span, _, step = part.partition("/")
+            if step and (not step.isdigit() or int(step) == 0):
+                return f"{what} {part!r}: a step is a positive number"
+            if span in ("*", "?"):
+                continue
+            values: list[int] = []
+            for bound in span.split("-"):
+                value = int(bound) if bound.isdigit() else names.get(bound.lower())
+                if value is None:
+                    kind = "a number or a name" if names else "a number"
+                    return f"{what} {bound!r} is not {kind}"
+                if not low <= value <= high:
+                    return f"{what} {value} is out of range {low}-{high}"
+                values.append(value)
+            if len(values) > 2 or values != sorted(values):
+                return f"{what} {span!r} is not a value or a range from low to high"
+    return None
 
 
 class Resources(_Policy):
