@@ -220,7 +220,7 @@ def inference_service(
     canary_percent: int | None = None,
 ) -> dict[str, Any]:
     """The model's InferenceService on the modelyard ServingRuntime, serving ``storage_uri``; ``env`` is
-    what the predictor is told of a candidate being rolled out. In Serverless mode ``canary_percent``
+    what the predictor is told of a candidate being rolled out. In Knative mode ``canary_percent``
     is the share of requests Knative sends to the revision this spec makes (KServe's
     canaryTrafficPercent); the rest go to the last revision that took them all."""
     serving = policies.serving
@@ -251,8 +251,10 @@ def inference_service(
     if pod.labels:
         predictor["labels"] = pod.labels
     if canary_percent is not None:
-        if serving.deployment_mode is not DeploymentMode.SERVERLESS:
-            raise ValueError("canaryTrafficPercent splits traffic between Knative revisions: Serverless only")
+        if serving.deployment_mode is not DeploymentMode.KNATIVE:
+            raise ValueError(
+                "canaryTrafficPercent splits traffic between Knative revisions: Knative mode only"
+            )
         predictor["canaryTrafficPercent"] = canary_percent
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
@@ -272,11 +274,11 @@ def inference_service(
 
 
 # KServe's autoscalerClass (hpa, keda, external, none) picks the scaler of a Standard predictor; a
-# Serverless one is scaled by Knative, whose class annotation KServe passes to the revision (KPA: the
-# scale metric is concurrency or rps). KServe's webhook stores "Serverless" under its newer name, Knative.
+# Knative-mode one is scaled by Knative, whose class annotation KServe passes to the revision (KPA: the
+# scale metric is concurrency or rps).
 _AUTOSCALER = {
     DeploymentMode.STANDARD: {"serving.kserve.io/autoscalerClass": "hpa"},
-    DeploymentMode.SERVERLESS: {"autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev"},
+    DeploymentMode.KNATIVE: {"autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev"},
 }
 
 

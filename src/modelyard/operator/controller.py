@@ -347,7 +347,7 @@ class Controller:
         conditions.set(SERVING, ready, "Serving" if ready else "NotReady", serving_message)
         if conditions.set(READY, ready, "Ready" if ready else "NotReady", serving_message) and ready:
             self._say(body, "Ready", serving_message)
-        url = ((found or {}).get("status") or {}).get("url")  # KServe's: the Knative route's when Serverless
+        url = ((found or {}).get("status") or {}).get("url")  # KServe's: the Knative route's when Knative
         return {
             **result,
             "servingVersion": production.version,
@@ -723,12 +723,12 @@ def desired_inference_service(
     """The InferenceService for this look at the rollout; ``found`` is the one in the cluster.
 
     Standard mode: the production version, the predictor told of a candidate (it splits or mirrors the
-    traffic itself). Serverless mode: the shadow step is the same (Knative cannot mirror), and a canary
+    traffic itself). Knative mode: the shadow step is the same (Knative cannot mirror), and a canary
     step is the candidate's own spec with canaryTrafficPercent: Knative sends that share to the new
     revision and the rest to the last one that took all traffic (KServe's latestRolledoutRevision)."""
-    serverless = policies.serving.deployment_mode is DeploymentMode.SERVERLESS
+    knative = policies.serving.deployment_mode is DeploymentMode.KNATIVE
     in_progress = rollout is not None and rollout["state"] == PROGRESSING and not rollout.get("paused")
-    if serverless and in_progress and rollout is not None and rollout["mode"] == CANARY:
+    if knative and in_progress and rollout is not None and rollout["mode"] == CANARY:
         return children.inference_service(
             name,
             rollout["candidate"],
@@ -740,13 +740,13 @@ def desired_inference_service(
     manifest = children.inference_service(
         name, production.version, production.storage_uri, settings, policies, env=_rollout_env(rollout)
     )
-    if serverless and _candidate_held_back(found, manifest):
+    if knative and _candidate_held_back(found, manifest):
         manifest["spec"]["predictor"]["canaryTrafficPercent"] = 0
     return manifest
 
 
 def _candidate_held_back(found: dict[str, Any] | None, manifest: dict[str, Any]) -> bool:
-    """Whether a Serverless InferenceService leaving a canary keeps canaryTrafficPercent at 0.
+    """Whether a Knative InferenceService leaving a canary keeps canaryTrafficPercent at 0.
 
     Without canaryTrafficPercent Knative sends everything to the latest *ready* revision; while the
     revision of a new spec (the stable version's, after a rollback) starts, that is the candidate's. So
@@ -796,7 +796,7 @@ def deployment_mode_fixed(found: dict[str, Any] | None, manifest: dict[str, Any]
     deployment mode once it has reconciled it (None: it can)."""
     was = ((found or {}).get("status") or {}).get("deploymentMode")
     wanted = manifest["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
-    # KServe reports its newer names: Knative for Serverless, Standard for RawDeployment
+    # an older KServe's names: Serverless for Knative, RawDeployment for Standard
     if not was or _KSERVE_MODE_NAMES.get(was, was) == wanted:
         return None
     name = manifest["metadata"]["name"]
@@ -808,7 +808,7 @@ def deployment_mode_fixed(found: dict[str, Any] | None, manifest: dict[str, Any]
 
 
 _KSERVE_MODE_NAMES = {
-    "Knative": DeploymentMode.SERVERLESS.value,
+    "Serverless": DeploymentMode.KNATIVE.value,
     "RawDeployment": DeploymentMode.STANDARD.value,
 }
 
@@ -885,7 +885,7 @@ def inference_service_ready(service: dict[str, Any], manifest: dict[str, Any]) -
     if model.get("storageUri") != wanted["model"]["storageUri"]:
         return False, f"the InferenceService does not point at {wanted['model']['storageUri']} yet"
     # No generation check: KServe's status.observedGeneration is its Deployment's (Standard) or its
-    # Knative Service's (Serverless), never the InferenceService's.
+    # Knative Service's (Knative), never the InferenceService's own.
     status = service.get("status") or {}
     for condition in status.get("conditions") or []:
         if condition.get("type") == "Ready":
@@ -895,14 +895,14 @@ def inference_service_ready(service: dict[str, Any], manifest: dict[str, Any]) -
             break
     else:
         return False, "KServe has not reported on the InferenceService yet"
-    serverless = manifest["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == (
-        DeploymentMode.SERVERLESS.value
+    knative = manifest["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == (
+        DeploymentMode.KNATIVE.value
     )
-    # Ready says a revision serves; a Serverless one is this spec's once the latest created revision is
+    # Ready says a revision serves; in Knative mode it is this spec's once the latest created revision is
     # ready and Knative's route gives it the share asked for
     percent = wanted.get("canaryTrafficPercent")
     share = 100 if percent is None else int(percent)
-    if serverless and not _latest_revision_takes(service, share):
+    if knative and not _latest_revision_takes(service, share):
         return False, (
             f"Knative has not yet routed {share}% of requests to the InferenceService's latest revision, "
             "ready (status.components.predictor)"

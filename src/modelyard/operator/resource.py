@@ -70,13 +70,13 @@ class Resources(_Policy):
 
 class DeploymentMode(StrEnum):
     STANDARD = "Standard"  # a Deployment, a Service and an HPA; the predictor splits a canary itself
-    SERVERLESS = "Serverless"  # a Knative Service: Knative splits a canary between revisions
+    KNATIVE = "Knative"  # a Knative Service: Knative splits a canary between revisions
 
 
 class ScaleMetric(StrEnum):
     CPU = "cpu"  # the HPA's, in Standard mode
     MEMORY = "memory"
-    CONCURRENCY = "concurrency"  # Knative's autoscaler's (KPA), in Serverless mode
+    CONCURRENCY = "concurrency"  # Knative's autoscaler's (KPA), in Knative mode
     RPS = "rps"
 
 
@@ -84,7 +84,7 @@ class ScaleMetric(StrEnum):
 # concurrency and rps under the HPA.
 MODE_METRICS = {
     DeploymentMode.STANDARD: (ScaleMetric.CPU, ScaleMetric.MEMORY),
-    DeploymentMode.SERVERLESS: (ScaleMetric.CONCURRENCY, ScaleMetric.RPS),
+    DeploymentMode.KNATIVE: (ScaleMetric.CONCURRENCY, ScaleMetric.RPS),
 }
 UTILISATION_METRICS = (ScaleMetric.CPU, ScaleMetric.MEMORY)  # whose target is a percent
 
@@ -92,7 +92,7 @@ UTILISATION_METRICS = (ScaleMetric.CPU, ScaleMetric.MEMORY)  # whose target is a
 class ServingPolicy(_Policy):
     deployment_mode: DeploymentMode = Field(
         default=DeploymentMode.STANDARD,
-        description="Standard: a Deployment and an HPA, the canary split in the predictor; Serverless: "
+        description="Standard: a Deployment and an HPA, the canary split in the predictor; Knative: "
         "a Knative Service, the canary split by Knative (canaryTrafficPercent)",
     )
     min_replicas: int = Field(default=1, ge=1, le=100)
@@ -100,7 +100,7 @@ class ServingPolicy(_Policy):
     scale_metric: ScaleMetric | None = Field(
         default=None,
         description="what the autoscaler scales on: cpu or memory (Standard, the HPA; default cpu), "
-        "concurrency or rps (Serverless, Knative's KPA; default concurrency)",
+        "concurrency or rps (Knative, Knative's KPA; default concurrency)",
     )
     scale_target: int = Field(
         default=80,
