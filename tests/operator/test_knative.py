@@ -86,7 +86,7 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
 def knative_status(service: dict[str, Any], latest: str, ready: str, traffic: list[dict[str, Any]]) -> None:
     """What KServe copies into the InferenceService's status from its Knative Service."""
     service["status"] = {
-        "conditions": [{"type": "Ready", "status": "True"}],
+        "conditions": [{"type": kind, "status": "True"} for kind in ("PredictorReady", "Ready")],
         "components": {
             "predictor": {"latestCreatedRevision": latest, "latestReadyRevision": ready, "traffic": traffic}
         },
@@ -278,6 +278,10 @@ def test_knative_readiness_needs_the_latest_revision_ready_with_its_share(settin
     knative_status(service, "iris-predictor-00002", "iris-predictor-00002", traffic)
     assert inference_service_ready(service, service) == (True, "")
     knative_status(service, "iris-predictor-00002", "iris-predictor-00001", traffic)
+    assert inference_service_ready(service, service)[0] is False
+    # the route says 10%, but Knative's configuration has not caught up with the Knative Service yet
+    knative_status(service, "iris-predictor-00002", "iris-predictor-00002", traffic)
+    service["status"]["conditions"][0]["status"] = "Unknown"
     assert inference_service_ready(service, service)[0] is False
     # a Standard InferenceService has no revisions: Ready is KServe's word
     standard = children.inference_service("iris", 1, STABLE_URI, settings, Policies())

@@ -772,12 +772,12 @@ def _served_spec(service: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
 
 
 def _latest_revision_takes(service: dict[str, Any], percent: int) -> bool:
-    """Whether KServe reports the Knative Service caught up with ``service``'s spec: Ready (Knative's
-    route and configuration have each observed their latest generation), the latest created revision
-    ready, and the route sending ``percent`` of requests to it."""
+    """Whether KServe reports the Knative Service caught up with ``service``'s spec: PredictorReady (the
+    Knative Service's Ready: its route and configuration have each observed their latest generation),
+    the latest created revision ready, and the route sending ``percent`` of requests to it."""
     status = service.get("status") or {}
     ready = any(
-        condition.get("type") == "Ready" and condition.get("status") == "True"
+        condition.get("type") == "PredictorReady" and condition.get("status") == "True"
         for condition in status.get("conditions") or []
     )
     predictor = (status.get("components") or {}).get("predictor") or {}
