@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from modelyard.deploy.kube import custom_objects_api
 from modelyard.operator import children
 from modelyard.operator.controller import (
     CANARY,
@@ -329,7 +331,7 @@ class KServe:
 
     def __init__(self, plane: Any, namespace: str) -> None:
         self.plane, self.namespace = plane, namespace
-        self.cluster = Cluster()
+        self.cluster = Cluster(custom_objects_api(Path(plane.kubeconfig)).api_client)
 
     def apply(self, manifest: dict[str, Any]) -> None:
         self.cluster.apply(INFERENCE_SERVICE, self.namespace, manifest)
@@ -386,12 +388,20 @@ class KServe:
 
 
 def revision_env(service: dict[str, Any]) -> dict[str, str]:
+    """What the operator told the predictor, as it reached the Knative revision template's container."""
     (container,) = [
         container
         for container in service["spec"]["template"]["spec"]["containers"]
         if container["name"] == "kserve-container"
     ]
-    return {item["name"]: item.get("value", "") for item in container.get("env") or []}
+    env = container.get("env") or []
+    return {item["name"]: item["value"] for item in env if item["name"].startswith("MODELYARD_")}
+
+
+def revision_uris(service: dict[str, Any]) -> set[str]:
+    """The model bundles the Knative revision template names (KServe's storage initializer fetches it)."""
+    template = json.dumps(service["spec"]["template"])
+    return {uri for uri in (STABLE_URI, CANDIDATE_URI) if uri in template}
 
 
 @pytest.mark.cluster
@@ -414,7 +424,8 @@ def test_kserve_turns_each_knative_step_into_the_knative_traffic_split_asked_for
     kserve = KServe(model_crd, namespace)
     stable = record(1, STABLE_URI)
 
-    kserve.apply(desired_inference_service("iris", stable, None, settings, KNATIVE, None))
+    first_write = desired_inference_service("iris", stable, None, settings, KNATIVE, None)
+    kserve.apply(first_write)
     service = kserve.wait_for_traffic([{"latestRevision": True, "percent": 100}])
     # KServe's webhook accepted the mode and its controller reconciled the InferenceService in it
     accepted = kserve.inference_service()
@@ -428,11 +439,14 @@ def test_kserve_turns_each_knative_step_into_the_knative_traffic_split_asked_for
         "1",
         "1",
     )
-    assert revision_env(service)[children.MODEL_VERSION_ENV] == "1"
+    assert revision_env(service) == {children.MODEL_VERSION_ENV: "1"}
+    assert revision_uris(service) == {STABLE_URI}
     first = [{"revisionName": "iris-predictor-00001", "latestRevision": True, "percent": 100}]
     kserve.knative_reports("iris-predictor-00001", first)
     found = kserve.wait_for_predictor_status(latestRolledoutRevision="iris-predictor-00001")
-    assert found["status"]["url"] == f"http://iris-predictor.{namespace}.example.com"
+    # KServe's ingress reconciler names the InferenceService's URL after the Knative route's domain
+    assert found["status"]["url"] == f"http://iris.{namespace}.example.com"
+    assert inference_service_ready(found, first_write) == (True, ""), found["status"]
 
     # a canary step: the candidate's template, 10% to it and 90% to the last rolled-out revision
     canary = rollout(PROGRESSING, CANARY, 10)
@@ -440,6 +454,7 @@ def test_kserve_turns_each_knative_step_into_the_knative_traffic_split_asked_for
     prev = {"revisionName": "iris-predictor-00001", "latestRevision": False, "tag": "prev"}
     service = kserve.wait_for_traffic([{"latestRevision": True, "percent": 10}, {**prev, "percent": 90}])
     assert revision_env(service) == {children.MODEL_VERSION_ENV: "2"}
+    assert revision_uris(service) == {CANDIDATE_URI}
     split = [
         {"revisionName": "iris-predictor-00002", "latestRevision": True, "percent": 10},
         {**prev, "percent": 90},
@@ -457,6 +472,7 @@ def test_kserve_turns_each_knative_step_into_the_knative_traffic_split_asked_for
     kserve.apply(held)
     service = kserve.wait_for_traffic([{"latestRevision": True, "percent": 0}, {**prev, "percent": 100}])
     assert revision_env(service) == {children.MODEL_VERSION_ENV: "1"}
+    assert revision_uris(service) == {STABLE_URI}
     # KServe's status still says what Knative last reported (the candidate's revision at 10%): held at 0
     again = desired_inference_service(
         "iris", stable, rolled_back, settings, KNATIVE, kserve.inference_service()
