@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import pytest
 
 from modelyard.deploy.kube import custom_objects_api
 from modelyard.operator import children
+from modelyard.operator.analysis import Prometheus
 from modelyard.operator.controller import (
     CANARY,
     FULL,
@@ -36,8 +40,10 @@ from modelyard.registry import Stage
 from modelyard.registry.records import ModelVersionRecord
 from modelyard.settings import Settings, load_settings
 
+from ..conftest import S3Service
 from .test_crd import model
-from .test_operator import SERVING_RUNTIME, wait_until
+from .test_operator import SERVING_RUNTIME, Harness, wait_until
+from .test_rollout import rollout_of, train_two_versions
 
 KNATIVE = Policies.model_validate({"serving": {"deployment_mode": "Knative"}})
 STABLE_URI, CANDIDATE_URI = "s3://modelyard/iris/1", "s3://modelyard/iris/2"
@@ -489,3 +495,136 @@ def test_kserve_turns_each_knative_step_into_the_knative_traffic_split_asked_for
     assert "canaryTrafficPercent" not in released["spec"]["predictor"]
     kserve.apply(released)
     kserve.wait_for_traffic([{"latestRevision": True, "percent": 100}])
+
+
+# ---------------------------------------------------------------------------------------- the operator
+
+
+class KnativeStatus:
+    """Stand-in for Knative's controller, which does not run on the local control plane: for each
+    generation of the Knative Services in ``namespace`` it writes the status Knative would once done, a
+    revision per change of the template (ready at once, as kwok's pods are) and the route's traffic
+    resolved from the spec (``latestRevision`` to the latest ready revision). It records each generation
+    it answered, as (the revision's MODELYARD_ env, its traffic). Nothing here shifts traffic."""
+
+    def __init__(self, plane: Any, namespace: str) -> None:
+        self.plane, self.namespace = plane, namespace
+        self.cluster = Cluster(custom_objects_api(Path(plane.kubeconfig)).api_client)
+        self.revisions: dict[str, list[tuple[str, str]]] = {}  # (template, revision), per Knative Service
+        self.answered: list[tuple[dict[str, str], list[dict[str, Any]]]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> KnativeStatus:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.2):
+            for service in self.cluster.list(KNATIVE_SERVICE, self.namespace, {}):
+                if (service.get("status") or {}).get("observedGeneration") != service["metadata"][
+                    "generation"
+                ]:
+                    self._report(service)
+
+    def _report(self, service: dict[str, Any]) -> None:
+        name = service["metadata"]["name"]
+        revisions = self.revisions.setdefault(name, [])
+        template = json.dumps(service["spec"]["template"], sort_keys=True)
+        if not revisions or revisions[-1][0] != template:  # Knative's Configuration: a revision per change
+            revisions.append((template, f"{name}-{len(revisions) + 1:05d}"))
+        latest = revisions[-1][1]
+        traffic = [
+            {**target, "revisionName": latest if target.get("latestRevision") else target["revisionName"]}
+            for target in service["spec"].get("traffic") or []
+        ]
+        address = f"http://{name}.{self.namespace}.example.com"
+        status = {
+            "observedGeneration": service["metadata"]["generation"],
+            "latestCreatedRevisionName": latest,
+            "latestReadyRevisionName": latest,
+            "url": address,
+            "address": {"url": address},
+            "traffic": traffic,
+            "conditions": [
+                {"type": kind, "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+                for kind in ("ConfigurationsReady", "Ready", "RoutesReady")
+            ],
+        }
+        self.plane.kubectl(
+            "patch", "ksvc", name, "-n", self.namespace, "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": status}),
+        )  # fmt: skip
+        self.answered.append((revision_env(service), traffic))
+
+
+@pytest.fixture
+def knative_operator(
+    model_crd: Any, tmp_path: Path, s3: S3Service, prometheus: Prometheus
+) -> Iterator[tuple[Harness, KnativeStatus]]:
+    """A namespace of its own, with the operator analysing from the fixed series and the stand-in for
+    Knative's status."""
+    model_crd.kubectl("create", "namespace", "knative-serving", check=False)
+    model_crd.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(AUTOSCALER_CONFIG))
+    namespace = f"op-{uuid.uuid4().hex[:8]}"
+    model_crd.create_namespace(namespace)
+    harness = Harness(model_crd, namespace, tmp_path, s3)
+    harness.install_settings()
+    harness.start_operator(MODELYARD_OPERATOR__PROMETHEUS_URL=prometheus.url)
+    try:
+        with KnativeStatus(model_crd, namespace) as knative:
+            yield harness, knative
+    finally:
+        harness.stop_operator()
+        model_crd.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_the_operator_rolls_a_knative_candidate_back_without_handing_it_all_traffic(
+    knative_operator: tuple[Harness, KnativeStatus], tmp_path: Path
+) -> None:
+    """The operator, KServe's manager and the stand-in for Knative's status (``KnativeStatus``): a bad
+    candidate's canary (no shadow step) is Knative's 50% split, and its rollback first restores the stable
+    template with the latest revision at 0%, then gives the latest revision (the stable template's) all
+    traffic once KServe reports it ready."""
+    harness, knative = knative_operator
+    policy = {"shadow": False, "canary_steps": [50], "interval_seconds": 5, "analyses_per_step": 1}
+    train_two_versions(harness, "bad", tmp_path, policy, serving={"deployment_mode": "Knative"})
+    wait_until("RolledBack", lambda: rollout_of(harness, "bad").get("state") == "RolledBack", timeout=120)
+
+    def released() -> bool:
+        service = harness.get("inferenceservice", "bad") or {}
+        return "canaryTrafficPercent" not in service["spec"]["predictor"]
+
+    wait_until("canaryTrafficPercent to go", released, timeout=60)
+    stable, candidate = {children.MODEL_VERSION_ENV: "1"}, {children.MODEL_VERSION_ENV: "2"}
+    first, canary, restored = "bad-predictor-00001", "bad-predictor-00002", "bad-predictor-00003"
+    everything = (stable, [{"revisionName": restored, "latestRevision": True, "percent": 100}])
+    wait_until("the restored revision to take all traffic", lambda: knative.answered[-1] == everything)
+    split = [
+        {"revisionName": canary, "latestRevision": True, "percent": 50},
+        {"revisionName": first, "latestRevision": False, "percent": 50, "tag": "prev"},
+    ]
+    held = [
+        {"revisionName": restored, "latestRevision": True, "percent": 0},
+        {"revisionName": first, "latestRevision": False, "percent": 100, "tag": "prev"},
+    ]
+    answered = [
+        entry for index, entry in enumerate(knative.answered) if entry not in knative.answered[:index]
+    ]
+    assert answered == [
+        (stable, [{"revisionName": first, "latestRevision": True, "percent": 100}]),
+        (candidate, split),
+        (stable, held),
+        everything,
+    ]
+    assert harness.model("bad")["status"]["servingVersion"] == 1
+    # the Model is Ready again once KServe reports the restored revision taking all traffic
+    wait_until(
+        "Ready", lambda: (c := harness.condition("bad", "Ready")) is not None and c["status"] == "True"
+    )
