@@ -1,10 +1,11 @@
 """The Knative deployment mode: the InferenceService the operator writes at each step of a rollout, and
 how it reads readiness from what KServe reports.
 
-The cluster test applies those InferenceServices through the real API server and KServe's manager and
-checks the Knative Service KServe derives from them: its revision template and its traffic split. No
-Knative controller runs on the local control plane, so the revision status Knative would write is
-written by the test (and said so where it is); Knative's traffic shifting itself is not tested here.
+The cluster tests apply those InferenceServices through the real API server and KServe's manager (by
+hand, and by the operator rolling out a candidate judged from the fixed Prometheus series) and check the
+Knative Service KServe derives from them: its revision template and its traffic split. No Knative
+controller runs on the local control plane, so the revision status Knative would write is written by
+the tests (``KServe.knative_reports``, ``KnativeStatus``); Knative's traffic shifting is not tested here.
 """
 
 from __future__ import annotations
@@ -628,3 +629,43 @@ def test_the_operator_rolls_a_knative_candidate_back_without_handing_it_all_traf
     wait_until(
         "Ready", lambda: (c := harness.condition("bad", "Ready")) is not None and c["status"] == "True"
     )
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_the_operator_promotes_a_knative_candidate_through_shadow_and_knatives_canary(
+    knative_operator: tuple[Harness, KnativeStatus], tmp_path: Path
+) -> None:
+    """A good candidate in Knative mode: the shadow step is the stable revision told of the candidate (it
+    takes all traffic), the canary step a revision of the candidate's own template at 50% beside the
+    shadowing one, and promotion the same revision at 100%, with no new revision."""
+    harness, knative = knative_operator
+    policy = {"shadow": True, "canary_steps": [50], "interval_seconds": 5, "analyses_per_step": 1}
+    train_two_versions(harness, "good", tmp_path, policy, serving={"deployment_mode": "Knative"})
+    wait_until("Promoted", lambda: rollout_of(harness, "good").get("state") == "Promoted", timeout=120)
+    candidate = {children.MODEL_VERSION_ENV: "2"}
+    everything = (
+        candidate,
+        [{"revisionName": "good-predictor-00003", "latestRevision": True, "percent": 100}],
+    )
+    wait_until("the candidate's revision to take all traffic", lambda: knative.answered[-1] == everything)
+    answered = [
+        entry for index, entry in enumerate(knative.answered) if entry not in knative.answered[:index]
+    ]
+    stable, shadow, canary, promoted = answered
+    assert stable == (
+        {children.MODEL_VERSION_ENV: "1"},
+        [{"revisionName": "good-predictor-00001", "latestRevision": True, "percent": 100}],
+    )
+    assert shadow[0][children.ROLLOUT_MODE_ENV] == "shadow"
+    assert shadow[0][children.MODEL_VERSION_ENV] == "1"
+    assert shadow[1] == [{"revisionName": "good-predictor-00002", "latestRevision": True, "percent": 100}]
+    assert canary == (
+        candidate,
+        [
+            {"revisionName": "good-predictor-00003", "latestRevision": True, "percent": 50},
+            {"revisionName": "good-predictor-00002", "latestRevision": False, "percent": 50, "tag": "prev"},
+        ],
+    )
+    assert promoted == everything
+    wait_until("servingVersion 2", lambda: harness.model("good")["status"]["servingVersion"] == 2)
