@@ -12,7 +12,9 @@ can fix it). A spec whose hash has no run yet starts a training Job; the run's v
 registry records under the Job's name as its run id. The first version has nothing to be compared with:
 it is promoted and served. A later version that passed the gate is rolled out through the
 InferenceService: shadow (the predictor scores it beside the stable one), then each canary step (it
-answers that percent of requests), then full (promoted in the registry, and the storageUri). Each step
+answers that percent of requests; in Knative mode Knative splits them between the candidate's revision
+and the stable one, see ``desired_inference_service``), then full (promoted in the registry, and the
+storageUri). Each step
 takes ``analyses_per_step`` passing analyses, one every ``interval_seconds``; ``failure_limit`` failed
 ones roll it back, the registry untouched. A rollout without evidence ends too: a candidate no predictor
 serves by the step's deadline, ``inconclusive_limit`` analyses in a row without a verdict, or a step past
