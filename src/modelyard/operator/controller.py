@@ -14,13 +14,12 @@ it is promoted and served. A later version that passed the gate is rolled out th
 InferenceService: shadow (the predictor scores it beside the stable one), then each canary step (it
 answers that percent of requests; in Knative mode Knative splits them between the candidate's revision
 and the stable one, see ``desired_inference_service``), then full (promoted in the registry, and the
-storageUri). Each step
-takes ``analyses_per_step`` passing analyses, one every ``interval_seconds``; ``failure_limit`` failed
-ones roll it back, the registry untouched. A rollout without evidence ends too: a candidate no predictor
-serves by the step's deadline, ``inconclusive_limit`` analyses in a row without a verdict, or a step past
-its deadline roll it back. A newer version supersedes it; a new model spec pauses it until that spec's
-run publishes, and ends it (SpecChanged) if that run fails. The rollout's state, and the plan it started
-with, are in ``status.rollout``.
+storageUri). Each step takes ``analyses_per_step`` passing analyses, one every ``interval_seconds``;
+``failure_limit`` failed ones roll it back, the registry untouched. A rollout without evidence ends too:
+a candidate no predictor serves by the step's deadline, ``inconclusive_limit`` analyses in a row without
+a verdict, or a step past its deadline roll it back. A newer version supersedes it; a new model spec
+pauses it until that spec's run publishes, and ends it (SpecChanged) if that run fails. The rollout's
+state, and the plan it started with, are in ``status.rollout``.
 """
 
 from __future__ import annotations
