@@ -47,9 +47,11 @@ def rollout_of(harness: Harness, name: str) -> dict[str, Any]:
     return dict(harness.model(name).get("status", {}).get("rollout") or {})
 
 
-def train_two_versions(harness: Harness, name: str, tmp_path: Path, policy: dict[str, Any]) -> None:
+def train_two_versions(
+    harness: Harness, name: str, tmp_path: Path, policy: dict[str, Any], **spec: Any
+) -> None:
     """Version 1, served; then a spec change whose version 2 passes the gate and becomes the candidate."""
-    harness.apply(iris_model(name, rollout=policy))
+    harness.apply(iris_model(name, rollout=policy, **spec))
     (first,) = wait_until("the training Job", lambda: harness.jobs(name))
     assert harness.run_job(first, tmp_path / "first").returncode == 0
     wait_until("Ready", lambda: (c := harness.condition(name, "Ready")) is not None and c["status"] == "True")

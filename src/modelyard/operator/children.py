@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from modelyard.operator.resource import GROUP, KIND, VERSION, Policies
+from modelyard.operator.resource import GROUP, KIND, VERSION, DeploymentMode, Policies
 from modelyard.settings import Settings
 from modelyard.spec import ModelSpec
 
@@ -264,9 +264,12 @@ def inference_service(
     policies: Policies,
     *,
     env: list[dict[str, str]] | None = None,
+    canary_percent: int | None = None,
 ) -> dict[str, Any]:
     """The model's InferenceService on the modelyard ServingRuntime, serving ``storage_uri``; ``env`` is
-    what the predictor is told of a candidate being rolled out."""
+    what the predictor is told of a candidate being rolled out. In Knative mode ``canary_percent``
+    is the share of requests Knative sends to the revision this spec makes (KServe's
+    canaryTrafficPercent); the rest go to the last revision that took them all."""
     serving = policies.serving
     pod = settings.operator.predictor
     resources = {**pod.resources, **serving.resources.model_dump(exclude_defaults=True)}
@@ -286,7 +289,7 @@ def inference_service(
         "serviceAccountName": pod.service_account,
         "minReplicas": serving.min_replicas,
         "maxReplicas": serving.max_replicas,
-        "scaleMetric": serving.scale_metric.value,
+        "scaleMetric": serving.metric.value,
         "scaleTarget": serving.scale_target,
         "securityContext": pod.security_context,
         "automountServiceAccountToken": False,
@@ -294,20 +297,36 @@ def inference_service(
     }
     if pod.labels:
         predictor["labels"] = pod.labels
+    if canary_percent is not None:
+        if serving.deployment_mode is not DeploymentMode.KNATIVE:
+            raise ValueError(
+                "canaryTrafficPercent splits traffic between Knative revisions: Knative mode only"
+            )
+        predictor["canaryTrafficPercent"] = canary_percent
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
         "metadata": {
             "name": model,
+            # KServe copies these labels onto the Knative revision: the version is the one it serves
             "labels": _labels(model, **{f"{GROUP}/version": str(version)}),
             "annotations": {
-                "serving.kserve.io/deploymentMode": "Standard",
-                "serving.kserve.io/autoscalerClass": "hpa",
+                "serving.kserve.io/deploymentMode": serving.deployment_mode.value,
+                **_AUTOSCALER[serving.deployment_mode],
                 "serving.kserve.io/enable-prometheus-scraping": "true",
             },
         },
         "spec": {"predictor": predictor},
     }
+
+
+# KServe's autoscalerClass (hpa, keda, external, none) picks the scaler of a Standard predictor; a
+# Knative-mode one is scaled by Knative, whose class annotation KServe passes to the revision (KPA: the
+# scale metric is concurrency or rps).
+_AUTOSCALER = {
+    DeploymentMode.STANDARD: {"serving.kserve.io/autoscalerClass": "hpa"},
+    DeploymentMode.KNATIVE: {"autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev"},
+}
 
 
 def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,13 +12,14 @@ can fix it). A spec whose hash has no run yet starts a training Job; the run's v
 registry records under the Job's name as its run id. The first version has nothing to be compared with:
 it is promoted and served. A later version that passed the gate is rolled out through the
 InferenceService: shadow (the predictor scores it beside the stable one), then each canary step (it
-answers that percent of requests), then full (promoted in the registry, and the storageUri). Each step
-takes ``analyses_per_step`` passing analyses, one every ``interval_seconds``; ``failure_limit`` failed
-ones roll it back, the registry untouched. A rollout without evidence ends too: a candidate no predictor
-serves by the step's deadline, ``inconclusive_limit`` analyses in a row without a verdict, or a step past
-its deadline roll it back. A newer version supersedes it; a new model spec pauses it until that spec's
-run publishes, and ends it (SpecChanged) if that run fails. The rollout's state, and the plan it started
-with, are in ``status.rollout``.
+answers that percent of requests; in Knative mode Knative splits them between the candidate's revision
+and the stable one, see ``desired_inference_service``), then full (promoted in the registry, and the
+storageUri). Each step takes ``analyses_per_step`` passing analyses, one every ``interval_seconds``;
+``failure_limit`` failed ones roll it back, the registry untouched. A rollout without evidence ends too:
+a candidate no predictor serves by the step's deadline, ``inconclusive_limit`` analyses in a row without
+a verdict, or a step past its deadline roll it back. A newer version supersedes it; a new model spec
+pauses it until that spec's run publishes, and ends it (SpecChanged) if that run fails. The rollout's
+state, and the plan it started with, are in ``status.rollout``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from modelyard.operator.resource import (
     GROUP,
     PLURAL,
     VERSION,
+    DeploymentMode,
     Policies,
     ResourceSpecError,
     RolloutPolicy,
@@ -333,25 +335,25 @@ class Controller:
             # the registry is the truth: the rollout promoted there, and a later rollback (the CLI, the
             # console) must win over a rollout that ended long ago
             production = self._production(name) or production
-        manifest = children.inference_service(
-            name,
-            production.version,
-            production.storage_uri,
-            self.settings,
-            policies,
-            env=_rollout_env(rollout),
-        )
-        if self.cluster.ensure(
+        found = self.cluster.get(INFERENCE_SERVICE, name, namespace)
+        manifest = desired_inference_service(name, production, rollout, self.settings, policies, found)
+        # one another owns is the NotOurs that ensure raises
+        mode_fixed = deployment_mode_fixed(found, manifest) if owned_by(found or {}, meta["uid"]) else None
+        if mode_fixed is None and self.cluster.ensure(
             INFERENCE_SERVICE, namespace, _owned(manifest, children.owner_reference(body)), meta["uid"]
         ):
             self._say(body, "Serving", f"InferenceService {name} created for {production.ref}")
-        found = self.cluster.get(INFERENCE_SERVICE, name, namespace) or {}
-        ready, why = _inference_service_ready(found, production.storage_uri)
+        if mode_fixed is None:
+            found = self.cluster.get(INFERENCE_SERVICE, name, namespace) or {}
+            ready, why = inference_service_ready(found, manifest)
+        else:
+            ready, why = False, mode_fixed
+            self._say(body, "DeploymentModeFixed", mode_fixed, warning=True)
         serving_message = f"InferenceService {name} serves {production.ref}" if ready else why
         conditions.set(SERVING, ready, "Serving" if ready else "NotReady", serving_message)
         if conditions.set(READY, ready, "Ready" if ready else "NotReady", serving_message) and ready:
             self._say(body, "Ready", serving_message)
-        url = (found.get("status") or {}).get("url")
+        url = ((found or {}).get("status") or {}).get("url")  # KServe's: the Knative route's when Knative
         return {
             **result,
             "servingVersion": production.version,
@@ -569,10 +571,7 @@ class Controller:
         stable = f"{name}@{rollout['stable']} keeps serving"
         if evidence == NOT_SERVED:
             service = self.cluster.get(INFERENCE_SERVICE, name, namespace) or {}
-            served_uri = (
-                (service.get("spec") or {}).get("predictor", {}).get("model", {}).get("storageUri", "")
-            )
-            ready, why = _inference_service_ready(service, served_uri)
+            ready, why = inference_service_ready(service, service)
             said = "the InferenceService is ready" if ready else f"the InferenceService says: {why}"
             message = (
                 f"the predictor did not serve version {rollout['candidate']} within {deadline} s of the step "
@@ -719,6 +718,107 @@ def _step_age(rollout: dict[str, Any]) -> float:
     return (datetime.now(UTC) - _parse_time(rollout["stepStartedAt"])).total_seconds()
 
 
+def desired_inference_service(
+    name: str,
+    production: ModelVersionRecord,
+    rollout: dict[str, Any] | None,
+    settings: Settings,
+    policies: Policies,
+    found: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The InferenceService for this look at the rollout; ``found`` is the one in the cluster.
+
+    Standard mode: the production version, the predictor told of a candidate (it splits or mirrors the
+    traffic itself). Knative mode: the shadow step is the same (Knative cannot mirror), and a canary
+    step is the candidate's own spec with canaryTrafficPercent: Knative sends that share to the new
+    revision and the rest to the last one that took all traffic (KServe's latestRolledoutRevision)."""
+    knative = policies.serving.deployment_mode is DeploymentMode.KNATIVE
+    in_progress = rollout is not None and rollout["state"] == PROGRESSING and not rollout.get("paused")
+    if knative and in_progress and rollout is not None and rollout["mode"] == CANARY:
+        return children.inference_service(
+            name,
+            rollout["candidate"],
+            rollout["candidateUri"],
+            settings,
+            policies,
+            canary_percent=rollout["percent"],
+        )
+    manifest = children.inference_service(
+        name, production.version, production.storage_uri, settings, policies, env=_rollout_env(rollout)
+    )
+    if knative and _candidate_held_back(found, manifest):
+        manifest["spec"]["predictor"]["canaryTrafficPercent"] = 0
+    return manifest
+
+
+def _candidate_held_back(found: dict[str, Any] | None, manifest: dict[str, Any]) -> bool:
+    """Whether a Knative InferenceService leaving a canary keeps canaryTrafficPercent at 0.
+
+    Without canaryTrafficPercent Knative sends everything to the latest *ready* revision; while the
+    revision of a new spec (the stable version's, after a rollback) starts, that is the candidate's. So
+    the canary goes to 0 first, in the same write as the new spec: the previous rolled-out revision
+    (stable) takes all traffic, the new revision none. The share is given back to the latest revision
+    only once KServe reports that write done: Ready, the latest created revision ready, and Knative's
+    route sending it 0%. A promotion (the candidate's spec unchanged, the canary at its percent) drops
+    canaryTrafficPercent at once: the candidate is then the version to serve."""
+    predictor = ((found or {}).get("spec") or {}).get("predictor") or {}
+    percent = predictor.get("canaryTrafficPercent")
+    if found is None or percent is None:
+        return False
+    if _served_spec(found) != _served_spec(manifest):
+        return True
+    return percent == 0 and not _latest_revision_takes(found, 0)
+
+
+def _served_spec(service: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
+    """What a revision of ``service`` serves: its storageUri and the env the operator gives it."""
+    model = ((service.get("spec") or {}).get("predictor") or {}).get("model") or {}
+    env = [(item["name"], str(item.get("value"))) for item in model.get("env") or []]
+    return str(model.get("storageUri")), sorted(env)
+
+
+def _latest_revision_takes(service: dict[str, Any], percent: int) -> bool:
+    """Whether KServe reports the Knative Service caught up with ``service``'s spec: PredictorReady (the
+    Knative Service's Ready: its route and configuration have each observed their latest generation),
+    the latest created revision ready, and the route sending ``percent`` of requests to it."""
+    status = service.get("status") or {}
+    ready = any(
+        condition.get("type") == "PredictorReady" and condition.get("status") == "True"
+        for condition in status.get("conditions") or []
+    )
+    predictor = (status.get("components") or {}).get("predictor") or {}
+    latest = predictor.get("latestCreatedRevision")
+    caught_up = bool(latest) and predictor.get("latestReadyRevision") == latest
+    shares = [
+        int(target.get("percent") or 0)
+        for target in predictor.get("traffic") or []
+        if target.get("latestRevision") and target.get("revisionName") == latest
+    ]
+    return ready and caught_up and shares == [percent]
+
+
+def deployment_mode_fixed(found: dict[str, Any] | None, manifest: dict[str, Any]) -> str | None:
+    """Why ``manifest`` cannot replace ``found``: KServe refuses to change an InferenceService's
+    deployment mode once it has reconciled it (None: it can)."""
+    was = ((found or {}).get("status") or {}).get("deploymentMode")
+    wanted = manifest["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+    # an older KServe's names: Serverless for Knative, RawDeployment for Standard
+    if not was or _KSERVE_MODE_NAMES.get(was, was) == wanted:
+        return None
+    name = manifest["metadata"]["name"]
+    return (
+        f"InferenceService {name} runs in {_KSERVE_MODE_NAMES.get(was, was)} mode and "
+        f"spec.serving.deployment_mode is {wanted}: KServe does not change a deployment mode; delete "
+        f"InferenceService {name} (the operator makes it again, in {wanted} mode) or set the mode back"
+    )
+
+
+_KSERVE_MODE_NAMES = {
+    "Serverless": DeploymentMode.KNATIVE.value,
+    "RawDeployment": DeploymentMode.STANDARD.value,
+}
+
+
 def _rollout_env(rollout: dict[str, Any] | None) -> list[dict[str, str]]:
     """What the predictor is told of a candidate in progress; nothing once the rollout has ended, nor
     while it is paused."""
@@ -784,18 +884,36 @@ def _annotation(obj: dict[str, Any], key: str) -> str | None:
     return None if value is None else str(value)
 
 
-def _inference_service_ready(service: dict[str, Any], storage_uri: str) -> tuple[bool, str]:
+def inference_service_ready(service: dict[str, Any], manifest: dict[str, Any]) -> tuple[bool, str]:
+    """Whether ``service`` is ready as the operator wrote it (``manifest``), as KServe reports it."""
+    wanted = manifest["spec"]["predictor"]
     model = (service.get("spec") or {}).get("predictor", {}).get("model", {})
-    if model.get("storageUri") != storage_uri:
-        return False, "the InferenceService does not point at the production version yet"
-    # No generation check: in Standard mode KServe's status.observedGeneration is its Deployment's.
+    if model.get("storageUri") != wanted["model"]["storageUri"]:
+        return False, f"the InferenceService does not point at {wanted['model']['storageUri']} yet"
+    # No generation check: KServe's status.observedGeneration is its Deployment's (Standard) or its
+    # Knative Service's (Knative), never the InferenceService's own.
     status = service.get("status") or {}
     for condition in status.get("conditions") or []:
         if condition.get("type") == "Ready":
-            if condition.get("status") == "True":
-                return True, ""
-            return False, condition.get("message") or condition.get("reason") or "the predictor is not ready"
-    return False, "KServe has not reported on the InferenceService yet"
+            if condition.get("status") != "True":
+                message = condition.get("message") or condition.get("reason")
+                return False, message or "the predictor is not ready"
+            break
+    else:
+        return False, "KServe has not reported on the InferenceService yet"
+    knative = manifest["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == (
+        DeploymentMode.KNATIVE.value
+    )
+    # Ready says a revision serves; in Knative mode it is this spec's once the latest created revision is
+    # ready and Knative's route gives it the share asked for
+    percent = wanted.get("canaryTrafficPercent")
+    share = 100 if percent is None else int(percent)
+    if knative and not _latest_revision_takes(service, share):
+        return False, (
+            f"Knative has not yet routed {share}% of requests to the InferenceService's latest revision, "
+            "ready (status.components.predictor)"
+        )
+    return True, ""
 
 
 def _phase(conditions: Conditions) -> str:

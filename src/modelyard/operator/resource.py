@@ -116,22 +116,71 @@ class Resources(_Policy):
         return value
 
 
+class DeploymentMode(StrEnum):
+    STANDARD = "Standard"  # a Deployment, a Service and an HPA; the predictor splits a canary itself
+    KNATIVE = "Knative"  # a Knative Service: Knative splits a canary between revisions
+
+
 class ScaleMetric(StrEnum):
-    CPU = "cpu"
+    CPU = "cpu"  # the HPA's, in Standard mode
     MEMORY = "memory"
+    CONCURRENCY = "concurrency"  # Knative's autoscaler's (KPA), in Knative mode
+    RPS = "rps"
+
+
+# What each mode's autoscaler scales on: KServe refuses cpu and memory under Knative's KPA, and
+# concurrency and rps under the HPA.
+MODE_METRICS = {
+    DeploymentMode.STANDARD: (ScaleMetric.CPU, ScaleMetric.MEMORY),
+    DeploymentMode.KNATIVE: (ScaleMetric.CONCURRENCY, ScaleMetric.RPS),
+}
+UTILISATION_METRICS = (ScaleMetric.CPU, ScaleMetric.MEMORY)  # whose target is a percent
 
 
 class ServingPolicy(_Policy):
+    deployment_mode: DeploymentMode = Field(
+        default=DeploymentMode.STANDARD,
+        description="Standard: a Deployment and an HPA, the canary split in the predictor; Knative: "
+        "a Knative Service, the canary split by Knative (canaryTrafficPercent)",
+    )
     min_replicas: int = Field(default=1, ge=1, le=100)
     max_replicas: int = Field(default=1, ge=1, le=100)
-    scale_metric: ScaleMetric = Field(default=ScaleMetric.CPU, description="what the HPA scales on")
-    scale_target: int = Field(default=80, ge=1, le=100, description="percent utilisation the HPA keeps")
+    scale_metric: ScaleMetric | None = Field(
+        default=None,
+        description="what the autoscaler scales on: cpu or memory (Standard, the HPA; default cpu), "
+        "concurrency or rps (Knative, Knative's KPA; default concurrency)",
+    )
+    scale_target: int = Field(
+        default=80,
+        ge=1,
+        le=10000,
+        description="what the autoscaler keeps per replica: percent utilisation (cpu, memory), requests "
+        "in flight (concurrency) or requests per second (rps)",
+    )
     resources: Resources = Field(default_factory=Resources)
+
+    @property
+    def metric(self) -> ScaleMetric:
+        """The scale metric, or the deployment mode's default."""
+        return self.scale_metric or MODE_METRICS[self.deployment_mode][0]
 
     @model_validator(mode="after")
     def _replicas_in_order(self) -> ServingPolicy:
         if self.max_replicas < self.min_replicas:
             raise ValueError(f"max_replicas {self.max_replicas} is below min_replicas {self.min_replicas}")
+        return self
+
+    @model_validator(mode="after")
+    def _metric_of_the_mode(self) -> ServingPolicy:
+        allowed = MODE_METRICS[self.deployment_mode]
+        if self.metric not in allowed:
+            names = " or ".join(metric.value for metric in allowed)
+            raise ValueError(
+                f"scale_metric {self.metric.value} is not one the {self.deployment_mode.value} mode's "
+                f"autoscaler scales on ({names})"
+            )
+        if self.metric in UTILISATION_METRICS and self.scale_target > 100:
+            raise ValueError(f"scale_target {self.scale_target} is above 100 percent {self.metric.value}")
         return self
 
 
