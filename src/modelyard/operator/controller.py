@@ -29,12 +29,13 @@ import math
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 import kopf
 from pydantic import ValidationError
 
-from modelyard.operator import children, kfp_runs
+from modelyard.operator import children, kfp_runs, requests
 from modelyard.operator.analysis import FAIL, PASS, Analysis, Prometheus, PrometheusError, Verdict
 from modelyard.operator.conditions import (
     PUBLISHED,
@@ -54,6 +55,7 @@ from modelyard.operator.kube import (
     Cluster,
     KindMissing,
     NotOurs,
+    job_finished,
     owned_by,
 )
 from modelyard.operator.resource import (
@@ -233,22 +235,32 @@ class Controller:
         ):
             job = children.training_job(name, hash_, self.settings, policies)
             start(job, "TrainingStarted", f"Job {job['metadata']['name']} trains {name}")
+        # a skipped schedule request (no Job carries it) is answered in status.latestRun only
+        answered: dict[str, str] = {}
+        if (skipped := recorded.get(requests.ANSWERED_FIELDS[children.SCHEDULE])) is not None:
+            answered[children.SCHEDULE] = skipped
         for trigger, annotation in children.REQUEST_ANNOTATIONS.items():
-            request = (meta.get("annotations") or {}).get(annotation)
+            request = requests.request_to_answer(
+                recorded, (meta.get("annotations") or {}).get(annotation), trigger
+            )
             if not request or any(_annotation(job, annotation) == request for job in jobs):
                 continue
-            if trigger == children.ALERT and not policies.training.retrain_on_alert:
-                message = f"retraining requested ({request}), but spec.training.retrain_on_alert is false"
-                self._say(body, "RetrainIgnored", message)
-            elif (recorded.get("trigger"), recorded.get("request")) != (trigger, request):
-                job = children.training_job(
-                    name, hash_, self.settings, policies, request=request, trigger=trigger
-                )
-                message = f"Job {job['metadata']['name']} retrains {name}: {trigger} request {request}"
-                start(job, children.STARTED_REASONS[trigger], message)
+            refused = requests.refusal(
+                trigger, request, policies.training.retrain_on_alert, partial(job_in_flight, jobs)
+            )
+            if refused is not None:
+                self._say(body, refused.reason, refused.message)
+                if refused.answered:
+                    answered[trigger] = request
+                continue
+            job = children.training_job(
+                name, hash_, self.settings, policies, request=request, trigger=trigger
+            )
+            message = f"Job {job['metadata']['name']} retrains {name}: {trigger} request {request}"
+            start(job, children.STARTED_REASONS[trigger], message)
         current = current_job(jobs, hash_)
         if current is None:
-            return dict(recorded)
+            return requests.answering(dict(recorded), answered)
         job_meta = current["metadata"]
         run = {
             "kind": "Job",
@@ -258,10 +270,10 @@ class Controller:
             "specHash": _annotation(current, children.SPEC_HASH_ANNOTATION) or hash_,
             "startedAt": job_meta.get("creationTimestamp") or _now(),
         }
-        answered = children.REQUEST_ANNOTATIONS.get(run["trigger"])
-        if answered and _annotation(current, answered):
-            run["request"] = _annotation(current, answered)
-        return run
+        own_request = children.REQUEST_ANNOTATIONS.get(run["trigger"])
+        if own_request and _annotation(current, own_request):
+            run["request"] = _annotation(current, own_request)
+        return requests.answering(run, answered)
 
     def _observe_run(
         self, body: dict[str, Any], run: dict[str, Any], conditions: Conditions
@@ -667,6 +679,12 @@ def current_job(jobs: list[dict[str, Any]], spec_hash: str) -> dict[str, Any] | 
     CronJob template did not carry it) counts as the current spec's."""
     ours = [job for job in jobs if _annotation(job, children.SPEC_HASH_ANNOTATION) in (spec_hash, None)]
     return ours[-1] if ours else None
+
+
+def job_in_flight(jobs: list[dict[str, Any]]) -> str | None:
+    """The newest of ``jobs`` (oldest first) that has not finished, named; None when all have."""
+    running = [job for job in jobs if not job_finished(job)]
+    return f"Job {running[-1]['metadata']['name']}" if running else None
 
 
 def paused_for_spec(rollout: dict[str, Any], spec_hash: str) -> bool:

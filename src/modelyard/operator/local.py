@@ -13,6 +13,8 @@ The local configuration stands in for the cluster's: the registry and object sto
 in local mode carry ``spec.managedBy: modelyard.io/local``, so the Job controller leaves them (and their
 status) to this module; the InferenceService's status is this module's too, so KServe's manager must not
 run beside it (``check_no_kserve``). A Job that has not finished when the operator starts is run again.
+A schedule's request Job (its CronJob's, as the CronJob controller starts it) is run here too, and its
+`modelyard request-run` keeps the operator's KUBECONFIG, so a schedule asks for runs as on a cluster.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from modelyard.monitoring.prometheus_server import (
     start_prometheus,
 )
 from modelyard.operator import children
-from modelyard.operator.kube import CONFIG_MAP, INFERENCE_SERVICE, JOB, Cluster
+from modelyard.operator.kube import CONFIG_MAP, INFERENCE_SERVICE, JOB, Cluster, job_finished
 from modelyard.settings import Settings
 
 KSERVE_WEBHOOK = "inferenceservice.serving.kserve.io"  # what KServe's manager registers
@@ -173,11 +175,6 @@ def job_pod_labels(job: dict[str, Any]) -> dict[str, str]:
     return {**template["metadata"].get("labels", {}), children.JOB_NAME_LABEL: job["metadata"]["name"]}
 
 
-def _finished(job: dict[str, Any]) -> bool:
-    conditions = (job.get("status") or {}).get("conditions") or []
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
-
-
 def _condition(type_: str, reason: str, message: str, at: str) -> dict[str, str]:
     return {
         "type": type_,
@@ -229,10 +226,12 @@ class LocalPods:
         self.targets_file = self.workdir / TARGETS_FILE
         self._write_targets()  # a new operator's: the last one's predictors stopped with it
 
-    def local_env(self, pod_env: dict[str, str]) -> dict[str, str]:
+    def local_env(self, pod_env: dict[str, str], *, kube_access: bool = False) -> dict[str, str]:
         """A process's env: this machine's, the pod's own, and this machine's registry and store in place
-        of the Secrets and ConfigMap a pod would read."""
-        passed = {key: value for key, value in os.environ.items() if key != "KUBECONFIG"}
+        of the Secrets and ConfigMap a pod would read. Only with ``kube_access`` (a schedule's request
+        pod, whose work is to ask the API server) does it keep the operator's KUBECONFIG: a training pod
+        or a predictor has no business with the API server, and no ServiceAccount here to limit it."""
+        passed = {key: value for key, value in os.environ.items() if kube_access or key != "KUBECONFIG"}
         return {
             **passed,
             **pod_env,
@@ -244,7 +243,7 @@ class LocalPods:
 
     def on_job(self, job: dict[str, Any]) -> None:
         """Run ``job`` here if it is a local Job that has not finished and is not running already."""
-        if job["spec"].get("managedBy") != children.LOCAL_JOB_MANAGER or _finished(job):
+        if job["spec"].get("managedBy") != children.LOCAL_JOB_MANAGER or job_finished(job):
             return
         uid = job["metadata"]["uid"]
         with self._lock:
@@ -290,8 +289,11 @@ class LocalPods:
         except ModelyardError as exc:
             self._finish_job(job, started, False, exc.message)
             return
-        env = self.local_env(command.env)
-        self.say(f"training {namespace}/{name} started (log: {log})")
+        # a schedule's request pod asks the API server for a run, with the operator's own access here
+        schedule_request = children.SCHEDULE_LABEL in job_pod_labels(job)
+        env = self.local_env(command.env, kube_access=schedule_request)
+        work = "schedule request" if schedule_request else "training"
+        self.say(f"{work} {namespace}/{name} started (log: {log})")
         with log.open("wb") as output:
             process = subprocess.Popen(
                 command.argv, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=workdir
