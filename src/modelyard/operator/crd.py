@@ -52,7 +52,9 @@ class Run(_Status):
         default=None, description="the newest retraining request a run was started or found for (KFP)"
     )
     answered_schedule: str | None = Field(
-        default=None, description="the newest schedule request a run was started or found for (KFP)"
+        default=None,
+        description="the newest schedule request answered: a run started or found for it (KFP), or skipped"
+        " while a run was in flight",
     )
 
 

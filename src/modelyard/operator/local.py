@@ -311,11 +311,11 @@ class LocalPods:
         if self._stopping.is_set():
             return  # stopped with the operator: the Job is run again when it starts
         if code == 0:
-            self.say(f"training {namespace}/{name} finished")
-            self._finish_job(job, started, True, "the training process exited 0")
+            self.say(f"{work} {namespace}/{name} finished")
+            self._finish_job(job, started, True, f"the {work} process exited 0")
         else:
-            why = f"the training process exited {code}: {_tail(log)[-500:]}"
-            self.say(f"training {namespace}/{name} failed: exit {code} (log: {log})")
+            why = f"the {work} process exited {code}: {_tail(log)[-500:]}"
+            self.say(f"{work} {namespace}/{name} failed: exit {code} (log: {log})")
             self._finish_job(job, started, False, why)
 
     def _finish_job(
