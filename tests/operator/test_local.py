@@ -311,14 +311,16 @@ def test_a_schedule_asks_for_a_run_under_local_and_the_operator_trains_it_here(
         run = status["latestRun"]
         requested = get("model", "nightly")["metadata"]["annotations"][children.SCHEDULE_ANNOTATION]
         assert (run["trigger"], run["request"]) == ("schedule", requested)
-        conditions = {c["type"]: c["status"] for c in get("job", "asked-now")["status"]["conditions"]}
-        assert conditions.get("Complete") == "True"
         with Registry(database_url) as registry:
             versions = registry.list_versions("nightly")
         assert [version.run_id for version in versions] == [run["name"], status_before["latestRun"]["name"]]
-        said = log.read_text()
-        assert f"schedule request {namespace}/asked-now finished" in said
-        assert f"training {namespace}/{run['name']} finished" in said
+
+        def request_complete() -> bool:
+            conditions = (get("job", "asked-now").get("status") or {}).get("conditions") or []
+            return {c["type"]: c["status"] for c in conditions}.get("Complete") == "True"
+
+        wait_for("the request Job Complete", request_complete, 60, log)
+        assert f"schedule request {namespace}/asked-now finished" in " ".join(log.read_text().split())
     finally:
         operator.terminate()
         operator.wait(30)
