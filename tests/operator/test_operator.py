@@ -539,6 +539,7 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
     assert trained["message"].startswith(f"Job {meta['name']} published {name}@1")
     run = harness.model(name)["status"]["latestRun"]
     assert (run["name"], run["trigger"], run["request"]) == (meta["name"], "schedule", requested)
+    assert run["answeredSchedule"] == requested  # the newest answered, the skipped one before it
     harness.wait_reconciled(name)
     assert len(harness.jobs(name)) == 2, "an answered schedule request started another run"
 

@@ -235,15 +235,16 @@ class Controller:
         ):
             job = children.training_job(name, hash_, self.settings, policies)
             start(job, "TrainingStarted", f"Job {job['metadata']['name']} trains {name}")
-        # a skipped schedule request (no Job carries it) is answered in status.latestRun only
-        answered: dict[str, str] = {}
-        if (skipped := recorded.get(requests.ANSWERED_FIELDS[children.SCHEDULE])) is not None:
-            answered[children.SCHEDULE] = skipped
+        # a request is answered by the Job that carries it, or in status.latestRun (a skipped one: no Job)
+        answered = requests.answered_requests(recorded)
         for trigger, annotation in children.REQUEST_ANNOTATIONS.items():
             request = requests.request_to_answer(
                 recorded, (meta.get("annotations") or {}).get(annotation), trigger
             )
-            if not request or any(_annotation(job, annotation) == request for job in jobs):
+            if not request:
+                continue
+            if any(_annotation(job, annotation) == request for job in jobs):
+                answered[trigger] = request
                 continue
             refused = requests.refusal(
                 trigger, request, policies.training.retrain_on_alert, partial(job_in_flight, jobs)
@@ -253,6 +254,7 @@ class Controller:
                 if refused.answered:
                     answered[trigger] = request
                 continue
+            answered[trigger] = request
             job = children.training_job(
                 name, hash_, self.settings, policies, request=request, trigger=trigger
             )

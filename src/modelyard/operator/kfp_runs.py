@@ -23,13 +23,7 @@ from typing import Any
 from modelyard.errors import ModelyardError
 from modelyard.operator import children
 from modelyard.operator.conditions import PUBLISHED, TRAINED, Conditions
-from modelyard.operator.requests import (
-    ANSWERED_FIELDS,
-    answered_request,
-    answering,
-    refusal,
-    request_to_answer,
-)
+from modelyard.operator.requests import answered_requests, answering, refusal, request_to_answer
 from modelyard.operator.resource import Policies, Runner
 from modelyard.registry.records import ModelVersionRecord
 from modelyard.settings import Settings
@@ -99,11 +93,7 @@ class KfpRuns:
         meta = body["metadata"]
         hash_ = children.spec_hash(spec)
         run = dict(recorded) if recorded and recorded.get("kind") == KIND else None
-        answered = {
-            trigger: value
-            for trigger in ANSWERED_FIELDS
-            if (value := answered_request(run, trigger)) is not None
-        }
+        answered = answered_requests(run)
         if not self.settings.pipeline.host:
             message = "runner kfp needs a KFP host: set MODELYARD_PIPELINE__HOST where the operator runs"
             if conditions.set(TRAINED, False, "NoKfpHost", message):

@@ -42,6 +42,11 @@ def request_to_answer(
     return request if request and request != answered_request(run, trigger) else None
 
 
+def answered_requests(run: dict[str, Any] | None) -> dict[str, str]:
+    """Each trigger's newest request that ``run`` (a status.latestRun) records as answered."""
+    return {trigger: value for trigger in ANSWERED_FIELDS if (value := answered_request(run, trigger))}
+
+
 def answering(run: dict[str, Any], answered: dict[str, str]) -> dict[str, Any]:
     """``run``, recording the requests ``answered`` (by trigger)."""
     return {**run, **{ANSWERED_FIELDS[trigger]: value for trigger, value in answered.items()}}
