@@ -175,6 +175,14 @@ def job_pod_labels(job: dict[str, Any]) -> dict[str, str]:
     return {**template["metadata"].get("labels", {}), children.JOB_NAME_LABEL: job["metadata"]["name"]}
 
 
+SCHEDULE_REQUEST = "schedule request"
+
+
+def _work(job: dict[str, Any]) -> str:
+    """What a local Job's pod does, as said: a schedule's request (its CronJob's Job), or training."""
+    return SCHEDULE_REQUEST if children.SCHEDULE_LABEL in job_pod_labels(job) else "training"
+
+
 def _condition(type_: str, reason: str, message: str, at: str) -> dict[str, str]:
     return {
         "type": type_,
@@ -262,7 +270,7 @@ class LocalPods:
             self._run_pod(job, started)
         except Exception as exc:  # any error ends this thread: the Job must say it
             message = f"{type(exc).__name__}: {exc}"
-            self.say(f"training {where} could not run: {message}")
+            self.say(f"{_work(job)} {where} could not run: {message}")
             try:
                 self._finish_job(job, started, False, message, reason="StartError")
             except Exception as write_error:  # said: nothing else would report it
@@ -290,9 +298,8 @@ class LocalPods:
             self._finish_job(job, started, False, exc.message)
             return
         # a schedule's request pod asks the API server for a run, with the operator's own access here
-        schedule_request = children.SCHEDULE_LABEL in job_pod_labels(job)
-        env = self.local_env(command.env, kube_access=schedule_request)
-        work = "schedule request" if schedule_request else "training"
+        work = _work(job)
+        env = self.local_env(command.env, kube_access=work == SCHEDULE_REQUEST)
         self.say(f"{work} {namespace}/{name} started (log: {log})")
         with log.open("wb") as output:
             process = subprocess.Popen(
