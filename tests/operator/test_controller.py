@@ -1,5 +1,6 @@
-"""The controller's decisions that need no control plane: which Job is the current spec's run, when a
-rollout waits for its spec, how the step deadline counts, and what ends a paused rollout."""
+"""The controller's decisions that need no control plane: which Job is the current spec's run, which
+requests for a run start none (a schedule's while a run is in flight), when a rollout waits for its
+spec, how the step deadline counts, and what ends a paused rollout."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from modelyard.operator import children
-from modelyard.operator.controller import current_job, paused_for_spec, spec_run_failed, step_clock
+from modelyard.operator.controller import (
+    current_job,
+    job_in_flight,
+    paused_for_spec,
+    spec_run_failed,
+    step_clock,
+)
+from modelyard.operator.requests import Refusal, refusal
 from modelyard.operator.resource import RolloutPolicy
 
 
@@ -31,6 +39,46 @@ def test_a_retraining_is_its_specs_run_and_an_unannotated_schedule_job_counts_as
     assert current_job(jobs, "a") == retrained
     old_schedule = job("iris-retrain-1", None)
     assert current_job([*jobs, old_schedule], "b") == old_schedule
+
+
+def finished(name: str, condition: str) -> dict[str, Any]:
+    return {**job(name, "a"), "status": {"conditions": [{"type": condition, "status": "True"}]}}
+
+
+def test_the_job_in_flight_is_the_newest_that_has_not_finished() -> None:
+    assert job_in_flight([finished("iris-train-a", "Complete"), finished("iris-alert-1", "Failed")]) is None
+    assert (
+        job_in_flight([job("iris-train-a", "a"), finished("iris-alert-1", "Complete")]) == "Job iris-train-a"
+    )
+    assert job_in_flight([job("iris-train-a", "a"), job("iris-alert-1", "a")]) == "Job iris-alert-1"
+    assert job_in_flight([]) is None
+
+
+def test_a_schedule_request_while_a_run_is_in_flight_is_skipped_and_answered_an_alert_is_not() -> None:
+    def nothing_in_flight() -> None:
+        return None
+
+    def in_flight() -> str:
+        return "Job iris-train-a"
+
+    def not_asked() -> str:
+        raise AssertionError("an alert asked which run is in flight")
+
+    assert refusal(children.SCHEDULE, "t1", True, nothing_in_flight) is None
+    assert refusal(children.SCHEDULE, "t1", False, nothing_in_flight) is None  # a schedule is no alert
+    assert refusal(children.SCHEDULE, "t1", True, in_flight) == Refusal(
+        "ScheduleSkipped",
+        "schedule request t1 skipped: Job iris-train-a is still in flight (no runs pile up; the next "
+        "scheduled time asks again)",
+        answered=True,
+    )
+    # alerts keep their behaviour: a run in flight does not stop one; retrain_on_alert false ignores it
+    assert refusal(children.ALERT, "t1", True, not_asked) is None
+    assert refusal(children.ALERT, "t1", False, not_asked) == Refusal(
+        "RetrainIgnored",
+        "retraining requested (t1), but spec.training.retrain_on_alert is false",
+        answered=False,
+    )
 
 
 def test_a_rollout_waits_while_the_spec_is_not_its_own_and_resumes_when_the_spec_is_reverted() -> None:

@@ -17,11 +17,11 @@ from modelyard.operator.conditions import TRAINED, Conditions
 from modelyard.operator.kfp_runs import (
     KfpRuns,
     registry_run_id,
-    request_to_answer,
     run_name,
     trained_condition,
     uses_kfp,
 )
+from modelyard.operator.requests import request_to_answer
 from modelyard.operator.resource import Runner, parse_resource_spec
 from modelyard.registry import Registry
 from modelyard.settings import Settings, load_settings
@@ -262,7 +262,10 @@ def test_a_schedule_request_is_a_kfp_run_of_its_own_that_retrain_on_alert_does_n
         asked.append(name)
         return f"kfp-id-of-{name}"
 
-    runs = KfpRuns(settings_with_host("http://127.0.0.1:9"), find_run=find_run)
+    # the spec's run is over: a schedule request starts a run (one in flight would skip it)
+    runs = KfpRuns(
+        settings_with_host("http://127.0.0.1:9"), find_run=find_run, run_state=lambda *_: "SUCCEEDED"
+    )
     spec_run = {"kind": "KFP", "name": "kfp-run-of-the-spec", "generation": 1, "trigger": "spec"}
     spec_run |= {"specHash": hash_, "startedAt": "2026-01-01T00:00:00Z"}
     said: list[str] = []
@@ -283,6 +286,53 @@ def test_a_schedule_request_is_a_kfp_run_of_its_own_that_retrain_on_alert_does_n
     assert again == run and len(asked) == 1, "an answered schedule request asked KFP again"
 
 
+def test_a_schedule_request_while_the_run_is_in_flight_is_skipped_answered_and_not_started_later() -> None:
+    """The spec's KFP run is still running when the schedule asks: no run is started (KFP is asked its
+    state, not for a run), ScheduleSkipped names the run in flight, and the request is answered, so the
+    run ending does not start it; the next request, with the run over, starts one."""
+    scheduled = "2026-01-02T03:00:00.000000+00:00"
+    body = model_body(**{children.SCHEDULE_ANNOTATION: scheduled})
+    spec, policies = parse_resource_spec("iris", body["spec"])
+    hash_ = children.spec_hash(spec)
+    states = {"kfp-run-of-the-spec": "RUNNING"}
+    asked: list[str] = []
+
+    def find_run(host: str, name: str) -> str | None:
+        asked.append(name)
+        return f"kfp-id-of-{name}"
+
+    runs = KfpRuns(
+        settings_with_host("http://127.0.0.1:9"), find_run=find_run, run_state=lambda _host, id_: states[id_]
+    )
+    spec_run = {"kind": "KFP", "name": "kfp-run-of-the-spec", "generation": 1, "trigger": "spec"}
+    spec_run |= {"specHash": hash_, "startedAt": "2026-01-01T00:00:00Z"}
+    said: list[tuple[str, str]] = []
+
+    def say(_body: Any, reason: str, message: str, **_: Any) -> None:
+        said.append((reason, message))
+
+    skipped = runs.current_run(body, spec_run, spec, policies, Conditions(None, 1), say)
+    assert skipped == {**spec_run, "answeredSchedule": scheduled}
+    assert asked == []
+    assert said == [
+        (
+            "ScheduleSkipped",
+            f"schedule request {scheduled} skipped: KFP run iris-train-{hash_} (kfp-run-of-the-spec, running)"
+            " is still in flight (no runs pile up; the next scheduled time asks again)",
+        )
+    ]
+    states["kfp-run-of-the-spec"] = "SUCCEEDED"
+    assert runs.current_run(body, skipped, spec, policies, Conditions(None, 1), say) == skipped
+    assert asked == [] and len(said) == 1, "a skipped request started a run when the run in flight ended"
+
+    later = "2026-01-03T03:00:00.000000+00:00"
+    body["metadata"]["annotations"][children.SCHEDULE_ANNOTATION] = later
+    started = runs.current_run(body, skipped, spec, policies, Conditions(None, 1), say)
+    assert started is not None
+    assert (started["trigger"], started["request"], started["answeredSchedule"]) == ("schedule", later, later)
+    assert asked == [run_name("iris", hash_, later, children.SCHEDULE)]
+
+
 def test_each_triggers_answered_request_is_carried_across_the_others_runs() -> None:
     """An alert's run after a schedule's keeps the schedule's request answered, and the other way round: a
     request is answered once, whichever came last."""
@@ -296,7 +346,9 @@ def test_each_triggers_answered_request_is_carried_across_the_others_runs() -> N
         asked.append(name)
         return f"id-{len(asked)}"
 
-    runs = KfpRuns(settings_with_host("http://127.0.0.1:9"), find_run=find_run)
+    runs = KfpRuns(
+        settings_with_host("http://127.0.0.1:9"), find_run=find_run, run_state=lambda *_: "SUCCEEDED"
+    )
     spec_run = {"kind": "KFP", "name": "s", "generation": 1, "trigger": "spec", "specHash": hash_}
     spec_run["startedAt"] = "2026-01-01T00:00:00Z"
 

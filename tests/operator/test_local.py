@@ -250,6 +250,83 @@ def test_kubectl_apply_of_the_example_trains_here_publishes_and_serves_on_127_0_
 
 
 @pytest.mark.cluster
+@pytest.mark.slow
+def test_a_schedule_asks_for_a_run_under_local_and_the_operator_trains_it_here(
+    bare_control_plane: Any, tmp_path: Path
+) -> None:
+    """The schedule's request Job (made from its CronJob as the CronJob controller would at its time, as
+    `kubectl create job --from=cronjob/...` does) runs here with the operator's KUBECONFIG: its
+    `modelyard request-run` asks the API server, and the operator starts the run (trigger schedule), which
+    trains here and publishes."""
+    namespace = f"local-{uuid.uuid4().hex[:8]}"
+    bare_control_plane.create_namespace(namespace)
+    database_url = f"sqlite:///{tmp_path / 'registry.db'}"
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(bare_control_plane.kubeconfig),
+        "MODELYARD_HOME": str(tmp_path / "home"),
+        "MODELYARD_DATABASE_URL": database_url,
+        "MODELYARD_OPERATOR__INTERVAL_S": "1",
+    }
+    data = ROOT / "examples" / "data" / "iris.csv"
+    subprocess.run([MODELYARD, "data", "load", str(data), "--name", "iris"], env=env, check=True)
+    model = yaml.safe_load(EXAMPLE.read_text())
+    model["metadata"]["name"] = "nightly"
+    model["spec"].update(
+        algorithms=["logistic_regression"],
+        search={"strategy": "random", "trials": 2},
+        cv_folds=2,
+        gate={"min_score": 0.5},
+    )
+    assert model["spec"]["training"]["schedule"]
+    log = tmp_path / "operator.log"
+
+    def get(kind: str, name: str) -> dict[str, Any]:
+        found = bare_control_plane.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        return dict(json.loads(found.stdout)) if found.returncode == 0 else {}
+
+    def trained_by(run: str) -> dict[str, Any] | None:
+        status = get("model", "nightly").get("status") or {}
+        conditions = {c["type"]: c for c in status.get("conditions", [])}
+        trained = conditions.get("Trained", {})
+        assert trained.get("status") != "False", trained.get("message")
+        latest = status.get("latestRun") or {}
+        return status if trained.get("status") == "True" and latest.get("name", "").startswith(run) else None
+
+    with log.open("wb") as output:
+        operator = subprocess.Popen(
+            [MODELYARD, "operator", "--local", "--namespace", namespace],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        bare_control_plane.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(model))
+        status_before = wait_for("the spec's run trained", lambda: trained_by("nightly-train-"), 240, log)
+        cron = children.schedule_name("nightly")
+        assert get("cronjob", cron)["spec"]["schedule"] == model["spec"]["training"]["schedule"]
+        bare_control_plane.kubectl("create", "job", "asked-now", f"--from=cronjob/{cron}", "-n", namespace)
+
+        status = wait_for("the scheduled run trained", lambda: trained_by("nightly-schedule-"), 240, log)
+        run = status["latestRun"]
+        requested = get("model", "nightly")["metadata"]["annotations"][children.SCHEDULE_ANNOTATION]
+        assert (run["trigger"], run["request"]) == ("schedule", requested)
+        with Registry(database_url) as registry:
+            versions = registry.list_versions("nightly")
+        assert [version.run_id for version in versions] == [run["name"], status_before["latestRun"]["name"]]
+
+        def request_complete() -> bool:
+            conditions = (get("job", "asked-now").get("status") or {}).get("conditions") or []
+            return {c["type"]: c["status"] for c in conditions}.get("Complete") == "True"
+
+        wait_for("the request Job Complete", request_complete, 60, log)
+        assert f"schedule request {namespace}/asked-now finished" in " ".join(log.read_text().split())
+    finally:
+        operator.terminate()
+        operator.wait(30)
+
+
+@pytest.mark.cluster
 def test_a_local_job_whose_program_is_not_there_fails_with_start_error(
     bare_control_plane: Any, tmp_path: Path
 ) -> None:

@@ -27,6 +27,7 @@ import yaml
 from modelyard.deploy import chart
 from modelyard.errors import NotFound
 from modelyard.monitoring.prometheus_server import answers_ok
+from modelyard.operator.kube import job_finished
 from modelyard.operator.local import pod_command
 from modelyard.registry import Registry
 
@@ -429,12 +430,14 @@ def can_i(harness: Harness, kubeconfig: Path, verb: str, resource: str) -> bool:
 
 
 def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_runner(
-    own_harness: Harness, tmp_path: Path
+    own_harness: Harness, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """The schedule's CronJob trains nothing: its pod, run here as the ServiceAccount it names (the chart's,
     allowed only to get and patch Models), asks for a run, and the operator starts it with the Model's
     runner: a Job with trigger schedule (retrain_on_alert false does not stop it), which trains and is
-    the Model's run; for runner kfp no Job at all, and the condition KFP's runner gives."""
+    the Model's run; for runner kfp no Job at all, and the condition KFP's runner gives. A request while
+    the Model's run is in flight (its Job's pod not scheduled: the nodes cordoned) is skipped, and not
+    started when that run ends."""
     harness = own_harness
     harness.stop_operator()
     for obj in chart.render(namespace=harness.namespace):
@@ -445,12 +448,16 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
     harness.start_operator(MODELYARD_OPERATOR__SCHEDULE_SERVICE_ACCOUNT="modelyard-schedule")
     name = "scheduled"
     schedule = "*/15 9-17 ? JAN-JUN mon-fri"  # names, ranges, steps: the CronJob's API takes it
+    # kwok lets a Job's pod succeed at once: with no node to run on, the spec's Job stays in flight
+    nodes = harness.plane.kubectl("get", "nodes", "-o", "name").stdout.split()
+    harness.plane.kubectl("cordon", *nodes)
+    request.addfinalizer(lambda: harness.plane.kubectl("uncordon", *nodes))
     harness.apply(iris_model(name, training={"schedule": schedule, "retrain_on_alert": False}))
     cron = wait_until("the CronJob", lambda: harness.get("cronjob", f"{name}-retrain"))
-    assert cron["spec"]["schedule"] == schedule
-    assert cron["metadata"]["ownerReferences"][0]["name"] == name
     (first,) = wait_until("the spec's Job", lambda: harness.jobs(name))
     account = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"]
+    assert cron["spec"]["schedule"] == schedule
+    assert cron["metadata"]["ownerReferences"][0]["name"] == name
     kubeconfig = service_account_kubeconfig(harness, account)
     assert can_i(harness, kubeconfig, "patch", "models")
     assert not any(
@@ -477,6 +484,34 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
             argv[argv.index("request-run") + 1] = model
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
 
+    # Asked while the spec's Job is in flight: skipped (no second run beside it), and counted as answered.
+    first = harness.get("job", first["metadata"]["name"]) or first
+    assert not job_finished(first), "the spec's Job finished before the schedule asked"
+    asked = ask(cron, tmp_path / "ask-in-flight")
+    assert asked.returncode == 0, asked.stderr
+    skipped_request = harness.model(name)["metadata"]["annotations"]["modelyard.io/schedule-requested"]
+    (skipped,) = wait_until(
+        "ScheduleSkipped", lambda: [e for e in harness.events(name) if e["reason"] == "ScheduleSkipped"]
+    )
+    assert skipped["message"].startswith(
+        f"schedule request {skipped_request} skipped: Job {first['metadata']['name']} is still in flight"
+    )
+    wait_until(
+        "the skipped request answered",
+        lambda: harness.model(name)["status"]["latestRun"].get("answeredSchedule") == skipped_request,
+    )
+    assert len(harness.jobs(name)) == 1, "a schedule request started a run beside the one in flight"
+    harness.plane.kubectl("uncordon", *nodes)
+    # The run in flight ends (kwok's pod succeeds): the skipped request still starts no run.
+    wait_until(
+        "the spec's Job to finish",
+        lambda: job_finished(harness.get("job", first["metadata"]["name"]) or {}),
+        timeout=120,
+    )
+    harness.wait_reconciled(name)
+    assert len(harness.jobs(name)) == 1, "a skipped schedule request started a run when the run ended"
+
+    # The next request, with no run in flight, starts one.
     asked = ask(cron, tmp_path / "ask")
     assert asked.returncode == 0, asked.stderr
     jobs = wait_until(
@@ -504,6 +539,7 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
     assert trained["message"].startswith(f"Job {meta['name']} published {name}@1")
     run = harness.model(name)["status"]["latestRun"]
     assert (run["name"], run["trigger"], run["request"]) == (meta["name"], "schedule", requested)
+    assert run["answeredSchedule"] == requested  # the newest answered, the skipped one before it
     harness.wait_reconciled(name)
     assert len(harness.jobs(name)) == 2, "an answered schedule request started another run"
 

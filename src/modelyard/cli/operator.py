@@ -104,7 +104,7 @@ def request_run_command(
     namespace: Annotated[str, typer.Option("--namespace", "-n", help="The Model's namespace.")],
 ) -> None:
     """Ask the operator for one training run of a Model now, as its schedule does: the operator starts
-    it with the Model's runner (a Job, or a KFP run)."""
+    it with the Model's runner (a Job, or a KFP run), or skips it while a run is in flight."""
     import urllib3
     from kubernetes.dynamic.exceptions import DynamicApiError
 

@@ -30,12 +30,13 @@ import math
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 import kopf
 from pydantic import ValidationError
 
-from modelyard.operator import children, kfp_runs
+from modelyard.operator import children, kfp_runs, requests
 from modelyard.operator.analysis import FAIL, PASS, Analysis, Prometheus, PrometheusError, Verdict
 from modelyard.operator.conditions import (
     PUBLISHED,
@@ -55,6 +56,7 @@ from modelyard.operator.kube import (
     Cluster,
     KindMissing,
     NotOurs,
+    job_finished,
     owned_by,
 )
 from modelyard.operator.resource import (
@@ -235,22 +237,34 @@ class Controller:
         ):
             job = children.training_job(name, hash_, self.settings, policies)
             start(job, "TrainingStarted", f"Job {job['metadata']['name']} trains {name}")
+        # a request is answered by the Job that carries it, or in status.latestRun (a skipped one: no Job)
+        answered = requests.answered_requests(recorded)
         for trigger, annotation in children.REQUEST_ANNOTATIONS.items():
-            request = (meta.get("annotations") or {}).get(annotation)
-            if not request or any(_annotation(job, annotation) == request for job in jobs):
+            request = requests.request_to_answer(
+                recorded, (meta.get("annotations") or {}).get(annotation), trigger
+            )
+            if not request:
                 continue
-            if trigger == children.ALERT and not policies.training.retrain_on_alert:
-                message = f"retraining requested ({request}), but spec.training.retrain_on_alert is false"
-                self._say(body, "RetrainIgnored", message)
-            elif (recorded.get("trigger"), recorded.get("request")) != (trigger, request):
-                job = children.training_job(
-                    name, hash_, self.settings, policies, request=request, trigger=trigger
-                )
-                message = f"Job {job['metadata']['name']} retrains {name}: {trigger} request {request}"
-                start(job, children.STARTED_REASONS[trigger], message)
+            if any(_annotation(job, annotation) == request for job in jobs):
+                answered[trigger] = request
+                continue
+            refused = requests.refusal(
+                trigger, request, policies.training.retrain_on_alert, partial(job_in_flight, jobs)
+            )
+            if refused is not None:
+                self._say(body, refused.reason, refused.message)
+                if refused.answered:
+                    answered[trigger] = request
+                continue
+            answered[trigger] = request
+            job = children.training_job(
+                name, hash_, self.settings, policies, request=request, trigger=trigger
+            )
+            message = f"Job {job['metadata']['name']} retrains {name}: {trigger} request {request}"
+            start(job, children.STARTED_REASONS[trigger], message)
         current = current_job(jobs, hash_)
         if current is None:
-            return dict(recorded)
+            return requests.answering(dict(recorded), answered)
         job_meta = current["metadata"]
         run = {
             "kind": "Job",
@@ -260,10 +274,10 @@ class Controller:
             "specHash": _annotation(current, children.SPEC_HASH_ANNOTATION) or hash_,
             "startedAt": job_meta.get("creationTimestamp") or _now(),
         }
-        answered = children.REQUEST_ANNOTATIONS.get(run["trigger"])
-        if answered and _annotation(current, answered):
-            run["request"] = _annotation(current, answered)
-        return run
+        own_request = children.REQUEST_ANNOTATIONS.get(run["trigger"])
+        if own_request and _annotation(current, own_request):
+            run["request"] = _annotation(current, own_request)
+        return requests.answering(run, answered)
 
     def _observe_run(
         self, body: dict[str, Any], run: dict[str, Any], conditions: Conditions
@@ -666,6 +680,12 @@ def current_job(jobs: list[dict[str, Any]], spec_hash: str) -> dict[str, Any] | 
     CronJob template did not carry it) counts as the current spec's."""
     ours = [job for job in jobs if _annotation(job, children.SPEC_HASH_ANNOTATION) in (spec_hash, None)]
     return ours[-1] if ours else None
+
+
+def job_in_flight(jobs: list[dict[str, Any]]) -> str | None:
+    """The newest of ``jobs`` (oldest first) that has not finished, named; None when all have."""
+    running = [job for job in jobs if not job_finished(job)]
+    return f"Job {running[-1]['metadata']['name']}" if running else None
 
 
 def paused_for_spec(rollout: dict[str, Any], spec_hash: str) -> bool:

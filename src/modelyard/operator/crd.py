@@ -49,10 +49,12 @@ class Run(_Status):
     started_at: str
     request: str | None = Field(default=None, description="the retraining or schedule request it answers")
     answered_request: str | None = Field(
-        default=None, description="the newest retraining request a run was started or found for (KFP)"
+        default=None, description="the newest retraining request a run was started or found for"
     )
     answered_schedule: str | None = Field(
-        default=None, description="the newest schedule request a run was started or found for (KFP)"
+        default=None,
+        description="the newest schedule request answered: a run started or found for it, or skipped while"
+        " a run was in flight",
     )
 
 

@@ -9,18 +9,21 @@ asked for one of that name: a handler repeated after a crash finds the first run
 second. ``status.latestRun.name`` holds KFP's own run id. ``status.latestRun.answeredRequest`` and
 ``.answeredSchedule`` hold the newest retraining and schedule requests answered, carried on to later runs:
 a request not answered there is started or, when its run exists (a status write lost to a crash or a
-conflict), adopted as the run; an answered one asks KFP nothing more.
+conflict), adopted as the run; an answered one asks KFP nothing more. A schedule's request while the run
+is in flight (KFP's state for it is not a final one) is skipped (modelyard.operator.requests).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from modelyard.errors import ModelyardError
 from modelyard.operator import children
 from modelyard.operator.conditions import PUBLISHED, TRAINED, Conditions
+from modelyard.operator.requests import answered_requests, answering, refusal, request_to_answer
 from modelyard.operator.resource import Policies, Runner
 from modelyard.registry.records import ModelVersionRecord
 from modelyard.settings import Settings
@@ -30,8 +33,8 @@ KIND = "KFP"
 SUCCEEDED, FAILED, CANCELED, SKIPPED = "SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"
 
 Say = Callable[..., None]
-# where status.latestRun records the newest request of each trigger that a run answered
-ANSWERED_FIELDS = {children.ALERT: "answeredRequest", children.SCHEDULE: "answeredSchedule"}
+# states in which a KFP run is over (V2beta1RuntimeState's names): any other is a run in flight
+FINISHED_STATES = frozenset({SUCCEEDED, FAILED, CANCELED, SKIPPED})
 
 
 def uses_kfp(runner: Runner, settings: Settings) -> bool:
@@ -49,29 +52,6 @@ def run_name(model: str, spec_hash: str, request: str | None = None, trigger: st
 def registry_run_id(model: str, run: dict[str, Any]) -> str:
     """The run id the version of ``run`` (a status.latestRun of kind KFP) is registered under."""
     return run_name(model, run["specHash"], run.get("request"), run.get("trigger") or children.ALERT)
-
-
-def answered_request(run: dict[str, Any] | None, trigger: str = children.ALERT) -> str | None:
-    """The newest request of ``trigger`` (alert or schedule) that ``run`` (a status.latestRun) records as
-    answered: carried from an earlier run, or its own (a run an older operator recorded has no trigger
-    for its request: an alert's)."""
-    if not run:
-        return None
-    own = run.get("request") if (run.get("trigger") or children.ALERT) == trigger else None
-    return run.get(ANSWERED_FIELDS[trigger]) or own
-
-
-def request_to_answer(
-    run: dict[str, Any] | None, request: str | None, trigger: str = children.ALERT
-) -> str | None:
-    """The Model's ``request`` (its annotation for ``trigger``), unless the recorded run answered it
-    already."""
-    return request if request and request != answered_request(run, trigger) else None
-
-
-def _answering(run: dict[str, Any], answered: dict[str, str]) -> dict[str, Any]:
-    """``run``, recording the requests ``answered`` (by trigger)."""
-    return {**run, **{ANSWERED_FIELDS[trigger]: value for trigger, value in answered.items()}}
 
 
 def trained_condition(name: str, state: str, error: str) -> tuple[bool | None, str, str]:
@@ -96,6 +76,8 @@ class KfpRuns:
     settings: Settings
     # KFP's run id for a run name (host, name); None: modelyard.pipeline.client.find_run
     find_run: Callable[[str, str], str | None] | None = None
+    # a KFP run's state by its id (host, id); None: modelyard.pipeline.client.run_state's
+    run_state: Callable[[str, str], str] | None = None
 
     def current_run(
         self,
@@ -111,11 +93,7 @@ class KfpRuns:
         meta = body["metadata"]
         hash_ = children.spec_hash(spec)
         run = dict(recorded) if recorded and recorded.get("kind") == KIND else None
-        answered = {
-            trigger: value
-            for trigger in ANSWERED_FIELDS
-            if (value := answered_request(run, trigger)) is not None
-        }
+        answered = answered_requests(run)
         if not self.settings.pipeline.host:
             message = "runner kfp needs a KFP host: set MODELYARD_PIPELINE__HOST where the operator runs"
             if conditions.set(TRAINED, False, "NoKfpHost", message):
@@ -123,17 +101,24 @@ class KfpRuns:
             return run
         try:
             if run is None or run.get("specHash") != hash_:
-                run = _answering(self._start(body, spec, hash_, None, say), answered)
+                run = answering(self._start(body, spec, hash_, None, say), answered)
             annotations = meta.get("annotations") or {}
             for trigger, annotation in children.REQUEST_ANNOTATIONS.items():
                 request = request_to_answer(run, annotations.get(annotation), trigger)
-                if request and trigger == children.ALERT and not policies.training.retrain_on_alert:
-                    message = f"retraining requested ({request}), but spec.training.retrain_on_alert is false"
-                    say(body, "RetrainIgnored", message)
-                elif request:
-                    # _start finds before it creates: a run a lost status write left behind is adopted
-                    answered[trigger] = request
-                    run = _answering(self._start(body, spec, hash_, request, say, trigger), answered)
+                if not request:
+                    continue
+                # the run in flight, if any, is the one this pass left so far: KFP is asked its state
+                in_flight = partial(self._in_flight, meta["name"], run)
+                refused = refusal(trigger, request, policies.training.retrain_on_alert, in_flight)
+                if refused is not None:
+                    say(body, refused.reason, refused.message)
+                    if refused.answered:
+                        answered[trigger] = request
+                        run = answering(run, answered)
+                    continue
+                # _start finds before it creates: a run a lost status write left behind is adopted
+                answered[trigger] = request
+                run = answering(self._start(body, spec, hash_, request, say, trigger), answered)
         except ModelyardError as exc:
             message = f"cannot start a KFP run: {exc.message}"
             if conditions.set(TRAINED, False, "KfpUnreachable", message):
@@ -174,6 +159,16 @@ class KfpRuns:
         if conditions.set(TRAINED, status, reason, message) and status is False:
             say(body, reason, message, warning=True)
         return None
+
+    def _in_flight(self, model: str, run: dict[str, Any]) -> str | None:
+        """``run`` (a status.latestRun of kind KFP) named, unless KFP says it is over."""
+        from modelyard.pipeline.client import run_state
+
+        host = self.settings.pipeline.host
+        state = self.run_state(host, run["name"]) if self.run_state else run_state(host, run["name"]).state
+        if state in FINISHED_STATES:
+            return None
+        return f"KFP run {registry_run_id(model, run)} ({run['name']}, {state.lower()})"
 
     def _find(self, name: str) -> str | None:
         from modelyard.pipeline.client import find_run

@@ -55,6 +55,12 @@ def owned_by(obj: dict[str, Any], owner_uid: str) -> bool:
     return any(ref.get("uid") == owner_uid and ref.get("controller") for ref in references)
 
 
+def job_finished(job: dict[str, Any]) -> bool:
+    """Whether the Job ``job`` has finished: Complete or Failed (a Job still starting has no status)."""
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
+
+
 class Cluster:
     """Objects of one API server; a thin layer that turns the client's errors into the operator's."""
 

@@ -13,6 +13,8 @@ The local configuration stands in for the cluster's: the registry and object sto
 in local mode carry ``spec.managedBy: modelyard.io/local``, so the Job controller leaves them (and their
 status) to this module; the InferenceService's status is this module's too, so KServe's manager must not
 run beside it (``check_no_kserve``). A Job that has not finished when the operator starts is run again.
+A schedule's request Job (its CronJob's, as the CronJob controller starts it) is run here too, and its
+`modelyard request-run` keeps the operator's KUBECONFIG, so a schedule asks for runs as on a cluster.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from modelyard.monitoring.prometheus_server import (
     start_prometheus,
 )
 from modelyard.operator import children
-from modelyard.operator.kube import CONFIG_MAP, INFERENCE_SERVICE, JOB, Cluster
+from modelyard.operator.kube import CONFIG_MAP, INFERENCE_SERVICE, JOB, Cluster, job_finished
 from modelyard.settings import Settings
 
 KSERVE_WEBHOOK = "inferenceservice.serving.kserve.io"  # what KServe's manager registers
@@ -173,9 +175,12 @@ def job_pod_labels(job: dict[str, Any]) -> dict[str, str]:
     return {**template["metadata"].get("labels", {}), children.JOB_NAME_LABEL: job["metadata"]["name"]}
 
 
-def _finished(job: dict[str, Any]) -> bool:
-    conditions = (job.get("status") or {}).get("conditions") or []
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
+SCHEDULE_REQUEST = "schedule request"
+
+
+def _work(job: dict[str, Any]) -> str:
+    """What a local Job's pod does, as said: a schedule's request (its CronJob's Job), or training."""
+    return SCHEDULE_REQUEST if children.SCHEDULE_LABEL in job_pod_labels(job) else "training"
 
 
 def _condition(type_: str, reason: str, message: str, at: str) -> dict[str, str]:
@@ -229,10 +234,12 @@ class LocalPods:
         self.targets_file = self.workdir / TARGETS_FILE
         self._write_targets()  # a new operator's: the last one's predictors stopped with it
 
-    def local_env(self, pod_env: dict[str, str]) -> dict[str, str]:
+    def local_env(self, pod_env: dict[str, str], *, kube_access: bool = False) -> dict[str, str]:
         """A process's env: this machine's, the pod's own, and this machine's registry and store in place
-        of the Secrets and ConfigMap a pod would read."""
-        passed = {key: value for key, value in os.environ.items() if key != "KUBECONFIG"}
+        of the Secrets and ConfigMap a pod would read. Only with ``kube_access`` (a schedule's request
+        pod, whose work is to ask the API server) does it keep the operator's KUBECONFIG: a training pod
+        or a predictor has no business with the API server, and no ServiceAccount here to limit it."""
+        passed = {key: value for key, value in os.environ.items() if kube_access or key != "KUBECONFIG"}
         return {
             **passed,
             **pod_env,
@@ -244,7 +251,7 @@ class LocalPods:
 
     def on_job(self, job: dict[str, Any]) -> None:
         """Run ``job`` here if it is a local Job that has not finished and is not running already."""
-        if job["spec"].get("managedBy") != children.LOCAL_JOB_MANAGER or _finished(job):
+        if job["spec"].get("managedBy") != children.LOCAL_JOB_MANAGER or job_finished(job):
             return
         uid = job["metadata"]["uid"]
         with self._lock:
@@ -263,7 +270,7 @@ class LocalPods:
             self._run_pod(job, started)
         except Exception as exc:  # any error ends this thread: the Job must say it
             message = f"{type(exc).__name__}: {exc}"
-            self.say(f"training {where} could not run: {message}")
+            self.say(f"{_work(job)} {where} could not run: {message}")
             try:
                 self._finish_job(job, started, False, message, reason="StartError")
             except Exception as write_error:  # said: nothing else would report it
@@ -290,8 +297,10 @@ class LocalPods:
         except ModelyardError as exc:
             self._finish_job(job, started, False, exc.message)
             return
-        env = self.local_env(command.env)
-        self.say(f"training {namespace}/{name} started (log: {log})")
+        # a schedule's request pod asks the API server for a run, with the operator's own access here
+        work = _work(job)
+        env = self.local_env(command.env, kube_access=work == SCHEDULE_REQUEST)
+        self.say(f"{work} {namespace}/{name} started (log: {log})")
         with log.open("wb") as output:
             process = subprocess.Popen(
                 command.argv, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=workdir
@@ -309,11 +318,11 @@ class LocalPods:
         if self._stopping.is_set():
             return  # stopped with the operator: the Job is run again when it starts
         if code == 0:
-            self.say(f"training {namespace}/{name} finished")
-            self._finish_job(job, started, True, "the training process exited 0")
+            self.say(f"{work} {namespace}/{name} finished")
+            self._finish_job(job, started, True, f"the {work} process exited 0")
         else:
-            why = f"the training process exited {code}: {_tail(log)[-500:]}"
-            self.say(f"training {namespace}/{name} failed: exit {code} (log: {log})")
+            why = f"the {work} process exited {code}: {_tail(log)[-500:]}"
+            self.say(f"{work} {namespace}/{name} failed: exit {code} (log: {log})")
             self._finish_job(job, started, False, why)
 
     def _finish_job(
