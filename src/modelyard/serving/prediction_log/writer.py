@@ -125,7 +125,8 @@ PACK_MIN_ROWS = 8
 def _packed(columns: Mapping[str, Any], rows: int) -> tuple[Mapping[str, Any], bytes | None]:
     """(the columns left for JSON, the float arrays among them packed); lists stay JSON."""
     if rows < PACK_MIN_ROWS:
-        return columns, None
+        # as plain lists at once: orjson would fail on the mapping first, then ask ``_plain``
+        return (columns.tolist() if type(columns) is MatrixColumns else columns), None
     if type(columns) is MatrixColumns and columns.matrix.dtype.kind == "f":
         return columns.other, pack_matrix(columns.names, columns.matrix)
     numeric = {
