@@ -22,9 +22,10 @@ request id twice gets both predictions logged, told apart by ``created_at``; fee
 id as ambiguous (``feedback.py``).
 
 Records are given up only when there is no room: the queue is full (``queue_full``), the spool is full
-or cannot be written (``spool_full``), the database refuses a row as such (``rejected``, e.g. a value
-too long), a record is malformed (``invalid``), or it was submitted after ``stop`` (``stopped``). Each
-is counted in ``dropped`` and in ``modelyard_prediction_log_dropped_total{reason}``, and logged.
+or cannot be written (``spool_full``), the database refuses a row as such or its column types cannot
+take its values (``rejected``, e.g. a value too long, an integer JSON cannot hold), a record is
+malformed (``invalid``), or it was submitted after ``stop`` (``stopped``). Each is counted in
+``dropped`` and in ``modelyard_prediction_log_dropped_total{reason}``, and logged.
 """
 
 from __future__ import annotations
