@@ -159,6 +159,10 @@ def stored_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# One row's values as the driver takes them: in column order, or by name for named parameter styles.
+Parameters = tuple[Any, ...] | dict[str, Any]
+
+
 class InsertStatement:
     """The log's INSERT compiled once for a dialect, and each stored row's values as its driver takes them.
 
@@ -180,7 +184,7 @@ class InsertStatement:
             (name, table.columns[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in names
         ]
 
-    def parameters(self, row: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+    def parameters(self, row: Mapping[str, Any]) -> Parameters:
         """The driver's values of one stored row (``stored_row``): a tuple, or a dict for named styles."""
         values = [row[name] if process is None else process(row[name]) for name, process in self._processors]
         return tuple(values) if self._positional else dict(zip(self._names, values, strict=True))
@@ -544,15 +548,24 @@ class PredictionLog:
     def _insert_rows(self, rows: list[dict[str, Any]]) -> int:
         """One INSERT for the batch; row by row if the database refuses it, giving up refused rows."""
         connection = self._connect()
-        batch = self._parameters(rows)
-        if not batch:
-            return 0
+        batch, unstorable = self._parameters(rows)
+        inserted = 0
         try:
-            with connection.begin():
-                return connection.exec_driver_sql(self._insert.sql, [values for _, values in batch]).rowcount
+            if batch:
+                with connection.begin():
+                    result = connection.exec_driver_sql(self._insert.sql, [values for _, values in batch])
+                    inserted = result.rowcount
         except Exception as exc:
             if not _is_rejection(exc):
                 raise
+            inserted = self._insert_one_by_one(connection, batch)
+        # Given up only now: had the database been down, these rows would have gone to the spool with the
+        # rest of the batch, and been given up there (once).
+        for request_id, error in unstorable:
+            self._give_up(1, "rejected", _rejection(request_id, error))
+        return inserted
+
+    def _insert_one_by_one(self, connection: Connection, batch: list[tuple[str, Parameters]]) -> int:
         inserted = 0
         for request_id, values in batch:
             try:
@@ -564,15 +577,19 @@ class PredictionLog:
                 self._give_up(1, "rejected", _rejection(request_id, exc))
         return inserted
 
-    def _parameters(self, rows: list[dict[str, Any]]) -> list[tuple[str, tuple[Any, ...] | dict[str, Any]]]:
-        """(request id, the driver's values) of each row; a row whose values cannot be made is given up."""
-        batch = []
+    def _parameters(
+        self, rows: list[dict[str, Any]]
+    ) -> tuple[list[tuple[str, Parameters]], list[tuple[str, Exception]]]:
+        """(request id, the driver's values) of each row, and (request id, why) of the rows whose values
+        their column types cannot take (no retry can store those)."""
+        batch: list[tuple[str, Parameters]] = []
+        unstorable: list[tuple[str, Exception]] = []
         for row in rows:
             try:
                 batch.append((row["request_id"], self._insert.parameters(stored_row(row))))
-            except Exception as exc:  # a value its column type cannot take: no retry can store it
-                self._give_up(1, "rejected", _rejection(row["request_id"], exc))
-        return batch
+            except Exception as exc:
+                unstorable.append((row["request_id"], exc))
+        return batch, unstorable
 
     def _connect(self) -> Connection:
         """The writer's connection; MissingTable when the database was never migrated (it is not, here)."""
