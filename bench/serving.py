@@ -30,10 +30,16 @@ outputs; single-row V1 at concurrency 8 where the server speaks V1 (not MLServer
 concurrency-64 run a second process probes ``/v2/health/live`` (a new connection per probe, every
 ``--probe-interval-ms``, bounded count) on the server's probe port: modelyard's metrics port, the HTTP
 port of the others (where their kubelet probes go).
-After the load: RSS of the server's process tree (psutil). Cold start: process spawn to the first 200
-from ``/v2/models/NAME/ready``. Every server is started ``--repeats`` times (sessions interleaved across
-servers and models, so drifting machine load spreads over all of them); each figure is the median over
-the sessions.
+Server CPU per request: the user and system CPU seconds of the server's process tree (psutil) over each
+wrk run, divided by the requests wrk completed. The window closes once the server is idle again (no CPU
+spent over ``IDLE_WINDOW_S`` and, where the server has a prediction log, its queue empty), so the log's
+writes of the run's last requests are counted too. CPU per request hardly moves with the other load on
+the machine, unlike requests/s on a shared machine, which is why the overhead of monitoring (issue 12) is
+judged on both. After the load: RSS of the server's process tree (psutil), and, for modelyard with the
+prediction log, the records its log wrote and dropped (from its metrics). Cold start: process spawn to
+the first 200 from ``/v2/models/NAME/ready``. Every server is started ``--repeats`` times (sessions
+interleaved across servers and models, so drifting machine load spreads over all of them); each figure is
+the median over the sessions.
 """
 
 from __future__ import annotations
@@ -78,6 +84,15 @@ BATCH_ROWS = 256
 PARITY_TOLERANCE = 1e-5
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
+# The server counts as idle once it spends less than IDLE_CPU_S of CPU over IDLE_WINDOW_S.
+IDLE_WINDOW_S = 0.2
+IDLE_CPU_S = 0.002
+SETTLE_TIMEOUT_S = 30.0
+LOG_METRICS = {
+    "modelyard_prediction_log_queue_depth": "queue_depth",
+    "modelyard_prediction_log_written_total": "written",
+    "modelyard_prediction_log_dropped_total": "dropped",
+}
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -507,6 +522,49 @@ class Running:
                 total += child.memory_info().rss
         return total / 2**20
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU seconds of the server's process tree so far."""
+        import psutil
+
+        root = psutil.Process(self.process.pid)
+        total = 0.0
+        for process in (root, *root.children(recursive=True)):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def log_metrics(self) -> dict[str, float]:
+        """The prediction log's queue depth, written and dropped records (summed over reasons), from
+        modelyard's metrics port; empty for servers without a prediction log."""
+        if not self.launch.probe_port:
+            return {}
+        status, body = http_request("GET", self.launch.probe_port, "/metrics", timeout=10.0)
+        if status != 200:
+            return {}
+        from prometheus_client.parser import text_string_to_metric_families
+
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                key = LOG_METRICS.get(sample.name)
+                if key is not None:
+                    found[key] = found.get(key, 0.0) + sample.value
+        return found
+
+    def settled_cpu_seconds(self) -> float:
+        """CPU seconds so far, once the server is idle: its log's queue (if any) empty and under
+        IDLE_CPU_S spent over IDLE_WINDOW_S (the log's writer may still be writing the last batch)."""
+        deadline = time.perf_counter() + SETTLE_TIMEOUT_S
+        before = self.cpu_seconds()
+        while True:
+            time.sleep(IDLE_WINDOW_S)
+            now = self.cpu_seconds()
+            idle = now - before < IDLE_CPU_S and not self.log_metrics().get("queue_depth")
+            if idle or time.perf_counter() > deadline:
+                return now
+            before = now
+
     def tail(self, lines: int = 30) -> str:
         self._log.flush()
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -678,6 +736,7 @@ def run_session(
         result["health_idle"] = probe_summary(start_probe(probe_port, args, idle=True))
         result["workloads"] = {}
         for workload in workloads:
+            cpu_before = running.settled_cpu_seconds()
             prober = start_probe(probe_port, args) if workload.probe else None
             summary = run_wrk(
                 running.base + path_for(workload, key), body_for(workload, payloads),
@@ -686,8 +745,11 @@ def run_session(
             errors = sum(summary[name] for name in ("connect_errors", "read_errors", "write_errors"))
             errors += summary["status_errors"] + summary["timeouts"]
             seconds = summary["duration_us"] / 1e6
+            cpu_seconds = running.settled_cpu_seconds() - cpu_before
             result["workloads"][workload.key] = {
                 "requests": summary["requests"],
+                "cpu_s": cpu_seconds,
+                "cpu_us_req": cpu_seconds / max(summary["requests"], 1) * 1e6,
                 "errors": errors,
                 "req_s": summary["requests"] / seconds,
                 "rows_s": summary["requests"] * workload.rows / seconds,
@@ -700,6 +762,9 @@ def run_session(
             if prober is not None:
                 result["health"] = probe_summary(prober)
         result["rss_mb"] = running.rss_mb()
+        log = running.log_metrics()
+        if log.get("written") or log.get("dropped"):  # modelyard's metrics exist with the log off too
+            result["prediction_log"] = log
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         print(f"    ! {server.key}/{key}: {result['error']}\n{running.tail()}")
@@ -741,10 +806,13 @@ def summarise(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, 
             "idle_p99_ms": median_of(good, "health_idle", "p99_ms"),
             "health_failures": sum(s.get("health", {}).get("failures", 0) for s in good),
             "errors": sum(w["errors"] for s in good for w in s.get("workloads", {}).values()),
+            "log_written": sum(s["prediction_log"].get("written", 0) for s in good if "prediction_log" in s),
+            "log_dropped": sum(s["prediction_log"].get("dropped", 0) for s in good if "prediction_log" in s),
+            "logged": any("prediction_log" in s for s in good),
             "runtime": next((s["runtime"] for s in good if s.get("runtime")), None),
         }
         for workload in WORKLOADS:
-            for metric in ("req_s", "rows_s", "p50_ms", "p99_ms"):
+            for metric in ("req_s", "rows_s", "p50_ms", "p99_ms", "cpu_us_req"):
                 entry[f"{workload.key}:{metric}"] = median_of(good, "workloads", workload.key, metric)
         summary[(server, model)] = entry
     return summary
@@ -782,7 +850,9 @@ def throughput_table(summary: dict[tuple[str, str], dict[str, Any]], models: Seq
                     continue
                 unit = "rows/s" if workload.rows > 1 else "req/s"
                 p50, p99 = entry[f"{workload.key}:p50_ms"], entry[f"{workload.key}:p99_ms"]
-                cells.append(f"**{fmt_rate(rate)}** {unit}<br>{fmt_ms(p50)} / {fmt_ms(p99)} ms")
+                cpu = entry[f"{workload.key}:cpu_us_req"]
+                latency = f"{fmt_ms(p50)} / {fmt_ms(p99)} ms"
+                cells.append(f"**{fmt_rate(rate)}** {unit}<br>{latency}<br>CPU {fmt_rate(cpu)} us")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -911,6 +981,20 @@ def evaluate_targets(summary: dict[tuple[str, str], dict[str, Any]], models: Seq
                     cost <= 0.05,
                 )
             )
+            bare_cpu = summary[("modelyard", model)].get(f"{workload}:cpu_us_req")
+            monitored_cpu = summary[("modelyard-monitored", model)].get(f"{workload}:cpu_us_req")
+            if bare_cpu is None or monitored_cpu is None:
+                continue
+            # The throughput a CPU-bound server loses when each request costs monitored_cpu, not bare_cpu.
+            cpu_cost = 1 - bare_cpu / monitored_cpu
+            verdicts.append(
+                Verdict(
+                    f"{MODELS[model].title}, {label}: the same, by server CPU per request (issue 12)",
+                    f"{fmt_rate(monitored_cpu)} us against {fmt_rate(bare_cpu)} us with both off: "
+                    f"**{cpu_cost:+.1%}** of throughput",
+                    cpu_cost <= 0.05,
+                )
+            )
     for model in models:
         entry = summary.get(("modelyard", model), {})
         p99, cold, rss = entry.get("health_p99_ms"), entry.get("cold_start_s"), entry.get("rss_mb")
@@ -986,7 +1070,8 @@ def render_report(
         "",
         f"    {command}",
         "",
-        "Throughput (bold; requests/s, rows/s for the batches) and wrk's latency p50 / p99:",
+        "Throughput (bold; requests/s, rows/s for the batches), wrk's latency p50 / p99, and the server's "
+        "CPU per request (user + system, microseconds; per 256-row request for the batches):",
         "",
         throughput_table(summary, models),
         "",
@@ -1004,6 +1089,14 @@ def render_report(
         "",
         verdict_table(verdicts),
     ]
+    logs = [
+        f"{SERVERS[server].title} / {MODELS[model].title}: {entry['log_written']:,.0f} records written, "
+        f"{entry['log_dropped']:,.0f} dropped"
+        for (server, model), entry in summary.items()
+        if entry["logged"]
+    ]
+    if logs:
+        parts += ["", "Prediction log, over every session: " + "; ".join(logs) + "."]
     errors = {k: v["errors"] for k, v in summary.items() if v["errors"] or v["failed_runs"]}
     if errors:
         parts += ["", f"Failed requests or sessions: {errors} (see the JSON results)."]
@@ -1151,7 +1244,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             result = run_session(kind, prepared[model], payload_sets[kind.payloads], workdir, repeat, args)
             results.append(result)
             if "error" not in result:
-                brief = ", ".join(f"{key} {w['req_s']:.0f}/s" for key, w in result["workloads"].items())
+                brief = ", ".join(
+                    f"{key} {w['req_s']:.0f}/s {w['cpu_us_req']:.0f} us"
+                    for key, w in result["workloads"].items()
+                )
                 print(
                     f"    cold {result['cold_start_s']:.2f} s, rss {result['rss_mb']:.0f} MB, health p99 "
                     f"{result.get('health', {}).get('p99_ms', float('nan')):.1f} ms; {brief}; "

@@ -718,6 +718,47 @@ def test_a_row_the_database_refuses_is_dropped_and_the_batch_still_lands(
         assert request_ids == ["before", "nul", "after"]
 
 
+def test_a_row_whose_values_no_column_can_take_is_dropped_by_name_and_the_batch_still_lands(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = ServingMetrics()
+    log = new_log(database_url, tmp_path / "spool", metrics=metrics)
+    # JSON has no integers beyond 64 bits: the features column cannot hold this one, on any database
+    records = [record("before"), record("huge", features={"n": [2**70]}), record("after")]
+
+    async def main() -> None:
+        await log.start()
+        log.submit(records)
+        assert await log.flush()
+        log.submit([record("huge-alone", features={"n": [2**70]})])  # a batch with nothing to insert
+        assert await log.flush()
+        await log.stop()
+
+    with caplog.at_level("WARNING", logger="modelyard.serving.prediction_log"):
+        asyncio.run(main())
+    assert [row.request_id for row in stored(database_url)] == ["before", "after"]
+    assert (log.written, log.dropped, log.spooled) == (2, 2, 0)
+    assert dropped_metric(metrics, "rejected") == 2
+    assert "the values of 'huge' cannot be stored: Integer exceeds 64-bit range" in caplog.text
+    assert log.database_available
+
+
+def test_a_row_no_column_can_take_is_dropped_once_while_the_database_is_down(tmp_path: Path) -> None:
+    metrics = ServingMetrics()
+    log = new_log(unreachable_url(tmp_path), tmp_path / "spool", metrics=metrics)
+
+    async def main() -> None:
+        await log.start()
+        log.submit([record("kept"), record("huge", features={"n": [2**70]})])
+        assert not await log.flush()  # the database is down: "kept" waits in the spool
+        await log.stop()
+
+    asyncio.run(main())
+    # "huge" is given up once, as the spool cannot hold it either; "kept" waits for the database
+    assert (log.spooled, log.dropped) == (1, 1)
+    assert (dropped_metric(metrics, "invalid"), dropped_metric(metrics, "rejected")) == (1, 0)
+
+
 def test_stopping_while_the_database_is_down_spools_what_is_queued(tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     log = new_log(unreachable_url(tmp_path), spool_dir, flush_interval_s=30.0)

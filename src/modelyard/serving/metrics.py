@@ -232,7 +232,7 @@ class ServingMetrics:
         self._log_dropped = Counter(
             "modelyard_prediction_log_dropped",
             "Prediction-log records (one per request) given up: queue_full, spool_full, rejected (by the "
-            "database), invalid, stopped (submitted after stop).",
+            "database, or values its columns cannot take), invalid, stopped (submitted after stop).",
             ["reason"],
             registry=self.registry,
         )
