@@ -273,7 +273,7 @@ class OperatorSettings(BaseModel):
     schedule_service_account: str = Field(
         default="default",
         description="the ServiceAccount of each schedule's CronJob pods, which ask the operator for a run: "
-        "it may get and patch Models, nothing more (the chart's <release>-schedule)",
+        "it may patch Models, nothing more (the chart's <release>-schedule)",
     )
     local: bool = Field(
         default=False,

@@ -169,7 +169,12 @@ def test_a_schedules_cron_job_asks_the_operator_for_a_run_as_the_charts_least_pr
     assert children.MODEL_LABEL not in job["metadata"]["labels"]
     assert job["metadata"]["labels"][children.SCHEDULE_LABEL] == "iris"
     pod = job["spec"]["template"]
+    # the release's selectors find it (as they find a training pod); it is labelled as what it is
+    assert admitted_by_the_network_policies(objects).items() <= pod["metadata"]["labels"].items()
+    assert pod["metadata"]["labels"][children.COMPONENT_LABEL] == "schedule"
+    assert pod["metadata"]["labels"][children.SCHEDULE_LABEL] == "iris"
     (container,) = pod["spec"]["containers"]
+    assert container["resources"] == children.SCHEDULE_REQUEST_RESOURCES
     assert container["command"] == ["modelyard"]
     assert container["args"] == ["request-run", "iris", "--namespace", "models"]
     assert container["image"] == settings.pipeline.image
@@ -190,9 +195,7 @@ def test_a_schedules_cron_job_asks_the_operator_for_a_run_as_the_charts_least_pr
         if any(subject["name"] == account for subject in binding["subjects"])
     ]
     role = named(objects, "Role", binding["roleRef"]["name"])
-    assert role["rules"] == [
-        {"apiGroups": ["modelyard.io"], "resources": ["models"], "verbs": ["get", "patch"]}
-    ]
+    assert role["rules"] == [{"apiGroups": ["modelyard.io"], "resources": ["models"], "verbs": ["patch"]}]
 
 
 def test_a_requests_job_is_named_for_its_trigger_and_carries_its_annotation() -> None:

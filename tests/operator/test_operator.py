@@ -10,6 +10,7 @@ is a real process too, killed and started again mid-run.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -433,11 +435,12 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
     own_harness: Harness, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """The schedule's CronJob trains nothing: its pod, run here as the ServiceAccount it names (the chart's,
-    allowed only to get and patch Models), asks for a run, and the operator starts it with the Model's
-    runner: a Job with trigger schedule (retrain_on_alert false does not stop it), which trains and is
-    the Model's run; for runner kfp no Job at all, and the condition KFP's runner gives. A request while
-    the Model's run is in flight (its Job's pod not scheduled: the nodes cordoned) is skipped, and not
-    started when that run ends."""
+    allowed only to patch Models), asks for a run, and the operator starts it with the Model's runner: a
+    Job with trigger schedule (retrain_on_alert false does not stop it), which trains and is the Model's
+    run; for runner kfp no Job (with no KFP host here the request waits unanswered; KFP's side of it is
+    test_kfp_runs.py's). A request while the Model's run is in flight (its Job's pod not scheduled: the
+    nodes cordoned) is skipped, and not started when that run ends. A request Job that fails (its pod
+    refused) is said on the Model once, across operator restarts."""
     harness = own_harness
     harness.stop_operator()
     for obj in chart.render(namespace=harness.namespace):
@@ -464,6 +467,7 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
         can_i(harness, kubeconfig, verb, resource)
         for verb, resource in (
             ("get", "secrets"),
+            ("get", "models"),  # a missing Model is the patch's 404
             ("create", "jobs"),
             ("delete", "models"),
             ("list", "models"),
@@ -552,9 +556,9 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
     said = " ".join(refused.stderr.split())
     assert said.startswith(
         f'error: cannot ask Model {harness.namespace}/{name} for a run: models.modelyard.io "{name}" is '
-        f'forbidden: User "system:serviceaccount:{harness.namespace}:default" cannot get resource "models"'
+        f'forbidden: User "system:serviceaccount:{harness.namespace}:default" cannot patch resource "models"'
     ), said
-    assert said.endswith("(its ServiceAccount needs get and patch on models.modelyard.io)")
+    assert said.endswith("(its ServiceAccount needs patch on models.modelyard.io)")
     nowhere = harness.tmp / "nowhere.kubeconfig"
     config = yaml.safe_load(kubeconfig.read_text())
     config["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:9"
@@ -564,16 +568,76 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
     assert "error: cannot reach the Kubernetes API server: " in " ".join(unreachable.stderr.split())
     assert "Traceback" not in refused.stderr + unreachable.stderr
 
-    # runner kfp (no KFP host here): the request starts no Job; the condition is KFP's runner's
+    # The refused pod (the account `default`, as outside the chart) fails its Job, as the Job controller
+    # says once the retries are spent; the test stands in for that controller (kwok's pods succeed).
+    cron_meta = cron["metadata"]
+    failed_name = f"{cron_meta['name']}-29420000"  # the CronJob controller's: <cron>-<minutes>
+    template = copy.deepcopy(cron["spec"]["jobTemplate"])
+    template["spec"]["template"]["spec"]["serviceAccountName"] = "default"
+    owner = {"apiVersion": "batch/v1", "kind": "CronJob", "name": cron_meta["name"], "uid": cron_meta["uid"]}
+    harness.apply(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": failed_name,
+                "labels": template["metadata"]["labels"],
+                "ownerReferences": [{**owner, "controller": True}],
+            },
+            "spec": {**template["spec"], "managedBy": "modelyard.io/test"},
+        }
+    )
+    at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    why = {"reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}
+    failed_status = {
+        "startTime": at,
+        "active": 0,
+        "failed": 3,
+        "conditions": [
+            {"type": kind, "status": "True", "lastProbeTime": at, "lastTransitionTime": at, **why}
+            for kind in ("FailureTarget", "Failed")
+        ],
+    }
+    harness.kubectl(
+        "patch", "job", failed_name, "--subresource=status", "--type=merge", "-p",
+        json.dumps({"status": failed_status}),
+    )  # fmt: skip
+    (said_failed,) = wait_until(
+        "ScheduleRequestFailed",
+        lambda: [e for e in harness.events(name) if e["reason"] == "ScheduleRequestFailed"],
+    )
+    assert said_failed["type"] == "Warning"
+    assert said_failed["message"] == (
+        f"Job {failed_name} of the schedule failed to ask for a run: BackoffLimitExceeded: Job has reached "
+        f"the specified backoff limit; see its pod's log (kubectl logs job/{failed_name}); its "
+        "ServiceAccount default needs patch on models.modelyard.io"
+    )
+    wait_until(
+        "the failed request recorded",
+        lambda: harness.model(name)["status"].get("scheduleRequestFailed") == failed_name,
+    )
+    # said once: a restarted operator (nothing in its memory) finds it reported in status
+    harness.stop_operator()
+    harness.start_operator(MODELYARD_OPERATOR__SCHEDULE_SERVICE_ACCOUNT="modelyard-schedule")
+    harness.wait_reconciled(name)
+    said = [e for e in harness.events(name) if e["reason"] == "ScheduleRequestFailed"]
+    assert len(said) == 1, said
+
+    # runner kfp (no KFP host here): the request starts no Job and is not skipped; unanswered, it waits
+    # for a KFP host (what the runner does with it is test_kfp_runs.py's)
     kfp = "scheduled-kfp"
     harness.apply(iris_model(kfp, training={"schedule": "0 3 * * 0", "runner": "kfp"}))
     kfp_cron = wait_until("the kfp Model's CronJob", lambda: harness.get("cronjob", f"{kfp}-retrain"))
     asked = ask(kfp_cron, tmp_path / "ask-kfp")
     assert asked.returncode == 0, asked.stderr
+    kfp_request = harness.model(kfp)["metadata"]["annotations"]["modelyard.io/schedule-requested"]
     harness.wait_reconciled(kfp)
-    trained = harness.condition(kfp, "Trained")
-    assert trained is not None and (trained["status"], trained["reason"]) == ("False", "NoKfpHost")
     assert harness.jobs(kfp) == []
+    reasons = {event["reason"] for event in harness.events(kfp)}
+    assert not reasons & {"ScheduledTrainingStarted", "ScheduleSkipped", "TrainingStarted"}, reasons
+    assert "NoKfpHost" in reasons
+    run = harness.model(kfp)["status"].get("latestRun") or {}
+    assert run.get("answeredSchedule") != kfp_request
 
     # Cleanup: without a schedule the CronJob goes; with the Model, the rest.
     harness.kubectl(

@@ -114,7 +114,7 @@ def request_run_command(
     try:
         request = ModelResourceLauncher(namespace).start(model, SCHEDULE)
     except DynamicApiError as exc:
-        hint = " (its ServiceAccount needs get and patch on models.modelyard.io)" if exc.status == 403 else ""
+        hint = " (its ServiceAccount needs patch on models.modelyard.io)" if exc.status == 403 else ""
         raise ModelyardError(
             f"cannot ask Model {namespace}/{model} for a run: {exc.summary()}{hint}"
         ) from exc

@@ -41,6 +41,7 @@ STARTED_REASONS = {SPEC: "TrainingStarted", ALERT: "RetrainingStarted", SCHEDULE
 # on a schedule's request Jobs and pods, instead of MODEL_LABEL: they are no training runs of the Model
 SCHEDULE_LABEL = f"{GROUP}/schedule-of"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modelyard-operator"}
+COMPONENT_LABEL = "app.kubernetes.io/component"  # the chart's pods' role in the release
 SPEC_MOUNT = "/etc/modelyard/spec"
 SPEC_FILE = "spec.yaml"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # what the Job controller labels each of its pods with
@@ -192,25 +193,31 @@ def schedule_name(model: str) -> str:
 
 SCHEDULE_STARTING_DEADLINE_S = 300  # a time missed longer ago (the controller down) is skipped, not caught up
 SCHEDULE_REQUEST_DEADLINE_S = 120  # one annotation write; a pod that takes longer is stuck
+# one short `modelyard request-run`: the CLI's imports are most of it
+SCHEDULE_REQUEST_RESOURCES = {"requests": {"cpu": "10m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
 
 
 def schedule_cron_job(model: str, namespace: str, schedule: str, settings: Settings) -> dict[str, Any]:
     """The schedule of ``model``: at each time its pod runs `modelyard request-run`, which sets the Model's
     SCHEDULE_ANNOTATION, and the operator starts the run with the Model's runner (a Job or a KFP run) for
     the spec the Model holds then. The pod trains nothing and reads no Secret: its ServiceAccount
-    (``settings.operator.schedule_service_account``) may only get and patch Models."""
+    (``settings.operator.schedule_service_account``) may only patch Models. Its pod takes the training
+    pods' labels and security contexts (``settings.operator.training``): the release's selectors find it."""
     pod = settings.operator.training
     labels = {**MANAGED_BY, SCHEDULE_LABEL: model}
+    # the release's labels, as a training pod's; the pod is no training pod, though
+    pod_labels = {**pod.labels, **labels}
+    if COMPONENT_LABEL in pod_labels:
+        pod_labels[COMPONENT_LABEL] = "schedule"
     container: dict[str, Any] = {
         "name": "request-run",
         "image": settings.pipeline.image,
         "command": ["modelyard"],
         "args": ["request-run", model, "--namespace", namespace],
-        "env": [
-            {"name": "MODELYARD_HOME", "value": "/tmp/modelyard"}
-        ],  # the emptyDir: the only writable path
+        # the emptyDir: the only writable path
+        "env": [{"name": "MODELYARD_HOME", "value": "/tmp/modelyard"}],
         "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
-        "resources": {"requests": {"cpu": "10m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        "resources": SCHEDULE_REQUEST_RESOURCES,
     }
     if pod.container_security_context:
         container["securityContext"] = pod.container_security_context
@@ -230,7 +237,7 @@ def schedule_cron_job(model: str, namespace: str, schedule: str, settings: Setti
                     "backoffLimit": 2,  # a request the API server refused for a moment is asked again
                     "activeDeadlineSeconds": SCHEDULE_REQUEST_DEADLINE_S,
                     "template": {
-                        "metadata": {"labels": labels},
+                        "metadata": {"labels": pod_labels},
                         "spec": {
                             "restartPolicy": "Never",
                             "serviceAccountName": settings.operator.schedule_service_account,

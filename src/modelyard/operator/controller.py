@@ -89,6 +89,8 @@ SPEC_CHANGED = "SpecChanged"
 # what the last look at a candidate found, short of a verdict (status.rollout.evidence)
 NOT_SERVED, UNAVAILABLE, INCONCLUSIVE_EVIDENCE = "NotServed", "Unavailable", "Inconclusive"
 SHADOW, CANARY, FULL = "shadow", "canary", "full"
+# a schedule's request Job failed: its pod could not ask for a run
+SCHEDULE_REQUEST_FAILED = "ScheduleRequestFailed"
 
 
 @dataclass
@@ -143,6 +145,8 @@ class Controller:
             return _checked(new)
         try:
             self._ensure_inputs(body, spec, policies)
+            if policies.training.schedule:
+                new.update(self._schedule_request_failure(body, old))
             if kfp_runs.uses_kfp(policies.training.runner, self.settings):
                 kfp = kfp_runs.KfpRuns(self.settings)
                 run = kfp.current_run(body, old.get("latestRun"), spec, policies, conditions, self._say)
@@ -196,6 +200,39 @@ class Controller:
             self.cluster.ensure(CRON_JOB, namespace, _owned(manifest, owner), uid)
         else:
             self.cluster.delete(CRON_JOB, children.schedule_name(name), namespace, uid)
+
+    def _schedule_request_failure(self, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        """A Warning Event for the newest failed request Job of the Model's schedule (its pod could not
+        ask: refused, its image missing, no API server), once: the Job reported is kept in
+        ``status.scheduleRequestFailed``, so a restarted operator does not say it again."""
+        meta = body["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        cron = children.schedule_name(name)
+        failed = [
+            job
+            for job in self.cluster.list(
+                JOB, namespace, {children.SCHEDULE_LABEL: name, **children.MANAGED_BY}
+            )
+            if any(
+                owner.get("kind") == CRON_JOB.kind and owner.get("name") == cron
+                for owner in job["metadata"].get("ownerReferences") or []
+            )
+            and _failure(job) is not None
+        ]
+        if not failed:
+            return {}
+        newest = max(failed, key=lambda job: job["metadata"]["creationTimestamp"])
+        job_name = newest["metadata"]["name"]
+        if status.get("scheduleRequestFailed") == job_name:
+            return {}
+        account = newest["spec"]["template"]["spec"].get("serviceAccountName", "default")
+        message = (
+            f"Job {job_name} of the schedule failed to ask for a run: {_failure(newest)}; see its pod's log "
+            f"(kubectl logs job/{job_name}); its ServiceAccount {account} needs patch on "
+            "models.modelyard.io"
+        )
+        self._say(body, SCHEDULE_REQUEST_FAILED, message, warning=True)
+        return {"scheduleRequestFailed": job_name}
 
     def _jobs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """The Model's runs, oldest first: the Jobs it owns, and the training Jobs its schedule's CronJob
@@ -295,8 +332,8 @@ class Controller:
             conditions.set(PUBLISHED, True, "Published", f"{published.ref} at {published.storage_uri}")
         elif job is None:
             message = (
-                f"Job {run['name']} is gone and published no version; change the spec, or ask for a "
-                f"retraining (annotation {children.RETRAIN_ANNOTATION})"
+                f"Job {run['name']} is gone and published no version; change the spec, or ask for a run "
+                f"(modelyard request-run {name} --namespace {namespace})"
             )
             if conditions.set(TRAINED, False, "RunGone", message):
                 self._say(body, "RunGone", message, warning=True)
@@ -897,6 +934,15 @@ def _checked(status: dict[str, Any]) -> dict[str, Any]:
 def _owned(manifest: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
     manifest["metadata"]["ownerReferences"] = [owner]
     return manifest
+
+
+def _failure(job: dict[str, Any]) -> str | None:
+    """Why ``job`` failed, as its Failed condition says (None: it has not failed)."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("status") == "True":
+            reason, message = condition.get("reason") or "Failed", condition.get("message")
+            return f"{reason}: {message}" if message else reason
+    return None
 
 
 def _annotation(obj: dict[str, Any], key: str) -> str | None:

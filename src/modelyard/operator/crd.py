@@ -143,6 +143,11 @@ class ModelStatus(_Status):
     inference_service: str | None = None
     last_analysis: Analysis | None = None
     rollout: Rollout | None = None
+    schedule_request_failed: str | None = Field(
+        default=None,
+        description="the newest failed request Job of the schedule's CronJob that was reported (Warning Event"
+        " ScheduleRequestFailed)",
+    )
 
 
 _DROPPED = {"title", "default", "additionalProperties", "$defs"}

@@ -4,8 +4,8 @@ schedule's CronJob (`modelyard request-run`).
 ``start`` sets the Model's annotation for the trigger (``modelyard.io/retrain-requested`` for an alert,
 ``modelyard.io/schedule-requested`` for the schedule) to the moment of the request; the operator starts
 one run with the Model's runner for each new value (an alert's when ``spec.training.retrain_on_alert``
-allows it), so the asker needs no access to Jobs' pods, images, Secrets or KFP: only to get and patch
-Models (and the webhook, to read Jobs).
+allows it), so the asker needs no access to Jobs' pods, images, Secrets or KFP: only to patch Models
+(and the webhook, to read Jobs).
 """
 
 from __future__ import annotations
@@ -27,11 +27,14 @@ class ModelResourceLauncher:
     def start(self, model: str, trigger: str = children.ALERT) -> str:
         """Ask for one run of ``model`` for ``trigger`` (alert or schedule); the request, as
         ``namespace/model@moment``."""
-        if self.cluster.get(MODEL, model, self.namespace) is None:
-            raise NotFound(f"no Model {self.namespace}/{model}: nothing asks the operator to retrain it")
         requested = datetime.now(UTC).isoformat(timespec="microseconds")
         annotations = {children.REQUEST_ANNOTATIONS[trigger]: requested}
-        self.cluster.patch(MODEL, model, self.namespace, {"metadata": {"annotations": annotations}})
+        # a merge patch alone (a missing Model is its 404): the asker needs no get on Models
+        try:
+            self.cluster.patch(MODEL, model, self.namespace, {"metadata": {"annotations": annotations}})
+        except NotFound as exc:
+            message = f"no Model {self.namespace}/{model}: nothing asks the operator to retrain it"
+            raise NotFound(message) from exc
         return f"{self.namespace}/{model}@{requested}"
 
     def running(self, model: str) -> bool:
