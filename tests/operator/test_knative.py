@@ -333,6 +333,31 @@ AUTOSCALER_CONFIG = {
 }
 
 
+def write_knative_status(
+    plane: Any, service: dict[str, Any], latest: str, traffic: list[dict[str, Any]]
+) -> None:
+    """The status Knative's controller writes on ``service`` once revision ``latest`` is ready and its
+    route sends ``traffic`` (no Knative controller runs on the local control plane)."""
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    address = f"http://{name}.{namespace}.example.com"
+    status = {
+        "observedGeneration": service["metadata"]["generation"],
+        "latestCreatedRevisionName": latest,
+        "latestReadyRevisionName": latest,
+        "url": address,
+        "address": {"url": address},
+        "traffic": traffic,
+        "conditions": [
+            {"type": kind, "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+            for kind in ("ConfigurationsReady", "Ready", "RoutesReady")
+        ],
+    }
+    plane.kubectl(
+        "patch", "ksvc", name, "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": status}),
+    )  # fmt: skip
+
+
 class KServe:
     """One namespace's InferenceService, applied as the operator applies it, and what KServe derives."""
 
@@ -364,23 +389,7 @@ class KServe:
         ``latest`` is ready and its route sends ``traffic``. Nothing else of Knative's is imitated."""
         service = self.knative_service()
         assert service is not None
-        address = f"http://iris-predictor.{self.namespace}.example.com"
-        status = {
-            "observedGeneration": service["metadata"]["generation"],
-            "latestCreatedRevisionName": latest,
-            "latestReadyRevisionName": latest,
-            "url": address,
-            "address": {"url": address},
-            "traffic": traffic,
-            "conditions": [
-                {"type": kind, "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
-                for kind in ("ConfigurationsReady", "Ready", "RoutesReady")
-            ],
-        }
-        self.plane.kubectl(
-            "patch", "ksvc", "iris-predictor", "-n", self.namespace, "--subresource=status",
-            "--type=merge", "-p", json.dumps({"status": status}),
-        )  # fmt: skip
+        write_knative_status(self.plane, service, latest, traffic)
 
     def wait_for_predictor_status(self, **expected: Any) -> dict[str, Any]:
         """The InferenceService once KServe has copied the Knative Service's status into it."""
@@ -543,23 +552,7 @@ class KnativeStatus:
             {**target, "revisionName": latest if target.get("latestRevision") else target["revisionName"]}
             for target in service["spec"].get("traffic") or []
         ]
-        address = f"http://{name}.{self.namespace}.example.com"
-        status = {
-            "observedGeneration": service["metadata"]["generation"],
-            "latestCreatedRevisionName": latest,
-            "latestReadyRevisionName": latest,
-            "url": address,
-            "address": {"url": address},
-            "traffic": traffic,
-            "conditions": [
-                {"type": kind, "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
-                for kind in ("ConfigurationsReady", "Ready", "RoutesReady")
-            ],
-        }
-        self.plane.kubectl(
-            "patch", "ksvc", name, "-n", self.namespace, "--subresource=status", "--type=merge",
-            "-p", json.dumps({"status": status}),
-        )  # fmt: skip
+        write_knative_status(self.plane, service, latest, traffic)
         self.answered.append((revision_env(service), traffic))
 
 
