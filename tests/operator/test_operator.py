@@ -26,8 +26,8 @@ import yaml
 
 from modelyard.deploy import chart
 from modelyard.errors import NotFound
-from modelyard.monitoring.prometheus_server import answers_ok
 from modelyard.operator.local import pod_command
+from modelyard.processes import answers_ok
 from modelyard.registry import Registry
 
 from ..conftest import S3Service
