@@ -635,15 +635,16 @@ def test_a_second_version_is_rolled_out_under_local_on_analyses_from_the_prometh
         after = wait_for("version 2 served", lambda: serving(2), 120, log)
         assert after["url"] == url, "a rollout step moved the predictor to another URL"
 
-        # version 2's predictor alone is scraped now (the canary's series went stale with its target),
-        # and it is the one target listed
+        # version 2's predictor alone is scraped (the canary's series go stale with its target, which
+        # may still answer a moment after servingVersion says 2), and it is the one target listed
         def version_2_alone() -> list[dict[str, Any]] | None:
             live = prometheus.query(f"modelyard_model_ready{{{selector}}} == 1")
-            return live if [row["metric"]["version"] for row in live] == ["2"] else None
+            listed = [entry["labels"]["pod"] for entry in json.loads(targets_file.read_text())]
+            scraped = [(row["metric"]["version"], row["metric"]["pod"]) for row in live]
+            return live if len(listed) == 1 and scraped == [("2", listed[0])] else None
 
-        (live,) = wait_for("version 2's predictor alone scraped", version_2_alone, 120, log)
-        (last,) = json.loads(targets_file.read_text())
-        assert last["labels"]["pod"] == live["metric"]["pod"] != target["labels"]["pod"]
+        (live,) = wait_for("version 2's predictor alone scraped and listed", version_2_alone, 120, log)
+        assert live["metric"]["pod"] != target["labels"]["pod"]
         # each step's predictor was a new target
         ready = prometheus.query(f"max by (pod) (max_over_time(modelyard_model_ready{{{selector}}}[30m]))")
         pods = {row["metric"]["pod"] for row in ready}
