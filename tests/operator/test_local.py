@@ -421,6 +421,8 @@ def test_a_prometheus_a_killed_operator_left_is_stopped_by_the_next_start_and_ea
         assert answers_ok(f"{server.url}/-/ready")
     finally:
         server.stop()
+        left.process.kill()  # when the test failed: not left running by it
+        left.process.wait()
     assert not server.data.exists()
     assert not server.pid_file.exists()
 
