@@ -53,6 +53,13 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+def waiting_process(*arguments: str) -> subprocess.Popen[bytes]:
+    """A process that waits for its stdin to close, with ``arguments`` on its command line."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()", *arguments], stdin=subprocess.PIPE
+    )
+
+
 # ---------------------------------------------------------------- a real service that cannot start
 
 

@@ -270,7 +270,10 @@ def test_the_smoke_step_says_why_the_server_did_not_start(settings: Settings, tm
             )
         }
     )
-    with pytest.raises(ModelyardError, match="the server's log ends with"):
+    said = (
+        rf"the server at http://127\.0\.0\.1:{http_port} was not ready within 5 s; the server's log ends with"
+    )
+    with pytest.raises(ModelyardError, match=said):
         smoke_test(served, {}, {}, ready_timeout_s=5)  # a bundle that is not there: never ready
 
 

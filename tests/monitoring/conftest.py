@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,14 +29,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from modelyard.bundle import BundleMetadata, write_bundle
-from modelyard.monitoring.prometheus_server import PROMETHEUS_PROGRAM
 from modelyard.monitoring.prometheus_server import start_prometheus as start_prometheus_server
 from modelyard.monitoring.reference import drift_reference
 from modelyard.registry.db import upgrade
 from modelyard.spec import FeatureSpec, FeatureType
 from modelyard.training.preprocessing import build_preprocessor
 
-from ..conftest import unavailable
 from ..serving.conftest import free_ports
 
 FEATURES = [FeatureSpec(name=f"f{i}", type=FeatureType.NUMERIC) for i in range(4)]
@@ -199,14 +196,14 @@ class Prometheus:
 def start_prometheus(
     root: Path,
     targets: list[str],
+    program: str,
     *,
     rule_files: list[Path] = (),
     alertmanager: str | None = None,  # type: ignore[assignment]
 ) -> Prometheus:
-    """Prometheus (modelyard.monitoring.prometheus_server's) scraping ``targets`` every second as job
-    ``modelyard``, with ``rule_files`` and ``alertmanager`` when given."""
-    if shutil.which(PROMETHEUS_PROGRAM) is None:
-        unavailable("the prometheus binary is not installed (Debian: apt-get install prometheus)")
+    """Prometheus (``program``, the ``prometheus_binary`` fixture's, run by
+    modelyard.monitoring.prometheus_server) scraping ``targets`` every second as job ``modelyard``, with
+    ``rule_files`` and ``alertmanager`` when given."""
     (port,) = free_ports(1)
     config: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -215,7 +212,7 @@ def start_prometheus(
     }
     if alertmanager:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
-    server = start_prometheus_server(root, config, port)
+    server = start_prometheus_server(root, config, port, program)
     return Prometheus(Process(server.process, server.log), server.url)
 
 

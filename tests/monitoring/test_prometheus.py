@@ -27,8 +27,12 @@ SHIFTED = "f2"
 
 
 @pytest.fixture(scope="module")
-def prometheus(predictor: Predictor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    server = start_prometheus(tmp_path_factory.mktemp("prometheus"), [predictor.url.removeprefix("http://")])
+def prometheus(
+    predictor: Predictor, tmp_path_factory: pytest.TempPathFactory, prometheus_binary: str
+) -> Iterator[Prometheus]:
+    server = start_prometheus(
+        tmp_path_factory.mktemp("prometheus"), [predictor.url.removeprefix("http://")], prometheus_binary
+    )
     yield server
     server.process.stop()
 

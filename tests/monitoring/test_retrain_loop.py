@@ -131,7 +131,10 @@ def webhook_server(training_env: Path) -> Iterator[tuple[CountingWebhook, Counti
 @pytest.mark.slow
 @needs_alertmanager
 def test_drift_alert_to_alertmanager_to_webhook_starts_one_training_run(
-    predictor: Predictor, webhook_server: tuple[CountingWebhook, CountingLauncher, str], tmp_path: Path
+    predictor: Predictor,
+    webhook_server: tuple[CountingWebhook, CountingLauncher, str],
+    tmp_path: Path,
+    prometheus_binary: str,
 ) -> None:
     webhook, launcher, webhook_url = webhook_server
     (am_port,) = free_ports(1)
@@ -151,6 +154,7 @@ def test_drift_alert_to_alertmanager_to_webhook_starts_one_training_run(
     prometheus = start_prometheus(
         tmp_path / "prometheus",
         [predictor.url.removeprefix("http://")],
+        prometheus_binary,
         rule_files=[drift_rule_file(tmp_path / "drift.rules.yaml")],
         alertmanager=f"127.0.0.1:{am_port}",
     )

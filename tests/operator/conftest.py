@@ -105,13 +105,15 @@ class Predictors:
 
 
 @pytest.fixture(scope="session")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+def prometheus(tmp_path_factory: pytest.TempPathFactory, prometheus_binary: str) -> Iterator[Prometheus]:
     predictors = Predictors()
     (port,) = free_ports(1)
     server, _ = start_http_server(port, addr="127.0.0.1", registry=predictors.registry)
     thread = threading.Thread(target=predictors.run, daemon=True)
     thread.start()
-    started = start_prometheus(tmp_path_factory.mktemp("prometheus"), [f"127.0.0.1:{port}"])
+    started = start_prometheus(
+        tmp_path_factory.mktemp("prometheus"), [f"127.0.0.1:{port}"], prometheus_binary
+    )
     try:
         client = Prometheus(started.url)
         deadline = time.monotonic() + 60

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -25,22 +26,29 @@ import yaml
 
 from modelyard.deploy.kube import custom_objects_api
 from modelyard.errors import ModelyardError
-from modelyard.monitoring.prometheus_server import answers_ok
 from modelyard.operator import children
 from modelyard.operator.analysis import Prometheus
 from modelyard.operator.crd import CHART_CRD, CRD_NAME
 from modelyard.operator.kube import JOB, Cluster
 from modelyard.operator.local import (
+    PREDICTOR_PID_FILE,
     PREDICTORS_JOB,
     TARGETS_FILE,
+    LocalOperatorRunning,
     LocalPods,
+    _Ports,
+    _Predictor,
     analysis_prometheus,
+    claim_workdir,
     job_pod_labels,
     local_prometheus_config,
     pod_command,
 )
+from modelyard.processes import answers_ok, record_pid
 from modelyard.registry import Registry
 from modelyard.settings import Settings, load_settings
+
+from ..conftest import waiting_process
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELYARD = str(Path(sys.executable).parent / "modelyard")
@@ -199,6 +207,20 @@ def test_kubectl_apply_of_the_example_trains_here_publishes_and_serves_on_127_0_
             return status if conditions.get("Ready", {}).get("status") == "True" else None
 
         status = wait_for("the Model to be Ready", ready, 240, log)
+        # a second operator on the same home would share its targets file and Prometheus: refused
+        second = subprocess.run(
+            [MODELYARD, "operator", "--local", "--namespace", "default"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 1
+        workdir = tmp_path / "home" / "operator-local"
+        expected = (
+            f"another `modelyard operator --local` (pid {operator.pid}) works in {workdir}: one runs per"
+        )
+        assert expected in " ".join(second.stderr.split()), second.stderr
         assert status["servingVersion"] == 1
         assert status["url"].startswith("http://127.0.0.1:")
         with Registry(database_url) as registry:
@@ -327,6 +349,51 @@ def test_a_schedule_asks_for_a_run_under_local_and_the_operator_trains_it_here(
 
 
 @pytest.mark.cluster
+def test_local_pods_claim_their_home_stop_what_a_killed_operator_left_and_keep_no_predictor_after_stop(
+    bare_control_plane: Any, tmp_path: Path
+) -> None:
+    cluster = Cluster(custom_objects_api(Path(bare_control_plane.kubeconfig)).api_client)
+    settings = load_settings().model_copy(update={"home": tmp_path})
+    folder = tmp_path / "operator-local" / "default" / "iris-predictor"
+    folder.mkdir(parents=True)
+    argument = f"--model-dir={folder / 'bundles' / '1'}"
+    leftover = waiting_process(argument)
+    record_pid(folder / PREDICTOR_PID_FILE, leftover, argument)
+    other = tmp_path / "operator-local" / "default" / "other-predictor"
+    other.mkdir()
+    stranger = waiting_process("--model-dir=/elsewhere")  # its pid file's pid, reused by another program
+    record_pid(other / PREDICTOR_PID_FILE, stranger, f"--model-dir={other / 'bundles' / '1'}")
+    said: list[str] = []
+    pods = LocalPods(settings, cluster, said.append)
+    try:
+        assert leftover.wait(30) == -signal.SIGTERM
+        assert said == [f"stopped a predictor (pid {leftover.pid}, {folder}) that an earlier operator left"]
+        assert stranger.poll() is None, "a process that is not the predictor recorded was stopped"
+        assert not (folder / PREDICTOR_PID_FILE).exists()
+        with pytest.raises(LocalOperatorRunning, match=f"pid {os.getpid()}"):
+            LocalPods(settings, cluster, said.append)
+
+        # a predictor that becomes ready once stop() has stopped the others is stopped too, not listed
+        pods.stop()
+        late = waiting_process()
+        pid_file = folder / PREDICTOR_PID_FILE
+        pid_file.write_text("")
+        predictor = _Predictor(
+            ("uri", ()), late, "http://127.0.0.1:1", folder / "log", _Ports(1, 2), pid_file
+        )
+        assert pods._adopt("default", "iris", predictor) is False
+        assert late.poll() == -signal.SIGTERM
+        assert not pid_file.exists()
+        assert json.loads(pods.targets_file.read_text()) == []
+        LocalPods(settings, cluster, said.append).stop()  # its home is free again
+    finally:
+        pods.stop()
+        for process in (leftover, stranger):
+            process.kill()
+            process.communicate()
+
+
+@pytest.mark.cluster
 def test_a_local_job_whose_program_is_not_there_fails_with_start_error(
     bare_control_plane: Any, tmp_path: Path
 ) -> None:
@@ -410,8 +477,60 @@ def test_a_local_prometheus_that_exits_is_an_error_with_its_log(tmp_path: Path) 
     with pytest.raises(ModelyardError) as raised:
         analysis_prometheus(settings, str(program), said.append)
     config = tmp_path / "operator-local" / "prometheus" / "prometheus.yml"
-    assert raised.value.message == f'{program} ({config}) exited 3: err="parsing YAML file"'
+    assert (
+        raised.value.message == f'{program} ({config}) exited 3 before it was ready: err="parsing YAML file"'
+    )
     assert said == []
+
+
+def test_a_prometheus_a_killed_operator_left_is_stopped_by_the_next_start_and_each_has_fresh_data(
+    tmp_path: Path, prometheus_binary: str
+) -> None:
+    settings = with_operator(load_settings().model_copy(update={"home": tmp_path}), prometheus_url="")
+    _, left = analysis_prometheus(settings, prometheus_binary, lambda _: None)
+    assert left is not None  # and never stopped, as by an operator killed with SIGKILL
+    _, server = analysis_prometheus(settings, prometheus_binary, lambda _: None)
+    assert server is not None
+    try:
+        assert left.process.wait(30) is not None
+        assert not left.data.exists(), "the killed operator's series would be read again"
+        assert server.data.is_dir() and server.data != left.data
+        assert answers_ok(f"{server.url}/-/ready")
+    finally:
+        server.stop()
+        left.process.kill()  # when the test failed: not left running by it
+        left.process.wait()
+    assert not server.data.exists()
+    assert not server.pid_file.exists()
+
+
+def test_a_second_local_operator_on_the_same_home_is_refused_naming_the_folder_and_the_first(
+    tmp_path: Path,
+) -> None:
+    workdir = tmp_path / "operator-local"
+    held = claim_workdir(workdir)
+    try:
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pathlib import Path; from modelyard.operator.local import claim_workdir\n"
+                "try:\n    claim_workdir(Path(sys.argv[1]))\n"
+                "except Exception as exc:\n    sys.exit(exc.message)",
+                str(workdir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        held.close()
+    assert second.returncode == 1
+    assert second.stderr.strip() == (
+        f"another `modelyard operator --local` (pid {os.getpid()}) works in {workdir}: one runs per "
+        "MODELYARD_HOME; stop it, or give this one a MODELYARD_HOME of its own"
+    )
+    claim_workdir(workdir).close()  # free once the first has gone
 
 
 def test_the_local_prometheus_config_scrapes_the_targets_file_as_often_as_the_analyses_expect(
@@ -595,15 +714,16 @@ def test_a_second_version_is_rolled_out_under_local_on_analyses_from_the_prometh
         after = wait_for("version 2 served", lambda: serving(2), 120, log)
         assert after["url"] == url, "a rollout step moved the predictor to another URL"
 
-        # version 2's predictor alone is scraped now (the canary's series went stale with its target),
-        # and it is the one target listed
+        # version 2's predictor alone is scraped (the canary's series go stale with its target, which
+        # may still answer a moment after servingVersion says 2), and it is the one target listed
         def version_2_alone() -> list[dict[str, Any]] | None:
             live = prometheus.query(f"modelyard_model_ready{{{selector}}} == 1")
-            return live if [row["metric"]["version"] for row in live] == ["2"] else None
+            listed = [entry["labels"]["pod"] for entry in json.loads(targets_file.read_text())]
+            scraped = [(row["metric"]["version"], row["metric"]["pod"]) for row in live]
+            return live if len(listed) == 1 and scraped == [("2", listed[0])] else None
 
-        (live,) = wait_for("version 2's predictor alone scraped", version_2_alone, 120, log)
-        (last,) = json.loads(targets_file.read_text())
-        assert last["labels"]["pod"] == live["metric"]["pod"] != target["labels"]["pod"]
+        (live,) = wait_for("version 2's predictor alone scraped and listed", version_2_alone, 120, log)
+        assert live["metric"]["pod"] != target["labels"]["pod"]
         # each step's predictor was a new target
         ready = prometheus.query(f"max by (pod) (max_over_time(modelyard_model_ready{{{selector}}}[30m]))")
         pods = {row["metric"]["pod"] for row in ready}

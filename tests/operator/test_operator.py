@@ -28,9 +28,9 @@ import yaml
 
 from modelyard.deploy import chart
 from modelyard.errors import NotFound
-from modelyard.monitoring.prometheus_server import answers_ok
 from modelyard.operator.kube import job_finished
 from modelyard.operator.local import pod_command
+from modelyard.processes import answers_ok
 from modelyard.registry import Registry
 
 from ..conftest import S3Service

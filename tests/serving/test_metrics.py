@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -18,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from modelyard.monitoring.prometheus_server import start_prometheus
 from modelyard.serving.metrics import DROP_REASONS, STAGES, ServingMetrics
 
 from .conftest import free_ports
@@ -332,36 +332,24 @@ def _query(base: str, expression: str) -> list[dict[str, object]]:
 def test_a_real_prometheus_scrapes_the_metrics(
     metrics_endpoint: tuple[ServingMetrics, str], tmp_path: Path, prometheus_binary: str
 ) -> None:
-    binary = prometheus_binary
     metrics, target = metrics_endpoint
     metrics.observe_request("v2-rest", "iris", "3", 200)
     metrics.observe_request("v2-rest", "iris", "3", 200)
     metrics.observe_predictions("iris", "3", ["setosa"], np.array([0.93]))
     metrics.set_model_info("iris", "3", "logistic_regression", "onnx", ready=True)
 
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        f"scrape_configs:\n  - job_name: modelyard\n    static_configs:\n      - targets: ['{target}']\n"
-    )
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "modelyard", "static_configs": [{"targets": [target]}]}],
+    }
     (port,) = free_ports(1)
-    base = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    server = start_prometheus(tmp_path / "prometheus", config, port, prometheus_binary)
+    base = server.url
     try:
         deadline = time.monotonic() + 30
         requests: list[dict[str, object]] = []
         while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
+            assert server.process.poll() is None, server.log_tail()
             try:
                 up = _query(base, 'up{job="modelyard"}')
                 requests = _query(base, 'modelyard_requests_total{model="iris"}')
@@ -370,9 +358,7 @@ def test_a_real_prometheus_scrapes_the_metrics(
             if up and requests:
                 break
             time.sleep(0.3)
-        assert requests, (
-            f"no sample scraped within 30 s; log: {(tmp_path / 'prometheus.log').read_text()[-2000:]}"
-        )
+        assert requests, f"no sample scraped within 30 s; log: {server.log_tail()}"
         assert up[0]["value"][1] == "1"  # type: ignore[index]
         assert requests[0]["metric"] == {
             "__name__": "modelyard_requests_total",
@@ -389,10 +375,4 @@ def test_a_real_prometheus_scrapes_the_metrics(
         confidence = _query(base, 'modelyard_prediction_confidence_bucket{le="0.95"}')
         assert confidence[0]["value"][1] == "1"  # type: ignore[index]
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        log.close()
+        server.stop()

@@ -691,7 +691,7 @@ def sleepy_bundle(source: Path, dest: Path, seconds: float, load_seconds: float 
 
 
 def test_the_operators_analysis_judges_shadowing_predictors_through_a_real_prometheus(
-    versions: dict[str, Path], tmp_path: Path
+    versions: dict[str, Path], tmp_path: Path, prometheus_binary: str
 ) -> None:
     # The stable version and the good candidate take as long; the bad one is also slow.
     stable = sleepy_bundle(versions["stable"], tmp_path / "stable", STABLE_SECONDS)
@@ -714,7 +714,7 @@ def test_the_operators_analysis_judges_shadowing_predictors_through_a_real_prome
     prometheus = None
     try:
         targets = [f"127.0.0.1:{server.metrics_port}" for server in servers.values()]
-        prometheus = start_prometheus(tmp_path / "prometheus", targets)
+        prometheus = start_prometheus(tmp_path / "prometheus", targets, prometheus_binary)
         client = Prometheus(prometheus.url)
         frame, _ = numeric_frame(rows=60, seed=5)
         rows = frame[COLUMNS].to_numpy().tolist()

@@ -12,7 +12,6 @@ import json
 import shlex
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from modelyard.cli.serve import (
     with_serving_flags,
 )
 from modelyard.errors import ModelyardError
+from modelyard.processes import wait_until_ready
 from modelyard.settings import Settings, to_environment
 
 EXAMPLE_SPEC = Path(__file__).resolve().parents[3] / "examples" / "iris.yaml"
@@ -132,7 +132,7 @@ def smoke_test(
     answers: list[SmokeAnswer] = []
     failure: ModelyardError | None = None
     try:
-        _wait_until_ready(url, process, ready_timeout_s)
+        wait_until_ready(f"{url}/v2/health/ready", process, ready_timeout_s, f"the server at {url}")
         for protocol, path, document in (
             ("V1", f"/v1/models/{name}:predict", v1),
             ("V2", f"/v2/models/{name}/infer", v2),
@@ -161,21 +161,6 @@ def _inherited_environment() -> dict[str, str]:
     import os
 
     return {key: value for key, value in os.environ.items() if not key.upper().startswith("MODELYARD_")}
-
-
-def _wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ModelyardError(f"the server exited with status {process.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    raise ModelyardError(f"the server at {url} was not ready after {timeout_s:.0f} s")
 
 
 def _post(url: str, document: dict[str, Any]) -> tuple[int, Any]:

@@ -15,10 +15,13 @@ status) to this module; the InferenceService's status is this module's too, so K
 run beside it (``check_no_kserve``). A Job that has not finished when the operator starts is run again.
 A schedule's request Job (its CronJob's, as the CronJob controller starts it) is run here too, and its
 `modelyard request-run` keeps the operator's KUBECONFIG, so a schedule asks for runs as on a cluster.
+One operator works in a home's folder at a time (``claim_workdir``), and it stops the predictors a killed
+one left running before it starts its own.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -26,24 +29,19 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import kopf
 
 from modelyard.errors import ModelyardError
-from modelyard.monitoring.prometheus_server import (
-    PrometheusServer,
-    answers_ok,
-    prometheus_duration,
-    start_prometheus,
-)
+from modelyard.monitoring.prometheus_server import PrometheusServer, prometheus_duration, start_prometheus
 from modelyard.operator import children
 from modelyard.operator.kube import CONFIG_MAP, INFERENCE_SERVICE, JOB, Cluster, job_finished
+from modelyard.processes import NotReady, record_pid, stop_leftover, stop_process, wait_until_ready
 from modelyard.settings import Settings
 
 KSERVE_WEBHOOK = "inferenceservice.serving.kserve.io"  # what KServe's manager registers
@@ -53,6 +51,14 @@ STATUS_ATTEMPTS = 5
 LOG_TAIL_CHARS = 2000
 TARGETS_FILE = "prometheus-targets.json"  # under the local work folder
 PREDICTORS_JOB = "kserve-predictors"  # the chart's scrape job for predictor pods
+LOCK_FILE = ".lock"  # under the local work folder: one operator's while it runs
+PREDICTOR_PID_FILE = "predictor.pid"  # in each predictor's folder
+
+
+class LocalOperatorRunning(ModelyardError):
+    """Another `--local` operator works in the same folder: its targets file and Prometheus are there."""
+
+    status_code = 409
 
 
 class KServeRunning(ModelyardError):
@@ -77,6 +83,29 @@ def check_no_kserve(api_client: Any) -> None:
         f"{KSERVE_WEBHOOK} is registered) and would own the InferenceServices' status that the local "
         "predictors report: start the control plane without it (scripts/cluster.py up --no-kserve)"
     )
+
+
+def claim_workdir(workdir: Path) -> IO[str]:
+    """An exclusive lock on ``workdir`` (``fcntl.flock`` of its lock file, which holds this process's pid)
+    for as long as the file returned stays open; the lock goes with the process, however it ends.
+    LocalOperatorRunning, naming the folder and the other's pid, when another process holds it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    handle = (workdir / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        other = handle.read().strip() or "unknown"
+        handle.close()
+        raise LocalOperatorRunning(
+            f"another `modelyard operator --local` (pid {other}) works in {workdir}: one runs per "
+            "MODELYARD_HOME; stop it, or give this one a MODELYARD_HOME of its own"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def _now() -> str:
@@ -207,6 +236,7 @@ class _Predictor:
     url: str
     log: Path
     ports: _Ports
+    pid_file: Path
 
     def target(self, namespace: str, name: str) -> dict[str, Any]:
         """Its metrics endpoint as a file_sd target, labelled as the chart's scrape config labels a
@@ -224,6 +254,7 @@ class LocalPods:
         self.cluster = cluster
         self.say = say
         self.workdir = local_workdir(settings)
+        self._claim = claim_workdir(self.workdir)
         self._lock = threading.Lock()
         self._jobs: dict[str, subprocess.Popen[bytes] | None] = {}  # by uid; None: starting
         self._predictors: dict[tuple[str, str], _Predictor] = {}
@@ -232,7 +263,12 @@ class LocalPods:
         self._targets_lock = threading.Lock()
         self._stopping = threading.Event()
         self.targets_file = self.workdir / TARGETS_FILE
-        self._write_targets()  # a new operator's: the last one's predictors stopped with it
+        # predictors an operator killed before its stop() left running: not listed, and not to serve on
+        for pid_file in sorted(self.workdir.glob(f"*/*-predictor/{PREDICTOR_PID_FILE}")):
+            stopped = stop_leftover(pid_file)
+            if stopped is not None:
+                say(f"stopped a predictor (pid {stopped}, {pid_file.parent}) that an earlier operator left")
+        self._write_targets()
 
     def local_env(self, pod_env: dict[str, str], *, kube_access: bool = False) -> dict[str, str]:
         """A process's env: this machine's, the pod's own, and this machine's registry and store in place
@@ -401,7 +437,7 @@ class LocalPods:
             if current is not None:
                 self._stop_predictor(current)
                 with self._lock:
-                    del self._predictors[(namespace, name)]
+                    self._predictors.pop((namespace, name), None)  # stop() may have emptied it
                 self._write_targets()
             try:
                 predictor = self._start_predictor(namespace, name, storage_uri, dict(env), wanted)
@@ -411,13 +447,25 @@ class LocalPods:
                 self.say(f"predictor {namespace}/{name} failed: {exc.message}")
                 self._report(namespace, name, False, None, exc.message)
                 return
-            with self._lock:
-                self._predictors[(namespace, name)] = predictor
-            self._write_targets()
+            if not self._adopt(namespace, name, predictor):
+                return
             self.say(f"predictor {namespace}/{name} serves {storage_uri} at {predictor.url}")
             self._report(
                 namespace, name, True, predictor.url, f"the local predictor serves at {predictor.url}"
             )
+
+    def _adopt(self, namespace: str, name: str, predictor: _Predictor) -> bool:
+        """List a predictor that has started as the service's, unless the operator is stopping: then
+        stop() has stopped the others already, and this one is stopped here (False)."""
+        with self._lock:
+            stopping = self._stopping.is_set()
+            if not stopping:
+                self._predictors[(namespace, name)] = predictor
+        if stopping:
+            self._stop_predictor(predictor)
+            return False
+        self._write_targets()
+        return True
 
     def _start_predictor(
         self,
@@ -434,7 +482,9 @@ class LocalPods:
         folder.mkdir(parents=True, exist_ok=True)
         bundle = fetch_bundle(storage_uri, folder / "bundles" / version, s3=self.settings.s3)
         with self._lock:
-            ports = self._ports.setdefault((namespace, name), _Ports(free_port(), free_port()))
+            if (namespace, name) not in self._ports:  # free_port binds a socket: only for new ports
+                self._ports[(namespace, name)] = _Ports(free_port(), free_port())
+            ports = self._ports[(namespace, name)]
         log = folder / f"predictor-{version}.log"
         argv = [
             sys.executable,
@@ -450,14 +500,15 @@ class LocalPods:
         process_env = self.local_env({"MODELYARD_HOME": str(folder / "home"), **env})
         with log.open("ab") as output:
             process = subprocess.Popen(argv, env=process_env, stdout=output, stderr=subprocess.STDOUT)
-        predictor = _Predictor(key, process, f"http://{LOCAL_HOST}:{ports.http}", log, ports)
+        pid_file = folder / PREDICTOR_PID_FILE
+        record_pid(pid_file, process, f"--model-dir={bundle}")
+        predictor = _Predictor(key, process, f"http://{LOCAL_HOST}:{ports.http}", log, ports, pid_file)
         ready = f"http://{LOCAL_HOST}:{ports.metrics}/v2/health/ready"
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not answers_ok(ready):
-            if process.poll() is not None or time.monotonic() > deadline or self._stopping.is_set():
-                self._stop_predictor(predictor)
-                raise ModelyardError(f"the local predictor did not become ready: {_tail(log)[-500:]}")
-            time.sleep(0.2)
+        try:
+            wait_until_ready(ready, process, READY_TIMEOUT_S, "the local predictor", self._stopping)
+        except NotReady as exc:
+            self._stop_predictor(predictor)
+            raise ModelyardError(f"{exc.message}: {_tail(log)[-500:]}") from None
         return predictor
 
     def _report(self, namespace: str, name: str, ready: bool, url: str | None, message: str) -> None:
@@ -512,18 +563,13 @@ class LocalPods:
 
     @staticmethod
     def _stop_predictor(predictor: _Predictor) -> None:
-        if predictor.process.poll() is None:
-            predictor.process.terminate()
-            try:
-                predictor.process.wait(15)
-            except subprocess.TimeoutExpired:
-                predictor.process.kill()
-                predictor.process.wait()
+        stop_process(predictor.process)
+        predictor.pid_file.unlink(missing_ok=True)
 
     def stop(self) -> None:
-        """Stop every predictor and training process this operator started."""
-        self._stopping.set()
+        """Stop every predictor and training process this operator started, and give up its folder."""
         with self._lock:
+            self._stopping.set()  # under the lock: a predictor that starts now is not listed (_adopt)
             predictors = list(self._predictors.values())
             self._predictors.clear()
             processes = [process for process in self._jobs.values() if process is not None]
@@ -531,13 +577,8 @@ class LocalPods:
         for predictor in predictors:
             self._stop_predictor(predictor)
         for process in processes:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process)
+        self._claim.close()
 
 
 def local_workdir(settings: Settings) -> Path:
