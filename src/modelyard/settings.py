@@ -280,6 +280,11 @@ class OperatorSettings(BaseModel):
         description="run training Jobs and predictors on this machine (`modelyard operator --local`): Jobs "
         "get spec.managedBy modelyard.io/local, which the Job controller leaves alone",
     )
+    local_in_process: bool = Field(
+        default=False,
+        description="`--local` trains each run on kfp.local, as `modelyard train` does; true runs the same "
+        "steps in one process (`modelyard train --in-process`), which is faster",
+    )
 
 
 class ConsoleSettings(BaseModel):

@@ -112,6 +112,24 @@ def test_the_training_pods_secrets_are_required_and_the_database_key_is_the_sett
     assert run_id == "metadata.labels['batch.kubernetes.io/job-name']"
 
 
+def train_args(local: bool, local_in_process: bool) -> list[str]:
+    settings = load_settings()
+    operator = settings.operator.model_copy(update={"local": local, "local_in_process": local_in_process})
+    job = children.training_job("iris", "abc", settings.model_copy(update={"operator": operator}), Policies())
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    args: list[str] = container["args"]
+    return args
+
+
+def test_a_cluster_pod_trains_in_process_and_a_local_job_on_kfp_local_unless_told_otherwise() -> None:
+    spec = f"{children.SPEC_MOUNT}/{children.SPEC_FILE}"
+    in_process = ["train", "--spec", spec, "--in-process", "--json"]
+    assert train_args(local=False, local_in_process=False) == in_process
+    assert train_args(local=False, local_in_process=True) == in_process
+    assert train_args(local=True, local_in_process=False) == ["train", "--spec", spec, "--json"]
+    assert train_args(local=True, local_in_process=True) == in_process
+
+
 def test_the_charts_config_map_names_the_database_key_its_own_jobs_read() -> None:
     objects = rendered("02-external")
     config = named(objects, "ConfigMap", "modelyard-config")["data"]

@@ -248,6 +248,13 @@ def test_kubectl_apply_of_the_example_trains_here_publishes_and_serves_on_127_0_
         assert labels[0] == "setosa"
         said = log.read_text()
         assert f"training {namespace}/{job['metadata']['name']} finished" in said
+        # the run went through kfp.local, as `modelyard train` on a laptop: its pipeline log is under the
+        # run's folder, with the tasks kfp.local ran
+        run_folder = workdir / namespace / job["metadata"]["name"]
+        (kfp_log,) = run_folder.glob("scratch/modelyard/pipelines/runs/iris-*/kfp.log")
+        assert f"pipeline log: {kfp_log}" in (run_folder / "pod.log").read_text().replace("\n", "")
+        kfp_said = re.sub(r"\x1b\[[0-9;]*m", "", kfp_log.read_text())  # kfp.local colours task names
+        assert "Task 'publish' finished with status SUCCESS" in kfp_said, kfp_said[-2000:]
         assert f"predictor {namespace}/iris serves" in said
 
         # A run that fails: its Job says Failed, with the exit and the log's end, and so does the Model.
@@ -289,6 +296,8 @@ def test_a_schedule_asks_for_a_run_under_local_and_the_operator_trains_it_here(
         "MODELYARD_HOME": str(tmp_path / "home"),
         "MODELYARD_DATABASE_URL": database_url,
         "MODELYARD_OPERATOR__INTERVAL_S": "1",
+        # kfp.local is the kubectl-apply test's; one process is faster
+        "MODELYARD_OPERATOR__LOCAL_IN_PROCESS": "true",
     }
     data = ROOT / "examples" / "data" / "iris.csv"
     subprocess.run([MODELYARD, "data", "load", str(data), "--name", "iris"], env=env, check=True)
@@ -623,6 +632,7 @@ def test_a_second_version_is_rolled_out_under_local_on_analyses_from_the_prometh
         MODELYARD_DATABASE_URL=database_url,
         MODELYARD_OPERATOR__INTERVAL_S="1",
         MODELYARD_OPERATOR__SCRAPE_INTERVAL_S="1",
+        MODELYARD_OPERATOR__LOCAL_IN_PROCESS="true",  # kfp.local is the kubectl-apply test's
         PATH=f"{Path(prometheus_binary).parent}:{os.environ.get('PATH', '')}",
     )
     data = ROOT / "examples" / "data" / "iris.csv"

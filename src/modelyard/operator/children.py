@@ -105,13 +105,28 @@ def _env(settings: Settings) -> list[dict[str, Any]]:
     ]
 
 
+def _train_args(settings: Settings) -> list[str]:
+    """`modelyard train` for the pod. In a cluster's pod the steps run in its one process (the pod is the
+    run); under `--local` the run goes through kfp.local as `modelyard train` on a laptop does, unless
+    ``settings.operator.local_in_process`` asks for the faster single process."""
+    operator = settings.operator
+    in_process = not operator.local or operator.local_in_process
+    return [
+        "train",
+        "--spec",
+        f"{SPEC_MOUNT}/{SPEC_FILE}",
+        *(["--in-process"] if in_process else []),
+        "--json",
+    ]
+
+
 def _pod_template(model: str, settings: Settings, trigger: str) -> dict[str, Any]:
     pod = settings.operator.training
     container: dict[str, Any] = {
         "name": "train",
         "image": settings.pipeline.image,
         "command": ["modelyard"],
-        "args": ["train", "--spec", f"{SPEC_MOUNT}/{SPEC_FILE}", "--in-process", "--json"],
+        "args": _train_args(settings),
         # the chart's ConfigMap (store, endpoint, region), as its own Jobs take it
         "envFrom": [{"configMapRef": {"name": settings.pipeline.config_map}}],
         "env": _env(settings),
