@@ -92,14 +92,39 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
     return {item["name"]: item["value"] for item in service["spec"]["predictor"]["model"]["env"]}
 
 
-def knative_status(service: dict[str, Any], latest: str, ready: str, traffic: list[dict[str, Any]]) -> None:
-    """What KServe copies into the InferenceService's status from its Knative Service."""
+def knative_status(
+    service: dict[str, Any],
+    latest: str,
+    ready: str,
+    traffic: list[dict[str, Any]],
+    rolled_out: str | None = "iris-predictor-00001",
+) -> None:
+    """What KServe copies into the InferenceService's status from its Knative Service (``rolled_out``:
+    the last revision that took all traffic, None before any did)."""
+    predictor: dict[str, Any] = {
+        "latestCreatedRevision": latest,
+        "latestReadyRevision": ready,
+        "traffic": traffic,
+    }
+    if rolled_out is not None:
+        predictor["latestRolledoutRevision"] = rolled_out
     service["status"] = {
         "conditions": [{"type": kind, "status": "True"} for kind in ("PredictorReady", "Ready")],
-        "components": {
-            "predictor": {"latestCreatedRevision": latest, "latestReadyRevision": ready, "traffic": traffic}
-        },
+        "components": {"predictor": predictor},
     }
+
+
+def everything_to(revision: str) -> list[dict[str, Any]]:
+    return [{"revisionName": revision, "latestRevision": True, "percent": 100}]
+
+
+def stable_served(settings: Settings) -> dict[str, Any]:
+    """The stable version's InferenceService, told of no rollout, its revision taking all traffic."""
+    service = children.inference_service("iris", 1, STABLE_URI, settings, KNATIVE)
+    knative_status(
+        service, "iris-predictor-00001", "iris-predictor-00001", everything_to("iris-predictor-00001")
+    )
+    return service
 
 
 # ---------------------------------------------------------------------------------------- the manifests
@@ -172,7 +197,9 @@ def test_a_knative_canary_step_is_the_candidates_spec_with_its_share(settings: S
     standard = desired_inference_service("iris", record(1, STABLE_URI), canary, settings, Policies(), None)
     assert standard["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
     assert env_of(standard)[children.CANARY_PERCENT_ENV] == "10"
-    service = desired_inference_service("iris", record(1, STABLE_URI), canary, settings, KNATIVE, None)
+    service = desired_inference_service(
+        "iris", record(1, STABLE_URI), canary, settings, KNATIVE, stable_served(settings)
+    )
     predictor = service["spec"]["predictor"]
     assert predictor["canaryTrafficPercent"] == 10
     assert predictor["model"]["storageUri"] == CANDIDATE_URI
@@ -183,7 +210,12 @@ def test_a_knative_canary_step_is_the_candidates_spec_with_its_share(settings: S
 
 def test_a_paused_knative_canary_takes_the_candidates_share_away(settings: Settings) -> None:
     canary = desired_inference_service(
-        "iris", record(1, STABLE_URI), rollout(PROGRESSING, CANARY, 10), settings, KNATIVE, None
+        "iris",
+        record(1, STABLE_URI),
+        rollout(PROGRESSING, CANARY, 10),
+        settings,
+        KNATIVE,
+        stable_served(settings),
     )
     paused = rollout(PROGRESSING, CANARY, 10, paused=True)
     service = desired_inference_service("iris", record(1, STABLE_URI), paused, settings, KNATIVE, canary)
@@ -193,7 +225,12 @@ def test_a_paused_knative_canary_takes_the_candidates_share_away(settings: Setti
 
 def test_promotion_gives_the_candidates_revision_all_traffic_at_once(settings: Settings) -> None:
     canary = desired_inference_service(
-        "iris", record(1, STABLE_URI), rollout(PROGRESSING, CANARY, 50), settings, KNATIVE, None
+        "iris",
+        record(1, STABLE_URI),
+        rollout(PROGRESSING, CANARY, 50),
+        settings,
+        KNATIVE,
+        stable_served(settings),
     )
     promoted = rollout(PROMOTED, FULL, 100)
     service = desired_inference_service("iris", record(2, CANDIDATE_URI), promoted, settings, KNATIVE, canary)
@@ -207,7 +244,7 @@ def test_promotion_gives_the_candidates_revision_all_traffic_at_once(settings: S
 def test_a_rollback_keeps_the_candidate_at_0_until_the_stable_spec_is_ready(settings: Settings) -> None:
     production = record(1, STABLE_URI)
     found = desired_inference_service(
-        "iris", production, rollout(PROGRESSING, CANARY, 50), settings, KNATIVE, None
+        "iris", production, rollout(PROGRESSING, CANARY, 50), settings, KNATIVE, stable_served(settings)
     )
     knative_status(
         found,
@@ -265,7 +302,12 @@ def test_a_superseded_knative_canary_does_not_hand_the_old_candidate_all_traffic
     settings: Settings,
 ) -> None:
     found = desired_inference_service(
-        "iris", record(1, STABLE_URI), rollout(PROGRESSING, CANARY, 50), settings, KNATIVE, None
+        "iris",
+        record(1, STABLE_URI),
+        rollout(PROGRESSING, CANARY, 50),
+        settings,
+        KNATIVE,
+        stable_served(settings),
     )
     newer = {**rollout(PROGRESSING, SHADOW, 0), "candidate": 3, "candidateUri": "s3://modelyard/iris/3"}
     service = desired_inference_service("iris", record(1, STABLE_URI), newer, settings, KNATIVE, found)
@@ -273,12 +315,115 @@ def test_a_superseded_knative_canary_does_not_hand_the_old_candidate_all_traffic
     assert service["spec"]["predictor"]["canaryTrafficPercent"] == 0
 
 
+def assert_plain_stable(service: dict[str, Any]) -> None:
+    predictor = service["spec"]["predictor"]
+    assert predictor["model"]["storageUri"] == STABLE_URI
+    assert env_of(service) == {children.MODEL_VERSION_ENV: "1"}
+    assert "canaryTrafficPercent" not in predictor
+
+
+def test_a_knative_canary_waits_for_a_rolled_out_revision(settings: Settings) -> None:
+    """KServe splits canaryTrafficPercent only once a revision has taken all traffic; before that the
+    candidate's spec would take everything, so the stable spec is written first."""
+    canary = rollout(PROGRESSING, CANARY, 10)
+    production = record(1, STABLE_URI)
+    assert_plain_stable(desired_inference_service("iris", production, canary, settings, KNATIVE, None))
+    found = children.inference_service("iris", 1, STABLE_URI, settings, KNATIVE)
+    knative_status(
+        found, "iris-predictor-00001", "iris-predictor-00001", everything_to("iris-predictor-00001"), None
+    )
+    assert_plain_stable(desired_inference_service("iris", production, canary, settings, KNATIVE, found))
+    # once KServe reports a rolled-out revision, the canary starts
+    started = desired_inference_service(
+        "iris", production, canary, settings, KNATIVE, stable_served(settings)
+    )
+    assert started["spec"]["predictor"]["canaryTrafficPercent"] == 10
+
+
+def test_a_knative_canary_after_the_shadow_step_splits_with_the_plain_stable_revision(
+    settings: Settings,
+) -> None:
+    production = record(1, STABLE_URI)
+    found = desired_inference_service(
+        "iris", production, rollout(PROGRESSING, SHADOW, 0), settings, KNATIVE, stable_served(settings)
+    )
+    knative_status(
+        found,
+        "iris-predictor-00002",
+        "iris-predictor-00002",
+        everything_to("iris-predictor-00002"),
+        "iris-predictor-00002",
+    )
+    canary = rollout(PROGRESSING, CANARY, 10)
+    # the shadowing revision would mirror its share to the candidate: the plain stable spec first
+    first = desired_inference_service("iris", production, canary, settings, KNATIVE, found)
+    assert_plain_stable(first)
+    # its revision is made but not ready: the shadowing one still serves, and the canary waits
+    knative_status(
+        first,
+        "iris-predictor-00003",
+        "iris-predictor-00002",
+        everything_to("iris-predictor-00002"),
+        "iris-predictor-00002",
+    )
+    assert_plain_stable(desired_inference_service("iris", production, canary, settings, KNATIVE, first))
+    # it takes all traffic: the canary splits with it
+    knative_status(
+        first,
+        "iris-predictor-00003",
+        "iris-predictor-00003",
+        everything_to("iris-predictor-00003"),
+        "iris-predictor-00003",
+    )
+    started = desired_inference_service("iris", production, canary, settings, KNATIVE, first)
+    assert started["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert started["spec"]["predictor"]["model"]["storageUri"] == CANDIDATE_URI
+
+
+def test_a_newer_candidates_knative_canary_starts_at_0_until_its_revision_is_ready(
+    settings: Settings,
+) -> None:
+    """Knative's latestRevision is the latest *ready* revision: until the newer candidate's is ready, its
+    share would go to the superseded candidate's."""
+    production = record(1, STABLE_URI)
+    found = desired_inference_service(
+        "iris", production, rollout(PROGRESSING, CANARY, 50), settings, KNATIVE, stable_served(settings)
+    )
+    split = [
+        {"revisionName": "iris-predictor-00002", "latestRevision": True, "percent": 50},
+        {"revisionName": "iris-predictor-00001", "latestRevision": False, "percent": 50, "tag": "prev"},
+    ]
+    knative_status(found, "iris-predictor-00002", "iris-predictor-00002", split)
+    newer = {**rollout(PROGRESSING, CANARY, 10), "candidate": 3, "candidateUri": "s3://modelyard/iris/3"}
+    first = desired_inference_service("iris", production, newer, settings, KNATIVE, found)
+    assert first["spec"]["predictor"]["model"]["storageUri"] == "s3://modelyard/iris/3"
+    assert first["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    # KServe has written it; Knative has made the new revision, not ready yet: still 0
+    held = [
+        {"revisionName": "iris-predictor-00002", "latestRevision": True, "percent": 0},
+        {"revisionName": "iris-predictor-00001", "latestRevision": False, "percent": 100, "tag": "prev"},
+    ]
+    knative_status(first, "iris-predictor-00003", "iris-predictor-00002", held)
+    second = desired_inference_service("iris", production, newer, settings, KNATIVE, first)
+    assert second["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    # the newer candidate's revision is ready at 0%: it gets the step's share
+    held[0]["revisionName"] = "iris-predictor-00003"
+    knative_status(first, "iris-predictor-00003", "iris-predictor-00003", held)
+    third = desired_inference_service("iris", production, newer, settings, KNATIVE, first)
+    assert third["spec"]["predictor"]["canaryTrafficPercent"] == 10
+
+
 # ---------------------------------------------------------------------------------------- readiness
 
 
 def test_knative_readiness_needs_the_latest_revision_ready_with_its_share(settings: Settings) -> None:
     service = desired_inference_service(
-        "iris", record(1, STABLE_URI), rollout(PROGRESSING, CANARY, 10), settings, KNATIVE, None
+        "iris",
+        record(1, STABLE_URI),
+        rollout(PROGRESSING, CANARY, 10),
+        settings,
+        KNATIVE,
+        stable_served(settings),
     )
     traffic = [
         {"revisionName": "iris-predictor-00002", "latestRevision": True, "percent": 10},
@@ -630,8 +775,9 @@ def test_the_operator_promotes_a_knative_candidate_through_shadow_and_knatives_c
     knative_operator: tuple[Harness, KnativeStatus], tmp_path: Path
 ) -> None:
     """A good candidate in Knative mode: the shadow step is the stable revision told of the candidate (it
-    takes all traffic), the canary step a revision of the candidate's own template at 50% beside the
-    shadowing one, and promotion the same revision at 100%, with no new revision."""
+    takes all traffic); the canary step first restores the plain stable revision (told of no rollout, so
+    nothing is mirrored to the candidate), then writes a revision of the candidate's own template at 50%
+    beside it; promotion is the same revision at 100%, with no new revision."""
     harness, knative = knative_operator
     policy = {"shadow": True, "canary_steps": [50], "interval_seconds": 5, "analyses_per_step": 1}
     train_two_versions(harness, "good", tmp_path, policy, serving={"deployment_mode": "Knative"})
@@ -639,13 +785,13 @@ def test_the_operator_promotes_a_knative_candidate_through_shadow_and_knatives_c
     candidate = {children.MODEL_VERSION_ENV: "2"}
     everything = (
         candidate,
-        [{"revisionName": "good-predictor-00003", "latestRevision": True, "percent": 100}],
+        [{"revisionName": "good-predictor-00004", "latestRevision": True, "percent": 100}],
     )
     wait_until("the candidate's revision to take all traffic", lambda: knative.answered[-1] == everything)
     answered = [
         entry for index, entry in enumerate(knative.answered) if entry not in knative.answered[:index]
     ]
-    stable, shadow, canary, promoted = answered
+    stable, shadow, plain, canary, promoted = answered
     assert stable == (
         {children.MODEL_VERSION_ENV: "1"},
         [{"revisionName": "good-predictor-00001", "latestRevision": True, "percent": 100}],
@@ -653,11 +799,15 @@ def test_the_operator_promotes_a_knative_candidate_through_shadow_and_knatives_c
     assert shadow[0][children.ROLLOUT_MODE_ENV] == "shadow"
     assert shadow[0][children.MODEL_VERSION_ENV] == "1"
     assert shadow[1] == [{"revisionName": "good-predictor-00002", "latestRevision": True, "percent": 100}]
+    assert plain == (
+        {children.MODEL_VERSION_ENV: "1"},
+        [{"revisionName": "good-predictor-00003", "latestRevision": True, "percent": 100}],
+    )
     assert canary == (
         candidate,
         [
-            {"revisionName": "good-predictor-00003", "latestRevision": True, "percent": 50},
-            {"revisionName": "good-predictor-00002", "latestRevision": False, "percent": 50, "tag": "prev"},
+            {"revisionName": "good-predictor-00004", "latestRevision": True, "percent": 50},
+            {"revisionName": "good-predictor-00003", "latestRevision": False, "percent": 50, "tag": "prev"},
         ],
     )
     assert promoted == everything

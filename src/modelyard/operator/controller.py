@@ -788,28 +788,60 @@ def desired_inference_service(
     Standard mode: the production version, the predictor told of a candidate (it splits or mirrors the
     traffic itself). Knative mode: the shadow step is the same (Knative cannot mirror), and a canary
     step is the candidate's own spec with canaryTrafficPercent: Knative sends that share to the new
-    revision and the rest to the last one that took all traffic (KServe's latestRolledoutRevision)."""
+    revision and the rest to the last one that took all traffic (KServe's latestRolledoutRevision). The
+    canary starts only from a plain stable revision that took all traffic (``_canary_may_start``); until
+    then the plain stable spec is written, and the step's NotServed deadline bounds the wait."""
     knative = policies.serving.deployment_mode is DeploymentMode.KNATIVE
     in_progress = rollout is not None and rollout["state"] == PROGRESSING and not rollout.get("paused")
+    env = _rollout_env(rollout)
     if knative and in_progress and rollout is not None and rollout["mode"] == CANARY:
-        return children.inference_service(
-            name,
-            rollout["candidate"],
-            rollout["candidateUri"],
-            settings,
-            policies,
-            canary_percent=rollout["percent"],
+        plain = children.inference_service(
+            name, production.version, production.storage_uri, settings, policies
         )
+        if _canary_may_start(found, plain):
+            canary = children.inference_service(
+                name,
+                rollout["candidate"],
+                rollout["candidateUri"],
+                settings,
+                policies,
+                canary_percent=rollout["percent"],
+            )
+            if _candidate_held_back(found, canary):
+                canary["spec"]["predictor"]["canaryTrafficPercent"] = 0
+            return canary
+        env = []  # the stable revision the canary will split with serves alone, told of no rollout
     manifest = children.inference_service(
-        name, production.version, production.storage_uri, settings, policies, env=_rollout_env(rollout)
+        name, production.version, production.storage_uri, settings, policies, env=env
     )
     if knative and _candidate_held_back(found, manifest):
         manifest["spec"]["predictor"]["canaryTrafficPercent"] = 0
     return manifest
 
 
+def _canary_may_start(found: dict[str, Any] | None, plain: dict[str, Any]) -> bool:
+    """Whether a Knative canary may be written over ``found``; ``plain`` is the stable spec told of no
+    rollout.
+
+    KServe splits canaryTrafficPercent only once a revision has rolled out (took all traffic); before
+    that it gives the latest revision everything, the candidate included. And the revision the canary
+    splits with must be the plain stable one: a shadow step's revision would mirror its share to the
+    candidate too, and load both models. So a canary starts once ``plain``'s revision takes all traffic;
+    one already written (canaryTrafficPercent set) goes on, unless ``found`` is a spec told of a rollout
+    (a shadow step held at 0 after a superseded canary)."""
+    if found is None:
+        return False
+    predictor = ((found.get("status") or {}).get("components") or {}).get("predictor") or {}
+    if not predictor.get("latestRolledoutRevision"):
+        return False
+    if ((found.get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent") is not None:
+        return children.ROLLOUT_MODE_ENV not in dict(_served_spec(found)[1])
+    return _served_spec(found) == _served_spec(plain) and _latest_revision_takes(found, 100)
+
+
 def _candidate_held_back(found: dict[str, Any] | None, manifest: dict[str, Any]) -> bool:
-    """Whether a Knative InferenceService leaving a canary keeps canaryTrafficPercent at 0.
+    """Whether a Knative InferenceService leaving a canary, or moving it to a new spec (a newer
+    candidate's canary), keeps canaryTrafficPercent at 0.
 
     Without canaryTrafficPercent Knative sends everything to the latest *ready* revision; while the
     revision of a new spec (the stable version's, after a rollback) starts, that is the candidate's. So
