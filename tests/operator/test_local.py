@@ -356,6 +356,8 @@ def test_a_schedule_asks_for_a_run_under_local_and_the_operator_trains_it_here(
     finally:
         operator.terminate()
         operator.wait(30)
+    # every predictor it started was stopped with it, one still starting too (its pid file goes with it)
+    assert not list((tmp_path / "home" / "operator-local").glob(f"*/*-predictor/{PREDICTOR_PID_FILE}"))
 
 
 @pytest.mark.cluster

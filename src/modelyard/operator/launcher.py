@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from modelyard.errors import NotFound
 from modelyard.operator import children
-from modelyard.operator.kube import JOB, MODEL, Cluster
+from modelyard.operator.kube import JOB, MODEL, Cluster, job_finished
 
 
 class ModelResourceLauncher:
@@ -39,10 +39,4 @@ class ModelResourceLauncher:
 
     def running(self, model: str) -> bool:
         labels = {children.MODEL_LABEL: model, children.TRIGGER_LABEL: children.ALERT}
-        for job in self.cluster.list(JOB, self.namespace, labels):
-            conditions = (job.get("status") or {}).get("conditions") or []
-            if not any(
-                c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions
-            ):
-                return True
-        return False
+        return any(not job_finished(job) for job in self.cluster.list(JOB, self.namespace, labels))

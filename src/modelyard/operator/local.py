@@ -47,6 +47,7 @@ from modelyard.settings import Settings
 KSERVE_WEBHOOK = "inferenceservice.serving.kserve.io"  # what KServe's manager registers
 LOCAL_HOST = "127.0.0.1"
 READY_TIMEOUT_S = 120.0
+STOP_JOIN_TIMEOUT_S = 30.0  # a starting predictor's thread: its wait ends at once, then one stop_process
 STATUS_ATTEMPTS = 5
 LOG_TAIL_CHARS = 2000
 TARGETS_FILE = "prometheus-targets.json"  # under the local work folder
@@ -260,6 +261,7 @@ class LocalPods:
         self._predictors: dict[tuple[str, str], _Predictor] = {}
         self._ports: dict[tuple[str, str], _Ports] = {}  # kept across its predictors: one URL
         self._service_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._serving: list[threading.Thread] = []  # joined by stop(): each stops what it started
         self._targets_lock = threading.Lock()
         self._stopping = threading.Event()
         self.targets_file = self.workdir / TARGETS_FILE
@@ -418,7 +420,9 @@ class LocalPods:
             if self._stopping.is_set():
                 return
             lock = self._service_locks.setdefault(key, threading.Lock())
-        threading.Thread(target=self._serve, args=(service, lock), daemon=True).start()
+            thread = threading.Thread(target=self._serve, args=(service, lock), daemon=True)
+            self._serving = [*(t for t in self._serving if t.is_alive()), thread]
+        thread.start()
 
     def _serve(self, service: dict[str, Any], lock: threading.Lock) -> None:
         meta = service["metadata"]
@@ -573,11 +577,16 @@ class LocalPods:
             predictors = list(self._predictors.values())
             self._predictors.clear()
             processes = [process for process in self._jobs.values() if process is not None]
+            serving = list(self._serving)
         self._write_targets()
         for predictor in predictors:
             self._stop_predictor(predictor)
         for process in processes:
             stop_process(process)
+        # A predictor still starting is stopped by its own thread once it sees _stopping; the process
+        # must not exit before that thread has, or the predictor outlives it.
+        for thread in serving:
+            thread.join(STOP_JOIN_TIMEOUT_S)
         self._claim.close()
 
 
