@@ -127,6 +127,14 @@ def stable_served(settings: Settings) -> dict[str, Any]:
     return service
 
 
+def knative_canary(settings: Settings, percent: int) -> dict[str, Any]:
+    """The InferenceService of a Knative canary step at ``percent``, beside the rolled-out stable version."""
+    return desired_inference_service(
+        "iris", record(1, STABLE_URI), rollout(PROGRESSING, CANARY, percent), settings, KNATIVE,
+        stable_served(settings),
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------- the manifests
 
 
@@ -209,14 +217,7 @@ def test_a_knative_canary_step_is_the_candidates_spec_with_its_share(settings: S
 
 
 def test_a_paused_knative_canary_takes_the_candidates_share_away(settings: Settings) -> None:
-    canary = desired_inference_service(
-        "iris",
-        record(1, STABLE_URI),
-        rollout(PROGRESSING, CANARY, 10),
-        settings,
-        KNATIVE,
-        stable_served(settings),
-    )
+    canary = knative_canary(settings, 10)
     paused = rollout(PROGRESSING, CANARY, 10, paused=True)
     service = desired_inference_service("iris", record(1, STABLE_URI), paused, settings, KNATIVE, canary)
     assert service["spec"]["predictor"]["model"]["storageUri"] == STABLE_URI
@@ -224,14 +225,7 @@ def test_a_paused_knative_canary_takes_the_candidates_share_away(settings: Setti
 
 
 def test_promotion_gives_the_candidates_revision_all_traffic_at_once(settings: Settings) -> None:
-    canary = desired_inference_service(
-        "iris",
-        record(1, STABLE_URI),
-        rollout(PROGRESSING, CANARY, 50),
-        settings,
-        KNATIVE,
-        stable_served(settings),
-    )
+    canary = knative_canary(settings, 50)
     promoted = rollout(PROMOTED, FULL, 100)
     service = desired_inference_service("iris", record(2, CANDIDATE_URI), promoted, settings, KNATIVE, canary)
     predictor = service["spec"]["predictor"]
@@ -301,14 +295,7 @@ def test_a_rollback_keeps_the_candidate_at_0_until_the_stable_spec_is_ready(sett
 def test_a_superseded_knative_canary_does_not_hand_the_old_candidate_all_traffic(
     settings: Settings,
 ) -> None:
-    found = desired_inference_service(
-        "iris",
-        record(1, STABLE_URI),
-        rollout(PROGRESSING, CANARY, 50),
-        settings,
-        KNATIVE,
-        stable_served(settings),
-    )
+    found = knative_canary(settings, 50)
     newer = {**rollout(PROGRESSING, SHADOW, 0), "candidate": 3, "candidateUri": "s3://modelyard/iris/3"}
     service = desired_inference_service("iris", record(1, STABLE_URI), newer, settings, KNATIVE, found)
     assert env_of(service)[children.CANDIDATE_VERSION_ENV] == "3"
@@ -417,14 +404,7 @@ def test_a_newer_candidates_knative_canary_starts_at_0_until_its_revision_is_rea
 
 
 def test_knative_readiness_needs_the_latest_revision_ready_with_its_share(settings: Settings) -> None:
-    service = desired_inference_service(
-        "iris",
-        record(1, STABLE_URI),
-        rollout(PROGRESSING, CANARY, 10),
-        settings,
-        KNATIVE,
-        stable_served(settings),
-    )
+    service = knative_canary(settings, 10)
     traffic = [
         {"revisionName": "iris-predictor-00002", "latestRevision": True, "percent": 10},
         {"revisionName": "iris-predictor-00001", "latestRevision": False, "percent": 90, "tag": "prev"},
