@@ -233,6 +233,7 @@ def test_promotion_gives_the_candidates_revision_all_traffic_at_once(settings: S
     # the same revision template as the canary's: Knative makes no new revision, it only moves traffic
     assert predictor["model"] == canary["spec"]["predictor"]["model"]
     assert service["metadata"]["labels"] == canary["metadata"]["labels"]
+    assert service["metadata"]["annotations"] == canary["metadata"]["annotations"]
 
 
 def test_a_rollback_keeps_the_candidate_at_0_until_the_stable_spec_is_ready(settings: Settings) -> None:
@@ -345,6 +346,17 @@ def test_a_knative_canary_after_the_shadow_step_splits_with_the_plain_stable_rev
     # the shadowing revision would mirror its share to the candidate: the plain stable spec first
     first = desired_inference_service("iris", production, canary, settings, KNATIVE, found)
     assert_plain_stable(first)
+    assert first["metadata"]["annotations"][children.REPLACED_REVISION_ANNOTATION] == "iris-predictor-00002"
+    # right after the write KServe still reports the shadowing revision ready with all traffic: it is the
+    # revision the plain template replaced, so the canary waits
+    knative_status(
+        first,
+        "iris-predictor-00002",
+        "iris-predictor-00002",
+        everything_to("iris-predictor-00002"),
+        "iris-predictor-00002",
+    )
+    assert_plain_stable(desired_inference_service("iris", production, canary, settings, KNATIVE, first))
     # its revision is made but not ready: the shadowing one still serves, and the canary waits
     knative_status(
         first,
@@ -417,6 +429,26 @@ def test_knative_readiness_needs_the_latest_revision_ready_with_its_share(settin
     knative_status(service, "iris-predictor-00002", "iris-predictor-00002", traffic)
     service["status"]["conditions"][0]["status"] = "Unknown"
     assert inference_service_ready(service, service)[0] is False
+    # a new template (the shadow step's) over the stable one: right after the write KServe still reports
+    # the stable revision, ready with all traffic; it is the revision the template replaced, not its own
+    shadow = desired_inference_service(
+        "iris", record(1, STABLE_URI), rollout(PROGRESSING, SHADOW, 0), settings, KNATIVE,
+        stable_served(settings),
+    )  # fmt: skip
+    assert shadow["metadata"]["annotations"][children.REPLACED_REVISION_ANNOTATION] == "iris-predictor-00001"
+    knative_status(
+        shadow, "iris-predictor-00001", "iris-predictor-00001", everything_to("iris-predictor-00001")
+    )
+    assert inference_service_ready(shadow, shadow)[0] is False
+    knative_status(
+        shadow, "iris-predictor-00002", "iris-predictor-00002", everything_to("iris-predictor-00002")
+    )
+    assert inference_service_ready(shadow, shadow) == (True, "")
+    # a write that keeps the template keeps the annotation: no revision is made for it
+    again = desired_inference_service(
+        "iris", record(1, STABLE_URI), rollout(PROGRESSING, SHADOW, 0), settings, KNATIVE, shadow
+    )
+    assert again["metadata"]["annotations"] == shadow["metadata"]["annotations"]
     # a Standard InferenceService has no revisions: Ready is KServe's word
     standard = children.inference_service("iris", 1, STABLE_URI, settings, Policies())
     standard["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
@@ -724,7 +756,11 @@ def test_the_operator_rolls_a_knative_candidate_back_without_handing_it_all_traf
     stable, candidate = {children.MODEL_VERSION_ENV: "1"}, {children.MODEL_VERSION_ENV: "2"}
     first, canary, restored = "bad-predictor-00001", "bad-predictor-00002", "bad-predictor-00003"
     everything = (stable, [{"revisionName": restored, "latestRevision": True, "percent": 100}])
-    wait_until("the restored revision to take all traffic", lambda: knative.answered[-1] == everything)
+    wait_until(
+        "the restored revision to take all traffic",
+        lambda: knative.answered[-1] == everything,
+        seen=lambda: knative.answered,
+    )
     split = [
         {"revisionName": canary, "latestRevision": True, "percent": 50},
         {"revisionName": first, "latestRevision": False, "percent": 50, "tag": "prev"},
@@ -767,7 +803,11 @@ def test_the_operator_promotes_a_knative_candidate_through_shadow_and_knatives_c
         candidate,
         [{"revisionName": "good-predictor-00004", "latestRevision": True, "percent": 100}],
     )
-    wait_until("the candidate's revision to take all traffic", lambda: knative.answered[-1] == everything)
+    wait_until(
+        "the candidate's revision to take all traffic",
+        lambda: knative.answered[-1] == everything,
+        seen=lambda: knative.answered,
+    )
     answered = [
         entry for index, entry in enumerate(knative.answered) if entry not in knative.answered[:index]
     ]

@@ -71,14 +71,21 @@ def iris_model(name: str = "iris", **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "modelyard.io/v1alpha1", "kind": "Model", "metadata": {"name": name}, "spec": body}
 
 
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 90.0, poll: float = 0.5) -> Any:
+def wait_until(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float = 90.0,
+    poll: float = 0.5,
+    seen: Callable[[], Any] | None = None,
+) -> Any:
+    """``check``'s first truthy answer; on timeout, the error names ``what`` and what ``seen`` returns."""
     deadline = time.monotonic() + timeout
     while True:
         found = check()
         if found:
             return found
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}" + (f"; saw {seen()}" if seen else ""))
         time.sleep(poll)
 
 

@@ -35,6 +35,8 @@ SPEC, ALERT, SCHEDULE = "spec", "alert", "schedule"
 # first, which spec.training.retrain_on_alert may refuse; the schedule's CronJob sets the second.
 RETRAIN_ANNOTATION = f"{GROUP}/retrain-requested"
 SCHEDULE_ANNOTATION = f"{GROUP}/schedule-requested"
+# on a Knative InferenceService: the latest revision Knative had made when this template was written
+REPLACED_REVISION_ANNOTATION = f"{GROUP}/replaced-revision"
 REQUEST_ANNOTATIONS = {ALERT: RETRAIN_ANNOTATION, SCHEDULE: SCHEDULE_ANNOTATION}
 # the Event each trigger's new run is said with
 STARTED_REASONS = {SPEC: "TrainingStarted", ALERT: "RetrainingStarted", SCHEDULE: "ScheduledTrainingStarted"}

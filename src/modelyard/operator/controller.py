@@ -809,14 +809,33 @@ def desired_inference_service(
             )
             if _candidate_held_back(found, canary):
                 canary["spec"]["predictor"]["canaryTrafficPercent"] = 0
+            _note_replaced_revision(canary, found)
             return canary
         env = []  # the stable revision the canary will split with serves alone, told of no rollout
     manifest = children.inference_service(
         name, production.version, production.storage_uri, settings, policies, env=env
     )
-    if knative and _candidate_held_back(found, manifest):
-        manifest["spec"]["predictor"]["canaryTrafficPercent"] = 0
+    if knative:
+        if _candidate_held_back(found, manifest):
+            manifest["spec"]["predictor"]["canaryTrafficPercent"] = 0
+        _note_replaced_revision(manifest, found)
     return manifest
+
+
+def _note_replaced_revision(manifest: dict[str, Any], found: dict[str, Any] | None) -> None:
+    """Annotate a Knative ``manifest`` with the revision its template replaces, so that KServe's status
+    is read as this template's only once it reports another latest revision
+    (``_latest_revision_takes``). Right after a write, KServe still reports the Knative Service as it
+    was: the revision before, ready and perhaps taking all traffic. A write that keeps the template
+    keeps the annotation (KServe copies it into the template: changing it alone would make a revision)."""
+    if found is None:
+        return
+    before = (found.get("metadata") or {}).get("annotations", {}).get(children.REPLACED_REVISION_ANNOTATION)
+    if _served_spec(found) != _served_spec(manifest):
+        predictor = ((found.get("status") or {}).get("components") or {}).get("predictor") or {}
+        before = predictor.get("latestCreatedRevision") or before
+    if before:
+        manifest["metadata"]["annotations"][children.REPLACED_REVISION_ANNOTATION] = before
 
 
 def _canary_may_start(found: dict[str, Any] | None, plain: dict[str, Any]) -> bool:
@@ -869,7 +888,8 @@ def _served_spec(service: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
 def _latest_revision_takes(service: dict[str, Any], percent: int) -> bool:
     """Whether KServe reports the Knative Service caught up with ``service``'s spec: PredictorReady (the
     Knative Service's Ready: its route and configuration have each observed their latest generation),
-    the latest created revision ready, and the route sending ``percent`` of requests to it."""
+    the latest created revision ready and not the one ``service``'s template replaced, and the route
+    sending ``percent`` of requests to it."""
     status = service.get("status") or {}
     ready = any(
         condition.get("type") == "PredictorReady" and condition.get("status") == "True"
@@ -877,7 +897,10 @@ def _latest_revision_takes(service: dict[str, Any], percent: int) -> bool:
     )
     predictor = (status.get("components") or {}).get("predictor") or {}
     latest = predictor.get("latestCreatedRevision")
-    caught_up = bool(latest) and predictor.get("latestReadyRevision") == latest
+    replaced = ((service.get("metadata") or {}).get("annotations") or {}).get(
+        children.REPLACED_REVISION_ANNOTATION
+    )
+    caught_up = bool(latest) and latest != replaced and predictor.get("latestReadyRevision") == latest
     shares = [
         int(target.get("percent") or 0)
         for target in predictor.get("traffic") or []
