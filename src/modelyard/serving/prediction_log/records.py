@@ -46,12 +46,25 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+class UnwritableValue(InvalidRecord):
+    """A value JSON cannot hold (an integer beyond 64 bits): neither the table nor the spool takes it."""
+
+
+def unwritable(request_id: Any, why: object) -> str:
+    """The message of a record given up because a value of it cannot be written."""
+    return f"the record of request {request_id!r} cannot be written: {why}"
+
+
 def json_text(value: Any) -> str:
-    """``value`` as JSON text: numpy values unwrapped, NaN and infinities as null, anything else as text.
+    """``value`` as JSON text: numpy values unwrapped, NaN and infinities as null, anything else as text;
+    UnwritableValue when JSON cannot hold a value.
 
     The prediction log's engine serialises its JSON columns with this.
     """
-    return orjson.dumps(value, default=_plain, option=_JSON_OPTIONS).decode()
+    try:
+        return orjson.dumps(value, default=_plain, option=_JSON_OPTIONS).decode()
+    except orjson.JSONEncodeError as exc:
+        raise UnwritableValue(str(exc)) from None
 
 
 def _text(value: Any, *, field: str, limit: int | None) -> str:
@@ -192,9 +205,7 @@ def spool_line(row: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(row, default=_plain, option=_JSON_OPTIONS | orjson.OPT_APPEND_NEWLINE)
     except orjson.JSONEncodeError as exc:
-        raise InvalidRecord(
-            f"the record of request {row.get('request_id')!r} cannot be written: {exc}"
-        ) from None
+        raise UnwritableValue(unwritable(row.get("request_id"), exc)) from None
 
 
 def row_from_spool_line(line: bytes) -> dict[str, Any]:

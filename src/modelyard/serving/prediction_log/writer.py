@@ -22,10 +22,10 @@ request id twice gets both predictions logged, told apart by ``created_at``; fee
 id as ambiguous (``feedback.py``).
 
 Records are given up only when there is no room: the queue is full (``queue_full``), the spool is full
-or cannot be written (``spool_full``), the database refuses a row as such or its column types cannot
-take its values (``rejected``, e.g. a value too long, an integer JSON cannot hold), a record is
-malformed (``invalid``), or it was submitted after ``stop`` (``stopped``). Each is counted in
-``dropped`` and in ``modelyard_prediction_log_dropped_total{reason}``, and logged.
+or cannot be written (``spool_full``), the database refuses a row as such (``rejected``, e.g. a
+value too long), a record is malformed or holds a value JSON cannot (``invalid``, e.g. an integer beyond
+64 bits, whether the database is up or not), or it was submitted after ``stop`` (``stopped``). Each is
+counted in ``dropped`` and in ``modelyard_prediction_log_dropped_total{reason}``, and logged.
 """
 
 from __future__ import annotations
@@ -58,10 +58,12 @@ from modelyard.serving.features import MatrixColumns
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.prediction_log.records import (
     InvalidRecord,
+    UnwritableValue,
     json_text,
     row_from_spool_line,
     spool_line,
     table_row,
+    unwritable,
 )
 from modelyard.serving.prediction_log.spool import Spool
 from modelyard.serving.sink import PredictionRecord
@@ -103,20 +105,20 @@ def _release(done: asyncio.Future[None]) -> None:
         done.set_result(None)
 
 
-def _is_rejection(exc: BaseException) -> bool:
-    """The data itself cannot be stored (retrying cannot help); anything else counts as an outage."""
+def _row_fault(exc: BaseException) -> str | None:
+    """Why inserting a row failed for the row itself, so that retrying cannot help: the database refused
+    it (``rejected``), or a value of it cannot be written as JSON (``invalid``, as the spool cannot take
+    it either; psycopg serialises JSON as it executes). None: anything else, which counts as an outage."""
     if isinstance(exc, IntegrityError | DataError):
-        return True
-    if isinstance(exc, DBAPIError):
-        return False
-    # No DBAPI error: binding or serialising a value failed (psycopg serialises JSON as it executes).
-    return isinstance(exc, StatementError | TypeError | ValueError)
+        return "rejected"
+    cause = exc.orig if isinstance(exc, StatementError) else exc
+    return "invalid" if isinstance(cause, UnwritableValue) else None
 
 
-def _rejection(request_id: str, exc: BaseException) -> str:
+def _fault_message(request_id: str, exc: BaseException) -> str:
     if isinstance(exc, DBAPIError):
         return f"the database refused {request_id!r}: {database_reason(exc)}"
-    return f"the values of {request_id!r} cannot be stored: {database_reason(exc)}"
+    return unwritable(request_id, exc.orig if isinstance(exc, StatementError) else exc)
 
 
 # Below this many rows a request's columns stay JSON: a few numbers cost orjson less than packing them.
@@ -556,13 +558,13 @@ class PredictionLog:
                     result = connection.exec_driver_sql(self._insert.sql, [values for _, values in batch])
                     inserted = result.rowcount
         except Exception as exc:
-            if not _is_rejection(exc):
+            if _row_fault(exc) is None:
                 raise
             inserted = self._insert_one_by_one(connection, batch)
         # Given up only now: had the database been down, these rows would have gone to the spool with the
-        # rest of the batch, and been given up there (once).
+        # rest of the batch, and been given up there (once, as here).
         for request_id, error in unstorable:
-            self._give_up(1, "rejected", _rejection(request_id, error))
+            self._give_up(1, "invalid", unwritable(request_id, error))
         return inserted
 
     def _insert_one_by_one(self, connection: Connection, batch: list[tuple[str, Parameters]]) -> int:
@@ -572,22 +574,23 @@ class PredictionLog:
                 with connection.begin():
                     inserted += connection.exec_driver_sql(self._insert.sql, [values]).rowcount
             except Exception as exc:
-                if not _is_rejection(exc):
+                reason = _row_fault(exc)
+                if reason is None:
                     raise
-                self._give_up(1, "rejected", _rejection(request_id, exc))
+                self._give_up(1, reason, _fault_message(request_id, exc))
         return inserted
 
     def _parameters(
         self, rows: list[dict[str, Any]]
     ) -> tuple[list[tuple[str, Parameters]], list[tuple[str, Exception]]]:
-        """(request id, the driver's values) of each row, and (request id, why) of the rows whose values
-        their column types cannot take (no retry can store those)."""
+        """(request id, the driver's values) of each row, and (request id, why) of the rows with a value
+        JSON cannot hold (no retry can store those)."""
         batch: list[tuple[str, Parameters]] = []
         unstorable: list[tuple[str, Exception]] = []
         for row in rows:
             try:
                 batch.append((row["request_id"], self._insert.parameters(stored_row(row))))
-            except Exception as exc:
+            except UnwritableValue as exc:
                 unstorable.append((row["request_id"], exc))
         return batch, unstorable
 
