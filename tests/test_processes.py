@@ -1,8 +1,10 @@
-"""modelyard.processes: waiting for a server to be ready, and stopping what a killed parent left running
-(only a process whose command line still holds the argument its pid file recorded)."""
+"""modelyard.processes: waiting for a server to be ready, stopping what a killed parent left running
+(only a process whose command line still holds the argument its pid file recorded), and a JSON POST."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import signal
 import subprocess
 import sys
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.processes import NotReady, record_pid, stop_leftover, wait_until_ready
+from modelyard.processes import NotReady, post_json, record_pid, stop_leftover, wait_until_ready
 
 from .conftest import waiting_process
 from .serving.conftest import free_ports
@@ -62,3 +64,42 @@ def test_a_leftover_is_stopped_only_while_its_command_line_holds_the_argument_re
         for process in (ours, other):
             process.kill()
             process.communicate()
+
+
+class Answers(http.server.BaseHTTPRequestHandler):
+    """Echoes a JSON document back, or answers a status with the body the path names."""
+
+    def do_POST(self) -> None:
+        document = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        status, body = {
+            "/echo": (200, json.dumps({"got": document, "type": self.headers["Content-Type"]})),
+            "/refused": (400, json.dumps({"error": "no such feature"})),
+            "/text": (503, "upstream down"),
+            "/empty": (204, ""),
+        }[self.path]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_post_json_answers_the_status_and_the_decoded_answer_or_its_text() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert post_json(f"{base}/echo", {"x": [1]}, timeout_s=10) == (
+            200,
+            {"got": {"x": [1]}, "type": "application/json"},
+        )
+        assert post_json(f"{base}/refused", {}, timeout_s=10) == (400, {"error": "no such feature"})
+        assert post_json(f"{base}/text", {}, timeout_s=10) == (503, "upstream down")
+        assert post_json(f"{base}/empty", {}, timeout_s=10) == (204, None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(OSError):
+        post_json(closed_url(), {}, timeout_s=10)

@@ -13,8 +13,10 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from modelyard.errors import ModelyardError
 
@@ -33,6 +35,23 @@ def answers_ok(url: str, timeout_s: float = 2.0) -> bool:
             return bool(answer.status == 200)
     except OSError:
         return False
+
+
+def post_json(url: str, document: Any, timeout_s: float) -> tuple[int, Any]:
+    """POST ``document`` as JSON: (the status, the answer decoded from JSON, or its text when it is not
+    JSON). OSError (urllib's URLError) when nothing answers."""
+    request = urllib.request.Request(
+        url, data=json.dumps(document).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+            status, body = answer.status, answer.read()
+    except urllib.error.HTTPError as exc:  # an answer all the same: 4xx and 5xx carry a body
+        status, body = exc.code, exc.read()
+    try:
+        return status, json.loads(body) if body else None
+    except ValueError:
+        return status, body.decode("utf-8", "replace")
 
 
 def wait_until_ready(

@@ -12,8 +12,6 @@ import json
 import shlex
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from modelyard.cli.serve import (
     with_serving_flags,
 )
 from modelyard.errors import ModelyardError
-from modelyard.processes import wait_until_ready
+from modelyard.processes import post_json, wait_until_ready
 from modelyard.settings import Settings, to_environment
 
 EXAMPLE_SPEC = Path(__file__).resolve().parents[3] / "examples" / "iris.yaml"
@@ -137,7 +135,7 @@ def smoke_test(
             ("V1", f"/v1/models/{name}:predict", v1),
             ("V2", f"/v2/models/{name}/infer", v2),
         ):
-            status, body = _post(url + path, document)
+            status, body = post_json(url + path, document, timeout_s=30)
             answers.append(SmokeAnswer(protocol, status, body))
     except ModelyardError as exc:
         failure = exc
@@ -161,16 +159,6 @@ def _inherited_environment() -> dict[str, str]:
     import os
 
     return {key: value for key, value in os.environ.items() if not key.upper().startswith("MODELYARD_")}
-
-
-def _post(url: str, document: dict[str, Any]) -> tuple[int, Any]:
-    request = urllib.request.Request(url, data=json.dumps(document).encode(), method="POST")
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 def parse_up_arguments(argv: Sequence[str]) -> Any:

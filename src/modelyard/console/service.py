@@ -10,8 +10,6 @@ import hashlib
 import json
 import logging
 import math
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +27,7 @@ from modelyard.errors import (
 )
 from modelyard.monitoring.accuracy import accuracy_gate
 from modelyard.monitoring.report import Report
+from modelyard.processes import post_json
 from modelyard.registry import ModelVersionRecord, Registry, Stage
 from modelyard.settings import Settings
 from modelyard.spec import FeatureType
@@ -379,24 +378,18 @@ def predict(
 
 
 def _post_json(url: str, document: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(
-        url, data=json.dumps(document).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
     try:
-        with urllib.request.urlopen(request, timeout=PREDICT_TIMEOUT_S) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode("utf-8", "replace")
-        try:
-            message = json.loads(body).get("error", body)
-        except ValueError:
-            message = body
-        error = InvalidInput if 400 <= exc.code < 500 else NotReady
-        raise error(f"the predictor at {url} answered {exc.code}: {message}") from None
-    except (urllib.error.URLError, OSError) as exc:
+        status, answer = post_json(url, document, timeout_s=PREDICT_TIMEOUT_S)
+    except OSError as exc:
         reason = getattr(exc, "reason", exc)
         raise NotReady(f"cannot reach the predictor at {url}: {reason}") from None
+    if status >= 400:
+        message = answer.get("error", answer) if isinstance(answer, dict) else answer
+        error = InvalidInput if status < 500 else NotReady
+        raise error(f"the predictor at {url} answered {status}: {message}")
+    if not isinstance(answer, dict):
+        raise NotReady(f"the predictor at {url} answered {status} without a JSON object")
+    return answer
 
 
 def check_upload(content: bytes) -> None:
