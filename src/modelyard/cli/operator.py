@@ -47,7 +47,7 @@ def operator_command(
 
     from modelyard.operator.controller import Controller, build_registry
     from modelyard.operator.kube import Cluster
-    from modelyard.operator.local import register
+    from modelyard.operator.local import register, stop_local
     from modelyard.registry import Registry
 
     current = settings()
@@ -76,9 +76,7 @@ def operator_command(
             )
         finally:
             if pods is not None:
-                pods.stop()
-            if prometheus is not None:
-                prometheus.stop()
+                stop_local(pods, prometheus)
 
 
 def say(line: str) -> None:
