@@ -1,5 +1,6 @@
 """The controller's decisions that need no control plane: which Job is the current spec's run, which
-requests for a run start none (a schedule's while a run is in flight), when a rollout waits (for its
+requests for a run start none (a schedule's while a run is in flight), what a schedule's failed request
+is told as, when a rollout waits (for its
 spec, for an InferenceService that cannot be written), how the step deadline counts, and what ends a
 paused rollout."""
 
@@ -15,6 +16,7 @@ from modelyard.operator.controller import (
     job_in_flight,
     paused_for_spec,
     rollout_pause,
+    schedule_request_failed,
     spec_run_failed,
     step_clock,
 )
@@ -82,6 +84,38 @@ def test_a_schedule_request_while_a_run_is_in_flight_is_skipped_and_answered_an_
         "retraining requested (t1), but spec.training.retrain_on_alert is false",
         answered=False,
     )
+
+
+def failed_request(reason: str, message: str) -> dict[str, Any]:
+    failed = {"type": "Failed", "status": "True", "reason": reason, "message": message}
+    return {
+        "metadata": {"name": "iris-retrain-29420000"},
+        "spec": {"template": {"spec": {"serviceAccountName": "default"}}},
+        "status": {"conditions": [{**failed, "type": "FailureTarget"}, failed]},
+    }
+
+
+def test_a_failed_schedule_request_names_the_role_only_when_the_api_server_refused_it() -> None:
+    refused = failed_request(
+        "PodFailurePolicy",
+        f"Container request-run for pod models/iris-retrain-29420000-x7k2p failed with exit code "
+        f"{children.REQUEST_REFUSED_EXIT_CODE} matching FailJob rule at index 0",
+    )
+    assert schedule_request_failed(refused) == (
+        "Job iris-retrain-29420000 of the schedule failed to ask for a run: PodFailurePolicy: Container "
+        "request-run for pod models/iris-retrain-29420000-x7k2p failed with exit code 3 matching FailJob "
+        "rule at index 0; the API server refused it: its ServiceAccount default needs patch on "
+        "models.modelyard.io (see its pod's log (kubectl logs job/iris-retrain-29420000))"
+    )
+    # a deadline, an image that cannot be pulled, no API server: the pod's log says which
+    for reason, message in (
+        ("DeadlineExceeded", "Job was active longer than specified deadline"),
+        ("BackoffLimitExceeded", "Job has reached the specified backoff limit"),
+    ):
+        assert schedule_request_failed(failed_request(reason, message)) == (
+            f"Job iris-retrain-29420000 of the schedule failed to ask for a run: {reason}: {message}; see "
+            "its pod's log (kubectl logs job/iris-retrain-29420000)"
+        )
 
 
 def test_a_rollout_waits_while_the_spec_is_not_its_own_and_resumes_when_the_spec_is_reverted() -> None:

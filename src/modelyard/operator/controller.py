@@ -227,12 +227,7 @@ class Controller:
         job_name = newest["metadata"]["name"]
         if status.get("scheduleRequestFailed") == job_name:
             return {}
-        account = newest["spec"]["template"]["spec"].get("serviceAccountName", "default")
-        message = (
-            f"Job {job_name} of the schedule failed to ask for a run: {_failure(newest)}; see its pod's log "
-            f"(kubectl logs job/{job_name}); its ServiceAccount {account} needs patch on "
-            "models.modelyard.io"
-        )
+        message = schedule_request_failed(newest)
         self._say(body, SCHEDULE_REQUEST_FAILED, message, warning=True)
         return {"scheduleRequestFailed": job_name}
 
@@ -1082,6 +1077,28 @@ def _failure(job: dict[str, Any]) -> str | None:
             reason, message = condition.get("reason") or "Failed", condition.get("message")
             return f"{reason}: {message}" if message else reason
     return None
+
+
+def schedule_request_failed(job: dict[str, Any]) -> str:
+    """What a schedule's failed request ``job`` is told as: its failure, and where to look. The Role is
+    named only when the API server refused the request (its pod exits REQUEST_REFUSED_EXIT_CODE, which
+    the Job's podFailurePolicy turns into a Failed condition of reason PodFailurePolicy naming it); any
+    other failure (a deadline, an image not pulled, no API server) is in the pod's log."""
+    name = job["metadata"]["name"]
+    logs = f"see its pod's log (kubectl logs job/{name})"
+    prefix = f"Job {name} of the schedule failed to ask for a run: {_failure(job)}"
+    conditions: list[dict[str, Any]] = (job.get("status") or {}).get("conditions") or []
+    condition = next((c for c in conditions if c.get("type") == "Failed"), {})
+    refused = condition.get("reason") == "PodFailurePolicy" and (
+        f"exit code {children.REQUEST_REFUSED_EXIT_CODE} " in str(condition.get("message"))
+    )
+    if refused:
+        account = job["spec"]["template"]["spec"].get("serviceAccountName", "default")
+        return (
+            f"{prefix}; the API server refused it: its ServiceAccount {account} needs patch on "
+            f"models.modelyard.io ({logs})"
+        )
+    return f"{prefix}; {logs}"
 
 
 def _annotation(obj: dict[str, Any], key: str) -> str | None:
