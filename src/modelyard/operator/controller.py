@@ -18,8 +18,9 @@ storageUri). Each step takes ``analyses_per_step`` passing analyses, one every `
 ``failure_limit`` failed ones roll it back, the registry untouched. A rollout without evidence ends too:
 a candidate no predictor serves by the step's deadline, ``inconclusive_limit`` analyses in a row without
 a verdict, or a step past its deadline roll it back. A newer version supersedes it; a new model spec
-pauses it until that spec's run publishes, and ends it (SpecChanged) if that run fails. The rollout's
-state, and the plan it started with, are in ``status.rollout``.
+pauses it until that spec's run publishes, and ends it (SpecChanged) if that run fails; an
+InferenceService the operator cannot write (KServe keeps its deployment mode) pauses it until it can. The
+rollout's state, and the plan it started with, are in ``status.rollout``.
 """
 
 from __future__ import annotations
