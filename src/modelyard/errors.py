@@ -13,6 +13,7 @@ class ModelyardError(Exception):
     """Root of every error modelyard raises on purpose."""
 
     status_code: int = 500
+    exit_code: int = 1  # the CLI's exit status for it
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

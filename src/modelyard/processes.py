@@ -101,14 +101,30 @@ def runs_with(pid: int, argument: str) -> bool:
     return argument.encode() in arguments
 
 
+def recorded_pid(pid_file: Path) -> tuple[int, str] | None:
+    """The pid and argument ``pid_file`` records (``record_pid``); None when it records none."""
+    try:
+        recorded = json.loads(pid_file.read_text())
+        return int(recorded["pid"]), str(recorded["argument"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def forget_pid(pid_file: Path, process: subprocess.Popen[bytes]) -> None:
+    """Remove ``pid_file`` if it still records ``process``: a later start may have stopped it as a
+    leftover and recorded its own, which must stay findable."""
+    recorded = recorded_pid(pid_file)
+    if recorded is not None and recorded[0] == process.pid:
+        pid_file.unlink(missing_ok=True)
+
+
 def stop_leftover(pid_file: Path, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
     """Stop the process ``pid_file`` names if it still runs with the argument recorded, and remove the
     file; the pid stopped, or None."""
-    try:
-        recorded = json.loads(pid_file.read_text())
-        pid, argument = int(recorded["pid"]), str(recorded["argument"])
-    except (OSError, ValueError, KeyError, TypeError):
+    recorded = recorded_pid(pid_file)
+    if recorded is None:
         return None
+    pid, argument = recorded
     stopped = None
     if runs_with(pid, argument):
         stopped = pid

@@ -185,6 +185,19 @@ def test_the_pages_show_the_model_resources_phase_rollout_and_last_analysis(
     assert "reason it ended\tNoEvidence" in table
     assert "failed checks\tnone" in table
     assert "paused\tyes: the spec changed" in table
+    # paused because KServe keeps the InferenceService's deployment mode: the page says so
+    waiting = {"state": "Progressing", "reason": "DeploymentModeFixed", "paused": True}
+    patch = [
+        {"op": "add", "path": f"/status/rollout/{key}", "value": value} for key, value in waiting.items()
+    ]
+    control_plane.kubectl(
+        "patch", "model", "iris", "-n", namespace, "--subresource=status", "--type=json",
+        "-p", json.dumps(patch),
+    )  # fmt: skip
+    page.goto(url + "/models/iris/monitoring")
+    table = page.locator("#current-rollout").inner_text()
+    assert "paused\tyes: KServe keeps the InferenceService's deployment mode" in table
+    assert "reason it ended\tstill in progress" in table
 
     control_plane.kubectl("delete", "model", "iris", "-n", namespace)
     page.goto(url + "/models/iris/monitoring")

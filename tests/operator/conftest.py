@@ -40,7 +40,7 @@ def namespace(model_crd: Any) -> Iterator[str]:
 
 
 CLASSES = ("setosa", "versicolor", "virginica")
-GOOD = ("good", "overtaken")  # models whose candidate is as good as the stable version
+GOOD = ("good", "overtaken", "moded")  # models whose candidate is as good as the stable version
 
 
 class Predictors:

@@ -195,6 +195,19 @@ def test_a_schedules_cron_job_asks_the_operator_for_a_run_as_the_charts_least_pr
     assert container["resources"] == children.SCHEDULE_REQUEST_RESOURCES
     assert container["command"] == ["modelyard"]
     assert container["args"] == ["request-run", "iris", "--namespace", "models"]
+    # a refused request (its own exit code) fails the Job at once, the Failed condition naming the code
+    assert job["spec"]["podFailurePolicy"] == {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": container["name"],
+                    "operator": "In",
+                    "values": [children.REQUEST_REFUSED_EXIT_CODE],
+                },
+            }
+        ]
+    }
     assert container["image"] == settings.pipeline.image
     # it trains nothing: no spec, no Secret, no ConfigMap, no database
     assert "envFrom" not in container and all("valueFrom" not in variable for variable in container["env"])

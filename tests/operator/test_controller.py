@@ -1,6 +1,8 @@
 """The controller's decisions that need no control plane: which Job is the current spec's run, which
-requests for a run start none (a schedule's while a run is in flight), when a rollout waits for its
-spec, how the step deadline counts, and what ends a paused rollout."""
+requests for a run start none (a schedule's while a run is in flight), what a schedule's failed request
+is told as, when a rollout waits (for its
+spec, for an InferenceService that cannot be written), how the step deadline counts, and what ends a
+paused rollout."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ from typing import Any
 
 from modelyard.operator import children
 from modelyard.operator.controller import (
+    DEPLOYMENT_MODE_FIXED,
     current_job,
     job_in_flight,
     paused_for_spec,
+    rollout_pause,
+    schedule_request_failed,
     spec_run_failed,
     step_clock,
 )
@@ -81,11 +86,60 @@ def test_a_schedule_request_while_a_run_is_in_flight_is_skipped_and_answered_an_
     )
 
 
+def failed_request(reason: str, message: str) -> dict[str, Any]:
+    failed = {"type": "Failed", "status": "True", "reason": reason, "message": message}
+    return {
+        "metadata": {"name": "iris-retrain-29420000"},
+        "spec": {"template": {"spec": {"serviceAccountName": "default"}}},
+        "status": {"conditions": [{**failed, "type": "FailureTarget"}, failed]},
+    }
+
+
+def test_a_failed_schedule_request_names_the_role_only_when_the_api_server_refused_it() -> None:
+    refused = failed_request(
+        "PodFailurePolicy",
+        f"Container request-run for pod models/iris-retrain-29420000-x7k2p failed with exit code "
+        f"{children.REQUEST_REFUSED_EXIT_CODE} matching FailJob rule at index 0",
+    )
+    assert schedule_request_failed(refused) == (
+        "Job iris-retrain-29420000 of the schedule failed to ask for a run: PodFailurePolicy: Container "
+        "request-run for pod models/iris-retrain-29420000-x7k2p failed with exit code 3 matching FailJob "
+        "rule at index 0; the API server refused it: its ServiceAccount default needs patch on "
+        "models.modelyard.io (see its pod's log (kubectl logs job/iris-retrain-29420000))"
+    )
+    # a deadline, an image that cannot be pulled, no API server: the pod's log says which
+    for reason, message in (
+        ("DeadlineExceeded", "Job was active longer than specified deadline"),
+        ("BackoffLimitExceeded", "Job has reached the specified backoff limit"),
+    ):
+        assert schedule_request_failed(failed_request(reason, message)) == (
+            f"Job iris-retrain-29420000 of the schedule failed to ask for a run: {reason}: {message}; see "
+            "its pod's log (kubectl logs job/iris-retrain-29420000)"
+        )
+
+
 def test_a_rollout_waits_while_the_spec_is_not_its_own_and_resumes_when_the_spec_is_reverted() -> None:
     rollout = {"candidate": 2, "specHash": "a"}
     assert paused_for_spec(rollout, "b") is True
     assert paused_for_spec(rollout, "a") is False  # reverted: B's run, still the newest, does not matter
     assert paused_for_spec({"candidate": 2, "specHash": None}, "b") is False  # an older operator's rollout
+
+
+MODE_FIXED = "InferenceService iris runs in Standard mode and spec.serving.deployment_mode is Knative: ..."
+
+
+def test_a_rollout_waits_while_its_inference_service_cannot_be_written_and_a_new_spec_comes_first() -> None:
+    """KServe keeps an InferenceService's deployment mode: while the operator cannot write it, the
+    rollout is neither judged nor promoted (the cluster would go on serving the step it was at)."""
+    rollout = {"candidate": 2, "specHash": "a", "paused": False, "reason": None}
+    assert rollout_pause(rollout, "a", None) == (False, None)
+    assert rollout_pause(rollout, "a", MODE_FIXED) == (True, DEPLOYMENT_MODE_FIXED)
+    # the candidate of an older spec waits for the new spec's run, whatever the mode: no reason recorded
+    assert rollout_pause(rollout, "b", MODE_FIXED) == (True, None)
+    assert rollout_pause(rollout, "b", None) == (True, None)
+    # the mode set back, or the InferenceService deleted (nothing found: nothing fixed): it resumes
+    paused = {**rollout, "paused": True, "reason": DEPLOYMENT_MODE_FIXED}
+    assert rollout_pause(paused, "a", None) == (False, None)
 
 
 POLICY = RolloutPolicy(interval_seconds=60, analyses_per_step=3)  # the step's deadline: 360 s
@@ -128,3 +182,6 @@ def test_a_paused_rollout_ends_when_its_new_specs_run_fails_not_while_it_trains_
     # KFP unreachable: the run is still spec A's, and Trained False says the new one could not start
     assert spec_run_failed(paused, {"name": "kfp-a", "specHash": "a"}, "b", failed) is False
     assert spec_run_failed({**paused, "paused": False}, run_b, "b", failed) is False
+    # paused because the InferenceService cannot be written, not for a spec: a failed run ends nothing
+    mode_fixed = {**paused, "specHash": "b", "reason": DEPLOYMENT_MODE_FIXED}
+    assert spec_run_failed(mode_fixed, run_b, "b", failed) is False

@@ -15,7 +15,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,21 @@ from modelyard.operator.controller import (
     PROMOTED,
     ROLLED_BACK,
     SHADOW,
+    awaiting_canary,
+    canary_written,
     deployment_mode_fixed,
     desired_inference_service,
     inference_service_ready,
+    step_clock,
 )
 from modelyard.operator.kube import INFERENCE_SERVICE, Cluster, Kind
-from modelyard.operator.resource import Policies, ResourceSpecError, parse_resource_spec
+from modelyard.operator.resource import (
+    DeploymentMode,
+    Policies,
+    ResourceSpecError,
+    RolloutPolicy,
+    parse_resource_spec,
+)
 from modelyard.registry import Stage
 from modelyard.registry.records import ModelVersionRecord
 from modelyard.settings import Settings, load_settings
@@ -412,6 +421,59 @@ def test_a_newer_candidates_knative_canary_starts_at_0_until_its_revision_is_rea
     assert third["spec"]["predictor"]["canaryTrafficPercent"] == 10
 
 
+def test_a_knative_canary_steps_analyses_wait_until_the_inference_service_carries_the_canary(
+    settings: Settings,
+) -> None:
+    """Until the canary is written at its percent (the plain stable spec first, or the candidate held at
+    0), the candidate answers none of the step's share and Prometheus holds only its shadow step's
+    series: the step's looks analyse nothing, yet count, so the step's deadline bounds the wait."""
+    production = record(1, STABLE_URI)
+    canary = rollout(PROGRESSING, CANARY, 10)
+    assert not canary_written(None, canary)
+    shadowing = desired_inference_service(
+        "iris", production, rollout(PROGRESSING, SHADOW, 0), settings, KNATIVE, stable_served(settings)
+    )
+    assert not canary_written(shadowing, canary)
+    plain = desired_inference_service("iris", production, canary, settings, KNATIVE, shadowing)
+    assert_plain_stable(plain)
+    assert not canary_written(plain, canary)
+    written = knative_canary(settings, 10)
+    assert canary_written(written, canary)
+    # the next step's percent is not written yet
+    assert not canary_written(written, rollout(PROGRESSING, CANARY, 50))
+    # a newer candidate's canary, held at 0 until its revision is ready
+    newer = {**rollout(PROGRESSING, CANARY, 10), "candidate": 3, "candidateUri": "s3://modelyard/iris/3"}
+    held = desired_inference_service("iris", production, newer, settings, KNATIVE, written)
+    assert held["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    assert not canary_written(held, newer)
+    assert not canary_written(written, newer)
+
+    policy = RolloutPolicy(interval_seconds=60, analyses_per_step=3)
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+    def ago(seconds: int) -> str:
+        return (now - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    step = {
+        **canary,
+        "startedAt": ago(600),
+        "stepStartedAt": ago(120),
+        "lastAnalysisAt": ago(60),
+        "evidence": "Pass",
+        "passes": 0,
+    }
+    looked = awaiting_canary(step, ago(0))
+    assert (looked["lastAnalysisAt"], looked["evidence"], looked["passes"]) == (ago(0), "NotServed", 0)
+    assert looked["message"] == (
+        "canary (version 2 answers 10% of requests): the InferenceService does not split 10% to it yet "
+        "(Knative mode: the canary is written once the stable version's own revision takes every "
+        "request, at 0% until the candidate's revision is ready); no analysis until it does"
+    )
+    # the next look, on time: the wait was looked at, so the step's clock is not moved forward
+    later = now + timedelta(seconds=60)
+    assert step_clock(looked, policy, later, 2)["stepStartedAt"] == ago(120)
+
+
 # ---------------------------------------------------------------------------------------- readiness
 
 
@@ -466,7 +528,7 @@ def test_a_deployment_mode_kserve_recorded_is_not_changed_by_the_operator(
 ) -> None:
     manifest = children.inference_service("iris", 1, STABLE_URI, settings, KNATIVE)
     found = {**manifest, "status": {"deploymentMode": was}}
-    why = deployment_mode_fixed(found, manifest)
+    why = deployment_mode_fixed(found, "iris", DeploymentMode.KNATIVE)
     if not fixed:
         assert why is None
         return
@@ -475,7 +537,8 @@ def test_a_deployment_mode_kserve_recorded_is_not_changed_by_the_operator(
         "does not change a deployment mode; delete InferenceService iris (the operator makes it again, in "
         "Knative mode) or set the mode back"
     )
-    assert deployment_mode_fixed({**manifest, "status": {}}, manifest) is None  # not reconciled yet
+    # not reconciled yet
+    assert deployment_mode_fixed({**manifest, "status": {}}, "iris", DeploymentMode.KNATIVE) is None
 
 
 # ---------------------------------------------------------------------------------------- KServe's manager

@@ -43,8 +43,9 @@ from modelyard.operator.local import (
     job_pod_labels,
     local_prometheus_config,
     pod_command,
+    stop_local,
 )
-from modelyard.processes import answers_ok, record_pid
+from modelyard.processes import answers_ok, record_pid, recorded_pid, stop_leftover
 from modelyard.registry import Registry
 from modelyard.settings import Settings, load_settings
 
@@ -397,9 +398,13 @@ def test_local_pods_claim_their_home_stop_what_a_killed_operator_left_and_keep_n
         assert late.poll() == -signal.SIGTERM
         assert not pid_file.exists()
         assert json.loads(pods.targets_file.read_text()) == []
-        LocalPods(settings, cluster, said.append).stop()  # its home is free again
+        # stopped, it keeps its home until what else works there (its Prometheus) has stopped too
+        with pytest.raises(LocalOperatorRunning, match=f"pid {os.getpid()}"):
+            LocalPods(settings, cluster, said.append)
+        stop_local(pods, None)
+        stop_local(LocalPods(settings, cluster, said.append), None)  # its home is free again
     finally:
-        pods.stop()
+        stop_local(pods, None)
         for process in (leftover, stranger):
             process.kill()
             process.communicate()
@@ -514,6 +519,34 @@ def test_a_prometheus_a_killed_operator_left_is_stopped_by_the_next_start_and_ea
         left.process.wait()
     assert not server.data.exists()
     assert not server.pid_file.exists()
+
+
+def test_a_local_prometheus_stopped_late_leaves_the_pid_file_of_the_one_that_replaced_it(
+    tmp_path: Path, prometheus_binary: str
+) -> None:
+    """An operator's Prometheus is stopped as a leftover by the next start on its folder, which records
+    its own pid; the first one's stop, late, must not remove that record, or the second Prometheus
+    outlives its operator unfound when that one is killed."""
+    settings = with_operator(load_settings().model_copy(update={"home": tmp_path}), prometheus_url="")
+    _, first = analysis_prometheus(settings, prometheus_binary, lambda _: None)
+    assert first is not None
+    _, second = analysis_prometheus(settings, prometheus_binary, lambda _: None)
+    assert second is not None
+    try:
+        assert first.process.wait(30) is not None
+        first.stop()
+        assert recorded_pid(second.pid_file) == (
+            second.process.pid,
+            f"--config.file={second.pid_file.parent / 'prometheus.yml'}",
+        )
+        # the second operator killed: the next start finds its Prometheus
+        assert stop_leftover(second.pid_file) == second.process.pid
+        assert second.process.wait(30) is not None
+    finally:
+        second.stop()
+        first.process.kill()
+        first.process.wait()
+    assert not second.pid_file.exists()
 
 
 def test_a_second_local_operator_on_the_same_home_is_refused_naming_the_folder_and_the_first(

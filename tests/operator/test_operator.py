@@ -28,6 +28,7 @@ import yaml
 
 from modelyard.deploy import chart
 from modelyard.errors import NotFound
+from modelyard.operator import children
 from modelyard.operator.kube import job_finished
 from modelyard.operator.local import pod_command
 from modelyard.processes import answers_ok
@@ -559,7 +560,7 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
     assert absent.returncode == 1
     assert f"no Model {harness.namespace}/absent" in " ".join(absent.stderr.split())
     refused = ask(cron, tmp_path / "refused", as_account=service_account_kubeconfig(harness, "default"))
-    assert refused.returncode == 1
+    assert refused.returncode == children.REQUEST_REFUSED_EXIT_CODE  # its Job's podFailurePolicy fails it
     said = " ".join(refused.stderr.split())
     assert said.startswith(
         f'error: cannot ask Model {harness.namespace}/{name} for a run: models.modelyard.io "{name}" is '
@@ -575,8 +576,9 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
     assert "error: cannot reach the Kubernetes API server: " in " ".join(unreachable.stderr.split())
     assert "Traceback" not in refused.stderr + unreachable.stderr
 
-    # The refused pod (the account `default`, as outside the chart) fails its Job, as the Job controller
-    # says once the retries are spent; the test stands in for that controller (kwok's pods succeed).
+    # The refused pod (the account `default`, as outside the chart) fails its Job at once, as the Job
+    # controller says for the podFailurePolicy rule its exit code matches; the test stands in for that
+    # controller (kwok's pods succeed). Only a refusal names the Role (test_controller.py: other failures).
     cron_meta = cron["metadata"]
     failed_name = f"{cron_meta['name']}-29420000"  # the CronJob controller's: <cron>-<minutes>
     template = copy.deepcopy(cron["spec"]["jobTemplate"])
@@ -595,11 +597,16 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
         }
     )
     at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    why = {"reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}
+    pod = f"{harness.namespace}/{failed_name}-x7k2p"
+    why = {
+        "reason": "PodFailurePolicy",
+        "message": f"Container request-run for pod {pod} failed with exit code "
+        f"{children.REQUEST_REFUSED_EXIT_CODE} matching FailJob rule at index 0",
+    }
     failed_status = {
         "startTime": at,
         "active": 0,
-        "failed": 3,
+        "failed": 1,
         "conditions": [
             {"type": kind, "status": "True", "lastProbeTime": at, "lastTransitionTime": at, **why}
             for kind in ("FailureTarget", "Failed")
@@ -615,9 +622,9 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
     )
     assert said_failed["type"] == "Warning"
     assert said_failed["message"] == (
-        f"Job {failed_name} of the schedule failed to ask for a run: BackoffLimitExceeded: Job has reached "
-        f"the specified backoff limit; see its pod's log (kubectl logs job/{failed_name}); its "
-        "ServiceAccount default needs patch on models.modelyard.io"
+        f"Job {failed_name} of the schedule failed to ask for a run: PodFailurePolicy: {why['message']}; "
+        "the API server refused it: its ServiceAccount default needs patch on models.modelyard.io (see its "
+        f"pod's log (kubectl logs job/{failed_name}))"
     )
     wait_until(
         "the failed request recorded",

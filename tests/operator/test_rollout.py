@@ -441,3 +441,76 @@ def test_a_spec_change_pauses_the_rollout_and_the_new_version_supersedes_it(
         "version 3 in shadow",
         lambda: predictor_env(harness, name).get("MODELYARD_SERVING__CANDIDATE_VERSION") == "3",
     )
+
+
+def test_a_rollout_waits_while_kserve_keeps_the_inference_services_deployment_mode(
+    analysed: Harness, tmp_path: Path
+) -> None:
+    """KServe does not change a reconciled InferenceService's deployment mode, so the operator stops
+    writing it: the rollout must not go on (nor promote in the registry) while the cluster keeps serving
+    the step it was at."""
+    harness = analysed
+    name = "moded"  # judged by series as good as "good"'s
+    policy = {**POLICY, "analyses_per_step": 100, "progress_deadline_seconds": 3600}
+    train_two_versions(harness, name, tmp_path, policy)
+    wait_until("one pass", lambda: rollout_of(harness, name).get("passes", 0) >= 1, timeout=60)
+    recorded = wait_until(
+        "KServe to record the mode",
+        lambda: ((harness.get("inferenceservice", name) or {}).get("status") or {}).get("deploymentMode"),
+    )
+    written = harness.get("inferenceservice", name)
+
+    knative = {"spec": {"serving": {"deployment_mode": "Knative"}}}
+    harness.kubectl("patch", "model", name, "--type=merge", "-p", json.dumps(knative))
+    paused = wait_until(
+        "DeploymentModeFixed",
+        lambda: (
+            (c := harness.condition(name, "RolloutProgressing")) is not None
+            and c["reason"] == "DeploymentModeFixed"
+            and c
+        ),
+    )
+    fixed = (
+        f"InferenceService {name} runs in Standard mode and spec.serving.deployment_mode is Knative: KServe "
+        f"does not change a deployment mode; delete InferenceService {name} (the operator makes it again, in "
+        "Knative mode) or set the mode back"
+    )
+    assert recorded in ("Standard", "RawDeployment")
+    assert paused["status"] == "True"
+    assert paused["message"] == (
+        "shadow (version 2 scored on every request, answering none): paused, neither judged nor promoted, "
+        f"while the InferenceService cannot be written: {fixed}"
+    )
+    ready = harness.condition(name, "Ready")
+    assert ready is not None and (ready["status"], ready["message"]) == ("False", fixed)
+    rollout = rollout_of(harness, name)
+    assert (rollout["state"], rollout["paused"], rollout["reason"]) == (
+        "Progressing",
+        True,
+        "DeploymentModeFixed",
+    )
+    harness.wait_reconciled(name)
+    assert rollout_of(harness, name)["passes"] == rollout["passes"], "a rollout was judged unwritten"
+    kept = harness.get("inferenceservice", name)
+    assert kept is not None and written is not None and kept["spec"] == written["spec"]
+    (said,) = [e for e in harness.events(name) if e["reason"] == "RolloutPaused"]
+    assert (said["type"], said["message"]) == ("Warning", f"{name}@2: {paused['message']}")
+
+    # The mode set back: the rollout goes on from the step it was at.
+    harness.kubectl(
+        "patch", "model", name, "--type=merge", "-p", '{"spec": {"serving": {"deployment_mode": "Standard"}}}'
+    )
+    wait_until(
+        "Progressing again",
+        lambda: (harness.condition(name, "RolloutProgressing") or {}).get("reason") == "Progressing",
+    )
+    (resumed,) = [e for e in harness.events(name) if e["reason"] == "RolloutResumed"]
+    assert resumed["message"] == (
+        f"{name}@2: shadow (version 2 scored on every request, answering none): resumed, the "
+        "InferenceService is written again"
+    )
+    rollout = rollout_of(harness, name)
+    assert (rollout["paused"], rollout["reason"], rollout["step"]) == (False, None, 0)
+    wait_until("another pass", lambda: rollout_of(harness, name)["passes"] > rollout["passes"], timeout=60)
+    with Registry(harness.database_url) as registry:
+        assert registry.production(name).version == 1  # type: ignore[union-attr]

@@ -42,7 +42,8 @@ MODEL_REF_HELP = "NAME (the production version, else the latest), NAME@VERSION, 
 
 
 def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn a ModelyardError into one red line on stderr and exit code 1, instead of a traceback."""
+    """Turn a ModelyardError into one red line on stderr and its exit code (1 unless the error says
+    otherwise), instead of a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -50,7 +51,7 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except ModelyardError as exc:
             err.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
-            raise typer.Exit(1) from exc
+            raise typer.Exit(exc.exit_code) from exc
 
     return wrapper
 

@@ -47,7 +47,7 @@ def operator_command(
 
     from modelyard.operator.controller import Controller, build_registry
     from modelyard.operator.kube import Cluster
-    from modelyard.operator.local import register
+    from modelyard.operator.local import register, stop_local
     from modelyard.registry import Registry
 
     current = settings()
@@ -76,9 +76,7 @@ def operator_command(
             )
         finally:
             if pods is not None:
-                pods.stop()
-            if prometheus is not None:
-                prometheus.stop()
+                stop_local(pods, prometheus)
 
 
 def say(line: str) -> None:
@@ -109,15 +107,17 @@ def request_run_command(
     from kubernetes.dynamic.exceptions import DynamicApiError
 
     from modelyard.operator.children import SCHEDULE
-    from modelyard.operator.launcher import ModelResourceLauncher
+    from modelyard.operator.launcher import ModelResourceLauncher, RequestRefused
 
     try:
         request = ModelResourceLauncher(namespace).start(model, SCHEDULE)
     except DynamicApiError as exc:
-        hint = " (its ServiceAccount needs patch on models.modelyard.io)" if exc.status == 403 else ""
-        raise ModelyardError(
-            f"cannot ask Model {namespace}/{model} for a run: {exc.summary()}{hint}"
-        ) from exc
+        message = f"cannot ask Model {namespace}/{model} for a run: {exc.summary()}"
+        if exc.status == 403:
+            # its own exit code: the schedule's Job fails at once, and the operator names the Role
+            hint = " (its ServiceAccount needs patch on models.modelyard.io)"
+            raise RequestRefused(message + hint) from exc
+        raise ModelyardError(message) from exc
     except urllib3.exceptions.HTTPError as exc:
         raise ModelyardError(f"cannot reach the Kubernetes API server: {exc}") from exc
     out.print(f"asked the operator for a run: {request}", highlight=False)

@@ -662,11 +662,16 @@ def _rollout(rollout: dict[str, Any] | None) -> str:
     steps = rollout.get("steps")
     step = int(rollout.get("step") or 0) + 1
     progressing = rollout.get("state") == "Progressing"
-    paused = (
-        "yes: the spec changed, so the candidate waits, unserved, for the new run's version"
-        if rollout.get("paused")
-        else "no"
-    )
+    if not rollout.get("paused"):
+        paused = "no"
+    elif rollout.get("reason") == "DeploymentModeFixed":
+        paused = (
+            "yes: KServe keeps the InferenceService's deployment mode, so the operator cannot write it; "
+            "the candidate waits, neither judged nor promoted, until the mode is set back or the "
+            "InferenceService deleted"
+        )
+    else:
+        paused = "yes: the spec changed, so the candidate waits, unserved, for the new run's version"
     rows = [
         ("state", f'<span id="rollout-state">{_e(rollout.get("state"))}</span>'),
         ("candidate", f"v{_e(rollout.get('candidate'))} (stable v{_e(rollout.get('stable'))})"),

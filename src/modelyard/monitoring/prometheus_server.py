@@ -18,7 +18,14 @@ from typing import Any
 import yaml
 
 from modelyard.errors import ModelyardError
-from modelyard.processes import NotReady, record_pid, stop_leftover, stop_process, wait_until_ready
+from modelyard.processes import (
+    NotReady,
+    forget_pid,
+    record_pid,
+    stop_leftover,
+    stop_process,
+    wait_until_ready,
+)
 
 PROMETHEUS_PROGRAM = "prometheus"
 READY_TIMEOUT_S = 60.0
@@ -47,10 +54,11 @@ class PrometheusServer:
             return ""
 
     def stop(self) -> None:
-        """Stop it, and remove its data and pid file."""
+        """Stop it, and remove its data, and its pid file while that still records it (not one a later
+        start on the same folder wrote)."""
         stop_process(self.process)
         shutil.rmtree(self.data, ignore_errors=True)
-        self.pid_file.unlink(missing_ok=True)
+        forget_pid(self.pid_file, self.process)
 
 
 def start_prometheus(

@@ -210,6 +210,10 @@ def schedule_name(model: str) -> str:
 
 SCHEDULE_STARTING_DEADLINE_S = 300  # a time missed longer ago (the controller down) is skipped, not caught up
 SCHEDULE_REQUEST_DEADLINE_S = 120  # one annotation write; a pod that takes longer is stuck
+# `modelyard request-run`'s exit status when the API server refuses its patch (403): no retry helps, so
+# its Job fails at once, and its Failed condition (reason PodFailurePolicy) names the exit code
+REQUEST_REFUSED_EXIT_CODE = 3
+REQUEST_CONTAINER = "request-run"
 # one short `modelyard request-run`: the CLI's imports are most of it
 SCHEDULE_REQUEST_RESOURCES = {"requests": {"cpu": "10m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
 
@@ -227,7 +231,7 @@ def schedule_cron_job(model: str, namespace: str, schedule: str, settings: Setti
     if COMPONENT_LABEL in pod_labels:
         pod_labels[COMPONENT_LABEL] = "schedule"
     container: dict[str, Any] = {
-        "name": "request-run",
+        "name": REQUEST_CONTAINER,
         "image": settings.pipeline.image,
         "command": ["modelyard"],
         "args": ["request-run", model, "--namespace", namespace],
@@ -253,6 +257,18 @@ def schedule_cron_job(model: str, namespace: str, schedule: str, settings: Setti
                 "spec": {
                     "backoffLimit": 2,  # a request the API server refused for a moment is asked again
                     "activeDeadlineSeconds": SCHEDULE_REQUEST_DEADLINE_S,
+                    "podFailurePolicy": {
+                        "rules": [
+                            {
+                                "action": "FailJob",
+                                "onExitCodes": {
+                                    "containerName": REQUEST_CONTAINER,
+                                    "operator": "In",
+                                    "values": [REQUEST_REFUSED_EXIT_CODE],
+                                },
+                            }
+                        ]
+                    },
                     "template": {
                         "metadata": {"labels": pod_labels},
                         "spec": {

@@ -18,8 +18,9 @@ storageUri). Each step takes ``analyses_per_step`` passing analyses, one every `
 ``failure_limit`` failed ones roll it back, the registry untouched. A rollout without evidence ends too:
 a candidate no predictor serves by the step's deadline, ``inconclusive_limit`` analyses in a row without
 a verdict, or a step past its deadline roll it back. A newer version supersedes it; a new model spec
-pauses it until that spec's run publishes, and ends it (SpecChanged) if that run fails. The rollout's
-state, and the plan it started with, are in ``status.rollout``.
+pauses it until that spec's run publishes, and ends it (SpecChanged) if that run fails; an
+InferenceService the operator cannot write (KServe keeps its deployment mode) pauses it until it can. The
+rollout's state, and the plan it started with, are in ``status.rollout``.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ NOT_SERVED, UNAVAILABLE, INCONCLUSIVE_EVIDENCE = "NotServed", "Unavailable", "In
 SHADOW, CANARY, FULL = "shadow", "canary", "full"
 # a schedule's request Job failed: its pod could not ask for a run
 SCHEDULE_REQUEST_FAILED = "ScheduleRequestFailed"
+# KServe keeps an InferenceService's deployment mode: one in another is not written, and a rollout waits
+DEPLOYMENT_MODE_FIXED = "DeploymentModeFixed"
 
 
 @dataclass
@@ -225,12 +228,7 @@ class Controller:
         job_name = newest["metadata"]["name"]
         if status.get("scheduleRequestFailed") == job_name:
             return {}
-        account = newest["spec"]["template"]["spec"].get("serviceAccountName", "default")
-        message = (
-            f"Job {job_name} of the schedule failed to ask for a run: {_failure(newest)}; see its pod's log "
-            f"(kubectl logs job/{job_name}); its ServiceAccount {account} needs patch on "
-            "models.modelyard.io"
-        )
+        message = schedule_request_failed(newest)
         self._say(body, SCHEDULE_REQUEST_FAILED, message, warning=True)
         return {"scheduleRequestFailed": job_name}
 
@@ -378,18 +376,32 @@ class Controller:
             conditions.set(SERVING, False, "NothingPublished", f"no version of {name} is published yet")
             conditions.set(READY, False, "NothingPublished", f"no version of {name} is published yet")
             return {"servingVersion": None, "url": None}
+        found = self.cluster.get(INFERENCE_SERVICE, name, namespace)
+        # one another owns is the NotOurs that ensure raises
+        mode_fixed = (
+            deployment_mode_fixed(found, name, policies.serving.deployment_mode)
+            if owned_by(found or {}, meta["uid"])
+            else None
+        )
         result: dict[str, Any] = {}
         rollout = self._rollout(
-            body, status, production, published, run, spec_hash, policies, conditions, result
+            body,
+            status,
+            production,
+            published,
+            run,
+            spec_hash,
+            policies,
+            conditions,
+            result,
+            found,
+            mode_fixed,
         )
         if rollout is not None and rollout["state"] == PROMOTED:
             # the registry is the truth: the rollout promoted there, and a later rollback (the CLI, the
             # console) must win over a rollout that ended long ago
             production = self._production(name) or production
-        found = self.cluster.get(INFERENCE_SERVICE, name, namespace)
         manifest = desired_inference_service(name, production, rollout, self.settings, policies, found)
-        # one another owns is the NotOurs that ensure raises
-        mode_fixed = deployment_mode_fixed(found, manifest) if owned_by(found or {}, meta["uid"]) else None
         if mode_fixed is None and self.cluster.ensure(
             INFERENCE_SERVICE, namespace, _owned(manifest, children.owner_reference(body)), meta["uid"]
         ):
@@ -399,7 +411,7 @@ class Controller:
             ready, why = inference_service_ready(found, manifest)
         else:
             ready, why = False, mode_fixed
-            self._say(body, "DeploymentModeFixed", mode_fixed, warning=True)
+            self._say(body, DEPLOYMENT_MODE_FIXED, mode_fixed, warning=True)
         serving_message = f"InferenceService {name} serves {production.ref}" if ready else why
         conditions.set(SERVING, ready, "Serving" if ready else "NotReady", serving_message)
         if conditions.set(READY, ready, "Ready" if ready else "NotReady", serving_message) and ready:
@@ -424,9 +436,12 @@ class Controller:
         policies: Policies,
         conditions: Conditions,
         result: dict[str, Any],
+        found: dict[str, Any] | None,
+        mode_fixed: str | None,
     ) -> dict[str, Any] | None:
         """The rollout's state after this look (None: there is no candidate, nor was one); an analysis
-        that is due is run, and its verdict recorded in ``result["lastAnalysis"]``."""
+        that is due is run, and its verdict recorded in ``result["lastAnalysis"]``. ``found`` is the
+        InferenceService as this look found it; ``mode_fixed`` why it cannot be written (None: it can)."""
         name = body["metadata"]["name"]
         policy = policies.rollout
         rollout: dict[str, Any] | None = status.get("rollout")
@@ -458,13 +473,8 @@ class Controller:
             return None
         if rollout["state"] == PROGRESSING and production.version == rollout["candidate"]:
             rollout = {**rollout, "state": PROMOTED, "mode": FULL, "percent": 100}  # promoted by a write lost
-        if rollout["state"] == PROGRESSING and rollout["mode"] == FULL:
-            promoted = self.registry.promote(name, rollout["candidate"])
-            message = f"the rollout policy has no steps: {promoted.ref} promoted without analysis"
-            self._say(body, "Promoted", message)
-            rollout = {**rollout, "state": PROMOTED, "percent": 100, "message": message}
         if rollout["state"] == PROGRESSING:
-            rollout = self._pause_for_a_new_spec(body, rollout, run, spec_hash)
+            rollout = self._pause(body, rollout, run, spec_hash, mode_fixed)
             if spec_run_failed(rollout, run, spec_hash, conditions.get(TRAINED)):
                 trained = conditions.get(TRAINED) or {}
                 message = (
@@ -473,17 +483,27 @@ class Controller:
                     f"{name}@{rollout['stable']} keeps serving"
                 )
                 rollout = self._roll_back(body, rollout, SPEC_CHANGED, message)
+        if rollout["state"] == PROGRESSING and rollout["mode"] == FULL and not rollout.get("paused"):
+            promoted = self.registry.promote(name, rollout["candidate"])
+            message = f"the rollout policy has no steps: {promoted.ref} promoted without analysis"
+            self._say(body, "Promoted", message)
+            rollout = {**rollout, "state": PROMOTED, "percent": 100, "message": message}
         if rollout["state"] == PROGRESSING and not rollout.get("paused"):
             slack_s = 2 * self.settings.operator.interval_s  # how late the timer's look may normally be
             rollout = step_clock(rollout, policy, datetime.now(UTC), slack_s)
             if _due(rollout, policy):
-                rollout = self._analyse(body, rollout, policy, result)
+                knative = policies.serving.deployment_mode is DeploymentMode.KNATIVE
+                if knative and rollout["mode"] == CANARY and not canary_written(found, rollout):
+                    rollout = awaiting_canary(rollout, _now())
+                else:
+                    rollout = self._analyse(body, rollout, policy, result)
             if rollout["state"] == PROGRESSING and _step_age(rollout) > policy.step_deadline_seconds:
                 rollout = self._past_deadline(body, rollout, policy)
         ref = f"{name}@{rollout['candidate']}"
         if rollout["state"] == PROGRESSING:
+            paused = DEPLOYMENT_MODE_FIXED if rollout.get("reason") == DEPLOYMENT_MODE_FIXED else "Paused"
             conditions.set(
-                ROLLOUT, True, "Paused" if rollout.get("paused") else "Progressing", rollout["message"]
+                ROLLOUT, True, paused if rollout.get("paused") else "Progressing", rollout["message"]
             )
         elif rollout["state"] == PROMOTED:
             conditions.set(ROLLOUT, False, "Promoted", f"{ref} was promoted: {rollout['message']}")
@@ -492,26 +512,47 @@ class Controller:
             conditions.set(ROLLOUT, False, reason, f"{ref} was rolled back: {rollout['message']}")
         return rollout
 
-    def _pause_for_a_new_spec(
-        self, body: dict[str, Any], rollout: dict[str, Any], run: dict[str, Any], spec_hash: str
+    def _pause(
+        self,
+        body: dict[str, Any],
+        rollout: dict[str, Any],
+        run: dict[str, Any],
+        spec_hash: str,
+        mode_fixed: str | None,
     ) -> dict[str, Any]:
-        """A candidate of an older spec is neither served nor judged while the new spec's run trains: it
-        would be promoted for a spec the Model no longer has. Its own spec's run again resumes it."""
+        """A rollout neither judged nor promoted while it could not be served as judged: a candidate of
+        an older spec while the new spec's run trains (it would be promoted for a spec the Model no
+        longer has; its own spec's run again resumes it), and any candidate while the InferenceService
+        cannot be written (KServe keeps its deployment mode: the cluster would go on serving the step
+        the pause found, whatever the registry says; the mode set back, or the InferenceService deleted,
+        resumes it)."""
         name = body["metadata"]["name"]
-        paused = paused_for_spec(rollout, spec_hash)
-        if paused == bool(rollout.get("paused")):
+        paused, reason = rollout_pause(rollout, spec_hash, mode_fixed)
+        if (paused, reason) == (bool(rollout.get("paused")), rollout.get("reason")):
             return rollout
         ref = f"{name}@{rollout['candidate']}"
+        if paused and reason == DEPLOYMENT_MODE_FIXED:
+            message = (
+                f"{_describe(rollout)}: paused, neither judged nor promoted, while the InferenceService "
+                f"cannot be written: {mode_fixed}"
+            )
+            self._say(body, "RolloutPaused", f"{ref}: {message}", warning=True)
+            return {**rollout, "paused": True, "reason": reason, "message": message}
         if paused:
             message = (
                 f"{ref} was trained for an older spec: paused, the predictor told nothing of it, until run "
                 f"{run.get('name')} publishes the new spec's version"
             )
             self._say(body, "RolloutPaused", message, warning=True)
-            return {**rollout, "paused": True, "message": message}
-        message = f"{_describe(rollout)}: resumed, the spec is its own again"
+            return {**rollout, "paused": True, "reason": None, "message": message}
+        why = (
+            "the InferenceService is written again"
+            if rollout.get("reason") == DEPLOYMENT_MODE_FIXED
+            else "the spec is its own again"
+        )
+        message = f"{_describe(rollout)}: resumed, {why}"
         self._say(body, "RolloutResumed", f"{ref}: {message}")
-        return {**rollout, "paused": False, "stepStartedAt": _now(), "message": message}
+        return {**rollout, "paused": False, "reason": None, "stepStartedAt": _now(), "message": message}
 
     def _analyse(
         self, body: dict[str, Any], rollout: dict[str, Any], policy: RolloutPolicy, result: dict[str, Any]
@@ -725,6 +766,18 @@ def job_in_flight(jobs: list[dict[str, Any]]) -> str | None:
     return f"Job {running[-1]['metadata']['name']}" if running else None
 
 
+def rollout_pause(rollout: dict[str, Any], spec_hash: str, mode_fixed: str | None) -> tuple[bool, str | None]:
+    """Whether ``rollout`` waits, and the reason it records while it does: None for a candidate trained
+    for another spec than the current one (``spec_hash``), DeploymentModeFixed while the
+    InferenceService cannot be written (``mode_fixed`` says why; None: it can). The spec comes first:
+    its pause also tells the predictor nothing, once the InferenceService can be written again."""
+    if paused_for_spec(rollout, spec_hash):
+        return True, None
+    if mode_fixed is not None:
+        return True, DEPLOYMENT_MODE_FIXED
+    return False, None
+
+
 def paused_for_spec(rollout: dict[str, Any], spec_hash: str) -> bool:
     """Whether ``rollout`` waits because its candidate was trained for a spec other than the Model's
     current one (``spec_hash``): the current spec, not the latest run, decides."""
@@ -739,13 +792,41 @@ def spec_run_failed(
     failed (Trained False for it). A run that could not start (KFP unreachable) is not the current spec's:
     the pause waits for it."""
     failed = trained is not None and trained["status"] == "False"
-    return bool(rollout.get("paused")) and run.get("specHash") == spec_hash and failed
+    paused_for_a_spec = bool(rollout.get("paused")) and rollout.get("reason") is None
+    return paused_for_a_spec and run.get("specHash") == spec_hash and failed
 
 
 def _describe(rollout: dict[str, Any]) -> str:
     if rollout["mode"] == SHADOW:
         return f"shadow (version {rollout['candidate']} scored on every request, answering none)"
     return f"canary (version {rollout['candidate']} answers {rollout['percent']}% of requests)"
+
+
+def canary_written(found: dict[str, Any] | None, rollout: dict[str, Any]) -> bool:
+    """Whether the Knative InferenceService ``found`` carries ``rollout``'s canary step: the candidate's
+    spec at the step's percent. Until then (the plain stable spec written while its revision takes all
+    traffic, or the canary held at 0) the candidate answers nothing of the step's share, and what
+    Prometheus holds of it is the shadow step's, or nothing."""
+    predictor = ((found or {}).get("spec") or {}).get("predictor") or {}
+    model = predictor.get("model") or {}
+    at = predictor.get("canaryTrafficPercent")
+    return (
+        model.get("storageUri") == rollout["candidateUri"]
+        and at is not None
+        and int(at) == rollout["percent"]
+    )
+
+
+def awaiting_canary(rollout: dict[str, Any], at: str) -> dict[str, Any]:
+    """A look ``at`` a Knative canary step not written yet: no analysis, the candidate not served its
+    share (the step's NotServed deadline bounds the wait); the look is recorded, so ``step_clock``
+    counts the wait against the step's deadline."""
+    message = (
+        f"{_describe(rollout)}: the InferenceService does not split {rollout['percent']}% to it yet "
+        "(Knative mode: the canary is written once the stable version's own revision takes every request, "
+        "at 0% until the candidate's revision is ready); no analysis until it does"
+    )
+    return {**rollout, "lastAnalysisAt": at, "evidence": NOT_SERVED, "message": message}
 
 
 def _due(rollout: dict[str, Any], policy: RolloutPolicy) -> bool:
@@ -909,15 +990,14 @@ def _latest_revision_takes(service: dict[str, Any], percent: int) -> bool:
     return ready and caught_up and shares == [percent]
 
 
-def deployment_mode_fixed(found: dict[str, Any] | None, manifest: dict[str, Any]) -> str | None:
-    """Why ``manifest`` cannot replace ``found``: KServe refuses to change an InferenceService's
-    deployment mode once it has reconciled it (None: it can)."""
+def deployment_mode_fixed(found: dict[str, Any] | None, name: str, mode: DeploymentMode) -> str | None:
+    """Why the InferenceService ``name`` in ``mode`` cannot replace ``found``: KServe refuses to change an
+    InferenceService's deployment mode once it has reconciled it (None: it can)."""
     was = ((found or {}).get("status") or {}).get("deploymentMode")
-    wanted = manifest["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+    wanted = mode.value
     # an older KServe's names: Serverless for Knative, RawDeployment for Standard
     if not was or _KSERVE_MODE_NAMES.get(was, was) == wanted:
         return None
-    name = manifest["metadata"]["name"]
     return (
         f"InferenceService {name} runs in {_KSERVE_MODE_NAMES.get(was, was)} mode and "
         f"spec.serving.deployment_mode is {wanted}: KServe does not change a deployment mode; delete "
@@ -998,6 +1078,28 @@ def _failure(job: dict[str, Any]) -> str | None:
             reason, message = condition.get("reason") or "Failed", condition.get("message")
             return f"{reason}: {message}" if message else reason
     return None
+
+
+def schedule_request_failed(job: dict[str, Any]) -> str:
+    """What a schedule's failed request ``job`` is told as: its failure, and where to look. The Role is
+    named only when the API server refused the request (its pod exits REQUEST_REFUSED_EXIT_CODE, which
+    the Job's podFailurePolicy turns into a Failed condition of reason PodFailurePolicy naming it); any
+    other failure (a deadline, an image not pulled, no API server) is in the pod's log."""
+    name = job["metadata"]["name"]
+    logs = f"see its pod's log (kubectl logs job/{name})"
+    prefix = f"Job {name} of the schedule failed to ask for a run: {_failure(job)}"
+    conditions: list[dict[str, Any]] = (job.get("status") or {}).get("conditions") or []
+    condition = next((c for c in conditions if c.get("type") == "Failed"), {})
+    refused = condition.get("reason") == "PodFailurePolicy" and (
+        f"exit code {children.REQUEST_REFUSED_EXIT_CODE} " in str(condition.get("message"))
+    )
+    if refused:
+        account = job["spec"]["template"]["spec"].get("serviceAccountName", "default")
+        return (
+            f"{prefix}; the API server refused it: its ServiceAccount {account} needs patch on "
+            f"models.modelyard.io ({logs})"
+        )
+    return f"{prefix}; {logs}"
 
 
 def _annotation(obj: dict[str, Any], key: str) -> str | None:

@@ -121,12 +121,14 @@ class Rollout(_Status):
     )
     paused: bool = Field(
         default=False,
-        description="the spec changed: the candidate waits, unserved, for the new run's version",
+        description="the candidate waits, neither judged nor promoted: unserved, for a new spec's run "
+        "(the spec changed), or while the InferenceService cannot be written (reason DeploymentModeFixed)",
     )
     reason: str | None = Field(
         default=None,
         description="why it ended: Promoted, RolledBack (failed checks), NoEvidence, AnalysisUnavailable, "
-        "CandidateNotServed, SpecChanged (paused for a new spec whose run failed)",
+        "CandidateNotServed, SpecChanged (paused for a new spec whose run failed); while paused: "
+        "DeploymentModeFixed (KServe keeps the InferenceService's mode) or none (a new spec)",
     )
 
 

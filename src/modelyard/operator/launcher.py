@@ -12,9 +12,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from modelyard.errors import NotFound
+from modelyard.errors import ModelyardError, NotFound
 from modelyard.operator import children
 from modelyard.operator.kube import JOB, MODEL, Cluster, job_finished
+
+
+class RequestRefused(ModelyardError):
+    """The API server refused the asker's patch of the Model (403): its account lacks the Role."""
+
+    status_code = 403
+    exit_code = children.REQUEST_REFUSED_EXIT_CODE
 
 
 class ModelResourceLauncher:

@@ -571,7 +571,8 @@ class LocalPods:
         predictor.pid_file.unlink(missing_ok=True)
 
     def stop(self) -> None:
-        """Stop every predictor and training process this operator started, and give up its folder."""
+        """Stop every predictor and training process this operator started; the folder stays claimed
+        (``release``) until whatever else works in it has stopped too (``stop_local``)."""
         with self._lock:
             self._stopping.set()  # under the lock: a predictor that starts now is not listed (_adopt)
             predictors = list(self._predictors.values())
@@ -587,7 +588,22 @@ class LocalPods:
         # must not exit before that thread has, or the predictor outlives it.
         for thread in serving:
             thread.join(STOP_JOIN_TIMEOUT_S)
+
+    def release(self) -> None:
+        """Give up the folder: another operator may claim it, and stop what it finds left there."""
         self._claim.close()
+
+
+def stop_local(pods: LocalPods, prometheus: PrometheusServer | None) -> None:
+    """Stop what `--local` started: the predictors and training processes, then its Prometheus, and give
+    up the folder last, so that no operator claims it while this one's Prometheus still runs (a start
+    there stops a Prometheus it finds left, and records its own)."""
+    try:
+        pods.stop()
+        if prometheus is not None:
+            prometheus.stop()
+    finally:
+        pods.release()
 
 
 def local_workdir(settings: Settings) -> Path:
