@@ -81,6 +81,15 @@ def test_a_local_run_shares_the_cores_between_the_tune_tasks_kfp_local_runs_at_o
     assert load_settings().pipeline.tune_jobs == int(expected)
 
 
+@pytest.mark.parametrize(("configured", "n_jobs"), [("0", -1), ("1", 1), ("3", 3), ("-1", -1)])
+def test_a_tune_uses_the_configured_cv_processes_and_every_core_when_left_to_the_run(
+    monkeypatch: pytest.MonkeyPatch, configured: str, n_jobs: int
+) -> None:
+    """What the tune step and the in-process run give scikit-learn's n_jobs."""
+    monkeypatch.setenv("MODELYARD_PIPELINE__TUNE_JOBS", configured)
+    assert load_settings().pipeline.tune_n_jobs == n_jobs
+
+
 def test_group_flags_follow_the_settings_fields() -> None:
     import argparse
 

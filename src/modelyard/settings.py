@@ -171,8 +171,9 @@ class PipelineSettings(BaseModel):
     tune_jobs: int = Field(
         default=0,
         ge=-1,
-        description="CV processes in each tune task; 0: every core of the task (locally: cores / 2, as "
-        "kfp.local runs two tune tasks at once); -1: every core",
+        description="CV processes in each tune task, and in `modelyard train --in-process`'s one process; "
+        "0: every core of the task (locally: cores / 2, as kfp.local runs two tune tasks at once); -1: every "
+        "core",
     )
     events_file: str = Field(
         default="",
@@ -184,6 +185,11 @@ class PipelineSettings(BaseModel):
         description="the run that publishes, recorded with the version it registers (the operator sets "
         "its Job's name, and finds the run's version by it)",
     )
+
+    @property
+    def tune_n_jobs(self) -> int:
+        """scikit-learn's ``n_jobs`` for the CV of a tune: ``tune_jobs``, every core (-1) when it is 0."""
+        return self.tune_jobs or -1
 
 
 class MonitoringSettings(BaseModel):

@@ -40,7 +40,14 @@ def run_training(
     frame = load_frame(spec.data, settings)
     features = resolve_features(spec, frame)
     validate_frame(frame, spec, features)
-    result = train(spec, frame, features, progress=progress, dataset_fingerprint=fingerprint_frame(frame))
+    result = train(
+        spec,
+        frame,
+        features,
+        n_jobs=settings.pipeline.tune_n_jobs,
+        progress=progress,
+        dataset_fingerprint=fingerprint_frame(frame),
+    )
     with Registry(settings.database_url) as registry:
         production = _production_or_none(registry, spec.name)
         if production is not None and spec.gate.compare_to_production:

@@ -94,10 +94,16 @@ def checkov() -> Path:
     """checkov in a virtualenv of its own: its pins (boto3, packaging, ...) clash with the project's."""
     binary = CHECKOV_VENV / "bin" / "checkov"
     if not binary.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(CHECKOV_VENV)], check=True)
+        # this environment's pip installs into it (--python): no pip of its own to bootstrap, and the
+        # newer pip resolves and installs checkov's tree in half the time of the venv's bundled one
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(CHECKOV_VENV)], check=True)
         subprocess.run(
             [
-                str(CHECKOV_VENV / "bin" / "pip"),
+                sys.executable,
+                "-m",
+                "pip",
+                "--python",
+                str(CHECKOV_VENV / "bin" / "python"),
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",

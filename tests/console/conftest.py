@@ -100,6 +100,7 @@ def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     predictor = start_server(bundle, root / "predictor-home", "--model-version", "1", env=predictor_env)
     variables["MODELYARD_CONSOLE__PREDICTOR_URL"] = predictor.url
     variables["MODELYARD_CONSOLE__MAX_UPLOAD_MB"] = str(UPLOAD_LIMIT_MB)
+    variables["MODELYARD_PIPELINE__TUNE_JOBS"] = "1"  # a run from the page: no CV worker processes to start
     try:
         url, process, log_path = start_console(root, variables)
     except BaseException:

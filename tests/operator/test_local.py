@@ -300,6 +300,7 @@ def test_a_schedule_asks_for_a_run_under_local_and_the_operator_trains_it_here(
         "MODELYARD_OPERATOR__INTERVAL_S": "1",
         # kfp.local is the kubectl-apply test's; one process is faster
         "MODELYARD_OPERATOR__LOCAL_IN_PROCESS": "true",
+        "MODELYARD_PIPELINE__TUNE_JOBS": "1",  # and one CV process (no worker processes to start)
     }
     data = ROOT / "examples" / "data" / "iris.csv"
     subprocess.run([MODELYARD, "data", "load", str(data), "--name", "iris"], env=env, check=True)
@@ -669,6 +670,7 @@ def test_a_second_version_is_rolled_out_under_local_on_analyses_from_the_prometh
         MODELYARD_OPERATOR__INTERVAL_S="1",
         MODELYARD_OPERATOR__SCRAPE_INTERVAL_S="1",
         MODELYARD_OPERATOR__LOCAL_IN_PROCESS="true",  # kfp.local is the kubectl-apply test's
+        MODELYARD_PIPELINE__TUNE_JOBS="1",  # one CV process: no worker processes to start
         PATH=f"{Path(prometheus_binary).parent}:{os.environ.get('PATH', '')}",
     )
     data = ROOT / "examples" / "data" / "iris.csv"

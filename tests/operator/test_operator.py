@@ -126,6 +126,9 @@ class Harness:
             "MODELYARD_STORE_URI": f"s3://{self.bucket}/models",
             "AWS_ENDPOINT_URL": self.s3.endpoint_url,
             "AWS_REGION": self.s3.env()["AWS_REGION"],
+            # one CV process: on a tiny iris, starting scikit-learn's worker processes takes seconds
+            # longer than the fits they would share
+            "MODELYARD_PIPELINE__TUNE_JOBS": "1",
         }
         self.apply(
             {

@@ -85,6 +85,7 @@ def test_serve_names_an_unknown_model(tmp_path: Path) -> None:
 def test_up_trains_promotes_and_answers_v1_and_v2(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELYARD_", "AWS_"))}
     env["MODELYARD_HOME"] = str(tmp_path / "home")
+    env["MODELYARD_PIPELINE__TUNE_JOBS"] = "1"  # one CV process: no worker processes to start
     overrides = [arg for override in FAST for arg in ("--set", override)]
     port, grpc_port, metrics_port = (str(free) for free in free_ports(3))
     env["MODELYARD_SERVING__METRICS_PORT"] = metrics_port

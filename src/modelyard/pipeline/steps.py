@@ -153,7 +153,7 @@ def tune_one(spec_yaml: str, features_json: str, train_path: str, model_path: st
         spec.metric,
         spec.cv_folds,
         spec.seed,
-        n_jobs=_settings().pipeline.tune_jobs or -1,
+        n_jobs=_settings().pipeline.tune_n_jobs,
     )
     joblib.dump(result.model, model_path)
     return json.dumps(result.summary().to_dict())
