@@ -843,9 +843,7 @@ def test_the_operator_rolls_a_knative_candidate_back_without_handing_it_all_traf
     ]
     assert harness.model("bad")["status"]["servingVersion"] == 1
     # the Model is Ready again once KServe reports the restored revision taking all traffic
-    wait_until(
-        "Ready", lambda: (c := harness.condition("bad", "Ready")) is not None and c["status"] == "True"
-    )
+    harness.wait_for_condition("bad", "Ready", status="True")
 
 
 @pytest.mark.cluster

@@ -206,6 +206,22 @@ class Harness:
                 return dict(condition)
         return None
 
+    def wait_for_condition(
+        self, name: str, type_: str, timeout: float = 90.0, **expected: str
+    ) -> dict[str, Any]:
+        """The Model's condition ``type_`` once each field of ``expected`` (status, reason) has its value."""
+        found: dict[str, Any] = wait_until(
+            f"{type_} {expected}",
+            lambda: (
+                (c := self.condition(name, type_)) is not None
+                and all(c.get(key) == value for key, value in expected.items())
+                and c
+            ),
+            timeout=timeout,
+            seen=lambda: self.condition(name, type_),
+        )
+        return found
+
     def jobs(self, model: str) -> list[dict[str, Any]]:
         found = self.kubectl("get", "jobs", "-l", f"modelyard.io/model={model}", "-o", "json")
         items: list[dict[str, Any]] = json.loads(found.stdout)["items"]
@@ -332,11 +348,7 @@ def test_a_model_is_trained_by_a_job_published_and_served_and_survives_an_operat
     assert json.loads(result.stdout)["published"]["version"] == 1
 
     harness.start_operator()
-    ready = wait_until(
-        "Ready=True",
-        lambda: (c := harness.condition("iris", "Ready")) is not None and c["status"] == "True" and c,
-        timeout=120,
-    )
+    ready = harness.wait_for_condition("iris", "Ready", status="True", timeout=120)
     assert ready["reason"] == "Ready"
     model = harness.model("iris")
     status = model["status"]
@@ -376,10 +388,7 @@ def test_a_spec_the_model_spec_refuses_gets_a_condition_naming_the_field_and_a_f
 ) -> None:
     name = "refused"
     harness.apply(iris_model(name, data={"path": str(IRIS), "table": "iris"}))
-    ready = wait_until(
-        "Ready=False InvalidSpec",
-        lambda: (c := harness.condition(name, "Ready")) is not None and c["reason"] == "InvalidSpec" and c,
-    )
+    ready = harness.wait_for_condition(name, "Ready", reason="InvalidSpec")
     assert ready["status"] == "False"
     assert ready["message"].startswith("spec.data: give exactly one of path, table, query or dataset")
     assert harness.model(name)["status"]["phase"] == "Invalid"
@@ -401,22 +410,14 @@ def test_a_spec_the_model_spec_refuses_gets_a_condition_naming_the_field_and_a_f
 
 def test_a_name_that_is_no_model_name_is_reported_on_metadata_name(harness: Harness) -> None:
     harness.apply(iris_model(name="iris.v2"))
-    ready = wait_until(
-        "Ready=False InvalidSpec",
-        lambda: (
-            (c := harness.condition("iris.v2", "Ready")) is not None and c["reason"] == "InvalidSpec" and c
-        ),
-    )
+    ready = harness.wait_for_condition("iris.v2", "Ready", reason="InvalidSpec")
     assert ready["message"].startswith("metadata.name: String should match pattern")
 
 
 def test_a_kfp_runner_without_a_kfp_host_gets_a_condition_and_no_job(harness: Harness) -> None:
     name = "kfp-runner"
     harness.apply(iris_model(name, training={"runner": "kfp"}))
-    trained = wait_until(
-        "Trained=False NoKfpHost",
-        lambda: (c := harness.condition(name, "Trained")) is not None and c["reason"] == "NoKfpHost" and c,
-    )
+    trained = harness.wait_for_condition(name, "Trained", reason="NoKfpHost")
     assert trained["status"] == "False"
     assert "MODELYARD_PIPELINE__HOST" in trained["message"]
     assert harness.jobs(name) == []
@@ -546,11 +547,7 @@ def test_a_schedule_asks_the_operator_for_a_run_which_it_starts_with_the_models_
     # The scheduled Job is the Model's run: it trains the current spec, and its version is the run's.
     result = harness.run_job(scheduled, tmp_path / "train")
     assert result.returncode == 0, result.stderr[-3000:]
-    trained = wait_until(
-        "Trained by the scheduled Job",
-        lambda: (c := harness.condition(name, "Trained")) is not None and c["status"] == "True" and c,
-        timeout=120,
-    )
+    trained = harness.wait_for_condition(name, "Trained", status="True", timeout=120)
     assert trained["message"].startswith(f"Job {meta['name']} published {name}@1")
     run = harness.model(name)["status"]["latestRun"]
     assert (run["name"], run["trigger"], run["request"]) == (meta["name"], "schedule", requested)
@@ -693,11 +690,7 @@ def test_the_charts_role_is_all_the_operator_needs(own_harness: Harness, tmp_pat
     (job,) = wait_until("the training Job", lambda: harness.jobs("iris"))
     result = harness.run_job(job, tmp_path / "pod")
     assert result.returncode == 0, result.stderr[-3000:]
-    wait_until(
-        "Ready=True",
-        lambda: (c := harness.condition("iris", "Ready")) is not None and c["status"] == "True",
-        timeout=120,
-    )
+    harness.wait_for_condition("iris", "Ready", status="True", timeout=120)
     assert {"TrainingStarted", "Promoted", "Ready"} <= {event["reason"] for event in harness.events("iris")}
     harness.kubectl("delete", "model", "iris", "--timeout=60s")
     wait_until("the InferenceService to go", lambda: harness.get("inferenceservice", "iris") is None)
@@ -711,7 +704,7 @@ def test_a_spec_change_retrains_and_a_serving_change_only_reshapes_the_inference
     harness.apply(iris_model(name))
     (first,) = wait_until("the training Job", lambda: harness.jobs(name))
     assert harness.run_job(first, tmp_path / "first").returncode == 0
-    wait_until("Ready", lambda: (c := harness.condition(name, "Ready")) is not None and c["status"] == "True")
+    harness.wait_for_condition(name, "Ready", status="True")
     service = harness.get("inferenceservice", name)
     assert service is not None
     served_uri = service["spec"]["predictor"]["model"]["storageUri"]
@@ -749,14 +742,7 @@ def test_a_spec_change_retrains_and_a_serving_change_only_reshapes_the_inference
     jobs = wait_until("the second Job", lambda: (found := harness.jobs(name)) and len(found) == 2 and found)
     (second,) = [job for job in jobs if job["metadata"]["name"] != first["metadata"]["name"]]
     assert harness.run_job(second, tmp_path / "second").returncode == 0
-    rollout = wait_until(
-        "RolloutProgressing CandidateWaiting",
-        lambda: (
-            (c := harness.condition(name, "RolloutProgressing")) is not None
-            and c["reason"] == "CandidateWaiting"
-            and c
-        ),
-    )
+    rollout = harness.wait_for_condition(name, "RolloutProgressing", reason="CandidateWaiting")
     assert rollout["message"].startswith(f"{name}@2 passed the gate; {name}@1 keeps serving")
     try:
         wait_until("phase Ready", lambda: harness.model(name)["status"]["phase"] == "Ready", timeout=30)
@@ -854,11 +840,7 @@ def test_a_version_another_run_published_is_not_taken_for_the_jobs(harness: Harn
     assert harness.model(name)["status"]["servingVersion"] is None
 
     assert harness.run_job(job, tmp_path / "pod").returncode == 0
-    wait_until(
-        "Ready",
-        lambda: (c := harness.condition(name, "Ready")) is not None and c["status"] == "True",
-        timeout=120,
-    )
+    harness.wait_for_condition(name, "Ready", status="True", timeout=120)
     assert harness.model(name)["status"]["servingVersion"] == 2
     with Registry(harness.database_url) as registry:
         runs = {record.version: record.run_id for record in registry.list_versions(name)}
@@ -870,7 +852,7 @@ def test_a_run_whose_job_is_gone_stays_the_run_and_the_loop_goes_on(harness: Har
     harness.apply(iris_model(name))
     (job,) = wait_until("the training Job", lambda: harness.jobs(name))
     assert harness.run_job(job, tmp_path / "pod").returncode == 0
-    wait_until("Ready", lambda: (c := harness.condition(name, "Ready")) is not None and c["status"] == "True")
+    harness.wait_for_condition(name, "Ready", status="True")
     harness.kubectl("delete", "job", job["metadata"]["name"])  # as its TTL would
     harness.kubectl(
         "patch", "model", name, "--type=merge", "-p", '{"spec": {"serving": {"max_replicas": 3}}}'
@@ -890,10 +872,7 @@ def test_a_job_deleted_before_it_published_says_so_and_is_not_restarted(harness:
     (job,) = wait_until("the training Job", lambda: harness.jobs(name))
     job_name = job["metadata"]["name"]
     harness.kubectl("delete", "job", job_name)
-    trained = wait_until(
-        "Trained=False RunGone",
-        lambda: (c := harness.condition(name, "Trained")) is not None and c["reason"] == "RunGone" and c,
-    )
+    trained = harness.wait_for_condition(name, "Trained", reason="RunGone")
     assert trained["status"] == "False"
     assert trained["message"].startswith(f"Job {job_name} is gone and published no version")
     harness.wait_reconciled(name)
@@ -930,10 +909,7 @@ def test_objects_of_a_childs_name_that_are_not_the_models_are_neither_adopted_no
     harness.apply(theirs)
     harness.apply(schedule)
     harness.apply(iris_model(name))
-    ready = wait_until(
-        "Ready=False NameTaken",
-        lambda: (c := harness.condition(name, "Ready")) is not None and c["reason"] == "NameTaken" and c,
-    )
+    ready = harness.wait_for_condition(name, "Ready", reason="NameTaken")
     assert ready["message"].startswith(
         f"ConfigMap {harness.namespace}/{name}-spec exists and is not this Model's"
     )
@@ -952,12 +928,7 @@ def test_auto_with_a_kfp_host_starts_no_job_and_names_the_unreachable_host(own_h
     harness.stop_operator()
     harness.start_operator(MODELYARD_PIPELINE__HOST="http://127.0.0.1:9")
     harness.apply(iris_model(training={"runner": "auto"}))
-    trained = wait_until(
-        "Trained=False KfpUnreachable",
-        lambda: (
-            (c := harness.condition("iris", "Trained")) is not None and c["reason"] == "KfpUnreachable" and c
-        ),
-    )
+    trained = harness.wait_for_condition("iris", "Trained", reason="KfpUnreachable")
     assert trained["message"].startswith(
         "cannot start a KFP run: cannot reach Kubeflow Pipelines at http://127.0.0.1:9"
     )

@@ -54,7 +54,7 @@ def train_two_versions(
     harness.apply(iris_model(name, rollout=policy, **spec))
     (first,) = wait_until("the training Job", lambda: harness.jobs(name))
     assert harness.run_job(first, tmp_path / "first").returncode == 0
-    wait_until("Ready", lambda: (c := harness.condition(name, "Ready")) is not None and c["status"] == "True")
+    harness.wait_for_condition(name, "Ready", status="True")
     harness.kubectl("patch", "model", name, "--type=merge", "-p", '{"spec": {"cv_folds": 3}}')
     jobs = wait_until("the second Job", lambda: (found := harness.jobs(name)) and len(found) == 2 and found)
     (second,) = [job for job in jobs if job["metadata"]["name"] != first["metadata"]["name"]]
@@ -380,12 +380,7 @@ def test_a_spec_change_pauses_the_rollout_and_the_new_version_supersedes_it(
     # The model spec changes: version 2 was trained for the old one, so it waits, unserved and unjudged.
     harness.kubectl("patch", "model", name, "--type=merge", "-p", '{"spec": {"cv_folds": 4}}')
     jobs = wait_until("the third Job", lambda: (found := harness.jobs(name)) and len(found) == 3 and found)
-    paused = wait_until(
-        "Paused",
-        lambda: (
-            (c := harness.condition(name, "RolloutProgressing")) is not None and c["reason"] == "Paused" and c
-        ),
-    )
+    paused = harness.wait_for_condition(name, "RolloutProgressing", reason="Paused")
     (third,) = [
         job for job in jobs if job["metadata"]["name"] == harness.model(name)["status"]["latestRun"]["name"]
     ]
@@ -462,14 +457,7 @@ def test_a_rollout_waits_while_kserve_keeps_the_inference_services_deployment_mo
 
     knative = {"spec": {"serving": {"deployment_mode": "Knative"}}}
     harness.kubectl("patch", "model", name, "--type=merge", "-p", json.dumps(knative))
-    paused = wait_until(
-        "DeploymentModeFixed",
-        lambda: (
-            (c := harness.condition(name, "RolloutProgressing")) is not None
-            and c["reason"] == "DeploymentModeFixed"
-            and c
-        ),
-    )
+    paused = harness.wait_for_condition(name, "RolloutProgressing", reason="DeploymentModeFixed")
     fixed = (
         f"InferenceService {name} runs in Standard mode and spec.serving.deployment_mode is Knative: KServe "
         f"does not change a deployment mode; delete InferenceService {name} (the operator makes it again, in "
