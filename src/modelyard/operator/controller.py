@@ -911,10 +911,9 @@ def _note_replaced_revision(manifest: dict[str, Any], found: dict[str, Any] | No
     keeps the annotation (KServe copies it into the template: changing it alone would make a revision)."""
     if found is None:
         return
-    before = (found.get("metadata") or {}).get("annotations", {}).get(children.REPLACED_REVISION_ANNOTATION)
+    before = _annotation(found, children.REPLACED_REVISION_ANNOTATION)
     if _served_spec(found) != _served_spec(manifest):
-        predictor = ((found.get("status") or {}).get("components") or {}).get("predictor") or {}
-        before = predictor.get("latestCreatedRevision") or before
+        before = _predictor_status(found).get("latestCreatedRevision") or before
     if before:
         manifest["metadata"]["annotations"][children.REPLACED_REVISION_ANNOTATION] = before
 
@@ -931,7 +930,7 @@ def _canary_may_start(found: dict[str, Any] | None, plain: dict[str, Any]) -> bo
     (a shadow step held at 0 after a superseded canary)."""
     if found is None:
         return False
-    predictor = ((found.get("status") or {}).get("components") or {}).get("predictor") or {}
+    predictor = _predictor_status(found)
     if not predictor.get("latestRolledoutRevision"):
         return False
     if ((found.get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent") is not None:
@@ -959,6 +958,12 @@ def _candidate_held_back(found: dict[str, Any] | None, manifest: dict[str, Any])
     return percent == 0 and not _latest_revision_takes(found, 0)
 
 
+def _predictor_status(service: dict[str, Any]) -> dict[str, Any]:
+    """What KServe reports of ``service``'s predictor (status.components.predictor; empty before it has)."""
+    predictor: dict[str, Any] = ((service.get("status") or {}).get("components") or {}).get("predictor") or {}
+    return predictor
+
+
 def _served_spec(service: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
     """What a revision of ``service`` serves: its storageUri and the env the operator gives it."""
     model = ((service.get("spec") or {}).get("predictor") or {}).get("model") or {}
@@ -976,11 +981,9 @@ def _latest_revision_takes(service: dict[str, Any], percent: int) -> bool:
         condition.get("type") == "PredictorReady" and condition.get("status") == "True"
         for condition in status.get("conditions") or []
     )
-    predictor = (status.get("components") or {}).get("predictor") or {}
+    predictor = _predictor_status(service)
     latest = predictor.get("latestCreatedRevision")
-    replaced = ((service.get("metadata") or {}).get("annotations") or {}).get(
-        children.REPLACED_REVISION_ANNOTATION
-    )
+    replaced = _annotation(service, children.REPLACED_REVISION_ANNOTATION)
     caught_up = bool(latest) and latest != replaced and predictor.get("latestReadyRevision") == latest
     shares = [
         int(target.get("percent") or 0)
