@@ -1090,11 +1090,12 @@ def schedule_request_failed(job: dict[str, Any]) -> str:
     other failure (a deadline, an image not pulled, no API server) is in the pod's log."""
     name = job["metadata"]["name"]
     logs = f"see its pod's log (kubectl logs job/{name})"
-    prefix = f"Job {name} of the schedule failed to ask for a run: {_failure(job)}"
-    conditions: list[dict[str, Any]] = (job.get("status") or {}).get("conditions") or []
-    condition = next((c for c in conditions if c.get("type") == "Failed"), {})
-    refused = condition.get("reason") == "PodFailurePolicy" and (
-        f"exit code {children.REQUEST_REFUSED_EXIT_CODE} " in str(condition.get("message"))
+    failure = _failure(job)
+    prefix = f"Job {name} of the schedule failed to ask for a run: {failure}"
+    refused = (
+        failure is not None
+        and failure.startswith("PodFailurePolicy: ")
+        and f"exit code {children.REQUEST_REFUSED_EXIT_CODE} " in failure
     )
     if refused:
         account = job["spec"]["template"]["spec"].get("serviceAccountName", "default")
