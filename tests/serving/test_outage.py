@@ -114,7 +114,8 @@ def test_a_server_on_an_unmigrated_database_says_so_once_serves_and_replays_afte
         refused = post_json(feedback, {"request_id": "r0", "label": "setosa"})
         spool = home / "spool" / "predictions.jsonl"
         deadline = time.monotonic() + 30
-        while spool.read_bytes().count(b"\n") < 5 and time.monotonic() < deadline:
+        # the writer process makes the spool once it starts
+        while (not spool.exists() or spool.read_bytes().count(b"\n") < 5) and time.monotonic() < deadline:
             time.sleep(0.1)
         spooled = [json.loads(line)["request_id"] for line in spool.read_bytes().splitlines()]
         upgrade(url)  # `modelyard db upgrade`, run while the server keeps serving

@@ -72,7 +72,7 @@ LATENCY_BUCKETS_S = (
 BATCH_ROWS_BUCKETS = tuple(float(2**power) for power in range(15))  # 1 .. 16384 rows
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 # Why the prediction log gave records up (see PredictionLog).
-DROP_REASONS = ("queue_full", "spool_full", "rejected", "invalid", "stopped")
+DROP_REASONS = ("queue_full", "spool_full", "rejected", "invalid", "stopped", "writer_failed")
 
 
 class _BulkHistogram(Collector):

@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # imported when assembling, after the cheap checks of the ent
     from modelyard.monitoring.accuracy import AccuracyCollector
     from modelyard.serving.dataplane import DataPlane
     from modelyard.serving.model import ServedModel
-    from modelyard.serving.prediction_log import PredictionLog
+    from modelyard.serving.prediction_log.process import PredictionLogProcess
     from modelyard.serving.probes import ProbeServer
 
 log = logging.getLogger("modelyard.serving")
@@ -156,14 +156,14 @@ class ModelServer:
         self.model.load()
         # Fetched and loaded by load_candidate(), once the probes answer (live, not ready yet).
         self.candidate: ServedModel | None = None
-        self.prediction_log: PredictionLog | None = None
+        self.prediction_log: PredictionLogProcess | None = None
         self.accuracy: list[AccuracyCollector] = []
         feedback_store = None
         if serving.prediction_log and settings.database_url:
             from modelyard.serving.feedback import record_feedback
-            from modelyard.serving.prediction_log import PredictionLog
+            from modelyard.serving.prediction_log.process import PredictionLogProcess
 
-            self.prediction_log = PredictionLog(
+            self.prediction_log = PredictionLogProcess(
                 settings.database_url,
                 spool_dir=serving.spool_dir or settings.home / "spool",
                 queue_size=serving.log_queue_size,
@@ -171,6 +171,7 @@ class ModelServer:
                 flush_interval_s=serving.log_flush_interval_s,
                 spool_max_bytes=serving.spool_max_bytes,
                 metrics=metrics,
+                log_level=settings.log_level,
             )
             engine = self.prediction_log.engine
             from modelyard.monitoring.accuracy import start_accuracy_collector

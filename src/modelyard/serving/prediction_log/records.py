@@ -27,7 +27,7 @@ from modelyard.serving.features import MatrixColumns
 from modelyard.serving.sink import PredictionRecord
 
 # orjson writes NaN and infinities as null, numpy arrays natively (C-contiguous ones; others go through
-# ``_plain``), and dictionary keys that are numbers as their text.
+# ``plain_value``), and dictionary keys that are numbers as their text.
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
@@ -38,7 +38,7 @@ class InvalidRecord(ValueError):
     """A record that can never be stored; the message names the field."""
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """What orjson cannot write itself: arrays it does not take (strided, object) as lists, else text."""
     tolist = getattr(value, "tolist", None)  # numpy arrays and scalars
     if callable(tolist):
@@ -62,7 +62,7 @@ def json_text(value: Any) -> str:
     The prediction log's engine serialises its JSON columns with this.
     """
     try:
-        return orjson.dumps(value, default=_plain, option=_JSON_OPTIONS).decode()
+        return orjson.dumps(value, default=plain_value, option=_JSON_OPTIONS).decode()
     except orjson.JSONEncodeError as exc:
         raise UnwritableValue(str(exc)) from None
 
@@ -203,7 +203,7 @@ def table_row(record: Any) -> dict[str, Any]:
 def spool_line(row: dict[str, Any]) -> bytes:
     """A table row as one JSON line of the spool; InvalidRecord when a value cannot be written."""
     try:
-        return orjson.dumps(row, default=_plain, option=_JSON_OPTIONS | orjson.OPT_APPEND_NEWLINE)
+        return orjson.dumps(row, default=plain_value, option=_JSON_OPTIONS | orjson.OPT_APPEND_NEWLINE)
     except orjson.JSONEncodeError as exc:
         raise UnwritableValue(unwritable(row.get("request_id"), exc)) from None
 
@@ -245,6 +245,7 @@ __all__ = [
     "InvalidRecord",
     "PredictionRecord",
     "json_text",
+    "plain_value",
     "row_from_spool_line",
     "spool_line",
     "table_row",

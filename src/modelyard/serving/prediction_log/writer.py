@@ -42,10 +42,10 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
-from sqlalchemy import Connection, Dialect, Engine, Insert, Table, inspect
+from sqlalchemy import URL, Connection, Dialect, Engine, Insert, Table, inspect
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
@@ -55,7 +55,6 @@ from modelyard.registry.db import WRITE_OPTION, create_engine_for, normalize_url
 from modelyard.registry.packed import pack_columns, pack_matrix
 from modelyard.registry.tables import Prediction
 from modelyard.serving.features import MatrixColumns
-from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.prediction_log.records import (
     InvalidRecord,
     UnwritableValue,
@@ -85,6 +84,28 @@ class DatabaseState(enum.Enum):
     UP = "up"
     UNREACHABLE = "unreachable"
     UNMIGRATED = "unmigrated"  # it answers, but has no predictions table
+
+
+class LogMetrics(Protocol):
+    """Where the log counts what it did: the server's ``ServingMetrics``, or the writer process's tally
+    that the server's metrics take over (``prediction_log.process``)."""
+
+    def set_log_queue(self, depth: int) -> None: ...
+    def count_log_dropped(self, n: int, reason: str) -> None: ...
+    def count_log_written(self, n: int) -> None: ...
+    def count_log_spooled(self, n: int) -> None: ...
+    def count_log_replayed(self, n: int) -> None: ...
+    def set_log_spool_bytes(self, size: int) -> None: ...
+
+
+def log_database_url(database_url: str) -> URL:
+    """The registry URL as the log connects to it: on Postgres, a bounded connect and lock wait."""
+    url = normalize_url(database_url)
+    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+        url = url.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT_S)})
+    if url.get_backend_name() == "postgresql" and "options" not in url.query:
+        url = url.update_query_dict({"options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"})
+    return url
 
 
 class MissingTable(Exception):
@@ -128,7 +149,7 @@ PACK_MIN_ROWS = 8
 def _packed(columns: Mapping[str, Any], rows: int) -> tuple[Mapping[str, Any], bytes | None]:
     """(the columns left for JSON, the float arrays among them packed); lists stay JSON."""
     if rows < PACK_MIN_ROWS:
-        # as plain lists at once: orjson would fail on the mapping first, then ask ``_plain``
+        # as plain lists at once: orjson would fail on the mapping first, then ask ``plain_value``
         return (columns.tolist() if type(columns) is MatrixColumns else columns), None
     if type(columns) is MatrixColumns and columns.matrix.dtype.kind == "f":
         return columns.other, pack_matrix(columns.names, columns.matrix)
@@ -207,7 +228,7 @@ class PredictionLog:
         batch_size: int,
         flush_interval_s: float,
         spool_max_bytes: int,
-        metrics: ServingMetrics | None = None,
+        metrics: LogMetrics | None = None,
         retry_initial_s: float = 0.25,
         retry_max_s: float = 5.0,
     ) -> None:
@@ -221,11 +242,7 @@ class PredictionLog:
         ):
             if not number > 0:
                 raise ValueError(f"{name} must be > 0, got {number!r}")
-        url = normalize_url(database_url)
-        if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
-            url = url.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT_S)})
-        if url.get_backend_name() == "postgresql" and "options" not in url.query:
-            url = url.update_query_dict({"options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"})
+        url = log_database_url(database_url)
         self.engine: Engine = create_engine_for(url, json_serializer=json_text)
         self._where = redact(url)
         table = cast(Table, Prediction.__table__)
@@ -256,6 +273,7 @@ class PredictionLog:
         self._submitted = 0  # records accepted into the queue
         self._handled = 0  # records taken off the queue and written, spooled or given up
         self._dropped = 0
+        self._refused = 0  # records submit() could not take (queue full, or stopped)
         self._closed = False
         self._writer_running = False
         self._flush_waiters: list[_FlushWaiter] = []
@@ -284,6 +302,11 @@ class PredictionLog:
     @property
     def dropped(self) -> int:
         return self._dropped
+
+    @property
+    def settled(self) -> int:
+        """Records submitted that need nothing more: written, spooled, or given up (refused included)."""
+        return self._handled + self._refused
 
     @property
     def written(self) -> int:
@@ -362,6 +385,7 @@ class PredictionLog:
                         self._queue.extend(itertools.islice(records, accepted))
                     self._submitted += accepted
                 self._dropped += count - accepted
+                self._refused += count - accepted
                 depth = len(self._queue)
             if accepted < count:
                 why = "the queue is full" if reason == "queue_full" else "submitted after stop()"
@@ -728,7 +752,9 @@ __all__ = [
     "PACK_MIN_ROWS",
     "DatabaseState",
     "InsertStatement",
+    "LogMetrics",
     "MissingTable",
     "PredictionLog",
+    "log_database_url",
     "stored_row",
 ]

@@ -1,0 +1,253 @@
+"""The prediction log as the server runs it: records sent to a writer process, on real databases.
+
+The frames between server and writer round-trip every kind of record the log takes; the writer process
+stores what the server submits, counts it into the server's metrics, answers flushes, and loses nothing
+when it is killed mid-stream or when the server stops while the database is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import logging
+import os
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelyard.serving.features import MatrixColumns
+from modelyard.serving.metrics import ServingMetrics
+from modelyard.serving.prediction_log import wire
+from modelyard.serving.prediction_log.process import PredictionLogProcess
+from modelyard.serving.prediction_log.records import table_row
+
+from .test_prediction_log import dropped_metric, metric, migrated_sqlite, record, stored, unreachable_url
+
+
+def new_process_log(url: str, spool_dir: Path, **overrides: Any) -> PredictionLogProcess:
+    options: dict[str, Any] = {
+        "spool_dir": spool_dir,
+        "queue_size": 10_000,
+        "batch_size": 50,
+        "flush_interval_s": 0.05,
+        "spool_max_bytes": 1 << 22,
+    }
+    options.update(overrides)
+    return PredictionLogProcess(url, **options)
+
+
+def matrix_record(request_id: str, rows: int, **overrides: Any) -> Any:
+    """A record as the data plane builds it: its matrices whole, a text column beside the numbers."""
+    features = MatrixColumns(
+        ["sepal_length", "petal_width"],
+        np.arange(rows * 2, dtype=np.float64).reshape(rows, 2)[:, ::-1],  # strided, as a batch's view
+        {"color": np.array(["red"] * (rows - 1) + [None], dtype=object)},
+    )
+    probabilities = MatrixColumns(["setosa", "versicolor"], np.full((rows, 2), 0.5))
+    return record(
+        request_id,
+        rows,
+        features=features,
+        labels=np.array(["setosa"] * rows, dtype=object),
+        probabilities=probabilities,
+        **overrides,
+    )
+
+
+# ---------------------------------------------------------------- the frames
+
+
+@pytest.mark.parametrize("rows", [1, 3, 300])
+def test_records_cross_the_wire_as_the_same_table_rows(rows: int) -> None:
+    originals = [
+        matrix_record("m", rows),
+        record("plain", rows),
+        record("naive-time", rows, created_at=datetime(2026, 11, 23, 12, 0)),
+        record("shadow", rows, answered=False, latency_ms=np.float32(2.5)),
+    ]
+    decoded = wire.decode_records(wire.encode_records(originals))
+    assert len(decoded) == len(originals)
+    for original, copy in zip(originals, decoded, strict=True):
+        expected, got = table_row(original), table_row(copy)
+        for name in ("features", "probabilities"):
+            assert {key: list(value) for key, value in got[name].items()} == {
+                key: list(value) for key, value in expected[name].items()
+            }
+        assert {k: v for k, v in got.items() if k not in ("features", "probabilities")} == {
+            k: v for k, v in expected.items() if k not in ("features", "probabilities")
+        }
+
+
+def test_a_record_the_writer_would_refuse_crosses_the_wire_and_is_refused_there_by_name() -> None:
+    (copy,) = wire.decode_records(wire.encode_records([dataclasses.replace(record("bad", 2), rows=3)]))
+    message = r"features\['sepal_length'\] has 2 values, but the request has 3 rows"
+    with pytest.raises(ValueError, match=message):
+        table_row(copy)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"\x01", "not a batch of prediction records"),
+        (b"\x01\x00\x00\x00\x05\x00\x00\x00[1,2", "not a batch of prediction records"),
+        (b"\x02\x00\x00\x00\x02\x00\x00\x00[]", "0 records where the frame says 2"),
+    ],
+)
+def test_a_payload_that_is_no_batch_is_refused_by_name(payload: bytes, message: str) -> None:
+    with pytest.raises(wire.FrameError, match=message):
+        wire.decode_records(payload)
+
+
+@pytest.mark.parametrize(
+    ("stream", "message"),
+    [
+        (b"\x02\x05", "the stream ended inside a frame header"),
+        (b"\x09\x00\x00\x00\x00", "unknown frame kind 9"),
+        (b"\x02\x05\x00\x00\x00abc", "the stream ended inside a frame \\(3 of 5 bytes\\)"),
+    ],
+)
+def test_a_cut_or_foreign_stream_is_refused_by_name(stream: bytes, message: str) -> None:
+    with pytest.raises(wire.FrameError, match=message):
+        wire.read_frame(io.BytesIO(stream))
+
+
+def test_frames_follow_each_other_and_the_stream_ends_cleanly() -> None:
+    stream = io.BytesIO(wire.frame(wire.RECORDS, b"abc") + wire.json_frame(wire.FLUSH, {"upto": 3}))
+    assert wire.read_frame(stream) == (wire.RECORDS, b"abc")
+    assert wire.read_frame(stream) == (wire.FLUSH, b'{"upto":3}')
+    assert wire.read_frame(stream) is None
+
+
+# ---------------------------------------------------------------- the writer process
+
+
+def test_the_writer_process_stores_what_the_server_submits_and_the_servers_metrics_count_it(
+    tmp_path: Path,
+) -> None:
+    url = migrated_sqlite(tmp_path)
+    metrics = ServingMetrics()
+    log = new_process_log(url, tmp_path / "spool", metrics=metrics)
+
+    async def scenario() -> tuple[bool, bool]:
+        await log.start()
+        log.submit([matrix_record(f"r{n}", 1 + n % 10) for n in range(120)])
+        flushed = await log.flush(timeout_s=30)
+        log.submit([record("late")])
+        await log.stop()
+        return flushed, await log.flush(timeout_s=1)
+
+    flushed, after_stop = asyncio.run(scenario())
+    assert flushed is True
+    assert after_stop is True  # nothing is left anywhere
+    rows = stored(url)
+    assert [row.request_id for row in rows] == [f"r{n}" for n in range(120)] + ["late"]
+    assert rows[11].rows == 2
+    assert log.written == 121
+    assert metric(metrics, "modelyard_prediction_log_written_total") == 121
+    assert metric(metrics, "modelyard_prediction_log_queue_depth") == 0
+    assert log.queue_depth == 0
+
+
+def test_a_killed_writer_is_started_again_and_every_record_is_stored_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = migrated_sqlite(tmp_path)
+    # A long flush interval: the first writer holds its records unwritten when it is killed.
+    log = new_process_log(url, tmp_path / "spool", flush_interval_s=30.0, batch_size=1_000)
+
+    async def scenario() -> tuple[int | None, int | None]:
+        await log.start()
+        log.submit([record(f"a{n}") for n in range(40)])
+        deadline = time.monotonic() + 30
+        while log.writer_pid is None:
+            assert time.monotonic() < deadline, "no writer started"
+            await asyncio.sleep(0.02)
+        first = log.writer_pid
+        await asyncio.sleep(1.5)  # sent by now (and read, once the writer has started)
+        os.kill(first, signal.SIGKILL)
+        log.submit([record(f"b{n}") for n in range(40)])
+        assert await log.flush(timeout_s=60) is True
+        second = log.writer_pid
+        await log.stop()
+        return first, second
+
+    with caplog.at_level(logging.WARNING, logger="modelyard"):
+        first, second = asyncio.run(scenario())
+    assert second is not None and second != first
+    ids = [row.request_id for row in stored(url)]
+    assert sorted(ids) == sorted([f"a{n}" for n in range(40)] + [f"b{n}" for n in range(40)])
+    assert len(ids) == len(set(ids))
+    assert f"the writer (pid {first}) exited with -9 before it settled" in caplog.text
+    assert "unsettled record(s) to the new writer" in caplog.text
+
+
+def test_stopping_while_the_database_is_down_spools_everything_for_the_next_server(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    metrics = ServingMetrics()
+    log = new_process_log(unreachable_url(tmp_path), spool, metrics=metrics)
+
+    async def scenario() -> None:
+        await log.start()
+        log.submit([record(f"r{n}", 2) for n in range(25)])
+        await log.stop()
+
+    asyncio.run(scenario())
+    lines = (spool / "predictions.jsonl").read_bytes().splitlines()
+    assert len(lines) == 25
+    assert log.spooled == 25
+    assert metric(metrics, "modelyard_prediction_log_spooled_total") == 25
+    assert metric(metrics, "modelyard_prediction_log_spool_bytes") == sum(len(line) + 1 for line in lines)
+    assert log.database_available is False
+
+
+def test_a_record_json_cannot_carry_is_dropped_by_name_and_the_rest_are_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = migrated_sqlite(tmp_path)
+    metrics = ServingMetrics()
+    log = new_process_log(url, tmp_path / "spool", metrics=metrics)
+
+    async def scenario() -> None:
+        await log.start()
+        log.submit([record("fine-1"), record("huge", features={"big": [2**70]}), record("fine-2")])
+        await log.stop()
+
+    with caplog.at_level(logging.WARNING, logger="modelyard"):
+        asyncio.run(scenario())
+    assert [row.request_id for row in stored(url)] == ["fine-1", "fine-2"]
+    assert dropped_metric(metrics, "invalid") == 1
+    assert "the record of request 'huge' cannot be written: Integer exceeds 64-bit range" in caplog.text
+
+
+def test_when_no_writer_can_run_the_stopping_server_gives_its_records_up_by_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = ServingMetrics()
+    log = new_process_log(migrated_sqlite(tmp_path), tmp_path / "spool", metrics=metrics, command=["false"])
+
+    async def scenario() -> None:
+        await log.start()
+        log.submit([record(f"r{n}") for n in range(5)])
+        await log.stop()
+
+    with caplog.at_level(logging.WARNING, logger="modelyard"):
+        asyncio.run(scenario())
+    assert dropped_metric(metrics, "writer_failed") == 5
+    assert "dropped 5 record(s) (writer_failed): no writer settled them in 3 attempts" in caplog.text
+
+
+def test_a_full_server_queue_drops_by_name_and_counts_what_waits_for_the_writer(tmp_path: Path) -> None:
+    metrics = ServingMetrics()
+    url = migrated_sqlite(tmp_path)
+    log = new_process_log(url, tmp_path / "spool", metrics=metrics, queue_size=10)
+    log.submit([record(f"r{n}") for n in range(12)])  # not started: nothing leaves the queue
+    assert log.queue_depth == 10
+    assert dropped_metric(metrics, "queue_full") == 2
+    asyncio.run(log.stop())  # a writer still takes what was queued
+    assert [row.request_id for row in stored(url)] == [f"r{n}" for n in range(10)]
