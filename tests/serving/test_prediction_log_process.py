@@ -134,16 +134,20 @@ def test_the_writer_process_stores_what_the_server_submits_and_the_servers_metri
     metrics = ServingMetrics()
     log = new_process_log(url, tmp_path / "spool", metrics=metrics)
 
-    async def scenario() -> tuple[bool, bool]:
+    async def scenario() -> tuple[bool, list[bool], bool]:
         await log.start()
         log.submit([matrix_record(f"r{n}", 1 + n % 10) for n in range(120)])
         flushed = await log.flush(timeout_s=30)
+        # with nothing new, and side by side: each flush is answered, none waits for its timeout
+        again = [await log.flush(timeout_s=5)]
+        again += await asyncio.gather(log.flush(timeout_s=5), log.flush(timeout_s=5))
         log.submit([record("late")])
         await log.stop()
-        return flushed, await log.flush(timeout_s=1)
+        return flushed, again, await log.flush(timeout_s=1)
 
-    flushed, after_stop = asyncio.run(scenario())
+    flushed, again, after_stop = asyncio.run(scenario())
     assert flushed is True
+    assert again == [True, True, True]
     assert after_stop is True  # nothing is left anywhere
     rows = stored(url)
     assert [row.request_id for row in rows] == [f"r{n}" for n in range(120)] + ["late"]

@@ -153,7 +153,7 @@ async def serve(config: dict[str, Any], source: IO[bytes], out: IO[bytes]) -> No
             elif kind == wire.FLUSH:
                 request = orjson.loads(payload)
                 complete = await log.flush(timeout_s=request["timeout_s"])
-                reporter.send(flushed=request["upto"], complete=complete)
+                reporter.send(flushed=request["ticket"], complete=complete)
     finally:
         await log.stop()
         stopped.set()

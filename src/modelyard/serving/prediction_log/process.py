@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import logging
 import math
@@ -50,6 +51,9 @@ logger = logging.getLogger(__name__)
 WRITER_COMMAND = (sys.executable, "-m", "modelyard.serving.prediction_log")
 # Records wait at most this long in the server before they are sent (a full batch goes at once).
 SEND_INTERVAL_S = 0.05
+# The writer's input pipe holds this much (Linux's default is 64 KiB): a second of single-row records at
+# a few thousand a second is sent without waiting for the writer to read.
+PIPE_BYTES = 1 << 20
 # Starting a writer again is retried with backoff while it keeps failing.
 RESTART_INITIAL_S = 0.5
 RESTART_MAX_S = 30.0
@@ -59,9 +63,9 @@ STOP_ATTEMPTS = 3
 
 @dataclass(eq=False)
 class _FlushWaiter:
-    """A flush() in progress: answered (on its own loop) once the writer has flushed ``target`` records."""
+    """A flush() in progress: answered (on its own loop) once the writer answered its ``ticket``."""
 
-    target: int
+    ticket: int
     timeout_s: float
     loop: asyncio.AbstractEventLoop
     done: asyncio.Future[bool] = field(repr=False)
@@ -137,8 +141,11 @@ class PredictionLogProcess:
         self._taken = 0  # records taken off the queue: sent, or given up as invalid
         self._closed = False
         self._flush_waiters: list[_FlushWaiter] = []
-        self._flush_upto = 0  # the largest target a flush() asked for
-        self._flush_sent = 0  # the largest target the current writer was asked to flush
+        # Each flush() takes the next ticket; the writer is asked to flush once every record submitted
+        # before the newest ticket is sent, and its answer to a ticket answers every earlier one too.
+        self._flush_ticket = 0
+        self._flush_target = 0  # records submitted when the newest ticket was taken
+        self._flush_sent = 0  # the newest ticket the current writer was asked about
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -238,9 +245,10 @@ class PredictionLogProcess:
             target = self._submitted
             if self._thread is None or not self._thread.is_alive():
                 return self._taken >= target and not self._unsettled and self._spool_bytes == 0
-            waiter = _FlushWaiter(target, timeout_s, loop, loop.create_future())
+            self._flush_ticket += 1
+            self._flush_target = target
+            waiter = _FlushWaiter(self._flush_ticket, timeout_s, loop, loop.create_future())
             self._flush_waiters.append(waiter)
-            self._flush_upto = max(self._flush_upto, target)
         self._wakeup.set()
         try:
             return await asyncio.wait_for(waiter.done, timeout_s)
@@ -304,7 +312,7 @@ class PredictionLogProcess:
         return (
             len(self._queue) >= self._batch_size
             or self._stopping.is_set()
-            or self._flush_upto > self._flush_sent
+            or self._flush_ticket > self._flush_sent
         )
 
     def _launch(self) -> None:
@@ -315,6 +323,9 @@ class PredictionLogProcess:
             logger.error("prediction log: cannot start the writer %s: %s", " ".join(self._command), exc)
             self._stopping.wait(RESTART_INITIAL_S)
             return
+        if hasattr(fcntl, "F_SETPIPE_SZ") and process.stdin is not None:
+            with contextlib.suppress(OSError):  # above the system's pipe-max-size: the default then
+                fcntl.fcntl(process.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         writer = _Writer(process)
         writer.reader = threading.Thread(
             target=self._read_reports, args=(writer,), name="modelyard-prediction-log-reports", daemon=True
@@ -373,11 +384,11 @@ class PredictionLogProcess:
             if count:
                 self._write(writer, wire.frame(wire.RECORDS, payload))
         with self._lock:
-            upto = self._flush_upto if self._taken >= self._flush_upto else 0
+            ticket = self._flush_ticket if self._taken >= self._flush_target else 0
             timeout_s = max((w.timeout_s for w in self._flush_waiters), default=0.0)
-        if upto > self._flush_sent:
-            self._flush_sent = upto
-            self._write(writer, wire.json_frame(wire.FLUSH, {"upto": upto, "timeout_s": timeout_s}))
+        if ticket > self._flush_sent:
+            self._flush_sent = ticket
+            self._write(writer, wire.json_frame(wire.FLUSH, {"ticket": ticket, "timeout_s": timeout_s}))
 
     def _encode(self, batch: list[PredictionRecord]) -> tuple[bytes, int]:
         """The RECORDS payload of a batch, and its record count; a record no JSON can carry is given up."""
@@ -447,7 +458,7 @@ class PredictionLogProcess:
             depth = len(self._queue) + self._unsettled_records
             waiters = self._flush_waiters
             flushed = report.get("flushed")
-            answered = [] if flushed is None else [w for w in waiters if w.target <= flushed]
+            answered = [] if flushed is None else [w for w in waiters if w.ticket <= flushed]
             self._flush_waiters = [w for w in waiters if w not in answered]
             added = {
                 name: int(report[name]) - int(last.get(name, 0))
