@@ -13,6 +13,8 @@ import io
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +26,7 @@ import pytest
 from modelyard.serving.features import MatrixColumns
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.prediction_log import wire
-from modelyard.serving.prediction_log.process import PredictionLogProcess
+from modelyard.serving.prediction_log.process import WRITER_COMMAND, PredictionLogProcess
 from modelyard.serving.prediction_log.records import table_row
 
 from .test_prediction_log import dropped_metric, metric, migrated_sqlite, record, stored, unreachable_url
@@ -118,9 +120,9 @@ def test_a_cut_or_foreign_stream_is_refused_by_name(stream: bytes, message: str)
 
 
 def test_frames_follow_each_other_and_the_stream_ends_cleanly() -> None:
-    stream = io.BytesIO(wire.frame(wire.RECORDS, b"abc") + wire.json_frame(wire.FLUSH, {"upto": 3}))
+    stream = io.BytesIO(wire.frame(wire.RECORDS, b"abc") + wire.json_frame(wire.FLUSH, {"ticket": 3}))
     assert wire.read_frame(stream) == (wire.RECORDS, b"abc")
-    assert wire.read_frame(stream) == (wire.FLUSH, b'{"upto":3}')
+    assert wire.read_frame(stream) == (wire.FLUSH, b'{"ticket":3}')
     assert wire.read_frame(stream) is None
 
 
@@ -187,6 +189,7 @@ def test_a_killed_writer_is_started_again_and_every_record_is_stored_once(
     ids = [row.request_id for row in stored(url)]
     assert sorted(ids) == sorted([f"a{n}" for n in range(40)] + [f"b{n}" for n in range(40)])
     assert len(ids) == len(set(ids))
+    assert log.written == 80  # the first writer wrote nothing: its flush interval never came
     assert f"the writer (pid {first}) exited with -9 before it settled" in caplog.text
     assert "unsettled record(s) to the new writer" in caplog.text
 
@@ -255,3 +258,67 @@ def test_a_full_server_queue_drops_by_name_and_counts_what_waits_for_the_writer(
     assert dropped_metric(metrics, "queue_full") == 2
     asyncio.run(log.stop())  # a writer still takes what was queued
     assert [row.request_id for row in stored(url)] == [f"r{n}" for n in range(10)]
+
+
+def test_a_writer_whose_server_is_gone_ignores_signals_and_stores_everything_it_was_sent(
+    tmp_path: Path,
+) -> None:
+    """The server died while the writer answered a flush: nobody reads its reports any more, and a
+    SIGTERM and a SIGINT (a pod's, a terminal's) reach it; it still stores every record it got."""
+    url = migrated_sqlite(tmp_path)
+    config = {
+        "database_url": url,
+        "spool_dir": str(tmp_path / "spool"),
+        "queue_size": 1000,
+        "batch_size": 50,
+        "flush_interval_s": 0.05,
+        "spool_max_bytes": 1 << 22,
+    }
+    writer = subprocess.Popen(WRITER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert writer.stdin is not None and writer.stdout is not None
+    writer.stdin.write(
+        wire.json_frame(wire.CONFIG, config)
+        + wire.frame(wire.RECORDS, wire.encode_records([record(f"a{n}") for n in range(5)]))
+        + wire.json_frame(wire.FLUSH, {"ticket": 1, "timeout_s": 5})
+    )
+    writer.stdin.flush()
+    time.sleep(2.0)  # started, and its signal handlers set
+    writer.stdout.close()  # the server is gone
+    writer.send_signal(signal.SIGTERM)
+    writer.send_signal(signal.SIGINT)
+    writer.stdin.write(wire.frame(wire.RECORDS, wire.encode_records([record(f"b{n}") for n in range(5)])))
+    writer.stdin.close()
+    assert writer.wait(timeout=60) == 0
+    assert sorted(row.request_id for row in stored(url)) == [f"a{n}" for n in range(5)] + [
+        f"b{n}" for n in range(5)
+    ]
+
+
+def test_a_writer_that_hangs_is_ended_at_the_stop_deadline_and_its_records_given_up_by_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hangs = [
+        sys.executable,
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)",
+    ]
+    metrics = ServingMetrics()
+    log = new_process_log(
+        migrated_sqlite(tmp_path), tmp_path / "spool", metrics=metrics, command=hangs, stop_timeout_s=1.0
+    )
+
+    async def scenario() -> float:
+        await log.start()
+        log.submit([record(f"r{n}") for n in range(4)])
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        await log.stop()
+        return time.monotonic() - started
+
+    with caplog.at_level(logging.WARNING, logger="modelyard"):
+        took = asyncio.run(scenario())
+    assert took < 10
+    assert dropped_metric(metrics, "writer_failed") == 4
+    assert (
+        "dropped 4 record(s) (writer_failed): the writer did not finish within 1 s of the stop" in caplog.text
+    )

@@ -60,14 +60,15 @@ class Tally:
 
 
 class Reporter:
-    """Writes STATUS frames: the log's counts so far, and the answer to a flush."""
+    """Writes STATUS frames: the log's counts so far, and the answers to flushes. Once the server is gone
+    (its end of the pipe closed) it stops writing, and the writer goes on until its input ends."""
 
     def __init__(self, out: IO[bytes], log: PredictionLog, tally: Tally) -> None:
         self._out = out
         self._log = log
         self._tally = tally
-        self._lock = threading.Lock()
         self._last: bytes = b""
+        self.server_gone = False
         self.unreadable = 0  # records of frames that could not be decoded: given up, and settled
 
     def give_up_unreadable(self, count: int, why: str) -> None:
@@ -92,13 +93,17 @@ class Reporter:
         }
 
     def send(self, *, changed_only: bool = False, **answer: Any) -> None:
+        if self.server_gone:
+            return
         payload = orjson.dumps(self.status(**answer))
-        with self._lock:
-            if changed_only and payload == self._last:
-                return
-            self._last = payload
+        if changed_only and payload == self._last:
+            return
+        self._last = payload
+        try:
             self._out.write(wire.frame(wire.STATUS, payload))
             self._out.flush()
+        except OSError:
+            self.server_gone = True
 
 
 def _read_frames(stream: IO[bytes], loop: asyncio.AbstractEventLoop, frames: asyncio.Queue[Any]) -> None:
@@ -113,12 +118,15 @@ def _read_frames(stream: IO[bytes], loop: asyncio.AbstractEventLoop, frames: asy
 
 async def _report_while_running(reporter: Reporter, stopped: asyncio.Event) -> None:
     while not stopped.is_set():
-        try:
-            reporter.send(changed_only=True)
-        except OSError:  # the server is gone; what is left is still written or spooled
-            return
+        reporter.send(changed_only=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopped.wait(), STATUS_INTERVAL_S)
+
+
+async def _answer_flush(log: PredictionLog, reporter: Reporter, ticket: int, timeout_s: float) -> None:
+    """Flush the log and answer ``ticket``: on a task of its own, so records keep coming in meanwhile."""
+    complete = await log.flush(timeout_s=timeout_s)
+    reporter.send(flushed=ticket, complete=complete)
 
 
 async def serve(config: dict[str, Any], source: IO[bytes], out: IO[bytes]) -> None:
@@ -140,6 +148,7 @@ async def serve(config: dict[str, Any], source: IO[bytes], out: IO[bytes]) -> No
     threading.Thread(target=_read_frames, args=(source, loop, frames), daemon=True).start()
     stopped = asyncio.Event()
     reporting = asyncio.create_task(_report_while_running(reporter, stopped))
+    flushes: set[asyncio.Task[None]] = set()
     try:
         while (next_frame := await frames.get()) is not None:
             kind, payload = next_frame
@@ -151,15 +160,20 @@ async def serve(config: dict[str, Any], source: IO[bytes], out: IO[bytes]) -> No
                 else:
                     log.submit(records)
             elif kind == wire.FLUSH:
-                request = orjson.loads(payload)
-                complete = await log.flush(timeout_s=request["timeout_s"])
-                reporter.send(flushed=request["ticket"], complete=complete)
-    finally:
-        await log.stop()
+                try:
+                    request = orjson.loads(payload)
+                    ticket, timeout_s = int(request["ticket"]), float(request["timeout_s"])
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    logger.error("prediction log writer: skipping a flush request it cannot read: %s", exc)
+                    continue
+                task = asyncio.create_task(_answer_flush(log, reporter, ticket, timeout_s))
+                flushes.add(task)
+                task.add_done_callback(flushes.discard)
+    finally:  # the input ended (or a bug ended the loop): nothing already submitted is left behind
+        await log.stop()  # writes or spools every record submitted, whatever ended the loop
         stopped.set()
-        await reporting
-        with contextlib.suppress(OSError):
-            reporter.send(stopped=True)
+        await asyncio.gather(reporting, *flushes, return_exceptions=True)
+        reporter.send(stopped=True)
 
 
 def main() -> None:

@@ -1,17 +1,17 @@
 """The server's prediction log, written by a process of its own: the log's work leaves the server's GIL.
 
 A PredictionLog in the server's process checks, converts and inserts each record on a thread that
-shares the event loop's GIL; at a few thousand requests a second that thread took a fifth of the
-server's CPU, and the event loop waited for it. Here the server only queues each record and, on a
-thread, sends batches of them as frames (``wire``: a few microseconds a record, the arrays as raw
-bytes) to ``python -m modelyard.serving.prediction_log``, which runs the PredictionLog (database,
+shares the event loop's GIL, so the event loop waits for it. Here the server only queues each record
+and, on a thread, sends batches of them as frames (``wire``: a few microseconds a record, the arrays as
+raw bytes) to ``python -m modelyard.serving.prediction_log``, which runs the PredictionLog (database,
 spool, replay) and reports back what it did. The server's metrics take those counts over, so the
 dashboards and alerts read the same series.
 
 Nothing is lost when the writer dies: a batch stays in the server's memory until the writer reports it
 settled (written, spooled or given up), and a writer started again is sent every unsettled batch; the
-log's INSERT skips rows already stored, so a batch sent twice is stored once. When the server stops it
-closes the writer's input; the writer writes or spools what it holds and exits.
+log's INSERT skips rows already stored, so a batch sent twice is stored once (the counts may then be
+off by what the dead writer did but never reported). When the server stops it closes the writer's
+input; the writer writes or spools what it holds and exits, or is killed at the stop deadline.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from modelyard.registry.db import create_engine_for
 from modelyard.serving.prediction_log import wire
 from modelyard.serving.prediction_log.records import unwritable
 from modelyard.serving.prediction_log.writer import (
-    WARNING_INTERVAL_S,
     DatabaseState,
+    Drops,
     LogMetrics,
     log_database_url,
 )
@@ -59,6 +59,8 @@ RESTART_INITIAL_S = 0.5
 RESTART_MAX_S = 30.0
 # While the server stops, a writer that dies is started again this many times before its records go.
 STOP_ATTEMPTS = 3
+# Longest stop() waits for the writer to write or spool what it holds; then it is killed.
+STOP_TIMEOUT_S = 30.0
 
 
 @dataclass(eq=False)
@@ -105,6 +107,7 @@ class PredictionLogProcess:
         metrics: LogMetrics | None = None,
         log_level: str = "INFO",
         send_interval_s: float = SEND_INTERVAL_S,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
         command: Sequence[str] = WRITER_COMMAND,
     ) -> None:
         for name, number in (
@@ -113,6 +116,7 @@ class PredictionLogProcess:
             ("flush_interval_s", flush_interval_s),
             ("spool_max_bytes", spool_max_bytes),
             ("send_interval_s", send_interval_s),
+            ("stop_timeout_s", stop_timeout_s),
         ):
             if not number > 0:
                 raise ValueError(f"{name} must be > 0, got {number!r}")
@@ -130,7 +134,10 @@ class PredictionLogProcess:
         self._queue_size = queue_size
         self._batch_size = batch_size
         self._send_interval_s = send_interval_s
+        self._stop_timeout_s = stop_timeout_s
+        self._stop_deadline = math.inf
         self._metrics = metrics
+        self._drops = Drops(metrics)
 
         # Shared with producers, flushers and the reader: under one short-held lock.
         self._lock = threading.Lock()
@@ -149,8 +156,8 @@ class PredictionLogProcess:
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_warning: dict[str, float] = {}
-        self._totals = {"written": 0, "spooled": 0, "replayed": 0, "dropped": 0}
+        self._feeding = False  # the feeding thread runs and answers flushes
+        self._totals = {"written": 0, "spooled": 0, "replayed": 0}
         self._spool_bytes = 0
         self._spool_path: Path | None = None
         self._state = DatabaseState.UP
@@ -165,7 +172,7 @@ class PredictionLogProcess:
 
     @property
     def dropped(self) -> int:
-        return self._totals["dropped"]
+        return self._drops.count
 
     @property
     def written(self) -> int:
@@ -205,6 +212,7 @@ class PredictionLogProcess:
         """Start the writer process and the thread that feeds it."""
         if self._thread is not None:
             return
+        self._feeding = True
         self._thread = threading.Thread(target=self._run, name="modelyard-prediction-log", daemon=True)
         self._thread.start()
 
@@ -228,7 +236,7 @@ class PredictionLogProcess:
                 depth = len(self._queue)
             if accepted < count:
                 why = "the queue is full" if reason == "queue_full" else "submitted after stop()"
-                self._give_up(count - accepted, reason, why)
+                self._drops.give_up(count - accepted, reason, why)
             if self._metrics is not None:
                 self._metrics.set_log_queue(depth + self._unsettled_records)
             if depth >= self._batch_size:
@@ -243,7 +251,7 @@ class PredictionLogProcess:
         loop = asyncio.get_running_loop()
         with self._lock:
             target = self._submitted
-            if self._thread is None or not self._thread.is_alive():
+            if not self._feeding:
                 return self._taken >= target and not self._unsettled and self._spool_bytes == 0
             self._flush_ticket += 1
             self._flush_target = target
@@ -262,6 +270,7 @@ class PredictionLogProcess:
         """Send what is queued, let the writer write or spool it, and wait for the writer to exit."""
         with self._lock:
             self._closed = True
+            self._stop_deadline = time.monotonic() + self._stop_timeout_s
         self._stopping.set()
         self._wakeup.set()
         thread = self._thread
@@ -276,35 +285,43 @@ class PredictionLogProcess:
     def _run(self) -> None:
         restart_delay_s = RESTART_INITIAL_S
         attempts_while_stopping = 0
+        launch_failed = False
         try:
             while True:
-                writer = self._writer
-                if writer is None or writer.process.poll() is not None:
-                    if writer is not None:
-                        self._bury(writer)
-                    if self._stopping.is_set():
-                        if not self._queue and not self._unsettled:
-                            return
-                        attempts_while_stopping += 1
-                        if attempts_while_stopping > STOP_ATTEMPTS:
-                            self._abandon()
-                            return
-                    if writer is not None:  # it died: not again at once
-                        self._stopping.wait(restart_delay_s)
-                        restart_delay_s = min(restart_delay_s * 2, RESTART_MAX_S)
-                    self._launch()
-                    continue
-                if writer.settled:  # this writer works: a later death is retried quickly again
-                    restart_delay_s = RESTART_INITIAL_S
-                if not self._has_work():
-                    self._wakeup.wait(self._send_interval_s)
-                    self._wakeup.clear()
                 try:
-                    self._send_queued(writer)
-                    if self._stopping.is_set() and not self._queue:
-                        self._finish(writer)
-                except OSError:  # the writer is gone: the loop buries it and starts another
-                    pass
+                    writer = self._writer
+                    if self._stopping.is_set() and time.monotonic() > self._stop_deadline:
+                        self._give_up_stopping(writer)
+                        return
+                    if writer is None or writer.process.poll() is not None:
+                        if writer is not None:
+                            self._bury(writer)
+                        if self._stopping.is_set():
+                            if not self._queue and not self._unsettled:
+                                return
+                            attempts_while_stopping += 1
+                            if attempts_while_stopping > STOP_ATTEMPTS:
+                                self._abandon(f"no writer settled them in {STOP_ATTEMPTS} attempts")
+                                return
+                        if writer is not None or launch_failed:  # not again at once
+                            self._stopping.wait(restart_delay_s)
+                            restart_delay_s = min(restart_delay_s * 2, RESTART_MAX_S)
+                        launch_failed = not self._launch()
+                        continue
+                    if writer.settled:  # this writer works: a later death is retried quickly again
+                        restart_delay_s = RESTART_INITIAL_S
+                    if not self._has_work():
+                        self._wakeup.wait(self._send_interval_s)
+                        self._wakeup.clear()
+                    try:
+                        self._send_queued(writer)
+                        if self._stopping.is_set() and not self._queue:
+                            self._finish(writer)
+                    except OSError:  # the writer is gone: the loop buries it and starts another
+                        pass
+                except Exception:  # a bug here must not end the log; the records stay queued
+                    logger.exception("prediction log: feeding the writer failed; retrying in a second")
+                    self._stopping.wait(1.0)
         finally:
             self._release_flushers()
 
@@ -315,38 +332,43 @@ class PredictionLogProcess:
             or self._flush_ticket > self._flush_sent
         )
 
-    def _launch(self) -> None:
-        """Start a writer, and send it the configuration and every unsettled batch."""
+    def _launch(self) -> bool:
+        """Start a writer, and send it the configuration and every unsettled batch; False when it could
+        not be started (the caller waits before the next attempt)."""
         try:
-            process = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            # A session of its own: a Ctrl-C at the terminal reaches the server, which stops its writer.
+            process = subprocess.Popen(
+                self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+            )
         except OSError as exc:
             logger.error("prediction log: cannot start the writer %s: %s", " ".join(self._command), exc)
-            self._stopping.wait(RESTART_INITIAL_S)
-            return
+            return False
         if hasattr(fcntl, "F_SETPIPE_SZ") and process.stdin is not None:
             with contextlib.suppress(OSError):  # above the system's pipe-max-size: the default then
                 fcntl.fcntl(process.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         writer = _Writer(process)
-        writer.reader = threading.Thread(
+        reader = threading.Thread(
             target=self._read_reports, args=(writer,), name="modelyard-prediction-log-reports", daemon=True
         )
         self._writer = writer
         with self._lock:
             self._flush_sent = 0  # a flush the last writer did not answer is asked of this one
             resend = list(self._unsettled)
-        writer.reader.start()
+        writer.reader = reader
+        reader.start()
         try:
             self._write(writer, wire.json_frame(wire.CONFIG, self._config))
             for _, payload in resend:
                 self._write(writer, wire.frame(wire.RECORDS, payload))
         except OSError:
-            return  # it died at once: the loop notices and starts another
+            return True  # it died at once: the loop notices, and starts another after a pause
         if resend:
             logger.warning(
                 "prediction log: sent %d unsettled record(s) to the new writer (pid %d)",
                 sum(count for count, _ in resend),
                 process.pid,
             )
+        return True
 
     def _bury(self, writer: _Writer) -> None:
         """Collect a writer that exited, and its last reports."""
@@ -401,7 +423,7 @@ class PredictionLogProcess:
                     wire.encode_records([record])
                 except Exception as exc:
                     request_id = getattr(record, "request_id", "?")
-                    self._give_up(1, "invalid", unwritable(request_id, exc))
+                    self._drops.give_up(1, "invalid", unwritable(request_id, exc))
                 else:
                     kept.append(record)
             return (wire.encode_records(kept), len(kept)) if kept else (b"", 0)
@@ -414,21 +436,31 @@ class PredictionLogProcess:
         stdin.flush()
 
     def _finish(self, writer: _Writer) -> None:
-        """Close the writer's input and wait for it to write or spool everything and exit."""
+        """Close the writer's input and wait (until the stop deadline) for it to write or spool
+        everything and exit."""
         stdin = writer.process.stdin
         assert stdin is not None
         with contextlib.suppress(OSError):
             stdin.close()
-        writer.process.wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):  # the loop gives up on it
+            writer.process.wait(max(0.0, self._stop_deadline - time.monotonic()))
 
-    def _abandon(self) -> None:
-        """Give up what no writer could settle while the server stopped."""
+    def _give_up_stopping(self, writer: _Writer | None) -> None:
+        """The stop deadline passed: end the writer, and give up what it had not settled."""
+        if writer is not None and writer.process.poll() is None:
+            writer.process.kill()
+            self._bury(writer)
+        self._abandon(f"the writer did not finish within {self._stop_timeout_s:g} s of the stop")
+
+    def _abandon(self, why: str) -> None:
+        """Give up what no writer settled while the server stopped."""
         with self._lock:
             lost = self._unsettled_records + len(self._queue)
             self._unsettled.clear()
             self._unsettled_records = 0
             self._queue.clear()
-        self._give_up(lost, "writer_failed", f"no writer settled them in {STOP_ATTEMPTS} attempts")
+        if lost:
+            self._drops.give_up(lost, "writer_failed", why)
 
     # ------------------------------------------------------------ the writer's reports
 
@@ -440,8 +472,12 @@ class PredictionLogProcess:
                 kind, payload = next_frame
                 if kind == wire.STATUS:
                     self._take_report(writer, orjson.loads(payload))
-        except (OSError, ValueError) as exc:  # FrameError and JSONDecodeError are ValueErrors
-            logger.error("prediction log: unreadable report from the writer: %s", exc)
+        except Exception:
+            # Unheard, the writer's records would never settle: it is ended, and the feeding thread
+            # starts another and sends it what this one had not settled.
+            logger.exception("prediction log: cannot read the writer's reports; ending it")
+            with contextlib.suppress(OSError):
+                writer.process.kill()
         finally:
             with contextlib.suppress(OSError):
                 stream.close()
@@ -470,15 +506,14 @@ class PredictionLogProcess:
             }
             for name, count in added.items():
                 self._totals[name] += count
-            self._totals["dropped"] += sum(dropped.values())
         writer.counts = report
+        for reason, count in dropped.items():
+            if count > 0:  # the writer said why in its own log
+                self._drops.count_said_elsewhere(count, reason)
         if self._metrics is not None:
             self._metrics.count_log_written(added["written"])
             self._metrics.count_log_spooled(added["spooled"])
             self._metrics.count_log_replayed(added["replayed"])
-            for reason, count in dropped.items():
-                if count > 0:
-                    self._metrics.count_log_dropped(count, reason)
         self._spool_bytes = int(report["spool_bytes"])
         self._spool_path = Path(report["spool_path"]) if report["spool_path"] else None
         self._state = DatabaseState(report["database"])
@@ -490,24 +525,13 @@ class PredictionLogProcess:
                 waiter.loop.call_soon_threadsafe(_answer, waiter.done, bool(report.get("complete")))
 
     def _release_flushers(self) -> None:
-        """Answer every flush still waiting: False, as the writer is gone."""
+        """Answer every flush still waiting, and any later one at once: the feeding is over."""
         with self._lock:
+            self._feeding = False
             waiters, self._flush_waiters = self._flush_waiters, []
         for waiter in waiters:
             with contextlib.suppress(RuntimeError):
                 waiter.loop.call_soon_threadsafe(_answer, waiter.done, False)
-
-    # ------------------------------------------------------------ giving up, loudly
-
-    def _give_up(self, count: int, reason: str, why: str) -> None:
-        with self._lock:
-            self._totals["dropped"] += count
-        if self._metrics is not None:
-            self._metrics.count_log_dropped(count, reason)
-        now = time.monotonic()
-        if now - self._last_warning.get(reason, -math.inf) >= WARNING_INTERVAL_S:
-            self._last_warning[reason] = now
-            logger.warning("prediction log: dropped %d record(s) (%s): %s", count, reason, why)
 
 
 __all__ = ["SEND_INTERVAL_S", "WRITER_COMMAND", "PredictionLogProcess"]

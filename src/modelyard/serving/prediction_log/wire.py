@@ -103,9 +103,10 @@ def record_count(payload: bytes) -> int:
 
 
 def _decode_columns(columns: Any, blob: memoryview) -> Any:
-    if isinstance(columns, list) and len(columns) == 5:
-        names, dtype, shape, offset, other = columns
-        rows, width = shape
+    """A matrix sent as [names, dtype, shape, offset, other] as MatrixColumns; anything else as it came
+    (a record's columns are a mapping otherwise, which the writer checks by name)."""
+    if isinstance(columns, list) and len(columns) == 5 and isinstance(columns[4], dict):
+        names, dtype, (rows, width), offset, other = columns
         matrix = np.frombuffer(blob, dtype=np.dtype(dtype), count=rows * width, offset=offset)
         return MatrixColumns(names, matrix.reshape(rows, width), other)
     return columns

@@ -108,6 +108,32 @@ def log_database_url(database_url: str) -> URL:
     return url
 
 
+class Drops:
+    """Records given up: counted, by reason in the metrics, and said at most once per reason every
+    WARNING_INTERVAL_S (a full queue must not flood the log from the hot path)."""
+
+    def __init__(self, metrics: LogMetrics | None) -> None:
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._last_warning: dict[str, float] = {}
+        self.count = 0
+
+    def give_up(self, count: int, reason: str, why: str) -> None:
+        self.count_said_elsewhere(count, reason)
+        now = time.monotonic()
+        if now - self._last_warning.get(reason, -math.inf) >= WARNING_INTERVAL_S:
+            self._last_warning[reason] = now
+            detail = f": {why}" if why else ""
+            logger.warning("prediction log: dropped %d record(s) (%s)%s", count, reason, detail)
+
+    def count_said_elsewhere(self, count: int, reason: str) -> None:
+        """Count records another process gave up (and said so in its own log)."""
+        with self._lock:
+            self.count += count
+        if self._metrics is not None:
+            self._metrics.count_log_dropped(count, reason)
+
+
 class MissingTable(Exception):
     """The database answers but has no ``predictions`` table: ``modelyard db upgrade`` was not run."""
 
@@ -272,7 +298,7 @@ class PredictionLog:
         self._queue: deque[PredictionRecord] = deque()
         self._submitted = 0  # records accepted into the queue
         self._handled = 0  # records taken off the queue and written, spooled or given up
-        self._dropped = 0
+        self._drops = Drops(metrics)
         self._refused = 0  # records submit() could not take (queue full, or stopped)
         self._closed = False
         self._writer_running = False
@@ -281,7 +307,6 @@ class PredictionLog:
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_warning: dict[str, float] = {}
 
         # The writer thread's own state.
         self._spool: Spool | None = None
@@ -301,7 +326,7 @@ class PredictionLog:
 
     @property
     def dropped(self) -> int:
-        return self._dropped
+        return self._drops.count
 
     @property
     def settled(self) -> int:
@@ -384,12 +409,11 @@ class PredictionLog:
                     elif accepted > 0:
                         self._queue.extend(itertools.islice(records, accepted))
                     self._submitted += accepted
-                self._dropped += count - accepted
                 self._refused += count - accepted
                 depth = len(self._queue)
             if accepted < count:
                 why = "the queue is full" if reason == "queue_full" else "submitted after stop()"
-                self._count_dropped(count - accepted, reason, why)
+                self._drops.give_up(count - accepted, reason, why)
             if self._metrics is not None:
                 self._metrics.set_log_queue(depth)
             if depth >= self._batch_size:
@@ -733,24 +757,14 @@ class PredictionLog:
     # ------------------------------------------------------------ giving up, loudly
 
     def _give_up(self, count: int, reason: str, why: str) -> None:
-        with self._lock:
-            self._dropped += count
-        self._count_dropped(count, reason, why)
-
-    def _count_dropped(self, count: int, reason: str, why: str) -> None:
-        if self._metrics is not None:
-            self._metrics.count_log_dropped(count, reason)
-        now = time.monotonic()
-        if now - self._last_warning.get(reason, -math.inf) >= WARNING_INTERVAL_S:
-            self._last_warning[reason] = now
-            detail = f": {why}" if why else ""
-            logger.warning("prediction log: dropped %d record(s) (%s)%s", count, reason, detail)
+        self._drops.give_up(count, reason, why)
 
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
     "PACK_MIN_ROWS",
     "DatabaseState",
+    "Drops",
     "InsertStatement",
     "LogMetrics",
     "MissingTable",
