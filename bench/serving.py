@@ -33,7 +33,8 @@ port of the others (where their kubelet probes go).
 Server CPU per request: the user and system CPU seconds of the server's process tree (psutil) over each
 wrk run, divided by the requests wrk completed. The window closes once the server is idle again (no CPU
 spent over ``IDLE_WINDOW_S`` and, where the server has a prediction log, its queue empty), so the log's
-writes of the run's last requests are counted too. CPU per request hardly moves with the other load on
+writes of the run's last requests are counted too; the server process's own share is kept apart from
+its children's (modelyard's prediction-log writer). CPU per request hardly moves with the other load on
 the machine, unlike requests/s on a shared machine, which is why the overhead of monitoring (issue 12) is
 judged on both. After the load: RSS of the server's process tree (psutil), and, for modelyard with the
 prediction log, the records its log wrote and dropped (from its metrics). Cold start: process spawn to

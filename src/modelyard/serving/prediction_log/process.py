@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import itertools
 import logging
 import math
 import subprocess
@@ -42,6 +41,7 @@ from modelyard.serving.prediction_log.writer import (
     DatabaseState,
     Drops,
     LogMetrics,
+    enqueue,
     log_database_url,
 )
 from modelyard.serving.sink import PredictionRecord
@@ -227,11 +227,7 @@ class PredictionLogProcess:
                     accepted, reason = 0, "stopped"
                 else:
                     room = self._queue_size - len(self._queue) - self._unsettled_records
-                    accepted, reason = max(0, min(count, room)), "queue_full"
-                    if accepted == count:
-                        self._queue.extend(records)
-                    elif accepted > 0:
-                        self._queue.extend(itertools.islice(records, accepted))
+                    accepted, reason = enqueue(self._queue, records, room), "queue_full"
                     self._submitted += accepted
                 depth = len(self._queue)
             if accepted < count:

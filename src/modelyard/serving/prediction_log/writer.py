@@ -134,6 +134,16 @@ class Drops:
             self._metrics.count_log_dropped(count, reason)
 
 
+def enqueue(queue: deque[PredictionRecord], records: Sequence[PredictionRecord], room: int) -> int:
+    """Append as many of ``records`` as ``room`` allows to ``queue``; how many went in."""
+    accepted = max(0, min(len(records), room))
+    if accepted == len(records):
+        queue.extend(records)
+    elif accepted > 0:
+        queue.extend(itertools.islice(records, accepted))
+    return accepted
+
+
 class MissingTable(Exception):
     """The database answers but has no ``predictions`` table: ``modelyard db upgrade`` was not run."""
 
@@ -403,11 +413,8 @@ class PredictionLog:
                 if self._closed:
                     accepted, reason = 0, "stopped"
                 else:
-                    accepted, reason = min(count, self._queue_size - len(self._queue)), "queue_full"
-                    if accepted == count:
-                        self._queue.extend(records)
-                    elif accepted > 0:
-                        self._queue.extend(itertools.islice(records, accepted))
+                    accepted = enqueue(self._queue, records, self._queue_size - len(self._queue))
+                    reason = "queue_full"
                     self._submitted += accepted
                 self._refused += count - accepted
                 depth = len(self._queue)
@@ -769,6 +776,7 @@ __all__ = [
     "LogMetrics",
     "MissingTable",
     "PredictionLog",
+    "enqueue",
     "log_database_url",
     "stored_row",
 ]
