@@ -39,9 +39,8 @@ from modelyard.serving.prediction_log import wire
 from modelyard.serving.prediction_log.records import unwritable
 from modelyard.serving.prediction_log.writer import (
     DatabaseState,
-    Drops,
     LogMetrics,
-    enqueue,
+    RecordIntake,
     log_database_url,
 )
 from modelyard.serving.sink import PredictionRecord
@@ -88,7 +87,7 @@ class _Writer:
     counts: dict[str, Any] = field(default_factory=dict)  # its last report
 
 
-class PredictionLogProcess:
+class PredictionLogProcess(RecordIntake):
     """A PredictionSink whose records a writer process stores; see the module docstring.
 
     Its arguments are the PredictionLog's, which the writer process runs; ``engine`` is the server's own
@@ -110,16 +109,17 @@ class PredictionLogProcess:
         stop_timeout_s: float = STOP_TIMEOUT_S,
         command: Sequence[str] = WRITER_COMMAND,
     ) -> None:
-        for name, number in (
-            ("queue_size", queue_size),
-            ("batch_size", batch_size),
-            ("flush_interval_s", flush_interval_s),
-            ("spool_max_bytes", spool_max_bytes),
-            ("send_interval_s", send_interval_s),
-            ("stop_timeout_s", stop_timeout_s),
-        ):
-            if not number > 0:
-                raise ValueError(f"{name} must be > 0, got {number!r}")
+        super().__init__(
+            queue_size=queue_size,
+            batch_size=batch_size,
+            metrics=metrics,
+            numbers={
+                "flush_interval_s": flush_interval_s,
+                "spool_max_bytes": spool_max_bytes,
+                "send_interval_s": send_interval_s,
+                "stop_timeout_s": stop_timeout_s,
+            },
+        )
         self.engine: Engine = create_engine_for(log_database_url(database_url))
         self._config = {
             "database_url": database_url,
@@ -131,29 +131,20 @@ class PredictionLogProcess:
             "log_level": log_level,
         }
         self._command = list(command)
-        self._queue_size = queue_size
-        self._batch_size = batch_size
         self._send_interval_s = send_interval_s
         self._stop_timeout_s = stop_timeout_s
         self._stop_deadline = math.inf
-        self._metrics = metrics
-        self._drops = Drops(metrics)
 
-        # Shared with producers, flushers and the reader: under one short-held lock.
-        self._lock = threading.Lock()
-        self._queue: deque[PredictionRecord] = deque()
+        # Under the intake's lock, with the queue (the reader takes it too).
         self._unsettled: deque[tuple[int, bytes]] = deque()  # (records, RECORDS payload) sent, not settled
         self._unsettled_records = 0
-        self._submitted = 0  # records accepted by submit()
         self._taken = 0  # records taken off the queue: sent, or given up as invalid
-        self._closed = False
         self._flush_waiters: list[_FlushWaiter] = []
         # Each flush() takes the next ticket; the writer is asked to flush once every record submitted
         # before the newest ticket is sent, and its answer to a ticket answers every earlier one too.
         self._flush_ticket = 0
         self._flush_target = 0  # records submitted when the newest ticket was taken
         self._flush_sent = 0  # the newest ticket the current writer was asked about
-        self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._feeding = False  # the feeding thread runs and answers flushes
@@ -216,29 +207,12 @@ class PredictionLogProcess:
         self._thread = threading.Thread(target=self._run, name="modelyard-prediction-log", daemon=True)
         self._thread.start()
 
-    def submit(self, records: Sequence[PredictionRecord]) -> None:
-        """Queue records for the writer. Never blocks on I/O and never raises."""
-        try:
-            count = len(records)
-            if count == 0:
-                return
-            with self._lock:
-                if self._closed:
-                    accepted, reason = 0, "stopped"
-                else:
-                    room = self._queue_size - len(self._queue) - self._unsettled_records
-                    accepted, reason = enqueue(self._queue, records, room), "queue_full"
-                    self._submitted += accepted
-                depth = len(self._queue)
-            if accepted < count:
-                why = "the queue is full" if reason == "queue_full" else "submitted after stop()"
-                self._drops.give_up(count - accepted, reason, why)
-            if self._metrics is not None:
-                self._metrics.set_log_queue(depth + self._unsettled_records)
-            if depth >= self._batch_size:
-                self._wakeup.set()
-        except Exception:  # the request path must never fail because of the log
-            logger.exception("prediction log: submit failed")
+    def _room(self) -> int:
+        # Records sent but not yet settled are still held here, so they count against the queue's size.
+        return self._queue_size - len(self._queue) - self._unsettled_records
+
+    def _backlog(self, depth: int) -> int:
+        return depth + self._unsettled_records
 
     async def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until the writer has written every record submitted so far (or spooled it while the

@@ -134,14 +134,66 @@ class Drops:
             self._metrics.count_log_dropped(count, reason)
 
 
-def enqueue(queue: deque[PredictionRecord], records: Sequence[PredictionRecord], room: int) -> int:
-    """Append as many of ``records`` as ``room`` allows to ``queue``; how many went in."""
-    accepted = max(0, min(len(records), room))
-    if accepted == len(records):
-        queue.extend(records)
-    elif accepted > 0:
-        queue.extend(itertools.islice(records, accepted))
-    return accepted
+class RecordIntake:
+    """The bounded queue both prediction logs take records into on the request path: ``submit()`` never
+    blocks on I/O and never raises, and what does not fit is given up and counted by reason.
+
+    ``numbers`` are the log's settings that must be positive, checked by name.
+    """
+
+    def __init__(
+        self, *, queue_size: int, batch_size: int, metrics: LogMetrics | None, numbers: Mapping[str, float]
+    ) -> None:
+        for name, number in {"queue_size": queue_size, "batch_size": batch_size, **numbers}.items():
+            if not number > 0:
+                raise ValueError(f"{name} must be > 0, got {number!r}")
+        self._queue_size = queue_size
+        self._batch_size = batch_size
+        self._metrics = metrics
+        self._drops = Drops(metrics)
+        # Shared with producers, flushers and the log's own threads: under one short-held lock.
+        self._lock = threading.Lock()
+        self._queue: deque[PredictionRecord] = deque()
+        self._submitted = 0  # records accepted into the queue
+        self._refused = 0  # records submit() could not take (queue full, or stopped)
+        self._closed = False
+        self._wakeup = threading.Event()
+
+    def _room(self) -> int:
+        """How many more records the log takes now (called under the lock)."""
+        return self._queue_size - len(self._queue)
+
+    def _backlog(self, depth: int) -> int:
+        """The records the queue gauge counts while ``depth`` are queued."""
+        return depth
+
+    def submit(self, records: Sequence[PredictionRecord]) -> None:
+        """Queue records for writing. Never blocks on I/O and never raises."""
+        try:
+            count = len(records)
+            if count == 0:
+                return
+            with self._lock:
+                if self._closed:
+                    accepted, reason = 0, "stopped"
+                else:
+                    accepted, reason = max(0, min(count, self._room())), "queue_full"
+                    if accepted == count:
+                        self._queue.extend(records)
+                    elif accepted > 0:
+                        self._queue.extend(itertools.islice(records, accepted))
+                    self._submitted += accepted
+                self._refused += count - accepted
+                depth = len(self._queue)
+            if accepted < count:
+                why = "the queue is full" if reason == "queue_full" else "submitted after stop()"
+                self._drops.give_up(count - accepted, reason, why)
+            if self._metrics is not None:
+                self._metrics.set_log_queue(self._backlog(depth))
+            if depth >= self._batch_size:
+                self._wakeup.set()
+        except Exception:  # the request path must never fail because of the log
+            logger.exception("prediction log: submit failed")
 
 
 class MissingTable(Exception):
@@ -249,7 +301,7 @@ class InsertStatement:
         return tuple(values) if self._positional else dict(zip(self._names, values, strict=True))
 
 
-class PredictionLog:
+class PredictionLog(RecordIntake):
     """Writes PredictionRecords to the ``predictions`` table asynchronously; see the module docstring.
 
     It is a ``modelyard.serving.sink.PredictionSink``.
@@ -268,16 +320,17 @@ class PredictionLog:
         retry_initial_s: float = 0.25,
         retry_max_s: float = 5.0,
     ) -> None:
-        for name, number in (
-            ("queue_size", queue_size),
-            ("batch_size", batch_size),
-            ("flush_interval_s", flush_interval_s),
-            ("spool_max_bytes", spool_max_bytes),
-            ("retry_initial_s", retry_initial_s),
-            ("retry_max_s", retry_max_s),
-        ):
-            if not number > 0:
-                raise ValueError(f"{name} must be > 0, got {number!r}")
+        super().__init__(
+            queue_size=queue_size,
+            batch_size=batch_size,
+            metrics=metrics,
+            numbers={
+                "flush_interval_s": flush_interval_s,
+                "spool_max_bytes": spool_max_bytes,
+                "retry_initial_s": retry_initial_s,
+                "retry_max_s": retry_max_s,
+            },
+        )
         url = log_database_url(database_url)
         self.engine: Engine = create_engine_for(url, json_serializer=json_text)
         self._where = redact(url)
@@ -294,27 +347,16 @@ class PredictionLog:
         )
         self._insert = InsertStatement(insert, table, self.engine.dialect)
         self._spool_dir = spool_dir
-        self._queue_size = queue_size
-        self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._spool_max_bytes = spool_max_bytes
-        self._metrics = metrics
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
 
-        # Shared with producers and flushers: the queue, the counters and the waiting flushes, under one
-        # short-held lock.
-        self._lock = threading.Lock()
-        self._queue: deque[PredictionRecord] = deque()
-        self._submitted = 0  # records accepted into the queue
+        # Under the intake's lock, with the queue: the counters and the waiting flushes.
         self._handled = 0  # records taken off the queue and written, spooled or given up
-        self._drops = Drops(metrics)
-        self._refused = 0  # records submit() could not take (queue full, or stopped)
-        self._closed = False
         self._writer_running = False
         self._flush_waiters: list[_FlushWaiter] = []
         self._flush_upto = 0  # the writer goes on without pausing until it has handled this many
-        self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -402,31 +444,6 @@ class PredictionLog:
             self._writer_running = True
         self._thread = threading.Thread(target=self._run, name="modelyard-prediction-log", daemon=True)
         self._thread.start()
-
-    def submit(self, records: Sequence[PredictionRecord]) -> None:
-        """Queue records for writing. Never blocks on I/O and never raises."""
-        try:
-            count = len(records)
-            if count == 0:
-                return
-            with self._lock:
-                if self._closed:
-                    accepted, reason = 0, "stopped"
-                else:
-                    accepted = enqueue(self._queue, records, self._queue_size - len(self._queue))
-                    reason = "queue_full"
-                    self._submitted += accepted
-                self._refused += count - accepted
-                depth = len(self._queue)
-            if accepted < count:
-                why = "the queue is full" if reason == "queue_full" else "submitted after stop()"
-                self._drops.give_up(count - accepted, reason, why)
-            if self._metrics is not None:
-                self._metrics.set_log_queue(depth)
-            if depth >= self._batch_size:
-                self._wakeup.set()
-        except Exception:  # the request path must never fail because of the log
-            logger.exception("prediction log: submit failed")
 
     async def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until the writer is done with every record submitted so far, or ``timeout_s`` passed.
@@ -776,7 +793,7 @@ __all__ = [
     "LogMetrics",
     "MissingTable",
     "PredictionLog",
-    "enqueue",
+    "RecordIntake",
     "log_database_url",
     "stored_row",
 ]
