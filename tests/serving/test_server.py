@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy import create_engine, select
 
 from modelyard.bundle import manifest_digest
 from modelyard.registry.tables import Prediction as PredictionRow
+from modelyard.serving.types import new_request_id
 
 from .conftest import (
     MIXED_CLASSES,
@@ -122,8 +124,22 @@ def test_v1_predicts_lists_and_objects(numeric_server: ServerProcess, mixed_serv
         f"{mixed_server.url}/v1/models/churn:predict",
         {"instances": [[45, "pro", "great lovely fine"], {"age": None, "plan": None, "review": None}]},
     )
-    assert answer.status == 200 and len(answer.headers["x-request-id"]) == 32  # generated
+    assert answer.status == 200 and uuid.UUID(hex=answer.headers["x-request-id"]).version == 7  # minted
     assert all(label in MIXED_CLASSES for label in answer.json()["predictions"])  # integers stay integers
+
+
+def test_minted_request_ids_are_uuid7_in_the_order_they_were_made() -> None:
+    before_ms = time.time_ns() // 1_000_000
+    first = new_request_id()
+    time.sleep(0.002)
+    second = new_request_id()
+    after_ms = time.time_ns() // 1_000_000
+    for minted in (first, second):
+        parsed = uuid.UUID(hex=minted)
+        assert len(minted) == 32 and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert before_ms <= parsed.int >> 80 <= after_ms  # its first 48 bits are when it was made
+    assert first < second
+    assert len({new_request_id() for _ in range(10_000)}) == 10_000  # the same millisecond, still unique
 
 
 # ---------------------------------------------------------------- V2

@@ -9,7 +9,8 @@ wire format, and none of them is a loose dict.
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -232,7 +233,15 @@ MAX_REQUEST_ID_LENGTH = 128
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """A UUIDv7 (RFC 9562) as 32 hex digits: the Unix time in milliseconds, then 74 random bits.
+
+    Ids minted one after another sort together, so the prediction log's unique index takes them at its
+    right edge; random ids put each row on a random page of it, which every commit then writes whole.
+    """
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # the RFC's variant
+    return f"{value:032x}"
 
 
 def check_request_id(value: str, source: str) -> str:
