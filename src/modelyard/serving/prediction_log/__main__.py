@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -143,6 +144,9 @@ async def serve(config: dict[str, Any], source: IO[bytes], out: IO[bytes]) -> No
     )
     reporter = Reporter(out, log, tally)
     await log.start()
+    # What lives now (modules, the engine) lives as long as the process: frozen, the collector's full
+    # collections, which the records' churn sets off, no longer scan it (a sixth of the writer's CPU).
+    gc.freeze()
     loop = asyncio.get_running_loop()
     frames: asyncio.Queue[Any] = asyncio.Queue()
     threading.Thread(target=_read_frames, args=(source, loop, frames), daemon=True).start()
