@@ -38,6 +38,7 @@ from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.model import ServedModel
 from modelyard.serving.rollout import MAX_SHADOW_BACKLOG_ROWS, Rollout, canary_share
 from modelyard.serving.server import bundle_version
+from modelyard.serving.types import new_request_id
 from modelyard.settings import S3Settings
 from modelyard.storage import open_store
 
@@ -771,3 +772,10 @@ def test_the_operators_analysis_judges_shadowing_predictors_through_a_real_prome
             prometheus.process.stop()
         for server in servers.values():
             server.stop()
+
+
+def test_the_canary_split_of_minted_ids_is_as_even_as_of_random_ones() -> None:
+    # Minted ids share their leading milliseconds: the split must rest on their random bits alone.
+    minted = [new_request_id() for _ in range(20_000)]
+    share = sum(canary_share(request_id) < 30 for request_id in minted) / len(minted)
+    assert 0.28 < share < 0.32  # 30% within six standard deviations

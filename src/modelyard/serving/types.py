@@ -235,8 +235,9 @@ MAX_REQUEST_ID_LENGTH = 128
 def new_request_id() -> str:
     """A UUIDv7 (RFC 9562) as 32 hex digits: the Unix time in milliseconds, then 74 random bits.
 
-    Ids minted one after another sort together, so the prediction log's unique index takes them at its
-    right edge; random ids put each row on a random page of it, which every commit then writes whole.
+    Ids minted one after another sort together (within one millisecond, in no order), so the prediction
+    log's unique index takes them at its right edge; random ids put each row on a random page of it,
+    which every commit then writes whole. Made here because ``uuid.uuid7`` arrives with Python 3.14.
     """
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))
     value = value & ~(0xF << 76) | 0x7 << 76  # version 7

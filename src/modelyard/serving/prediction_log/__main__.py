@@ -143,10 +143,12 @@ async def serve(config: dict[str, Any], source: IO[bytes], out: IO[bytes]) -> No
         metrics=tally,
     )
     reporter = Reporter(out, log, tally)
-    await log.start()
-    # What lives now (modules, the engine) lives as long as the process: frozen, the collector's full
-    # collections, which the records' churn sets off, no longer scan it (a sixth of the writer's CPU).
+    # What is alive now (the modules, the engine) lives as long as this process: frozen, the collector's
+    # full collections, which the records' churn sets off, no longer scan it (a sixth of the writer's
+    # CPU). Before the writer thread starts, so that what is frozen does not depend on how far it got.
+    gc.collect()
     gc.freeze()
+    await log.start()
     loop = asyncio.get_running_loop()
     frames: asyncio.Queue[Any] = asyncio.Queue()
     threading.Thread(target=_read_frames, args=(source, loop, frames), daemon=True).start()

@@ -157,15 +157,6 @@ class PredictionLogProcess(RecordIntake):
     # ------------------------------------------------------------ the caller's side
 
     @property
-    def queue_depth(self) -> int:
-        """Records not settled yet: queued here, or sent to the writer."""
-        return len(self._queue) + self._unsettled_records
-
-    @property
-    def dropped(self) -> int:
-        return self._drops.count
-
-    @property
     def written(self) -> int:
         """Records (requests) inserted into the database so far (replayed ones included)."""
         return self._totals["written"]
@@ -212,6 +203,7 @@ class PredictionLogProcess(RecordIntake):
         return self._queue_size - len(self._queue) - self._unsettled_records
 
     def _backlog(self, depth: int) -> int:
+        # queued here, or sent to the writer and not yet settled by it
         return depth + self._unsettled_records
 
     async def flush(self, timeout_s: float = 10.0) -> bool:
@@ -461,7 +453,7 @@ class PredictionLogProcess(RecordIntake):
                 count, _ = self._unsettled.popleft()
                 writer.settled += count
                 self._unsettled_records -= count
-            depth = len(self._queue) + self._unsettled_records
+            depth = self._backlog(len(self._queue))
             waiters = self._flush_waiters
             flushed = report.get("flushed")
             answered = [] if flushed is None else [w for w in waiters if w.ticket <= flushed]

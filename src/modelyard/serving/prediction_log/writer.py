@@ -159,12 +159,21 @@ class RecordIntake:
         self._closed = False
         self._wakeup = threading.Event()
 
+    @property
+    def queue_depth(self) -> int:
+        """Records taken and not yet settled (the queue gauge's value)."""
+        return self._backlog(len(self._queue))
+
+    @property
+    def dropped(self) -> int:
+        return self._drops.count
+
     def _room(self) -> int:
         """How many more records the log takes now (called under the lock)."""
         return self._queue_size - len(self._queue)
 
     def _backlog(self, depth: int) -> int:
-        """The records the queue gauge counts while ``depth`` are queued."""
+        """The records not yet settled while ``depth`` are queued."""
         return depth
 
     def submit(self, records: Sequence[PredictionRecord]) -> None:
@@ -371,14 +380,6 @@ class PredictionLog(RecordIntake):
         self._replayed = 0
 
     # ------------------------------------------------------------ the caller's side
-
-    @property
-    def queue_depth(self) -> int:
-        return len(self._queue)
-
-    @property
-    def dropped(self) -> int:
-        return self._drops.count
 
     @property
     def settled(self) -> int:
@@ -788,7 +789,6 @@ __all__ = [
     "CONNECT_TIMEOUT_S",
     "PACK_MIN_ROWS",
     "DatabaseState",
-    "Drops",
     "InsertStatement",
     "LogMetrics",
     "MissingTable",
