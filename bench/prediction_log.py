@@ -124,8 +124,7 @@ def main() -> None:
 
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        for make_id in (new_request_id, random_request_id):
-            kind = "minted" if make_id is new_request_id else "random"
+        for kind, make_id in (("minted", new_request_id), ("random", random_request_id)):
             url = (
                 args.database_url.format(kind=kind) if args.database_url else f"sqlite:///{folder}/{kind}.db"
             )

@@ -198,12 +198,8 @@ class PredictionLogProcess(RecordIntake):
         self._thread = threading.Thread(target=self._run, name="modelyard-prediction-log", daemon=True)
         self._thread.start()
 
-    def _room(self) -> int:
-        # Records sent but not yet settled are still held here, so they count against the queue's size.
-        return self._queue_size - len(self._queue) - self._unsettled_records
-
     def _backlog(self, depth: int) -> int:
-        # queued here, or sent to the writer and not yet settled by it
+        # Records sent to the writer stay here until it settles them.
         return depth + self._unsettled_records
 
     async def flush(self, timeout_s: float = 10.0) -> bool:

@@ -169,11 +169,12 @@ class RecordIntake:
         return self._drops.count
 
     def _room(self) -> int:
-        """How many more records the log takes now (called under the lock)."""
-        return self._queue_size - len(self._queue)
+        """How many more records the log takes now (called under the lock): what it holds unsettled
+        counts against the queue's size."""
+        return self._queue_size - self._backlog(len(self._queue))
 
     def _backlog(self, depth: int) -> int:
-        """The records not yet settled while ``depth`` are queued."""
+        """The records held and not yet settled while ``depth`` are queued."""
         return depth
 
     def submit(self, records: Sequence[PredictionRecord]) -> None:
