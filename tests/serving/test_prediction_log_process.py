@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import json
 import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -44,21 +46,25 @@ def new_process_log(url: str, spool_dir: Path, **overrides: Any) -> PredictionLo
     return PredictionLogProcess(url, **options)
 
 
-def matrix_record(request_id: str, rows: int, **overrides: Any) -> Any:
+# One list each, as a served model hands its schema's names to every record.
+FEATURE_NAMES = ["sepal_length", "petal_width"]
+CLASS_NAMES = ["setosa", "versicolor"]
+
+
+def matrix_record(request_id: str, rows: int, *, text: bool = True, **overrides: Any) -> Any:
     """A record as the data plane builds it: its matrices whole, a text column beside the numbers."""
     features = MatrixColumns(
-        ["sepal_length", "petal_width"],
-        np.arange(rows * 2, dtype=np.float64).reshape(rows, 2)[:, ::-1],  # strided, as a batch's view
-        {"color": np.array(["red"] * (rows - 1) + [None], dtype=object)},
+        FEATURE_NAMES,
+        np.arange(rows * 2, dtype=np.float64).reshape(rows, 2)[:, ::-1] + rows,  # strided, as a batch's view
+        {"color": np.array(["red"] * (rows - 1) + [None], dtype=object)} if text else {},
     )
-    probabilities = MatrixColumns(["setosa", "versicolor"], np.full((rows, 2), 0.5))
+    probabilities = MatrixColumns(CLASS_NAMES, np.full((rows, 2), 1 / (rows + 1)))
     return record(
         request_id,
         rows,
         features=features,
-        labels=np.array(["setosa"] * rows, dtype=object),
         probabilities=probabilities,
-        **overrides,
+        **{"labels": np.array(["setosa"] * rows, dtype=object), **overrides},
     )
 
 
@@ -84,6 +90,69 @@ def test_records_cross_the_wire_as_the_same_table_rows(rows: int) -> None:
         assert {k: v for k, v in got.items() if k not in ("features", "probabilities")} == {
             k: v for k, v in expected.items() if k not in ("features", "probabilities")
         }
+
+
+def same_table_rows(got: dict[str, Any], expected: dict[str, Any]) -> bool:
+    columns = ("features", "probabilities")
+    return all(
+        {key: list(value) for key, value in got[name].items()}
+        == {key: list(value) for key, value in expected[name].items()}
+        for name in columns
+    ) and {k: v for k, v in got.items() if k not in columns} == {
+        k: v for k, v in expected.items() if k not in columns
+    }
+
+
+@pytest.mark.parametrize("text", [True, False])
+def test_consecutive_records_of_a_model_version_cross_as_one_run_in_order(text: bool) -> None:
+    originals = [
+        matrix_record("a", 1, text=text),
+        matrix_record("b", 3, text=text),
+        matrix_record("c", 2, text=text, answered=False),  # a shadow's: a run of its own
+        matrix_record("d", 1, text=text, latency_ms=np.float32(2.5)),
+        record("plain", 2),
+        matrix_record("e", 4, text=text, labels=["setosa", "versicolor", "setosa", "setosa"]),
+    ]
+    payload = wire.encode_records(originals)
+    decoded = wire.decode_records(payload)
+    assert [copy.request_id for copy in decoded] == ["a", "b", "c", "d", "plain", "e"]
+    for original, copy in zip(originals, decoded, strict=True):
+        assert same_table_rows(table_row(copy), table_row(original))
+    # a run says its feature names once: runs a+b, c, d, then e (the plain record names its own)
+    assert payload.count(b'"petal_width"') == 5
+
+
+def test_a_record_whose_labels_are_not_its_rows_crosses_alone_and_is_refused_there_by_name() -> None:
+    short = matrix_record("short", 3, labels=["setosa", "setosa"])
+    decoded = wire.decode_records(wire.encode_records([matrix_record("fine", 2), short]))
+    assert [copy.request_id for copy in decoded] == ["fine", "short"]
+    with pytest.raises(ValueError, match="labels has 2 values, but the request has 3 rows"):
+        table_row(decoded[1])
+
+
+def a_run_changed(**changes: Any) -> bytes:
+    """A RECORDS payload of one run of two records, with ``changes`` made to the run's fields."""
+    payload = wire.encode_records([matrix_record("a", 1), matrix_record("b", 1)])
+    count, length = struct.unpack_from("<II", payload)
+    (run,) = json.loads(payload[8 : 8 + length])
+    run.update(changes)
+    meta = json.dumps([run]).encode()
+    return struct.pack("<II", count, len(meta)) + meta + payload[8 + length :]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"rows": [1, 0]}, "a run's row counts must be positive integers"),
+        ({"latency_ms": [1.0]}, "a run's columns differ in length"),
+        ({"labels": ["setosa"]}, "a run of 2 rows has 1 labels"),
+        ({"features": [["sepal_length"], "<f8", 1 << 20]}, "not a batch of prediction records"),
+    ],
+)
+def test_a_run_that_does_not_add_up_is_refused_by_name(changes: dict[str, Any], message: str) -> None:
+    assert len(wire.decode_records(a_run_changed())) == 2
+    with pytest.raises(wire.FrameError, match=message):
+        wire.decode_records(a_run_changed(**changes))
 
 
 def test_a_record_the_writer_would_refuse_crosses_the_wire_and_is_refused_there_by_name() -> None:

@@ -2,7 +2,7 @@
 
 A PredictionLog in the server's process checks, converts and inserts each record on a thread that
 shares the event loop's GIL, so the event loop waits for it. Here the server only queues each record
-and, on a thread, sends batches of them as frames (``wire``: a few microseconds a record, the arrays as
+and, on a thread, sends batches of them as frames (``wire``: about a microsecond a record, the arrays as
 raw bytes) to ``python -m modelyard.serving.prediction_log``, which runs the PredictionLog (database,
 spool, replay) and reports back what it did. The server's metrics take those counts over, so the
 dashboards and alerts read the same series.
