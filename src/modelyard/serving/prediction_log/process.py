@@ -53,6 +53,9 @@ SEND_INTERVAL_S = 0.05
 # The writer's input pipe holds this much (Linux's default is 64 KiB): a second of single-row records at
 # a few thousand a second is sent without waiting for the writer to read.
 PIPE_BYTES = 1 << 20
+# A frame carries about this many rows at most: large requests travel in frames of a few hundred KiB,
+# whose memory the allocator reuses, not in fresh megabytes each time (page faults, copies).
+FRAME_ROWS = 4096
 # Starting a writer again is retried with backoff while it keeps failing.
 RESTART_INITIAL_S = 0.5
 RESTART_MAX_S = 30.0
@@ -317,7 +320,7 @@ class PredictionLogProcess(RecordIntake):
         try:
             self._write(writer, wire.json_frame(wire.CONFIG, self._config))
             for _, payload in resend:
-                self._write(writer, wire.frame(wire.RECORDS, payload))
+                self._send_records(writer, payload)
         except OSError:
             return True  # it died at once: the loop notices, and starts another after a pause
         if resend:
@@ -351,8 +354,7 @@ class PredictionLogProcess(RecordIntake):
     def _send_queued(self, writer: _Writer) -> None:
         while True:
             with self._lock:
-                size = min(self._batch_size, len(self._queue))
-                batch = [self._queue.popleft() for _ in range(size)]
+                batch = self._next_frame()
             if not batch:
                 break
             payload, count = self._encode(batch)
@@ -362,13 +364,25 @@ class PredictionLogProcess(RecordIntake):
                     self._unsettled.append((count, payload))
                     self._unsettled_records += count
             if count:
-                self._write(writer, wire.frame(wire.RECORDS, payload))
+                self._send_records(writer, payload)
         with self._lock:
             ticket = self._flush_ticket if self._taken >= self._flush_target else 0
             timeout_s = max((w.timeout_s for w in self._flush_waiters), default=0.0)
         if ticket > self._flush_sent:
             self._flush_sent = ticket
             self._write(writer, wire.json_frame(wire.FLUSH, {"ticket": ticket, "timeout_s": timeout_s}))
+
+    def _next_frame(self) -> list[PredictionRecord]:
+        """The queued records the next frame carries: at most a batch, and at most about FRAME_ROWS rows
+        (the record that reaches them goes too). Call with the lock held."""
+        batch: list[PredictionRecord] = []
+        rows = 0
+        queue = self._queue
+        while queue and len(batch) < self._batch_size and rows < FRAME_ROWS:
+            record = queue.popleft()
+            batch.append(record)
+            rows += record.rows if type(record.rows) is int else 1  # the writer refuses a bad count
+        return batch
 
     def _encode(self, batch: list[PredictionRecord]) -> tuple[bytes, int]:
         """The RECORDS payload of a batch, and its record count; a record no JSON can carry is given up."""
@@ -391,6 +405,14 @@ class PredictionLogProcess(RecordIntake):
         stdin = writer.process.stdin
         assert stdin is not None
         stdin.write(data)
+        stdin.flush()
+
+    @staticmethod
+    def _send_records(writer: _Writer, payload: bytes) -> None:
+        stdin = writer.process.stdin
+        assert stdin is not None
+        stdin.write(wire.frame_header(wire.RECORDS, len(payload)))
+        stdin.write(payload)  # larger than the buffer: written as it is, not copied behind the header
         stdin.flush()
 
     def _finish(self, writer: _Writer) -> None:

@@ -39,8 +39,13 @@ class FrameError(ValueError):
     """A frame that is not one: an unknown kind, or a stream cut inside a frame."""
 
 
+def frame_header(kind: int, length: int) -> bytes:
+    """What precedes a payload of ``length`` bytes: written apart, a large payload is never copied."""
+    return _HEADER.pack(kind, length)
+
+
 def frame(kind: int, payload: bytes) -> bytes:
-    return _HEADER.pack(kind, len(payload)) + payload
+    return frame_header(kind, len(payload)) + payload
 
 
 def json_frame(kind: int, document: Any) -> bytes:
@@ -63,13 +68,27 @@ def read_frame(stream: IO[bytes]) -> tuple[int, bytes] | None:
     return kind, payload
 
 
-def _encode_columns(columns: Any, blob: bytearray) -> Any:
+class _Blob:
+    """The raw bytes after a payload's JSON, as the arrays' own buffers: copied once, into the payload."""
+
+    def __init__(self) -> None:
+        self.buffers: list[memoryview] = []
+        self.size = 0
+
+    def add(self, array: np.ndarray) -> int:
+        """Append a C-contiguous ``array``; the offset it starts at."""
+        offset = self.size
+        self.buffers.append(array.data)
+        self.size += array.nbytes
+        return offset
+
+
+def _encode_columns(columns: Any, blob: _Blob) -> Any:
     """A MatrixColumns of numbers as [names, dtype, shape, offset, other]; anything else as itself."""
     if type(columns) is MatrixColumns:
         matrix = columns.matrix
         if isinstance(matrix, np.ndarray) and matrix.ndim == 2 and matrix.dtype.kind in "fiu":
-            offset = len(blob)
-            blob += np.ascontiguousarray(matrix).data
+            offset = blob.add(np.ascontiguousarray(matrix))
             other = {name: plain_value(column) for name, column in columns.other.items()}
             return [list(columns.names), matrix.dtype.str, matrix.shape, offset, other]
         return columns.tolist()
@@ -116,14 +135,14 @@ def _length(labels: Any) -> int | None:
     return len(labels) if isinstance(labels, list | tuple) else None
 
 
-def _stacked(matrices: list[np.ndarray], blob: bytearray) -> int:
+def _stacked(matrices: list[np.ndarray], blob: _Blob) -> int:
     """Append the matrices, one under the other, to ``blob``; the offset they start at."""
-    offset = len(blob)
-    blob += np.concatenate(matrices).data  # concatenate makes a new, C-contiguous array
-    return offset
+    if len(matrices) == 1:
+        return blob.add(np.ascontiguousarray(matrices[0]))
+    return blob.add(np.concatenate(matrices))  # a new, C-contiguous array
 
 
-def _encode_run(run: list[PredictionRecord], blob: bytearray) -> dict[str, Any]:
+def _encode_run(run: list[PredictionRecord], blob: _Blob) -> dict[str, Any]:
     first = run[0]
     # _run_key saw to it: every record of a run has numeric MatrixColumns of the same names
     feature_sets = cast(list[MatrixColumns], [record.features for record in run])
@@ -158,7 +177,7 @@ def _encode_run(run: list[PredictionRecord], blob: bytearray) -> dict[str, Any]:
     }
 
 
-def _encode_alone(record: PredictionRecord, blob: bytearray) -> list[Any]:
+def _encode_alone(record: PredictionRecord, blob: _Blob) -> list[Any]:
     return [
         record.request_id,
         record.model,
@@ -175,7 +194,7 @@ def _encode_alone(record: PredictionRecord, blob: bytearray) -> list[Any]:
 
 def encode_records(records: Sequence[PredictionRecord]) -> bytes:
     """The payload of a RECORDS frame. Raises only for a record no JSON can carry (the caller drops it)."""
-    blob = bytearray()
+    blob = _Blob()
     entries: list[Any] = []
     run: list[PredictionRecord] = []
     run_key: Hashable | None = None
@@ -195,7 +214,7 @@ def encode_records(records: Sequence[PredictionRecord]) -> bytes:
     if run:
         entries.append(_encode_run(run, blob))
     meta = orjson.dumps(entries, default=plain_value, option=_JSON_OPTIONS)
-    return _BATCH_HEADER.pack(len(records), len(meta)) + meta + blob
+    return b"".join([_BATCH_HEADER.pack(len(records), len(meta)), meta, *blob.buffers])
 
 
 def record_count(payload: bytes) -> int:
@@ -316,6 +335,7 @@ __all__ = [
     "decode_records",
     "encode_records",
     "frame",
+    "frame_header",
     "json_frame",
     "read_frame",
     "record_count",
