@@ -27,7 +27,7 @@ import pytest
 
 from modelyard.serving.features import MatrixColumns
 from modelyard.serving.metrics import ServingMetrics
-from modelyard.serving.prediction_log import wire
+from modelyard.serving.prediction_log import process, wire
 from modelyard.serving.prediction_log.process import WRITER_COMMAND, PredictionLogProcess
 from modelyard.serving.prediction_log.records import table_row
 
@@ -227,6 +227,34 @@ def test_the_writer_process_stores_what_the_server_submits_and_the_servers_metri
     assert metric(metrics, "modelyard_prediction_log_written_total") == 121
     assert metric(metrics, "modelyard_prediction_log_queue_depth") == 0
     assert log.queue_depth == 0
+
+
+def test_large_requests_travel_in_frames_of_about_frame_rows_and_every_one_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(process, "FRAME_ROWS", 10)
+    url = migrated_sqlite(tmp_path)
+    sizes = [4, 4, 4, 25, 1, 3, 9, 2]
+    unstarted = new_process_log(url, tmp_path / "spool")
+    unstarted.submit([matrix_record(f"r{n}", rows) for n, rows in enumerate(sizes)])
+    # the record that reaches the bound goes with the frame: 4+4+4, then 25, then 1+3+9, then 2
+    with unstarted._lock:
+        frames = [[record.rows for record in unstarted._next_frame()] for _ in range(5)]
+    assert frames == [[4, 4, 4], [25], [1, 3, 9], [2], []]
+
+    log = new_process_log(url, tmp_path / "spool")
+
+    async def scenario() -> bool:
+        await log.start()
+        log.submit([matrix_record(f"r{n}", rows) for n, rows in enumerate(sizes)])
+        flushed = await log.flush(timeout_s=30)
+        await log.stop()
+        return flushed
+
+    assert asyncio.run(scenario()) is True
+    assert [(row.request_id, row.rows) for row in stored(url)] == [
+        (f"r{n}", rows) for n, rows in enumerate(sizes)
+    ]
 
 
 def test_a_killed_writer_is_started_again_and_every_record_is_stored_once(
