@@ -51,12 +51,16 @@ FEATURE_NAMES = ["sepal_length", "petal_width"]
 CLASS_NAMES = ["setosa", "versicolor"]
 
 
-def matrix_record(request_id: str, rows: int, *, text: bool = True, **overrides: Any) -> Any:
-    """A record as the data plane builds it: its matrices whole, a text column beside the numbers."""
+def matrix_record(
+    request_id: str, rows: int, *, text: bool = True, color_list: bool = False, **overrides: Any
+) -> Any:
+    """A record as the data plane builds it: its matrices whole, a text column beside the numbers
+    (``color_list``: as a list, not an array)."""
+    colors = ["red"] * (rows - 1) + [None]
     features = MatrixColumns(
         FEATURE_NAMES,
         np.arange(rows * 2, dtype=np.float64).reshape(rows, 2)[:, ::-1] + rows,  # strided, as a batch's view
-        {"color": np.array(["red"] * (rows - 1) + [None], dtype=object)} if text else {},
+        ({"color": colors if color_list else np.array(colors, dtype=object)} if text else {}),
     )
     probabilities = MatrixColumns(CLASS_NAMES, np.full((rows, 2), 1 / (rows + 1)))
     return record(
@@ -82,52 +86,126 @@ def test_records_cross_the_wire_as_the_same_table_rows(rows: int) -> None:
     decoded = wire.decode_records(wire.encode_records(originals))
     assert len(decoded) == len(originals)
     for original, copy in zip(originals, decoded, strict=True):
-        expected, got = table_row(original), table_row(copy)
-        for name in ("features", "probabilities"):
-            assert {key: list(value) for key, value in got[name].items()} == {
-                key: list(value) for key, value in expected[name].items()
-            }
-        assert {k: v for k, v in got.items() if k not in ("features", "probabilities")} == {
-            k: v for k, v in expected.items() if k not in ("features", "probabilities")
+        assert_same_table_rows(table_row(copy), table_row(original))
+
+
+def assert_same_table_rows(got: dict[str, Any], expected: dict[str, Any]) -> None:
+    def plain(row: dict[str, Any]) -> dict[str, Any]:
+        columns = ("features", "probabilities")
+        return {
+            key: {name: list(column) for name, column in value.items()} if key in columns else value
+            for key, value in row.items()
         }
 
+    assert plain(got) == plain(expected)
 
-def same_table_rows(got: dict[str, Any], expected: dict[str, Any]) -> bool:
-    columns = ("features", "probabilities")
-    return all(
-        {key: list(value) for key, value in got[name].items()}
-        == {key: list(value) for key, value in expected[name].items()}
-        for name in columns
-    ) and {k: v for k, v in got.items() if k not in columns} == {
-        k: v for k, v in expected.items() if k not in columns
-    }
+
+def runs_and_alone(payload: bytes) -> list[str]:
+    """What each entry of a RECORDS payload is: "run" (of how many records) or "alone"."""
+    (_, length) = struct.unpack_from("<II", payload)
+    entries = json.loads(payload[8 : 8 + length])
+    return [
+        f"run of {len(entry['request_ids'])}" if isinstance(entry, dict) else "alone" for entry in entries
+    ]
 
 
 @pytest.mark.parametrize("text", [True, False])
 def test_consecutive_records_of_a_model_version_cross_as_one_run_in_order(text: bool) -> None:
     originals = [
         matrix_record("a", 1, text=text),
-        matrix_record("b", 3, text=text),
+        matrix_record("b", 3, text=text, labels=np.array(["setosa", "versicolor", "setosa"])),  # <U10
         matrix_record("c", 2, text=text, answered=False),  # a shadow's: a run of its own
         matrix_record("d", 1, text=text, latency_ms=np.float32(2.5)),
         record("plain", 2),
-        matrix_record("e", 4, text=text, labels=["setosa", "versicolor", "setosa", "setosa"]),
+        matrix_record("e", 4, text=text, labels=[1, 0, 1, 1]),
+        matrix_record("f", 2, text=text, created_at=datetime(2026, 11, 23, 12, 0)),
     ]
     payload = wire.encode_records(originals)
     decoded = wire.decode_records(payload)
-    assert [copy.request_id for copy in decoded] == ["a", "b", "c", "d", "plain", "e"]
+    assert [copy.request_id for copy in decoded] == ["a", "b", "c", "d", "plain", "e", "f"]
     for original, copy in zip(originals, decoded, strict=True):
-        assert same_table_rows(table_row(copy), table_row(original))
-    # a run says its feature names once: runs a+b, c, d, then e (the plain record names its own)
-    assert payload.count(b'"petal_width"') == 5
+        assert_same_table_rows(table_row(copy), table_row(original))
+    assert runs_and_alone(payload) == ["run of 2", "run of 1", "run of 1", "alone", "run of 2"]
 
 
-def test_a_record_whose_labels_are_not_its_rows_crosses_alone_and_is_refused_there_by_name() -> None:
-    short = matrix_record("short", 3, labels=["setosa", "setosa"])
-    decoded = wire.decode_records(wire.encode_records([matrix_record("fine", 2), short]))
-    assert [copy.request_id for copy in decoded] == ["fine", "short"]
-    with pytest.raises(ValueError, match="labels has 2 values, but the request has 3 rows"):
-        table_row(decoded[1])
+def big_endian(record_: Any) -> Any:
+    features = record_.features
+    return dataclasses.replace(
+        record_, features=MatrixColumns(features.names, features.matrix.astype(">f8"), features.other)
+    )
+
+
+def with_probability_column(record_: Any) -> Any:
+    probabilities = record_.probabilities
+    extra = {"note": ["x"] * record_.rows}
+    return dataclasses.replace(
+        record_, probabilities=MatrixColumns(probabilities.names, probabilities.matrix, extra)
+    )
+
+
+def with_names_copied(record_: Any) -> Any:
+    features = record_.features
+    return dataclasses.replace(
+        record_, features=MatrixColumns(list(features.names), features.matrix, features.other)
+    )
+
+
+def single_precision(record_: Any) -> Any:
+    features = record_.features
+    return dataclasses.replace(
+        record_, features=MatrixColumns(features.names, features.matrix.astype(np.float32), features.other)
+    )
+
+
+@pytest.mark.parametrize(
+    ("odd", "shape", "refusal"),
+    [
+        (big_endian(matrix_record("odd", 2)), ["run of 1", "alone", "run of 1"], None),
+        (with_probability_column(matrix_record("odd", 2)), ["run of 1", "alone", "run of 1"], None),
+        (matrix_record("odd", 2, color_list=True), ["run of 3"], None),
+        (with_names_copied(matrix_record("odd", 2)), ["run of 1", "run of 1", "run of 1"], None),
+        (single_precision(matrix_record("odd", 2)), ["run of 1", "run of 1", "run of 1"], None),
+        (
+            matrix_record("odd", 0, text=False),
+            ["run of 1", "alone", "run of 1"],
+            r"rows must be an integer >= 1, got 0",
+        ),
+        (
+            matrix_record("odd", 3, labels=["setosa", "setosa"]),
+            ["run of 1", "alone", "run of 1"],
+            "labels has 2 values, but the request has 3 rows",
+        ),
+        (
+            matrix_record("odd", 2, answered=1),
+            ["run of 1", "alone", "run of 1"],
+            "answered must be true or false, got 1",
+        ),
+    ],
+    ids=[
+        "big-endian",
+        "probability-column",
+        "list-column",
+        "names-copied",
+        "float32",
+        "zero-rows",
+        "labels-short",
+        "answered-1",
+    ],
+)
+def test_a_record_unlike_its_neighbours_splits_their_run_and_crosses_as_it_is(
+    odd: Any, shape: list[str], refusal: str | None
+) -> None:
+    originals = [matrix_record("before", 2), odd, matrix_record("after", 1)]
+    payload = wire.encode_records(originals)
+    decoded = wire.decode_records(payload)
+    assert [copy.request_id for copy in decoded] == ["before", "odd", "after"]
+    assert runs_and_alone(payload) == shape
+    for original, copy in zip(originals, decoded, strict=True):
+        if original is odd and refusal is not None:  # refused by the writer, alone, by name
+            with pytest.raises(ValueError, match=refusal):
+                table_row(copy)
+        else:
+            assert_same_table_rows(table_row(copy), table_row(original))
 
 
 def a_run_changed(**changes: Any) -> bytes:
@@ -146,7 +224,10 @@ def a_run_changed(**changes: Any) -> bytes:
         ({"rows": [1, 0]}, "a run's row counts must be positive integers"),
         ({"latency_ms": [1.0]}, "a run's columns differ in length"),
         ({"labels": ["setosa"]}, "a run of 2 rows has 1 labels"),
-        ({"features": [["sepal_length"], "<f8", 1 << 20]}, "not a batch of prediction records"),
+        ({"features": [["sepal_length"], "<f8", 1 << 20]}, "runs past the"),
+        ({"rows": [1 << 62, 1], "labels": ["setosa"] * 2}, "a run of 4611686018427387905 rows has 2 labels"),
+        ({"features": [["sepal_length", "petal_width"], None, 0]}, "None is no dtype of numbers"),
+        ({"features": [["sepal_length", "petal_width"], "<U4", 0]}, "'<U4' is no dtype of numbers"),
     ],
 )
 def test_a_run_that_does_not_add_up_is_refused_by_name(changes: dict[str, Any], message: str) -> None:
@@ -241,6 +322,7 @@ def test_large_requests_travel_in_frames_of_about_frame_rows_and_every_one_is_st
     with unstarted._lock:
         frames = [[record.rows for record in unstarted._next_frame()] for _ in range(5)]
     assert frames == [[4, 4, 4], [25], [1, 3, 9], [2], []]
+    unstarted.engine.dispose()
 
     log = new_process_log(url, tmp_path / "spool")
 

@@ -2,7 +2,7 @@
 
 A PredictionLog in the server's process checks, converts and inserts each record on a thread that
 shares the event loop's GIL, so the event loop waits for it. Here the server only queues each record
-and, on a thread, sends batches of them as frames (``wire``: about a microsecond a record, the arrays as
+and, on a thread, sends batches of them as frames (``wire``: a microsecond or two a record, the arrays as
 raw bytes) to ``python -m modelyard.serving.prediction_log``, which runs the PredictionLog (database,
 spool, replay) and reports back what it did. The server's metrics take those counts over, so the
 dashboards and alerts read the same series.
@@ -53,8 +53,8 @@ SEND_INTERVAL_S = 0.05
 # The writer's input pipe holds this much (Linux's default is 64 KiB): a second of single-row records at
 # a few thousand a second is sent without waiting for the writer to read.
 PIPE_BYTES = 1 << 20
-# A frame carries about this many rows at most: large requests travel in frames of a few hundred KiB,
-# whose memory the allocator reuses, not in fresh megabytes each time (page faults, copies).
+# A frame carries about this many rows at most: large requests travel in frames the allocator can reuse
+# (about 700 KiB for 20 features), not in fresh tens of megabytes each time (page faults, copies).
 FRAME_ROWS = 4096
 # Starting a writer again is retried with backoff while it keeps failing.
 RESTART_INITIAL_S = 0.5
@@ -381,7 +381,8 @@ class PredictionLogProcess(RecordIntake):
         while queue and len(batch) < self._batch_size and rows < FRAME_ROWS:
             record = queue.popleft()
             batch.append(record)
-            rows += record.rows if type(record.rows) is int else 1  # the writer refuses a bad count
+            count = record.rows
+            rows += count if type(count) is int and count > 0 else 1  # the writer refuses a bad count
         return batch
 
     def _encode(self, batch: list[PredictionRecord]) -> tuple[bytes, int]:

@@ -114,7 +114,7 @@ def _moment(value: Any) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _length(column: Any) -> int | None:
+def column_length(column: Any) -> int | None:
     """The number of values of a list, tuple or one-dimensional array; None for anything else."""
     kind = type(column)
     if kind is np.ndarray:  # the data plane's columns: checked first, as the log checks many
@@ -135,7 +135,7 @@ def _columns(value: Any, *, field: str, rows: int) -> Mapping[str, Any]:
         raise InvalidRecord(f"{field} must be a mapping, got {type(value).__name__}")
     columns: dict[str, Any] = {}
     for name, column in value.items():
-        length = _length(column)
+        length = column_length(column)
         if length is None:
             raise InvalidRecord(
                 f"{field}[{str(name)!r}] must be a list of {rows} values, got {type(column).__name__}"
@@ -150,7 +150,7 @@ def _columns(value: Any, *, field: str, rows: int) -> Mapping[str, Any]:
 
 def _labels(value: Any, *, rows: int) -> list[str]:
     """The predicted class of each row, as text whatever the class type (digits' 3 is "3")."""
-    length = _length(value)
+    length = column_length(value)
     if length is None:
         raise InvalidRecord(f"labels must be a list of {rows} classes, got {type(value).__name__}")
     if length != rows:
@@ -244,6 +244,7 @@ def _one_row_request(old: dict[str, Any]) -> dict[str, Any]:
 __all__ = [
     "InvalidRecord",
     "PredictionRecord",
+    "column_length",
     "json_text",
     "plain_value",
     "row_from_spool_line",
