@@ -143,6 +143,17 @@ def _stacked(matrices: list[np.ndarray], blob: _Blob) -> int:
     return blob.add(np.concatenate(matrices))  # a new, C-contiguous array
 
 
+def _flattened(labels: list[Any]) -> list[Any]:
+    """The labels of a run's records, one list: the data plane's arrays (text, or objects) joined at C speed,
+    anything else value by value (so that numpy never turns one record's numbers into text)."""
+    first = labels[0]
+    if type(first) is np.ndarray and first.dtype.kind in "OU":
+        kind = first.dtype
+        if all(type(column) is np.ndarray and column.dtype == kind for column in labels):
+            return list(np.concatenate(labels).tolist())
+    return list(itertools.chain.from_iterable(labels))
+
+
 def _encode_run(run: list[PredictionRecord], blob: _Blob) -> dict[str, Any]:
     first = run[0]
     # _run_key saw to it: every record of a run has numeric MatrixColumns of the same names
@@ -166,7 +177,7 @@ def _encode_run(run: list[PredictionRecord], blob: _Blob) -> dict[str, Any]:
             probabilities.matrix.dtype.str,
             _stacked([columns.matrix for columns in class_sets], blob),
         ],
-        "labels": list(itertools.chain.from_iterable(record.labels for record in run)),
+        "labels": _flattened([record.labels for record in run]),
         "latency_ms": [record.latency_ms for record in run],
         "created_at": [record.created_at for record in run],
         # the text and category columns beside the numbers, per record; none at all is said once
