@@ -128,6 +128,25 @@ def test_consecutive_records_of_a_model_version_cross_as_one_run_in_order(text: 
     assert runs_and_alone(payload) == ["run of 2", "run of 1", "run of 1", "alone", "run of 2"]
 
 
+def test_a_runs_label_arrays_cross_as_the_values_they_hold() -> None:
+    originals = [
+        matrix_record("text-1", 2, labels=np.array(["setosa", "versicolor"], dtype="<U10")),
+        matrix_record("text-2", 1, labels=np.array(["setosa"], dtype="<U10")),
+        matrix_record("objects", 2, answered=False, labels=np.array(["setosa", 3], dtype=object)),
+        matrix_record("none", 1, answered=False, labels=np.array([None], dtype=object)),
+    ]
+    payload = wire.encode_records(originals)
+    decoded = wire.decode_records(payload)
+    assert runs_and_alone(payload) == ["run of 2", "run of 2"]
+    assert [table_row(copy)["labels"] for copy in decoded[:3]] == [
+        ["setosa", "versicolor"],
+        ["setosa"],
+        ["setosa", "3"],
+    ]
+    with pytest.raises(ValueError, match=r"labels\[0\] must be a string, got NoneType"):
+        table_row(decoded[3])
+
+
 def big_endian(record_: Any) -> Any:
     features = record_.features
     return dataclasses.replace(

@@ -413,7 +413,7 @@ class PredictionLogProcess(RecordIntake):
         stdin = writer.process.stdin
         assert stdin is not None
         stdin.write(wire.frame_header(wire.RECORDS, len(payload)))
-        stdin.write(payload)  # larger than the buffer: written as it is, not copied behind the header
+        stdin.write(payload)  # one larger than the buffer is written as it is, not copied behind the header
         stdin.flush()
 
     def _finish(self, writer: _Writer) -> None:

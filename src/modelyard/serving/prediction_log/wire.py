@@ -4,10 +4,10 @@ A frame is a kind byte, a 4-byte little-endian length and the payload. The serve
 once, then ``RECORDS`` and ``FLUSH``; the writer answers with ``STATUS``. A batch of records travels as
 one JSON list (orjson) followed by the raw bytes of their numeric matrices. Consecutive records of one
 model version, as the data plane builds them, travel as a run: their fields as columns and their
-matrices stacked: about a microsecond and a half for a single-row record, where its own list of fields
-cost three times that (labels and text columns are still copied value by value). Any other record
-travels as its own list of fields. The writer checks and converts the records exactly as if they
-had been submitted to it directly (``records.table_row``).
+matrices stacked, about a microsecond and a half for a single-row record, where its own list of fields
+cost three times that (text columns, and labels that are lists or of mixed dtypes, are still copied
+value by value). Any other record travels as its own list of fields. The writer checks and converts the
+records exactly as if they had been submitted to it directly (``records.table_row``).
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _flattened(labels: list[Any]) -> list[Any]:
     if type(first) is np.ndarray and first.dtype.kind in "OU":
         kind = first.dtype
         if all(type(column) is np.ndarray and column.dtype == kind for column in labels):
-            return list(np.concatenate(labels).tolist())
+            return cast(list[Any], np.concatenate(labels).tolist())
     return list(itertools.chain.from_iterable(labels))
 
 
