@@ -402,19 +402,15 @@ class PredictionLogProcess(RecordIntake):
             return (wire.encode_records(kept), len(kept)) if kept else (b"", 0)
 
     @staticmethod
-    def _write(writer: _Writer, data: bytes) -> None:
+    def _write(writer: _Writer, *parts: bytes) -> None:
         stdin = writer.process.stdin
         assert stdin is not None
-        stdin.write(data)
+        for part in parts:
+            stdin.write(part)  # one larger than the buffer is written as it is, not copied into it
         stdin.flush()
 
-    @staticmethod
-    def _send_records(writer: _Writer, payload: bytes) -> None:
-        stdin = writer.process.stdin
-        assert stdin is not None
-        stdin.write(wire.frame_header(wire.RECORDS, len(payload)))
-        stdin.write(payload)  # one larger than the buffer is written as it is, not copied behind the header
-        stdin.flush()
+    def _send_records(self, writer: _Writer, payload: bytes) -> None:
+        self._write(writer, wire.frame_header(wire.RECORDS, len(payload)), payload)
 
     def _finish(self, writer: _Writer) -> None:
         """Close the writer's input and wait (until the stop deadline) for it to write or spool

@@ -243,14 +243,15 @@ def _decode_columns(columns: Any, blob: memoryview) -> Any:
 
 def _matrix(blob: memoryview, dtype: Any, rows: Any, width: Any, offset: Any) -> np.ndarray:
     """The [rows, width] matrix of numbers at ``offset`` of ``blob``; ValueError when it is not there."""
-    if not isinstance(dtype, str) or np.dtype(dtype).kind not in "fiu":
+    numbers = np.dtype(dtype) if isinstance(dtype, str) else None
+    if numbers is None or numbers.kind not in "fiu":
         raise ValueError(f"{dtype!r} is no dtype of numbers")
     if not all(type(number) is int and number >= 0 for number in (rows, width, offset)):
         raise ValueError(f"a matrix of {rows!r} x {width!r} at {offset!r} cannot be")
     count = rows * width
-    if offset + count * np.dtype(dtype).itemsize > len(blob):
+    if offset + count * numbers.itemsize > len(blob):
         raise ValueError(f"a matrix of {rows} x {width} at {offset} runs past the {len(blob)} bytes sent")
-    return np.frombuffer(blob, dtype=np.dtype(dtype), count=count, offset=offset).reshape(rows, width)
+    return np.frombuffer(blob, dtype=numbers, count=count, offset=offset).reshape(rows, width)
 
 
 def _moment(value: Any) -> Any:
