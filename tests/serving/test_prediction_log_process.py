@@ -147,11 +147,19 @@ def test_a_runs_label_arrays_cross_as_the_values_they_hold() -> None:
         table_row(decoded[3])
 
 
-def big_endian(record_: Any) -> Any:
+def with_features(record_: Any, *, names: Any = None, matrix: Any = None) -> Any:
+    """``record_`` with its feature names or matrix replaced, its other columns kept."""
     features = record_.features
-    return dataclasses.replace(
-        record_, features=MatrixColumns(features.names, features.matrix.astype(">f8"), features.other)
+    replaced = MatrixColumns(
+        features.names if names is None else names,
+        features.matrix if matrix is None else matrix,
+        features.other,
     )
+    return dataclasses.replace(record_, features=replaced)
+
+
+def big_endian(record_: Any) -> Any:
+    return with_features(record_, matrix=record_.features.matrix.astype(">f8"))
 
 
 def with_probability_column(record_: Any) -> Any:
@@ -163,17 +171,11 @@ def with_probability_column(record_: Any) -> Any:
 
 
 def with_names_copied(record_: Any) -> Any:
-    features = record_.features
-    return dataclasses.replace(
-        record_, features=MatrixColumns(list(features.names), features.matrix, features.other)
-    )
+    return with_features(record_, names=list(record_.features.names))
 
 
 def single_precision(record_: Any) -> Any:
-    features = record_.features
-    return dataclasses.replace(
-        record_, features=MatrixColumns(features.names, features.matrix.astype(np.float32), features.other)
-    )
+    return with_features(record_, matrix=record_.features.matrix.astype(np.float32))
 
 
 @pytest.mark.parametrize(
