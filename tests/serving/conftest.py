@@ -361,3 +361,14 @@ def killable_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Post
     with contextlib.suppress(Exception):
         service.pg_ctl("-w", "-m", "fast", "stop")
     service.server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated registry database, as `modelyard db upgrade` leaves it: SQLite, then Postgres."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'registry.db'}"
+    upgrade(url)
+    return url

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, select
 from modelyard.bundle import BundleMetadata, write_bundle
 from modelyard.errors import InvalidInput, NotFound, NotReady
 from modelyard.registry import upgrade
+from modelyard.registry.packed import logged_columns
 from modelyard.registry.tables import Prediction as PredictionRow
 from modelyard.serving.dataplane import DataPlane, class_label, strictly_after
 from modelyard.serving.metrics import ServingMetrics
@@ -221,9 +222,11 @@ def test_predictions_reach_the_log_and_the_metrics(bundles: dict[str, Path], tmp
     # One row for the request, its values column by column.
     assert [(r.request_id, r.rows, r.model, r.version) for r in rows] == [("req-1", 3, "churn", "7")]
     [logged] = rows
-    assert {name: values[0] for name, values in logged.features.items()} == frame.iloc[0].to_dict()
-    assert all(len(values) == 3 for values in logged.features.values())
-    assert set(logged.probabilities) == {"0", "1"} and all(len(p) == 3 for p in logged.probabilities.values())
+    features = logged_columns(logged.features, logged.packed_features)
+    probabilities = logged_columns(logged.probabilities, logged.packed_probabilities)
+    assert {name: values[0] for name, values in features.items()} == frame.iloc[0].to_dict()
+    assert all(len(values) == 3 for values in features.values())
+    assert set(probabilities) == {"0", "1"} and all(len(p) == 3 for p in probabilities.values())
     assert len(logged.labels) == 3 and set(logged.labels) <= {"0", "1"}
     exposition = metrics.render()[0].decode()
     assert (

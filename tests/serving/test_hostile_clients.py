@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, func, select
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from modelyard.registry.packed import logged_columns
 from modelyard.registry.tables import Prediction
 
 from .conftest import HttpAnswer, ServerProcess, http_status, post_json, send, start_server
@@ -248,7 +249,8 @@ def test_integers_are_range_checked_exactly_and_uint64_keeps_its_value(onnx_serv
     for request_id in ("uint-json", "uint-grpc"):
         [request] = logged(onnx_server, request_id)
         # the largest UINT64 keeps its value (as a float64 feature), neither 0 nor wrapped
-        assert request.features["sepal_length"] == [float(largest), 5.0]
+        features = logged_columns(request.features, request.packed_features)
+        assert features["sepal_length"] == [float(largest), 5.0]
     error = grpc_error(onnx_server, grpc_per_feature("UINT8", "uint_contents", [256], "uint8"))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "element 0 (256) is out of the range of UINT8" in (error.details() or "")

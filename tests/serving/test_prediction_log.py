@@ -94,17 +94,6 @@ def tables(url: str) -> set[str]:
         engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A migrated registry database, as `modelyard db upgrade` leaves it."""
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("postgres_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'registry.db'}"
-    upgrade(url)
-    return url
-
-
 def migrated_sqlite(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     upgrade(url)
@@ -264,7 +253,7 @@ def test_only_float_arrays_of_larger_requests_are_packed_and_every_value_reads_b
     assert logged_columns(small.features, small.packed_features) == {"sepal_length": expected_lengths[1:]}
 
 
-def test_the_data_planes_matrix_columns_are_packed_whole_or_written_as_json_and_spooled(
+def test_the_data_planes_float_matrices_are_packed_whole_at_any_size_and_spooled_as_json(
     database_url: str, tmp_path: Path
 ) -> None:
     log = new_log(database_url, tmp_path / "spool")
@@ -289,14 +278,20 @@ def test_the_data_planes_matrix_columns_are_packed_whole_or_written_as_json_and_
 
     async def main() -> None:
         await log.start()
-        log.submit([matrix_record("large", PACK_MIN_ROWS), matrix_record("single", 1)])
+        integers = record(
+            "integers", 1, features=MatrixColumns(["petals"], np.array([[3]])), probabilities={}
+        )
+        log.submit([matrix_record("large", PACK_MIN_ROWS), matrix_record("single", 1), integers])
         assert await log.flush()
         await log.stop()
 
     asyncio.run(main())
-    large, single = stored(database_url)
-    assert large.features == {"color": ["red"] * PACK_MIN_ROWS}  # the matrix went packed, whole
-    assert (single.packed_features, single.packed_probabilities) == (None, None)
+    large, single, integers = stored(database_url)
+    for row in (large, single):  # the float matrices went packed, whole, whatever the rows
+        assert row.features == {"color": ["red"] * row.rows}
+        assert row.probabilities == {}
+        assert row.packed_features is not None and row.packed_probabilities is not None
+    assert (integers.features, integers.packed_features) == ({"petals": [3]}, None)
     for row in (large, single):
         features = logged_columns(row.features, row.packed_features)
         probabilities = logged_columns(row.probabilities, row.packed_probabilities)

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -24,14 +25,27 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import delete
 
+from modelyard.registry import create_engine_for
+from modelyard.registry.packed import logged_columns
+from modelyard.registry.tables import Prediction
 from modelyard.serving.features import MatrixColumns
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.prediction_log import process, wire
 from modelyard.serving.prediction_log.process import WRITER_COMMAND, PredictionLogProcess
-from modelyard.serving.prediction_log.records import table_row
+from modelyard.serving.prediction_log.records import RecordRun, table_row
+from modelyard.serving.sink import PredictionRecord
 
-from .test_prediction_log import dropped_metric, metric, migrated_sqlite, record, stored, unreachable_url
+from .test_prediction_log import (
+    dropped_metric,
+    metric,
+    migrated_sqlite,
+    new_log,
+    record,
+    stored,
+    unreachable_url,
+)
 
 
 def new_process_log(url: str, spool_dir: Path, **overrides: Any) -> PredictionLogProcess:
@@ -75,6 +89,17 @@ def matrix_record(
 # ---------------------------------------------------------------- the frames
 
 
+def decoded_records(payload: bytes) -> list[PredictionRecord]:
+    """The records of a RECORDS payload, each as the writer checks it when it is not stored as a run."""
+    records: list[PredictionRecord] = []
+    for entry in wire.decode_records(payload):
+        if isinstance(entry, RecordRun):
+            records.extend(map(entry.record, range(len(entry))))
+        else:
+            records.append(entry)
+    return records
+
+
 @pytest.mark.parametrize("rows", [1, 3, 300])
 def test_records_cross_the_wire_as_the_same_table_rows(rows: int) -> None:
     originals = [
@@ -83,7 +108,7 @@ def test_records_cross_the_wire_as_the_same_table_rows(rows: int) -> None:
         record("naive-time", rows, created_at=datetime(2026, 11, 23, 12, 0)),
         record("shadow", rows, answered=False, latency_ms=np.float32(2.5)),
     ]
-    decoded = wire.decode_records(wire.encode_records(originals))
+    decoded = decoded_records(wire.encode_records(originals))
     assert len(decoded) == len(originals)
     for original, copy in zip(originals, decoded, strict=True):
         assert_same_table_rows(table_row(copy), table_row(original))
@@ -121,7 +146,7 @@ def test_consecutive_records_of_a_model_version_cross_as_one_run_in_order(text: 
         matrix_record("f", 2, text=text, created_at=datetime(2026, 11, 23, 12, 0)),
     ]
     payload = wire.encode_records(originals)
-    decoded = wire.decode_records(payload)
+    decoded = decoded_records(payload)
     assert [copy.request_id for copy in decoded] == ["a", "b", "c", "d", "plain", "e", "f"]
     for original, copy in zip(originals, decoded, strict=True):
         assert_same_table_rows(table_row(copy), table_row(original))
@@ -136,7 +161,7 @@ def test_a_runs_label_arrays_cross_as_the_values_they_hold() -> None:
         matrix_record("none", 1, answered=False, labels=np.array([None], dtype=object)),
     ]
     payload = wire.encode_records(originals)
-    decoded = wire.decode_records(payload)
+    decoded = decoded_records(payload)
     assert runs_and_alone(payload) == ["run of 2", "run of 2"]
     assert [table_row(copy)["labels"] for copy in decoded[:3]] == [
         ["setosa", "versicolor"],
@@ -218,7 +243,7 @@ def test_a_record_unlike_its_neighbours_splits_their_run_and_crosses_as_it_is(
 ) -> None:
     originals = [matrix_record("before", 2), odd, matrix_record("after", 1)]
     payload = wire.encode_records(originals)
-    decoded = wire.decode_records(payload)
+    decoded = decoded_records(payload)
     assert [copy.request_id for copy in decoded] == ["before", "odd", "after"]
     assert runs_and_alone(payload) == shape
     for original, copy in zip(originals, decoded, strict=True):
@@ -252,13 +277,13 @@ def a_run_changed(**changes: Any) -> bytes:
     ],
 )
 def test_a_run_that_does_not_add_up_is_refused_by_name(changes: dict[str, Any], message: str) -> None:
-    assert len(wire.decode_records(a_run_changed())) == 2
+    assert len(decoded_records(a_run_changed())) == 2
     with pytest.raises(wire.FrameError, match=message):
         wire.decode_records(a_run_changed(**changes))
 
 
 def test_a_record_the_writer_would_refuse_crosses_the_wire_and_is_refused_there_by_name() -> None:
-    (copy,) = wire.decode_records(wire.encode_records([dataclasses.replace(record("bad", 2), rows=3)]))
+    (copy,) = decoded_records(wire.encode_records([dataclasses.replace(record("bad", 2), rows=3)]))
     message = r"features\['sepal_length'\] has 2 values, but the request has 3 rows"
     with pytest.raises(ValueError, match=message):
         table_row(copy)
@@ -275,6 +300,146 @@ def test_a_record_the_writer_would_refuse_crosses_the_wire_and_is_refused_there_
 def test_a_payload_that_is_no_batch_is_refused_by_name(payload: bytes, message: str) -> None:
     with pytest.raises(wire.FrameError, match=message):
         wire.decode_records(payload)
+
+
+# ---------------------------------------------------------------- the writer's runs
+
+
+def queued(payload: bytes) -> list[Any]:
+    """What the writer process queues of a RECORDS payload: each record alone, or a run's members."""
+    entries = wire.decode_records(payload)
+    return [
+        member
+        for entry in entries
+        for member in (entry.members() if isinstance(entry, RecordRun) else [entry])
+    ]
+
+
+def write_all(url: str, spool_dir: Path, entries: list[Any], metrics: ServingMetrics | None = None) -> Any:
+    """A PredictionLog that took ``entries``, flushed and stopped."""
+    log = new_log(url, spool_dir, metrics=metrics)
+
+    async def main() -> None:
+        await log.start()
+        log.submit(entries)
+        await log.flush()
+        await log.stop()
+
+    asyncio.run(main())
+    return log
+
+
+def stored_values(url: str) -> list[dict[str, Any]]:
+    """Every stored row's values but its id, in order."""
+    rows = [row._asdict() for row in stored(url)]
+    for row in rows:
+        del row["id"]
+    return rows
+
+
+def logged(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row's values with its columns as readers see them, however they were stored."""
+    read = dict(row)
+    read["features"] = logged_columns(read.pop("features"), read.pop("packed_features"))
+    read["probabilities"] = logged_columns(read.pop("probabilities"), read.pop("packed_probabilities"))
+    return read
+
+
+def emptied(url: str) -> None:
+    engine = create_engine_for(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(delete(Prediction.__table__))
+    finally:
+        engine.dispose()
+
+
+def test_a_runs_records_are_stored_as_the_very_rows_each_alone_makes(
+    database_url: str, tmp_path: Path
+) -> None:
+    originals = [
+        matrix_record("one-row", 1),
+        matrix_record("three-rows", 3, labels=np.array(["setosa", "versicolor", "setosa"], dtype=object)),
+        matrix_record("naive-time", 1, created_at=datetime(2026, 11, 23, 12, 0)),
+        matrix_record("float32-latency", 2, latency_ms=np.float32(2.5)),
+        matrix_record("plain", 1, text=False),
+        dataclasses.replace(
+            matrix_record("nan", 1, text=False),
+            probabilities=MatrixColumns(CLASS_NAMES, np.array([[np.nan, 1.0]])),
+        ),
+        single_precision(matrix_record("float32", 2)),
+        matrix_record("shadow", 1, answered=False),
+    ]
+    payload = wire.encode_records(originals)
+    assert runs_and_alone(payload) == ["run of 6", "run of 1", "run of 1"]
+    write_all(database_url, tmp_path / "runs", queued(payload))
+    as_runs = stored_values(database_url)
+    emptied(database_url)
+    write_all(database_url, tmp_path / "alone", originals)
+    assert as_runs == stored_values(database_url)
+    assert [row["request_id"] for row in as_runs] == [record.request_id for record in originals]
+
+
+@pytest.mark.parametrize(
+    ("odd", "message"),
+    [
+        (dataclasses.replace(matrix_record("odd", 1), request_id=""), "request_id is empty"),
+        (dataclasses.replace(matrix_record("odd", 1), request_id="x" * 300), "request_id is longer than 256"),
+        (matrix_record("odd", 2, labels=np.array(["setosa", ""], dtype=object)), r"labels\[1\] is empty"),
+        (matrix_record("odd", 1, created_at="yesterday"), "created_at is not an ISO timestamp: 'yesterday'"),
+        (matrix_record("odd", 1, latency_ms=2), None),  # not a float, but a number: stored as 2.0
+        (matrix_record("odd", 1, created_at="2026-11-23T12:00:00"), None),  # no zone: UTC
+    ],
+    ids=["empty-id", "long-id", "empty-label", "bad-time", "integer-latency", "text-time"],
+)
+def test_a_record_its_run_cannot_store_goes_alone_and_is_refused_by_name_between_its_neighbours(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, odd: Any, message: str | None
+) -> None:
+    url = migrated_sqlite(tmp_path)
+    payload = wire.encode_records([matrix_record("before", 1), odd, matrix_record("after", 2)])
+    assert runs_and_alone(payload) == ["run of 3"]
+    metrics = ServingMetrics()
+    with caplog.at_level("WARNING", logger="modelyard.serving.prediction_log"):
+        log = write_all(url, tmp_path / "spool", queued(payload), metrics)
+    rows = stored(url)
+    if message is None:
+        assert [row.request_id for row in rows] == ["before", "odd", "after"]
+        assert (log.written, log.dropped) == (3, 0)
+        assert rows[1].latency_ms == float(odd.latency_ms)
+        assert rows[1].created_at.replace(tzinfo=None) == datetime(2026, 11, 23, 12, 0)
+    else:
+        assert [row.request_id for row in rows] == ["before", "after"]
+        assert (log.written, log.dropped, dropped_metric(metrics, "invalid")) == (2, 1, 1)
+        assert re.search(message, caplog.text)
+
+
+def test_a_run_whose_model_cannot_be_stored_is_refused_record_by_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = migrated_sqlite(tmp_path)
+    records = [matrix_record(name, 1, model="m" * 100) for name in ("a", "b")]
+    payload = wire.encode_records(records)
+    assert runs_and_alone(payload) == ["run of 2"]
+    with caplog.at_level("WARNING", logger="modelyard.serving.prediction_log"):
+        log = write_all(url, tmp_path / "spool", queued(payload))
+    assert stored(url) == [] and log.dropped == 2
+    assert "model is longer than 63 characters" in caplog.text
+
+
+def test_a_runs_records_are_spooled_while_the_database_is_down_and_replayed_as_the_same_rows(
+    tmp_path: Path,
+) -> None:
+    url = migrated_sqlite(tmp_path)
+    payload = wire.encode_records([matrix_record(name, 2) for name in ("a", "b", "c")])
+    spool = tmp_path / "spool"
+    log = write_all(unreachable_url(tmp_path), spool, queued(payload))
+    assert (log.written, log.spooled, log.dropped) == (0, 3, 0)
+    write_all(url, spool, [])  # replays what the first log spooled
+    from_spool = stored_values(url)
+    emptied(url)
+    write_all(url, tmp_path / "direct", queued(payload))
+    assert [row["request_id"] for row in from_spool] == ["a", "b", "c"]
+    assert list(map(logged, from_spool)) == list(map(logged, stored_values(url)))
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ them), whichever way each column was stored.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import struct
@@ -53,9 +54,17 @@ def pack_columns(columns: Mapping[str, np.ndarray], rows: int) -> bytes:
 
 def pack_matrix(names: Sequence[str], matrix: np.ndarray) -> bytes:
     """The columns of ``matrix`` [rows, len(names)], named ``names``, packed in one copy."""
+    return pack_row_blocks(names, matrix, [0, len(matrix)])[0]
+
+
+def pack_row_blocks(names: Sequence[str], matrix: np.ndarray, starts: Sequence[int]) -> list[bytes]:
+    """Rows ``starts[i]`` to ``starts[i + 1]`` of ``matrix`` [rows, len(names)] packed, for each ``i``:
+    the requests of a batch whose rows are stacked in one matrix."""
     if np.ndim(matrix) != 2 or np.shape(matrix)[1] != len(names):
         raise PackedError(f"a matrix of shape {np.shape(matrix)} has no {len(names)} columns")
-    return _header(tuple(names)) + np.asarray(matrix, dtype=_FLOAT64).T.tobytes()
+    header = _header(tuple(names))
+    values = np.asarray(matrix, dtype=_FLOAT64)
+    return [header + values[start:end].T.tobytes() for start, end in itertools.pairwise(starts)]
 
 
 def unpack_columns(packed: bytes) -> dict[str, np.ndarray]:
@@ -93,4 +102,12 @@ def logged_columns(
     return columns
 
 
-__all__ = ["MAGIC", "PackedError", "logged_columns", "pack_columns", "pack_matrix", "unpack_columns"]
+__all__ = [
+    "MAGIC",
+    "PackedError",
+    "logged_columns",
+    "pack_columns",
+    "pack_matrix",
+    "pack_row_blocks",
+    "unpack_columns",
+]

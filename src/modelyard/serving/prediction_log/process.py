@@ -90,7 +90,7 @@ class _Writer:
     counts: dict[str, Any] = field(default_factory=dict)  # its last report
 
 
-class PredictionLogProcess(RecordIntake):
+class PredictionLogProcess(RecordIntake[PredictionRecord]):
     """A PredictionSink whose records a writer process stores; see the module docstring.
 
     Its arguments are the PredictionLog's, which the writer process runs; ``engine`` is the server's own

@@ -8,7 +8,8 @@ arrays, or lists) until the writer packs them or :func:`json_text` serialises th
 thread, with orjson. That is also where values are cleaned: numpy scalars and
 arrays become plain numbers and lists, NaN and infinities become null (JSON has neither), anything else
 becomes its text. A naive timestamp is taken as UTC. The spool holds the same rows as JSON lines, so a
-replayed row is checked exactly like a new one.
+replayed row is checked exactly like a new one. Records that crossed from the server as a run
+(:class:`RecordRun`) are checked by the same rules, column by column.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -200,6 +202,119 @@ def table_row(record: Any) -> dict[str, Any]:
         raise InvalidRecord(f"{missing.args[0]} is missing") from None
 
 
+def moment_or_text(value: Any) -> Any:
+    """An ISO timestamp as its datetime; anything else as it is (``table_row`` refuses it by name)."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value
+
+
+@dataclass(frozen=True, eq=False)
+class RecordRun:
+    """Consecutive records of one model version as columns, as they cross from the server (``wire``).
+
+    Record ``i`` has ``rows[i]`` rows: rows ``starts[i]`` to ``starts[i + 1]`` of the two matrices and
+    of ``labels``. The writer checks and converts a run column by column (:meth:`storable`); a record
+    those checks do not pass goes the way of any other record (:meth:`record`, then ``table_row``),
+    which names what is wrong with it.
+    """
+
+    model: Any
+    version: Any
+    answered: Any
+    request_ids: list[Any]
+    rows: list[int]
+    starts: list[int]
+    feature_names: list[str]
+    features: np.ndarray
+    class_names: list[str]
+    probabilities: np.ndarray
+    labels: list[Any]
+    latency_ms: list[Any]
+    created_at: list[Any]
+    other: list[Any] | None  # each record's columns beside the feature matrix; None when none has any
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    def record(self, index: int) -> PredictionRecord:
+        """Record ``index`` of the run, as it was submitted on the server."""
+        start, end = self.starts[index], self.starts[index + 1]
+        return PredictionRecord(
+            request_id=self.request_ids[index],
+            model=self.model,
+            version=self.version,
+            rows=self.rows[index],
+            features=MatrixColumns(
+                self.feature_names, self.features[start:end], self.other[index] if self.other else {}
+            ),
+            labels=self.labels[start:end],
+            probabilities=MatrixColumns(self.class_names, self.probabilities[start:end]),
+            latency_ms=self.latency_ms[index],
+            created_at=moment_or_text(self.created_at[index]),
+            answered=self.answered,
+        )
+
+    def members(self) -> list[RunMember]:
+        """One entry per record, for a queue that counts records."""
+        return [RunMember(self, index) for index in range(len(self.request_ids))]
+
+    def checked_times(self, first: int, end: int) -> list[datetime] | None:
+        """The times of records ``first`` to ``end`` when every one of them passes the checks of
+        ``table_row``, checked column by column; None when any does not (then each goes the way of any
+        other record, in order, and ``table_row`` names what is wrong).
+
+        A record passes when its request id is text of the right length, its latency a finite float,
+        its time an ISO timestamp (UTC when it names no zone), its labels non-empty text and its other
+        columns lists of its rows; model, version and ``answered`` are checked once for the run. The
+        matrices must hold floats, which the table packs (``registry.packed``).
+        """
+        try:
+            _text(self.model, field="model", limit=NAME_LENGTH)
+            _text(self.version, field="version", limit=MODEL_VERSION_LENGTH)
+            _answered(self.answered)
+        except InvalidRecord:
+            return None
+        if self.features.dtype.kind != "f" or self.probabilities.dtype.kind != "f":
+            return None
+        request_ids, latencies = self.request_ids[first:end], self.latency_ms[first:end]
+        if not all(
+            type(request_id) is str and 0 < len(request_id) <= REQUEST_ID_LENGTH for request_id in request_ids
+        ):
+            return None
+        if not all(type(latency_ms) is float and math.isfinite(latency_ms) for latency_ms in latencies):
+            return None
+        labels = self.labels[self.starts[first] : self.starts[end]]
+        if not all(type(label) is str and label for label in labels):
+            return None
+        others = self.other
+        if others is not None and not all(
+            _plain_columns(others[index], self.rows[index]) for index in range(first, end)
+        ):
+            return None
+        moments = [moment_or_text(moment) for moment in self.created_at[first:end]]
+        if not all(type(moment) is datetime for moment in moments):
+            return None
+        return [moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC) for moment in moments]
+
+
+def _plain_columns(columns: Any, rows: int) -> bool:
+    """Whether ``columns`` maps text to lists of ``rows`` values (as JSON brings them)."""
+    return type(columns) is dict and all(
+        type(name) is str and type(column) is list and len(column) == rows for name, column in columns.items()
+    )
+
+
+class RunMember(NamedTuple):
+    """Record ``position`` of a RecordRun, where a queue holds one entry per record."""
+
+    run: RecordRun
+    position: int
+
+
 def spool_line(row: dict[str, Any]) -> bytes:
     """A table row as one JSON line of the spool; InvalidRecord when a value cannot be written."""
     try:
@@ -244,8 +359,11 @@ def _one_row_request(old: dict[str, Any]) -> dict[str, Any]:
 __all__ = [
     "InvalidRecord",
     "PredictionRecord",
+    "RecordRun",
+    "RunMember",
     "column_length",
     "json_text",
+    "moment_or_text",
     "plain_value",
     "row_from_spool_line",
     "spool_line",

@@ -4,10 +4,11 @@ A frame is a kind byte, a 4-byte little-endian length and the payload. The serve
 once, then ``RECORDS`` and ``FLUSH``; the writer answers with ``STATUS``. A batch of records travels as
 one JSON list (orjson) followed by the raw bytes of their numeric matrices. Consecutive records of one
 model version, as the data plane builds them, travel as a run: their fields as columns and their
-matrices stacked, about a microsecond and a half for a single-row record, where its own list of fields
-cost three times that (text columns, and labels that are lists or of mixed dtypes, are still copied
-value by value). Any other record travels as its own list of fields. The writer checks and converts the
-records exactly as if they had been submitted to it directly (``records.table_row``).
+matrices stacked, which costs a fraction of a list of fields per record (text columns, and labels that
+are lists or of mixed dtypes, are still copied value by value). Any other record travels as its own
+list of fields. The writer decodes a run as a ``records.RecordRun`` and stores it column by column;
+every record it cannot store that way, and every record that travels alone, is checked as if it had
+been submitted to the writer directly (``records.table_row``).
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from __future__ import annotations
 import itertools
 import struct
 from collections.abc import Hashable, Sequence
-from datetime import datetime
 from typing import IO, Any, cast
 
 import numpy as np
 import orjson
 
 from modelyard.serving.features import MatrixColumns
-from modelyard.serving.prediction_log.records import column_length, plain_value
+from modelyard.serving.prediction_log.records import RecordRun, column_length, moment_or_text, plain_value
 from modelyard.serving.sink import PredictionRecord
 
 CONFIG = 1
@@ -254,15 +254,6 @@ def _matrix(blob: memoryview, dtype: Any, rows: Any, width: Any, offset: Any) ->
     return np.frombuffer(blob, dtype=numbers, count=count, offset=offset).reshape(rows, width)
 
 
-def _moment(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            return value  # the writer refuses it by name
-    return value
-
-
 def _decode_alone(fields: list[Any], blob: memoryview) -> PredictionRecord:
     request_id, model, version, rows, features, labels, probabilities, latency_ms, created_at, answered = (
         fields
@@ -276,7 +267,7 @@ def _decode_alone(fields: list[Any], blob: memoryview) -> PredictionRecord:
         labels=labels,
         probabilities=_decode_columns(probabilities, blob),
         latency_ms=latency_ms,
-        created_at=_moment(created_at),
+        created_at=moment_or_text(created_at),
         answered=answered,
     )
 
@@ -287,62 +278,56 @@ def _unstacked(spec: list[Any], rows: int, blob: memoryview) -> tuple[list[str],
     return names, _matrix(blob, dtype, rows, len(names), offset)
 
 
-def _decode_run(run: dict[str, Any], blob: memoryview) -> list[PredictionRecord]:
+def _decode_run(run: dict[str, Any], blob: memoryview) -> RecordRun:
     request_ids, rows, labels = run["request_ids"], run["rows"], run["labels"]
-    latencies, moments = run["latency_ms"], run["created_at"]
-    others = run["other"] or [{}] * len(request_ids)
+    latencies, moments, others = run["latency_ms"], run["created_at"], run["other"]
     if not all(type(count) is int and count > 0 for count in rows):
         raise ValueError("a run's row counts must be positive integers")
-    total = sum(rows)
-    if not len(request_ids) == len(latencies) == len(moments) == len(others) == len(rows):
+    if not len(request_ids) == len(latencies) == len(moments) == len(rows):
         raise ValueError("a run's columns differ in length")
+    if others is not None and len(others) != len(rows):
+        raise ValueError("a run's columns differ in length")
+    starts = [0, *itertools.accumulate(rows)]
+    total = starts[-1]
     if len(labels) != total:
         raise ValueError(f"a run of {total} rows has {len(labels)} labels")
     feature_names, features = _unstacked(run["features"], total, blob)
     class_names, probabilities = _unstacked(run["probabilities"], total, blob)
-    model, version, answered = run["model"], run["version"], run["answered"]
-    records = []
-    start = 0
-    for request_id, count, latency_ms, created_at, other in zip(
-        request_ids, rows, latencies, moments, others, strict=True
-    ):
-        end = start + count
-        records.append(
-            PredictionRecord(
-                request_id=request_id,
-                model=model,
-                version=version,
-                rows=count,
-                features=MatrixColumns(feature_names, features[start:end], other),
-                labels=labels[start:end],
-                probabilities=MatrixColumns(class_names, probabilities[start:end]),
-                latency_ms=latency_ms,
-                created_at=_moment(created_at),
-                answered=answered,
-            )
-        )
-        start = end
-    return records
+    return RecordRun(
+        model=run["model"],
+        version=run["version"],
+        answered=run["answered"],
+        request_ids=request_ids,
+        rows=rows,
+        starts=starts,
+        feature_names=feature_names,
+        features=features,
+        class_names=class_names,
+        probabilities=probabilities,
+        labels=labels,
+        latency_ms=latencies,
+        created_at=moments,
+        other=others,
+    )
 
 
-def decode_records(payload: bytes) -> list[PredictionRecord]:
-    """The records of a RECORDS payload; FrameError when it is not one."""
+def decode_records(payload: bytes) -> list[PredictionRecord | RecordRun]:
+    """The records of a RECORDS payload, each alone or in a run; FrameError when it is not one."""
     try:
         count, meta_length = _BATCH_HEADER.unpack_from(payload)
         start = _BATCH_HEADER.size
         entries = orjson.loads(payload[start : start + meta_length])
         blob = memoryview(payload)[start + meta_length :]
-        records: list[PredictionRecord] = []
-        for entry in entries:
-            if isinstance(entry, dict):
-                records.extend(_decode_run(entry, blob))
-            else:
-                records.append(_decode_alone(entry, blob))
-        if len(records) != count:
-            raise ValueError(f"{len(records)} records where the frame says {count}")
+        decoded: list[PredictionRecord | RecordRun] = [
+            _decode_run(entry, blob) if isinstance(entry, dict) else _decode_alone(entry, blob)
+            for entry in entries
+        ]
+        found = sum(len(entry) if isinstance(entry, RecordRun) else 1 for entry in decoded)
+        if found != count:
+            raise ValueError(f"{found} records where the frame says {count}")
     except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError) as exc:
         raise FrameError(f"not a batch of prediction records: {exc}") from None
-    return records
+    return decoded
 
 
 __all__ = [

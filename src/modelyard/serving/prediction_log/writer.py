@@ -6,8 +6,12 @@ column by column). A writer thread drains the queue in batches (``batch_size`` r
 waited ``flush_interval_s``), checks them, packs their float columns as binary float64 and serialises the
 rest with orjson (on this thread, never on the event loop), and writes each batch with one executemany
 INSERT, compiled once, its values made by the column types' own bind processors and handed straight to
-the driver (``InsertStatement``). ``flush`` wakes the writer and waits for it to signal that it is done
-with what was submitted before; it does not poll.
+the driver (``InsertStatement``). The writer process also queues records that came as a run
+(``records.RecordRun``, one queue entry per record): a stretch of a run is checked and made into the
+driver's values column by column, the same values the record-by-record way makes. A stretch with any
+record those checks do not pass goes record by record, and ``table_row`` names what is wrong. ``flush``
+wakes the writer and waits for it to signal that it is done with what was submitted before; it does
+not poll.
 
 When the database cannot take rows (it is unreachable, or it has no ``predictions`` table because
 nobody ran ``modelyard db upgrade`` yet: the log never migrates) the writer appends each batch to the
@@ -40,9 +44,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 from sqlalchemy import URL, Connection, Dialect, Engine, Insert, Table, inspect
@@ -52,11 +57,13 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from modelyard.errors import database_reason
 from modelyard.registry.db import WRITE_OPTION, create_engine_for, normalize_url, redact
-from modelyard.registry.packed import pack_columns, pack_matrix
+from modelyard.registry.packed import pack_columns, pack_matrix, pack_row_blocks
 from modelyard.registry.tables import Prediction
 from modelyard.serving.features import MatrixColumns
 from modelyard.serving.prediction_log.records import (
     InvalidRecord,
+    RecordRun,
+    RunMember,
     UnwritableValue,
     json_text,
     row_from_spool_line,
@@ -134,7 +141,11 @@ class Drops:
             self._metrics.count_log_dropped(count, reason)
 
 
-class RecordIntake:
+# What an intake queues: the data plane's records on the server; the writer process also takes runs' members.
+Item = TypeVar("Item", PredictionRecord, PredictionRecord | RunMember)
+
+
+class RecordIntake(Generic[Item]):
     """The bounded queue both prediction logs take records into on the request path: ``submit()`` never
     blocks on I/O and never raises, and what does not fit is given up and counted by reason.
 
@@ -153,7 +164,7 @@ class RecordIntake:
         self._drops = Drops(metrics)
         # Shared with producers, flushers and the log's own threads: under one short-held lock.
         self._lock = threading.Lock()
-        self._queue: deque[PredictionRecord] = deque()
+        self._queue: deque[Item] = deque()
         self._submitted = 0  # records accepted into the queue
         self._refused = 0  # records submit() could not take (queue full, or stopped)
         self._closed = False
@@ -177,7 +188,7 @@ class RecordIntake:
         """The records held and not yet settled while ``depth`` are queued."""
         return depth
 
-    def submit(self, records: Sequence[PredictionRecord]) -> None:
+    def submit(self, records: Sequence[Item]) -> None:
         """Queue records for writing. Never blocks on I/O and never raises."""
         try:
             count = len(records)
@@ -240,17 +251,18 @@ def _fault_message(request_id: str, exc: BaseException) -> str:
     return unwritable(request_id, exc.orig if isinstance(exc, StatementError) else exc)
 
 
-# Below this many rows a request's columns stay JSON: a few numbers cost orjson less than packing them.
+# Below this many rows a request's columns given as a mapping stay JSON: a few numbers cost orjson less
+# than packing them. The data plane's float matrices are always packed (their name list is cached).
 PACK_MIN_ROWS = 8
 
 
 def _packed(columns: Mapping[str, Any], rows: int) -> tuple[Mapping[str, Any], bytes | None]:
     """(the columns left for JSON, the float arrays among them packed); lists stay JSON."""
+    if type(columns) is MatrixColumns and columns.matrix.dtype.kind == "f":
+        return columns.other, pack_matrix(columns.names, columns.matrix)
     if rows < PACK_MIN_ROWS:
         # as plain lists at once: orjson would fail on the mapping first, then ask ``plain_value``
         return (columns.tolist() if type(columns) is MatrixColumns else columns), None
-    if type(columns) is MatrixColumns and columns.matrix.dtype.kind == "f":
-        return columns.other, pack_matrix(columns.names, columns.matrix)
     numeric = {
         name: column
         for name, column in columns.items()
@@ -263,8 +275,8 @@ def _packed(columns: Mapping[str, Any], rows: int) -> tuple[Mapping[str, Any], b
 
 
 def stored_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A table row as the INSERT takes it: the data plane's float columns packed as binary, not JSON
-    (from ``PACK_MIN_ROWS`` rows).
+    """A table row as the INSERT takes it: the data plane's float matrices packed as binary, not JSON (and
+    float columns given as a mapping, from ``PACK_MIN_ROWS`` rows).
 
     Serialising a 256-row request's numbers as JSON text, and SQLite storing that text, was most of
     what the log cost; packing copies the arrays the data plane handed over (``registry.packed``).
@@ -282,6 +294,36 @@ def stored_row(row: dict[str, Any]) -> dict[str, Any]:
 
 # One row's values as the driver takes them: in column order, or by name for named parameter styles.
 Parameters = tuple[Any, ...] | dict[str, Any]
+
+
+@dataclass(eq=False)
+class _RunStretch:
+    """Records ``first`` to ``end`` of a run, taken off the queue together; ``times`` once checked."""
+
+    run: RecordRun
+    first: int
+    end: int
+    times: list[datetime] = field(default_factory=list)
+
+
+# A record as the writer stores it: its table row, or its place in a checked stretch of a run.
+_Checked = dict[str, Any] | _RunStretch
+
+
+def _stretches(batch: list[PredictionRecord | RunMember]) -> list[PredictionRecord | _RunStretch]:
+    """The batch with consecutive members of one run as one stretch."""
+    stretches: list[PredictionRecord | _RunStretch] = []
+    last: _RunStretch | None = None
+    for entry in batch:
+        if type(entry) is not RunMember:
+            stretches.append(cast(PredictionRecord, entry))
+            last = None
+        elif last is not None and entry.run is last.run and entry.position == last.end:
+            last.end += 1
+        else:
+            last = _RunStretch(entry.run, entry.position, entry.position + 1)
+            stretches.append(last)
+    return stretches
 
 
 class InsertStatement:
@@ -310,8 +352,25 @@ class InsertStatement:
         values = [row[name] if process is None else process(row[name]) for name, process in self._processors]
         return tuple(values) if self._positional else dict(zip(self._names, values, strict=True))
 
+    def column_parameters(
+        self, columns: Mapping[str, Sequence[Any]], same: Mapping[str, Any]
+    ) -> list[Parameters]:
+        """The driver's values of rows given column by column: ``columns`` holds each row's value of a
+        column, ``same`` the value every row has (made once). Each name is in one of them."""
+        count = len(next(iter(columns.values())))
+        values: list[Any] = []
+        for name, process in self._processors:
+            if name in same:
+                value = same[name] if process is None else process(same[name])
+                values.append(itertools.repeat(value, count))
+            else:
+                values.append(columns[name] if process is None else map(process, columns[name]))
+        if self._positional:
+            return list(zip(*values, strict=True))
+        return [dict(zip(self._names, row, strict=True)) for row in zip(*values, strict=True)]
 
-class PredictionLog(RecordIntake):
+
+class PredictionLog(RecordIntake[PredictionRecord | RunMember]):
     """Writes PredictionRecords to the ``predictions`` table asynchronously; see the module docstring.
 
     It is a ``modelyard.serving.sink.PredictionSink``.
@@ -531,11 +590,11 @@ class PredictionLog(RecordIntake):
         except OSError as exc:
             logger.error("prediction log: no spool in %s (%s)", self._spool_dir, exc)
         while batch := self._take():
-            self._to_spool(self._rows(batch))
+            self._to_spool(self._table_rows(self._checked(batch)))
         if self._spool is not None:
             self._spool.close()
 
-    def _take(self) -> list[PredictionRecord]:
+    def _take(self) -> list[PredictionRecord | RunMember]:
         with self._lock:
             size = min(self._batch_size, len(self._queue))
             batch = [self._queue.popleft() for _ in range(size)]
@@ -581,26 +640,47 @@ class PredictionLog(RecordIntake):
     def _database_due(self) -> bool:
         return self._state is DatabaseState.UP or time.monotonic() >= self._next_retry
 
-    def _handle(self, batch: list[PredictionRecord]) -> None:
+    def _handle(self, batch: list[PredictionRecord | RunMember]) -> None:
         try:
-            rows = self._rows(batch)
+            checked = self._checked(batch)
             if self._waiting_in_spool():
                 # Older records wait in the spool: newer ones queue up behind them.
-                self._to_spool(rows)
+                self._to_spool(self._table_rows(checked))
                 if self._database_due() and not self._stopping.is_set():
                     self._replay_chunk()
-            elif rows:
+            elif checked:
                 # Down and too early to try again, or the attempt failed: the spool keeps them.
-                written = self._database_due() and self._write(rows)
+                written = self._database_due() and self._write(checked)
                 if not written:
-                    self._to_spool(rows)
+                    self._to_spool(self._table_rows(checked))
         finally:  # counted even if a bug interrupted it, so that no flush() waits for it in vain
             with self._lock:
                 self._handled += len(batch)
 
-    def _rows(self, batch: list[PredictionRecord]) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for record in batch:
+    def _checked(self, batch: list[PredictionRecord | RunMember]) -> list[_Checked]:
+        """Each record's table row, or a stretch of a run's records that passed its checks column by
+        column; a record that fails its checks is given up, by name."""
+        checked: list[_Checked] = []
+        for entry in _stretches(batch):
+            if isinstance(entry, _RunStretch):
+                times = entry.run.checked_times(entry.first, entry.end)
+                if times is not None:
+                    entry.times = times
+                    checked.append(entry)
+                    continue
+            checked.extend(self._records_rows(entry))
+        return checked
+
+    def _records_rows(self, entry: PredictionRecord | _RunStretch) -> list[dict[str, Any]]:
+        """The table rows of a record, or of each record of a stretch; those that fail ``table_row``'s
+        checks are given up, by name."""
+        records = (
+            map(entry.run.record, range(entry.first, entry.end))
+            if isinstance(entry, _RunStretch)
+            else [entry]
+        )
+        rows = []
+        for record in records:
             try:
                 rows.append(table_row(record))
             except InvalidRecord as exc:
@@ -608,10 +688,20 @@ class PredictionLog(RecordIntake):
                 self._give_up(1, "invalid", f"the record of request {request_id!r} is invalid: {exc}")
         return rows
 
-    def _write(self, rows: list[dict[str, Any]]) -> bool:
-        """Insert rows; False when the database cannot take them now (the caller spools them)."""
+    def _table_rows(self, checked: list[_Checked]) -> list[dict[str, Any]]:
+        """The table rows of checked records (a run's, made record by record: for the spool)."""
+        rows: list[dict[str, Any]] = []
+        for entry in checked:
+            if isinstance(entry, _RunStretch):
+                rows.extend(self._records_rows(entry))
+            else:
+                rows.append(entry)
+        return rows
+
+    def _write(self, checked: list[_Checked]) -> bool:
+        """Insert checked records; False when the database cannot take them now (the caller spools them)."""
         try:
-            inserted = self._insert_rows(rows)
+            inserted = self._insert_rows(checked)
         except Exception as exc:
             self._mark_down(exc)
             return False
@@ -621,10 +711,10 @@ class PredictionLog(RecordIntake):
             self._metrics.count_log_written(inserted)
         return True
 
-    def _insert_rows(self, rows: list[dict[str, Any]]) -> int:
+    def _insert_rows(self, checked: list[_Checked]) -> int:
         """One INSERT for the batch; row by row if the database refuses it, giving up refused rows."""
         connection = self._connect()
-        batch, unstorable = self._parameters(rows)
+        batch, unstorable = self._parameters(checked)
         inserted = 0
         try:
             if batch:
@@ -655,18 +745,59 @@ class PredictionLog(RecordIntake):
         return inserted
 
     def _parameters(
-        self, rows: list[dict[str, Any]]
+        self, checked: list[_Checked]
     ) -> tuple[list[tuple[str, Parameters]], list[tuple[str, Exception]]]:
         """(request id, the driver's values) of each row, and (request id, why) of the rows with a value
-        JSON cannot hold (no retry can store those)."""
+        JSON cannot hold (no retry can store those). A run's stretch is made column by column."""
         batch: list[tuple[str, Parameters]] = []
         unstorable: list[tuple[str, Exception]] = []
-        for row in rows:
-            try:
-                batch.append((row["request_id"], self._insert.parameters(stored_row(row))))
-            except UnwritableValue as exc:
-                unstorable.append((row["request_id"], exc))
+        for entry in checked:
+            if isinstance(entry, _RunStretch):
+                try:
+                    batch.extend(
+                        zip(
+                            entry.run.request_ids[entry.first : entry.end],
+                            self._run_parameters(entry),
+                            strict=True,
+                        )
+                    )
+                    continue
+                except UnwritableValue:  # a value of some record's other columns: found record by record
+                    rows = self._table_rows([entry])
+            else:
+                rows = [entry]
+            for row in rows:
+                try:
+                    batch.append((row["request_id"], self._insert.parameters(stored_row(row))))
+                except UnwritableValue as exc:
+                    unstorable.append((row["request_id"], exc))
         return batch, unstorable
+
+    def _run_parameters(self, stretch: _RunStretch) -> list[Parameters]:
+        """The driver's values of a run's checked records: the rows ``stored_row`` makes of them, column
+        by column (their matrices packed, the other columns as JSON)."""
+        run, first, end = stretch.run, stretch.first, stretch.end
+        starts = run.starts[first : end + 1]
+        columns: dict[str, Sequence[Any]] = {
+            "request_id": run.request_ids[first:end],
+            "rows": run.rows[first:end],
+            "labels": [run.labels[start:stop] for start, stop in itertools.pairwise(starts)],
+            "packed_features": pack_row_blocks(run.feature_names, run.features, starts),
+            "packed_probabilities": pack_row_blocks(run.class_names, run.probabilities, starts),
+            "latency_ms": run.latency_ms[first:end],
+            "created_at": stretch.times,
+        }
+        same: dict[str, Any] = {
+            "model": run.model,
+            "version": run.version,
+            "answered": run.answered,
+            "probabilities": {},
+        }
+        if run.other is not None:
+            columns["features"] = run.other[first:end]
+        else:
+            same["features"] = {}
+        return self._insert.column_parameters(columns, same)
 
     def _connect(self) -> Connection:
         """The writer's connection; MissingTable when the database was never migrated (it is not, here)."""
@@ -760,7 +891,7 @@ class PredictionLog(RecordIntake):
         spool = self._spool
         assert spool is not None
         lines, next_offset = spool.read(self._batch_size)
-        rows: list[dict[str, Any]] = []
+        rows: list[_Checked] = []  # spooled rows are checked as they are read
         for line in lines:
             try:
                 rows.append(row_from_spool_line(line))
