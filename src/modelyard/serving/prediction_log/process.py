@@ -48,8 +48,10 @@ from modelyard.serving.sink import PredictionRecord
 logger = logging.getLogger(__name__)
 
 WRITER_COMMAND = (sys.executable, "-m", "modelyard.serving.prediction_log")
-# Records wait at most this long in the server before they are sent (a full batch goes at once).
-SEND_INTERVAL_S = 0.05
+# Records wait at most this long in the server before they are sent (a full batch goes at once). Each
+# time the feeding thread wakes it takes the GIL from the event loop, and the writer has a frame more to
+# read: fewer, larger sends cost a loaded server less throughput (docs/benchmarks.md, issue 12).
+SEND_INTERVAL_S = 0.2
 # The writer's input pipe holds this much (Linux's default is 64 KiB): a second of single-row records at
 # a few thousand a second is sent without waiting for the writer to read.
 PIPE_BYTES = 1 << 20
