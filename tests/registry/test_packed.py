@@ -13,6 +13,7 @@ from modelyard.registry.packed import (
     logged_columns,
     pack_columns,
     pack_matrix,
+    pack_row_blocks,
     unpack_columns,
 )
 
@@ -75,3 +76,18 @@ def test_a_matrix_packs_in_one_copy_like_its_columns() -> None:
         pack_matrix(["a", "b", "c"], matrix)
     with pytest.raises(PackedError, match=r"a matrix of shape \(3,\) has no 1 columns"):
         pack_matrix(["a"], np.zeros(3))
+
+
+def test_row_blocks_of_a_stacked_matrix_pack_as_each_block_alone() -> None:
+    matrix = np.arange(12, dtype="float32").reshape(6, 2)
+    starts = [1, 2, 5, 6]  # rows 1, 2 to 4 and 5; row 0 is another batch's
+    blocks = pack_row_blocks(["a", "b"], matrix, starts)
+    assert blocks == [
+        pack_matrix(["a", "b"], matrix[1:2]),
+        pack_matrix(["a", "b"], matrix[2:5]),
+        pack_matrix(["a", "b"], matrix[5:6]),
+    ]
+    assert unpack_columns(blocks[1])["b"].tolist() == [5.0, 7.0, 9.0]
+    assert pack_row_blocks(["a", "b"], matrix, [3]) == []
+    with pytest.raises(PackedError, match=r"a matrix of shape \(6, 2\) has no 1 columns"):
+        pack_row_blocks(["a"], matrix, [0, 6])

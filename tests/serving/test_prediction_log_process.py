@@ -34,7 +34,7 @@ from modelyard.serving.features import MatrixColumns
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.prediction_log import process, wire
 from modelyard.serving.prediction_log.process import WRITER_COMMAND, PredictionLogProcess
-from modelyard.serving.prediction_log.records import RecordRun, table_row
+from modelyard.serving.prediction_log.records import RecordRun, one_entry_per_record, table_row
 from modelyard.serving.sink import PredictionRecord
 
 from .test_prediction_log import (
@@ -195,6 +195,11 @@ def with_probability_column(record_: Any) -> Any:
     )
 
 
+def with_other(record_: Any, other: dict[str, Any]) -> Any:
+    features = record_.features
+    return dataclasses.replace(record_, features=MatrixColumns(features.names, features.matrix, other))
+
+
 def with_names_copied(record_: Any) -> Any:
     return with_features(record_, names=list(record_.features.names))
 
@@ -274,6 +279,9 @@ def a_run_changed(**changes: Any) -> bytes:
         ({"rows": [1 << 62, 1], "labels": ["setosa"] * 2}, "a run of 4611686018427387905 rows has 2 labels"),
         ({"features": [["sepal_length", "petal_width"], None, 0]}, "None is no dtype of numbers"),
         ({"features": [["sepal_length", "petal_width"], "<U4", 0]}, "'<U4' is no dtype of numbers"),
+        ({"labels": {"0": "setosa", "1": "setosa"}}, "a run's columns must be lists"),
+        ({"request_ids": "ab"}, "a run's columns must be lists"),
+        ({"other": {"0": {}, "1": {}}}, "a run's columns must be lists"),
     ],
 )
 def test_a_run_that_does_not_add_up_is_refused_by_name(changes: dict[str, Any], message: str) -> None:
@@ -307,12 +315,7 @@ def test_a_payload_that_is_no_batch_is_refused_by_name(payload: bytes, message: 
 
 def queued(payload: bytes) -> list[Any]:
     """What the writer process queues of a RECORDS payload: each record alone, or a run's members."""
-    entries = wire.decode_records(payload)
-    return [
-        member
-        for entry in entries
-        for member in (entry.members() if isinstance(entry, RecordRun) else [entry])
-    ]
+    return one_entry_per_record(wire.decode_records(payload))
 
 
 def write_all(url: str, spool_dir: Path, entries: list[Any], metrics: ServingMetrics | None = None) -> Any:
@@ -372,7 +375,9 @@ def test_a_runs_records_are_stored_as_the_very_rows_each_alone_makes(
     ]
     payload = wire.encode_records(originals)
     assert runs_and_alone(payload) == ["run of 6", "run of 1", "run of 1"]
-    write_all(database_url, tmp_path / "runs", queued(payload))
+    runs = wire.decode_records(payload)
+    assert all(isinstance(run, RecordRun) and run.times_if_all_pass(0, len(run)) for run in runs)
+    write_all(database_url, tmp_path / "runs", one_entry_per_record(runs))
     as_runs = stored_values(database_url)
     emptied(database_url)
     write_all(database_url, tmp_path / "alone", originals)
@@ -387,10 +392,14 @@ def test_a_runs_records_are_stored_as_the_very_rows_each_alone_makes(
         (dataclasses.replace(matrix_record("odd", 1), request_id="x" * 300), "request_id is longer than 256"),
         (matrix_record("odd", 2, labels=np.array(["setosa", ""], dtype=object)), r"labels\[1\] is empty"),
         (matrix_record("odd", 1, created_at="yesterday"), "created_at is not an ISO timestamp: 'yesterday'"),
+        (
+            with_other(matrix_record("odd", 2), {"color": ["red"]}),
+            r"features\['color'\] has 1 values, but the request has 2 rows",
+        ),
         (matrix_record("odd", 1, latency_ms=2), None),  # not a float, but a number: stored as 2.0
         (matrix_record("odd", 1, created_at="2026-11-23T12:00:00"), None),  # no zone: UTC
     ],
-    ids=["empty-id", "long-id", "empty-label", "bad-time", "integer-latency", "text-time"],
+    ids=["empty-id", "long-id", "empty-label", "bad-time", "short-other", "integer-latency", "text-time"],
 )
 def test_a_record_its_run_cannot_store_goes_alone_and_is_refused_by_name_between_its_neighbours(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, odd: Any, message: str | None
@@ -440,6 +449,48 @@ def test_a_runs_records_are_spooled_while_the_database_is_down_and_replayed_as_t
     write_all(url, tmp_path / "direct", queued(payload))
     assert [row["request_id"] for row in from_spool] == ["a", "b", "c"]
     assert list(map(logged, from_spool)) == list(map(logged, stored_values(url)))
+
+
+def test_a_run_split_across_the_writers_batches_is_stored_whole_in_order(tmp_path: Path) -> None:
+    url = migrated_sqlite(tmp_path)
+    records = [matrix_record(f"r{i}", 1 + i % 3) for i in range(7)]
+    records.insert(3, record("alone", 2))
+    payload = wire.encode_records(records)
+    assert runs_and_alone(payload) == ["run of 3", "alone", "run of 4"]
+    log = new_log(url, tmp_path / "spool", batch_size=2)
+
+    async def main() -> bool:
+        await log.start()
+        log.submit(queued(payload))
+        complete = await log.flush()
+        await log.stop()
+        return complete
+
+    assert asyncio.run(main())
+    assert [row.request_id for row in stored(url)] == [record_.request_id for record_ in records]
+    assert (log.written, log.settled, log.dropped) == (8, 8, 0)
+
+
+def test_a_value_of_a_runs_other_columns_no_json_holds_drops_its_record_once_by_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = migrated_sqlite(tmp_path)
+    (run,) = wire.decode_records(wire.encode_records([matrix_record(name, 1) for name in ("a", "b", "c")]))
+    assert isinstance(run, RecordRun) and run.other is not None
+    huge = dataclasses.replace(run, other=[run.other[0], {"color": [2**70]}, run.other[2]])
+    with caplog.at_level("WARNING", logger="modelyard.serving.prediction_log"):
+        log = write_all(url, tmp_path / "spool", one_entry_per_record([huge]))
+    assert [row.request_id for row in stored(url)] == ["a", "c"]
+    assert (log.written, log.dropped) == (2, 1)
+    assert "the record of request 'b' cannot be written" in caplog.text
+
+
+def test_a_bad_record_of_a_run_is_dropped_once_while_the_database_is_down(tmp_path: Path) -> None:
+    bad = dataclasses.replace(matrix_record("bad", 1), request_id="")
+    payload = wire.encode_records([matrix_record("a", 1), bad, matrix_record("b", 1)])
+    metrics = ServingMetrics()
+    log = write_all(unreachable_url(tmp_path), tmp_path / "spool", queued(payload), metrics)
+    assert (log.written, log.spooled, log.dropped, dropped_metric(metrics, "invalid")) == (0, 2, 1, 1)
 
 
 @pytest.mark.parametrize(

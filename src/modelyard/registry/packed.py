@@ -63,8 +63,11 @@ def pack_row_blocks(names: Sequence[str], matrix: np.ndarray, starts: Sequence[i
     if np.ndim(matrix) != 2 or np.shape(matrix)[1] != len(names):
         raise PackedError(f"a matrix of shape {np.shape(matrix)} has no {len(names)} columns")
     header = _header(tuple(names))
-    values = np.asarray(matrix, dtype=_FLOAT64)
-    return [header + values[start:end].T.tobytes() for start, end in itertools.pairwise(starts)]
+    first = starts[0] if starts else 0
+    values = np.asarray(matrix[first : starts[-1] if starts else 0], dtype=_FLOAT64)  # converted once
+    return [
+        header + values[start - first : end - first].T.tobytes() for start, end in itertools.pairwise(starts)
+    ]
 
 
 def unpack_columns(packed: bytes) -> dict[str, np.ndarray]:

@@ -2,8 +2,9 @@
 
 Feedback names a prediction by (model, request_id, row) and is accepted only when that prediction is in
 the ``predictions`` table. The prediction log writes asynchronously, so a prediction made an instant
-ago may not be there yet (at most the server's ``log_flush_interval_s``, longer while the log spools
-because the database is down or not migrated): the answer is then NotFound, which says so, and the server can
+ago may not be there yet (at most the server's ``log_flush_interval_s`` plus the log's send interval,
+``prediction_log.process.SEND_INTERVAL_S``; longer while the log spools because the database is down
+or not migrated): the answer is then NotFound, which says so, and the server can
 ``await prediction_log.flush()`` and try once more. This keeps the rule simple and honest: no ground
 truth without the prediction it grades.
 

@@ -22,9 +22,8 @@ from typing import IO, Any
 import orjson
 
 from modelyard.serving.prediction_log import wire
-from modelyard.serving.prediction_log.records import RecordRun, RunMember
+from modelyard.serving.prediction_log.records import one_entry_per_record
 from modelyard.serving.prediction_log.writer import PredictionLog
-from modelyard.serving.sink import PredictionRecord
 
 logger = logging.getLogger("modelyard.serving.prediction_log")
 
@@ -109,17 +108,6 @@ class Reporter:
             self.server_gone = True
 
 
-def _one_per_record(entries: list[PredictionRecord | RecordRun]) -> list[PredictionRecord | RunMember]:
-    """The log's queue counts records: a run is queued as its members."""
-    queued: list[PredictionRecord | RunMember] = []
-    for entry in entries:
-        if isinstance(entry, RecordRun):
-            queued.extend(entry.members())
-        else:
-            queued.append(entry)
-    return queued
-
-
 def _read_frames(stream: IO[bytes], loop: asyncio.AbstractEventLoop, frames: asyncio.Queue[Any]) -> None:
     """Hand each frame of ``stream`` to the loop; None once it ends (or breaks)."""
     try:
@@ -177,7 +165,7 @@ async def serve(config: dict[str, Any], source: IO[bytes], out: IO[bytes]) -> No
                 except wire.FrameError as exc:  # not from our own server; said, and never fatal
                     reporter.give_up_unreadable(wire.record_count(payload), str(exc))
                 else:
-                    log.submit(_one_per_record(entries))
+                    log.submit(one_entry_per_record(entries))
             elif kind == wire.FLUSH:
                 try:
                     request = orjson.loads(payload)

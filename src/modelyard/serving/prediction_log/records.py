@@ -105,15 +105,28 @@ def _latency(value: Any) -> float:
     return latency_ms
 
 
-def _moment(value: Any) -> datetime:
+def moment_or_text(value: Any) -> Any:
+    """An ISO timestamp as its datetime; anything else as it is (``table_row`` refuses it by name)."""
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            return datetime.fromisoformat(value)
         except ValueError:
-            raise InvalidRecord(f"created_at is not an ISO timestamp: {value!r}") from None
-    if not isinstance(value, datetime):
+            return value
+    return value
+
+
+def _moment(value: Any) -> datetime:
+    moment = moment_or_text(value)
+    if isinstance(moment, str):
+        raise InvalidRecord(f"created_at is not an ISO timestamp: {value!r}")
+    if not isinstance(moment, datetime):
         raise InvalidRecord(f"created_at must be a datetime, got {type(value).__name__}")
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return _in_utc(moment)
+
+
+def _in_utc(moment: datetime) -> datetime:
+    """A time that names no zone is taken as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def column_length(column: Any) -> int | None:
@@ -202,24 +215,13 @@ def table_row(record: Any) -> dict[str, Any]:
         raise InvalidRecord(f"{missing.args[0]} is missing") from None
 
 
-def moment_or_text(value: Any) -> Any:
-    """An ISO timestamp as its datetime; anything else as it is (``table_row`` refuses it by name)."""
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            return value
-    return value
-
-
 @dataclass(frozen=True, eq=False)
 class RecordRun:
     """Consecutive records of one model version as columns, as they cross from the server (``wire``).
-
-    Record ``i`` has ``rows[i]`` rows: rows ``starts[i]`` to ``starts[i + 1]`` of the two matrices and
-    of ``labels``. The writer checks and converts a run column by column (:meth:`storable`); a record
-    those checks do not pass goes the way of any other record (:meth:`record`, then ``table_row``),
-    which names what is wrong with it.
+    Record ``i`` has ``rows[i]`` rows: rows ``starts[i]`` to ``starts[i + 1]`` of the two matrices and of
+    ``labels``. The writer checks and converts a run column by column (:meth:`times_if_all_pass`); a
+    record those checks do not pass goes the way of any other record (:meth:`record`, then
+    ``table_row``), which names what is wrong with it.
     """
 
     model: Any
@@ -258,20 +260,15 @@ class RecordRun:
             answered=self.answered,
         )
 
-    def members(self) -> list[RunMember]:
-        """One entry per record, for a queue that counts records."""
-        return [RunMember(self, index) for index in range(len(self.request_ids))]
-
-    def checked_times(self, first: int, end: int) -> list[datetime] | None:
-        """The times of records ``first`` to ``end`` when every one of them passes the checks of
-        ``table_row``, checked column by column; None when any does not (then each goes the way of any
-        other record, in order, and ``table_row`` names what is wrong).
-
-        A record passes when its request id is text of the right length, its latency a finite float,
-        its time an ISO timestamp (UTC when it names no zone), its labels non-empty text and its other
-        columns lists of its rows; model, version and ``answered`` are checked once for the run. The
-        matrices must hold floats, which the table packs (``registry.packed``).
-        """
+    def times_if_all_pass(self, first: int, end: int) -> list[datetime] | None:
+        """The times of records ``first`` to ``end`` if every one of them passes ``table_row``'s checks,
+        made column by column; None if any does not (each then goes the way of any other record). A
+        record passes when its request id is text of the right length, its latency a finite float, its
+        time an ISO timestamp, its labels non-empty text and its other columns lists of its rows; the
+        model and version must be text and ``answered`` a bool, and the matrices hold floats, which the
+        table packs (``registry.packed``)."""
+        if type(self.model) is not str or type(self.version) is not str:
+            return None
         try:
             _text(self.model, field="model", limit=NAME_LENGTH)
             _text(self.version, field="version", limit=MODEL_VERSION_LENGTH)
@@ -298,7 +295,7 @@ class RecordRun:
         moments = [moment_or_text(moment) for moment in self.created_at[first:end]]
         if not all(type(moment) is datetime for moment in moments):
             return None
-        return [moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC) for moment in moments]
+        return [_in_utc(moment) for moment in moments]
 
 
 def _plain_columns(columns: Any, rows: int) -> bool:
@@ -313,6 +310,17 @@ class RunMember(NamedTuple):
 
     run: RecordRun
     position: int
+
+
+def one_entry_per_record(entries: list[PredictionRecord | RecordRun]) -> list[PredictionRecord | RunMember]:
+    """Records and runs as a queue that counts records takes them: a run as one member per record."""
+    queued: list[PredictionRecord | RunMember] = []
+    for entry in entries:
+        if isinstance(entry, RecordRun):
+            queued.extend(RunMember(entry, position) for position in range(len(entry)))
+        else:
+            queued.append(entry)
+    return queued
 
 
 def spool_line(row: dict[str, Any]) -> bytes:
@@ -364,6 +372,7 @@ __all__ = [
     "column_length",
     "json_text",
     "moment_or_text",
+    "one_entry_per_record",
     "plain_value",
     "row_from_spool_line",
     "spool_line",

@@ -281,6 +281,9 @@ def _unstacked(spec: list[Any], rows: int, blob: memoryview) -> tuple[list[str],
 def _decode_run(run: dict[str, Any], blob: memoryview) -> RecordRun:
     request_ids, rows, labels = run["request_ids"], run["rows"], run["labels"]
     latencies, moments, others = run["latency_ms"], run["created_at"], run["other"]
+    columns = (request_ids, rows, labels, latencies, moments)
+    if not all(type(column) is list for column in columns) or not (others is None or type(others) is list):
+        raise ValueError("a run's columns must be lists")
     if not all(type(count) is int and count > 0 for count in rows):
         raise ValueError("a run's row counts must be positive integers")
     if not len(request_ids) == len(latencies) == len(moments) == len(rows):

@@ -142,10 +142,10 @@ class Drops:
 
 
 # What an intake queues: the data plane's records on the server; the writer process also takes runs' members.
-Item = TypeVar("Item", PredictionRecord, PredictionRecord | RunMember)
+_Queued = TypeVar("_Queued", PredictionRecord, PredictionRecord | RunMember)
 
 
-class RecordIntake(Generic[Item]):
+class RecordIntake(Generic[_Queued]):
     """The bounded queue both prediction logs take records into on the request path: ``submit()`` never
     blocks on I/O and never raises, and what does not fit is given up and counted by reason.
 
@@ -164,7 +164,7 @@ class RecordIntake(Generic[Item]):
         self._drops = Drops(metrics)
         # Shared with producers, flushers and the log's own threads: under one short-held lock.
         self._lock = threading.Lock()
-        self._queue: deque[Item] = deque()
+        self._queue: deque[_Queued] = deque()
         self._submitted = 0  # records accepted into the queue
         self._refused = 0  # records submit() could not take (queue full, or stopped)
         self._closed = False
@@ -188,7 +188,7 @@ class RecordIntake(Generic[Item]):
         """The records held and not yet settled while ``depth`` are queued."""
         return depth
 
-    def submit(self, records: Sequence[Item]) -> None:
+    def submit(self, records: Sequence[_Queued]) -> None:
         """Queue records for writing. Never blocks on I/O and never raises."""
         try:
             count = len(records)
@@ -663,7 +663,7 @@ class PredictionLog(RecordIntake[PredictionRecord | RunMember]):
         checked: list[_Checked] = []
         for entry in _stretches(batch):
             if isinstance(entry, _RunStretch):
-                times = entry.run.checked_times(entry.first, entry.end)
+                times = entry.run.times_if_all_pass(entry.first, entry.end)
                 if times is not None:
                     entry.times = times
                     checked.append(entry)
@@ -698,7 +698,7 @@ class PredictionLog(RecordIntake[PredictionRecord | RunMember]):
                 rows.append(entry)
         return rows
 
-    def _write(self, checked: list[_Checked]) -> bool:
+    def _write(self, checked: Sequence[_Checked]) -> bool:
         """Insert checked records; False when the database cannot take them now (the caller spools them)."""
         try:
             inserted = self._insert_rows(checked)
@@ -711,7 +711,7 @@ class PredictionLog(RecordIntake[PredictionRecord | RunMember]):
             self._metrics.count_log_written(inserted)
         return True
 
-    def _insert_rows(self, checked: list[_Checked]) -> int:
+    def _insert_rows(self, checked: Sequence[_Checked]) -> int:
         """One INSERT for the batch; row by row if the database refuses it, giving up refused rows."""
         connection = self._connect()
         batch, unstorable = self._parameters(checked)
@@ -745,7 +745,7 @@ class PredictionLog(RecordIntake[PredictionRecord | RunMember]):
         return inserted
 
     def _parameters(
-        self, checked: list[_Checked]
+        self, checked: Sequence[_Checked]
     ) -> tuple[list[tuple[str, Parameters]], list[tuple[str, Exception]]]:
         """(request id, the driver's values) of each row, and (request id, why) of the rows with a value
         JSON cannot hold (no retry can store those). A run's stretch is made column by column."""
@@ -763,7 +763,13 @@ class PredictionLog(RecordIntake[PredictionRecord | RunMember]):
                     )
                     continue
                 except UnwritableValue:  # a value of some record's other columns: found record by record
-                    rows = self._table_rows([entry])
+                    rows = []
+                    for index in range(entry.first, entry.end):
+                        record = entry.run.record(index)
+                        try:
+                            rows.append(table_row(record))
+                        except InvalidRecord as exc:  # given up with the unstorable: once, if written
+                            unstorable.append((record.request_id, exc))
             else:
                 rows = [entry]
             for row in rows:
@@ -891,7 +897,7 @@ class PredictionLog(RecordIntake[PredictionRecord | RunMember]):
         spool = self._spool
         assert spool is not None
         lines, next_offset = spool.read(self._batch_size)
-        rows: list[_Checked] = []  # spooled rows are checked as they are read
+        rows: list[dict[str, Any]] = []
         for line in lines:
             try:
                 rows.append(row_from_spool_line(line))
