@@ -89,5 +89,6 @@ def test_row_blocks_of_a_stacked_matrix_pack_as_each_block_alone() -> None:
     ]
     assert unpack_columns(blocks[1])["b"].tolist() == [5.0, 7.0, 9.0]
     assert pack_row_blocks(["a", "b"], matrix, [3]) == []
+    assert pack_row_blocks(["a", "b"], matrix, []) == []
     with pytest.raises(PackedError, match=r"a matrix of shape \(6, 2\) has no 1 columns"):
         pack_row_blocks(["a"], matrix, [0, 6])

@@ -282,6 +282,8 @@ def a_run_changed(**changes: Any) -> bytes:
         ({"labels": {"0": "setosa", "1": "setosa"}}, "a run's columns must be lists"),
         ({"request_ids": "ab"}, "a run's columns must be lists"),
         ({"other": {"0": {}, "1": {}}}, "a run's columns must be lists"),
+        ({"features": [[1, 2], "<f8", 0]}, r"a matrix's column names must be text, got \[1, 2\]"),
+        ({"probabilities": [[["a"], "b"], "<f8", 0]}, "a matrix's column names must be text"),
     ],
 )
 def test_a_run_that_does_not_add_up_is_refused_by_name(changes: dict[str, Any], message: str) -> None:
@@ -449,6 +451,15 @@ def test_a_runs_records_are_spooled_while_the_database_is_down_and_replayed_as_t
     write_all(url, tmp_path / "direct", queued(payload))
     assert [row["request_id"] for row in from_spool] == ["a", "b", "c"]
     assert list(map(logged, from_spool)) == list(map(logged, stored_values(url)))
+
+
+def test_a_run_whose_model_is_no_text_goes_record_by_record_and_is_stored_as_its_text(tmp_path: Path) -> None:
+    (run,) = wire.decode_records(a_run_changed(model=5))
+    assert isinstance(run, RecordRun) and run.times_if_all_pass(0, 2) is None
+    url = migrated_sqlite(tmp_path)
+    log = write_all(url, tmp_path / "spool", one_entry_per_record([run]))
+    assert [(row.request_id, row.model) for row in stored(url)] == [("a", "5"), ("b", "5")]
+    assert log.dropped == 0
 
 
 def test_a_run_split_across_the_writers_batches_is_stored_whole_in_order(tmp_path: Path) -> None:

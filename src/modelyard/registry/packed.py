@@ -63,8 +63,8 @@ def pack_row_blocks(names: Sequence[str], matrix: np.ndarray, starts: Sequence[i
     if np.ndim(matrix) != 2 or np.shape(matrix)[1] != len(names):
         raise PackedError(f"a matrix of shape {np.shape(matrix)} has no {len(names)} columns")
     header = _header(tuple(names))
-    first = starts[0] if starts else 0
-    values = np.asarray(matrix[first : starts[-1] if starts else 0], dtype=_FLOAT64)  # converted once
+    first, end = (starts[0], starts[-1]) if len(starts) else (0, 0)
+    values = np.asarray(matrix[first:end], dtype=_FLOAT64)  # the rows packed, converted once
     return [
         header + values[start - first : end - first].T.tobytes() for start, end in itertools.pairwise(starts)
     ]

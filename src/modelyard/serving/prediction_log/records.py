@@ -218,6 +218,7 @@ def table_row(record: Any) -> dict[str, Any]:
 @dataclass(frozen=True, eq=False)
 class RecordRun:
     """Consecutive records of one model version as columns, as they cross from the server (``wire``).
+
     Record ``i`` has ``rows[i]`` rows: rows ``starts[i]`` to ``starts[i + 1]`` of the two matrices and of
     ``labels``. The writer checks and converts a run column by column (:meth:`times_if_all_pass`); a
     record those checks do not pass goes the way of any other record (:meth:`record`, then

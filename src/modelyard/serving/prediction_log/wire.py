@@ -237,8 +237,15 @@ def _decode_columns(columns: Any, blob: memoryview) -> Any:
     (a record's columns are a mapping otherwise, which the writer checks by name)."""
     if isinstance(columns, list) and len(columns) == 5 and isinstance(columns[4], dict):
         names, dtype, (rows, width), offset, other = columns
-        return MatrixColumns(names, _matrix(blob, dtype, rows, width, offset), other)
+        return MatrixColumns(_names(names), _matrix(blob, dtype, rows, width, offset), other)
     return columns
+
+
+def _names(names: Any) -> list[str]:
+    """A matrix's column names; ValueError unless they are a list of text."""
+    if type(names) is not list or not all(type(name) is str for name in names):
+        raise ValueError(f"a matrix's column names must be text, got {str(names)[:80]}")
+    return names
 
 
 def _matrix(blob: memoryview, dtype: Any, rows: Any, width: Any, offset: Any) -> np.ndarray:
@@ -275,7 +282,7 @@ def _decode_alone(fields: list[Any], blob: memoryview) -> PredictionRecord:
 def _unstacked(spec: list[Any], rows: int, blob: memoryview) -> tuple[list[str], np.ndarray]:
     """A run's stacked matrix: its column names, and the [rows, columns] matrix over ``blob``."""
     names, dtype, offset = spec
-    return names, _matrix(blob, dtype, rows, len(names), offset)
+    return _names(names), _matrix(blob, dtype, rows, len(names), offset)
 
 
 def _decode_run(run: dict[str, Any], blob: memoryview) -> RecordRun:

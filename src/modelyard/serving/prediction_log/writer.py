@@ -768,7 +768,7 @@ class PredictionLog(RecordIntake[PredictionRecord | RunMember]):
                         record = entry.run.record(index)
                         try:
                             rows.append(table_row(record))
-                        except InvalidRecord as exc:  # given up with the unstorable: once, if written
+                        except InvalidRecord as exc:  # not expected after the stretch's checks; counted once
                             unstorable.append((record.request_id, exc))
             else:
                 rows = [entry]
