@@ -97,7 +97,11 @@ class ServingSettings(BaseModel):
     prediction_log: bool = Field(default=True, description="write every prediction to the registry DB")
     log_queue_size: int = Field(default=100_000, ge=1, description="records held in memory before spooling")
     log_batch_size: int = Field(default=500, ge=1, description="records written per database round trip")
-    log_flush_interval_s: float = Field(default=1.0, gt=0, description="longest a record waits to be written")
+    log_flush_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="longest the writer holds a record before writing it (the server sends it within 0.2 s)",
+    )
     spool_dir: Path | None = Field(default=None, description="spool while the DB is down; default HOME/spool")
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="bound of the spool file")
     access_log: bool = Field(default=False, description="log every request")

@@ -749,3 +749,12 @@ def test_a_writer_that_hangs_is_ended_at_the_stop_deadline_and_its_records_given
     assert (
         "dropped 4 record(s) (writer_failed): the writer did not finish within 1 s of the stop" in caplog.text
     )
+
+
+def test_the_flush_intervals_description_counts_the_servers_send_interval() -> None:
+    """README.md and the chart's schema repeat this description: it names how long records wait in the
+    server too, so a change to process.SEND_INTERVAL_S shows here."""
+    from modelyard.settings import ServingSettings
+
+    description = ServingSettings.model_fields["log_flush_interval_s"].description or ""
+    assert f"within {process.SEND_INTERVAL_S:g} s" in description
