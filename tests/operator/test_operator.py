@@ -977,13 +977,14 @@ class StalledKfp:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.thread.join()
 
 
 def test_a_model_deleted_while_a_reconcile_is_under_way_goes_once_it_returns(own_harness: Harness) -> None:
     """kopf keeps the finalizer until the Model's timer has returned, and looks again only every
     `cancellation_polling` seconds (a minute by default): a delete that landed mid-reconcile took a minute."""
     harness = own_harness
-    kfp = StalledKfp(hold_s=2)
+    kfp = StalledKfp(hold_s=5)  # long enough that kopf's delete finds the timer still running
     try:
         harness.stop_operator()
         harness.start_operator(MODELYARD_PIPELINE__HOST=kfp.url)

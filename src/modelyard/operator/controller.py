@@ -78,7 +78,8 @@ from modelyard.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 STATUS_ATTEMPTS = 5  # status writes that lost a race to another writer, before kopf retries the handler
-DELETE_POLL_S = 1.0  # how often a deleted Model's finalizer is looked at while its reconcile finishes
+# how often kopf checks whether a deleted Model's timer has returned (each check patches an annotation)
+TIMER_EXIT_POLL_S = 1.0
 PROGRESSING, PROMOTED, ROLLED_BACK = "Progressing", "Promoted", "RolledBack"
 # why a rollout without a verdict ended (each also the Warning Event's reason)
 NO_EVIDENCE, ANALYSIS_UNAVAILABLE, CANDIDATE_NOT_SERVED = (
@@ -1182,7 +1183,7 @@ def build_registry(controller: Controller, *, clusterwide: bool) -> kopf.Operato
         settings.persistence.finalizer = f"{GROUP}/cleanup"
         # A Model deleted while its timer's reconcile is under way keeps its finalizer until that returns,
         # and kopf looks again only this often (a minute by default): the delete would wait that long.
-        settings.background.cancellation_polling = DELETE_POLL_S
+        settings.background.cancellation_polling = TIMER_EXIT_POLL_S
         settings.posting.level = logging.INFO
         settings.posting.reporting_component = "modelyard-operator"
         # Watching named namespaces needs no cluster-wide reads: the CRD is there before the operator (the
