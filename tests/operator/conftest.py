@@ -3,10 +3,12 @@ plane, a fresh namespace per test, and a real Prometheus scraping what two versi
 "good" (and "overtaken", the same) and "bad" candidates with traffic, a "quiet" one that is served but
 gets none, and a "broken" one its predictor failed to load. The series are the predictor's names and
 labels (readiness, the shadow counters and version-labelled request times a shadowing predictor exports),
-served by prometheus_client."""
+served by prometheus_client. StalledKfp is a KFP host that takes requests and answers late."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import threading
 import time
 import uuid
@@ -126,3 +128,48 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, prometheus_binary: str)
         predictors.stop.set()
         started.process.stop()
         server.shutdown()
+
+
+class StalledKfp:
+    """A KFP host that is healthy (kfp.Client asks first) but holds every other request ``hold_s`` seconds,
+    then answers 503: each reconcile of a Model that trains through it stays under way that long."""
+
+    def __init__(self, hold_s: float) -> None:
+        stalled = self
+        self.open_requests = 0
+        self.held = 0  # requests held so far
+        self.counting = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.endswith("/healthz"):
+                    body = json.dumps({"multi_user": False}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                with stalled.counting:
+                    stalled.open_requests += 1
+                    stalled.held += 1
+                try:
+                    time.sleep(hold_s)
+                    self.send_error(503, "stalled on purpose")
+                finally:
+                    with stalled.counting:
+                        stalled.open_requests -= 1
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()

@@ -26,6 +26,8 @@ from modelyard.operator.resource import Runner, parse_resource_spec
 from modelyard.registry import Registry
 from modelyard.settings import Settings, load_settings
 
+from .conftest import StalledKfp
+
 IRIS = Path(__file__).resolve().parents[2] / "examples" / "data" / "iris.csv"
 
 
@@ -385,3 +387,38 @@ def test_a_spec_change_with_kfp_down_keeps_saying_so_and_the_old_specs_run_is_no
     assert runs.observe(body, run, children.spec_hash(spec), conditions, published_by, say) is None
     trained = conditions.get(TRAINED)
     assert trained is not None and (trained["status"], trained["reason"]) == ("False", "KfpUnreachable")
+
+
+def test_a_kfp_host_that_holds_its_answers_is_given_up_on_and_not_asked_again_until_it_answers() -> None:
+    """kfp.Client has no timeout: without one of the operator's own, such a host would hold the Model's
+    reconciles, and its deletion, for ever."""
+    body = model_body()
+    spec, policies = parse_resource_spec("iris", body["spec"])
+    kfp = StalledKfp(hold_s=4)
+    try:
+        runs = KfpRuns(settings_with_host(kfp.url), answer_timeout_s=1)
+
+        def trained_message() -> str:
+            conditions = Conditions(None, 1)
+            assert runs.current_run(body, None, spec, policies, conditions, lambda *_, **__: None) is None
+            trained = conditions.get(TRAINED)
+            assert trained is not None and trained["reason"] == "KfpUnreachable"
+            return str(trained["message"])
+
+        assert trained_message() == (
+            f"cannot start a KFP run: Kubeflow Pipelines at {kfp.url} did not answer within 1 s"
+        )
+        assert kfp.held == 1
+        # the request given up on is still held: the host is not asked again meanwhile
+        assert trained_message().startswith(
+            f"cannot start a KFP run: Kubeflow Pipelines at {kfp.url} has not answered for "
+        )
+        assert kfp.held == 1
+        # once it has answered (a 503), the host is asked again
+        deadline = time.monotonic() + 10
+        while "has not answered" in (message := trained_message()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert message.endswith("did not answer within 1 s")
+        assert kfp.held == 2
+    finally:
+        kfp.close()

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import base64
 import copy
-import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,6 +35,7 @@ from modelyard.processes import answers_ok
 from modelyard.registry import Registry
 
 from ..conftest import S3Service
+from .conftest import StalledKfp
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -935,49 +934,6 @@ def test_auto_with_a_kfp_host_starts_no_job_and_names_the_unreachable_host(own_h
         "cannot start a KFP run: cannot reach Kubeflow Pipelines at http://127.0.0.1:9"
     )
     assert harness.jobs("iris") == []
-
-
-class StalledKfp:
-    """A KFP host that is healthy (kfp.Client asks first) but holds every other request ``hold_s`` seconds,
-    then answers 503: each reconcile of a Model that trains through it stays under way that long."""
-
-    def __init__(self, hold_s: float) -> None:
-        stalled = self
-        self.open_requests = 0
-        self.counting = threading.Lock()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.endswith("/healthz"):
-                    body = json.dumps({"multi_user": False}).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                    return
-                with stalled.counting:
-                    stalled.open_requests += 1
-                try:
-                    time.sleep(hold_s)
-                    self.send_error(503, "stalled on purpose")
-                finally:
-                    with stalled.counting:
-                        stalled.open_requests -= 1
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
 
 
 def test_a_model_deleted_while_a_reconcile_is_under_way_goes_once_it_returns(own_harness: Harness) -> None:

@@ -15,10 +15,13 @@ is in flight (KFP's state for it is not a final one) is skipped (modelyard.opera
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from modelyard.errors import ModelyardError
 from modelyard.operator import children
@@ -35,6 +38,57 @@ SUCCEEDED, FAILED, CANCELED, SKIPPED = "SUCCEEDED", "FAILED", "CANCELED", "SKIPP
 Say = Callable[..., None]
 # states in which a KFP run is over (V2beta1RuntimeState's names): any other is a run in flight
 FINISHED_STATES = frozenset({SUCCEEDED, FAILED, CANCELED, SKIPPED})
+# Longest a reconcile waits for one answer from KFP. kfp.Client sets no timeout, so a host that takes the
+# connection and never answers would hold the Model's reconciles, and its deletion, for ever.
+KFP_ANSWER_TIMEOUT_S = 60.0
+_Answer = TypeVar("_Answer")
+# host -> when each call to it that was given up on began, while that call still waits: the host is asked
+# nothing more until they end, so a hung KFP holds a thread or two, not one more per reconcile
+_given_up: dict[str, list[float]] = {}
+_given_up_lock = threading.Lock()
+
+
+def answered_within(host: str, timeout_s: float, call: Callable[[], _Answer]) -> _Answer:
+    """``call()``'s answer from KFP at ``host``, or a ModelyardError once ``timeout_s`` passed without one.
+    A call given up on goes on, on its thread, until its connection ends; until then ``host`` is asked
+    nothing more (a ModelyardError at once)."""
+    with _given_up_lock:
+        waiting = _given_up.get(host)
+        if waiting:
+            waited = time.monotonic() - min(waiting)
+            raise ModelyardError(f"Kubeflow Pipelines at {host} has not answered for {waited:.0f} s")
+    began = time.monotonic()
+    answers: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+    over = threading.Event()  # set, under the lock, by whichever of the two ends first
+
+    def ask() -> None:
+        try:
+            answers.put((True, call()))
+        except BaseException as exc:  # handed to the caller, who raises it
+            answers.put((False, exc))
+        with _given_up_lock:
+            if over.is_set():  # given up on: the host may be asked again
+                _given_up[host].remove(began)
+                if not _given_up[host]:
+                    del _given_up[host]
+            over.set()
+
+    threading.Thread(target=ask, name=f"modelyard-kfp {host}", daemon=True).start()
+    try:
+        answered, answer = answers.get(timeout=timeout_s)
+    except queue.Empty:
+        with _given_up_lock:
+            if not over.is_set():
+                over.set()
+                _given_up.setdefault(host, []).append(began)
+        if answers.empty():
+            raise ModelyardError(
+                f"Kubeflow Pipelines at {host} did not answer within {timeout_s:g} s"
+            ) from None
+        answered, answer = answers.get()
+    if answered:
+        return answer  # type: ignore[no-any-return]
+    raise answer
 
 
 def uses_kfp(runner: Runner, settings: Settings) -> bool:
@@ -78,6 +132,7 @@ class KfpRuns:
     find_run: Callable[[str, str], str | None] | None = None
     # a KFP run's state by its id (host, id); None: modelyard.pipeline.client.run_state's
     run_state: Callable[[str, str], str] | None = None
+    answer_timeout_s: float = KFP_ANSWER_TIMEOUT_S
 
     def current_run(
         self,
@@ -150,8 +205,9 @@ class KfpRuns:
             return published
         from modelyard.pipeline.client import run_state
 
+        host = self.settings.pipeline.host
         try:
-            state = run_state(self.settings.pipeline.host, run["name"])
+            state = self._ask(partial(run_state, host, run["name"]))
         except ModelyardError as exc:
             conditions.set(TRAINED, None, "KfpUnreachable", f"cannot follow KFP run {name}: {exc.message}")
             return None
@@ -165,7 +221,10 @@ class KfpRuns:
         from modelyard.pipeline.client import run_state
 
         host = self.settings.pipeline.host
-        state = self.run_state(host, run["name"]) if self.run_state else run_state(host, run["name"]).state
+        if self.run_state is not None:
+            state = self._ask(partial(self.run_state, host, run["name"]))
+        else:
+            state = self._ask(partial(run_state, host, run["name"])).state
         if state in FINISHED_STATES:
             return None
         return f"KFP run {registry_run_id(model, run)} ({run['name']}, {state.lower()})"
@@ -173,7 +232,10 @@ class KfpRuns:
     def _find(self, name: str) -> str | None:
         from modelyard.pipeline.client import find_run
 
-        return (self.find_run or find_run)(self.settings.pipeline.host, name)
+        return self._ask(partial(self.find_run or find_run, self.settings.pipeline.host, name))
+
+    def _ask(self, call: Callable[[], _Answer]) -> _Answer:
+        return answered_within(self.settings.pipeline.host, self.answer_timeout_s, call)
 
     def _start(
         self,
@@ -192,13 +254,17 @@ class KfpRuns:
         name = run_name(meta["name"], hash_, request, trigger)
         run_id = self._find(name)
         if run_id is None:
-            submitted = run(
-                self.settings.pipeline.host,
-                spec,
-                auto_deploy=False,
-                inference_service="",
-                namespace=meta["namespace"],
-                run_name=name,
+            # a run created after its answer was given up on is found by its name on the next look
+            submitted = self._ask(
+                partial(
+                    run,
+                    self.settings.pipeline.host,
+                    spec,
+                    auto_deploy=False,
+                    inference_service="",
+                    namespace=meta["namespace"],
+                    run_name=name,
+                )
             )
             run_id = submitted.id
             message = f"KFP run {name} ({run_id}) trains {meta['name']}: {submitted.url}"
