@@ -132,13 +132,15 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, prometheus_binary: str)
 
 class StalledKfp:
     """A KFP host that is healthy (kfp.Client asks first) but holds every other request ``hold_s`` seconds,
-    then answers 503: each reconcile of a Model that trains through it stays under way that long."""
+    or until :meth:`release`, then answers 503: each reconcile of a Model that trains through it stays under
+    way that long."""
 
     def __init__(self, hold_s: float) -> None:
         stalled = self
         self.open_requests = 0
         self.held = 0  # requests held so far
         self.counting = threading.Lock()
+        self.released = threading.Event()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -154,7 +156,7 @@ class StalledKfp:
                     stalled.open_requests += 1
                     stalled.held += 1
                 try:
-                    time.sleep(hold_s)
+                    stalled.released.wait(hold_s)
                     self.send_error(503, "stalled on purpose")
                 finally:
                     with stalled.counting:
@@ -169,7 +171,12 @@ class StalledKfp:
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
+    def release(self) -> None:
+        """Answer the requests held, and every later one at once."""
+        self.released.set()
+
     def close(self) -> None:
+        self.release()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join()

@@ -41,32 +41,35 @@ FINISHED_STATES = frozenset({SUCCEEDED, FAILED, CANCELED, SKIPPED})
 # Longest a reconcile waits for one answer from KFP. kfp.Client sets no timeout, so a host that takes the
 # connection and never answers would hold the Model's reconciles, and its deletion, for ever.
 KFP_ANSWER_TIMEOUT_S = 60.0
+# A host whose answer was given up on is asked nothing more until it comes, or this many timeouts have
+# passed (a connection dropped without a word never ends): one waiting thread per period, not per reconcile.
+SHUT_OUT_TIMEOUTS = 10
 _Answer = TypeVar("_Answer")
-# host -> when each call to it that was given up on began, while that call still waits: the host is asked
-# nothing more until they end, so a hung KFP holds a thread or two, not one more per reconcile
+# host -> when each call to it that was given up on began, while that call still waits
 _given_up: dict[str, list[float]] = {}
 _given_up_lock = threading.Lock()
 
 
 def answered_within(host: str, timeout_s: float, call: Callable[[], _Answer]) -> _Answer:
     """``call()``'s answer from KFP at ``host``, or a ModelyardError once ``timeout_s`` passed without one.
-    A call given up on goes on, on its thread, until its connection ends; until then ``host`` is asked
-    nothing more (a ModelyardError at once)."""
+    A call given up on goes on, on its thread, until its connection ends; meanwhile ``host`` is asked
+    nothing more (a ModelyardError at once) for up to SHUT_OUT_TIMEOUTS x ``timeout_s``."""
+    began = time.monotonic()
     with _given_up_lock:
         waiting = _given_up.get(host)
-        if waiting:
-            waited = time.monotonic() - min(waiting)
+        if waiting and began - max(waiting) < SHUT_OUT_TIMEOUTS * timeout_s:
+            waited = began - min(waiting)
             raise ModelyardError(f"Kubeflow Pipelines at {host} has not answered for {waited:.0f} s")
-    began = time.monotonic()
     answers: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
-    over = threading.Event()  # set, under the lock, by whichever of the two ends first
+    over = threading.Event()  # set with the answer (under the lock), or when the caller gives up
 
     def ask() -> None:
         try:
-            answers.put((True, call()))
+            answer: tuple[bool, Any] = (True, call())
         except BaseException as exc:  # handed to the caller, who raises it
-            answers.put((False, exc))
+            answer = (False, exc)
         with _given_up_lock:
+            answers.put(answer)
             if over.is_set():  # given up on: the host may be asked again
                 _given_up[host].remove(began)
                 if not _given_up[host]:
@@ -74,18 +77,13 @@ def answered_within(host: str, timeout_s: float, call: Callable[[], _Answer]) ->
             over.set()
 
     threading.Thread(target=ask, name=f"modelyard-kfp {host}", daemon=True).start()
-    try:
-        answered, answer = answers.get(timeout=timeout_s)
-    except queue.Empty:
+    if not over.wait(timeout_s):
         with _given_up_lock:
             if not over.is_set():
                 over.set()
                 _given_up.setdefault(host, []).append(began)
-        if answers.empty():
-            raise ModelyardError(
-                f"Kubeflow Pipelines at {host} did not answer within {timeout_s:g} s"
-            ) from None
-        answered, answer = answers.get()
+                raise ModelyardError(f"Kubeflow Pipelines at {host} did not answer within {timeout_s:g} s")
+    answered, answer = answers.get()
     if answered:
         return answer  # type: ignore[no-any-return]
     raise answer
