@@ -442,7 +442,7 @@ def test_a_host_whose_answer_never_comes_is_asked_again_after_ten_timeouts(
     try:
         with pytest.raises(ModelyardError, match=r"^Kubeflow Pipelines at h did not answer within 0.1 s$"):
             answered_within("h", 0.1, never.wait)
-        with pytest.raises(ModelyardError, match=r"^Kubeflow Pipelines at h has not answered for 0 s$"):
+        with pytest.raises(ModelyardError, match=r"^Kubeflow Pipelines at h has not answered for \d+ s$"):
             answered_within("h", 0.1, lambda: "not asked")
         assert answered_within("elsewhere", 0.1, lambda: "answered") == "answered"
         started = time.monotonic()
