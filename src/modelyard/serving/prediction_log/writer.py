@@ -671,9 +671,11 @@ class PredictionLog(RecordIntake[PredictionRecord | RunMember]):
             checked.extend(self._records_rows(entry))
         return checked
 
-    def _records_rows(self, entry: PredictionRecord | _RunStretch) -> list[dict[str, Any]]:
+    def _records_rows(
+        self, entry: PredictionRecord | _RunStretch, refused: list[tuple[str, Exception]] | None = None
+    ) -> list[dict[str, Any]]:
         """The table rows of a record, or of each record of a stretch; those that fail ``table_row``'s
-        checks are given up, by name."""
+        checks are given up, by name, or added to ``refused`` (request id, why) when it is given."""
         records = (
             map(entry.run.record, range(entry.first, entry.end))
             if isinstance(entry, _RunStretch)
@@ -685,7 +687,10 @@ class PredictionLog(RecordIntake[PredictionRecord | RunMember]):
                 rows.append(table_row(record))
             except InvalidRecord as exc:
                 request_id = getattr(record, "request_id", "?")
-                self._give_up(1, "invalid", f"the record of request {request_id!r} is invalid: {exc}")
+                if refused is not None:
+                    refused.append((request_id, exc))
+                else:
+                    self._give_up(1, "invalid", f"the record of request {request_id!r} is invalid: {exc}")
         return rows
 
     def _table_rows(self, checked: list[_Checked]) -> list[dict[str, Any]]:
@@ -763,13 +768,8 @@ class PredictionLog(RecordIntake[PredictionRecord | RunMember]):
                     )
                     continue
                 except UnwritableValue:  # a value of some record's other columns: found record by record
-                    rows = []
-                    for index in range(entry.first, entry.end):
-                        record = entry.run.record(index)
-                        try:
-                            rows.append(table_row(record))
-                        except InvalidRecord as exc:  # not expected after the stretch's checks; counted once
-                            unstorable.append((record.request_id, exc))
+                    # a refusal is not expected after the stretch's checks; given up once, with the rest
+                    rows = self._records_rows(entry, refused=unstorable)
             else:
                 rows = [entry]
             for row in rows:
