@@ -293,9 +293,10 @@ def _decode_run(run: dict[str, Any], blob: memoryview) -> RecordRun:
         raise ValueError("a run's columns must be lists")
     if not all(type(count) is int and count > 0 for count in rows):
         raise ValueError("a run's row counts must be positive integers")
-    if not len(request_ids) == len(latencies) == len(moments) == len(rows):
-        raise ValueError("a run's columns differ in length")
-    if others is not None and len(others) != len(rows):
+    per_record = (
+        (request_ids, latencies, moments) if others is None else (request_ids, latencies, moments, others)
+    )
+    if any(len(column) != len(rows) for column in per_record):
         raise ValueError("a run's columns differ in length")
     starts = [0, *itertools.accumulate(rows)]
     total = starts[-1]
