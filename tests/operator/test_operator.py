@@ -953,3 +953,74 @@ def test_a_model_deleted_while_a_reconcile_is_under_way_goes_once_it_returns(own
         assert harness.get("model", "iris") is None
     finally:
         kfp.close()
+
+
+def test_a_cleanup_the_api_server_refused_is_tried_again_within_seconds(harness: Harness) -> None:
+    """kopf tries a failed delete handler again after a minute by default; the operator's after
+    CLEANUP_RETRY_S. An admission policy refuses the schedule's delete until the test lifts it."""
+    name = "refused-cleanup"
+    refusal = f"modelyard test: the CronJobs of {harness.namespace} are kept"
+    policy = f"keep-cronjobs-{harness.namespace}"
+    guard = [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": policy},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["batch"],
+                            "apiVersions": ["v1"],
+                            "operations": ["DELETE"],
+                            "resources": ["cronjobs"],
+                        }
+                    ]
+                },
+                "validations": [{"expression": "false", "message": refusal}],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": policy},
+            "spec": {
+                "policyName": policy,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": harness.namespace}}
+                },
+            },
+        },
+    ]
+    harness.apply(iris_model(name, training={"schedule": "0 3 * * 0"}))
+    cron = f"{name}-retrain"
+    wait_until("the schedule's CronJob", lambda: harness.get("cronjob", cron))
+    try:
+        harness.plane.kubectl(
+            "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": guard})
+        )
+        dry_run = ("delete", "cronjob", cron, "--dry-run=server")
+        wait_until("the policy in force", lambda: refusal in harness.kubectl(*dry_run, check=False).stderr)
+        harness.kubectl("delete", "model", name, "--wait=false")
+        failed = wait_until(
+            "the CleanupFailed Event",
+            lambda: [event for event in harness.events(name) if event["reason"] == "CleanupFailed"],
+        )
+        assert failed[0]["type"] == "Warning"
+        assert failed[0]["message"].startswith(f"cannot delete CronJob {harness.namespace}/{cron}: ")
+        assert refusal in failed[0]["message"]
+        assert failed[0]["message"].endswith("the Model stays until that succeeds (tried again every 5 s)")
+        assert harness.get("model", name) is not None
+        assert harness.get("cronjob", cron) is not None
+    finally:
+        harness.plane.kubectl(
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            policy,
+            "--ignore-not-found",
+        )
+    # kopf's default would hold the Model for a minute after the refusal
+    harness.kubectl("wait", "--for=delete", f"model/{name}", "--timeout=30s")
+    assert harness.get("cronjob", cron) is None

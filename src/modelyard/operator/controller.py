@@ -37,6 +37,7 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
+from modelyard.errors import ModelyardError
 from modelyard.operator import children, kfp_runs, requests
 from modelyard.operator.analysis import FAIL, PASS, Analysis, Prometheus, PrometheusError, Verdict
 from modelyard.operator.conditions import (
@@ -80,6 +81,9 @@ log = logging.getLogger(__name__)
 STATUS_ATTEMPTS = 5  # status writes that lost a race to another writer, before kopf retries the handler
 # how often kopf checks whether a deleted Model's timer has returned (each check patches an annotation)
 TIMER_EXIT_POLL_S = 1.0
+# a cleanup the API server refused (say, an admission policy or an outage) is tried again after this long,
+# not after kopf's default minute: the Model, and a `kubectl delete` waiting on it, are held meanwhile
+CLEANUP_RETRY_S = 5.0
 PROGRESSING, PROMOTED, ROLLED_BACK = "Progressing", "Promoted", "RolledBack"
 # why a rollout without a verdict ended (each also the Warning Event's reason)
 NO_EVIDENCE, ANALYSIS_UNAVAILABLE, CANDIDATE_NOT_SERVED = (
@@ -181,11 +185,16 @@ class Controller:
         name that is not); the registry keeps its history."""
         meta = body["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
-        removed = [
-            f"{kind.kind}/{object_name}"
-            for kind, object_name in ((INFERENCE_SERVICE, name), (CRON_JOB, children.schedule_name(name)))
-            if self.cluster.delete(kind, object_name, namespace, uid)
-        ]
+        try:
+            removed = [
+                f"{kind.kind}/{object_name}"
+                for kind, object_name in ((INFERENCE_SERVICE, name), (CRON_JOB, children.schedule_name(name)))
+                if self.cluster.delete(kind, object_name, namespace, uid)
+            ]
+        except ModelyardError as exc:  # the finalizer stays; kopf calls this again after CLEANUP_RETRY_S
+            message = f"{exc}; the Model stays until that succeeds (tried again every {CLEANUP_RETRY_S:g} s)"
+            self._say(dict(body), "CleanupFailed", message, warning=True)
+            raise
         self._locks.pop(f"{namespace}/{name}", None)
         for key in [key for key in self._said if key[0] == uid]:
             del self._said[key]
@@ -1218,7 +1227,7 @@ def build_registry(controller: Controller, *, clusterwide: bool) -> kopf.Operato
         if type in ("ADDED", "MODIFIED") and namespace:
             controller.reconcile(namespace, labels[children.MODEL_LABEL])
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.delete(GROUP, VERSION, PLURAL, backoff=CLEANUP_RETRY_S, registry=registry)
     def on_delete(body: kopf.Body, **_: Any) -> None:
         controller.cleanup(body)
 

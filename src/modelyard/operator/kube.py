@@ -176,7 +176,7 @@ class Cluster:
 
     def delete(self, kind: Kind, name: str, namespace: str, owner_uid: str) -> bool:
         """Delete one object the owner controls; False when it is gone, or is not the owner's (left be)."""
-        from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
+        from kubernetes.dynamic.exceptions import ConflictError, DynamicApiError, NotFoundError
 
         existing = self.get(kind, name, namespace)
         if existing is None or not owned_by(existing, owner_uid):
@@ -187,6 +187,8 @@ class Cluster:
             self._resource(kind).delete(name=name, namespace=namespace, body=preconditions)
         except (NotFoundError, ConflictError, KindMissing):
             return False
+        except DynamicApiError as exc:  # refused: the API server's reason, not its whole response
+            raise ModelyardError(f"cannot delete {kind.kind} {namespace}/{name}: {exc.summary()}") from exc
         return True
 
 
