@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ import pytest
 from modelyard.errors import InvalidInput
 from modelyard.serving.features import (
     FeatureBatch,
+    JsonBooleans,
     features_from_instances,
     features_from_tensors,
     select_outputs,
@@ -153,10 +154,25 @@ def test_feature_batches_concatenate_row_wise() -> None:
 
 
 def test_v1_fast_path_reads_plain_numbers_and_is_skipped_when_booleans_may_hide() -> None:
-    fast = features_from_instances([[1, 2, 3], [4, 5.5, None]], NUMERIC, 10, may_hold_booleans=False)
+    fast = features_from_instances([[1, 2, 3], [4, 5.5, None]], NUMERIC, 10, booleans=JsonBooleans(b"[]"))
     assert fast.numeric[0].tolist() == [1, 2, 3] and math.isnan(fast.numeric[1, 2])
-    with pytest.raises(InvalidInput, match="feature 'c' is numeric, got a boolean"):
-        features_from_instances([[1, 2, True]], NUMERIC, 10, may_hold_booleans=True)
+    for booleans in (JsonBooleans(b"[[1, 2, true]]"), JsonBooleans(None), None):
+        with pytest.raises(InvalidInput, match="feature 'c' is numeric, got a boolean"):
+            features_from_instances([[1, 2, True]], NUMERIC, 10, booleans=booleans)
+        with pytest.raises(InvalidInput, match="feature 'c' is numeric, got a boolean"):
+            features_from_instances([[2.5, 3.5, False]], NUMERIC, 10, booleans=booleans)
+
+
+def test_json_text_is_looked_through_for_booleans_only_when_a_value_is_0_or_1() -> None:
+    """The look costs a pass over the body; numbers with no 0 or 1 cannot hide a boolean."""
+    # a text that is not bytes cannot be looked through: asked about it, this would raise
+    no_look = JsonBooleans(cast(bytes, object()))
+    assert not no_look.may_hide_in(np.array([2.5, -1.0, 7.0]))
+    with_token = JsonBooleans(b'{"instances": [[2.5, true]]}')
+    assert with_token.may_hide_in(np.array([2.5, 1.0]))
+    assert with_token.may_hide_in(np.array([0, 3]))
+    assert not JsonBooleans(b'{"instances": [[2.5, 1.0]]}').may_hide_in(np.array([2.5, 1.0]))
+    assert JsonBooleans(None).may_hide_in(np.array([0.0]))
 
 
 def test_the_first_missing_value_is_found_in_column_order() -> None:

@@ -54,6 +54,20 @@ def decode(document: Any) -> InferenceRequest:
     return decode_v2_rest(body(document), None)
 
 
+def test_zeros_and_ones_are_numbers_whether_or_not_the_body_holds_a_boolean_elsewhere() -> None:
+    data = [0.0, 1.0, 2.5, 1, 0]
+    plain = decode({"inputs": [tensor("x", "FP64", [5], data)]})
+    beside_a_boolean = decode(
+        {
+            "inputs": [tensor("x", "FP64", [5], data)],
+            "outputs": [{"name": "label", "parameters": {"binary_data": False}}],
+        }
+    )
+    for request in (plain, beside_a_boolean):
+        assert request.inputs[0].data.dtype == np.float64
+        assert request.inputs[0].data.tolist() == [0.0, 1.0, 2.5, 1.0, 0.0]
+
+
 def test_json_tensors_decode_into_numpy_of_their_datatype() -> None:
     request = decode(
         {
@@ -99,6 +113,8 @@ def test_json_tensors_decode_into_numpy_of_their_datatype() -> None:
             {"inputs": [tensor("x", "FP64", [1, 4], [5.1, True, 1.4, 0.2])]},
             "element 1 is a boolean, expected a number",
         ),
+        ({"inputs": [tensor("x", "FP64", [2], [2.5, False])]}, "element 1 is a boolean, expected a number"),
+        ({"inputs": [tensor("x", "INT64", [2], [3, True])]}, "element 1 is a boolean, expected a number"),
         ({"inputs": [tensor("x", "BOOL", [2], [True, 1])]}, "element 1 is a number; a BOOL tensor holds"),
         ({"inputs": [tensor("x", "INT32", [2], [1.5, 2])]}, r"element 0 \(1.5\) is not an integer"),
         ({"inputs": [tensor("x", "INT32", [2], [1, 2.0])]}, r"element 1 \(2.0\) is not an integer"),

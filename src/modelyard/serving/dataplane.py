@@ -34,6 +34,7 @@ from modelyard.errors import InvalidInput, ModelyardError, NotFound, NotReady
 from modelyard.serving.batching import BatchOutcome
 from modelyard.serving.features import (
     FeatureBatch,
+    JsonBooleans,
     MatrixColumns,
     features_from_instances,
     features_from_tensors,
@@ -226,14 +227,12 @@ class DataPlane:
         *,
         request_id: str,
         decode_seconds: float = 0.0,
-        may_hold_booleans: bool = True,
+        booleans: JsonBooleans | None = None,
     ) -> Prediction:
         """V1 predict: rows as lists (feature order) or objects keyed by feature name."""
         started = time.perf_counter()
         model = self.answering_model(name, request_id)
-        batch = features_from_instances(
-            instances, model.schema, self.max_request_rows, may_hold_booleans=may_hold_booleans
-        )
+        batch = features_from_instances(instances, model.schema, self.max_request_rows, booleans=booleans)
         decoded = decode_seconds + time.perf_counter() - started
         self._observe("decode", decoded, model)
         return await self._predict(model, batch, request_id, started, decoded)

@@ -229,6 +229,27 @@ def _check_finite(values: np.ndarray, feature: str) -> None:
         )
 
 
+class JsonBooleans:
+    """Whether numbers numpy read from a JSON text in one call may hide a boolean: numpy reads ``true`` as 1
+    and ``false`` as 0, so only values that hold a 0 or a 1 may, and then only when the text has such a
+    token. The text is looked through once, and only when asked: the look is a pass over the whole text,
+    which for a large batch costs about as much as parsing it. Without a text (None), any 0 or 1 may be one.
+    """
+
+    def __init__(self, text: bytes | memoryview | None) -> None:
+        self._text = text
+        self._present: bool | None = None if text is not None else True
+
+    def may_hide_in(self, numbers: np.ndarray) -> bool:
+        if not ((numbers == 0).any() or (numbers == 1).any()):
+            return False
+        if self._present is None:
+            text = self._text
+            assert text is not None
+            self._present = b"true" in text or b"false" in text
+        return self._present
+
+
 def value_kind(value: Any) -> str:
     if value is None:
         return "null"
@@ -354,19 +375,23 @@ def _string_column(tensor: Tensor, name: str, kind: FeatureType) -> np.ndarray:
 
 
 def features_from_instances(
-    instances: list[Any], schema: FeatureSchema, max_rows: int, *, may_hold_booleans: bool = True
+    instances: list[Any],
+    schema: FeatureSchema,
+    max_rows: int,
+    *,
+    booleans: JsonBooleans | None = None,
 ) -> FeatureBatch:
     """V1 rows (lists in feature order, or objects keyed by feature name) as a FeatureBatch.
 
-    Rows of plain numbers for an all-numeric model take one numpy call. numpy would read a boolean
-    among numbers as 1 or 0, so that path is only taken when ``may_hold_booleans`` is false: the REST
-    adapter knows that when the body has no ``true``/``false`` token at all.
+    Rows of plain numbers for an all-numeric model take one numpy call, unless ``booleans`` (the body
+    the rows were parsed from; None: not known) says a boolean may hide among them; then they are read
+    row by row.
     """
     n_rows = len(instances)
     _check_rows(n_rows, max_rows)
-    if schema.all_numeric and not may_hold_booleans and isinstance(instances[0], list):
+    if schema.all_numeric and isinstance(instances[0], list):
         fast = _numeric_rows_fast(instances, len(schema.names))
-        if fast is not None:
+        if fast is not None and not (booleans or JsonBooleans(None)).may_hide_in(fast):
             for column, name in enumerate(schema.names):
                 _check_finite(fast[:, column], name)
             return FeatureBatch(n_rows, fast, {})
@@ -493,6 +518,7 @@ def output_tensors(
 __all__ = [
     "FeatureBatch",
     "FeatureSchema",
+    "JsonBooleans",
     "MatrixColumns",
     "features_from_instances",
     "features_from_tensors",

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from modelyard.errors import InvalidInput
-from modelyard.serving.features import shown, value_kind
+from modelyard.serving.features import JsonBooleans, shown, value_kind
 from modelyard.serving.types import (
     Datatype,
     ErrorResponse,
@@ -76,8 +76,7 @@ def decode_v2_rest(body: bytes, header_length: str | None) -> InferenceRequest:
             )
     header_bytes = body if json_length == len(body) else body[:json_length]
     header = _json_object(header_bytes, "request body")
-    may_hold_booleans = b"true" in header_bytes or b"false" in header_bytes
-    return _request_from_json(header, view, json_length, may_hold_booleans)
+    return _request_from_json(header, view, json_length, JsonBooleans(header_bytes))
 
 
 def _json_object(raw: bytes | memoryview, what: str) -> dict[str, Any]:
@@ -93,7 +92,7 @@ def _json_object(raw: bytes | memoryview, what: str) -> dict[str, Any]:
 
 
 def _request_from_json(
-    header: dict[str, Any], body: memoryview, offset: int, may_hold_booleans: bool
+    header: dict[str, Any], body: memoryview, offset: int, booleans: JsonBooleans
 ) -> InferenceRequest:
     unknown_keys = sorted(set(header) - {"id", "inputs", "outputs", "parameters"})
     if unknown_keys:
@@ -114,7 +113,7 @@ def _request_from_json(
         raise InvalidInput("'inputs' must be a non-empty array of tensors")
     inputs = []
     for index, raw in enumerate(raw_inputs):
-        tensor, offset = _tensor_from_json(raw, index, body, offset, may_hold_booleans)
+        tensor, offset = _tensor_from_json(raw, index, body, offset, booleans)
         inputs.append(tensor)
     if offset != len(body):
         raise InvalidInput(
@@ -145,7 +144,7 @@ def _requested_outputs(raw: Any) -> list[RequestedOutput]:
 
 
 def _tensor_from_json(
-    raw: Any, index: int, body: memoryview, offset: int, may_hold_booleans: bool
+    raw: Any, index: int, body: memoryview, offset: int, booleans: JsonBooleans
 ) -> tuple[Tensor, int]:
     if not isinstance(raw, dict):
         raise InvalidInput(f"inputs[{index}] must be an object, got {value_kind(raw)}")
@@ -173,31 +172,35 @@ def _tensor_from_json(
         return Tensor(name, datatype, shape, data), offset + size
     if "data" not in raw:
         raise InvalidInput(f"{where} has no 'data' (nor parameters.binary_data_size)")
-    data = _decode_json_data(raw["data"], datatype, shape, where, may_hold_booleans)
+    data = _decode_json_data(raw["data"], datatype, shape, where, booleans)
     return Tensor(name, datatype, shape, data), offset
 
 
 def _decode_json_data(
-    data: Any, datatype: Datatype, shape: tuple[int, ...], where: str, may_hold_booleans: bool
+    data: Any, datatype: Datatype, shape: tuple[int, ...], where: str, booleans: JsonBooleans
 ) -> np.ndarray:
     """A tensor's JSON ``data``, as strictly as the protocol reads: an array, flat (row-major) or nested
     exactly like ``shape``, whose every element is of the datatype's JSON type (numbers for numeric
     tensors and null for a missing float, true/false for BOOL, strings or null for BYTES).
 
-    Plain numbers take one numpy call. numpy would read a boolean among numbers as 1 or 0, so that path
-    is only taken for numeric tensors when the header has no ``true``/``false`` token at all; every
-    other case is checked element by element.
+    Plain values take one numpy call. numpy would read a boolean among numbers as 1 or 0, so numbers
+    that ``booleans`` says may hide one are checked element by element, as is every other case.
     """
     if not isinstance(data, list):
         raise InvalidInput(f"{where}: 'data' must be an array of the tensor's values, got {value_kind(data)}")
     expected = element_count(shape)
     fast_kinds = "b" if datatype is Datatype.BOOL else "iu" if datatype.is_integer else "iuf"
-    if datatype is not Datatype.BYTES and (datatype is Datatype.BOOL or not may_hold_booleans):
+    if datatype is not Datatype.BYTES:
         try:
             array = np.asarray(data)
         except (ValueError, OverflowError):  # ragged, or an integer beyond 64 bits: checked below
             array = None
-        if array is not None and array.dtype.kind in fast_kinds and array.size == expected:
+        if (
+            array is not None
+            and array.dtype.kind in fast_kinds
+            and array.size == expected
+            and (datatype is Datatype.BOOL or not booleans.may_hide_in(array))
+        ):
             if array.shape != shape and array.ndim != 1:
                 raise InvalidInput(
                     f"{where}: 'data' is nested as {list(array.shape)}, unlike the shape {list(shape)}; "
