@@ -956,8 +956,8 @@ def test_a_model_deleted_while_a_reconcile_is_under_way_goes_once_it_returns(own
 
 
 def test_a_cleanup_the_api_server_refused_is_tried_again_within_seconds(harness: Harness) -> None:
-    """kopf tries a failed delete handler again after a minute by default; the operator's after
-    CLEANUP_RETRY_S. An admission policy refuses the schedule's delete until the test lifts it."""
+    """kopf tries a failed delete handler again after a minute by default; the operator's first retry comes
+    after CLEANUP_RETRY_S. An admission policy refuses the schedule's delete until the test lifts it."""
     name = "refused-cleanup"
     refusal = f"modelyard test: the CronJobs of {harness.namespace} are kept"
     policy = f"keep-cronjobs-{harness.namespace}"
@@ -1009,9 +1009,9 @@ def test_a_cleanup_the_api_server_refused_is_tried_again_within_seconds(harness:
             lambda: [event for event in harness.events(name) if event["reason"] == "CleanupFailed"],
         )
         assert failed[0]["type"] == "Warning"
-        assert failed[0]["message"].startswith(f"cannot delete CronJob {harness.namespace}/{cron}: ")
+        assert failed[0]["message"].startswith(f"cannot delete CronJob {harness.namespace}/{cron} (422): ")
         assert refusal in failed[0]["message"]
-        assert failed[0]["message"].endswith("the Model stays until that succeeds (tried again every 5 s)")
+        assert failed[0]["message"].endswith("the Model stays until that succeeds (tried again in 5 s)")
         assert harness.get("model", name) is not None
         assert harness.get("cronjob", cron) is not None
     finally:

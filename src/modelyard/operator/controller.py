@@ -81,9 +81,11 @@ log = logging.getLogger(__name__)
 STATUS_ATTEMPTS = 5  # status writes that lost a race to another writer, before kopf retries the handler
 # how often kopf checks whether a deleted Model's timer has returned (each check patches an annotation)
 TIMER_EXIT_POLL_S = 1.0
-# a cleanup the API server refused (say, an admission policy or an outage) is tried again after this long,
-# not after kopf's default minute: the Model, and a `kubectl delete` waiting on it, are held meanwhile
+# A cleanup the API server refused (say, an admission policy or an outage) is tried again after this long,
+# twice as long each time up to CLEANUP_RETRY_MAX_S, not after kopf's flat minute: the Model, and a
+# `kubectl delete` waiting on it, are held meanwhile.
 CLEANUP_RETRY_S = 5.0
+CLEANUP_RETRY_MAX_S = 60.0
 PROGRESSING, PROMOTED, ROLLED_BACK = "Progressing", "Promoted", "RolledBack"
 # why a rollout without a verdict ended (each also the Warning Event's reason)
 NO_EVIDENCE, ANALYSIS_UNAVAILABLE, CANDIDATE_NOT_SERVED = (
@@ -180,26 +182,30 @@ class Controller:
         new["phase"] = _phase(conditions)
         return _checked(new)
 
-    def cleanup(self, body: kopf.Body) -> None:
+    def cleanup(self, body: kopf.Body, retry: int = 0) -> None:
         """Before the Model goes: remove what serves and schedules it (what it owns, nothing of the same
-        name that is not); the registry keeps its history."""
+        name that is not); the registry keeps its history. ``retry`` counts the attempts that failed."""
         meta = body["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
-        try:
-            removed = [
-                f"{kind.kind}/{object_name}"
-                for kind, object_name in ((INFERENCE_SERVICE, name), (CRON_JOB, children.schedule_name(name)))
-                if self.cluster.delete(kind, object_name, namespace, uid)
-            ]
-        except ModelyardError as exc:  # the finalizer stays; kopf calls this again after CLEANUP_RETRY_S
-            message = f"{exc}; the Model stays until that succeeds (tried again every {CLEANUP_RETRY_S:g} s)"
+        removed, refused = [], []
+        for kind, object_name in ((INFERENCE_SERVICE, name), (CRON_JOB, children.schedule_name(name))):
+            try:  # each child, whether or not the other could be removed
+                if self.cluster.delete(kind, object_name, namespace, uid):
+                    removed.append(f"{kind.kind}/{object_name}")
+            except ModelyardError as exc:
+                refused.append(str(exc))
+        if removed:
+            kopf.info(body, reason="CleanedUp", message=f"deleted {', '.join(removed)}")
+        if refused:  # the finalizer stays
+            delay = min(CLEANUP_RETRY_S * 2**retry, CLEANUP_RETRY_MAX_S)
+            message = (
+                f"{'; '.join(refused)}; the Model stays until that succeeds (tried again in {delay:g} s)"
+            )
             self._say(dict(body), "CleanupFailed", message, warning=True)
-            raise
+            raise kopf.TemporaryError(message, delay=delay)
         self._locks.pop(f"{namespace}/{name}", None)
         for key in [key for key in self._said if key[0] == uid]:
             del self._said[key]
-        if removed:
-            kopf.info(body, reason="CleanedUp", message=f"deleted {', '.join(removed)}")
 
     # ------------------------------------------------------------------ training
 
@@ -1228,7 +1234,7 @@ def build_registry(controller: Controller, *, clusterwide: bool) -> kopf.Operato
             controller.reconcile(namespace, labels[children.MODEL_LABEL])
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, backoff=CLEANUP_RETRY_S, registry=registry)
-    def on_delete(body: kopf.Body, **_: Any) -> None:
-        controller.cleanup(body)
+    def on_delete(body: kopf.Body, retry: int, **_: Any) -> None:
+        controller.cleanup(body, retry)
 
     return registry

@@ -178,17 +178,19 @@ class Cluster:
         """Delete one object the owner controls; False when it is gone, or is not the owner's (left be)."""
         from kubernetes.dynamic.exceptions import ConflictError, DynamicApiError, NotFoundError
 
-        existing = self.get(kind, name, namespace)
-        if existing is None or not owned_by(existing, owner_uid):
-            return False
-        # the uid precondition: an object replaced since it was read (another one now) is left alone
-        preconditions = {"preconditions": {"uid": existing["metadata"]["uid"]}}
         try:
+            existing = self.get(kind, name, namespace)
+            if existing is None or not owned_by(existing, owner_uid):
+                return False
+            # the uid precondition: an object replaced since it was read (another one now) is left alone
+            preconditions = {"preconditions": {"uid": existing["metadata"]["uid"]}}
             self._resource(kind).delete(name=name, namespace=namespace, body=preconditions)
         except (NotFoundError, ConflictError, KindMissing):
             return False
-        except DynamicApiError as exc:  # refused: the API server's reason, not its whole response
-            raise ModelyardError(f"cannot delete {kind.kind} {namespace}/{name}: {exc.summary()}") from exc
+        except DynamicApiError as exc:  # refused or failed: the API server's reason, not its whole response
+            raise ModelyardError(
+                f"cannot delete {kind.kind} {namespace}/{name} ({exc.status}): {exc.summary()}"
+            ) from exc
         return True
 
 
