@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import math
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytest
 
 from modelyard.errors import InvalidInput
 from modelyard.serving.features import (
+    NO_TEXT,
+    BooleanTokens,
     FeatureBatch,
-    JsonBooleans,
     features_from_instances,
     features_from_tensors,
     select_outputs,
 )
 from modelyard.serving.types import Datatype, InferenceRequest, RequestedOutput, Tensor
 
-from .conftest import MIXED, NUMERIC
+from .conftest import MIXED, NUMERIC, CountedText
 
 
 def t(name: str, datatype: Datatype, shape: tuple[int, ...], values: Any) -> Tensor:
@@ -154,25 +155,27 @@ def test_feature_batches_concatenate_row_wise() -> None:
 
 
 def test_v1_fast_path_reads_plain_numbers_and_is_skipped_when_booleans_may_hide() -> None:
-    fast = features_from_instances([[1, 2, 3], [4, 5.5, None]], NUMERIC, 10, booleans=JsonBooleans(b"[]"))
-    assert fast.numeric[0].tolist() == [1, 2, 3] and math.isnan(fast.numeric[1, 2])
-    for booleans in (JsonBooleans(b"[[1, 2, true]]"), JsonBooleans(None), None):
+    no_token = BooleanTokens(b"[[2, 3, 4], [5, 6.5, 1]]")
+    fast = features_from_instances([[2, 3, 4], [5, 6.5, 1]], NUMERIC, 10, boolean_tokens=no_token)
+    assert fast.numeric.tolist() == [[2, 3, 4], [5, 6.5, 1]]
+    for tokens in (BooleanTokens(b"[[1, 2, true]]"), BooleanTokens(None), NO_TEXT):
         with pytest.raises(InvalidInput, match="feature 'c' is numeric, got a boolean"):
-            features_from_instances([[1, 2, True]], NUMERIC, 10, booleans=booleans)
+            features_from_instances([[1, 2, True]], NUMERIC, 10, boolean_tokens=tokens)
         with pytest.raises(InvalidInput, match="feature 'c' is numeric, got a boolean"):
-            features_from_instances([[2.5, 3.5, False]], NUMERIC, 10, booleans=booleans)
+            features_from_instances([[2.5, 3.5, False]], NUMERIC, 10, boolean_tokens=tokens)
 
 
-def test_json_text_is_looked_through_for_booleans_only_when_a_value_is_0_or_1() -> None:
+def test_json_text_is_looked_through_for_booleans_once_and_only_when_a_value_is_0_or_1() -> None:
     """The look costs a pass over the body; numbers with no 0 or 1 cannot hide a boolean."""
-    # a text that is not bytes cannot be looked through: asked about it, this would raise
-    no_look = JsonBooleans(cast(bytes, object()))
-    assert not no_look.may_hide_in(np.array([2.5, -1.0, 7.0]))
-    with_token = JsonBooleans(b'{"instances": [[2.5, true]]}')
-    assert with_token.may_hide_in(np.array([2.5, 1.0]))
-    assert with_token.may_hide_in(np.array([0, 3]))
-    assert not JsonBooleans(b'{"instances": [[2.5, 1.0]]}').may_hide_in(np.array([2.5, 1.0]))
-    assert JsonBooleans(None).may_hide_in(np.array([0.0]))
+    text = CountedText(b'{"instances": [[2.5, true]]}')
+    tokens = BooleanTokens(text)
+    assert not tokens.may_hide_boolean(np.array([2.5, -1.0, 7.0]))
+    assert text.looks == 0
+    assert tokens.may_hide_boolean(np.array([2.5, 1.0]))
+    assert tokens.may_hide_boolean(np.array([0, 3]))
+    assert text.looks == 1
+    assert not BooleanTokens(b'{"instances": [[2.5, 1.0]]}').may_hide_boolean(np.array([2.5, 1.0]))
+    assert NO_TEXT.may_hide_boolean(np.array([0.0]))
 
 
 def test_the_first_missing_value_is_found_in_column_order() -> None:

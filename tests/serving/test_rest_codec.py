@@ -55,17 +55,12 @@ def decode(document: Any) -> InferenceRequest:
 
 
 def test_zeros_and_ones_are_numbers_whether_or_not_the_body_holds_a_boolean_elsewhere() -> None:
-    data = [0.0, 1.0, 2.5, 1, 0]
-    plain = decode({"inputs": [tensor("x", "FP64", [5], data)]})
-    beside_a_boolean = decode(
-        {
-            "inputs": [tensor("x", "FP64", [5], data)],
-            "outputs": [{"name": "label", "parameters": {"binary_data": False}}],
-        }
-    )
-    for request in (plain, beside_a_boolean):
-        assert request.inputs[0].data.dtype == np.float64
-        assert request.inputs[0].data.tolist() == [0.0, 1.0, 2.5, 1.0, 0.0]
+    """Numbers with a 0 or 1 beside a boolean token are read element by element, and come out the same."""
+    for data in ([2.5, 3.5, -4.0], [0.0, 1.0, 2.5], [0, 1, 2]):
+        for outputs in ([], [{"name": "label", "parameters": {"binary_data": False}}]):
+            request = decode({"inputs": [tensor("x", "FP64", [3], data)], "outputs": outputs})
+            assert request.inputs[0].data.dtype == np.float64
+            assert request.inputs[0].data.tolist() == [float(value) for value in data]
 
 
 def test_json_tensors_decode_into_numpy_of_their_datatype() -> None:

@@ -33,8 +33,9 @@ from modelyard import __version__
 from modelyard.errors import InvalidInput, ModelyardError, NotFound, NotReady
 from modelyard.serving.batching import BatchOutcome
 from modelyard.serving.features import (
+    NO_TEXT,
+    BooleanTokens,
     FeatureBatch,
-    JsonBooleans,
     MatrixColumns,
     features_from_instances,
     features_from_tensors,
@@ -227,12 +228,14 @@ class DataPlane:
         *,
         request_id: str,
         decode_seconds: float = 0.0,
-        booleans: JsonBooleans | None = None,
+        boolean_tokens: BooleanTokens = NO_TEXT,
     ) -> Prediction:
         """V1 predict: rows as lists (feature order) or objects keyed by feature name."""
         started = time.perf_counter()
         model = self.answering_model(name, request_id)
-        batch = features_from_instances(instances, model.schema, self.max_request_rows, booleans=booleans)
+        batch = features_from_instances(
+            instances, model.schema, self.max_request_rows, boolean_tokens=boolean_tokens
+        )
         decoded = decode_seconds + time.perf_counter() - started
         self._observe("decode", decoded, model)
         return await self._predict(model, batch, request_id, started, decoded)

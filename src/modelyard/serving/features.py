@@ -229,25 +229,29 @@ def _check_finite(values: np.ndarray, feature: str) -> None:
         )
 
 
-class JsonBooleans:
+class BooleanTokens:
     """Whether numbers numpy read from a JSON text in one call may hide a boolean: numpy reads ``true`` as 1
     and ``false`` as 0, so only values that hold a 0 or a 1 may, and then only when the text has such a
     token. The text is looked through once, and only when asked: the look is a pass over the whole text,
     which for a large batch costs about as much as parsing it. Without a text (None), any 0 or 1 may be one.
     """
 
-    def __init__(self, text: bytes | memoryview | None) -> None:
-        self._text = text
-        self._present: bool | None = None if text is not None else True
+    def __init__(self, text: bytes | None) -> None:
+        # bytes, not a memoryview: ``in`` on a memoryview looks for one byte value, not for a substring.
+        # No text is taken as one that has a boolean.
+        self._text = b"true" if text is None else text
+        self._present: bool | None = None
 
-    def may_hide_in(self, numbers: np.ndarray) -> bool:
+    def may_hide_boolean(self, numbers: np.ndarray) -> bool:
         if not ((numbers == 0).any() or (numbers == 1).any()):
             return False
         if self._present is None:
-            text = self._text
-            assert text is not None
-            self._present = b"true" in text or b"false" in text
+            self._present = b"true" in self._text or b"false" in self._text
         return self._present
+
+
+NO_TEXT = BooleanTokens(None)
+"""For numbers whose JSON text is not known: any 0 or 1 among them may have been a boolean."""
 
 
 def value_kind(value: Any) -> str:
@@ -379,19 +383,18 @@ def features_from_instances(
     schema: FeatureSchema,
     max_rows: int,
     *,
-    booleans: JsonBooleans | None = None,
+    boolean_tokens: BooleanTokens = NO_TEXT,
 ) -> FeatureBatch:
     """V1 rows (lists in feature order, or objects keyed by feature name) as a FeatureBatch.
 
-    Rows of plain numbers for an all-numeric model take one numpy call, unless ``booleans`` (the body
-    the rows were parsed from; None: not known) says a boolean may hide among them; then they are read
-    row by row.
+    Rows of plain numbers for an all-numeric model take one numpy call, unless ``boolean_tokens`` (of the
+    body the rows were parsed from) says a boolean may hide among them; then they are read row by row.
     """
     n_rows = len(instances)
     _check_rows(n_rows, max_rows)
     if schema.all_numeric and isinstance(instances[0], list):
         fast = _numeric_rows_fast(instances, len(schema.names))
-        if fast is not None and not (booleans or JsonBooleans(None)).may_hide_in(fast):
+        if fast is not None and not boolean_tokens.may_hide_boolean(fast):
             for column, name in enumerate(schema.names):
                 _check_finite(fast[:, column], name)
             return FeatureBatch(n_rows, fast, {})
@@ -516,9 +519,10 @@ def output_tensors(
 
 
 __all__ = [
+    "NO_TEXT",
+    "BooleanTokens",
     "FeatureBatch",
     "FeatureSchema",
-    "JsonBooleans",
     "MatrixColumns",
     "features_from_instances",
     "features_from_tensors",

@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from modelyard.errors import ClientGone, RequestTimeout, TooLarge
 from modelyard.serving.dataplane import DataPlane
-from modelyard.serving.features import JsonBooleans
+from modelyard.serving.features import BooleanTokens
 from modelyard.serving.rest.codec import (
     INFERENCE_HEADER_CONTENT_LENGTH,
     decode_feedback,
@@ -223,7 +223,7 @@ class RestEndpoints:
                 decode_v1(body),
                 request_id=request_id,
                 decode_seconds=time.perf_counter() - started,
-                booleans=JsonBooleans(body),
+                boolean_tokens=BooleanTokens(body),
             )
             encoding = time.perf_counter()
             result = json_response(encode_v1(prediction), headers=headers)

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from modelyard.errors import InvalidInput
-from modelyard.serving.features import JsonBooleans, shown, value_kind
+from modelyard.serving.features import BooleanTokens, shown, value_kind
 from modelyard.serving.types import (
     Datatype,
     ErrorResponse,
@@ -76,7 +76,7 @@ def decode_v2_rest(body: bytes, header_length: str | None) -> InferenceRequest:
             )
     header_bytes = body if json_length == len(body) else body[:json_length]
     header = _json_object(header_bytes, "request body")
-    return _request_from_json(header, view, json_length, JsonBooleans(header_bytes))
+    return _request_from_json(header, view, json_length, BooleanTokens(header_bytes))
 
 
 def _json_object(raw: bytes | memoryview, what: str) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def _json_object(raw: bytes | memoryview, what: str) -> dict[str, Any]:
 
 
 def _request_from_json(
-    header: dict[str, Any], body: memoryview, offset: int, booleans: JsonBooleans
+    header: dict[str, Any], body: memoryview, offset: int, boolean_tokens: BooleanTokens
 ) -> InferenceRequest:
     unknown_keys = sorted(set(header) - {"id", "inputs", "outputs", "parameters"})
     if unknown_keys:
@@ -113,7 +113,7 @@ def _request_from_json(
         raise InvalidInput("'inputs' must be a non-empty array of tensors")
     inputs = []
     for index, raw in enumerate(raw_inputs):
-        tensor, offset = _tensor_from_json(raw, index, body, offset, booleans)
+        tensor, offset = _tensor_from_json(raw, index, body, offset, boolean_tokens)
         inputs.append(tensor)
     if offset != len(body):
         raise InvalidInput(
@@ -144,7 +144,7 @@ def _requested_outputs(raw: Any) -> list[RequestedOutput]:
 
 
 def _tensor_from_json(
-    raw: Any, index: int, body: memoryview, offset: int, booleans: JsonBooleans
+    raw: Any, index: int, body: memoryview, offset: int, boolean_tokens: BooleanTokens
 ) -> tuple[Tensor, int]:
     if not isinstance(raw, dict):
         raise InvalidInput(f"inputs[{index}] must be an object, got {value_kind(raw)}")
@@ -172,19 +172,19 @@ def _tensor_from_json(
         return Tensor(name, datatype, shape, data), offset + size
     if "data" not in raw:
         raise InvalidInput(f"{where} has no 'data' (nor parameters.binary_data_size)")
-    data = _decode_json_data(raw["data"], datatype, shape, where, booleans)
+    data = _decode_json_data(raw["data"], datatype, shape, where, boolean_tokens)
     return Tensor(name, datatype, shape, data), offset
 
 
 def _decode_json_data(
-    data: Any, datatype: Datatype, shape: tuple[int, ...], where: str, booleans: JsonBooleans
+    data: Any, datatype: Datatype, shape: tuple[int, ...], where: str, boolean_tokens: BooleanTokens
 ) -> np.ndarray:
     """A tensor's JSON ``data``, as strictly as the protocol reads: an array, flat (row-major) or nested
     exactly like ``shape``, whose every element is of the datatype's JSON type (numbers for numeric
     tensors and null for a missing float, true/false for BOOL, strings or null for BYTES).
 
     Plain values take one numpy call. numpy would read a boolean among numbers as 1 or 0, so numbers
-    that ``booleans`` says may hide one are checked element by element, as is every other case.
+    that ``boolean_tokens`` says may hide one are checked element by element, as is every other case.
     """
     if not isinstance(data, list):
         raise InvalidInput(f"{where}: 'data' must be an array of the tensor's values, got {value_kind(data)}")
@@ -195,18 +195,14 @@ def _decode_json_data(
             array = np.asarray(data)
         except (ValueError, OverflowError):  # ragged, or an integer beyond 64 bits: checked below
             array = None
-        if (
-            array is not None
-            and array.dtype.kind in fast_kinds
-            and array.size == expected
-            and (datatype is Datatype.BOOL or not booleans.may_hide_in(array))
-        ):
+        if array is not None and array.dtype.kind in fast_kinds and array.size == expected:
             if array.shape != shape and array.ndim != 1:
                 raise InvalidInput(
                     f"{where}: 'data' is nested as {list(array.shape)}, unlike the shape {list(shape)}; "
                     "send it flat (row-major) or nested exactly like the shape"
                 )
-            return cast_numbers(array.reshape(-1), datatype, where)
+            if datatype is Datatype.BOOL or not boolean_tokens.may_hide_boolean(array):
+                return cast_numbers(array.reshape(-1), datatype, where)
     values = _json_elements(data, shape, expected, where)
     if datatype is Datatype.BYTES:
         return _bytes_from_json(values, where)
