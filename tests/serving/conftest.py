@@ -372,13 +372,3 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url = f"sqlite:///{tmp_path / 'registry.db'}"
     upgrade(url)
     return url
-
-
-class CountedText(bytes):
-    """A body that counts how often it is looked through for a token."""
-
-    looks = 0
-
-    def __contains__(self, token: object) -> bool:
-        self.looks += 1
-        return super().__contains__(token)  # type: ignore[operator]

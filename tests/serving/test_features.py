@@ -19,7 +19,7 @@ from modelyard.serving.features import (
 )
 from modelyard.serving.types import Datatype, InferenceRequest, RequestedOutput, Tensor
 
-from .conftest import MIXED, NUMERIC, CountedText
+from .conftest import MIXED, NUMERIC
 
 
 def t(name: str, datatype: Datatype, shape: tuple[int, ...], values: Any) -> Tensor:
@@ -163,6 +163,16 @@ def test_v1_fast_path_reads_plain_numbers_and_is_skipped_when_booleans_may_hide(
             features_from_instances([[1, 2, True]], NUMERIC, 10, boolean_tokens=tokens)
         with pytest.raises(InvalidInput, match="feature 'c' is numeric, got a boolean"):
             features_from_instances([[2.5, 3.5, False]], NUMERIC, 10, boolean_tokens=tokens)
+
+
+class CountedText(bytes):
+    """A body that counts how often it is looked through for a token."""
+
+    looks = 0
+
+    def __contains__(self, token: object) -> bool:
+        self.looks += 1
+        return super().__contains__(token)  # type: ignore[operator]
 
 
 def test_json_text_is_looked_through_for_booleans_once_and_only_when_a_value_is_0_or_1() -> None:
