@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, select
 
 from modelyard.bundle import BundleMetadata, write_bundle
 from modelyard.errors import InvalidInput, NotFound, NotReady
+from modelyard.monitoring.reference import drift_reference
 from modelyard.registry import upgrade
 from modelyard.registry.packed import logged_columns
 from modelyard.registry.tables import Prediction as PredictionRow
@@ -26,7 +27,7 @@ from modelyard.serving.prediction_log import PredictionLog
 from modelyard.serving.types import Datatype, InferenceRequest, RequestedOutput, Tensor, TensorMetadata
 from modelyard.spec import FeatureSpec, FeatureType
 
-from .conftest import NUMERIC_CLASSES, mixed_frame, numeric_frame
+from .conftest import NUMERIC_CLASSES, NUMERIC_FEATURES, mixed_frame, numeric_frame
 
 
 def served(bundle: Path, name: str, **options: Any) -> ServedModel:
@@ -333,15 +334,55 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.records: list[Any] = []
+        self.submissions: list[list[str]] = []  # the request ids of each submit()
 
     def submit(self, records: Any) -> None:
         self.records.extend(records)
+        self.submissions.append([record.request_id for record in records])
 
     async def flush(self, timeout_s: float = 10.0) -> bool:
         return True
 
     def request_ids(self) -> list[str]:
         return sorted({record.request_id for record in self.records})
+
+
+def test_the_requests_of_one_micro_batch_are_recorded_together_each_with_its_own_row(
+    bundles: dict[str, Path],
+) -> None:
+    metrics = ServingMetrics()
+    sink = RecordingSink()
+    model = served(bundles["numeric"], "iris", max_batch_wait_s=0.5, max_batch_size=8)
+    dataplane = plane(model, metrics=metrics, prediction_log=sink)
+    assert metrics.drift is not None
+    frame, _ = numeric_frame(rows=200, seed=3)
+    reference = {"drift": drift_reference(frame, NUMERIC_FEATURES)}
+    assert metrics.drift.attach("iris", "7", reference, model.schema.numeric_names)
+    rows = frame.to_numpy()[:8]
+
+    async def scenario() -> list[Any]:
+        answers = await asyncio.gather(
+            *(dataplane.infer("iris", matrix_request(rows[i : i + 1]), request_id=f"r{i}") for i in range(8))
+        )
+        await asyncio.sleep(0)  # recorded in a callback once the callers have their answers
+        return answers
+
+    answers = asyncio.run(scenario())
+    model.close()
+    # One submission for the eight requests the batcher scored together, each record its own request's.
+    assert sink.submissions == [[f"r{i}" for i in range(8)]]
+    for i, record in enumerate(sink.records):
+        assert record.rows == 1
+        np.testing.assert_array_equal(record.features.matrix, rows[i : i + 1])
+        [label] = answers[i].outputs[0].data
+        assert list(record.labels) == [label]
+    # The metrics and the drift window count every row once.
+    exposition = metrics.render()[0].decode()
+    assert 'modelyard_request_stage_seconds_count{model="iris",stage="queue",version="7"} 8.0' in exposition
+    assert 'modelyard_prediction_confidence_count{model="iris",version="7"} 8.0' in exposition
+    assert metrics.drift.seen_rows("iris") == 8
+    window = metrics.drift.window("iris")
+    assert window is not None and window[0] == 8
 
 
 def test_a_prediction_is_logged_strictly_after_the_previous_one() -> None:

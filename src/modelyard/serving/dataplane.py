@@ -10,10 +10,11 @@ model cannot impute, and a row the model cannot score because finite but extreme
 overflow its arithmetic, whether the model then raises or answers NaN. No answer and no log row ever
 holds a non-finite probability.
 
-After a prediction the metrics and the prediction sink are fed in a callback scheduled on the event loop,
-not while the caller waits. A model may have a candidate version beside it (``rollout.py``): in canary
-mode it answers its share of requests; in shadow mode it scores the stable version's rows once the caller
-has the stable answer, and its failures are counted, never answered.
+After a prediction the metrics, drift and the prediction sink are fed in a callback scheduled on the
+event loop, not while the caller waits: one callback for the requests answered together (a micro-batch).
+A model may have a candidate version beside it (``rollout.py``): in canary mode it answers its share of
+requests; in shadow mode it scores the stable version's rows once the caller has the stable answer, and
+its failures are counted, never answered.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class DataPlane:
         self._rollouts: dict[str, Rollout] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._last_logged_at = datetime.min.replace(tzinfo=UTC)
+        self._unrecorded: list[_Answered] = []
 
     # ------------------------------------------------------------ models
 
@@ -280,7 +282,7 @@ class DataPlane:
         latency_ms = (time.perf_counter() - started) * 1000.0
         loop = asyncio.get_running_loop()
         created_at = self._logged_at()
-        loop.call_soon(self._after_prediction, model, batch, outcome, request_id, latency_ms, created_at)
+        self._record_soon(_Answered(model, batch, outcome, request_id, latency_ms, created_at), loop)
         if self._rollouts:
             rollout = self._rollouts.get(model.name)
             if rollout is not None and rollout.mode == SHADOW and rollout.candidate is not model:
@@ -314,41 +316,48 @@ class DataPlane:
             "trained on"
         ) from cause
 
-    def _after_prediction(
-        self,
-        model: ServedModel,
-        batch: FeatureBatch,
-        outcome: BatchOutcome,
-        request_id: str,
-        latency_ms: float,
-        created_at: datetime,
-        *,
-        answered: bool = True,
-    ) -> None:
-        """Metrics and prediction log, once the caller has its answer. Never raises. Drift is watched on
-        the rows a client got (``answered``), not again on a shadow candidate's copies."""
+    def _record_soon(self, answer: _Answered, loop: asyncio.AbstractEventLoop) -> None:
+        """Have ``answer`` recorded once its caller has it. The requests of one micro-batch resume in one
+        turn of the event loop, so they are recorded together, in the next: one metrics update, drift
+        observation and log submission for all of them, not one each."""
+        if not self._unrecorded:
+            loop.call_soon(self._record_answered)
+        self._unrecorded.append(answer)
+
+    def _record_answered(self) -> None:
+        """Metrics, drift and prediction log for the requests answered since the last call. Never raises.
+        Drift is watched on the rows clients got, not again on a shadow candidate's copies."""
+        answers, self._unrecorded = self._unrecorded, []
         try:
-            prediction = outcome.prediction
             if self.metrics is not None:
-                self.metrics.observe_stage("queue", outcome.queue_seconds, model.name, model.version)
-                self.metrics.observe_stage("predict", outcome.predict_seconds, model.name, model.version)
-                self.metrics.observe_predictions(
-                    model.name,
-                    model.version,
-                    prediction.label_names,
-                    prediction.probabilities.max(axis=1),
-                )
-                if answered and self.metrics.drift is not None:
-                    probabilities = prediction.probabilities
-                    self.metrics.drift.observe(model.name, batch.numeric, batch.other, probabilities)
+                groups: dict[tuple[int, bool], list[_Answered]] = {}
+                for answer in answers:
+                    groups.setdefault((id(answer.model), answer.answered), []).append(answer)
+                for group in groups.values():
+                    self._observe_answered(self.metrics, group)
             if self.prediction_log is not None:
-                self.prediction_log.submit(
-                    prediction_records(
-                        model, batch, prediction, request_id, latency_ms, created_at, answered=answered
-                    )
-                )
+                self.prediction_log.submit([answer.record() for answer in answers])
         except Exception:
-            log.exception("could not record the prediction of request %s", request_id)
+            ids = ", ".join(answer.request_id for answer in answers)
+            log.exception("could not record the predictions of requests %s", ids)
+
+    @staticmethod
+    def _observe_answered(metrics: ServingMetrics, answers: Sequence[_Answered]) -> None:
+        """Metrics and drift for ``answers``, all of one model version and all answered or all shadow."""
+        model = answers[0].model
+        for answer in answers:
+            metrics.observe_stage("queue", answer.outcome.queue_seconds, model.name, model.version)
+            metrics.observe_stage("predict", answer.outcome.predict_seconds, model.name, model.version)
+        predictions = [answer.outcome.prediction for answer in answers]
+        if len(predictions) == 1:
+            labels, probabilities = predictions[0].label_names, predictions[0].probabilities
+        else:
+            labels = np.concatenate([prediction.label_names for prediction in predictions])
+            probabilities = np.concatenate([prediction.probabilities for prediction in predictions])
+        metrics.observe_predictions(model.name, model.version, labels, probabilities.max(axis=1))
+        if answers[0].answered and metrics.drift is not None:
+            batch = FeatureBatch.concat([answer.batch for answer in answers])
+            metrics.drift.observe(model.name, batch.numeric, batch.other, probabilities)
 
     # ------------------------------------------------------------ the shadow candidate
 
@@ -427,9 +436,8 @@ class DataPlane:
                 metrics.observe_stage(SHADOW_STAGE, seconds, candidate.name, candidate.version)
                 agreed = int(np.count_nonzero(prediction.label_names == stable.label_names))
                 metrics.observe_shadow(candidate.name, candidate.version, batch.n_rows, agreed)
-            self._after_prediction(
-                candidate, batch, outcome, request_id, seconds * 1000.0, created_at, answered=False
-            )
+            answer = _Answered(candidate, batch, outcome, request_id, seconds * 1000.0, created_at, False)
+            self._record_soon(answer, asyncio.get_running_loop())
         except Exception:
             log.exception("could not record the shadow prediction of request %s", request_id)
 
@@ -549,32 +557,36 @@ def class_label(label: str | int, classes: Sequence[str | int]) -> str | int:
     raise InvalidInput(f"label {label!r} is not one of the model's classes: {listed}")
 
 
-def prediction_records(
-    model: ServedModel,
-    batch: FeatureBatch,
-    prediction: Prediction,
-    request_id: str,
-    latency_ms: float,
-    created_at: datetime,
-    *,
-    answered: bool = True,
-) -> list[PredictionRecord]:
-    """The request's one log record: references to its columns, whatever its rows (the log converts them
-    on its own thread). ``answered`` is False for a shadow candidate's."""
-    schema = model.schema
-    record = PredictionRecord(
-        request_id=request_id,
-        model=model.name,
-        version=model.version,
-        rows=batch.n_rows,
-        features=MatrixColumns(schema.numeric_names, batch.numeric, batch.other),
-        labels=prediction.label_names,
-        probabilities=MatrixColumns(schema.class_names, prediction.probabilities),
-        latency_ms=latency_ms,
-        created_at=created_at,
-        answered=answered,
-    )
-    return [record]
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Answered:
+    """A request a model version answered, waiting to be recorded (``answered`` is False for a shadow
+    candidate's scoring of a request the stable version answered)."""
+
+    model: ServedModel
+    batch: FeatureBatch
+    outcome: BatchOutcome
+    request_id: str
+    latency_ms: float
+    created_at: datetime
+    answered: bool = True
+
+    def record(self) -> PredictionRecord:
+        """The request's one log record: references to its columns, whatever its rows (the log converts
+        them on its own thread)."""
+        schema = self.model.schema
+        prediction = self.outcome.prediction
+        return PredictionRecord(
+            request_id=self.request_id,
+            model=self.model.name,
+            version=self.model.version,
+            rows=self.batch.n_rows,
+            features=MatrixColumns(schema.numeric_names, self.batch.numeric, self.batch.other),
+            labels=prediction.label_names,
+            probabilities=MatrixColumns(schema.class_names, prediction.probabilities),
+            latency_ms=self.latency_ms,
+            created_at=self.created_at,
+            answered=self.answered,
+        )
 
 
-__all__ = ["DataPlane", "FeedbackStore", "class_label", "prediction_records", "strictly_after"]
+__all__ = ["DataPlane", "FeedbackStore", "class_label", "strictly_after"]
