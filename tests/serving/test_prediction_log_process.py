@@ -18,7 +18,9 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,11 @@ def matrix_record(
 # ---------------------------------------------------------------- the frames
 
 
+def payload_of(records: Sequence[PredictionRecord]) -> bytes:
+    """The RECORDS payload of ``records`` as the writer reads it: its parts joined."""
+    return b"".join(wire.encode_records(records))
+
+
 def decoded_records(payload: bytes) -> list[PredictionRecord]:
     """The records of a RECORDS payload, each as the writer checks it when it is not stored as a run."""
     records: list[PredictionRecord] = []
@@ -100,7 +107,7 @@ def decoded_records(payload: bytes) -> list[PredictionRecord]:
     return records
 
 
-@pytest.mark.parametrize("rows", [1, 3, 300])
+@pytest.mark.parametrize("rows", [1, 3, 300, 1100])
 def test_records_cross_the_wire_as_the_same_table_rows(rows: int) -> None:
     originals = [
         matrix_record("m", rows),
@@ -108,10 +115,70 @@ def test_records_cross_the_wire_as_the_same_table_rows(rows: int) -> None:
         record("naive-time", rows, created_at=datetime(2026, 11, 23, 12, 0)),
         record("shadow", rows, answered=False, latency_ms=np.float32(2.5)),
     ]
-    decoded = decoded_records(wire.encode_records(originals))
+    decoded = decoded_records(payload_of(originals))
     assert len(decoded) == len(originals)
     for original, copy in zip(originals, decoded, strict=True):
         assert_same_table_rows(table_row(copy), table_row(original))
+
+
+def test_large_matrices_cross_from_the_records_own_arrays_and_small_ones_stacked() -> None:
+    def parts_sharing(records: list[PredictionRecord]) -> int:
+        parts = wire.encode_records(records)
+        return sum(
+            any(np.shares_memory(np.frombuffer(part, np.uint8), r.probabilities.matrix) for part in parts)
+            for r in records
+        )
+
+    large = [matrix_record(name, wire.SEPARATE_MATRIX_BYTES // 16 + 1) for name in ("a", "b", "c")]
+    assert parts_sharing(large) == 3  # no copy: the pipe gets each record's probabilities as they are
+    assert parts_sharing([matrix_record(name, 3) for name in ("a", "b", "c")]) == 0  # one stacked copy
+
+
+def test_a_frame_written_from_parts_is_read_back_whole_when_signals_cut_its_writes_short() -> None:
+    # More parts than one writev takes, through a pipe a slow reader drains while a timer interrupts the
+    # writes: each write a signal cuts short goes on where it stopped.
+    rng = np.random.default_rng(0)
+    parts: list[wire.Part] = [rng.bytes(int(size)) for size in rng.integers(0, 4000, 2500)]
+    parts[7] = memoryview(np.arange(1000, dtype=np.float64)).cast("B")
+    received: list[tuple[int, bytes] | None] = []
+    read_end, write_end = os.pipe()
+
+    def read_slowly() -> None:
+        with os.fdopen(read_end, "rb", buffering=0) as stream:
+            received.append(wire.read_frame(_SlowReader(stream)))
+
+    interruptions: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: interruptions.append(1))
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+    try:
+        wire.write_frame(write_end, wire.RECORDS, parts)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        os.close(write_end)
+    reader.join(timeout=30)
+    assert interruptions, "the timer never interrupted the writer"
+    assert received == [(wire.RECORDS, b"".join(parts))]
+
+
+class _SlowReader:
+    """A stream that hands out at most 64 KiB a read, a moment apart: the pipe fills, the writer waits."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def read(self, size: int) -> bytes:
+        chunks = []
+        while size > 0:
+            time.sleep(0.0005)
+            chunk = self.stream.read(min(size, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
 
 
 def assert_same_table_rows(got: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -145,7 +212,7 @@ def test_consecutive_records_of_a_model_version_cross_as_one_run_in_order(text: 
         matrix_record("e", 4, text=text, labels=[1, 0, 1, 1]),
         matrix_record("f", 2, text=text, created_at=datetime(2026, 11, 23, 12, 0)),
     ]
-    payload = wire.encode_records(originals)
+    payload = payload_of(originals)
     decoded = decoded_records(payload)
     assert [copy.request_id for copy in decoded] == ["a", "b", "c", "d", "plain", "e", "f"]
     for original, copy in zip(originals, decoded, strict=True):
@@ -160,7 +227,7 @@ def test_a_runs_label_arrays_cross_as_the_values_they_hold() -> None:
         matrix_record("objects", 2, answered=False, labels=np.array(["setosa", 3], dtype=object)),
         matrix_record("none", 1, answered=False, labels=np.array([None], dtype=object)),
     ]
-    payload = wire.encode_records(originals)
+    payload = payload_of(originals)
     decoded = decoded_records(payload)
     assert runs_and_alone(payload) == ["run of 2", "run of 2"]
     assert [table_row(copy)["labels"] for copy in decoded[:3]] == [
@@ -247,7 +314,7 @@ def test_a_record_unlike_its_neighbours_splits_their_run_and_crosses_as_it_is(
     odd: Any, shape: list[str], refusal: str | None
 ) -> None:
     originals = [matrix_record("before", 2), odd, matrix_record("after", 1)]
-    payload = wire.encode_records(originals)
+    payload = payload_of(originals)
     decoded = decoded_records(payload)
     assert [copy.request_id for copy in decoded] == ["before", "odd", "after"]
     assert runs_and_alone(payload) == shape
@@ -261,7 +328,7 @@ def test_a_record_unlike_its_neighbours_splits_their_run_and_crosses_as_it_is(
 
 def a_run_changed(**changes: Any) -> bytes:
     """A RECORDS payload of one run of two records, with ``changes`` made to the run's fields."""
-    payload = wire.encode_records([matrix_record("a", 1), matrix_record("b", 1)])
+    payload = payload_of([matrix_record("a", 1), matrix_record("b", 1)])
     count, length = struct.unpack_from("<II", payload)
     (run,) = json.loads(payload[8 : 8 + length])
     run.update(changes)
@@ -293,7 +360,7 @@ def test_a_run_that_does_not_add_up_is_refused_by_name(changes: dict[str, Any], 
 
 
 def test_a_record_the_writer_would_refuse_crosses_the_wire_and_is_refused_there_by_name() -> None:
-    (copy,) = decoded_records(wire.encode_records([dataclasses.replace(record("bad", 2), rows=3)]))
+    (copy,) = decoded_records(payload_of([dataclasses.replace(record("bad", 2), rows=3)]))
     message = r"features\['sepal_length'\] has 2 values, but the request has 3 rows"
     with pytest.raises(ValueError, match=message):
         table_row(copy)
@@ -375,7 +442,7 @@ def test_a_runs_records_are_stored_as_the_very_rows_each_alone_makes(
         single_precision(matrix_record("float32", 2)),
         matrix_record("shadow", 1, answered=False),
     ]
-    payload = wire.encode_records(originals)
+    payload = payload_of(originals)
     assert runs_and_alone(payload) == ["run of 6", "run of 1", "run of 1"]
     runs = wire.decode_records(payload)
     assert all(isinstance(run, RecordRun) and run.times_if_all_pass(0, len(run)) for run in runs)
@@ -407,7 +474,7 @@ def test_a_record_its_run_cannot_store_goes_alone_and_is_refused_by_name_between
     tmp_path: Path, caplog: pytest.LogCaptureFixture, odd: Any, message: str | None
 ) -> None:
     url = migrated_sqlite(tmp_path)
-    payload = wire.encode_records([matrix_record("before", 1), odd, matrix_record("after", 2)])
+    payload = payload_of([matrix_record("before", 1), odd, matrix_record("after", 2)])
     assert runs_and_alone(payload) == ["run of 3"]
     metrics = ServingMetrics()
     with caplog.at_level("WARNING", logger="modelyard.serving.prediction_log"):
@@ -429,7 +496,7 @@ def test_a_run_whose_model_cannot_be_stored_is_refused_record_by_record(
 ) -> None:
     url = migrated_sqlite(tmp_path)
     records = [matrix_record(name, 1, model="m" * 100) for name in ("a", "b")]
-    payload = wire.encode_records(records)
+    payload = payload_of(records)
     assert runs_and_alone(payload) == ["run of 2"]
     with caplog.at_level("WARNING", logger="modelyard.serving.prediction_log"):
         log = write_all(url, tmp_path / "spool", queued(payload))
@@ -441,7 +508,7 @@ def test_a_runs_records_are_spooled_while_the_database_is_down_and_replayed_as_t
     tmp_path: Path,
 ) -> None:
     url = migrated_sqlite(tmp_path)
-    payload = wire.encode_records([matrix_record(name, 2) for name in ("a", "b", "c")])
+    payload = payload_of([matrix_record(name, 2) for name in ("a", "b", "c")])
     spool = tmp_path / "spool"
     log = write_all(unreachable_url(tmp_path), spool, queued(payload))
     assert (log.written, log.spooled, log.dropped) == (0, 3, 0)
@@ -466,7 +533,7 @@ def test_a_run_split_across_the_writers_batches_is_stored_whole_in_order(tmp_pat
     url = migrated_sqlite(tmp_path)
     records = [matrix_record(f"r{i}", 1 + i % 3) for i in range(7)]
     records.insert(3, record("alone", 2))
-    payload = wire.encode_records(records)
+    payload = payload_of(records)
     assert runs_and_alone(payload) == ["run of 3", "alone", "run of 4"]
     log = new_log(url, tmp_path / "spool", batch_size=2)
 
@@ -486,7 +553,7 @@ def test_a_value_of_a_runs_other_columns_no_json_holds_drops_its_record_once_by_
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = migrated_sqlite(tmp_path)
-    (run,) = wire.decode_records(wire.encode_records([matrix_record(name, 1) for name in ("a", "b", "c")]))
+    (run,) = wire.decode_records(payload_of([matrix_record(name, 1) for name in ("a", "b", "c")]))
     assert isinstance(run, RecordRun) and run.other is not None
     huge = dataclasses.replace(run, other=[run.other[0], {"color": [2**70]}, run.other[2]])
     with caplog.at_level("WARNING", logger="modelyard.serving.prediction_log"):
@@ -498,7 +565,7 @@ def test_a_value_of_a_runs_other_columns_no_json_holds_drops_its_record_once_by_
 
 def test_a_bad_record_of_a_run_is_dropped_once_while_the_database_is_down(tmp_path: Path) -> None:
     bad = dataclasses.replace(matrix_record("bad", 1), request_id="")
-    payload = wire.encode_records([matrix_record("a", 1), bad, matrix_record("b", 1)])
+    payload = payload_of([matrix_record("a", 1), bad, matrix_record("b", 1)])
     metrics = ServingMetrics()
     log = write_all(unreachable_url(tmp_path), tmp_path / "spool", queued(payload), metrics)
     assert (log.written, log.spooled, log.dropped, dropped_metric(metrics, "invalid")) == (0, 2, 1, 1)
@@ -705,7 +772,7 @@ def test_a_writer_whose_server_is_gone_ignores_signals_and_stores_everything_it_
     assert writer.stdin is not None and writer.stdout is not None
     writer.stdin.write(
         wire.json_frame(wire.CONFIG, config)
-        + wire.frame(wire.RECORDS, wire.encode_records([record(f"a{n}") for n in range(5)]))
+        + wire.frame(wire.RECORDS, payload_of([record(f"a{n}") for n in range(5)]))
         + wire.json_frame(wire.FLUSH, {"ticket": 1, "timeout_s": 5})
     )
     writer.stdin.flush()
@@ -713,7 +780,7 @@ def test_a_writer_whose_server_is_gone_ignores_signals_and_stores_everything_it_
     writer.stdout.close()  # the server is gone
     writer.send_signal(signal.SIGTERM)
     writer.send_signal(signal.SIGINT)
-    writer.stdin.write(wire.frame(wire.RECORDS, wire.encode_records([record(f"b{n}") for n in range(5)])))
+    writer.stdin.write(wire.frame(wire.RECORDS, payload_of([record(f"b{n}") for n in range(5)])))
     writer.stdin.close()
     assert writer.wait(timeout=60) == 0
     assert sorted(row.request_id for row in stored(url)) == [f"a{n}" for n in range(5)] + [

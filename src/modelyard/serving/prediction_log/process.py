@@ -141,7 +141,8 @@ class PredictionLogProcess(RecordIntake[PredictionRecord]):
         self._stop_deadline = math.inf
 
         # Under the intake's lock, with the queue (the reader takes it too).
-        self._unsettled: deque[tuple[int, bytes]] = deque()  # (records, RECORDS payload) sent, not settled
+        # (records, RECORDS payload) sent, not settled
+        self._unsettled: deque[tuple[int, list[wire.Part]]] = deque()
         self._unsettled_records = 0
         self._taken = 0  # records taken off the queue: sent, or given up as invalid
         self._flush_waiters: list[_FlushWaiter] = []
@@ -301,7 +302,11 @@ class PredictionLogProcess(RecordIntake[PredictionRecord]):
         try:
             # A session of its own: a Ctrl-C at the terminal reaches the server, which stops its writer.
             process = subprocess.Popen(
-                self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+                self._command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                start_new_session=True,
+                bufsize=0,  # frames are written with writev, never through a buffer
             )
         except OSError as exc:
             logger.error("prediction log: cannot start the writer %s: %s", " ".join(self._command), exc)
@@ -320,9 +325,9 @@ class PredictionLogProcess(RecordIntake[PredictionRecord]):
         writer.reader = reader
         reader.start()
         try:
-            self._write(writer, wire.json_frame(wire.CONFIG, self._config))
+            self._write(writer, wire.CONFIG, [orjson.dumps(self._config)])
             for _, payload in resend:
-                self._send_records(writer, payload)
+                self._write(writer, wire.RECORDS, payload)
         except OSError:
             return True  # it died at once: the loop notices, and starts another after a pause
         if resend:
@@ -366,13 +371,13 @@ class PredictionLogProcess(RecordIntake[PredictionRecord]):
                     self._unsettled.append((count, payload))
                     self._unsettled_records += count
             if count:
-                self._send_records(writer, payload)
+                self._write(writer, wire.RECORDS, payload)
         with self._lock:
             ticket = self._flush_ticket if self._taken >= self._flush_target else 0
             timeout_s = max((w.timeout_s for w in self._flush_waiters), default=0.0)
         if ticket > self._flush_sent:
             self._flush_sent = ticket
-            self._write(writer, wire.json_frame(wire.FLUSH, {"ticket": ticket, "timeout_s": timeout_s}))
+            self._write(writer, wire.FLUSH, [orjson.dumps({"ticket": ticket, "timeout_s": timeout_s})])
 
     def _next_frame(self) -> list[PredictionRecord]:
         """The queued records the next frame carries: at most a batch, and at most about FRAME_ROWS rows
@@ -387,7 +392,7 @@ class PredictionLogProcess(RecordIntake[PredictionRecord]):
             rows += count if type(count) is int and count > 0 else 1  # the writer refuses a bad count
         return batch
 
-    def _encode(self, batch: list[PredictionRecord]) -> tuple[bytes, int]:
+    def _encode(self, batch: list[PredictionRecord]) -> tuple[list[wire.Part], int]:
         """The RECORDS payload of a batch, and its record count; a record no JSON can carry is given up."""
         try:
             return wire.encode_records(batch), len(batch)
@@ -401,18 +406,13 @@ class PredictionLogProcess(RecordIntake[PredictionRecord]):
                     self._drops.give_up(1, "invalid", unwritable(request_id, exc))
                 else:
                     kept.append(record)
-            return (wire.encode_records(kept), len(kept)) if kept else (b"", 0)
+            return (wire.encode_records(kept), len(kept)) if kept else ([], 0)
 
     @staticmethod
-    def _write(writer: _Writer, *parts: bytes) -> None:
+    def _write(writer: _Writer, kind: int, payload: list[wire.Part]) -> None:
         stdin = writer.process.stdin
         assert stdin is not None
-        for part in parts:
-            stdin.write(part)  # one larger than the buffer is written as it is, not copied into it
-        stdin.flush()
-
-    def _send_records(self, writer: _Writer, payload: bytes) -> None:
-        self._write(writer, wire.frame_header(wire.RECORDS, len(payload)), payload)
+        wire.write_frame(stdin.fileno(), kind, payload)
 
     def _finish(self, writer: _Writer) -> None:
         """Close the writer's input and wait (until the stop deadline) for it to write or spool

@@ -4,16 +4,19 @@ A frame is a kind byte, a 4-byte little-endian length and the payload. The serve
 once, then ``RECORDS`` and ``FLUSH``; the writer answers with ``STATUS``. A batch of records travels as
 one JSON list (orjson) followed by the raw bytes of their numeric matrices. Consecutive records of one
 model version, as the data plane builds them, travel as a run: their fields as columns and their
-matrices stacked, which costs a fraction of a list of fields per record (text columns, and labels that
-are lists or of mixed dtypes, are still copied value by value). Any other record travels as its own
-list of fields. The writer decodes a run as a ``records.RecordRun`` and stores it column by column;
+matrices one under the other, which costs a fraction of a list of fields per record (text columns, and
+labels that are lists or of mixed dtypes, are still copied value by value). Any other record travels as
+its own list of fields. The writer decodes a run as a ``records.RecordRun`` and stores it column by column;
 every record it cannot store that way, and every record that travels alone, is checked as if it had
-been submitted to the writer directly (``records.table_row``).
+been submitted to the writer directly (``records.table_row``). The server writes a payload as the
+buffers it is made of (``write_frame``): large matrices go from the data plane's arrays to the pipe
+without a copy in the server, which would hold the GIL the event loop needs.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import struct
 from collections.abc import Hashable, Sequence
 from typing import IO, Any, cast
@@ -34,6 +37,12 @@ KINDS = (CONFIG, RECORDS, FLUSH, STATUS)
 _HEADER = struct.Struct("<BI")
 _BATCH_HEADER = struct.Struct("<II")  # records, bytes of their JSON
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+# A run's matrices at least this large on average are sent from their own buffers; smaller ones are
+# stacked into one array first (a copy costs less than a buffer each for a write to walk through).
+SEPARATE_MATRIX_BYTES = 16 << 10
+Part = bytes | memoryview  # a piece of a payload, written as it is
+# Buffers one writev takes at most (POSIX's IOV_MAX; Linux's is 1024).
+_WRITE_BUFFERS = 1024
 
 
 class FrameError(ValueError):
@@ -53,6 +62,22 @@ def json_frame(kind: int, document: Any) -> bytes:
     return frame(kind, orjson.dumps(document))
 
 
+def write_frame(fd: int, kind: int, parts: Sequence[Part]) -> None:
+    """Write a frame whose payload is ``parts`` joined, whole, to the file descriptor ``fd`` (blocking),
+    without joining them: writev copies each buffer into the pipe with the GIL released."""
+    views = [memoryview(part) for part in parts]  # each a byte view (``_Blob.add``)
+    views.insert(0, memoryview(frame_header(kind, sum(view.nbytes for view in views))))
+    first = 0
+    while first < len(views):
+        written = os.writev(fd, views[first : first + _WRITE_BUFFERS])
+        # a write a signal cut short goes on where it stopped
+        while first < len(views) and written >= views[first].nbytes:
+            written -= views[first].nbytes
+            first += 1
+        if written:
+            views[first] = views[first][written:]
+
+
 def read_frame(stream: IO[bytes]) -> tuple[int, bytes] | None:
     """The next (kind, payload) of ``stream``; None at its end. FrameError when a frame is cut short."""
     header = stream.read(_HEADER.size)
@@ -70,7 +95,7 @@ def read_frame(stream: IO[bytes]) -> tuple[int, bytes] | None:
 
 
 class _Blob:
-    """The raw bytes after a payload's JSON, as the arrays' own buffers: copied once, into the payload."""
+    """The raw bytes after a payload's JSON, as the arrays' own buffers, never copied here."""
 
     def __init__(self) -> None:
         self.buffers: list[memoryview] = []
@@ -79,7 +104,8 @@ class _Blob:
     def add(self, array: np.ndarray) -> int:
         """Append a C-contiguous ``array``; the offset it starts at."""
         offset = self.size
-        self.buffers.append(array.data)
+        if array.nbytes:  # a view with a 0 in its shape has no bytes to cast
+            self.buffers.append(array.data.cast("B"))
         self.size += array.nbytes
         return offset
 
@@ -140,7 +166,12 @@ def _stacked(matrices: list[np.ndarray], blob: _Blob) -> int:
     """Append the matrices, one under the other, to ``blob``; the offset they start at."""
     if len(matrices) == 1:
         return blob.add(np.ascontiguousarray(matrices[0]))
-    return blob.add(np.concatenate(matrices))  # a new, C-contiguous array
+    if sum(matrix.nbytes for matrix in matrices) < SEPARATE_MATRIX_BYTES * len(matrices):
+        return blob.add(np.concatenate(matrices))  # a new, C-contiguous array
+    offset = blob.size
+    for matrix in matrices:
+        blob.add(np.ascontiguousarray(matrix))
+    return offset
 
 
 def _flattened(labels: list[Any]) -> list[Any]:
@@ -200,8 +231,10 @@ def _encode_alone(record: PredictionRecord, blob: _Blob) -> list[Any]:
     ]
 
 
-def encode_records(records: Sequence[PredictionRecord]) -> bytes:
-    """The payload of a RECORDS frame. Raises only for a record no JSON can carry (the caller drops it)."""
+def encode_records(records: Sequence[PredictionRecord]) -> list[Part]:
+    """The payload of a RECORDS frame, as the buffers that make it up in order (for ``write_frame``): its
+    header and JSON, then the matrices' bytes, large ones the records' own arrays. Raises only for a
+    record no JSON can carry (the caller drops it)."""
     blob = _Blob()
     entries: list[Any] = []
     run: list[PredictionRecord] = []
@@ -222,7 +255,7 @@ def encode_records(records: Sequence[PredictionRecord]) -> bytes:
     if run:
         entries.append(_encode_run(run, blob))
     meta = orjson.dumps(entries, default=plain_value, option=_JSON_OPTIONS)
-    return b"".join([_BATCH_HEADER.pack(len(records), len(meta)), meta, *blob.buffers])
+    return [_BATCH_HEADER.pack(len(records), len(meta)) + meta, *blob.buffers]
 
 
 def record_count(payload: bytes) -> int:
