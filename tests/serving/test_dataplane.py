@@ -385,6 +385,33 @@ def test_the_requests_of_one_micro_batch_are_recorded_together_each_with_its_own
     assert window is not None and window[0] == 8
 
 
+def test_answers_a_stopped_loop_never_recorded_are_recorded_with_the_next_ones(
+    bundles: dict[str, Path],
+) -> None:
+    sink = RecordingSink()
+    model = served(bundles["numeric"], "iris")
+    dataplane = plane(model, prediction_log=sink)
+    rows = numeric_frame(rows=2, seed=4)[0].to_numpy()
+    stopped = asyncio.new_event_loop()
+
+    async def answer_and_stop() -> None:
+        await dataplane.infer("iris", matrix_request(rows[:1]), request_id="first")
+        stopped.stop()  # in the turn that scheduled the answer's recording: it never runs
+
+    stopped.create_task(answer_and_stop())
+    stopped.run_forever()
+    stopped.close()
+    assert sink.records == []
+
+    async def next_request() -> None:
+        await dataplane.infer("iris", matrix_request(rows[1:]), request_id="second")
+        await asyncio.sleep(0)
+
+    asyncio.run(next_request())
+    model.close()
+    assert sink.submissions == [["first", "second"]]
+
+
 def test_a_prediction_is_logged_strictly_after_the_previous_one() -> None:
     # Two predictions under one reused id are told apart by their time: within one clock tick as well.
     tick = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)

@@ -92,7 +92,8 @@ class DataPlane:
         self._rollouts: dict[str, Rollout] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._last_logged_at = datetime.min.replace(tzinfo=UTC)
-        self._unrecorded: list[_Answered] = []
+        self._unrecorded: list[_Answered] = []  # answered, to be recorded by the pending callback
+        self._recording_on: asyncio.AbstractEventLoop | None = None  # the loop that callback waits on
 
     # ------------------------------------------------------------ models
 
@@ -320,26 +321,29 @@ class DataPlane:
         """Have ``answer`` recorded once its caller has it. The requests of one micro-batch resume in one
         turn of the event loop, so they are recorded together, in the next: one metrics update, drift
         observation and log submission for all of them, not one each."""
-        if not self._unrecorded:
+        if self._recording_on is not loop:  # none pending on this loop (a stopped loop's never runs)
+            self._recording_on = loop
             loop.call_soon(self._record_answered)
         self._unrecorded.append(answer)
 
     def _record_answered(self) -> None:
         """Metrics, drift and prediction log for the requests answered since the last call. Never raises.
         Drift is watched on the rows clients got, not again on a shadow candidate's copies."""
-        answers, self._unrecorded = self._unrecorded, []
-        try:
-            if self.metrics is not None:
+        answers, self._unrecorded, self._recording_on = self._unrecorded, [], None
+        if self.metrics is not None:
+            try:
                 groups: dict[tuple[int, bool], list[_Answered]] = {}
                 for answer in answers:
                     groups.setdefault((id(answer.model), answer.answered), []).append(answer)
                 for group in groups.values():
                     self._observe_answered(self.metrics, group)
-            if self.prediction_log is not None:
+            except Exception:
+                log.exception("could not count the predictions of requests %s", _request_ids(answers))
+        if self.prediction_log is not None:
+            try:
                 self.prediction_log.submit([answer.record() for answer in answers])
-        except Exception:
-            ids = ", ".join(answer.request_id for answer in answers)
-            log.exception("could not record the predictions of requests %s", ids)
+            except Exception:
+                log.exception("could not log the predictions of requests %s", _request_ids(answers))
 
     @staticmethod
     def _observe_answered(metrics: ServingMetrics, answers: Sequence[_Answered]) -> None:
@@ -555,6 +559,10 @@ def class_label(label: str | int, classes: Sequence[str | int]) -> str | int:
             return known
     listed = ", ".join(repr(c) for c in classes)
     raise InvalidInput(f"label {label!r} is not one of the model's classes: {listed}")
+
+
+def _request_ids(answers: Sequence[_Answered]) -> str:
+    return ", ".join(answer.request_id for answer in answers)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
