@@ -398,10 +398,10 @@ def test_answers_a_stopped_loop_never_recorded_are_recorded_with_the_next_ones(
         await dataplane.infer("iris", matrix_request(rows[:1]), request_id="first")
         stopped.stop()  # in the turn that scheduled the answer's recording: it never runs
 
-    stopped.create_task(answer_and_stop())
+    answered = stopped.create_task(answer_and_stop())
     stopped.run_forever()
     stopped.close()
-    assert sink.records == []
+    assert answered.done() and sink.records == []
 
     async def next_request() -> None:
         await dataplane.infer("iris", matrix_request(rows[1:]), request_id="second")
@@ -410,6 +410,46 @@ def test_answers_a_stopped_loop_never_recorded_are_recorded_with_the_next_ones(
     asyncio.run(next_request())
     model.close()
     assert sink.submissions == [["first", "second"]]
+
+
+class RefusingSink(RecordingSink):
+    """A sink that breaks its promise never to raise."""
+
+    def submit(self, records: Any) -> None:
+        raise RuntimeError("the sink is broken")
+
+
+class MetricsThatFailToCount(ServingMetrics):
+    def observe_predictions(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("cannot count")
+
+
+@pytest.mark.parametrize("broken", ["sink", "metrics"])
+def test_a_failure_to_log_spares_the_metrics_and_one_to_count_spares_the_log(
+    bundles: dict[str, Path], broken: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = MetricsThatFailToCount() if broken == "metrics" else ServingMetrics()
+    sink = RefusingSink() if broken == "sink" else RecordingSink()
+    model = served(bundles["numeric"], "iris")
+    dataplane = plane(model, metrics=metrics, prediction_log=sink)
+    rows = numeric_frame(rows=1, seed=5)[0].to_numpy()
+
+    async def scenario() -> None:
+        await dataplane.infer("iris", matrix_request(rows), request_id="only")
+        await asyncio.sleep(0)
+
+    with caplog.at_level("ERROR", logger="modelyard.serving.dataplane"):
+        asyncio.run(scenario())
+    model.close()
+    exposition = metrics.render()[0].decode()
+    stage_counted = 'modelyard_request_stage_seconds_count{model="iris",stage="queue",version="7"} 1.0'
+    if broken == "sink":
+        assert stage_counted in exposition
+        assert 'modelyard_prediction_confidence_count{model="iris",version="7"} 1.0' in exposition
+        assert "could not log the predictions of requests only" in caplog.text
+    else:
+        assert sink.submissions == [["only"]]
+        assert "could not count the predictions of requests only" in caplog.text
 
 
 def test_a_prediction_is_logged_strictly_after_the_previous_one() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import io
 import json
 import logging
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from sqlalchemy import delete
 
@@ -131,6 +133,8 @@ def test_large_matrices_cross_from_the_records_own_arrays_and_small_ones_stacked
 
     large = [matrix_record(name, wire.SEPARATE_MATRIX_BYTES // 16 + 1) for name in ("a", "b", "c")]
     assert parts_sharing(large) == 3  # no copy: the pipe gets each record's probabilities as they are
+    for original, copy in zip(large, decoded_records(payload_of(large)), strict=True):
+        assert_same_table_rows(table_row(copy), table_row(original))
     assert parts_sharing([matrix_record(name, 3) for name in ("a", "b", "c")]) == 0  # one stacked copy
 
 
@@ -142,6 +146,7 @@ def test_a_frame_written_from_parts_is_read_back_whole_when_signals_cut_its_writ
     parts[7] = memoryview(np.arange(1000, dtype=np.float64)).cast("B")
     received: list[tuple[int, bytes] | None] = []
     read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # the smallest pipe: every writev waits for the reader
 
     def read_slowly() -> None:
         with os.fdopen(read_end, "rb", buffering=0) as stream:
@@ -585,7 +590,8 @@ def test_a_cut_or_foreign_stream_is_refused_by_name(stream: bytes, message: str)
 
 
 def test_frames_follow_each_other_and_the_stream_ends_cleanly() -> None:
-    stream = io.BytesIO(wire.frame(wire.RECORDS, b"abc") + wire.json_frame(wire.FLUSH, {"ticket": 3}))
+    flush = wire.frame(wire.FLUSH, orjson.dumps({"ticket": 3}))
+    stream = io.BytesIO(wire.frame(wire.RECORDS, b"abc") + flush)
     assert wire.read_frame(stream) == (wire.RECORDS, b"abc")
     assert wire.read_frame(stream) == (wire.FLUSH, b'{"ticket":3}')
     assert wire.read_frame(stream) is None
@@ -771,9 +777,9 @@ def test_a_writer_whose_server_is_gone_ignores_signals_and_stores_everything_it_
     writer = subprocess.Popen(WRITER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert writer.stdin is not None and writer.stdout is not None
     writer.stdin.write(
-        wire.json_frame(wire.CONFIG, config)
+        wire.frame(wire.CONFIG, orjson.dumps(config))
         + wire.frame(wire.RECORDS, payload_of([record(f"a{n}") for n in range(5)]))
-        + wire.json_frame(wire.FLUSH, {"ticket": 1, "timeout_s": 5})
+        + wire.frame(wire.FLUSH, orjson.dumps({"ticket": 1, "timeout_s": 5}))
     )
     writer.stdin.flush()
     time.sleep(2.0)  # started, and its signal handlers set

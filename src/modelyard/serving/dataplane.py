@@ -321,29 +321,41 @@ class DataPlane:
         """Have ``answer`` recorded once its caller has it. The requests of one micro-batch resume in one
         turn of the event loop, so they are recorded together, in the next: one metrics update, drift
         observation and log submission for all of them, not one each."""
-        if self._recording_on is not loop:  # none pending on this loop (a stopped loop's never runs)
-            self._recording_on = loop
-            loop.call_soon(self._record_answered)
         self._unrecorded.append(answer)
+        if self._recording_on is not loop:  # none pending on this loop (a stopped loop's never runs)
+            loop.call_soon(self.record_pending)
+            self._recording_on = loop
 
-    def _record_answered(self) -> None:
-        """Metrics, drift and prediction log for the requests answered since the last call. Never raises.
-        Drift is watched on the rows clients got, not again on a shadow candidate's copies."""
+    def record_pending(self) -> None:
+        """Metrics, drift and prediction log for the requests answered and not yet recorded; the server
+        calls it before it flushes or stops the log. Never raises. Drift is watched on the rows clients
+        got, not again on a shadow candidate's copies. A failure loses only its group's metrics (one
+        model version's) or its request's record."""
         answers, self._unrecorded, self._recording_on = self._unrecorded, [], None
+        if not answers:
+            return
         if self.metrics is not None:
-            try:
-                groups: dict[tuple[int, bool], list[_Answered]] = {}
-                for answer in answers:
-                    groups.setdefault((id(answer.model), answer.answered), []).append(answer)
-                for group in groups.values():
+            groups: dict[tuple[int, bool], list[_Answered]] = {}
+            for answer in answers:
+                groups.setdefault((id(answer.model), answer.answered), []).append(answer)
+            for group in groups.values():
+                try:
                     self._observe_answered(self.metrics, group)
-            except Exception:
-                log.exception("could not count the predictions of requests %s", _request_ids(answers))
+                except Exception:
+                    ids = ", ".join(answer.request_id for answer in group)
+                    log.exception("could not count the predictions of requests %s", ids)
         if self.prediction_log is not None:
+            records = []
+            for answer in answers:
+                try:
+                    records.append(answer.record())
+                except Exception:
+                    log.exception("could not log the prediction of request %s", answer.request_id)
             try:
-                self.prediction_log.submit([answer.record() for answer in answers])
-            except Exception:
-                log.exception("could not log the predictions of requests %s", _request_ids(answers))
+                self.prediction_log.submit(records)
+            except Exception:  # a sink must not raise; if one does, the requests are named
+                ids = ", ".join(record.request_id for record in records)
+                log.exception("could not log the predictions of requests %s", ids)
 
     @staticmethod
     def _observe_answered(metrics: ServingMetrics, answers: Sequence[_Answered]) -> None:
@@ -526,7 +538,8 @@ class DataPlane:
         except NotFound:
             if self.prediction_log is None:
                 raise
-            # The prediction may still wait in the log's queue: write it, then ask once more.
+            # The prediction may still wait to be recorded or in the log's queue: write it, ask again.
+            self.record_pending()
             await self.prediction_log.flush(timeout_s=5.0)
             return await loop.run_in_executor(None, call)
 
@@ -559,10 +572,6 @@ def class_label(label: str | int, classes: Sequence[str | int]) -> str | int:
             return known
     listed = ", ".join(repr(c) for c in classes)
     raise InvalidInput(f"label {label!r} is not one of the model's classes: {listed}")
-
-
-def _request_ids(answers: Sequence[_Answered]) -> str:
-    return ", ".join(answer.request_id for answer in answers)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -328,6 +328,7 @@ class ModelServer:
         await self.dataplane.finish_shadows(deadline - loop.time())
         for collector in self.accuracy:
             collector.stop()
+        self.dataplane.record_pending()
         if self.prediction_log is not None:
             await self.prediction_log.stop()
         self.model.close()

@@ -26,7 +26,8 @@ class PredictionRecord:
     ``features`` maps each feature to its ``rows`` values as the request sent them (a list or a numpy
     array; None or NaN where a value was missing), ``labels`` holds the predicted class of each row, and
     ``probabilities`` maps each class to its ``rows`` probabilities (empty when the model gave labels
-    only). The sink must treat all three as read-only: they may be the data plane's own arrays.
+    only). The sink must treat all three as read-only: they may be the data plane's own arrays, which
+    the data plane never changes once handed over (the log may send them as they are until stored).
     ``answered`` is False for a shadow candidate's scoring of a request the stable version answered.
     """
 

@@ -55,8 +55,8 @@ SEND_INTERVAL_S = 0.2
 # The writer's input pipe holds this much (Linux's default is 64 KiB): a second of single-row records at
 # a few thousand a second is sent without waiting for the writer to read.
 PIPE_BYTES = 1 << 20
-# A frame carries about this many rows at most: large requests travel in frames the allocator can reuse
-# (about 700 KiB for 20 features), not in fresh tens of megabytes each time (page faults, copies).
+# A frame carries about this many rows at most (about 700 KiB for 20 features): the writer reads each
+# frame whole, and frames of tens of megabytes cost it more kernel time (docs/benchmarks.md, issue 12).
 FRAME_ROWS = 4096
 # Starting a writer again is retried with backoff while it keeps failing.
 RESTART_INITIAL_S = 0.5

@@ -41,8 +41,11 @@ _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 # stacked into one array first (a copy costs less than a buffer each for a write to walk through).
 SEPARATE_MATRIX_BYTES = 16 << 10
 Part = bytes | memoryview  # a piece of a payload, written as it is
-# Buffers one writev takes at most (POSIX's IOV_MAX; Linux's is 1024).
-_WRITE_BUFFERS = 1024
+# Buffers one writev takes at most: the system's IOV_MAX (Linux's is 1024; POSIX promises only 16).
+try:
+    _WRITE_BUFFERS = max(16, os.sysconf("SC_IOV_MAX"))
+except (ValueError, OSError):
+    _WRITE_BUFFERS = 16
 
 
 class FrameError(ValueError):
@@ -58,14 +61,10 @@ def frame(kind: int, payload: bytes) -> bytes:
     return frame_header(kind, len(payload)) + payload
 
 
-def json_frame(kind: int, document: Any) -> bytes:
-    return frame(kind, orjson.dumps(document))
-
-
 def write_frame(fd: int, kind: int, parts: Sequence[Part]) -> None:
     """Write a frame whose payload is ``parts`` joined, whole, to the file descriptor ``fd`` (blocking),
     without joining them: writev copies each buffer into the pipe with the GIL released."""
-    views = [memoryview(part) for part in parts]  # each a byte view (``_Blob.add``)
+    views = [_bytes_view(part) for part in parts]
     views.insert(0, memoryview(frame_header(kind, sum(view.nbytes for view in views))))
     first = 0
     while first < len(views):
@@ -76,6 +75,16 @@ def write_frame(fd: int, kind: int, parts: Sequence[Part]) -> None:
             first += 1
         if written:
             views[first] = views[first][written:]
+
+
+def _bytes_view(part: Part) -> memoryview:
+    """``part`` as a flat view of bytes: a partial write resumes at a byte offset."""
+    view = memoryview(part)
+    if view.format == "B" and view.ndim == 1:
+        return view
+    if view.nbytes == 0:
+        return memoryview(b"")
+    return view.cast("B")  # raises for a view that is not C-contiguous
 
 
 def read_frame(stream: IO[bytes]) -> tuple[int, bytes] | None:
@@ -255,7 +264,7 @@ def encode_records(records: Sequence[PredictionRecord]) -> list[Part]:
     if run:
         entries.append(_encode_run(run, blob))
     meta = orjson.dumps(entries, default=plain_value, option=_JSON_OPTIONS)
-    return [_BATCH_HEADER.pack(len(records), len(meta)) + meta, *blob.buffers]
+    return [_BATCH_HEADER.pack(len(records), len(meta)), meta, *blob.buffers]
 
 
 def record_count(payload: bytes) -> int:
@@ -378,13 +387,15 @@ __all__ = [
     "CONFIG",
     "FLUSH",
     "RECORDS",
+    "SEPARATE_MATRIX_BYTES",
     "STATUS",
     "FrameError",
+    "Part",
     "decode_records",
     "encode_records",
     "frame",
     "frame_header",
-    "json_frame",
     "read_frame",
     "record_count",
+    "write_frame",
 ]
