@@ -113,8 +113,7 @@ class _Blob:
     def add(self, array: np.ndarray) -> int:
         """Append a C-contiguous ``array``; the offset it starts at."""
         offset = self.size
-        if array.nbytes:  # a view with a 0 in its shape has no bytes to cast
-            self.buffers.append(array.data.cast("B"))
+        self.buffers.append(array.data)  # write_frame sees its bytes
         self.size += array.nbytes
         return offset
 
@@ -173,9 +172,8 @@ def _run_key(record: PredictionRecord) -> Hashable | None:
 
 def _stacked(matrices: list[np.ndarray], blob: _Blob) -> int:
     """Append the matrices, one under the other, to ``blob``; the offset they start at."""
-    if len(matrices) == 1:
-        return blob.add(np.ascontiguousarray(matrices[0]))
-    if sum(matrix.nbytes for matrix in matrices) < SEPARATE_MATRIX_BYTES * len(matrices):
+    average_bytes = sum(matrix.nbytes for matrix in matrices) / len(matrices)
+    if len(matrices) > 1 and average_bytes < SEPARATE_MATRIX_BYTES:
         return blob.add(np.concatenate(matrices))  # a new, C-contiguous array
     offset = blob.size
     for matrix in matrices:
