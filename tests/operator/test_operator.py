@@ -10,9 +10,11 @@ is a real process too, killed and started again mid-run.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -955,12 +957,12 @@ def test_a_model_deleted_while_a_reconcile_is_under_way_goes_once_it_returns(own
         kfp.close()
 
 
-def test_a_cleanup_the_api_server_refused_is_tried_again_within_seconds(harness: Harness) -> None:
-    """kopf tries a failed delete handler again after a minute by default; the operator's first retry comes
-    after CLEANUP_RETRY_S. An admission policy refuses the schedule's delete until the test lifts it."""
-    name = "refused-cleanup"
-    refusal = f"modelyard test: the CronJobs of {harness.namespace} are kept"
-    policy = f"keep-cronjobs-{harness.namespace}"
+@contextlib.contextmanager
+def deletes_refused(harness: Harness, group: str, resource: str, check: tuple[str, ...]) -> Iterator[str]:
+    """An admission policy refusing every DELETE of ``resource`` in the harness's namespace, in force once
+    the server dry-run ``check`` (a delete) is refused; yields the refusal's message, and lifts it."""
+    refusal = f"modelyard test: the {resource} of {harness.namespace} are kept"
+    policy = f"keep-{resource}-{harness.namespace}"
     guard = [
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
@@ -971,10 +973,10 @@ def test_a_cleanup_the_api_server_refused_is_tried_again_within_seconds(harness:
                 "matchConstraints": {
                     "resourceRules": [
                         {
-                            "apiGroups": ["batch"],
-                            "apiVersions": ["v1"],
+                            "apiGroups": [group],
+                            "apiVersions": ["*"],
                             "operations": ["DELETE"],
-                            "resources": ["cronjobs"],
+                            "resources": [resource],
                         }
                     ]
                 },
@@ -994,15 +996,30 @@ def test_a_cleanup_the_api_server_refused_is_tried_again_within_seconds(harness:
             },
         },
     ]
-    harness.apply(iris_model(name, training={"schedule": "0 3 * * 0"}))
-    cron = f"{name}-retrain"
-    wait_until("the schedule's CronJob", lambda: harness.get("cronjob", cron))
     try:
         harness.plane.kubectl(
             "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": guard})
         )
-        dry_run = ("delete", "cronjob", cron, "--dry-run=server")
+        dry_run = (*check, "--dry-run=server")
         wait_until("the policy in force", lambda: refusal in harness.kubectl(*dry_run, check=False).stderr)
+        yield refusal
+    finally:
+        harness.plane.kubectl(
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            policy,
+            "--ignore-not-found",
+        )
+
+
+def test_a_cleanup_the_api_server_refused_is_tried_again_within_seconds(harness: Harness) -> None:
+    """kopf tries a failed delete handler again after a minute by default; the operator's first retry comes
+    after CLEANUP_RETRY_S. An admission policy refuses the schedule's delete until the test lifts it."""
+    name = "refused-cleanup"
+    harness.apply(iris_model(name, training={"schedule": "0 3 * * 0"}))
+    cron = f"{name}-retrain"
+    wait_until("the schedule's CronJob", lambda: harness.get("cronjob", cron))
+    with deletes_refused(harness, "batch", "cronjobs", ("delete", "cronjob", cron)) as refusal:
         harness.kubectl("delete", "model", name, "--wait=false")
         failed = wait_until(
             "the CleanupFailed Event",
@@ -1014,13 +1031,53 @@ def test_a_cleanup_the_api_server_refused_is_tried_again_within_seconds(harness:
         assert failed[0]["message"].endswith("the Model stays until that succeeds (tried again in 5 s)")
         assert harness.get("model", name) is not None
         assert harness.get("cronjob", cron) is not None
-    finally:
-        harness.plane.kubectl(
-            "delete",
-            "validatingadmissionpolicybinding,validatingadmissionpolicy",
-            policy,
-            "--ignore-not-found",
-        )
     # kopf's default would hold the Model for a minute after the refusal
     harness.kubectl("wait", "--for=delete", f"model/{name}", "--timeout=30s")
     assert harness.get("cronjob", cron) is None
+
+
+def test_a_child_that_cannot_be_deleted_keeps_neither_the_other_nor_a_model_whose_finalizer_is_removed(
+    harness: Harness,
+) -> None:
+    """The cleanup tries each child: the InferenceService's refused delete does not keep the schedule. And
+    a Model whose finalizer is removed by hand, before its cleanup succeeded, is forgotten by the operator
+    (the Events it said once are not kept for a Model that is gone)."""
+    name = "half-cleanup"
+    harness.apply(iris_model(name, training={"schedule": "0 3 * * 0"}))
+    cron = f"{name}-retrain"
+    wait_until("the schedule's CronJob", lambda: harness.get("cronjob", cron))
+    model = harness.model(name)
+    # nothing is published, so the operator leaves the Model's own InferenceService be until the cleanup
+    service = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": name, "ownerReferences": [children.owner_reference(model)]},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "modelyard"}, "storageUri": "s3://none/x"}}},
+    }
+    harness.apply(service)
+    check = ("delete", "inferenceservice", name)
+    with deletes_refused(harness, "serving.kserve.io", "inferenceservices", check) as refusal:
+        harness.kubectl("delete", "model", name, "--wait=false")
+        failed = wait_until(
+            "the CleanupFailed Event",
+            lambda: [event for event in harness.events(name) if event["reason"] == "CleanupFailed"],
+        )
+        assert failed[0]["message"].startswith(
+            f"cannot delete InferenceService {harness.namespace}/{name} (422): "
+        )
+        assert refusal in failed[0]["message"]
+        wait_until("the schedule deleted all the same", lambda: harness.get("cronjob", cron) is None)
+        assert harness.get("model", name) is not None
+        assert harness.get("inferenceservice", name) is not None
+        harness.kubectl("patch", "model", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+        harness.kubectl("wait", "--for=delete", f"model/{name}", "--timeout=30s")
+        forgot = re.compile(rf"forgot Model {harness.namespace}/{name} \(([0-9]+) event")
+        found = wait_until(
+            "the operator forgetting the Model",
+            lambda: forgot.search(harness.operator_log.read_text(errors="replace")),
+            seen=lambda: harness.operator_log.read_text(errors="replace")[-2000:],
+        )
+        assert int(found.group(1)) >= 1  # CleanupFailed, at least
+    # the API server's admission sees the policy gone a moment later
+    delete = ("delete", "inferenceservice", name, "--ignore-not-found")
+    wait_until("the InferenceService deleted", lambda: harness.kubectl(*delete, check=False).returncode == 0)

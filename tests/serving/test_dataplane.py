@@ -24,7 +24,15 @@ from modelyard.serving.dataplane import DataPlane, class_label, strictly_after
 from modelyard.serving.metrics import ServingMetrics
 from modelyard.serving.model import ServedModel
 from modelyard.serving.prediction_log import PredictionLog
-from modelyard.serving.types import Datatype, InferenceRequest, RequestedOutput, Tensor, TensorMetadata
+from modelyard.serving.types import (
+    Datatype,
+    FeedbackRequest,
+    FeedbackResult,
+    InferenceRequest,
+    RequestedOutput,
+    Tensor,
+    TensorMetadata,
+)
 from modelyard.spec import FeatureSpec, FeatureType
 
 from .conftest import NUMERIC_CLASSES, NUMERIC_FEATURES, mixed_frame, numeric_frame
@@ -410,6 +418,37 @@ def test_answers_a_stopped_loop_never_recorded_are_recorded_with_the_next_ones(
     asyncio.run(next_request())
     model.close()
     assert sink.submissions == [["first", "second"]]
+
+
+def test_feedback_for_an_answer_not_yet_recorded_records_and_writes_it_before_asking_again(
+    bundles: dict[str, Path],
+) -> None:
+    """The answer's recording was lost with its loop: feedback for it records what is pending, flushes the
+    log, and finds the prediction there."""
+    sink = RecordingSink()
+
+    def feedback_store(*, model: str, request_id: str, label: Any, row: int) -> FeedbackResult:
+        if request_id not in sink.request_ids():
+            raise NotFound(f"no logged prediction with request id {request_id!r}")
+        moment = datetime(2026, 12, 4, tzinfo=UTC)
+        return FeedbackResult(model, "7", request_id, row, str(label), str(label), True, None, moment)
+
+    model = served(bundles["numeric"], "iris")
+    dataplane = plane(model, prediction_log=sink, feedback_store=feedback_store)
+    rows = numeric_frame(rows=1, seed=6)[0].to_numpy()
+    stopped = asyncio.new_event_loop()
+
+    async def answer_and_stop() -> None:
+        await dataplane.infer("iris", matrix_request(rows), request_id="pending")
+        stopped.stop()  # its recording is left pending
+
+    answered = stopped.create_task(answer_and_stop())
+    stopped.run_forever()
+    stopped.close()
+    assert answered.done() and sink.records == []
+    result = asyncio.run(dataplane.feedback("iris", FeedbackRequest(request_id="pending", label="setosa")))
+    model.close()
+    assert result.request_id == "pending" and sink.submissions == [["pending"]]
 
 
 class RefusingSink(RecordingSink):

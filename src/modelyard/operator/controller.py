@@ -203,9 +203,16 @@ class Controller:
             )
             self._say(dict(body), "CleanupFailed", message, warning=True)
             raise kopf.TemporaryError(message, delay=delay)
+        self.forget(namespace, name, uid)
+
+    def forget(self, namespace: str, name: str, uid: str) -> None:
+        """Drop what the controller keeps for a Model that is gone: after its cleanup, or when it went
+        without one (its finalizer removed by hand)."""
         self._locks.pop(f"{namespace}/{name}", None)
-        for key in [key for key in self._said if key[0] == uid]:
+        said = [key for key in self._said if key[0] == uid]
+        for key in said:
             del self._said[key]
+        log.debug("forgot Model %s/%s (%d event(s) it was told)", namespace, name, len(said))  # tests read it
 
     # ------------------------------------------------------------------ training
 
@@ -1236,5 +1243,12 @@ def build_registry(controller: Controller, *, clusterwide: bool) -> kopf.Operato
     @kopf.on.delete(GROUP, VERSION, PLURAL, backoff=CLEANUP_RETRY_S, registry=registry)
     def on_delete(body: kopf.Body, retry: int, **_: Any) -> None:
         controller.cleanup(body, retry)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def on_model_event(type: str, body: kopf.Body, **_: Any) -> None:
+        # a Model whose finalizer was removed by hand goes with no cleanup: this is the last word of it
+        meta = body["metadata"]
+        if type == "DELETED" and meta.get("namespace"):
+            controller.forget(meta["namespace"], meta["name"], meta["uid"])
 
     return registry
