@@ -1056,28 +1056,32 @@ def test_a_child_that_cannot_be_deleted_keeps_neither_the_other_nor_a_model_whos
     }
     harness.apply(service)
     check = ("delete", "inferenceservice", name)
-    with deletes_refused(harness, "serving.kserve.io", "inferenceservices", check) as refusal:
-        harness.kubectl("delete", "model", name, "--wait=false")
-        failed = wait_until(
-            "the CleanupFailed Event",
-            lambda: [event for event in harness.events(name) if event["reason"] == "CleanupFailed"],
+    try:
+        with deletes_refused(harness, "serving.kserve.io", "inferenceservices", check) as refusal:
+            harness.kubectl("delete", "model", name, "--wait=false")
+            failed = wait_until(
+                "the CleanupFailed Event",
+                lambda: [event for event in harness.events(name) if event["reason"] == "CleanupFailed"],
+            )
+            assert failed[0]["message"].startswith(
+                f"cannot delete InferenceService {harness.namespace}/{name} (422): "
+            )
+            assert refusal in failed[0]["message"]
+            wait_until("the schedule deleted all the same", lambda: harness.get("cronjob", cron) is None)
+            assert harness.get("model", name) is not None
+            assert harness.get("inferenceservice", name) is not None
+            harness.kubectl("patch", "model", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+            harness.kubectl("wait", "--for=delete", f"model/{name}", "--timeout=30s")
+            forgot = re.compile(rf"forgot Model {harness.namespace}/{name} \(([0-9]+) event")
+            found = wait_until(
+                "the operator forgetting the Model",
+                lambda: forgot.search(harness.operator_log.read_text(errors="replace")),
+                seen=lambda: harness.operator_log.read_text(errors="replace")[-2000:],
+            )
+            assert int(found.group(1)) >= 1  # CleanupFailed, at least
+    finally:
+        delete = ("delete", "inferenceservice", name, "--ignore-not-found")
+        # the API server's admission sees the policy gone a moment later
+        wait_until(
+            "the InferenceService deleted", lambda: not harness.kubectl(*delete, check=False).returncode
         )
-        assert failed[0]["message"].startswith(
-            f"cannot delete InferenceService {harness.namespace}/{name} (422): "
-        )
-        assert refusal in failed[0]["message"]
-        wait_until("the schedule deleted all the same", lambda: harness.get("cronjob", cron) is None)
-        assert harness.get("model", name) is not None
-        assert harness.get("inferenceservice", name) is not None
-        harness.kubectl("patch", "model", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
-        harness.kubectl("wait", "--for=delete", f"model/{name}", "--timeout=30s")
-        forgot = re.compile(rf"forgot Model {harness.namespace}/{name} \(([0-9]+) event")
-        found = wait_until(
-            "the operator forgetting the Model",
-            lambda: forgot.search(harness.operator_log.read_text(errors="replace")),
-            seen=lambda: harness.operator_log.read_text(errors="replace")[-2000:],
-        )
-        assert int(found.group(1)) >= 1  # CleanupFailed, at least
-    # the API server's admission sees the policy gone a moment later
-    delete = ("delete", "inferenceservice", name, "--ignore-not-found")
-    wait_until("the InferenceService deleted", lambda: harness.kubectl(*delete, check=False).returncode == 0)

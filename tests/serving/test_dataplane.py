@@ -420,15 +420,29 @@ def test_answers_a_stopped_loop_never_recorded_are_recorded_with_the_next_ones(
     assert sink.submissions == [["first", "second"]]
 
 
+class SinkWrittenOnFlush(RecordingSink):
+    """A sink that writes what it was given only when flushed, as the prediction log does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[str] = []
+
+    async def flush(self, timeout_s: float = 10.0) -> bool:
+        self.written = [record.request_id for record in self.records]
+        return True
+
+
 def test_feedback_for_an_answer_not_yet_recorded_records_and_writes_it_before_asking_again(
     bundles: dict[str, Path],
 ) -> None:
     """The answer's recording was lost with its loop: feedback for it records what is pending, flushes the
     log, and finds the prediction there."""
-    sink = RecordingSink()
+    sink = SinkWrittenOnFlush()
+    asked: list[str] = []
 
     def feedback_store(*, model: str, request_id: str, label: Any, row: int) -> FeedbackResult:
-        if request_id not in sink.request_ids():
+        asked.append(request_id)
+        if request_id not in sink.written:
             raise NotFound(f"no logged prediction with request id {request_id!r}")
         moment = datetime(2026, 12, 4, tzinfo=UTC)
         return FeedbackResult(model, "7", request_id, row, str(label), str(label), True, None, moment)
@@ -449,6 +463,7 @@ def test_feedback_for_an_answer_not_yet_recorded_records_and_writes_it_before_as
     result = asyncio.run(dataplane.feedback("iris", FeedbackRequest(request_id="pending", label="setosa")))
     model.close()
     assert result.request_id == "pending" and sink.submissions == [["pending"]]
+    assert asked == ["pending", "pending"] and sink.written == ["pending"]
 
 
 class RefusingSink(RecordingSink):

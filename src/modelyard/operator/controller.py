@@ -203,16 +203,17 @@ class Controller:
             )
             self._say(dict(body), "CleanupFailed", message, warning=True)
             raise kopf.TemporaryError(message, delay=delay)
-        self.forget(namespace, name, uid)
-
-    def forget(self, namespace: str, name: str, uid: str) -> None:
-        """Drop what the controller keeps for a Model that is gone: after its cleanup, or when it went
-        without one (its finalizer removed by hand)."""
+        # the name is still taken: no Model of the same name can be holding this lock yet
         self._locks.pop(f"{namespace}/{name}", None)
-        said = [key for key in self._said if key[0] == uid]
+        self.forget_said(namespace, name, uid)
+
+    def forget_said(self, namespace: str, name: str, uid: str) -> None:
+        """Drop the Events said of a Model that is gone: after its cleanup, or when it went without one
+        (its finalizer removed by hand). Keyed by uid, so a new Model of the same name keeps its own."""
+        said = [key for key in list(self._said) if key[0] == uid]  # handlers on other threads add keys
         for key in said:
-            del self._said[key]
-        log.debug("forgot Model %s/%s (%d event(s) it was told)", namespace, name, len(said))  # tests read it
+            self._said.pop(key, None)
+        log.debug("forgot Model %s/%s (%d event(s) it said)", namespace, name, len(said))  # tests read it
 
     # ------------------------------------------------------------------ training
 
@@ -1245,10 +1246,9 @@ def build_registry(controller: Controller, *, clusterwide: bool) -> kopf.Operato
         controller.cleanup(body, retry)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def on_model_event(type: str, body: kopf.Body, **_: Any) -> None:
+    def on_model_event(type: str, name: str, namespace: str | None, uid: str, **_: Any) -> None:
         # a Model whose finalizer was removed by hand goes with no cleanup: this is the last word of it
-        meta = body["metadata"]
-        if type == "DELETED" and meta.get("namespace"):
-            controller.forget(meta["namespace"], meta["name"], meta["uid"])
+        if type == "DELETED" and namespace:
+            controller.forget_said(namespace, name, uid)
 
     return registry
