@@ -393,6 +393,21 @@ def test_the_requests_of_one_micro_batch_are_recorded_together_each_with_its_own
     assert window is not None and window[0] == 8
 
 
+def answer_on_a_loop_that_stops(dataplane: DataPlane, rows: np.ndarray, request_id: str) -> None:
+    """Answer ``rows`` on an event loop stopped in the turn that scheduled the answer's recording, which
+    therefore never runs."""
+    stopped = asyncio.new_event_loop()
+
+    async def answer_and_stop() -> None:
+        await dataplane.infer("iris", matrix_request(rows), request_id=request_id)
+        stopped.stop()
+
+    answered = stopped.create_task(answer_and_stop())
+    stopped.run_forever()
+    stopped.close()
+    assert answered.done()
+
+
 def test_answers_a_stopped_loop_never_recorded_are_recorded_with_the_next_ones(
     bundles: dict[str, Path],
 ) -> None:
@@ -400,16 +415,8 @@ def test_answers_a_stopped_loop_never_recorded_are_recorded_with_the_next_ones(
     model = served(bundles["numeric"], "iris")
     dataplane = plane(model, prediction_log=sink)
     rows = numeric_frame(rows=2, seed=4)[0].to_numpy()
-    stopped = asyncio.new_event_loop()
-
-    async def answer_and_stop() -> None:
-        await dataplane.infer("iris", matrix_request(rows[:1]), request_id="first")
-        stopped.stop()  # in the turn that scheduled the answer's recording: it never runs
-
-    answered = stopped.create_task(answer_and_stop())
-    stopped.run_forever()
-    stopped.close()
-    assert answered.done() and sink.records == []
+    answer_on_a_loop_that_stops(dataplane, rows[:1], "first")
+    assert sink.records == []
 
     async def next_request() -> None:
         await dataplane.infer("iris", matrix_request(rows[1:]), request_id="second")
@@ -450,16 +457,8 @@ def test_feedback_for_an_answer_not_yet_recorded_records_and_writes_it_before_as
     model = served(bundles["numeric"], "iris")
     dataplane = plane(model, prediction_log=sink, feedback_store=feedback_store)
     rows = numeric_frame(rows=1, seed=6)[0].to_numpy()
-    stopped = asyncio.new_event_loop()
-
-    async def answer_and_stop() -> None:
-        await dataplane.infer("iris", matrix_request(rows), request_id="pending")
-        stopped.stop()  # its recording is left pending
-
-    answered = stopped.create_task(answer_and_stop())
-    stopped.run_forever()
-    stopped.close()
-    assert answered.done() and sink.records == []
+    answer_on_a_loop_that_stops(dataplane, rows, "pending")
+    assert sink.records == []
     result = asyncio.run(dataplane.feedback("iris", FeedbackRequest(request_id="pending", label="setosa")))
     model.close()
     assert result.request_id == "pending" and sink.submissions == [["pending"]]
