@@ -36,7 +36,6 @@ from modelyard.operator.local import (
     TARGETS_FILE,
     LocalOperatorRunning,
     LocalPods,
-    _Ports,
     _Predictor,
     analysis_prometheus,
     claim_workdir,
@@ -392,9 +391,7 @@ def test_local_pods_claim_their_home_stop_what_a_killed_operator_left_and_keep_n
         late = waiting_process()
         pid_file = folder / PREDICTOR_PID_FILE
         pid_file.write_text("")
-        predictor = _Predictor(
-            ("uri", ()), late, "http://127.0.0.1:1", folder / "log", _Ports(1, 2), pid_file
-        )
+        predictor = _Predictor(("uri", ()), late, "http://127.0.0.1:1", folder / "log", 2, pid_file)
         assert pods._adopt("default", "iris", predictor) is False
         assert late.poll() == -signal.SIGTERM
         assert not pid_file.exists()
@@ -772,6 +769,10 @@ def test_a_second_version_is_rolled_out_under_local_on_analyses_from_the_prometh
 
         (live,) = wait_for("version 2's predictor alone scraped and listed", version_2_alone, 120, log)
         assert live["metric"]["pod"] != target["labels"]["pod"]
+        # on a metrics address of its own, as a new pod's: a scrape of a step's target after it was removed
+        # would otherwise reach the next step's process and give its series the removed pod's label
+        (listed,) = json.loads(targets_file.read_text())
+        assert listed["targets"] != [address], listed
         # each step's predictor was a new target
         ready = prometheus.query(f"max by (pod) (max_over_time(modelyard_model_ready{{{selector}}}[30m]))")
         pods = {row["metric"]["pod"] for row in ready}

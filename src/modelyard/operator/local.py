@@ -3,10 +3,12 @@ machine. kwok runs no containers, so a training Job the operator makes is run he
 command, arguments, literal env and volumes, as kubelet would start its one container) and its status set
 from the process's exit, and an InferenceService is served by a local predictor (``python -m
 modelyard.serving`` with its env, its storageUri fetched to a local bundle) whose URL on 127.0.0.1 the
-InferenceService's status reports. A rollout step's predictor takes the ports of the one it replaces, so
-the URL stays; the running predictors' metrics endpoints are listed in a Prometheus file_sd file, labelled
-as the chart's scrape config labels predictor pods, for the Prometheus the rollout's analyses query (one
-given, or one started here: ``analysis_prometheus``).
+InferenceService's status reports. A rollout step's predictor takes the HTTP port of the one it replaces,
+so the URL stays, and a metrics port of its own, as a pod has an address of its own: Prometheus may scrape
+a removed target for a few seconds more, and on a shared port it would label the new process's series
+with the old pod. The running predictors' metrics endpoints are listed in a Prometheus file_sd file,
+labelled as the chart's scrape config labels predictor pods, for the Prometheus the rollout's analyses
+query (one given, or one started here: ``analysis_prometheus``).
 
 The local configuration stands in for the cluster's: the registry and object store are this machine's
 (``MODELYARD_DATABASE_URL``, ``MODELYARD_STORE_URI``), not the chart's Secrets the pod names. Jobs made
@@ -224,19 +226,13 @@ def _condition(type_: str, reason: str, message: str, at: str) -> dict[str, str]
     }
 
 
-@dataclass(frozen=True)
-class _Ports:
-    http: int
-    metrics: int
-
-
 @dataclass
 class _Predictor:
     key: tuple[str, tuple[tuple[str, str], ...]]
     process: subprocess.Popen[bytes]
     url: str
     log: Path
-    ports: _Ports
+    metrics_port: int
     pid_file: Path
 
     def target(self, namespace: str, name: str) -> dict[str, Any]:
@@ -244,7 +240,7 @@ class _Predictor:
         predictor pod's (each process a pod of its own, so each rollout step's series are new ones)."""
         pod = f"{name}-predictor-local-{self.process.pid}"
         labels = {"namespace": namespace, "pod": pod, "inferenceservice": name}
-        return {"targets": [f"{LOCAL_HOST}:{self.ports.metrics}"], "labels": labels}
+        return {"targets": [f"{LOCAL_HOST}:{self.metrics_port}"], "labels": labels}
 
 
 class LocalPods:
@@ -259,7 +255,7 @@ class LocalPods:
         self._lock = threading.Lock()
         self._jobs: dict[str, subprocess.Popen[bytes] | None] = {}  # by uid; None: starting
         self._predictors: dict[tuple[str, str], _Predictor] = {}
-        self._ports: dict[tuple[str, str], _Ports] = {}  # kept across its predictors: one URL
+        self._http_ports: dict[tuple[str, str], int] = {}  # kept across its predictors: one URL
         self._service_locks: dict[tuple[str, str], threading.Lock] = {}
         self._serving: list[threading.Thread] = []  # joined by stop(): each stops what it started
         self._targets_lock = threading.Lock()
@@ -447,7 +443,7 @@ class LocalPods:
                 predictor = self._start_predictor(namespace, name, storage_uri, dict(env), wanted)
             except ModelyardError as exc:
                 with self._lock:
-                    self._ports.pop((namespace, name), None)  # the next try takes new ones
+                    self._http_ports.pop((namespace, name), None)  # the next try takes a new one
                 self.say(f"predictor {namespace}/{name} failed: {exc.message}")
                 self._report(namespace, name, False, None, exc.message)
                 return
@@ -486,9 +482,10 @@ class LocalPods:
         folder.mkdir(parents=True, exist_ok=True)
         bundle = fetch_bundle(storage_uri, folder / "bundles" / version, s3=self.settings.s3)
         with self._lock:
-            if (namespace, name) not in self._ports:  # free_port binds a socket: only for new ports
-                self._ports[(namespace, name)] = _Ports(free_port(), free_port())
-            ports = self._ports[(namespace, name)]
+            if (namespace, name) not in self._http_ports:  # free_port binds a socket: only for a new one
+                self._http_ports[(namespace, name)] = free_port()
+            http_port = self._http_ports[(namespace, name)]
+        metrics_port = free_port()
         log = folder / f"predictor-{version}.log"
         argv = [
             sys.executable,
@@ -497,17 +494,18 @@ class LocalPods:
             f"--model-dir={bundle}",
             f"--model-name={name}",
             f"--host={LOCAL_HOST}",
-            f"--http-port={ports.http}",
+            f"--http-port={http_port}",
             "--grpc-port=0",
-            f"--metrics-port={ports.metrics}",
+            f"--metrics-port={metrics_port}",
         ]
         process_env = self.local_env({"MODELYARD_HOME": str(folder / "home"), **env})
         with log.open("ab") as output:
             process = subprocess.Popen(argv, env=process_env, stdout=output, stderr=subprocess.STDOUT)
         pid_file = folder / PREDICTOR_PID_FILE
         record_pid(pid_file, process, f"--model-dir={bundle}")
-        predictor = _Predictor(key, process, f"http://{LOCAL_HOST}:{ports.http}", log, ports, pid_file)
-        ready = f"http://{LOCAL_HOST}:{ports.metrics}/v2/health/ready"
+        url = f"http://{LOCAL_HOST}:{http_port}"
+        predictor = _Predictor(key, process, url, log, metrics_port, pid_file)
+        ready = f"http://{LOCAL_HOST}:{metrics_port}/v2/health/ready"
         try:
             wait_until_ready(ready, process, READY_TIMEOUT_S, "the local predictor", self._stopping)
         except NotReady as exc:
@@ -545,7 +543,7 @@ class LocalPods:
     def forget_inference_service(self, namespace: str, name: str) -> None:
         with self._lock:
             predictor = self._predictors.pop((namespace, name), None)
-            self._ports.pop((namespace, name), None)
+            self._http_ports.pop((namespace, name), None)
         if predictor is not None:
             self._write_targets()
             self._stop_predictor(predictor)
