@@ -21,7 +21,7 @@ name                                           type       labels
 ``modelyard_prediction_log_dropped_total``     counter    reason
 ``modelyard_prediction_log_written_total``     counter    (rows inserted into the database)
 ``modelyard_prediction_log_spooled_total``     counter    (rows written to the local spool)
-``modelyard_prediction_log_replayed_total``    counter    (spooled rows inserted later)
+``modelyard_prediction_log_replayed_total``    counter    (spooled rows replayed later)
 ``modelyard_prediction_log_spool_bytes``       gauge      (size of the spool file)
 ``modelyard_process_*``                        various    CPU, RSS, open fds (own registry only)
 =============================================  =========  ==========================================
@@ -252,7 +252,8 @@ class ServingMetrics:
         )
         self._log_replayed = Counter(
             "modelyard_prediction_log_replayed",
-            "Spooled prediction-log records (one per request) inserted into the database once it came back.",
+            "Spooled prediction-log records (one per request) replayed into the database once it came back "
+            "(any it already held included).",
             registry=self.registry,
         )
         self._log_spool_bytes = Gauge(

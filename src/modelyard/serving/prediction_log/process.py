@@ -164,7 +164,7 @@ class PredictionLogProcess(RecordIntake[PredictionRecord]):
 
     @property
     def written(self) -> int:
-        """Records (requests) inserted into the database so far (replayed ones included)."""
+        """Records (requests) inserted into the database so far, as ``PredictionLog.written`` counts them."""
         return self._totals["written"]
 
     @property

@@ -448,7 +448,9 @@ class PredictionLog(RecordIntake[PredictionRecord | RunMember]):
 
     @property
     def written(self) -> int:
-        """Records (requests) inserted into the database so far (replayed ones included)."""
+        """Records (requests) inserted into the database so far (replayed ones included). A batch whose
+        commit landed but whose answer was lost with the connection is not counted: its replay finds it
+        stored."""
         return self._written
 
     @property
@@ -458,7 +460,7 @@ class PredictionLog(RecordIntake[PredictionRecord | RunMember]):
 
     @property
     def replayed(self) -> int:
-        """Spooled records inserted into the database so far."""
+        """Spooled records replayed into the database so far (any it already held included)."""
         return self._replayed
 
     @property
